@@ -1,0 +1,3 @@
+from frip_engine.cli import main
+
+main()

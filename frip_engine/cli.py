@@ -1,0 +1,358 @@
+"""The ``frip`` command line. Errors map to messages and exit codes in ``main``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from frip_engine import plugins
+from frip_engine.errors import FripError, InputError
+
+app = typer.Typer(
+    help="frip-engine: 1:N face identification over a CKKS-encrypted gallery.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+engine_app = typer.Typer(help="Create, list and show engines.", no_args_is_help=True)
+app.add_typer(engine_app, name="engine")
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", envvar="FRIP_HOME", help="Where engines live (default: $FRIP_HOME)."),
+]
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# ---------------------------------------------------------------------------- plugins
+@app.command("plugins")
+def plugins_command(as_json: JsonOpt = False) -> None:
+    """List every plugin component by kind, with package, version and availability."""
+    reg = plugins.registry()
+    rows: list[dict[str, Any]] = [
+        {
+            "kind": c.kind,
+            "name": c.name,
+            "plugin": c.plugin,
+            "package": c.package,
+            "version": c.version,
+            "available": c.available,
+            "install": c.install_hint(),
+            "summary": c.summary,
+        }
+        for kind in plugins.KINDS
+        for c in reg.of_kind(kind)
+    ]
+    broken = [b.__dict__ for b in reg.broken]
+    if as_json:
+        _print_json({"components": rows, "broken": broken})
+        return
+    table = Table(title="frip-engine plugins")
+    for column in ("kind", "name", "package", "version", "status"):
+        table.add_column(column, no_wrap=column != "status")
+    table.add_column("summary", ratio=1)
+    for row in rows:
+        status = "[green]ok[/]" if row["available"] else f"[red]missing[/]: {row['install']}"
+        table.add_row(
+            row["kind"], row["name"], row["package"], row["version"], status, row["summary"]
+        )
+    out.print(table)
+    for b in broken:
+        err.print(
+            f"[red]broken plugin[/] {b['name']} ({b['package']} {b['version']}): {b['error']}"
+        )
+
+
+# ---------------------------------------------------------------------------- engines
+@engine_app.command("create")
+def engine_create(
+    name: str,
+    profile: Annotated[Path | None, typer.Option(help="Engine profile TOML to start from.")] = None,
+    extractor: Annotated[str | None, typer.Option(help="Extractor plugin.")] = None,
+    he: Annotated[str | None, typer.Option(help="HE backend plugin.")] = None,
+    preset: Annotated[str | None, typer.Option(help="CKKS preset: paper, precise, fast.")] = None,
+    key_store: Annotated[str | None, typer.Option(help="Key store plugin.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold (cosine).")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Create an engine: validate the profile, generate HE keys, make an empty gallery."""
+    from frip_engine.engine import Engine
+    from frip_engine.profile import Profile, load_profile
+
+    data: dict[str, Any] = {}
+    if profile is not None:
+        loaded = load_profile(profile)
+        data = {"engine": {"description": loaded.description}, **loaded.sections}
+        if loaded.threshold is not None:
+            data["engine"]["threshold"] = loaded.threshold
+        if loaded.insecure:
+            data["engine"]["insecure"] = True
+    data.setdefault("engine", {})["name"] = name
+    for section, value in (("extractor", extractor), ("he", he), ("key_store", key_store)):
+        if value:
+            data.setdefault(section, {})["plugin"] = value
+    if preset:
+        data.setdefault("he", {})["preset"] = preset
+    if threshold is not None:
+        data["engine"]["threshold"] = threshold
+    engine = Engine.create(Profile.from_dict(data, "command line"), home)
+    with engine:
+        out.print(f"created engine [bold]{name}[/] in {engine.directory}")
+        out.print(
+            f"  {engine.parts.backend.description}; key store: {engine.parts.key_store.describe()}"
+        )
+
+
+@engine_app.command("list")
+def engine_list(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
+    """List the engines under the home folder."""
+    from frip_engine.engine import list_engines
+
+    names = list_engines(home)
+    if as_json:
+        _print_json(names)
+    elif not names:
+        out.print("no engines yet: frip engine create NAME")
+    else:
+        for name in names:
+            out.print(name)
+
+
+@engine_app.command("show")
+def engine_show(name: str, as_json: JsonOpt = False, home: HomeOpt = None) -> None:
+    """Show an engine's profile and gallery statistics."""
+    stats_command(name, as_json, home)
+
+
+# ---------------------------------------------------------------------------- enrolment
+@app.command("enrol")
+def enrol_command(
+    engine_name: Annotated[str, typer.Argument(metavar="ENGINE")],
+    subject: Annotated[
+        str | None, typer.Option(help="Subject id (with --image/--embedding).")
+    ] = None,
+    image: Annotated[
+        list[Path] | None, typer.Option(help="Image of the subject (repeatable).")
+    ] = None,
+    embedding: Annotated[Path | None, typer.Option(help="Embedding file (.npy/.json).")] = None,
+    folder: Annotated[Path | None, typer.Option(help="Folder of <identity>/<images>.")] = None,
+    index: Annotated[Path | None, typer.Option(help="CSV with path,identity columns.")] = None,
+    images_per_subject: Annotated[
+        int | None, typer.Option(help="Use at most this many images per identity.")
+    ] = None,
+    skip_existing: Annotated[bool, typer.Option(help="Skip subjects already enrolled.")] = False,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Enrol one subject, a folder or an index CSV (one template per subject)."""
+    from rich.progress import Progress
+
+    from frip_engine.datasets import csv_identities, folder_identities
+    from frip_engine.embeddings import read_embedding_file
+    from frip_engine.engine import Engine, EnrolItem
+
+    sources = sum(x is not None for x in (subject, folder, index))
+    if sources != 1:
+        raise InputError("give exactly one of --subject, --folder or --index")
+    with Engine.open(engine_name, home) as engine:
+        items: list[EnrolItem]
+        if subject is not None:
+            if not image and embedding is None:
+                raise InputError("--subject needs --image and/or --embedding")
+            vectors = (
+                [read_embedding_file(embedding, engine.parts.extractor.dimension)]
+                if embedding
+                else []
+            )
+            items = [EnrolItem(subject, images=list(image or []), embeddings=vectors)]
+        else:
+            found = folder_identities(folder) if folder else csv_identities(index)  # type: ignore[arg-type]
+            items = [EnrolItem(k, images=list(v[:images_per_subject])) for k, v in found.items()]
+        if skip_existing:
+            have = {s.subject_id for s in engine.store.subjects()}
+            items = [i for i in items if i.subject_id not in have]
+        with Progress(console=err, transient=True, disable=as_json) as bar:
+            task = bar.add_task("extracting and encrypting", total=len(items))
+            report = engine.enrol_many(items, progress=lambda _s: bar.advance(task))
+    if as_json:
+        _print_json(report.__dict__)
+    else:
+        out.print(f"enrolled {len(report.enrolled)} subject(s) into {engine_name}")
+        for sid, notes in report.notes.items():
+            for note in notes:
+                out.print(f"  [yellow]{sid}[/]: {note}")
+        for sid, why in report.failed.items():
+            err.print(f"  [red]not enrolled[/] {sid}: {why}")
+    if report.failed:
+        raise typer.Exit(InputError.exit_code)
+
+
+# ---------------------------------------------------------------------------- matching
+def _probe_args(
+    engine: Any,
+    image: Path | None,
+    embedding: Path | None,
+    template: Path | None,
+    adapter: str | None,
+) -> dict[str, Any]:
+    from frip_engine.embeddings import read_embedding_file
+
+    given = sum(x is not None for x in (image, embedding, template))
+    if given != 1:
+        raise InputError("give exactly one probe: IMAGE, --embedding FILE or --template FILE")
+    if image is not None:
+        return {"image": image}
+    if embedding is not None:
+        return {"embedding": read_embedding_file(embedding, engine.parts.extractor.dimension)}
+    if adapter is None:
+        raise InputError("--template needs --adapter NAME (see frip plugins)")
+    assert template is not None
+    if not template.is_file():
+        raise InputError(f"template file {template} does not exist")
+    decoded = plugins.create("adapter", adapter).decode(template.read_bytes())
+    return {"embedding": decoded}
+
+
+def _show_decision(decision: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(decision.to_dict())
+        return
+    if decision.matched:
+        score, limit = decision.score, decision.threshold
+        out.print(f"[green]match[/] {decision.subject_id} (score {score:.4f} >= {limit:.4f})")
+    else:
+        best = "none" if decision.score is None else f"{decision.score:.4f}"
+        out.print(f"[red]no match[/] (best score {best} < threshold {decision.threshold:.4f})")
+    for note in decision.notes:
+        out.print(f"  [yellow]note[/]: {note}")
+    if len(decision.candidates) > 1:
+        for rank, c in enumerate(decision.candidates, 1):
+            out.print(f"  {rank}. {c.subject_id}  {c.score:.4f}")
+    scope = f"{decision.registrants} registrant(s), {decision.blocks_scored} block(s)"
+    table = Table(title=f"timings over {scope}")
+    table.add_column("stage")
+    table.add_column("ms", justify="right")
+    for stage, seconds in decision.timings.items():
+        table.add_row(stage, f"{seconds * 1000:.1f}")
+    out.print(table)
+
+
+ImageArg = Annotated[Path | None, typer.Argument(help="Probe image.")]
+EmbeddingOpt = Annotated[Path | None, typer.Option(help="Probe embedding file (.npy/.json).")]
+TemplateOpt = Annotated[Path | None, typer.Option(help="Vendor template file (with --adapter).")]
+AdapterOpt = Annotated[str | None, typer.Option(help="Adapter that decodes --template.")]
+ThresholdOpt = Annotated[float | None, typer.Option(help="Override the engine's threshold.")]
+
+
+@app.command("identify")
+def identify_command(
+    engine_name: Annotated[str, typer.Argument(metavar="ENGINE")],
+    image: ImageArg = None,
+    embedding: EmbeddingOpt = None,
+    template: TemplateOpt = None,
+    adapter: AdapterOpt = None,
+    top_k: Annotated[int, typer.Option(help="How many candidates to return.")] = 1,
+    threshold: ThresholdOpt = None,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """1:N: who is this, if anyone enrolled?"""
+    from frip_engine.engine import Engine
+
+    with Engine.open(engine_name, home) as engine:
+        probe = _probe_args(engine, image, embedding, template, adapter)
+        decision = engine.identify(top_k=top_k, threshold=threshold, **probe)
+    _show_decision(decision, as_json)
+
+
+@app.command("verify")
+def verify_command(
+    engine_name: Annotated[str, typer.Argument(metavar="ENGINE")],
+    subject: Annotated[str, typer.Argument(help="Claimed subject id.")],
+    image: ImageArg = None,
+    embedding: EmbeddingOpt = None,
+    template: TemplateOpt = None,
+    adapter: AdapterOpt = None,
+    threshold: ThresholdOpt = None,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """1:1: is this the claimed subject?"""
+    from frip_engine.engine import Engine
+
+    with Engine.open(engine_name, home) as engine:
+        probe = _probe_args(engine, image, embedding, template, adapter)
+        decision = engine.verify(subject, threshold=threshold, **probe)
+    _show_decision(decision, as_json)
+
+
+@app.command("remove")
+def remove_command(
+    engine_name: Annotated[str, typer.Argument(metavar="ENGINE")],
+    subject: str,
+    home: HomeOpt = None,
+) -> None:
+    """Erase a subject from the encrypted gallery (re-encrypts its block without it)."""
+    from frip_engine.engine import Engine
+
+    with Engine.open(engine_name, home) as engine:
+        engine.remove(subject)
+    out.print(f"removed {subject} from {engine_name}: its slot now encrypts zeros")
+
+
+@app.command("stats")
+def stats_command(
+    engine_name: Annotated[str, typer.Argument(metavar="ENGINE")],
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Gallery size, blocks, bytes per subject, plugins and parameters."""
+    from frip_engine.engine import Engine
+
+    with Engine.open(engine_name, home) as engine:
+        stats = engine.stats()
+    if as_json:
+        _print_json(stats)
+        return
+    table = Table(title=f"engine {engine_name}", show_header=False)
+    for key, value in stats.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    out.print(table)
+
+
+@app.command("demo")
+def demo_command(
+    data: Annotated[
+        Path | None, typer.Option(help="lfw-dev folder (default: ../shared/data/lfw-dev).")
+    ] = None,
+    output: Annotated[Path, typer.Option(help="Where results JSON and plots go.")] = Path(
+        "results/demo"
+    ),
+    preset: Annotated[str, typer.Option(help="CKKS preset for the encrypted engine.")] = "fast",
+) -> None:
+    """Enrol lfw-dev's 200 identities, identify the rest and 120 unknowns; compare to plaintext."""
+    from frip_engine.demo import run_demo
+
+    run_demo(data, output, preset, out)
+
+
+def main() -> None:
+    """Entry point: load plugin commands, run, and turn FripErrors into exit codes."""
+    plugins.plugin_manager().hook.register_commands(cli=app)
+    try:
+        app()
+    except FripError as exc:
+        err.print(f"[red]error[/]: {exc}", highlight=False)
+        sys.exit(exc.exit_code)

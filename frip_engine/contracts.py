@@ -1,0 +1,195 @@
+"""What each plugin kind must provide. Plugins are duck-typed against these protocols.
+
+The HE contract encodes the trust boundary: a ``Matcher`` is built from the public
+context only (encrypt, add, score, serialise), a ``Decryptor`` from the secret context
+(decrypt scores, decrypt a block for erasure or re-keying). Encrypted scores cross the
+boundary as bytes, so the key service never needs the matcher's objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file an extractor loads, pinned by hash, with its licence."""
+
+    name: str
+    path: str
+    sha256: str
+    licence: str
+
+
+@dataclass
+class Extraction:
+    """One face found in one image."""
+
+    embedding: np.ndarray
+    faces_found: int
+    box: tuple[float, float, float, float]
+    detection_score: float
+    notes: list[str] = field(default_factory=list)
+
+
+class Extractor(Protocol):
+    name: str
+    dimension: int
+    threshold: float  # cosine-similarity decision threshold calibrated for this model
+
+    def models(self) -> list[ModelFile]: ...
+
+    def extract(self, image: np.ndarray) -> Extraction: ...
+
+
+class Protection(Protocol):
+    name: str
+
+    def output_dimension(self, dimension: int) -> int: ...
+
+    def protect(self, embedding: np.ndarray) -> np.ndarray: ...
+
+    def prepare_probe(self, embedding: np.ndarray) -> np.ndarray: ...
+
+
+class Clusterer(Protocol):
+    name: str
+
+    def assign(self, embeddings: np.ndarray) -> list[int]: ...
+
+    def route(self, probe: np.ndarray, partitions: Sequence[int]) -> list[int]: ...
+
+
+class Matcher(Protocol):
+    """Public-key side: can encrypt and score, cannot decrypt."""
+
+    slots: int
+
+    def encrypt_rows(self, rows: np.ndarray, slots: Sequence[int]) -> Any: ...
+
+    def add_rows(self, block: Any, rows: np.ndarray, slots: Sequence[int]) -> Any: ...
+
+    def encode_probe(self, probe: np.ndarray) -> Any: ...
+
+    def score(self, block: Any, encoded_probe: Any) -> bytes: ...
+
+    def dump(self, block: Any) -> bytes: ...
+
+    def load(self, data: bytes) -> Any: ...
+
+
+class Decryptor(Protocol):
+    """Secret-key side: lives only inside the key service, for one operation."""
+
+    def decrypt_scores(self, scores: bytes) -> np.ndarray: ...
+
+    def decrypt_block(self, data: bytes) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class HEBackend(Protocol):
+    name: str
+    description: str  # human-readable parameter summary
+    encrypted: bool  # False only for the plaintext reference backend
+
+    def security_check(self) -> None: ...
+
+    def slots(self) -> int: ...
+
+    def keygen(self) -> tuple[bytes, bytearray]: ...
+
+    def matcher(self, public_context: bytes) -> Matcher: ...
+
+    def decryptor(self, public_context: bytes, secret_context: bytearray) -> Decryptor: ...
+
+
+class KeyStore(Protocol):
+    name: str
+
+    def bind(self, engine_dir: str) -> None: ...
+
+    def store_secret(self, engine_id: str, version: int, secret: bytes | bytearray) -> None: ...
+
+    def load_secret(self, engine_id: str, version: int) -> bytearray: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    block_id: int
+    partition: int
+    key_version: int
+    revision: int
+    capacity: int
+    used: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class SubjectRecord:
+    subject_id: str
+    block_id: int
+    slot: int
+    enrolled_at: str
+    images: int
+
+
+@dataclass(frozen=True)
+class NewSubject:
+    subject_id: str
+    slot: int
+    images: int
+
+
+class GalleryStore(Protocol):
+    name: str
+
+    def bind(self, engine_dir: str) -> None: ...
+
+    def initialise(self, meta: dict[str, str]) -> None: ...
+
+    def meta(self) -> dict[str, str]: ...
+
+    def put_public_context(self, key_version: int, data: bytes) -> None: ...
+
+    def public_context(self, key_version: int) -> bytes: ...
+
+    def blocks(self) -> list[BlockInfo]: ...
+
+    def read_block(self, block_id: int) -> tuple[int, bytes]: ...
+
+    def subjects(self) -> list[SubjectRecord]: ...
+
+    def subject(self, subject_id: str) -> SubjectRecord | None: ...
+
+    def commit_block(
+        self,
+        block_id: int | None,
+        expected_revision: int,
+        partition: int,
+        key_version: int,
+        capacity: int,
+        data: bytes,
+        added: Sequence[NewSubject] = (),
+        removed: Sequence[str] = (),
+    ) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class Adapter(Protocol):
+    """Translates a vendor's template format to and from the engine's embedding."""
+
+    name: str
+    vendor: str
+
+    def decode(self, payload: bytes) -> np.ndarray: ...
+
+    def encode(self, embedding: np.ndarray) -> bytes: ...

@@ -1,0 +1,272 @@
+"""The main job on embedded defaults: lfw-dev through an encrypted engine and its plaintext twin.
+
+200 identities are enrolled from their first image; their other images are mated probes
+and the 120 single-image identities are unknowns. Every encrypted decision is compared
+with the plaintext reference on the same embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import defaultdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress, TaskID
+from rich.table import Table
+
+from frip_engine.datasets import csv_identities
+from frip_engine.decision import Decision
+from frip_engine.engine import Engine, EnrolItem
+from frip_engine.errors import FripError, InputError
+from frip_engine.profile import Profile
+
+DEMO_PASSPHRASE = "frip-demo-only-passphrase"
+REJECT_BUDGET = 0.05  # the operating point: at most 5% of mated probes rejected
+
+
+def find_lfw_dev(given: Path | None) -> Path:
+    candidates = (
+        [given]
+        if given
+        else [
+            Path.cwd().parent / "shared" / "data" / "lfw-dev",
+            Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw-dev",
+        ]
+    )
+    for path in candidates:
+        if path is not None and (path / "index.csv").is_file():
+            return path
+    raise InputError(
+        "lfw-dev not found: expected ../shared/data/lfw-dev with index.csv; pass --data PATH"
+    )
+
+
+def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> dict[str, Any]:
+    root = find_lfw_dev(data)
+    if "FRIP_PASSPHRASE" not in os.environ:
+        os.environ["FRIP_PASSPHRASE"] = DEMO_PASSPHRASE
+        console.print("[yellow]FRIP_PASSPHRASE not set: using the demo's throw-away passphrase[/]")
+    home = output / "home"
+    shutil.rmtree(home, ignore_errors=True)
+    output.mkdir(parents=True, exist_ok=True)
+    encrypted = Engine.create(
+        Profile.from_dict({"engine": {"name": "lfw-demo"}, "he": {"preset": preset}}), home
+    )
+    reference = Engine.create(
+        Profile.from_dict(
+            {
+                "engine": {"name": "lfw-demo-plaintext", "insecure": True},
+                "he": {"plugin": "plaintext"},
+                "key_store": {"plugin": "memory"},
+            }
+        ),
+        home,
+    )
+    identities = csv_identities(root / "index.csv")
+    console.print(
+        f"lfw-dev: {sum(map(len, identities.values()))} images of {len(identities)} identities "
+        f"from {root}\nencrypted engine: {encrypted.parts.backend.description}"
+    )
+    embeddings, failures = _extract(encrypted, identities, console)
+    enrol = [
+        EnrolItem(k, embeddings=[embeddings[v[0]]])
+        for k, v in identities.items()
+        if len(v) > 1 and v[0] in embeddings
+    ]
+    enrolled = {item.subject_id for item in enrol}
+    probes = [
+        (path, k if k in enrolled else None)
+        for k, v in identities.items()
+        for path in (v[1:] if k in enrolled else v)
+        if path in embeddings
+    ]
+    for engine in (encrypted, reference):
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"enrolling into {engine.name}", total=len(enrol))
+            advance = partial(_advance, bar, task)
+            report = engine.enrol_many(enrol, progress=advance)
+        if report.failed:
+            raise FripError(f"demo enrolment failed: {report.failed}")
+    pairs: list[tuple[str | None, Decision, Decision]] = []
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("identifying (encrypted and plaintext)", total=len(probes))
+        for path, truth in probes:
+            vector = embeddings[path]
+            pairs.append(
+                (
+                    truth,
+                    encrypted.identify(embedding=vector, top_k=5),
+                    reference.identify(embedding=vector, top_k=5),
+                )
+            )
+            bar.advance(task)
+    stats = encrypted.stats()
+    encrypted.close()
+    reference.close()
+    summary = _summarise(pairs, failures, stats)
+    (output / "demo.json").write_text(json.dumps(summary, indent=2))
+    plot = _plot(pairs, summary, output)
+    _print(summary, console, output, plot)
+    return summary
+
+
+def _advance(bar: Progress, task: TaskID, _subject: str) -> None:
+    bar.advance(task)
+
+
+def _extract(
+    engine: Engine, identities: dict[str, list[Path]], console: Console
+) -> tuple[dict[Path, np.ndarray], dict[str, str]]:
+    embeddings: dict[Path, np.ndarray] = {}
+    failures: dict[str, str] = {}
+    paths = [p for v in identities.values() for p in v]
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("detecting, aligning, embedding", total=len(paths))
+        for path in paths:
+            try:
+                embeddings[path], _notes = engine.embed_image(path)
+            except FripError as exc:
+                failures[str(path)] = str(exc)
+            bar.advance(task)
+    return embeddings, failures
+
+
+def _summarise(
+    pairs: list[tuple[str | None, Decision, Decision]],
+    failures: dict[str, str],
+    stats: dict[str, Any],
+) -> dict[str, Any]:
+    mated = [(t, e) for t, e, _ in pairs if t is not None]
+    unknown = [e for t, e, _ in pairs if t is None]
+    threshold = pairs[0][1].threshold
+    rank1 = [e.candidates[0].subject_id == t for t, e in mated]
+    # A mated probe passes at threshold x when its best candidate is right and scores >= x.
+    genuine = np.array(
+        [e.candidates[0].score if ok else -np.inf for (t, e), ok in zip(mated, rank1, strict=True)]
+    )
+    impostor = np.array([e.candidates[0].score for e in unknown])
+    operating = float(np.quantile(genuine, REJECT_BUDGET, method="lower"))
+    same = [
+        (e.matched, e.subject_id, e.candidates[0].subject_id)
+        == (r.matched, r.subject_id, r.candidates[0].subject_id)
+        for _, e, r in pairs
+    ]
+    max_diff = max(abs(e.candidates[0].score - r.candidates[0].score) for _, e, r in pairs)
+    timings: dict[str, list[float]] = defaultdict(list)
+    for _, e, _ in pairs:
+        for stage, seconds in e.timings.items():
+            timings[stage].append(seconds)
+    return {
+        "registrants": len({t for t, _ in mated}) and pairs[0][1].registrants,
+        "mated_probes": len(mated),
+        "unknown_probes": len(unknown),
+        "extraction_failures": failures,
+        "threshold": threshold,
+        "rank1": float(np.mean(rank1)),
+        "fnir_at_threshold": float(np.mean(genuine < threshold)),
+        "false_accepts_at_threshold": int(np.sum(impostor >= threshold)),
+        "operating_threshold_5pct_reject": operating,
+        "false_accepts_at_operating_threshold": int(np.sum(impostor >= operating)),
+        "max_unknown_score": float(impostor.max()),
+        "decisions_equal_plaintext": int(sum(same)),
+        "decisions_compared": len(same),
+        "max_score_difference_vs_plaintext": float(max_diff),
+        "timings_ms": {
+            stage: {
+                "mean": 1000 * float(np.mean(v)),
+                "p50": 1000 * float(np.median(v)),
+                "p95": 1000 * float(np.quantile(v, 0.95)),
+            }
+            for stage, v in timings.items()
+        },
+        "gallery": {k: stats[k] for k in ("he", "subjects", "blocks", "gallery_bytes")},
+        "scores": {"genuine": genuine[np.isfinite(genuine)].tolist(), "unknown": impostor.tolist()},
+    }
+
+
+def _plot(
+    pairs: list[tuple[str | None, Decision, Decision]], summary: dict[str, Any], output: Path
+) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bins = np.linspace(-0.2, 1.0, 61)
+    left.hist(
+        summary["scores"]["genuine"], bins=bins, alpha=0.7, label="mated probes (correct top-1)"
+    )
+    left.hist(
+        summary["scores"]["unknown"], bins=bins, alpha=0.7, label="unknown people (best score)"
+    )
+    left.axvline(summary["threshold"], color="k", linestyle="--", label="engine threshold")
+    left.axvline(
+        summary["operating_threshold_5pct_reject"],
+        color="r",
+        linestyle=":",
+        label="5% reject point",
+    )
+    left.set_xlabel("cosine score, decrypted from CKKS")
+    left.set_ylabel("probes")
+    left.set_title(f"lfw-dev: rank-1 {summary['rank1']:.3f}, {summary['registrants']} registrants")
+    left.legend(fontsize=8)
+    stages = [s for s in summary["timings_ms"] if s != "total"]
+    means = [summary["timings_ms"][s]["mean"] for s in stages]
+    right.barh(stages, means)
+    right.set_xlabel("mean ms per identify")
+    right.set_title(f"identify timing, total {summary['timings_ms']['total']['mean']:.1f} ms")
+    fig.tight_layout()
+    path = output / "demo.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _print(summary: dict[str, Any], console: Console, output: Path, plot: Path | None) -> None:
+    table = Table(title="lfw-dev through the encrypted engine", show_header=False)
+    rows = [
+        ("registrants (CKKS-encrypted)", summary["registrants"]),
+        (
+            "mated probes / unknown probes",
+            f"{summary['mated_probes']} / {summary['unknown_probes']}",
+        ),
+        ("images with no usable face", len(summary["extraction_failures"])),
+        ("rank-1 on mated probes", f"{summary['rank1']:.4f}"),
+        ("engine threshold", f"{summary['threshold']:.3f}"),
+        ("mated rejected at it (FNIR)", f"{summary['fnir_at_threshold']:.4f}"),
+        ("unknowns accepted at it", summary["false_accepts_at_threshold"]),
+        (
+            "threshold with <= 5% mated rejected",
+            f"{summary['operating_threshold_5pct_reject']:.3f}",
+        ),
+        ("unknowns accepted there", summary["false_accepts_at_operating_threshold"]),
+        ("highest unknown score", f"{summary['max_unknown_score']:.3f}"),
+        (
+            "decisions equal to plaintext",
+            f"{summary['decisions_equal_plaintext']} / {summary['decisions_compared']}",
+        ),
+        ("largest score difference", f"{summary['max_score_difference_vs_plaintext']:.2e}"),
+        (
+            "gallery",
+            f"{summary['gallery']['gallery_bytes'] / 1e6:.1f} MB, {summary['gallery']['he']}",
+        ),
+    ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)
+    timing = Table(title="identify timing per probe (ms), Table II stages")
+    for column in ("stage", "mean", "p50", "p95"):
+        timing.add_column(column, justify="right" if column != "stage" else "left")
+    for stage, v in summary["timings_ms"].items():
+        timing.add_row(stage, f"{v['mean']:.2f}", f"{v['p50']:.2f}", f"{v['p95']:.2f}")
+    console.print(timing)
+    console.print(f"results: {output / 'demo.json'}" + (f", plot: {plot}" if plot else ""))

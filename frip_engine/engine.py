@@ -1,0 +1,429 @@
+"""The orchestrator: one engine = one profile, one encrypted gallery, one key service.
+
+Enrolment: image -> extractor -> normalise -> protection -> clusterer.assign -> encrypt
+into the partition's open block -> one store transaction (block + slot map) -> the
+plaintext template is dropped. Identification: probe -> protection -> clusterer.route ->
+matcher scores each block (public key only) -> key service decrypts and decides.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from frip_engine import plugins
+from frip_engine.contracts import BlockInfo, NewSubject
+from frip_engine.decision import Decision, Stopwatch
+from frip_engine.embeddings import mean_template, normalise
+from frip_engine.errors import FripError, NotFoundError, ProfileError, SubjectError
+from frip_engine.images import load_image
+from frip_engine.keyservice import KeyService
+from frip_engine.profile import Components, Profile, build, engine_dir, engines_home, load_profile
+
+PROFILE_FILE = "profile.toml"
+
+
+@dataclass
+class EnrolItem:
+    """One subject to enrol from images (paths or bytes) and/or ready embeddings."""
+
+    subject_id: str
+    images: list[Path | bytes] = field(default_factory=list)
+    embeddings: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class EnrolReport:
+    enrolled: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+
+Progress = Callable[[str], None]
+
+
+class Engine:
+    def __init__(self, profile: Profile, directory: Path, parts: Components) -> None:
+        self.profile = profile
+        self.directory = directory
+        self.parts = parts
+        self.store = parts.gallery_store
+        meta = self.store.meta()
+        self.key_version = int(meta["key_version"])
+        self.key_service = KeyService(
+            parts.backend,
+            parts.key_store,
+            profile.engine_id,
+            self.key_version,
+            self.store.public_context(self.key_version),
+        )
+        self.matcher = parts.backend.matcher(self.key_service.public_context)
+        self._blocks: dict[int, tuple[int, Any]] = {}
+
+    # ----------------------------------------------------------------- lifecycle
+    @classmethod
+    def create(cls, profile: Profile, home: Path | None = None) -> Engine:
+        """Validate the profile, make the key pair and an empty gallery, then save the profile."""
+        directory = engine_dir(profile.name, home)
+        if directory.exists():
+            raise ProfileError(f"engine '{profile.name}' already exists at {directory}")
+        parts = build(profile)
+        directory.mkdir(parents=True)
+        try:
+            parts.key_store.bind(str(directory))
+            parts.gallery_store.bind(str(directory))
+            service = KeyService.generate(parts.backend, parts.key_store, profile.engine_id, 1)
+            parts.gallery_store.initialise(
+                {
+                    "engine_id": profile.engine_id,
+                    "name": profile.name,
+                    "dimension": str(parts.dimension),
+                    "extractor": parts.extractor.name,
+                    "he": parts.backend.description,
+                    "key_version": "1",
+                }
+            )
+            parts.gallery_store.put_public_context(1, service.public_context)
+            staging = directory / (PROFILE_FILE + ".tmp")
+            staging.write_text(profile.to_toml())
+            staging.replace(directory / PROFILE_FILE)  # the profile's presence marks a whole engine
+        except BaseException:
+            parts.gallery_store.close()
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return cls(profile, directory, parts)
+
+    @classmethod
+    def open(cls, name: str, home: Path | None = None) -> Engine:
+        directory = engine_dir(name, home)
+        if not (directory / PROFILE_FILE).is_file():
+            known = ", ".join(list_engines(home)) or "none"
+            raise NotFoundError(f"engine '{name}' does not exist (engines: {known})")
+        profile = load_profile(directory / PROFILE_FILE)
+        parts = build(profile)
+        parts.key_store.bind(str(directory))
+        parts.gallery_store.bind(str(directory))
+        meta = parts.gallery_store.meta()
+        if meta.get("engine_id") != profile.engine_id:
+            raise ProfileError(
+                f"engine '{name}': the gallery belongs to engine id {meta.get('engine_id')}, "
+                f"the profile says {profile.engine_id}"
+            )
+        if int(meta["dimension"]) != parts.dimension:
+            raise ProfileError(
+                f"engine '{name}': the gallery holds {meta['dimension']}-d templates but the "
+                f"profile's extractor '{parts.extractor.name}' gives {parts.dimension}-d"
+            )
+        return cls(profile, directory, parts)
+
+    def close(self) -> None:
+        self.store.close()
+        self._blocks.clear()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def threshold(self) -> float:
+        if self.profile.threshold is not None:
+            return self.profile.threshold
+        return float(self.parts.extractor.threshold)
+
+    # ----------------------------------------------------------------- embeddings
+    def embed_image(self, source: Path | bytes) -> tuple[np.ndarray, list[str]]:
+        """Extract and normalise the embedding of the face in one image."""
+        extraction = self.parts.extractor.extract(load_image(source))
+        return self.check_embedding(extraction.embedding), extraction.notes
+
+    def check_embedding(self, vector: object, what: str = "embedding") -> np.ndarray:
+        return normalise(vector, self.parts.extractor.dimension, what)
+
+    # ----------------------------------------------------------------- enrolment
+    def enrol(self, item: EnrolItem) -> EnrolReport:
+        report = self.enrol_many([item])
+        if item.subject_id in report.failed:
+            raise SubjectError(f"{item.subject_id}: {report.failed[item.subject_id]}")
+        return report
+
+    def enrol_many(
+        self, items: Iterable[EnrolItem], progress: Progress | None = None
+    ) -> EnrolReport:
+        """Enrol subjects; each is committed whole or not at all, and failures are reported."""
+        report = EnrolReport()
+        templates: dict[str, tuple[np.ndarray, int]] = {}
+        existing = {s.subject_id for s in self.store.subjects()}
+        for item in items:
+            if progress:
+                progress(item.subject_id)
+            try:
+                if not item.subject_id or item.subject_id.strip() != item.subject_id:
+                    raise SubjectError(f"subject id {item.subject_id!r} is empty or padded")
+                if item.subject_id in existing or item.subject_id in templates:
+                    raise SubjectError(f"subject '{item.subject_id}' is already enrolled")
+                vectors, notes = self._template_inputs(item)
+                if notes:
+                    report.notes[item.subject_id] = notes
+                template = self.parts.protection.protect(mean_template(vectors))
+                templates[item.subject_id] = (template, len(vectors))
+            except FripError as exc:
+                report.failed[item.subject_id] = str(exc)
+        if templates:
+            self._commit_templates(templates, report)
+        return report
+
+    def _template_inputs(self, item: EnrolItem) -> tuple[list[np.ndarray], list[str]]:
+        vectors = [
+            self.check_embedding(e, f"embedding of {item.subject_id}") for e in item.embeddings
+        ]
+        notes: list[str] = []
+        errors: list[str] = []
+        for image in item.images:
+            label = "image bytes" if isinstance(image, bytes) else str(image)
+            try:
+                vector, image_notes = self.embed_image(image)
+            except FripError as exc:
+                errors.append(str(exc))
+                continue
+            vectors.append(vector)
+            notes.extend(f"{label}: {note}" for note in image_notes)
+        notes.extend(f"skipped: {error}" for error in errors)
+        if not vectors:
+            raise SubjectError(
+                "no usable image or embedding: " + ("; ".join(errors) or "none given")
+            )
+        return vectors, notes
+
+    def _commit_templates(
+        self, templates: dict[str, tuple[np.ndarray, int]], report: EnrolReport
+    ) -> None:
+        ids = list(templates)
+        matrix = np.stack([templates[s][0] for s in ids])
+        partitions = self.parts.clusterer.assign(matrix)
+        by_partition: dict[int, list[int]] = defaultdict(list)
+        for row, partition in enumerate(partitions):
+            by_partition[int(partition)].append(row)
+        for partition, rows in by_partition.items():
+            for info, slots, chunk in self._allocate(partition, rows):
+                block = None if info is None else self._load_block(info)
+                data = matrix[chunk]
+                if block is None:
+                    block = self.matcher.encrypt_rows(data, slots)
+                else:
+                    block = self.matcher.add_rows(block, data, slots)
+                added = [
+                    NewSubject(ids[r], s, templates[ids[r]][1])
+                    for r, s in zip(chunk, slots, strict=True)
+                ]
+                block_id = self.store.commit_block(
+                    None if info is None else info.block_id,
+                    0 if info is None else info.revision,
+                    partition,
+                    self.key_version,
+                    self.matcher.slots,
+                    self.matcher.dump(block),
+                    added=added,
+                )
+                self._blocks.pop(block_id, None)
+                hook = plugins.plugin_manager().hook
+                for subject in added:
+                    report.enrolled.append(subject.subject_id)
+                    hook.frip_enrolled(
+                        engine=self.name,
+                        subject_id=subject.subject_id,
+                        block_id=block_id,
+                        slot=subject.slot,
+                    )
+
+    def _allocate(
+        self, partition: int, rows: list[int]
+    ) -> Iterable[tuple[BlockInfo | None, list[int], list[int]]]:
+        """Yield (block or None for a new one, free slots, rows) until every row has a slot."""
+        occupied: dict[int, set[int]] = defaultdict(set)
+        for subject in self.store.subjects():
+            occupied[subject.block_id].add(subject.slot)
+        pending = list(rows)
+        for info in self.store.blocks():
+            if not pending:
+                return
+            if info.partition != partition or info.key_version != self.key_version:
+                continue
+            free = [s for s in range(info.capacity) if s not in occupied[info.block_id]]
+            if free:
+                take = pending[: len(free)]
+                pending = pending[len(take) :]
+                yield info, free[: len(take)], take
+        capacity = self.matcher.slots
+        while pending:
+            take, pending = pending[:capacity], pending[capacity:]
+            yield None, list(range(len(take))), take
+
+    # ----------------------------------------------------------------- matching
+    def _load_block(self, info: BlockInfo) -> Any:
+        cached = self._blocks.get(info.block_id)
+        if cached is not None and cached[0] == info.revision:
+            return cached[1]
+        revision, data = self.store.read_block(info.block_id)
+        block = self.matcher.load(data)
+        self._blocks[info.block_id] = (revision, block)
+        return block
+
+    def _occupants(self) -> dict[int, dict[int, str]]:
+        table: dict[int, dict[int, str]] = defaultdict(dict)
+        for subject in self.store.subjects():
+            table[subject.block_id][subject.slot] = subject.subject_id
+        return table
+
+    def _probe(
+        self, watch: Stopwatch, image: Path | bytes | None, embedding: object | None
+    ) -> tuple[np.ndarray, list[str]]:
+        if (image is None) == (embedding is None):
+            raise SubjectError("give exactly one probe: an image or an embedding")
+        with watch.stage("feature_extraction"):
+            if image is not None:
+                vector, notes = self.embed_image(image)
+            else:
+                vector, notes = self.check_embedding(embedding, "probe embedding"), []
+            return self.parts.protection.prepare_probe(vector), notes
+
+    def identify(
+        self,
+        image: Path | bytes | None = None,
+        embedding: object | None = None,
+        top_k: int = 1,
+        threshold: float | None = None,
+    ) -> Decision:
+        """1:N search: the best ``top_k`` registrants and whether the best passes the threshold."""
+        if top_k < 1:
+            raise SubjectError("top_k must be at least 1")
+        watch = Stopwatch()
+        probe, notes = self._probe(watch, image, embedding)
+        occupants = self._occupants()
+        blocks = [b for b in self.store.blocks() if occupants.get(b.block_id)]
+        partitions = sorted({b.partition for b in blocks})
+        routed = set(self.parts.clusterer.route(probe, partitions)) if partitions else set()
+        chosen = [b for b in blocks if b.partition in routed]
+        return self._decide(watch, probe, chosen, occupants, top_k, threshold, notes)
+
+    def verify(
+        self,
+        subject_id: str,
+        image: Path | bytes | None = None,
+        embedding: object | None = None,
+        threshold: float | None = None,
+    ) -> Decision:
+        """1:1: is the probe the named subject?"""
+        record = self.store.subject(subject_id)
+        if record is None:
+            raise SubjectError(f"subject '{subject_id}' is not enrolled in engine '{self.name}'")
+        watch = Stopwatch()
+        probe, notes = self._probe(watch, image, embedding)
+        block = next(b for b in self.store.blocks() if b.block_id == record.block_id)
+        occupants = {record.block_id: {record.slot: subject_id}}
+        return self._decide(watch, probe, [block], occupants, 1, threshold, notes)
+
+    def _decide(
+        self,
+        watch: Stopwatch,
+        probe: np.ndarray,
+        blocks: Sequence[BlockInfo],
+        occupants: dict[int, dict[int, str]],
+        top_k: int,
+        threshold: float | None,
+        notes: list[str],
+    ) -> Decision:
+        limit = self.threshold if threshold is None else threshold
+        scored: list[tuple[int, bytes]] = []
+        with watch.stage("probe_encryption"):
+            encoded = self.matcher.encode_probe(probe)
+        for info in blocks:
+            with watch.stage("gallery_load"):
+                block = self._load_block(info)
+            with watch.stage("distance_derivation"):
+                scored.append((info.block_id, self.matcher.score(block, encoded)))
+        candidates, timings = (
+            self.key_service.decide(scored, occupants, top_k) if scored else ([], {})
+        )
+        watch.add(timings)
+        best = candidates[0] if candidates else None
+        matched = best is not None and best.score >= limit
+        decision = Decision(
+            engine=self.name,
+            matched=matched,
+            subject_id=best.subject_id if matched and best else None,
+            score=best.score if best else None,
+            threshold=limit,
+            candidates=candidates,
+            timings=watch.finish(),
+            registrants=sum(len(occupants.get(b.block_id, {})) for b in blocks),
+            blocks_scored=len(blocks),
+            notes=notes,
+        )
+        plugins.plugin_manager().hook.frip_identified(engine=self.name, decision=decision)
+        return decision
+
+    # ----------------------------------------------------------------- removal and stats
+    def remove(self, subject_id: str) -> None:
+        """Erase a subject from the ciphertexts (decrypt, zero, re-encrypt) and the slot map."""
+        record = self.store.subject(subject_id)
+        if record is None:
+            raise SubjectError(f"subject '{subject_id}' is not enrolled in engine '{self.name}'")
+        info = next(b for b in self.store.blocks() if b.block_id == record.block_id)
+        revision, data = self.store.read_block(info.block_id)
+        keep = sorted(
+            s.slot
+            for s in self.store.subjects()
+            if s.block_id == record.block_id and s.subject_id != subject_id
+        )
+        fresh = self.key_service.rebuild_block(self.matcher, data, keep)
+        self.store.commit_block(
+            info.block_id,
+            revision,
+            info.partition,
+            self.key_version,
+            info.capacity,
+            fresh,
+            removed=[subject_id],
+        )
+        self._blocks.pop(info.block_id, None)
+        plugins.plugin_manager().hook.frip_removed(engine=self.name, subject_id=subject_id)
+
+    def stats(self) -> dict[str, Any]:
+        blocks = self.store.blocks()
+        subjects = sum(b.used for b in blocks)
+        stored = sum(b.size_bytes for b in blocks)
+        return {
+            "engine": self.name,
+            "engine_id": self.profile.engine_id,
+            "subjects": subjects,
+            "blocks": len(blocks),
+            "capacity": sum(b.capacity for b in blocks),
+            "gallery_bytes": stored,
+            "bytes_per_subject": stored / subjects if subjects else None,
+            "dimension": self.parts.dimension,
+            "threshold": self.threshold,
+            "key_version": self.key_version,
+            "plugins": {s: self.profile.plugin(s) for s in self.profile.sections},
+            "he": self.parts.backend.description,
+            "key_store": self.parts.key_store.describe(),
+            "directory": str(self.directory),
+        }
+
+
+def list_engines(home: Path | None = None) -> list[str]:
+    root = (home or engines_home()) / "engines"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / PROFILE_FILE).is_file())

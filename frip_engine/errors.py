@@ -1,0 +1,77 @@
+"""Every error the engine raises on purpose, in one place.
+
+Each class carries the CLI exit code it maps to, so the CLI never guesses and
+scripts can tell a bad input (2) from a missing engine (3) or a security fault (5).
+"""
+
+from __future__ import annotations
+
+
+class FripError(Exception):
+    """Base of every deliberate frip-engine error."""
+
+    exit_code = 1
+
+
+class InputError(FripError):
+    """The caller gave something the engine cannot use (file, image, embedding, option)."""
+
+    exit_code = 2
+
+
+class ImageError(InputError):
+    """An image could not be decoded or is out of bounds."""
+
+
+class NoFaceError(InputError):
+    """No face was found in an image."""
+
+
+class EmbeddingError(InputError):
+    """An embedding has the wrong shape, is not finite, or has zero norm."""
+
+
+class SubjectError(InputError):
+    """A subject is unknown or already enrolled."""
+
+
+class NotFoundError(FripError):
+    """An engine or another named thing does not exist."""
+
+    exit_code = 3
+
+
+class ProfileError(FripError):
+    """An engine profile is invalid: unknown plugin, bad parameter, incompatible choice."""
+
+    exit_code = 4
+
+
+class PluginError(ProfileError):
+    """A plugin is unknown, failed to load, or misses an optional dependency."""
+
+
+class SecurityError(FripError):
+    """A security property would be broken (weak HE parameters, secret in the wrong place)."""
+
+    exit_code = 5
+
+
+class KeyStoreError(SecurityError):
+    """The key store cannot produce the secret key (wrong passphrase, missing key, tampering)."""
+
+
+class StoreError(FripError):
+    """The gallery store is unreadable, corrupted, or from an unknown schema version."""
+
+    exit_code = 6
+
+
+class CorruptionError(StoreError):
+    """A stored blob failed its checksum: it is reported, never used."""
+
+
+class BackendError(FripError):
+    """The HE backend rejected an operation (foreign ciphertext, wrong parameters)."""
+
+    exit_code = 7

@@ -1,0 +1,71 @@
+"""The plugin contract: every hook a plugin may implement.
+
+Registration hooks receive a ``register`` callback (the simonw/llm pattern): a plugin
+calls ``register(name, factory, ...)`` once per component it offers. Event hooks are
+called after the engine has committed a change, so an audit or linkage plugin never
+sees an event that did not happen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pluggy import HookimplMarker, HookspecMarker
+
+hookspec = HookspecMarker("frip_engine")
+hookimpl = HookimplMarker("frip_engine")
+
+
+@hookspec
+def register_extractors(register: Any) -> None:
+    """Register face feature extractors (image -> embedding)."""
+
+
+@hookspec
+def register_he_backends(register: Any) -> None:
+    """Register homomorphic-encryption backends (encrypted gallery and scoring)."""
+
+
+@hookspec
+def register_protections(register: Any) -> None:
+    """Register template protections applied before encryption."""
+
+
+@hookspec
+def register_clusterers(register: Any) -> None:
+    """Register clusterers that partition the gallery and route probes."""
+
+
+@hookspec
+def register_key_stores(register: Any) -> None:
+    """Register key stores that keep the HE secret key wrapped."""
+
+
+@hookspec
+def register_gallery_stores(register: Any) -> None:
+    """Register gallery stores that persist encrypted blocks and the slot map."""
+
+
+@hookspec
+def register_adapters(register: Any) -> None:
+    """Register vendor adapters that translate vendor templates to embeddings."""
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add commands to the ``frip`` CLI (a typer.Typer app)."""
+
+
+@hookspec
+def frip_enrolled(engine: str, subject_id: str, block_id: int, slot: int) -> None:
+    """A subject was committed to an engine's gallery."""
+
+
+@hookspec
+def frip_identified(engine: str, decision: Any) -> None:
+    """A probe was identified; ``decision`` is a Decision (scores and subject ids, no embedding)."""
+
+
+@hookspec
+def frip_removed(engine: str, subject_id: str) -> None:
+    """A subject was erased from an engine's gallery."""

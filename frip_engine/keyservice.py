@@ -1,0 +1,132 @@
+"""The trusted side: unwraps the HE secret key for one operation and decides.
+
+The key service is the only object that ever holds a secret context. It receives
+encrypted scores as bytes, decrypts them, picks the best occupied slots, and answers
+with subject ids and scores, never embeddings. The secret key is unwrapped from the
+key store per operation and wiped (best effort: the bytearray is overwritten and the
+library's context dropped) as soon as the operation ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from frip_engine.contracts import Decryptor, HEBackend, KeyStore
+from frip_engine.decision import Candidate
+from frip_engine.errors import BackendError
+
+# Scores of unit vectors lie in [-1, 1]; CKKS noise adds far less than this margin.
+# Anything beyond it means the ciphertext was made under another key or parameter set.
+SCORE_BOUND = 1.05
+
+
+def wipe(buffer: bytearray) -> None:
+    buffer[:] = bytes(len(buffer))
+
+
+class KeyService:
+    def __init__(
+        self,
+        backend: HEBackend,
+        key_store: KeyStore,
+        engine_id: str,
+        key_version: int,
+        public_context: bytes,
+    ) -> None:
+        self._backend = backend
+        self._key_store = key_store
+        self._engine_id = engine_id
+        self._key_version = key_version
+        self._public = public_context
+        self.last_unwrap_seconds = 0.0
+
+    @classmethod
+    def generate(
+        cls, backend: HEBackend, key_store: KeyStore, engine_id: str, key_version: int
+    ) -> KeyService:
+        """Make a fresh HE key pair; the secret goes straight into the key store."""
+        public, secret = backend.keygen()
+        try:
+            key_store.store_secret(engine_id, key_version, secret)
+        finally:
+            wipe(secret)
+        return cls(backend, key_store, engine_id, key_version, public)
+
+    @property
+    def public_context(self) -> bytes:
+        return self._public
+
+    @contextmanager
+    def unlocked(self) -> Iterator[Decryptor]:
+        """The secret key, for the duration of one ``with`` block only."""
+        start = time.perf_counter()
+        secret = self._key_store.load_secret(self._engine_id, self._key_version)
+        try:
+            decryptor = self._backend.decryptor(self._public, secret)
+        finally:
+            wipe(secret)
+        self.last_unwrap_seconds = time.perf_counter() - start
+        try:
+            yield decryptor
+        finally:
+            decryptor.close()
+
+    def decide(
+        self,
+        scored: Sequence[tuple[int, bytes]],
+        occupants: Mapping[int, Mapping[int, str]],
+        top_k: int,
+    ) -> tuple[list[Candidate], dict[str, float]]:
+        """Decrypt each block's scores and return the top-k occupied slots, best first."""
+        timings = {"decryption": 0.0, "minimum_selection": 0.0}
+        best: list[tuple[float, str]] = []
+        with self.unlocked() as decryptor:
+            for block_id, blob in scored:
+                start = time.perf_counter()
+                scores = decryptor.decrypt_scores(blob)
+                middle = time.perf_counter()
+                best.extend(self._best_in_block(block_id, scores, occupants[block_id], top_k))
+                timings["decryption"] += middle - start
+                timings["minimum_selection"] += time.perf_counter() - middle
+        start = time.perf_counter()
+        best.sort(key=lambda pair: -pair[0])
+        candidates = [Candidate(subject, score) for score, subject in best[:top_k]]
+        timings["minimum_selection"] += time.perf_counter() - start
+        timings["key_unwrap"] = self.last_unwrap_seconds
+        return candidates, timings
+
+    @staticmethod
+    def _best_in_block(
+        block_id: int, scores: np.ndarray, occupants: Mapping[int, str], top_k: int
+    ) -> list[tuple[float, str]]:
+        slots = np.fromiter(occupants.keys(), dtype=np.int64, count=len(occupants))
+        if slots.size == 0:
+            return []
+        values = scores[slots]
+        if not np.all(np.abs(values) <= SCORE_BOUND):
+            raise BackendError(
+                f"block {block_id} decrypted to scores outside [-1, 1]: its ciphertexts were "
+                "made under another key or parameter set, or are damaged; refusing to decide"
+            )
+        order = np.argsort(-values, kind="stable")[:top_k]
+        return [(float(values[i]), occupants[int(slots[i])]) for i in order]
+
+    def rebuild_block(self, matcher: Any, block: bytes, keep: Sequence[int]) -> bytes:
+        """Really erase registrants: decrypt the block and re-encrypt only the slots in ``keep``.
+
+        Slots not kept come back as fresh encryptions of zero, so an erased template
+        is gone from the ciphertexts, not merely hidden by the slot map.
+        """
+        with self.unlocked() as decryptor:
+            features = decryptor.decrypt_block(block)  # (dimension, slots), feature-major
+        try:
+            kept = list(keep)
+            fresh = matcher.encrypt_rows(np.ascontiguousarray(features[:, kept].T), kept)
+            return bytes(matcher.dump(fresh))
+        finally:
+            features.fill(0.0)

@@ -1,0 +1,245 @@
+"""Plugin manager: loads entry points of group ``frip_engine`` and collects components.
+
+Built-in plugins are entry points of this very distribution, loaded exactly like a
+third party's. Environment switches (datasette/llm style):
+
+- ``FRIP_LOAD_PLUGINS=name,name``: load only these entry points (built-ins included).
+- ``FRIP_NO_THIRD_PARTY=1``: load only the entry points shipped with frip-engine.
+
+A plugin that fails to import, or whose registration hook raises, is recorded as broken
+and shown by ``frip plugins``; it never takes the engine down with it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from frip_engine import hookspecs
+from frip_engine.errors import PluginError
+
+GROUP = "frip_engine"
+OWN_DISTRIBUTION = "frip-engine"
+KINDS = (
+    "extractor",
+    "he_backend",
+    "protection",
+    "clusterer",
+    "key_store",
+    "gallery_store",
+    "adapter",
+)
+_HOOK_OF_KIND = {
+    "extractor": "register_extractors",
+    "he_backend": "register_he_backends",
+    "protection": "register_protections",
+    "clusterer": "register_clusterers",
+    "key_store": "register_key_stores",
+    "gallery_store": "register_gallery_stores",
+    "adapter": "register_adapters",
+}
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """An importable module a component needs, and what to install to get it."""
+
+    module: str
+    install: str
+
+    def present(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except (ImportError, ValueError):
+            return False
+
+
+@dataclass
+class Component:
+    """One registered component: a factory plus what ``frip plugins`` shows about it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    summary: str = ""
+    requires: tuple[Requirement, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+    plugin: str = ""
+    package: str = ""
+    version: str = ""
+
+    def missing(self) -> list[Requirement]:
+        return [r for r in self.requires if not r.present()]
+
+    @property
+    def available(self) -> bool:
+        return not self.missing()
+
+    def install_hint(self) -> str:
+        missing = self.missing()
+        if not missing:
+            return ""
+        return "; ".join(f"pip install {r.install}" for r in missing)
+
+    def create(self, **params: Any) -> Any:
+        """Build the component; a missing dependency is a PluginError with the install hint."""
+        if not self.available:
+            names = ", ".join(r.module for r in self.missing())
+            raise PluginError(
+                f"{self.kind} '{self.name}' needs {names}, which is not installed; "
+                f"run: {self.install_hint()}"
+            )
+        try:
+            return self.factory(**params)
+        except TypeError as exc:
+            raise PluginError(f"{self.kind} '{self.name}': bad parameters: {exc}") from exc
+
+
+@dataclass
+class BrokenPlugin:
+    name: str
+    package: str
+    version: str
+    error: str
+
+
+@dataclass
+class Registry:
+    """What the loaded plugins offer, by kind and name."""
+
+    components: dict[str, dict[str, Component]]
+    broken: list[BrokenPlugin]
+    plugin_packages: dict[str, tuple[str, str]]
+
+    def get(self, kind: str, name: str) -> Component:
+        found = self.components[kind].get(name)
+        if found is None:
+            known = ", ".join(sorted(self.components[kind])) or "none"
+            raise PluginError(f"unknown {kind.replace('_', ' ')} '{name}' (known: {known})")
+        return found
+
+    def of_kind(self, kind: str) -> list[Component]:
+        return sorted(self.components[kind].values(), key=lambda c: c.name)
+
+
+_state: dict[str, Any] = {}
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, with entry points loaded on first use."""
+    if "pm" not in _state:
+        pm = pluggy.PluginManager(GROUP)
+        pm.add_hookspecs(hookspecs)
+        _state["pm"] = pm
+        _state["packages"], _state["broken"] = _load_entry_points(pm)
+    pm_: pluggy.PluginManager = _state["pm"]
+    return pm_
+
+
+def _selected(ep: importlib.metadata.EntryPoint) -> bool:
+    only = os.environ.get("FRIP_LOAD_PLUGINS", "").strip()
+    if only:
+        return ep.name in {n.strip() for n in only.split(",") if n.strip()}
+    if os.environ.get("FRIP_NO_THIRD_PARTY", "").strip() not in ("", "0"):
+        return ep.dist is not None and ep.dist.name == OWN_DISTRIBUTION
+    return True
+
+
+def _load_entry_points(
+    pm: pluggy.PluginManager,
+) -> tuple[dict[str, tuple[str, str]], list[BrokenPlugin]]:
+    packages: dict[str, tuple[str, str]] = {}
+    broken: list[BrokenPlugin] = []
+    seen: set[str] = set()
+    for ep in importlib.metadata.entry_points(group=GROUP):
+        if ep.name in seen or not _selected(ep):
+            continue
+        seen.add(ep.name)
+        dist = (ep.dist.name, ep.dist.version) if ep.dist else ("?", "?")
+        try:
+            module = ep.load()
+            pm.register(module, name=ep.name)
+        except Exception as exc:  # a broken third-party plugin must not stop the engine
+            broken.append(BrokenPlugin(ep.name, *dist, f"{type(exc).__name__}: {exc}"))
+            continue
+        packages[ep.name] = dist
+    return packages, broken
+
+
+def register_plugin(module: Any, name: str, package: str = "(in process)") -> None:
+    """Register a plugin object at run time (tests, embedding applications)."""
+    pm = plugin_manager()
+    pm.register(module, name=name)
+    _state["packages"][name] = (package, "")
+    _state.pop("registry", None)
+
+
+def unregister_plugin(name: str) -> None:
+    pm = plugin_manager()
+    pm.unregister(name=name)
+    _state["packages"].pop(name, None)
+    _state.pop("registry", None)
+
+
+def registry() -> Registry:
+    """Collect every component from every loaded plugin (cached until plugins change)."""
+    if "registry" in _state:
+        cached: Registry = _state["registry"]
+        return cached
+    pm = plugin_manager()
+    packages: dict[str, tuple[str, str]] = _state["packages"]
+    broken: list[BrokenPlugin] = list(_state["broken"])
+    components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+    for kind, hook_name in _HOOK_OF_KIND.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            package, version = packages.get(impl.plugin_name, ("?", "?"))
+
+            def register(
+                name: str,
+                factory: Callable[..., Any],
+                *,
+                summary: str = "",
+                requires: tuple[Requirement, ...] = (),
+                _kind: str = kind,
+                _plugin: str = impl.plugin_name,
+                _package: str = package,
+                _version: str = version,
+                **info: Any,
+            ) -> None:
+                if name in components[_kind]:
+                    other = components[_kind][name].plugin
+                    print(
+                        f"frip: {_kind} '{name}' from plugin '{_plugin}' ignored: "
+                        f"already registered by '{other}'",
+                        file=sys.stderr,
+                    )
+                    return
+                components[_kind][name] = Component(
+                    _kind, name, factory, summary, requires, info, _plugin, _package, _version
+                )
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # a failing registration hook marks its plugin broken
+                broken.append(
+                    BrokenPlugin(impl.plugin_name, package, version, f"{hook_name}: {exc}")
+                )
+    _state["registry"] = Registry(components, broken, dict(packages))
+    return _state["registry"]  # type: ignore[no-any-return]
+
+
+def reset() -> None:
+    """Forget loaded plugins so the next call re-reads entry points and switches (tests)."""
+    _state.clear()
+
+
+def create(kind: str, name: str, **params: Any) -> Any:
+    """Build a component by kind and name."""
+    return registry().get(kind, name).create(**params)

@@ -1,0 +1,1 @@
+"""frip-engine's built-in plugins, registered through the ``frip_engine`` entry points."""

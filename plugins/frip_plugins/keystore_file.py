@@ -1,0 +1,144 @@
+"""Key store ``file``: the HE secret key sealed with AES-256-GCM under a scrypt-derived key.
+
+The embedded default for machines without a token. The passphrase comes from an
+environment variable (``FRIP_PASSPHRASE`` unless the profile names another) or, on a
+terminal, a prompt; never from the command line. The engine id and key version are
+bound as associated data, so a key file cannot be swapped between engines or versions.
+The derived key-encryption key stays in process memory (like an open token session);
+the HE secret key itself is unwrapped per operation by the key service.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from frip_engine.errors import KeyStoreError, ProfileError
+from frip_engine.hookspecs import hookimpl
+from frip_engine.plugins import Requirement
+
+FORMAT = "frip-file-keystore-1"
+DEFAULT_FILE = "secret-key.frip"
+
+
+def _aad(engine_id: str, version: int) -> bytes:
+    return f"frip-engine:{engine_id}:he-secret:v{version}".encode()
+
+
+class FileKeyStore:
+    name = "file"
+
+    def __init__(
+        self,
+        path: str | None = None,
+        passphrase_env: str = "FRIP_PASSPHRASE",
+        scrypt_log2_n: int = 15,
+    ) -> None:
+        if not 14 <= scrypt_log2_n <= 22:
+            raise ProfileError("key_store file: scrypt_log2_n must be between 14 and 22")
+        self.path = Path(path).expanduser() if path else None
+        self.passphrase_env = passphrase_env
+        self.log2_n = scrypt_log2_n
+        self._keks: dict[bytes, bytes] = {}
+
+    def bind(self, engine_dir: str) -> None:
+        if self.path is None:
+            self.path = Path(engine_dir) / DEFAULT_FILE
+
+    def describe(self) -> str:
+        kdf = f"scrypt N=2^{self.log2_n}"
+        return f"file {self.path} (AES-256-GCM, {kdf}, passphrase from ${self.passphrase_env})"
+
+    def _passphrase(self) -> bytes:
+        value = os.environ.get(self.passphrase_env)
+        if value is None and sys.stdin is not None and sys.stdin.isatty():
+            value = getpass.getpass(f"Passphrase for {self.path}: ")
+        if not value:
+            raise KeyStoreError(
+                f"no passphrase: set the environment variable {self.passphrase_env} "
+                "(or run on a terminal to be prompted)"
+            )
+        return value.encode()
+
+    def _kek(self, salt: bytes) -> bytes:
+        if salt not in self._keks:
+            from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+            kdf = Scrypt(salt=salt, length=32, n=2**self.log2_n, r=8, p=1)
+            self._keks[salt] = kdf.derive(self._passphrase())
+        return self._keks[salt]
+
+    def _read(self) -> dict[str, Any]:
+        assert self.path is not None
+        if not self.path.is_file():
+            return {"format": FORMAT, "keys": {}}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError) as exc:
+            raise KeyStoreError(f"key file {self.path} is unreadable: {exc}") from exc
+        if data.get("format") != FORMAT:
+            raise KeyStoreError(f"key file {self.path} is not a {FORMAT} file")
+        return dict(data)
+
+    def store_secret(self, engine_id: str, version: int, secret: bytes | bytearray) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if self.path is None:
+            raise KeyStoreError("file key store is not bound to an engine directory")
+        data = self._read()
+        if str(version) in data["keys"]:
+            raise KeyStoreError(f"key version {version} already exists in {self.path}")
+        salt, nonce = os.urandom(16), os.urandom(12)
+        sealed = AESGCM(self._kek(salt)).encrypt(nonce, bytes(secret), _aad(engine_id, version))
+        data["keys"][str(version)] = {
+            "kdf": {"name": "scrypt", "log2_n": self.log2_n, "r": 8, "p": 1},
+            "salt": base64.b64encode(salt).decode(),
+            "nonce": base64.b64encode(nonce).decode(),
+            "sealed": base64.b64encode(sealed).decode(),
+        }
+        staging = self.path.with_suffix(".tmp")
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        staging.replace(self.path)
+
+    def load_secret(self, engine_id: str, version: int) -> bytearray:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        entry = self._read()["keys"].get(str(version))
+        if entry is None:
+            raise KeyStoreError(f"key version {version} is not in {self.path}")
+        try:
+            salt = base64.b64decode(entry["salt"])
+            nonce = base64.b64decode(entry["nonce"])
+            sealed = base64.b64decode(entry["sealed"])
+        except (KeyError, ValueError) as exc:
+            raise KeyStoreError(f"key file {self.path} is damaged: {exc}") from exc
+        try:
+            return bytearray(
+                AESGCM(self._kek(salt)).decrypt(nonce, sealed, _aad(engine_id, version))
+            )
+        except InvalidTag:
+            self._keks.pop(salt, None)
+            raise KeyStoreError(
+                f"cannot unwrap the secret key in {self.path}: wrong passphrase, "
+                "or the key file was altered or belongs to another engine"
+            ) from None
+
+
+@hookimpl
+def register_key_stores(register: Any) -> None:
+    register(
+        "file",
+        FileKeyStore,
+        summary="software: AES-256-GCM under a scrypt-derived key (embedded default)",
+        requires=(Requirement("cryptography", "cryptography"),),
+    )

@@ -1,0 +1,28 @@
+"""Protection ``none``: the template goes to the HE backend as extracted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from frip_engine.hookspecs import hookimpl
+
+
+class NoProtection:
+    name = "none"
+    probe_mode = "plain"
+
+    def output_dimension(self, dimension: int) -> int:
+        return dimension
+
+    def protect(self, embedding: np.ndarray) -> np.ndarray:
+        return embedding
+
+    def prepare_probe(self, embedding: np.ndarray) -> np.ndarray:
+        return embedding
+
+
+@hookimpl
+def register_protections(register: Any) -> None:
+    register("none", NoProtection, summary="no template protection (CKKS still hides templates)")

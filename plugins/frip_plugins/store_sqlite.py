@@ -1,0 +1,221 @@
+"""Gallery store ``sqlite``: one SQLite file per engine, the embedded default.
+
+A block (its ciphertexts) and the slot map change in one transaction, so a crash leaves
+every subject either fully enrolled or absent. Every blob carries its SHA-256, checked
+on each read: a corrupted block is reported, never scored. The schema version lives in
+``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from frip_engine.contracts import BlockInfo, NewSubject, SubjectRecord
+from frip_engine.errors import CorruptionError, StoreError, SubjectError
+from frip_engine.hookspecs import hookimpl
+
+SCHEMA_VERSION = 1
+DEFAULT_FILE = "gallery.sqlite"
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE public_contexts (
+    key_version INTEGER PRIMARY KEY, data BLOB NOT NULL, sha256 TEXT NOT NULL);
+CREATE TABLE blocks (
+    block_id INTEGER PRIMARY KEY, partition INTEGER NOT NULL, key_version INTEGER NOT NULL,
+    revision INTEGER NOT NULL, capacity INTEGER NOT NULL, data BLOB NOT NULL,
+    sha256 TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE subjects (
+    subject_id TEXT PRIMARY KEY, block_id INTEGER NOT NULL REFERENCES blocks(block_id),
+    slot INTEGER NOT NULL, images INTEGER NOT NULL, enrolled_at TEXT NOT NULL,
+    UNIQUE (block_id, slot));
+"""
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class SQLiteGalleryStore:
+    name = "sqlite"
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = Path(path).expanduser() if path else None
+        self._db: sqlite3.Connection | None = None
+
+    def bind(self, engine_dir: str) -> None:
+        if self.path is None:
+            self.path = Path(engine_dir) / DEFAULT_FILE
+
+    def _connect(self, create: bool = False) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        if self.path is None:
+            raise StoreError("sqlite gallery store is not bound to an engine directory")
+        if not create and not self.path.is_file():
+            raise StoreError(f"gallery file {self.path} is missing")
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"gallery file {self.path} is not a readable SQLite file: {exc}"
+            ) from exc
+        if not create and version != SCHEMA_VERSION:
+            db.close()
+            raise StoreError(
+                f"gallery file {self.path} has schema version {version}; "
+                f"this frip-engine reads version {SCHEMA_VERSION}"
+            )
+        self._db = db
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._connect().execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"gallery file {self.path}: {exc}") from exc
+
+    def initialise(self, meta: dict[str, str]) -> None:
+        db = self._connect(create=True)
+        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError(f"gallery file {self.path} already holds a gallery")
+        db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        with self._transaction() as tx:
+            tx.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
+
+    def meta(self) -> dict[str, str]:
+        return dict(self._query("SELECT key, value FROM meta"))
+
+    def put_public_context(self, key_version: int, data: bytes) -> None:
+        with self._transaction() as tx:
+            tx.execute(
+                "INSERT INTO public_contexts VALUES (?, ?, ?)", (key_version, data, _digest(data))
+            )
+
+    def public_context(self, key_version: int) -> bytes:
+        rows = self._query(
+            "SELECT data, sha256 FROM public_contexts WHERE key_version = ?", (key_version,)
+        )
+        if not rows:
+            raise StoreError(f"gallery file {self.path} has no public context v{key_version}")
+        data, digest = rows[0]
+        if _digest(data) != digest:
+            raise CorruptionError(f"public context v{key_version} in {self.path} is corrupted")
+        return bytes(data)
+
+    def blocks(self) -> list[BlockInfo]:
+        rows = self._query(
+            "SELECT b.block_id, b.partition, b.key_version, b.revision, b.capacity, "
+            "(SELECT count(*) FROM subjects s WHERE s.block_id = b.block_id), length(b.data) "
+            "FROM blocks b ORDER BY b.block_id"
+        )
+        return [BlockInfo(*row) for row in rows]
+
+    def read_block(self, block_id: int) -> tuple[int, bytes]:
+        rows = self._query(
+            "SELECT revision, data, sha256 FROM blocks WHERE block_id = ?", (block_id,)
+        )
+        if not rows:
+            raise StoreError(f"block {block_id} is not in {self.path}")
+        revision, data, digest = rows[0]
+        if _digest(data) != digest:
+            raise CorruptionError(
+                f"block {block_id} in {self.path} failed its SHA-256 check: the gallery file "
+                "is corrupted; restore it from a backup (the block was not used)"
+            )
+        return int(revision), bytes(data)
+
+    def subjects(self) -> list[SubjectRecord]:
+        rows = self._query(
+            "SELECT subject_id, block_id, slot, enrolled_at, images FROM subjects ORDER BY rowid"
+        )
+        return [SubjectRecord(*row) for row in rows]
+
+    def subject(self, subject_id: str) -> SubjectRecord | None:
+        rows = self._query(
+            "SELECT subject_id, block_id, slot, enrolled_at, images FROM subjects "
+            "WHERE subject_id = ?",
+            (subject_id,),
+        )
+        return SubjectRecord(*rows[0]) if rows else None
+
+    def commit_block(
+        self,
+        block_id: int | None,
+        expected_revision: int,
+        partition: int,
+        key_version: int,
+        capacity: int,
+        data: bytes,
+        added: Sequence[NewSubject] = (),
+        removed: Sequence[str] = (),
+    ) -> int:
+        """Write a block and its slot-map changes in one transaction; return the block id."""
+        now = _now()
+        try:
+            with self._transaction() as tx:
+                if block_id is None:
+                    cursor = tx.execute(
+                        "INSERT INTO blocks (partition, key_version, revision, capacity, data, "
+                        "sha256, updated_at) VALUES (?, ?, 1, ?, ?, ?, ?)",
+                        (partition, key_version, capacity, data, _digest(data), now),
+                    )
+                    assert cursor.lastrowid is not None
+                    block_id = int(cursor.lastrowid)
+                else:
+                    cursor = tx.execute(
+                        "UPDATE blocks SET data = ?, sha256 = ?, revision = revision + 1, "
+                        "updated_at = ? WHERE block_id = ? AND revision = ?",
+                        (data, _digest(data), now, block_id, expected_revision),
+                    )
+                    if cursor.rowcount != 1:
+                        raise StoreError(
+                            f"block {block_id} changed while this update was prepared; retry"
+                        )
+                for subject_id in removed:
+                    tx.execute("DELETE FROM subjects WHERE subject_id = ?", (subject_id,))
+                tx.executemany(
+                    "INSERT INTO subjects VALUES (?, ?, ?, ?, ?)",
+                    [(s.subject_id, block_id, s.slot, s.images, now) for s in added],
+                )
+        except sqlite3.IntegrityError as exc:
+            raise SubjectError(
+                f"slot map rejected the change ({exc}); nothing was written"
+            ) from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"gallery file {self.path}: {exc}; nothing was written") from exc
+        return block_id
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+@hookimpl
+def register_gallery_stores(register: Any) -> None:
+    register("sqlite", SQLiteGalleryStore, summary="one SQLite file per engine (embedded default)")
