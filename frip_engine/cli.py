@@ -23,7 +23,7 @@ app = typer.Typer(
 engine_app = typer.Typer(help="Create, list and show engines.", no_args_is_help=True)
 app.add_typer(engine_app, name="engine")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 HomeOpt = Annotated[

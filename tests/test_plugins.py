@@ -1,0 +1,124 @@
+"""Plugin discovery, switches, availability and fault isolation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from frip_engine import plugins
+from frip_engine.errors import PluginError
+from frip_engine.hookspecs import hookimpl
+from frip_engine.plugins import Requirement
+
+BUILT_INS = {
+    ("extractor", "arcface"),
+    ("he_backend", "tenseal"),
+    ("he_backend", "plaintext"),
+    ("protection", "none"),
+    ("clusterer", "single"),
+    ("key_store", "file"),
+    ("key_store", "memory"),
+    ("gallery_store", "sqlite"),
+}
+
+
+def _names(registry: plugins.Registry) -> set[tuple[str, str]]:
+    return {(c.kind, c.name) for kind in plugins.KINDS for c in registry.of_kind(kind)}
+
+
+def test_built_ins_come_through_entry_points_of_frip_engine(fresh_plugins: None) -> None:
+    registry = plugins.registry()
+    assert _names(registry) >= BUILT_INS
+    for kind, name in BUILT_INS:
+        component = registry.get(kind, name)
+        assert component.package == "frip-engine"
+        assert component.version
+        assert component.available, component.install_hint()
+
+
+def test_vendor_adapter_is_discovered_from_its_own_distribution(fresh_plugins: None) -> None:
+    adapter = plugins.registry().get("adapter", "acme-v1")
+    assert adapter.package == "frip-adapter-acme"
+    assert adapter.plugin == "acme"
+
+
+def test_no_third_party_switch_keeps_only_built_ins(
+    fresh_plugins: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRIP_NO_THIRD_PARTY", "1")
+    names = _names(plugins.registry())
+    assert names >= BUILT_INS
+    assert ("adapter", "acme-v1") not in names
+
+
+def test_load_only_named_plugins(fresh_plugins: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRIP_LOAD_PLUGINS", "tenseal,acme")
+    assert _names(plugins.registry()) == {("he_backend", "tenseal"), ("adapter", "acme-v1")}
+
+
+class _NeedsMissing:
+    @hookimpl
+    def register_extractors(self, register: Any) -> None:
+        register(
+            "needs-missing",
+            object,
+            summary="test",
+            requires=(Requirement("frip_no_such_module_xyz", "frip-no-such-package"),),
+        )
+
+
+class _Broken:
+    @hookimpl
+    def register_clusterers(self, register: Any) -> None:
+        raise RuntimeError("this plugin is broken on purpose")
+
+
+def test_missing_dependency_is_listed_with_hint_and_refused_cleanly(fresh_plugins: None) -> None:
+    plugins.register_plugin(_NeedsMissing(), "needs-missing")
+    component = plugins.registry().get("extractor", "needs-missing")
+    assert not component.available
+    assert component.install_hint() == "pip install frip-no-such-package"
+    with pytest.raises(PluginError, match="pip install frip-no-such-package"):
+        component.create()
+
+
+def test_broken_plugin_is_reported_not_fatal(fresh_plugins: None) -> None:
+    plugins.register_plugin(_Broken(), "broken-one")
+    registry = plugins.registry()
+    assert any(b.name == "broken-one" and "on purpose" in b.error for b in registry.broken)
+    assert _names(registry) >= BUILT_INS
+
+
+def test_unknown_plugin_names_the_known_ones(fresh_plugins: None) -> None:
+    with pytest.raises(PluginError, match=r"unknown he backend 'seal9'.*tenseal"):
+        plugins.create("he_backend", "seal9")
+
+
+def test_frip_plugins_command_lists_everything_and_the_adapter() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "frip_engine", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    listed = json.loads(result.stdout)
+    names = {(c["kind"], c["name"]) for c in listed["components"]}
+    assert BUILT_INS | {("adapter", "acme-v1")} <= names
+    acme = next(c for c in listed["components"] if c["name"] == "acme-v1")
+    assert acme["package"] == "frip-adapter-acme" and acme["available"]
+
+
+def test_core_import_pulls_in_no_heavy_dependency() -> None:
+    code = (
+        "import sys, frip_engine.cli, frip_engine.engine, frip_engine.plugins;"
+        "heavy = [m for m in ('tenseal', 'onnxruntime', 'cv2', 'insightface', 'matplotlib')"
+        " if m in sys.modules]; print(heavy)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
