@@ -122,3 +122,66 @@ def test_core_import_pulls_in_no_heavy_dependency() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+class _Listener:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    @hookimpl
+    def frip_enrolled(self, engine: str, subject_id: str, block_id: int, slot: int) -> None:
+        self.events.append(("enrolled", subject_id))
+
+    @hookimpl
+    def frip_identified(self, engine: str, decision: Any) -> None:
+        self.events.append(("identified", str(decision.subject_id)))
+
+    @hookimpl
+    def frip_removed(self, engine: str, subject_id: str) -> None:
+        self.events.append(("removed", subject_id))
+
+
+def test_event_hooks_fire_after_each_committed_change(
+    fresh_plugins: None, make_engine: Any
+) -> None:
+    import numpy as np
+
+    from frip_engine.engine import EnrolItem
+
+    listener = _Listener()
+    plugins.register_plugin(listener, "listener")
+    engine = make_engine("events")
+    vector = np.ones(512)
+    engine.enrol(EnrolItem("alice", embeddings=[vector]))
+    engine.identify(embedding=vector)
+    engine.remove("alice")
+    failed = engine.enrol_many([EnrolItem("bob", embeddings=[np.zeros(512)])])
+    assert failed.failed and listener.events == [
+        ("enrolled", "alice"),
+        ("identified", "alice"),
+        ("removed", "alice"),
+    ]
+
+
+class _Commands:
+    @hookimpl
+    def register_commands(self, cli: Any) -> None:
+        @cli.command("hello-frip")
+        def hello() -> None:
+            print("hello from a plugin command")
+
+
+def test_plugins_can_add_cli_commands(fresh_plugins: None) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+
+    @app.command("noop")
+    def noop() -> None:
+        """A second command so typer keeps subcommand names."""
+
+    plugins.register_plugin(_Commands(), "commands")
+    plugins.plugin_manager().hook.register_commands(cli=app)
+    result = CliRunner().invoke(app, ["hello-frip"])
+    assert result.exit_code == 0 and "hello from a plugin command" in result.output
