@@ -5,13 +5,13 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.frip-installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint softhsm clean
 
 $(STAMP): pyproject.toml adapters/frip-adapter-acme/pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "frip-engine needs Python 3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[he,arcface,demo,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[he,arcface,pkcs11,demo,dev]"
 	# insightface pins the GUI opencv-python; its real needs are in the arcface extra.
 	$(BIN)/python -m pip install --quiet --no-deps "insightface==2.1"
 	$(BIN)/python -m pip install --quiet -e adapters/frip-adapter-acme
@@ -25,7 +25,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The PKCS#11 tests need SoftHSM2: installed here when missing and run as root; otherwise
+# those tests are skipped and say why. They make their own throw-away token.
+softhsm:
+	@command -v softhsm2-util >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2; \
+	  else echo "softhsm2 is missing and this is not root: PKCS#11 tests will be skipped"; fi; }
+
+test: lint softhsm
 	$(BIN)/python -m pytest
 
 clean:

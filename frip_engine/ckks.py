@@ -48,6 +48,10 @@ class CKKSParams:
             )
         if len(self.coeff_mod_bit_sizes) < 2:
             raise ProfileError("coeff_mod_bit_sizes needs a data prime and a special prime")
+        if any(not 20 <= bits <= 60 for bits in self.coeff_mod_bit_sizes):
+            raise ProfileError(f"{self.describe()}: every prime must have 20 to 60 bits (SEAL)")
+        if not 20 <= self.scale_bits <= 60:
+            raise ProfileError(f"{self.describe()}: scale_bits must be between 20 and 60")
         # Plain-probe scores are accumulated at scale^2 without rescaling: the product of
         # a fresh ciphertext and an encoded constant must fit the data primes with a sign bit.
         data_bits = sum(self.coeff_mod_bit_sizes[:-1])
@@ -76,9 +80,9 @@ def params_from(
         raise ProfileError(f"unknown CKKS preset '{preset}' (known: {', '.join(PRESETS)})")
     base = PRESETS[preset or "fast"]
     params = CKKSParams(
-        poly_modulus_degree or base.poly_modulus_degree,
-        tuple(coeff_mod_bit_sizes or base.coeff_mod_bit_sizes),
-        scale_bits or base.scale_bits,
+        base.poly_modulus_degree if poly_modulus_degree is None else poly_modulus_degree,
+        tuple(base.coeff_mod_bit_sizes if coeff_mod_bit_sizes is None else coeff_mod_bit_sizes),
+        base.scale_bits if scale_bits is None else scale_bits,
     )
     params.check()
     return params

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,10 @@ app = typer.Typer(
 )
 engine_app = typer.Typer(help="Create, list and show engines.", no_args_is_help=True)
 app.add_typer(engine_app, name="engine")
+keys_app = typer.Typer(
+    help="HE key lifecycle: init, status, rotate-kek, rotate-he.", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -89,16 +94,14 @@ def engine_create(
 ) -> None:
     """Create an engine: validate the profile, generate HE keys, make an empty gallery."""
     from frip_engine.engine import Engine
-    from frip_engine.profile import Profile, load_profile
+    from frip_engine.profile import Profile
 
     data: dict[str, Any] = {}
     if profile is not None:
-        loaded = load_profile(profile)
-        data = {"engine": {"description": loaded.description}, **loaded.sections}
-        if loaded.threshold is not None:
-            data["engine"]["threshold"] = loaded.threshold
-        if loaded.insecure:
-            data["engine"]["insecure"] = True
+        if not profile.is_file():
+            raise InputError(f"profile {profile} does not exist")
+        data = tomllib.loads(profile.read_text())
+        data.setdefault("engine", {}).pop("id", None)  # a new engine gets a new id
     data.setdefault("engine", {})["name"] = name
     for section, value in (("extractor", extractor), ("he", he), ("key_store", key_store)):
         if value:
@@ -346,6 +349,77 @@ def demo_command(
     from frip_engine.demo import run_demo
 
     run_demo(data, output, preset, out)
+
+
+# ---------------------------------------------------------------------------- keys
+EngineArg = Annotated[str, typer.Argument(metavar="ENGINE")]
+
+
+@keys_app.command("init")
+def keys_init(
+    engine_name: EngineArg,
+    key_store: Annotated[str, typer.Option(help="Key store to move the HE secret key into.")],
+    option: Annotated[
+        list[str] | None,
+        typer.Option(help="Key store parameter KEY=VALUE (repeatable), e.g. token_label=frip."),
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Initialise a key store for an engine (e.g. a PKCS#11 token) and move its HE key there.
+
+    The PIN or passphrase is read from the environment or a prompt, never from options.
+    """
+    from frip_engine.engine import Engine
+
+    section: dict[str, Any] = {"plugin": key_store}
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--option wants KEY=VALUE, got {item!r}")
+        if key in {"pin", "passphrase"}:
+            raise InputError("secrets are never taken from the command line; use the environment")
+        section[key] = value
+    with Engine.open(engine_name, home) as engine:
+        engine.move_keys(section)
+        out.print(f"{engine_name}: HE secret key now in {engine.parts.key_store.describe()}")
+
+
+@keys_app.command("status")
+def keys_status(engine_name: EngineArg, as_json: JsonOpt = False, home: HomeOpt = None) -> None:
+    """Where the engine's keys are, which versions exist, and the KEK's protection."""
+    from frip_engine.engine import Engine
+
+    with Engine.open(engine_name, home) as engine:
+        status = engine.key_status()
+    if as_json:
+        _print_json(status)
+        return
+    table = Table(title=f"keys of {engine_name}", show_header=False)
+    for key, value in status.items():
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+@keys_app.command("rotate-kek")
+def keys_rotate_kek(engine_name: EngineArg, home: HomeOpt = None) -> None:
+    """Re-wrap the HE secret key under a fresh key-encryption key."""
+    from frip_engine.engine import Engine
+
+    with Engine.open(engine_name, home) as engine:
+        out.print(f"{engine_name}: key-encryption key rotated ({engine.rotate_kek()})")
+
+
+@keys_app.command("rotate-he")
+def keys_rotate_he(engine_name: EngineArg, home: HomeOpt = None) -> None:
+    """New HE key pair; the gallery is re-encrypted block by block, then switched at once."""
+    from rich.progress import Progress
+
+    from frip_engine.engine import Engine
+
+    with Engine.open(engine_name, home) as engine, Progress(console=err, transient=True) as bar:
+        task = bar.add_task("re-encrypting blocks", total=len(engine.store.blocks()))
+        version = engine.rotate_he_keys(progress=lambda _b: bar.advance(task))
+    out.print(f"{engine_name}: now on HE key version {version}; old key deleted")
 
 
 def main() -> None:

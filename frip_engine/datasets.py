@@ -34,7 +34,14 @@ def csv_identities(index: Path) -> dict[str, list[Path]]:
     if not index.is_file():
         raise InputError(f"index {index} does not exist")
     found: dict[str, list[Path]] = defaultdict(list)
-    with index.open(newline="") as handle:
+    try:
+        return _read_index(index, found)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{index}: not UTF-8 text ({exc.reason})") from exc
+
+
+def _read_index(index: Path, found: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    with index.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"path", "identity"} <= set(reader.fieldnames):
             raise InputError(f"{index}: needs a header with 'path' and 'identity' columns")

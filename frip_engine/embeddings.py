@@ -33,7 +33,10 @@ def normalise(vector: object, dimension: int, what: str = "embedding") -> np.nda
 def mean_template(embeddings: list[np.ndarray]) -> np.ndarray:
     """One template from several images of a subject: the normalised mean direction."""
     mean = np.mean(np.stack(embeddings), axis=0)
-    return np.asarray(mean / np.linalg.norm(mean))
+    norm = float(np.linalg.norm(mean))
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise EmbeddingError("the subject's embeddings cancel out: they cannot be one person")
+    return np.asarray(mean / norm)
 
 
 def read_embedding_file(path: Path, dimension: int) -> np.ndarray:

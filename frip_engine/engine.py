@@ -8,6 +8,7 @@ matcher scores each block (public key only) -> key service decrypts and decides.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -21,12 +22,28 @@ from frip_engine import plugins
 from frip_engine.contracts import BlockInfo, NewSubject
 from frip_engine.decision import Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
-from frip_engine.errors import FripError, NotFoundError, ProfileError, SubjectError
+from frip_engine.errors import (
+    FripError,
+    KeyStoreError,
+    NotFoundError,
+    ProfileError,
+    StoreError,
+    SubjectError,
+)
 from frip_engine.images import load_image
 from frip_engine.keyservice import KeyService
-from frip_engine.profile import Components, Profile, build, engine_dir, engines_home, load_profile
+from frip_engine.profile import (
+    Components,
+    Profile,
+    build,
+    engine_dir,
+    engines_home,
+    load_profile,
+    save_profile,
+)
 
 PROFILE_FILE = "profile.toml"
+logger = logging.getLogger("frip_engine")
 
 
 @dataclass
@@ -78,6 +95,7 @@ class Engine:
         try:
             parts.key_store.bind(str(directory))
             parts.gallery_store.bind(str(directory))
+            parts.key_store.init(profile.engine_id)
             service = KeyService.generate(parts.backend, parts.key_store, profile.engine_id, 1)
             parts.gallery_store.initialise(
                 {
@@ -90,9 +108,7 @@ class Engine:
                 }
             )
             parts.gallery_store.put_public_context(1, service.public_context)
-            staging = directory / (PROFILE_FILE + ".tmp")
-            staging.write_text(profile.to_toml())
-            staging.replace(directory / PROFILE_FILE)  # the profile's presence marks a whole engine
+            save_profile(profile, directory / PROFILE_FILE)  # its presence marks a whole engine
         except BaseException:
             parts.gallery_store.close()
             shutil.rmtree(directory, ignore_errors=True)
@@ -227,20 +243,24 @@ class Engine:
                     NewSubject(ids[r], s, templates[ids[r]][1])
                     for r, s in zip(chunk, slots, strict=True)
                 ]
-                block_id = self.store.commit_block(
-                    None if info is None else info.block_id,
-                    0 if info is None else info.revision,
-                    partition,
-                    self.key_version,
-                    self.matcher.slots,
-                    self.matcher.dump(block),
-                    added=added,
-                )
+                try:
+                    block_id = self.store.commit_block(
+                        None if info is None else info.block_id,
+                        0 if info is None else info.revision,
+                        partition,
+                        self.key_version,
+                        self.matcher.slots,
+                        self.matcher.dump(block),
+                        added=added,
+                    )
+                except FripError as exc:  # this chunk is absent; the others stand
+                    report.failed.update({s.subject_id: f"not stored: {exc}" for s in added})
+                    continue
                 self._blocks.pop(block_id, None)
-                hook = plugins.plugin_manager().hook
                 for subject in added:
                     report.enrolled.append(subject.subject_id)
-                    hook.frip_enrolled(
+                    _emit(
+                        "frip_enrolled",
                         engine=self.name,
                         subject_id=subject.subject_id,
                         block_id=block_id,
@@ -310,12 +330,13 @@ class Engine:
             raise SubjectError("top_k must be at least 1")
         watch = Stopwatch()
         probe, notes = self._probe(watch, image, embedding)
-        occupants = self._occupants()
-        blocks = [b for b in self.store.blocks() if occupants.get(b.block_id)]
-        partitions = sorted({b.partition for b in blocks})
-        routed = set(self.parts.clusterer.route(probe, partitions)) if partitions else set()
-        chosen = [b for b in blocks if b.partition in routed]
-        return self._decide(watch, probe, chosen, occupants, top_k, threshold, notes)
+        with self.store.snapshot():  # slot map and blocks from one consistent state
+            occupants = self._occupants()
+            blocks = [b for b in self.store.blocks() if occupants.get(b.block_id)]
+            partitions = sorted({b.partition for b in blocks})
+            routed = set(self.parts.clusterer.route(probe, partitions)) if partitions else set()
+            loaded = self._load_blocks(watch, [b for b in blocks if b.partition in routed])
+        return self._decide(watch, probe, loaded, occupants, top_k, threshold, notes)
 
     def verify(
         self,
@@ -325,20 +346,35 @@ class Engine:
         threshold: float | None = None,
     ) -> Decision:
         """1:1: is the probe the named subject?"""
-        record = self.store.subject(subject_id)
-        if record is None:
-            raise SubjectError(f"subject '{subject_id}' is not enrolled in engine '{self.name}'")
         watch = Stopwatch()
         probe, notes = self._probe(watch, image, embedding)
-        block = next(b for b in self.store.blocks() if b.block_id == record.block_id)
+        with self.store.snapshot():
+            record = self.store.subject(subject_id)
+            if record is None:
+                raise SubjectError(
+                    f"subject '{subject_id}' is not enrolled in engine '{self.name}'"
+                )
+            block = next(b for b in self.store.blocks() if b.block_id == record.block_id)
+            loaded = self._load_blocks(watch, [block])
         occupants = {record.block_id: {record.slot: subject_id}}
-        return self._decide(watch, probe, [block], occupants, 1, threshold, notes)
+        return self._decide(watch, probe, loaded, occupants, 1, threshold, notes)
+
+    def _load_blocks(self, watch: Stopwatch, infos: Sequence[BlockInfo]) -> list[tuple[int, Any]]:
+        stale = [b.block_id for b in infos if b.key_version != self.key_version]
+        if stale:
+            raise StoreError(
+                f"blocks {stale} are under HE key v{infos[0].key_version}, this engine object "
+                f"holds v{self.key_version}: the keys were rotated by another process; open "
+                "the engine again"
+            )
+        with watch.stage("gallery_load"):
+            return [(info.block_id, self._load_block(info)) for info in infos]
 
     def _decide(
         self,
         watch: Stopwatch,
         probe: np.ndarray,
-        blocks: Sequence[BlockInfo],
+        blocks: Sequence[tuple[int, Any]],
         occupants: dict[int, dict[int, str]],
         top_k: int,
         threshold: float | None,
@@ -348,11 +384,9 @@ class Engine:
         scored: list[tuple[int, bytes]] = []
         with watch.stage("probe_encryption"):
             encoded = self.matcher.encode_probe(probe)
-        for info in blocks:
-            with watch.stage("gallery_load"):
-                block = self._load_block(info)
+        for block_id, block in blocks:
             with watch.stage("distance_derivation"):
-                scored.append((info.block_id, self.matcher.score(block, encoded)))
+                scored.append((block_id, self.matcher.score(block, encoded)))
         candidates, timings = (
             self.key_service.decide(scored, occupants, top_k) if scored else ([], {})
         )
@@ -367,11 +401,11 @@ class Engine:
             threshold=limit,
             candidates=candidates,
             timings=watch.finish(),
-            registrants=sum(len(occupants.get(b.block_id, {})) for b in blocks),
+            registrants=sum(len(occupants.get(block_id, {})) for block_id, _ in blocks),
             blocks_scored=len(blocks),
             notes=notes,
         )
-        plugins.plugin_manager().hook.frip_identified(engine=self.name, decision=decision)
+        _emit("frip_identified", engine=self.name, decision=decision)
         return decision
 
     # ----------------------------------------------------------------- removal and stats
@@ -387,7 +421,7 @@ class Engine:
             for s in self.store.subjects()
             if s.block_id == record.block_id and s.subject_id != subject_id
         )
-        fresh = self.key_service.rebuild_block(self.matcher, data, keep)
+        fresh = self.key_service.rebuild_block(data, keep)
         self.store.commit_block(
             info.block_id,
             revision,
@@ -398,7 +432,75 @@ class Engine:
             removed=[subject_id],
         )
         self._blocks.pop(info.block_id, None)
-        plugins.plugin_manager().hook.frip_removed(engine=self.name, subject_id=subject_id)
+        _emit("frip_removed", engine=self.name, subject_id=subject_id)
+
+    # ----------------------------------------------------------------- key lifecycle
+    def rotate_he_keys(self, progress: Progress | None = None) -> int:
+        """New HE key pair; every block re-encrypted inside the key service, then one switch.
+
+        Until the final store transaction the engine runs on its old keys: a rotation
+        killed midway leaves it working, and the next rotation starts over.
+        """
+        engine_id, old_version = self.profile.engine_id, self.key_version
+        new_version = old_version + 1
+        key_store = self.parts.key_store
+        self.store.clear_staging()
+        key_store.delete_secret(engine_id, new_version)  # left by an interrupted rotation
+        fresh = KeyService.generate(self.parts.backend, key_store, engine_id, new_version)
+        matcher = self.parts.backend.matcher(fresh.public_context)
+        occupants = self._occupants()
+        for info in self.store.blocks():
+            if progress:
+                progress(f"block {info.block_id}")
+            revision, data = self.store.read_block(info.block_id)
+            keep = sorted(occupants.get(info.block_id, {}))
+            rebuilt = self.key_service.rebuild_block(data, keep, fresh.public_context)
+            self.store.stage_block(info.block_id, revision, new_version, rebuilt)
+        self.store.switch_key_version(new_version, fresh.public_context)
+        self.key_version, self.key_service, self.matcher = new_version, fresh, matcher
+        self._blocks.clear()
+        key_store.delete_secret(engine_id, old_version)
+        return new_version
+
+    def rotate_kek(self) -> str:
+        """Re-wrap the HE secret key under a fresh key-encryption key."""
+        return str(self.parts.key_store.rotate_kek(self.profile.engine_id))
+
+    def key_status(self) -> dict[str, Any]:
+        status = dict(self.parts.key_store.status(self.profile.engine_id))
+        status["key_version_in_use"] = self.key_version
+        status["he"] = self.parts.backend.description
+        return status
+
+    def move_keys(self, section: dict[str, Any]) -> None:
+        """Put the HE secret key into a newly initialised key store and switch the profile.
+
+        The old store's copy is deleted only after the new one has been read back and the
+        profile saved, so a failure at any step leaves a working engine.
+        """
+        engine_id, version = self.profile.engine_id, self.key_version
+        params = {k: v for k, v in section.items() if k != "plugin"}
+        target = plugins.create("key_store", str(section["plugin"]), **params)
+        target.bind(str(self.directory))
+        target.init(engine_id)
+        secret = self.parts.key_store.load_secret(engine_id, version)
+        try:
+            target.store_secret(engine_id, version, secret)
+            check = target.load_secret(engine_id, version)
+            same = check == secret
+            check[:] = bytes(len(check))
+        finally:
+            secret[:] = bytes(len(secret))
+        if not same:
+            raise KeyStoreError("the new key store returned a different key; nothing switched")
+        old = self.parts.key_store
+        self.profile.sections["key_store"] = dict(section)
+        save_profile(self.profile, self.directory / PROFILE_FILE)
+        self.parts.key_store = target
+        self.key_service = KeyService(
+            self.parts.backend, target, engine_id, version, self.key_service.public_context
+        )
+        old.delete_secret(engine_id, version)
 
     def stats(self) -> dict[str, Any]:
         blocks = self.store.blocks()
@@ -420,6 +522,14 @@ class Engine:
             "key_store": self.parts.key_store.describe(),
             "directory": str(self.directory),
         }
+
+
+def _emit(hook_name: str, **kwargs: Any) -> None:
+    """Call an event hook after a committed change; a failing listener cannot undo it."""
+    try:
+        getattr(plugins.plugin_manager().hook, hook_name)(**kwargs)
+    except Exception:
+        logger.exception("event hook %s failed; the change it reports stands", hook_name)
 
 
 def list_engines(home: Path | None = None) -> list[str]:

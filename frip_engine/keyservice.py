@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 
@@ -116,17 +115,23 @@ class KeyService:
         order = np.argsort(-values, kind="stable")[:top_k]
         return [(float(values[i]), occupants[int(slots[i])]) for i in order]
 
-    def rebuild_block(self, matcher: Any, block: bytes, keep: Sequence[int]) -> bytes:
-        """Really erase registrants: decrypt the block and re-encrypt only the slots in ``keep``.
+    def rebuild_block(
+        self, block: bytes, keep: Sequence[int], public_context: bytes | None = None
+    ) -> bytes:
+        """Decrypt a block and re-encrypt only the slots in ``keep``, all inside this service.
 
-        Slots not kept come back as fresh encryptions of zero, so an erased template
-        is gone from the ciphertexts, not merely hidden by the slot map.
+        Slots not kept come back as fresh encryptions of zero, so an erased template is
+        gone from the ciphertexts, not merely hidden by the slot map. With another public
+        context the block is re-encrypted under that key (HE key rotation). The decrypted
+        templates never leave this method: it encrypts with its own public-key encryptor.
         """
+        encryptor = self._backend.matcher(public_context or self._public)
         with self.unlocked() as decryptor:
             features = decryptor.decrypt_block(block)  # (dimension, slots), feature-major
+        kept = list(keep)
+        rows = np.ascontiguousarray(features[:, kept].T)
         try:
-            kept = list(keep)
-            fresh = matcher.encrypt_rows(np.ascontiguousarray(features[:, kept].T), kept)
-            return bytes(matcher.dump(fresh))
+            return bytes(encryptor.dump(encryptor.encrypt_rows(rows, kept)))
         finally:
             features.fill(0.0)
+            rows.fill(0.0)

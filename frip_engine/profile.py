@@ -142,6 +142,13 @@ class Profile:
         return tomli_w.dumps({"engine": engine, **self.sections})
 
 
+def save_profile(profile: Profile, path: Path) -> None:
+    """Write atomically: a reader sees the old profile or the new one, never half."""
+    staging = path.with_suffix(".toml.tmp")
+    staging.write_text(profile.to_toml())
+    staging.replace(path)
+
+
 def load_profile(path: Path) -> Profile:
     if not path.is_file():
         raise NotFoundError(f"profile {path} does not exist")

@@ -69,3 +69,48 @@ def near(vector: np.ndarray, noise: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     moved = vector + noise * rng.standard_normal(vector.shape) / np.sqrt(vector.size)
     return moved / np.linalg.norm(moved)
+
+
+SOFTHSM_PIN = "2468"
+TOKENS = ("frip-a", "frip-b")
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A throw-away SoftHSM2 token directory with two tokens (never the system one).
+
+    SoftHSM reads its configuration once per process, so one directory serves the session.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    tool = shutil.which("softhsm2-util")
+    if tool is None:
+        pytest.skip(
+            "SoftHSM2 is not installed (Debian package softhsm2; make test installs it as root)"
+        )
+    root = tmp_path_factory.mktemp("softhsm")
+    (root / "tokens").mkdir()
+    conf = root / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
+    )
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    for label in TOKENS:
+        subprocess.run(
+            [
+                tool,
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                SOFTHSM_PIN,
+                "--so-pin",
+                "13579",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return {"conf": str(conf), "tokens": str(root / "tokens")}

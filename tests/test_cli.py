@@ -158,3 +158,14 @@ def test_wrong_passphrase_exit_code(home: Path, monkeypatch: object, tmp_path: P
         env=env,
     )
     assert result.returncode == 5 and "wrong passphrase" in result.stderr
+
+
+def test_create_from_a_profile_file_keeps_every_engine_key(home: Path, tmp_path: Path) -> None:
+    profile = tmp_path / "p.toml"
+    profile.write_text('[engine]\nname = "ignored"\ndimension = 128\n')
+    refused = frip("engine", "create", "fromfile", "--profile", str(profile), ok=False)
+    assert refused.returncode == 4 and "dimension = 128" in refused.stderr
+    profile.write_text('[engine]\nname = "x"\nthreshold = 0.5\n[he]\npreset = "precise"\n')
+    frip("engine", "create", "fromfile", "--profile", str(profile))
+    stats = json.loads(frip("stats", "fromfile", "--json").stdout)
+    assert stats["threshold"] == 0.5 and "q=[60,40,60]" in stats["he"]

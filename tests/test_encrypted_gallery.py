@@ -192,3 +192,37 @@ def test_key_service_wipes_its_unwrapped_copy(make_engine: Any, monkeypatch: Any
     engine.identify(embedding=gallery[0])
     assert seen and all(not any(buffer) for buffer in seen)
     assert isinstance(engine.key_service, KeyService)
+
+
+def test_probe_values_below_the_scale_are_harmless(make_engine: Any) -> None:
+    encrypted, reference, gallery = _pair(make_engine, 5)
+    probe = gallery[2].copy()
+    probe[:10] = 1e-12  # encode to 0 at scale 2^29: TenSEAL would otherwise fail
+    a, b = encrypted.identify(embedding=probe), reference.identify(embedding=probe)
+    assert a.subject_id == b.subject_id == "s0002"
+
+
+def test_embeddings_that_cancel_out_fail_only_their_subject(make_engine: Any) -> None:
+    engine = make_engine("cancel")
+    v = unit_vectors(2)
+    report = engine.enrol_many(
+        [EnrolItem("odd", embeddings=[v[0], -v[0]]), EnrolItem("fine", embeddings=[v[1]])]
+    )
+    assert report.enrolled == ["fine"] and "cancel out" in report.failed["odd"]
+    assert engine.identify(embedding=v[1]).subject_id == "fine"
+
+
+def test_a_stale_engine_object_cannot_write_under_a_rotated_key(
+    make_engine: Any, home: Any
+) -> None:
+    first = make_engine("stale")
+    v = unit_vectors(3)
+    first.enrol(EnrolItem("a", embeddings=[v[0]]))
+    second = Engine.open("stale", home)
+    second.rotate_he_keys()
+    report = first.enrol_many([EnrolItem("b", embeddings=[v[1]])])
+    assert "rotated by another process" in report.failed["b"]
+    with pytest.raises(Exception, match="rotated by another process"):
+        first.identify(embedding=v[0])
+    assert second.identify(embedding=v[0]).subject_id == "a"
+    second.close()

@@ -163,6 +163,27 @@ def test_event_hooks_fire_after_each_committed_change(
     ]
 
 
+class _FailingListener:
+    @hookimpl
+    def frip_enrolled(self, engine: str, subject_id: str, block_id: int, slot: int) -> None:
+        raise RuntimeError("audit sink is down")
+
+
+def test_a_failing_event_listener_does_not_lose_enrolments(
+    fresh_plugins: None, make_engine: Any
+) -> None:
+    import numpy as np
+
+    from frip_engine.engine import EnrolItem
+
+    plugins.register_plugin(_FailingListener(), "failing-listener")
+    engine = make_engine("listener")
+    rng = np.random.default_rng(3)
+    items = [EnrolItem(f"s{i}", embeddings=[rng.standard_normal(512)]) for i in range(4)]
+    report = engine.enrol_many(items)
+    assert report.enrolled == ["s0", "s1", "s2", "s3"] and not report.failed
+
+
 class _Commands:
     @hookimpl
     def register_commands(self, cli: Any) -> None:

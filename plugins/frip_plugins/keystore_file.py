@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import getpass
-import json
 import os
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from frip_engine.errors import KeyStoreError, ProfileError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
+from frip_plugins.sealed_file import read_sealed, write_sealed
 
 FORMAT = "frip-file-keystore-1"
 DEFAULT_FILE = "secret-key.frip"
@@ -65,49 +65,82 @@ class FileKeyStore:
             )
         return value.encode()
 
-    def _kek(self, salt: bytes) -> bytes:
+    def _kek(
+        self, salt: bytes, passphrase: bytes | None = None, log2_n: int | None = None
+    ) -> bytes:
         if salt not in self._keks:
             from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-            kdf = Scrypt(salt=salt, length=32, n=2**self.log2_n, r=8, p=1)
-            self._keks[salt] = kdf.derive(self._passphrase())
+            cost = 2 ** (log2_n or self.log2_n)  # what the key was sealed with wins
+            kdf = Scrypt(salt=salt, length=32, n=cost, r=8, p=1)
+            self._keks[salt] = kdf.derive(passphrase or self._passphrase())
         return self._keks[salt]
 
     def _read(self) -> dict[str, Any]:
-        assert self.path is not None
-        if not self.path.is_file():
-            return {"format": FORMAT, "keys": {}}
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError) as exc:
-            raise KeyStoreError(f"key file {self.path} is unreadable: {exc}") from exc
-        if data.get("format") != FORMAT:
-            raise KeyStoreError(f"key file {self.path} is not a {FORMAT} file")
-        return dict(data)
-
-    def store_secret(self, engine_id: str, version: int, secret: bytes | bytearray) -> None:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
         if self.path is None:
             raise KeyStoreError("file key store is not bound to an engine directory")
-        data = self._read()
-        if str(version) in data["keys"]:
-            raise KeyStoreError(f"key version {version} already exists in {self.path}")
+        return read_sealed(self.path, FORMAT, {"keys": {}})
+
+    def _seal(
+        self,
+        engine_id: str,
+        version: int,
+        secret: bytes | bytearray,
+        passphrase: bytes | None = None,
+    ) -> dict[str, Any]:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         salt, nonce = os.urandom(16), os.urandom(12)
-        sealed = AESGCM(self._kek(salt)).encrypt(nonce, bytes(secret), _aad(engine_id, version))
-        data["keys"][str(version)] = {
+        kek = self._kek(salt, passphrase)
+        sealed = AESGCM(kek).encrypt(nonce, bytes(secret), _aad(engine_id, version))
+        return {
             "kdf": {"name": "scrypt", "log2_n": self.log2_n, "r": 8, "p": 1},
             "salt": base64.b64encode(salt).decode(),
             "nonce": base64.b64encode(nonce).decode(),
             "sealed": base64.b64encode(sealed).decode(),
         }
-        staging = self.path.with_suffix(".tmp")
-        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        staging.replace(self.path)
+
+    def init(self, engine_id: str) -> None:
+        """Nothing to create ahead: the key is derived from the passphrase on first use."""
+        self._read()
+
+    def store_secret(self, engine_id: str, version: int, secret: bytes | bytearray) -> None:
+        data = self._read()
+        if str(version) in data["keys"]:
+            raise KeyStoreError(f"key version {version} already exists in {self.path}")
+        data["keys"][str(version)] = self._seal(engine_id, version, secret)
+        assert self.path is not None
+        write_sealed(self.path, data)
+
+    def delete_secret(self, engine_id: str, version: int) -> None:
+        data = self._read()
+        data["keys"].pop(str(version), None)
+        assert self.path is not None
+        write_sealed(self.path, data)
+
+    def rotate_kek(self, engine_id: str) -> str:
+        """Re-seal every version under fresh salts, with the passphrase in
+        $FRIP_NEW_PASSPHRASE when set (then use it as the passphrase from now on)."""
+        data = self._read()
+        secrets = {v: self.load_secret(engine_id, int(v)) for v in data["keys"]}
+        new = os.environ.get("FRIP_NEW_PASSPHRASE", "").encode() or None
+        try:
+            data["keys"] = {v: self._seal(engine_id, int(v), s, new) for v, s in secrets.items()}
+        finally:
+            for secret in secrets.values():
+                secret[:] = bytes(len(secret))
+        assert self.path is not None
+        write_sealed(self.path, data)
+        return "new scrypt salt" + (" and passphrase" if new else "")
+
+    def status(self, engine_id: str) -> dict[str, Any]:
+        return {
+            "store": "file",
+            "sealed_file": str(self.path),
+            "kdf": f"scrypt N=2^{self.log2_n}, r=8, p=1",
+            "passphrase_env": self.passphrase_env,
+            "wrapped_versions": sorted(int(v) for v in self._read()["keys"]),
+        }
 
     def load_secret(self, engine_id: str, version: int) -> bytearray:
         from cryptography.exceptions import InvalidTag
@@ -120,12 +153,14 @@ class FileKeyStore:
             salt = base64.b64decode(entry["salt"])
             nonce = base64.b64decode(entry["nonce"])
             sealed = base64.b64decode(entry["sealed"])
-        except (KeyError, ValueError) as exc:
+            log2_n = int(entry["kdf"]["log2_n"])
+        except (KeyError, ValueError, TypeError) as exc:
             raise KeyStoreError(f"key file {self.path} is damaged: {exc}") from exc
         try:
-            return bytearray(
-                AESGCM(self._kek(salt)).decrypt(nonce, sealed, _aad(engine_id, version))
-            )
+            kek = self._kek(salt, log2_n=log2_n)
+            return bytearray(AESGCM(kek).decrypt(nonce, sealed, _aad(engine_id, version)))
+        except ValueError as exc:
+            raise KeyStoreError(f"key file {self.path} is damaged: {exc}") from exc
         except InvalidTag:
             self._keks.pop(salt, None)
             raise KeyStoreError(

@@ -22,6 +22,19 @@ class MemoryKeyStore:
     def store_secret(self, engine_id: str, version: int, secret: bytes | bytearray) -> None:
         _SECRETS[(engine_id, version)] = bytes(secret)
 
+    def init(self, engine_id: str) -> None:
+        """Nothing to prepare."""
+
+    def delete_secret(self, engine_id: str, version: int) -> None:
+        _SECRETS.pop((engine_id, version), None)
+
+    def rotate_kek(self, engine_id: str) -> str:
+        return "nothing to rotate: the memory store has no key-encryption key"
+
+    def status(self, engine_id: str) -> dict[str, Any]:
+        versions = sorted(v for e, v in _SECRETS if e == engine_id)
+        return {"store": "memory", "wrapped_versions": versions}
+
     def load_secret(self, engine_id: str, version: int) -> bytearray:
         try:
             return bytearray(_SECRETS[(engine_id, version)])

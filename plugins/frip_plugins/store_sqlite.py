@@ -34,6 +34,9 @@ CREATE TABLE subjects (
     subject_id TEXT PRIMARY KEY, block_id INTEGER NOT NULL REFERENCES blocks(block_id),
     slot INTEGER NOT NULL, images INTEGER NOT NULL, enrolled_at TEXT NOT NULL,
     UNIQUE (block_id, slot));
+CREATE TABLE staged_blocks (
+    block_id INTEGER PRIMARY KEY REFERENCES blocks(block_id), source_revision INTEGER NOT NULL,
+    key_version INTEGER NOT NULL, data BLOB NOT NULL, sha256 TEXT NOT NULL);
 """
 
 
@@ -68,6 +71,7 @@ class SQLiteGalleryStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA secure_delete=ON")  # erased ciphertexts are overwritten on disk
             version = db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise StoreError(
@@ -92,6 +96,16 @@ class SQLiteGalleryStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one consistent state of blocks and slot map (WAL snapshot)."""
+        db = self._connect()
+        db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            db.execute("COMMIT")
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
@@ -178,6 +192,14 @@ class SQLiteGalleryStore:
         now = _now()
         try:
             with self._transaction() as tx:
+                (current,) = tx.execute(
+                    "SELECT value FROM meta WHERE key = 'key_version'"
+                ).fetchone()
+                if int(current) != key_version:
+                    raise StoreError(
+                        f"the engine is on HE key v{current}, this write is under v{key_version}: "
+                        "the keys were rotated by another process; open the engine again"
+                    )
                 if block_id is None:
                     cursor = tx.execute(
                         "INSERT INTO blocks (partition, key_version, revision, capacity, data, "
@@ -209,6 +231,45 @@ class SQLiteGalleryStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"gallery file {self.path}: {exc}; nothing was written") from exc
         return block_id
+
+    # ------------------------------------------------------------------ HE key rotation
+    def clear_staging(self) -> None:
+        with self._transaction() as tx:
+            tx.execute("DELETE FROM staged_blocks")
+
+    def stage_block(self, block_id: int, revision: int, key_version: int, data: bytes) -> None:
+        """Keep a block re-encrypted under the next key aside until the switch."""
+        with self._transaction() as tx:
+            tx.execute(
+                "INSERT OR REPLACE INTO staged_blocks VALUES (?, ?, ?, ?, ?)",
+                (block_id, revision, key_version, data, _digest(data)),
+            )
+
+    def switch_key_version(self, key_version: int, public_context: bytes) -> None:
+        """Swap every block for its staged re-encryption and the key version, in one go."""
+        with self._transaction() as tx:
+            stale = tx.execute(
+                "SELECT count(*) FROM blocks b LEFT JOIN staged_blocks s USING (block_id) "
+                "WHERE s.block_id IS NULL OR s.key_version != ? OR s.source_revision != b.revision",
+                (key_version,),
+            ).fetchone()[0]
+            if stale:
+                raise StoreError(
+                    f"{stale} block(s) changed or were not re-encrypted during the key "
+                    "rotation; nothing was switched, the engine stays on its current keys"
+                )
+            tx.execute(
+                "UPDATE blocks SET key_version = ?, revision = revision + 1, updated_at = ?, "
+                "data = (SELECT data FROM staged_blocks s WHERE s.block_id = blocks.block_id), "
+                "sha256 = (SELECT sha256 FROM staged_blocks s WHERE s.block_id = blocks.block_id)",
+                (key_version, _now()),
+            )
+            tx.execute(
+                "INSERT OR REPLACE INTO public_contexts VALUES (?, ?, ?)",
+                (key_version, public_context, _digest(public_context)),
+            )
+            tx.execute("UPDATE meta SET value = ? WHERE key = 'key_version'", (str(key_version),))
+            tx.execute("DELETE FROM staged_blocks")
 
     def close(self) -> None:
         if self._db is not None:

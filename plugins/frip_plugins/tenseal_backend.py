@@ -56,6 +56,7 @@ class TenSEALMatcher:
         if self.context.has_secret_key():
             raise BackendError("a matcher must be built from the public context only")
         self.slots = params.slots
+        self.scale = 2.0**params.scale_bits
 
     def encrypt_rows(self, rows: np.ndarray, slots: Sequence[int]) -> list[Any]:
         ts = _ts()
@@ -64,6 +65,7 @@ class TenSEALMatcher:
         for column in np.asarray(rows, dtype=np.float64).T:
             plane[list(slots)] = column
             block.append(ts.ckks_vector(self.context, plane.tolist()))
+        plane.fill(0.0)
         return block
 
     def add_rows(self, block: list[Any], rows: np.ndarray, slots: Sequence[int]) -> list[Any]:
@@ -73,9 +75,11 @@ class TenSEALMatcher:
         return [old + new for old, new in zip(block, fresh, strict=True)]
 
     def encode_probe(self, probe: np.ndarray) -> list[tuple[int, float]]:
-        # TenSEAL wants Python floats; an exact-zero constant would make it substitute a
-        # fresh encryption, so zeros are skipped (they add nothing to the score).
-        return [(j, float(v)) for j, v in enumerate(np.asarray(probe)) if v != 0.0]
+        # TenSEAL wants Python floats; a constant that encodes to 0 at the scale would make
+        # it substitute a fresh encryption of another scale, so those are skipped (they add
+        # nothing the scale can represent to the score).
+        smallest = 0.5 / self.scale
+        return [(j, float(v)) for j, v in enumerate(np.asarray(probe)) if abs(v) >= smallest]
 
     def score(self, block: list[Any], encoded: list[tuple[int, float]]) -> bytes:
         if len(block) < len(encoded) or (encoded and encoded[-1][0] >= len(block)):
@@ -137,11 +141,14 @@ class TenSEALBackend:
     def keygen(self) -> tuple[bytes, bytearray]:
         ts = _ts()
         p = self.params
-        ctx = ts.context(
-            ts.SCHEME_TYPE.CKKS,
-            p.poly_modulus_degree,
-            coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes),
-        )
+        try:
+            ctx = ts.context(
+                ts.SCHEME_TYPE.CKKS,
+                p.poly_modulus_degree,
+                coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes),
+            )
+        except ValueError as exc:
+            raise BackendError(f"TenSEAL refused {p.describe()}: {exc}") from exc
         ctx.global_scale = 2.0**p.scale_bits
         ctx.auto_rescale = False
         public = ctx.serialize(

@@ -1,0 +1,36 @@
+"""The JSON file in which key stores keep sealed (encrypted) secret-key blobs.
+
+Only ciphertext goes in; the file is written atomically with mode 0600 so a crash
+never leaves half a key file and other users cannot read even the sealed blobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from frip_engine.errors import KeyStoreError
+
+
+def read_sealed(path: Path, fmt: str, empty: dict[str, Any]) -> dict[str, Any]:
+    if not path.is_file():
+        return {"format": fmt, **empty}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KeyStoreError(f"key file {path} is unreadable: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise KeyStoreError(f"key file {path} is not a {fmt} file")
+    return data
+
+
+def write_sealed(path: Path, data: dict[str, Any]) -> None:
+    staging = path.with_suffix(".tmp")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    staging.replace(path)
