@@ -96,6 +96,25 @@ def test_missing_token_key_and_module(token_env: str, home: Path) -> None:
     engine.close()
 
 
+def test_token_unreachable_mid_operation_leaves_no_partial_state(
+    token_env: str, home: Path
+) -> None:
+    engine, vectors = _enrolled(home, "unreachable")
+    block_before = engine.store.read_block(1)
+    engine.parts.key_store.token_label = "unplugged-token"
+    with pytest.raises(KeyStoreError, match="no PKCS#11 token"):
+        engine.remove("s3")  # erasure needs the key: nothing may change without it
+    with pytest.raises(KeyStoreError, match="no PKCS#11 token"):
+        engine.rotate_he_keys()
+    assert engine.store.read_block(1) == block_before
+    assert engine.store.subject("s3") is not None and engine.key_version == 1
+    engine.parts.key_store.token_label = "frip-a"  # the token comes back
+    assert engine.identify(embedding=vectors[3]).subject_id == "s3"
+    engine.remove("s3")
+    assert engine.store.subject("s3") is None
+    engine.close()
+
+
 def test_tampered_wrapped_key_fails_authentication(token_env: str, home: Path) -> None:
     engine, vectors = _enrolled(home, "tamper")
     data = json.loads(_sealed(engine).read_text())
