@@ -31,7 +31,7 @@ from frip_engine.errors import (
     SubjectError,
 )
 from frip_engine.images import load_image
-from frip_engine.keyservice import KeyService
+from frip_engine.keyservice import KeyService, he_key_id, wipe
 from frip_engine.profile import (
     Components,
     Profile,
@@ -445,7 +445,7 @@ class Engine:
         new_version = old_version + 1
         key_store = self.parts.key_store
         self.store.clear_staging()
-        key_store.delete_secret(engine_id, new_version)  # left by an interrupted rotation
+        key_store.delete_secret(engine_id, he_key_id(new_version))  # left by an interruption
         fresh = KeyService.generate(self.parts.backend, key_store, engine_id, new_version)
         matcher = self.parts.backend.matcher(fresh.public_context)
         occupants = self._occupants()
@@ -459,7 +459,7 @@ class Engine:
         self.store.switch_key_version(new_version, fresh.public_context)
         self.key_version, self.key_service, self.matcher = new_version, fresh, matcher
         self._blocks.clear()
-        key_store.delete_secret(engine_id, old_version)
+        key_store.delete_secret(engine_id, he_key_id(old_version))
         return new_version
 
     def rotate_kek(self) -> str:
@@ -483,24 +483,27 @@ class Engine:
         target = plugins.create("key_store", str(section["plugin"]), **params)
         target.bind(str(self.directory))
         target.init(engine_id)
-        secret = self.parts.key_store.load_secret(engine_id, version)
-        try:
-            target.store_secret(engine_id, version, secret)
-            check = target.load_secret(engine_id, version)
-            same = check == secret
-            check[:] = bytes(len(check))
-        finally:
-            secret[:] = bytes(len(secret))
-        if not same:
-            raise KeyStoreError("the new key store returned a different key; nothing switched")
         old = self.parts.key_store
+        key_ids = list(old.status(engine_id)["sealed_keys"])
+        for key_id in key_ids:
+            secret = old.load_secret(engine_id, key_id)
+            try:
+                target.store_secret(engine_id, key_id, secret)
+                check = target.load_secret(engine_id, key_id)
+                same = check == secret
+                wipe(check)
+            finally:
+                wipe(secret)
+            if not same:
+                raise KeyStoreError("the new key store returned a different key; nothing switched")
         self.profile.sections["key_store"] = dict(section)
         save_profile(self.profile, self.directory / PROFILE_FILE)
         self.parts.key_store = target
         self.key_service = KeyService(
             self.parts.backend, target, engine_id, version, self.key_service.public_context
         )
-        old.delete_secret(engine_id, version)
+        for key_id in key_ids:
+            old.delete_secret(engine_id, key_id)
 
     def stats(self) -> dict[str, Any]:
         blocks = self.store.blocks()

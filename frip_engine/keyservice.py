@@ -24,6 +24,11 @@ from frip_engine.errors import BackendError
 SCORE_BOUND = 1.05
 
 
+def he_key_id(version: int) -> str:
+    """The key store's name for an engine's HE secret key of one version."""
+    return f"he-secret-v{version}"
+
+
 def wipe(buffer: bytearray) -> None:
     buffer[:] = bytes(len(buffer))
 
@@ -51,7 +56,7 @@ class KeyService:
         """Make a fresh HE key pair; the secret goes straight into the key store."""
         public, secret = backend.keygen()
         try:
-            key_store.store_secret(engine_id, key_version, secret)
+            key_store.store_secret(engine_id, he_key_id(key_version), secret)
         finally:
             wipe(secret)
         return cls(backend, key_store, engine_id, key_version, public)
@@ -64,7 +69,7 @@ class KeyService:
     def unlocked(self) -> Iterator[Decryptor]:
         """The secret key, for the duration of one ``with`` block only."""
         start = time.perf_counter()
-        secret = self._key_store.load_secret(self._engine_id, self._key_version)
+        secret = self._key_store.load_secret(self._engine_id, he_key_id(self._key_version))
         try:
             decryptor = self._backend.decryptor(self._public, secret)
         finally:

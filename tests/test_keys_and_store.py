@@ -30,35 +30,35 @@ def test_file_key_store_round_trip_and_binding(tmp_path: Path, monkeypatch: Any)
     monkeypatch.setenv("FRIP_PASSPHRASE", PASSPHRASE)
     store = FileKeyStore(scrypt_log2_n=14)
     store.bind(str(tmp_path))
-    store.store_secret("engine-a", 1, b"secret bytes")
-    assert store.load_secret("engine-a", 1) == bytearray(b"secret bytes")
+    store.store_secret("engine-a", "k1", b"secret bytes")
+    assert store.load_secret("engine-a", "k1") == bytearray(b"secret bytes")
     assert oct(os.stat(tmp_path / "secret-key.frip").st_mode & 0o777) == "0o600"
     with pytest.raises(KeyStoreError, match="another engine"):
-        FileKeyStore(str(tmp_path / "secret-key.frip")).load_secret("engine-b", 1)
-    with pytest.raises(KeyStoreError, match="version 2 is not"):
-        store.load_secret("engine-a", 2)
+        FileKeyStore(str(tmp_path / "secret-key.frip")).load_secret("engine-b", "k1")
+    with pytest.raises(KeyStoreError, match="'k2' is not"):
+        store.load_secret("engine-a", "k2")
     with pytest.raises(KeyStoreError, match="already exists"):
-        store.store_secret("engine-a", 1, b"again")
+        store.store_secret("engine-a", "k1", b"again")
 
 
 def test_wrong_passphrase_and_tampering(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setenv("FRIP_PASSPHRASE", PASSPHRASE)
     path = tmp_path / "k.frip"
-    FileKeyStore(str(path), scrypt_log2_n=14).store_secret("e", 1, b"secret")
+    FileKeyStore(str(path), scrypt_log2_n=14).store_secret("e", "k1", b"secret")
     monkeypatch.setenv("FRIP_PASSPHRASE", "wrong")
     with pytest.raises(KeyStoreError, match="wrong passphrase"):
-        FileKeyStore(str(path)).load_secret("e", 1)
+        FileKeyStore(str(path)).load_secret("e", "k1")
     monkeypatch.setenv("FRIP_PASSPHRASE", PASSPHRASE)
     data = json.loads(path.read_text())
-    sealed = bytearray(__import__("base64").b64decode(data["keys"]["1"]["sealed"]))
+    sealed = bytearray(__import__("base64").b64decode(data["keys"]["k1"]["sealed"]))
     sealed[0] ^= 1
-    data["keys"]["1"]["sealed"] = __import__("base64").b64encode(bytes(sealed)).decode()
+    data["keys"]["k1"]["sealed"] = __import__("base64").b64encode(bytes(sealed)).decode()
     path.write_text(json.dumps(data))
     with pytest.raises(KeyStoreError, match="altered"):
-        FileKeyStore(str(path)).load_secret("e", 1)
+        FileKeyStore(str(path)).load_secret("e", "k1")
     monkeypatch.delenv("FRIP_PASSPHRASE")
     with pytest.raises(KeyStoreError, match="FRIP_PASSPHRASE"):
-        FileKeyStore(str(tmp_path / "new.frip")).store_secret("e", 1, b"x")
+        FileKeyStore(str(tmp_path / "new.frip")).store_secret("e", "k1", b"x")
 
 
 def test_wrong_passphrase_at_identify_changes_nothing(home: Path, monkeypatch: Any) -> None:
@@ -194,7 +194,7 @@ def test_no_secret_key_or_embedding_on_disk(home: Path, lfw: Path) -> None:
         embeddings = [engine.embed_image(sorted(p.iterdir())[0])[0] for p in identities]
         engine.identify(image=sorted(identities[0].iterdir())[1])
         engine.remove(identities[1].name)
-        secret = engine.parts.key_store.load_secret(engine.profile.engine_id, 1)
+        secret = engine.parts.key_store.load_secret(engine.profile.engine_id, "he-secret-v1")
         public = engine.key_service.public_context
     files = [p for p in home.rglob("*") if p.is_file()]
     blob = b"".join(p.read_bytes() for p in files)

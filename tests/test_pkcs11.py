@@ -53,7 +53,7 @@ def test_engine_on_a_token_identifies_and_keeps_the_kek_inside(token_env: str, h
     assert decision.timings["key_unwrap"] > 0
     status = engine.key_status()
     assert status["kek_sensitive"] and not status["kek_extractable"]
-    assert status["wrapped_versions"] == [1] and status["token"] == "frip-a"
+    assert status["sealed_keys"] == ["he-secret-v1"] and status["token"] == "frip-a"
     import pkcs11
     from pkcs11 import Attribute, KeyType, ObjectClass
 
@@ -118,9 +118,9 @@ def test_token_unreachable_mid_operation_leaves_no_partial_state(
 def test_tampered_wrapped_key_fails_authentication(token_env: str, home: Path) -> None:
     engine, vectors = _enrolled(home, "tamper")
     data = json.loads(_sealed(engine).read_text())
-    sealed = bytearray(base64.b64decode(data["keys"]["1"]["sealed"]))
+    sealed = bytearray(base64.b64decode(data["keys"]["he-secret-v1"]["sealed"]))
     sealed[100] ^= 0x01
-    data["keys"]["1"]["sealed"] = base64.b64encode(bytes(sealed)).decode()
+    data["keys"]["he-secret-v1"]["sealed"] = base64.b64encode(bytes(sealed)).decode()
     _sealed(engine).write_text(json.dumps(data))
     with pytest.raises(KeyStoreError, match="authentication failed"):
         engine.identify(embedding=vectors[0])
@@ -151,11 +151,11 @@ def test_engines_on_different_tokens(token_env: str, home: Path) -> None:
 def test_rotate_kek_rewraps_and_destroys_the_old_key(token_env: str, home: Path) -> None:
     engine, vectors = _enrolled(home, "kek")
     before = engine.key_status()["kek_label"]
-    sealed_before = json.loads(_sealed(engine).read_text())["keys"]["1"]["sealed"]
+    sealed_before = json.loads(_sealed(engine).read_text())["keys"]["he-secret-v1"]["sealed"]
     engine.rotate_kek()
     after = engine.key_status()["kek_label"]
     assert after != before
-    assert json.loads(_sealed(engine).read_text())["keys"]["1"]["sealed"] != sealed_before
+    assert json.loads(_sealed(engine).read_text())["keys"]["he-secret-v1"]["sealed"] != sealed_before
     assert engine.identify(embedding=vectors[5]).subject_id == "s5"
     store = engine.parts.key_store
     with store._session() as session, pytest.raises(KeyStoreError, match="is not on token"):
@@ -173,7 +173,7 @@ def test_rotate_he_reencrypts_everything_and_drops_the_old_key(token_env: str, h
     ]
     assert engine.rotate_he_keys() == 2
     assert engine.store.read_block(1)[1] != old_block
-    assert engine.key_status()["wrapped_versions"] == [2]
+    assert engine.key_status()["sealed_keys"] == ["he-secret-v2"]
     engine.close()
     with Engine.open("he", home) as reopened:
         assert reopened.key_version == 2
@@ -216,7 +216,7 @@ def test_rotation_killed_midway_leaves_a_working_engine(
             assert restarted.identify(embedding=near(v, 0.5, i)).subject_id == f"s{i}"
         assert restarted.rotate_he_keys() == 2  # starts over and completes
         assert restarted.identify(embedding=vectors[0]).subject_id == "s0"
-        assert restarted.key_status()["wrapped_versions"] == [2]
+        assert restarted.key_status()["sealed_keys"] == ["he-secret-v2"]
 
 
 def test_no_secret_material_in_the_clear_after_rotation(
@@ -224,11 +224,11 @@ def test_no_secret_material_in_the_clear_after_rotation(
 ) -> None:
     engine, vectors = _enrolled(home, "scan")
     engine.identify(embedding=vectors[0])
-    secrets = [engine.parts.key_store.load_secret(engine.profile.engine_id, 1)]
+    secrets = [engine.parts.key_store.load_secret(engine.profile.engine_id, "he-secret-v1")]
     engine.rotate_he_keys()
     engine.rotate_kek()
     engine.identify(embedding=vectors[1])
-    secrets.append(engine.parts.key_store.load_secret(engine.profile.engine_id, 2))
+    secrets.append(engine.parts.key_store.load_secret(engine.profile.engine_id, "he-secret-v2"))
     engine.close()
     # the engine, this test's temp folder, and loose files in the system temp dir
     temp = Path(tempfile.gettempdir())
@@ -256,7 +256,7 @@ def test_no_pkcs11_after_fork(token_env: str, home: Path) -> None:
     if pid == 0:  # child: must refuse rather than crash or corrupt the token
         os.close(read)
         try:
-            engine.parts.key_store.load_secret(engine.profile.engine_id, 1)
+            engine.parts.key_store.load_secret(engine.profile.engine_id, "he-secret-v1")
             message = b"used the library after fork"
         except KeyStoreError as exc:
             message = str(exc).encode()

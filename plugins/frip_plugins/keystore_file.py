@@ -2,8 +2,8 @@
 
 The embedded default for machines without a token. The passphrase comes from an
 environment variable (``FRIP_PASSPHRASE`` unless the profile names another) or, on a
-terminal, a prompt; never from the command line. The engine id and key version are
-bound as associated data, so a key file cannot be swapped between engines or versions.
+terminal, a prompt; never from the command line. The engine id and key id are
+bound as associated data, so a sealed key cannot be swapped between engines or keys.
 The derived key-encryption key stays in process memory (like an open token session);
 the HE secret key itself is unwrapped per operation by the key service.
 """
@@ -26,8 +26,8 @@ FORMAT = "frip-file-keystore-1"
 DEFAULT_FILE = "secret-key.frip"
 
 
-def _aad(engine_id: str, version: int) -> bytes:
-    return f"frip-engine:{engine_id}:he-secret:v{version}".encode()
+def _aad(engine_id: str, key_id: str) -> bytes:
+    return f"frip-engine:{engine_id}:{key_id}".encode()
 
 
 class FileKeyStore:
@@ -84,7 +84,7 @@ class FileKeyStore:
     def _seal(
         self,
         engine_id: str,
-        version: int,
+        key_id: str,
         secret: bytes | bytearray,
         passphrase: bytes | None = None,
     ) -> dict[str, Any]:
@@ -92,7 +92,7 @@ class FileKeyStore:
 
         salt, nonce = os.urandom(16), os.urandom(12)
         kek = self._kek(salt, passphrase)
-        sealed = AESGCM(kek).encrypt(nonce, bytes(secret), _aad(engine_id, version))
+        sealed = AESGCM(kek).encrypt(nonce, bytes(secret), _aad(engine_id, key_id))
         return {
             "kdf": {"name": "scrypt", "log2_n": self.log2_n, "r": 8, "p": 1},
             "salt": base64.b64encode(salt).decode(),
@@ -104,28 +104,28 @@ class FileKeyStore:
         """Nothing to create ahead: the key is derived from the passphrase on first use."""
         self._read()
 
-    def store_secret(self, engine_id: str, version: int, secret: bytes | bytearray) -> None:
+    def store_secret(self, engine_id: str, key_id: str, secret: bytes | bytearray) -> None:
         data = self._read()
-        if str(version) in data["keys"]:
-            raise KeyStoreError(f"key version {version} already exists in {self.path}")
-        data["keys"][str(version)] = self._seal(engine_id, version, secret)
+        if key_id in data["keys"]:
+            raise KeyStoreError(f"key '{key_id}' already exists in {self.path}")
+        data["keys"][key_id] = self._seal(engine_id, key_id, secret)
         assert self.path is not None
         write_sealed(self.path, data)
 
-    def delete_secret(self, engine_id: str, version: int) -> None:
+    def delete_secret(self, engine_id: str, key_id: str) -> None:
         data = self._read()
-        data["keys"].pop(str(version), None)
+        data["keys"].pop(key_id, None)
         assert self.path is not None
         write_sealed(self.path, data)
 
     def rotate_kek(self, engine_id: str) -> str:
-        """Re-seal every version under fresh salts, with the passphrase in
+        """Re-seal every key under fresh salts, with the passphrase in
         $FRIP_NEW_PASSPHRASE when set (then use it as the passphrase from now on)."""
         data = self._read()
-        secrets = {v: self.load_secret(engine_id, int(v)) for v in data["keys"]}
+        secrets = {k: self.load_secret(engine_id, k) for k in data["keys"]}
         new = os.environ.get("FRIP_NEW_PASSPHRASE", "").encode() or None
         try:
-            data["keys"] = {v: self._seal(engine_id, int(v), s, new) for v, s in secrets.items()}
+            data["keys"] = {k: self._seal(engine_id, k, s, new) for k, s in secrets.items()}
         finally:
             for secret in secrets.values():
                 secret[:] = bytes(len(secret))
@@ -139,16 +139,16 @@ class FileKeyStore:
             "sealed_file": str(self.path),
             "kdf": f"scrypt N=2^{self.log2_n}, r=8, p=1",
             "passphrase_env": self.passphrase_env,
-            "wrapped_versions": sorted(int(v) for v in self._read()["keys"]),
+            "sealed_keys": sorted(self._read()["keys"]),
         }
 
-    def load_secret(self, engine_id: str, version: int) -> bytearray:
+    def load_secret(self, engine_id: str, key_id: str) -> bytearray:
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        entry = self._read()["keys"].get(str(version))
+        entry = self._read()["keys"].get(key_id)
         if entry is None:
-            raise KeyStoreError(f"key version {version} is not in {self.path}")
+            raise KeyStoreError(f"key '{key_id}' is not in {self.path}")
         try:
             salt = base64.b64decode(entry["salt"])
             nonce = base64.b64decode(entry["nonce"])
@@ -158,7 +158,7 @@ class FileKeyStore:
             raise KeyStoreError(f"key file {self.path} is damaged: {exc}") from exc
         try:
             kek = self._kek(salt, log2_n=log2_n)
-            return bytearray(AESGCM(kek).decrypt(nonce, sealed, _aad(engine_id, version)))
+            return bytearray(AESGCM(kek).decrypt(nonce, sealed, _aad(engine_id, key_id)))
         except ValueError as exc:
             raise KeyStoreError(f"key file {self.path} is damaged: {exc}") from exc
         except InvalidTag:

@@ -7,7 +7,7 @@ from typing import Any
 from frip_engine.errors import KeyStoreError
 from frip_engine.hookspecs import hookimpl
 
-_SECRETS: dict[tuple[str, int], bytes] = {}
+_SECRETS: dict[tuple[str, str], bytes] = {}
 
 
 class MemoryKeyStore:
@@ -19,28 +19,27 @@ class MemoryKeyStore:
     def describe(self) -> str:
         return "memory (this process only; the engine is unusable after it exits)"
 
-    def store_secret(self, engine_id: str, version: int, secret: bytes | bytearray) -> None:
-        _SECRETS[(engine_id, version)] = bytes(secret)
+    def store_secret(self, engine_id: str, key_id: str, secret: bytes | bytearray) -> None:
+        _SECRETS[(engine_id, key_id)] = bytes(secret)
 
     def init(self, engine_id: str) -> None:
         """Nothing to prepare."""
 
-    def delete_secret(self, engine_id: str, version: int) -> None:
-        _SECRETS.pop((engine_id, version), None)
+    def delete_secret(self, engine_id: str, key_id: str) -> None:
+        _SECRETS.pop((engine_id, key_id), None)
 
     def rotate_kek(self, engine_id: str) -> str:
         return "nothing to rotate: the memory store has no key-encryption key"
 
     def status(self, engine_id: str) -> dict[str, Any]:
-        versions = sorted(v for e, v in _SECRETS if e == engine_id)
-        return {"store": "memory", "wrapped_versions": versions}
+        return {"store": "memory", "sealed_keys": sorted(k for e, k in _SECRETS if e == engine_id)}
 
-    def load_secret(self, engine_id: str, version: int) -> bytearray:
+    def load_secret(self, engine_id: str, key_id: str) -> bytearray:
         try:
-            return bytearray(_SECRETS[(engine_id, version)])
+            return bytearray(_SECRETS[(engine_id, key_id)])
         except KeyError:
             raise KeyStoreError(
-                f"engine {engine_id} key v{version} is not in this process's memory key store "
+                f"engine {engine_id} key '{key_id}' is not in this process's memory key store "
                 "(memory keys do not outlive the process that made them)"
             ) from None
 

@@ -2,7 +2,7 @@
 
 Each engine gets its own AES-256 key-encryption key in the token, created SENSITIVE and
 not EXTRACTABLE, so its value never leaves the token. The HE secret key blob is sealed
-and opened with CKM_AES_GCM inside the token, with the engine id and key version bound
+and opened with CKM_AES_GCM inside the token, with the engine id and key id bound
 as associated data; the sealed blob lives beside the engine as ``secret-key.p11.json``.
 
 Module path, token label and PIN come from the profile or the environment
@@ -37,8 +37,8 @@ _LIBRARIES: dict[str, Any] = {}
 _STATE = {"loaded_in_pid": 0}
 
 
-def _aad(engine_id: str, version: int) -> bytes:
-    return f"frip-engine:{engine_id}:he-secret:v{version}".encode()
+def _aad(engine_id: str, key_id: str) -> bytes:
+    return f"frip-engine:{engine_id}:{key_id}".encode()
 
 
 def _library(module: str) -> Any:
@@ -157,21 +157,21 @@ class PKCS11KeyStore:
         write_sealed(self.path, data)
 
     @staticmethod
-    def _seal(kek: Any, engine_id: str, version: int, secret: bytes | bytearray) -> dict[str, str]:
+    def _seal(kek: Any, engine_id: str, key_id: str, secret: bytes | bytearray) -> dict[str, str]:
         from pkcs11 import GCMParams, Mechanism
 
         nonce = os.urandom(12)
         sealed = kek.encrypt(
             bytes(secret),
             mechanism=Mechanism.AES_GCM,
-            mechanism_param=GCMParams(nonce, _aad(engine_id, version), 128),
+            mechanism_param=GCMParams(nonce, _aad(engine_id, key_id), 128),
         )
         return {
             "nonce": base64.b64encode(nonce).decode(),
             "sealed": base64.b64encode(sealed).decode(),
         }
 
-    def _open(self, kek: Any, engine_id: str, version: int, entry: dict[str, str]) -> bytearray:
+    def _open(self, kek: Any, engine_id: str, key_id: str, entry: dict[str, str]) -> bytearray:
         import pkcs11
         from pkcs11 import GCMParams, Mechanism
 
@@ -185,12 +185,12 @@ class PKCS11KeyStore:
                 kek.decrypt(
                     sealed,
                     mechanism=Mechanism.AES_GCM,
-                    mechanism_param=GCMParams(nonce, _aad(engine_id, version), 128),
+                    mechanism_param=GCMParams(nonce, _aad(engine_id, key_id), 128),
                 )
             )
         except pkcs11.PKCS11Error:
             raise KeyStoreError(
-                f"the token refused to unwrap key v{version} from {self.path}: AES-GCM "
+                f"the token refused to unwrap key '{key_id}' from {self.path}: AES-GCM "
                 "authentication failed (the sealed key was altered or belongs to another engine)"
             ) from None
 
@@ -205,33 +205,33 @@ class PKCS11KeyStore:
         data.update(kek_label=label, kek_generation=1, token_label=self.token_label)
         self._write(data)
 
-    def store_secret(self, engine_id: str, version: int, secret: bytes | bytearray) -> None:
+    def store_secret(self, engine_id: str, key_id: str, secret: bytes | bytearray) -> None:
         data = self._read()
         if not data["kek_label"]:
             raise KeyStoreError(f"engine {engine_id} has no key on the token: run init first")
-        if str(version) in data["keys"]:
-            raise KeyStoreError(f"key version {version} already exists in {self.path}")
+        if key_id in data["keys"]:
+            raise KeyStoreError(f"key '{key_id}' already exists in {self.path}")
         with self._session() as session:
-            data["keys"][str(version)] = self._seal(
-                self._kek(session, data["kek_label"]), engine_id, version, secret
+            data["keys"][key_id] = self._seal(
+                self._kek(session, data["kek_label"]), engine_id, key_id, secret
             )
         self._write(data)
 
-    def load_secret(self, engine_id: str, version: int) -> bytearray:
+    def load_secret(self, engine_id: str, key_id: str) -> bytearray:
         data = self._read()
-        entry = data["keys"].get(str(version))
+        entry = data["keys"].get(key_id)
         if entry is None:
-            raise KeyStoreError(f"key version {version} is not in {self.path}")
+            raise KeyStoreError(f"key '{key_id}' is not in {self.path}")
         with self._session() as session:
-            return self._open(self._kek(session, data["kek_label"]), engine_id, version, entry)
+            return self._open(self._kek(session, data["kek_label"]), engine_id, key_id, entry)
 
-    def delete_secret(self, engine_id: str, version: int) -> None:
+    def delete_secret(self, engine_id: str, key_id: str) -> None:
         data = self._read()
-        data["keys"].pop(str(version), None)
+        data["keys"].pop(key_id, None)
         self._write(data)
 
     def rotate_kek(self, engine_id: str) -> str:
-        """Re-wrap every stored version under a fresh token key, then destroy the old key."""
+        """Re-wrap every stored key under a fresh token key, then destroy the old key."""
         data = self._read()
         old_label = data["kek_label"]
         generation = int(data["kek_generation"]) + 1
@@ -239,10 +239,10 @@ class PKCS11KeyStore:
         with self._session() as session:
             old, new = self._kek(session, old_label), self._new_kek(session, new_label)
             rewrapped = {}
-            for version, entry in data["keys"].items():
-                secret = self._open(old, engine_id, int(version), entry)
+            for key_id, entry in data["keys"].items():
+                secret = self._open(old, engine_id, key_id, entry)
                 try:
-                    rewrapped[version] = self._seal(new, engine_id, int(version), secret)
+                    rewrapped[key_id] = self._seal(new, engine_id, key_id, secret)
                 finally:
                     secret[:] = bytes(len(secret))
             data.update(kek_label=new_label, kek_generation=generation, keys=rewrapped)
@@ -265,7 +265,7 @@ class PKCS11KeyStore:
             "kek_label": data["kek_label"],
             "kek_sensitive": sensitive,
             "kek_extractable": extractable,
-            "wrapped_versions": sorted(int(v) for v in data["keys"]),
+            "sealed_keys": sorted(data["keys"]),
             "sealed_file": str(self.path),
         }
 
