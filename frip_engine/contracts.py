@@ -59,11 +59,13 @@ class Protection(Protocol):
 
 
 class Clusterer(Protocol):
+    """Partitions the gallery. ``routed`` clusterers fit centroids on enrolment batches;
+    the engine keeps the centroids sealed and routes each probe to ``probe_clusters``
+    partitions (None: all)."""
+
     name: str
-
-    def assign(self, embeddings: np.ndarray) -> list[int]: ...
-
-    def route(self, probe: np.ndarray, partitions: Sequence[int]) -> list[int]: ...
+    routed: bool
+    probe_clusters: int | None
 
 
 class Matcher(Protocol):
@@ -178,6 +180,8 @@ class GalleryStore(Protocol):
 
     def read_block(self, block_id: int) -> tuple[int, bytes]: ...
 
+    def read_routing(self) -> tuple[int, bytes] | None: ...
+
     def subjects(self) -> list[SubjectRecord]: ...
 
     def subject(self, subject_id: str) -> SubjectRecord | None: ...
@@ -192,6 +196,7 @@ class GalleryStore(Protocol):
         data: bytes,
         added: Sequence[NewSubject] = (),
         removed: Sequence[str] = (),
+        routing: tuple[int, bytes] | None = None,
     ) -> int: ...
 
     def clear_staging(self) -> None: ...

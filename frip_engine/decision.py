@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-# Table II's columns plus ours (gallery_load, key_unwrap, decryption), kept separate so
+# Table II's columns plus ours (routing, gallery_load, key_unwrap, decryption), apart so
 # nothing hides in "other".
 STAGES = (
     "feature_extraction",
     "probe_encryption",
+    "routing",
     "gallery_load",
     "distance_derivation",
     "key_unwrap",

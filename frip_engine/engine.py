@@ -41,6 +41,7 @@ from frip_engine.profile import (
     load_profile,
     save_profile,
 )
+from frip_engine.routing import RouterState, plan
 
 PROFILE_FILE = "profile.toml"
 logger = logging.getLogger("frip_engine")
@@ -227,10 +228,39 @@ class Engine:
     ) -> None:
         ids = list(templates)
         matrix = np.stack([templates[s][0] for s in ids])
-        partitions = self.parts.clusterer.assign(matrix)
+        router, revision, partitions = self._plan_partitions(matrix)
         by_partition: dict[int, list[int]] = defaultdict(list)
-        for row, partition in enumerate(partitions):
+        for row, partition in enumerate(partitions.tolist()):
             by_partition[int(partition)].append(row)
+        try:
+            self._commit_partitions(ids, templates, matrix, by_partition, router, revision, report)
+        finally:
+            if router is not None:
+                router.wipe()
+
+    def _plan_partitions(self, matrix: np.ndarray) -> tuple[RouterState | None, int, np.ndarray]:
+        """Each template's partition; for routed clusterers also the opened routing state."""
+        clusterer = self.parts.clusterer
+        if not clusterer.routed:
+            return None, 0, np.zeros(matrix.shape[0], dtype=np.int64)
+        current = self.store.read_routing()
+        router = self.key_service.open_router(current[1] if current else None)
+        if router is not None:
+            router.check(self.parts.dimension, self.parts.extractor.name)
+        size = clusterer.max_size or self.matcher.slots
+        router, partitions = plan(router, matrix, clusterer, size, self.parts.extractor.name)
+        return router, current[0] if current else 0, partitions
+
+    def _commit_partitions(
+        self,
+        ids: list[str],
+        templates: dict[str, tuple[np.ndarray, int]],
+        matrix: np.ndarray,
+        by_partition: dict[int, list[int]],
+        router: RouterState | None,
+        revision: int,
+        report: EnrolReport,
+    ) -> None:
         for partition, rows in by_partition.items():
             for info, slots, chunk in self._allocate(partition, rows):
                 block = None if info is None else self._load_block(info)
@@ -243,6 +273,10 @@ class Engine:
                     NewSubject(ids[r], s, templates[ids[r]][1])
                     for r, s in zip(chunk, slots, strict=True)
                 ]
+                routing = None
+                if router is not None:
+                    router.add(partition, data)
+                    routing = (revision, self.key_service.seal_router(router))
                 try:
                     block_id = self.store.commit_block(
                         None if info is None else info.block_id,
@@ -252,10 +286,14 @@ class Engine:
                         self.matcher.slots,
                         self.matcher.dump(block),
                         added=added,
+                        routing=routing,
                     )
                 except FripError as exc:  # this chunk is absent; the others stand
                     report.failed.update({s.subject_id: f"not stored: {exc}" for s in added})
+                    if router is not None:
+                        router.add(partition, data, sign=-1)
                     continue
+                revision += routing is not None
                 self._blocks.pop(block_id, None)
                 for subject in added:
                     report.enrolled.append(subject.subject_id)
@@ -324,19 +362,37 @@ class Engine:
         embedding: object | None = None,
         top_k: int = 1,
         threshold: float | None = None,
+        probe_clusters: int | str | None = None,
     ) -> Decision:
-        """1:N search: the best ``top_k`` registrants and whether the best passes the threshold."""
+        """1:N search: the best ``top_k`` registrants and whether the best passes the threshold.
+
+        A routed clusterer searches the ``probe_clusters`` nearest partitions (default: the
+        profile's; "all": every one, identical to exhaustive search).
+        """
         if top_k < 1:
             raise SubjectError("top_k must be at least 1")
+        fan_out = self._fan_out(probe_clusters)
         watch = Stopwatch()
         probe, notes = self._probe(watch, image, embedding)
         with self.store.snapshot():  # slot map and blocks from one consistent state
             occupants = self._occupants()
             blocks = [b for b in self.store.blocks() if occupants.get(b.block_id)]
-            partitions = sorted({b.partition for b in blocks})
-            routed = set(self.parts.clusterer.route(probe, partitions)) if partitions else set()
-            loaded = self._load_blocks(watch, [b for b in blocks if b.partition in routed])
+            current = self.store.read_routing() if self.parts.clusterer.routed else None
+            if current is not None and fan_out is not None:
+                with watch.stage("routing"):
+                    routed = set(self.key_service.route(current[1], probe, fan_out))
+                blocks = [b for b in blocks if b.partition in routed]
+            loaded = self._load_blocks(watch, blocks)
         return self._decide(watch, probe, loaded, occupants, top_k, threshold, notes)
+
+    def _fan_out(self, probe_clusters: int | str | None) -> int | None:
+        if probe_clusters is None:
+            return self.parts.clusterer.probe_clusters  # type: ignore[no-any-return]
+        if probe_clusters == "all":
+            return None
+        if not isinstance(probe_clusters, int) or probe_clusters < 1:
+            raise SubjectError(f"probe_clusters must be 'all' or >= 1, not {probe_clusters!r}")
+        return probe_clusters
 
     def verify(
         self,
@@ -421,7 +477,9 @@ class Engine:
             for s in self.store.subjects()
             if s.block_id == record.block_id and s.subject_id != subject_id
         )
-        fresh = self.key_service.rebuild_block(data, keep)
+        current = self.store.read_routing() if self.parts.clusterer.routed else None
+        forget = None if current is None else (current[1], info.partition, record.slot)
+        fresh, router = self.key_service.rebuild_block(data, keep, forget=forget)
         self.store.commit_block(
             info.block_id,
             revision,
@@ -430,6 +488,7 @@ class Engine:
             info.capacity,
             fresh,
             removed=[subject_id],
+            routing=None if current is None or router is None else (current[0], router),
         )
         self._blocks.pop(info.block_id, None)
         _emit("frip_removed", engine=self.name, subject_id=subject_id)
@@ -454,7 +513,7 @@ class Engine:
                 progress(f"block {info.block_id}")
             revision, data = self.store.read_block(info.block_id)
             keep = sorted(occupants.get(info.block_id, {}))
-            rebuilt = self.key_service.rebuild_block(data, keep, fresh.public_context)
+            rebuilt, _ = self.key_service.rebuild_block(data, keep, fresh.public_context)
             self.store.stage_block(info.block_id, revision, new_version, rebuilt)
         self.store.switch_key_version(new_version, fresh.public_context)
         self.key_version, self.key_service, self.matcher = new_version, fresh, matcher

@@ -9,6 +9,7 @@ library's context dropped) as soon as the operation ends.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import numpy as np
 from frip_engine.contracts import Decryptor, HEBackend, KeyStore
 from frip_engine.decision import Candidate
 from frip_engine.errors import BackendError
+from frip_engine.routing import RouterState
 
 # Scores of unit vectors lie in [-1, 1]; CKKS noise adds far less than this margin.
 # Anything beyond it means the ciphertext was made under another key or parameter set.
@@ -27,6 +29,9 @@ SCORE_BOUND = 1.05
 def he_key_id(version: int) -> str:
     """The key store's name for an engine's HE secret key of one version."""
     return f"he-secret-v{version}"
+
+
+ROUTING_KEY_ID = "routing-key"
 
 
 def wipe(buffer: bytearray) -> None:
@@ -80,6 +85,63 @@ class KeyService:
         finally:
             decryptor.close()
 
+    # ------------------------------------------------------------------ sealed routing state
+    def _routing_key(self, create: bool) -> bytearray | None:
+        from frip_engine.errors import KeyStoreError
+
+        try:
+            return self._key_store.load_secret(self._engine_id, ROUTING_KEY_ID)
+        except KeyStoreError:
+            if not create or ROUTING_KEY_ID in self._key_store.status(self._engine_id).get(
+                "sealed_keys", []
+            ):
+                raise
+        key = bytearray(os.urandom(32))
+        self._key_store.store_secret(self._engine_id, ROUTING_KEY_ID, key)
+        return key
+
+    def open_router(self, sealed: bytes | None) -> RouterState | None:
+        """The plaintext centroid state, for enrolment and erasure (trusted side only)."""
+        if sealed is None:
+            return None
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        key = self._routing_key(create=False)
+        assert key is not None
+        try:
+            plain = AESGCM(bytes(key)).decrypt(sealed[:12], sealed[12:], self._router_aad())
+        except (InvalidTag, ValueError):
+            raise BackendError(
+                "the sealed cluster model failed authentication: altered, or from another engine"
+            ) from None
+        finally:
+            wipe(key)
+        return RouterState.from_bytes(plain)
+
+    def seal_router(self, state: RouterState) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        key = self._routing_key(create=True)
+        assert key is not None
+        try:
+            nonce = os.urandom(12)
+            return nonce + AESGCM(bytes(key)).encrypt(nonce, state.to_bytes(), self._router_aad())
+        finally:
+            wipe(key)
+
+    def _router_aad(self) -> bytes:
+        return f"frip-engine:{self._engine_id}:routing-state".encode()
+
+    def route(self, sealed: bytes, probe: np.ndarray, probe_clusters: int | None) -> list[int]:
+        """Top-p clusters for a probe; the centroids exist in the clear only inside this call."""
+        state = self.open_router(sealed)
+        assert state is not None
+        try:
+            return state.route(probe, probe_clusters)
+        finally:
+            state.wipe()
+
     def decide(
         self,
         scored: Sequence[tuple[int, bytes]],
@@ -121,14 +183,20 @@ class KeyService:
         return [(float(values[i]), occupants[int(slots[i])]) for i in order]
 
     def rebuild_block(
-        self, block: bytes, keep: Sequence[int], public_context: bytes | None = None
-    ) -> bytes:
+        self,
+        block: bytes,
+        keep: Sequence[int],
+        public_context: bytes | None = None,
+        forget: tuple[bytes, int, int] | None = None,
+    ) -> tuple[bytes, bytes | None]:
         """Decrypt a block and re-encrypt only the slots in ``keep``, all inside this service.
 
         Slots not kept come back as fresh encryptions of zero, so an erased template is
         gone from the ciphertexts, not merely hidden by the slot map. With another public
         context the block is re-encrypted under that key (HE key rotation). The decrypted
         templates never leave this method: it encrypts with its own public-key encryptor.
+        ``forget`` = (sealed routing state, cluster, slot) also takes the erased template
+        out of its cluster's centroid sum; the new sealed state is returned with the block.
         """
         encryptor = self._backend.matcher(public_context or self._public)
         with self.unlocked() as decryptor:
@@ -136,7 +204,15 @@ class KeyService:
         kept = list(keep)
         rows = np.ascontiguousarray(features[:, kept].T)
         try:
-            return bytes(encryptor.dump(encryptor.encrypt_rows(rows, kept)))
+            router = None
+            if forget is not None:
+                sealed, cluster, slot = forget
+                state = self.open_router(sealed)
+                assert state is not None
+                state.remove(cluster, features[:, slot])
+                router = self.seal_router(state)
+                state.wipe()
+            return bytes(encryptor.dump(encryptor.encrypt_rows(rows, kept))), router
         finally:
             features.fill(0.0)
             rows.fill(0.0)

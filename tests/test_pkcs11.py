@@ -155,7 +155,9 @@ def test_rotate_kek_rewraps_and_destroys_the_old_key(token_env: str, home: Path)
     engine.rotate_kek()
     after = engine.key_status()["kek_label"]
     assert after != before
-    assert json.loads(_sealed(engine).read_text())["keys"]["he-secret-v1"]["sealed"] != sealed_before
+    assert (
+        json.loads(_sealed(engine).read_text())["keys"]["he-secret-v1"]["sealed"] != sealed_before
+    )
     assert engine.identify(embedding=vectors[5]).subject_id == "s5"
     store = engine.parts.key_store
     with store._session() as session, pytest.raises(KeyStoreError, match="is not on token"):

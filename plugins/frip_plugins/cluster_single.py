@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 from frip_engine.hookspecs import hookimpl
 
 
 class SinglePartition:
     name = "single"
-
-    def assign(self, embeddings: np.ndarray) -> list[int]:
-        return [0] * len(embeddings)
-
-    def route(self, probe: np.ndarray, partitions: Sequence[int]) -> list[int]:
-        return list(partitions)
+    routed = False
+    probe_clusters = None
 
 
 @hookimpl

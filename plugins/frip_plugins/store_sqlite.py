@@ -34,6 +34,9 @@ CREATE TABLE subjects (
     subject_id TEXT PRIMARY KEY, block_id INTEGER NOT NULL REFERENCES blocks(block_id),
     slot INTEGER NOT NULL, images INTEGER NOT NULL, enrolled_at TEXT NOT NULL,
     UNIQUE (block_id, slot));
+CREATE TABLE routing (
+    id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL, data BLOB NOT NULL,
+    sha256 TEXT NOT NULL);
 CREATE TABLE staged_blocks (
     block_id INTEGER PRIMARY KEY REFERENCES blocks(block_id), source_revision INTEGER NOT NULL,
     key_version INTEGER NOT NULL, data BLOB NOT NULL, sha256 TEXT NOT NULL);
@@ -163,6 +166,16 @@ class SQLiteGalleryStore:
             )
         return int(revision), bytes(data)
 
+    def read_routing(self) -> tuple[int, bytes] | None:
+        """The sealed cluster-routing state and its revision, or None before the first fit."""
+        rows = self._query("SELECT revision, data, sha256 FROM routing WHERE id = 1")
+        if not rows:
+            return None
+        revision, data, digest = rows[0]
+        if _digest(data) != digest:
+            raise CorruptionError(f"the routing state in {self.path} failed its SHA-256 check")
+        return int(revision), bytes(data)
+
     def subjects(self) -> list[SubjectRecord]:
         rows = self._query(
             "SELECT subject_id, block_id, slot, enrolled_at, images FROM subjects ORDER BY rowid"
@@ -187,8 +200,10 @@ class SQLiteGalleryStore:
         data: bytes,
         added: Sequence[NewSubject] = (),
         removed: Sequence[str] = (),
+        routing: tuple[int, bytes] | None = None,
     ) -> int:
-        """Write a block and its slot-map changes in one transaction; return the block id."""
+        """Write a block, its slot-map changes and (when given, as expected revision and
+        sealed data) the routing state in one transaction; return the block id."""
         now = _now()
         try:
             with self._transaction() as tx:
@@ -218,6 +233,8 @@ class SQLiteGalleryStore:
                         raise StoreError(
                             f"block {block_id} changed while this update was prepared; retry"
                         )
+                if routing is not None:
+                    self._write_routing(tx, *routing)
                 for subject_id in removed:
                     tx.execute("DELETE FROM subjects WHERE subject_id = ?", (subject_id,))
                 tx.executemany(
@@ -231,6 +248,16 @@ class SQLiteGalleryStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"gallery file {self.path}: {exc}; nothing was written") from exc
         return block_id
+
+    @staticmethod
+    def _write_routing(tx: sqlite3.Connection, expected: int, data: bytes) -> None:
+        row = tx.execute("SELECT revision FROM routing WHERE id = 1").fetchone()
+        if (row[0] if row else 0) != expected:
+            raise StoreError("the cluster model changed while this update was prepared; retry")
+        tx.execute(
+            "INSERT OR REPLACE INTO routing VALUES (1, ?, ?, ?)",
+            (expected + 1, data, _digest(data)),
+        )
 
     # ------------------------------------------------------------------ HE key rotation
     def clear_staging(self) -> None:
