@@ -32,6 +32,7 @@ from frip_engine.errors import (
 )
 from frip_engine.images import load_image
 from frip_engine.keyservice import KeyService, he_key_id, wipe
+from frip_engine.parallel import ParallelScorer, WorkerSetup
 from frip_engine.profile import (
     Components,
     Profile,
@@ -83,6 +84,7 @@ class Engine:
         )
         self.matcher = parts.backend.matcher(self.key_service.public_context)
         self._blocks: dict[int, tuple[int, Any]] = {}
+        self._scorer: ParallelScorer | None = None
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -140,6 +142,9 @@ class Engine:
         return cls(profile, directory, parts)
 
     def close(self) -> None:
+        if self._scorer is not None:
+            self._scorer.close()
+            self._scorer = None
         self.store.close()
         self._blocks.clear()
 
@@ -415,7 +420,9 @@ class Engine:
         occupants = {record.block_id: {record.slot: subject_id}}
         return self._decide(watch, probe, loaded, occupants, 1, threshold, notes)
 
-    def _load_blocks(self, watch: Stopwatch, infos: Sequence[BlockInfo]) -> list[tuple[int, Any]]:
+    def _load_blocks(
+        self, watch: Stopwatch, infos: Sequence[BlockInfo]
+    ) -> list[tuple[BlockInfo, Any]]:
         stale = [b.block_id for b in infos if b.key_version != self.key_version]
         if stale:
             raise StoreError(
@@ -423,14 +430,31 @@ class Engine:
                 f"holds v{self.key_version}: the keys were rotated by another process; open "
                 "the engine again"
             )
+        if self.profile.workers > 1:
+            return [(info, None) for info in infos]  # the workers load their own share
         with watch.stage("gallery_load"):
-            return [(info.block_id, self._load_block(info)) for info in infos]
+            return [(info, self._load_block(info)) for info in infos]
+
+    def _parallel(self) -> ParallelScorer:
+        if self._scorer is None:
+            self._scorer = ParallelScorer(
+                WorkerSetup(
+                    self.profile.plugin("he"),
+                    self.profile.params("he"),
+                    self.profile.plugin("gallery_store"),
+                    self.profile.params("gallery_store"),
+                    str(self.directory),
+                    self.key_service.public_context,
+                ),
+                self.profile.workers,
+            )
+        return self._scorer
 
     def _decide(
         self,
         watch: Stopwatch,
         probe: np.ndarray,
-        blocks: Sequence[tuple[int, Any]],
+        blocks: Sequence[tuple[BlockInfo, Any]],
         occupants: dict[int, dict[int, str]],
         top_k: int,
         threshold: float | None,
@@ -440,9 +464,11 @@ class Engine:
         scored: list[tuple[int, bytes]] = []
         with watch.stage("probe_encryption"):
             encoded = self.matcher.encode_probe(probe)
-        for block_id, block in blocks:
-            with watch.stage("distance_derivation"):
-                scored.append((block_id, self.matcher.score(block, encoded)))
+        with watch.stage("distance_derivation"):
+            if self.profile.workers > 1 and blocks:
+                scored = self._parallel().score([info for info, _ in blocks], probe)
+            else:
+                scored = [(i.block_id, self.matcher.score(b, encoded)) for i, b in blocks]
         candidates, timings = (
             self.key_service.decide(scored, occupants, top_k) if scored else ([], {})
         )
@@ -457,7 +483,7 @@ class Engine:
             threshold=limit,
             candidates=candidates,
             timings=watch.finish(),
-            registrants=sum(len(occupants.get(block_id, {})) for block_id, _ in blocks),
+            registrants=sum(len(occupants.get(info.block_id, {})) for info, _ in blocks),
             blocks_scored=len(blocks),
             notes=notes,
         )

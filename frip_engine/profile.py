@@ -43,7 +43,7 @@ DEFAULT_PLUGINS = {
     "key_store": "file",
     "gallery_store": "sqlite",
 }
-ENGINE_KEYS = {"name", "id", "description", "threshold", "insecure", "dimension"}
+ENGINE_KEYS = {"name", "id", "description", "threshold", "insecure", "dimension", "workers"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -75,6 +75,7 @@ class Profile:
     threshold: float | None = None
     insecure: bool = False
     dimension: int | None = None
+    workers: int = 1  # scoring processes; >1 scores blocks in parallel workers
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def plugin(self, section: str) -> str:
@@ -117,7 +118,11 @@ class Profile:
             isinstance(threshold, (int, float)) and -1.0 <= threshold <= 1.0
         ):
             raise ProfileError(f"{source}: [engine] threshold must be a number in [-1, 1]")
+        workers = engine.get("workers", 1)
+        if not isinstance(workers, int) or not 1 <= workers <= 64:
+            raise ProfileError(f"{source}: [engine] workers must be an integer from 1 to 64")
         return cls(
+            workers=workers,
             name=str(engine["name"]),
             engine_id=str(engine.get("id") or uuid.uuid4().hex),
             description=str(engine.get("description", "")),
@@ -139,6 +144,8 @@ class Profile:
             engine["insecure"] = True
         if self.dimension is not None:
             engine["dimension"] = self.dimension
+        if self.workers != 1:
+            engine["workers"] = self.workers
         return tomli_w.dumps({"engine": engine, **self.sections})
 
 

@@ -194,3 +194,25 @@ def test_cluster_model_from_another_extractor_or_tampered(make_engine: Any) -> N
         db.execute("UPDATE routing SET data = ?", (data[:40] + bytes([data[40] ^ 1]) + data[41:],))
     with pytest.raises(CorruptionError, match="routing state"):
         engine.identify(embedding=unit_vectors(1)[0])
+
+
+def test_worker_processes_give_the_same_decisions(make_engine: Any) -> None:
+    vectors = _groups(120)
+    tenseal = {"he": {"plugin": "tenseal"}}
+    serial = _engine(make_engine, "serial", {"plugin": "kmeans", "max_size": 40}, tenseal)
+    parallel = make_engine(
+        "parallel",
+        engine={"name": "parallel", "workers": 2},
+        clusterer={"plugin": "kmeans", "max_size": 40},
+        he={"plugin": "tenseal"},
+    )
+    _enrol(serial, vectors)
+    _enrol(parallel, vectors)
+    for i in range(0, 120, 15):
+        probe = near(vectors[i], 0.7, 70 + i)
+        a = serial.identify(embedding=probe, top_k=3, probe_clusters="all")
+        b = parallel.identify(embedding=probe, top_k=3, probe_clusters="all")
+        assert [c.subject_id for c in a.candidates] == [c.subject_id for c in b.candidates]
+        assert b.blocks_scored >= 3
+    parallel.remove("s0")  # workers notice the new block revision
+    assert parallel.identify(embedding=vectors[0], probe_clusters="all").subject_id != "s0"

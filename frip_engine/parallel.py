@@ -1,0 +1,80 @@
+"""Scoring blocks in worker processes.
+
+TenSEAL holds the GIL, so parallel scoring means processes. Each worker owns a fixed
+share of the blocks (block id modulo the number of workers), opens the engine's store
+itself and keeps the blocks it has loaded, so a gallery is loaded once per worker, not
+once per probe. Workers get the public context only: they can score, not decrypt.
+Workers start with 'forkserver' (never fork: a PKCS#11 library must not be forked).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from frip_engine.contracts import BlockInfo
+from frip_engine.errors import FripError, StoreError
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker needs to rebuild the public side of an engine."""
+
+    backend: str
+    backend_params: dict[str, Any]
+    store: str
+    store_params: dict[str, Any]
+    engine_dir: str
+    public_context: bytes
+
+
+_worker: dict[str, Any] = {}
+
+
+def _start(setup: WorkerSetup) -> None:
+    from frip_engine import plugins
+
+    backend = plugins.create("he_backend", setup.backend, **setup.backend_params)
+    store = plugins.create("gallery_store", setup.store, **setup.store_params)
+    store.bind(setup.engine_dir)
+    _worker.update(matcher=backend.matcher(setup.public_context), store=store, blocks={})
+
+
+def _score(block_id: int, revision: int, probe: np.ndarray) -> tuple[int, bytes]:
+    matcher, store, blocks = _worker["matcher"], _worker["store"], _worker["blocks"]
+    cached = blocks.get(block_id)
+    if cached is None or cached[0] != revision:
+        found, data = store.read_block(block_id)
+        if found != revision:
+            raise StoreError(f"block {block_id} changed during this identification; retry")
+        blocks[block_id] = cached = (found, matcher.load(data))
+    return block_id, bytes(matcher.score(cached[1], matcher.encode_probe(probe)))
+
+
+class ParallelScorer:
+    def __init__(self, setup: WorkerSetup, workers: int) -> None:
+        context = multiprocessing.get_context("forkserver")
+        self._pools = [
+            ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(setup,))
+            for _ in range(workers)
+        ]
+
+    def score(self, blocks: list[BlockInfo], probe: np.ndarray) -> list[tuple[int, bytes]]:
+        futures: list[Future[tuple[int, bytes]]] = [
+            self._pools[b.block_id % len(self._pools)].submit(_score, b.block_id, b.revision, probe)
+            for b in blocks
+        ]
+        try:
+            return [f.result() for f in futures]
+        except FripError:
+            raise
+        except Exception as exc:  # a worker died or failed to start
+            raise StoreError(f"a scoring worker failed: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        for pool in self._pools:
+            pool.shutdown(cancel_futures=True)
