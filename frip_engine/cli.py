@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from frip_engine import plugins
+from frip_engine.cli_eval import add_bench_commands, eval_app
 from frip_engine.errors import FripError, InputError
 
 app = typer.Typer(
@@ -23,10 +24,16 @@ app = typer.Typer(
 )
 engine_app = typer.Typer(help="Create, list and show engines.", no_args_is_help=True)
 app.add_typer(engine_app, name="engine")
+bench_app = typer.Typer(
+    help="Benchmarks: print, and save JSON, Markdown and PNG.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
 keys_app = typer.Typer(
     help="HE key lifecycle: init, status, rotate-kek, rotate-he.", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
+app.add_typer(eval_app, name="eval")
+add_bench_commands(bench_app)  # frip bench extract
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -268,15 +275,25 @@ def identify_command(
     adapter: AdapterOpt = None,
     top_k: Annotated[int, typer.Option(help="How many candidates to return.")] = 1,
     threshold: ThresholdOpt = None,
+    probe_clusters: Annotated[
+        str | None, typer.Option(help="Clusters to search (a number or 'all'); default: profile.")
+    ] = None,
     as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """1:N: who is this, if anyone enrolled?"""
     from frip_engine.engine import Engine
 
+    fan_out: int | str | None = probe_clusters
+    if probe_clusters is not None and probe_clusters != "all":
+        if not probe_clusters.isdigit():
+            raise InputError("--probe-clusters takes a number or 'all'")
+        fan_out = int(probe_clusters)
     with Engine.open(engine_name, home) as engine:
         probe = _probe_args(engine, image, embedding, template, adapter)
-        decision = engine.identify(top_k=top_k, threshold=threshold, **probe)
+        decision = engine.identify(
+            top_k=top_k, threshold=threshold, probe_clusters=fan_out, **probe
+        )
     _show_decision(decision, as_json)
 
 
@@ -349,6 +366,33 @@ def demo_command(
     from frip_engine.demo import run_demo
 
     run_demo(data, output, preset, out)
+
+
+# ---------------------------------------------------------------------------- benchmarks
+@bench_app.command("cluster")
+def bench_cluster(
+    sizes: Annotated[
+        str, typer.Option(help="Gallery sizes, comma-separated.")
+    ] = "500,10000,100000",
+    probe_clusters: Annotated[str, typer.Option(help="Fan-outs p to try.")] = "1,2,4,8,all",
+    timed_probes: Annotated[int, typer.Option(help="Probes timed with TenSEAL per setting.")] = 10,
+    data: Annotated[Path | None, typer.Option(help="lfw-dev folder.")] = None,
+    output: Annotated[Path, typer.Option(help="Where results go.")] = Path("results/bench"),
+    preset: Annotated[str, typer.Option(help="CKKS preset.")] = "fast",
+) -> None:
+    """Routed (k-means, top-p) vs exhaustive search: latency, rank-1, FNIR, cluster sizes."""
+    from frip_engine.bench_cluster import run
+
+    try:
+        counts = [int(s) for s in sizes.split(",")]
+        fans: list[int | str] = [p if p == "all" else int(p) for p in probe_clusters.split(",")]
+    except ValueError as exc:
+        raise InputError(
+            f"--sizes and --probe-clusters take comma-separated numbers: {exc}"
+        ) from exc
+    if min(counts) < 250:
+        raise InputError("gallery sizes must be at least 250 (lfw-dev enrols 200 people)")
+    run(counts, fans, timed_probes, data, output, preset, out)
 
 
 # ---------------------------------------------------------------------------- keys

@@ -74,7 +74,7 @@ def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> 
         f"lfw-dev: {sum(map(len, identities.values()))} images of {len(identities)} identities "
         f"from {root}\nencrypted engine: {encrypted.parts.backend.description}"
     )
-    embeddings, failures, per_image = _extract(encrypted, identities, console)
+    embeddings, failures, per_image = extract_all(encrypted, identities, console)
     enrol = [
         EnrolItem(k, embeddings=[embeddings[v[0]]])
         for k, v in identities.items()
@@ -122,7 +122,7 @@ def _advance(bar: Progress, task: TaskID, _subject: str) -> None:
     bar.advance(task)
 
 
-def _extract(
+def extract_all(
     engine: Engine, identities: dict[str, list[Path]], console: Console
 ) -> tuple[dict[Path, np.ndarray], dict[str, str], float]:
     embeddings: dict[Path, np.ndarray] = {}

@@ -85,6 +85,7 @@ class Engine:
         self.matcher = parts.backend.matcher(self.key_service.public_context)
         self._blocks: dict[int, tuple[int, Any]] = {}
         self._scorer: ParallelScorer | None = None
+        self._slot_map: tuple[tuple[tuple[int, int], ...], dict[int, dict[int, str]]] | None = None
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -343,11 +344,16 @@ class Engine:
         self._blocks[info.block_id] = (revision, block)
         return block
 
-    def _occupants(self) -> dict[int, dict[int, str]]:
-        table: dict[int, dict[int, str]] = defaultdict(dict)
-        for subject in self.store.subjects():
-            table[subject.block_id][subject.slot] = subject.subject_id
-        return table
+    def _occupants(self, blocks: Sequence[BlockInfo] | None = None) -> dict[int, dict[int, str]]:
+        """Block -> slot -> subject. Every slot-map change bumps its block's revision, so
+        the map is re-read only when some block's revision moved."""
+        version = tuple((b.block_id, b.revision) for b in blocks or self.store.blocks())
+        if self._slot_map is None or self._slot_map[0] != version:
+            table: dict[int, dict[int, str]] = defaultdict(dict)
+            for subject in self.store.subjects():
+                table[subject.block_id][subject.slot] = subject.subject_id
+            self._slot_map = (version, table)
+        return self._slot_map[1]
 
     def _probe(
         self, watch: Stopwatch, image: Path | bytes | None, embedding: object | None
@@ -380,8 +386,9 @@ class Engine:
         watch = Stopwatch()
         probe, notes = self._probe(watch, image, embedding)
         with self.store.snapshot():  # slot map and blocks from one consistent state
-            occupants = self._occupants()
-            blocks = [b for b in self.store.blocks() if occupants.get(b.block_id)]
+            every = self.store.blocks()
+            occupants = self._occupants(every)
+            blocks = [b for b in every if occupants.get(b.block_id)]
             current = self.store.read_routing() if self.parts.clusterer.routed else None
             if current is not None and fan_out is not None:
                 with watch.stage("routing"):
