@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from frip_engine import plugins
+from frip_engine.cli_eval import add_bench_commands, eval_app
 from frip_engine.errors import FripError, InputError
 
 app = typer.Typer(
@@ -31,6 +32,8 @@ keys_app = typer.Typer(
     help="HE key lifecycle: init, status, rotate-kek, rotate-he.", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
+app.add_typer(eval_app, name="eval")
+add_bench_commands(bench_app)  # frip bench extract
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 

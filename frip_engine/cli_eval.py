@@ -1,0 +1,276 @@
+"""``frip eval verify|identify`` and ``frip bench extract``: extractors measured side by side.
+
+Mounted by ``frip_engine.cli`` (``eval_app`` as ``frip eval``, ``add_bench_commands`` on
+``frip bench``); every heavy import (models, scikit-learn, matplotlib)
+happens inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, TaskID
+from rich.table import Table
+
+from frip_engine import plugins
+from frip_engine.errors import InputError
+
+eval_app = typer.Typer(
+    help="Measure extractors on a labelled image set: verification and identification.",
+    no_args_is_help=True,
+)
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+FolderOpt = Annotated[
+    Path | None, typer.Option(help="Folder of <identity>/<images> (default: lfw-dev).")
+]
+IndexOpt = Annotated[
+    Path | None, typer.Option(help="CSV with path,identity columns (default: lfw-dev's).")
+]
+ExtractorOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--extractor", "-e", help="Extractor to measure (repeatable; default: all available)."
+    ),
+]
+OutputOpt = Annotated[Path, typer.Option(help="Folder for the JSON and PNG outputs.")]
+ThreadsOpt = Annotated[int, typer.Option(help="Threads per extractor (onnxruntime, OpenCV).")]
+IdentitiesOpt = Annotated[
+    int | None, typer.Option(help="Use only the first N identities (a quick run).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON summary.")]
+
+
+def _dataset(folder: Path | None, index: Path | None, identities: int | None) -> Any:
+    from frip_engine.demo import find_lfw_dev
+    from frip_engine.evaluation import Dataset
+
+    if folder is None and index is None:
+        index = find_lfw_dev(None) / "index.csv"
+    if identities is not None and identities < 2:
+        raise InputError("--identities must be at least 2")
+    return Dataset.load(folder, index).limit(identities)
+
+
+def _extractors(names: list[str] | None) -> list[str]:
+    if names:
+        for name in names:  # unknown or unavailable: a clear error before any work
+            component = plugins.registry().get("extractor", name)
+            if not component.available:
+                component.create()
+        return list(dict.fromkeys(names))
+    found = [c.name for c in plugins.registry().of_kind("extractor") if c.available]
+    if not found:
+        raise InputError("no extractor plugin is available: see frip plugins")
+    return found
+
+
+class _Bar:
+    """One progress bar per extractor, on stderr."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress, self.total = progress, total
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, name: str, n: int) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(f"{name}: extracting", total=self.total)
+        self.progress.advance(self.tasks[name], n)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+@eval_app.command("verify")
+def verify_command(
+    folder: FolderOpt = None,
+    index: IndexOpt = None,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Pairs to compare: CSV path_a,path_b[,same] or LFW pairs.txt "
+            "(default: every pair of images)."
+        ),
+    ] = None,
+    extractor: ExtractorOpt = None,
+    output: OutputOpt = Path("results/eval"),
+    threads: ThreadsOpt = 1,
+    identities: IdentitiesOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """1:1 verification: EER, FNMR at FMR 1% and 0.1%, ROC and DET plot, images/s."""
+    from frip_engine.evaluation import run_verify, write_outputs
+
+    dataset = _dataset(folder, index, identities)
+    names = _extractors(extractor)
+    with Progress(console=err, transient=True, disable=as_json) as progress:
+        summary = run_verify(dataset, names, pairs, threads, _Bar(progress, len(dataset.paths)))
+    files = write_outputs(summary, output)
+    if as_json:
+        typer.echo(json.dumps(_without_curves(summary), indent=2))
+        return
+    table = Table(
+        title=f"verification on {len(dataset.paths)} images ({summary['dataset']['pairs']})"
+    )
+    for column in (
+        "extractor",
+        "dim",
+        "EER",
+        "FNMR@FMR1%",
+        "FNMR@FMR0.1%",
+        "thr@FMR0.1%",
+        "images/s",
+        "no face",
+    ):
+        table.add_column(column, justify="left" if column == "extractor" else "right")
+    for name, entry in summary["extractors"].items():
+        v = entry["verification"]
+        at = v["fnmr_at_fmr"]
+        table.add_row(
+            name,
+            str(entry["dimension"]),
+            _pct(v["eer"]),
+            _pct(at["0.01"]["fnmr"]),
+            _pct(at["0.001"]["fnmr"]),
+            f"{at['0.001']['threshold']:.3f}",
+            f"{entry['throughput']['images_per_second']:.1f}",
+            str(entry["throughput"]["failures"]),
+        )
+    out.print(table)
+    out.print("written: " + ", ".join(str(f) for f in files))
+
+
+@eval_app.command("identify")
+def identify_command(
+    folder: FolderOpt = None,
+    index: IndexOpt = None,
+    extractor: ExtractorOpt = None,
+    output: OutputOpt = Path("results/eval"),
+    threads: ThreadsOpt = 1,
+    identities: IdentitiesOpt = None,
+    he_check: Annotated[
+        bool,
+        typer.Option(
+            help="Also run every search through a TenSEAL engine and its plaintext "
+            "twin and compare the decisions."
+        ),
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """1:N identification: rank-1, CMC, FNIR at FPIR; CMC and FNIR/FPIR plot; images/s."""
+    from frip_engine.evaluation import run_identify, write_outputs
+
+    dataset = _dataset(folder, index, identities)
+    names = _extractors(extractor)
+    with Progress(console=err, transient=True, disable=as_json) as progress:
+        summary = run_identify(
+            dataset, names, threads, he_check, _Bar(progress, len(dataset.paths))
+        )
+    files = write_outputs(summary, output)
+    if as_json:
+        typer.echo(json.dumps(_without_curves(summary), indent=2))
+        return
+    first = next(iter(summary["extractors"].values()))["identification"]
+    table = Table(
+        title=f"identification: {first['gallery']} enrolled, {first['mated_searches']} mated "
+        f"and {first['non_mated_searches']} non-mated searches"
+    )
+    for column in (
+        "extractor",
+        "rank-1",
+        "FNIR@FPIR1%",
+        "FNIR@FPIR5%",
+        "FNIR@FPIR10%",
+        "threshold",
+        "FNIR/FPIR there",
+        "HE = plain",
+        "images/s",
+    ):
+        table.add_column(column, justify="left" if column == "extractor" else "right")
+    for name, entry in summary["extractors"].items():
+        m = entry["identification"]
+        at = m["fnir_at_fpir"]
+        check = entry.get("encrypted_vs_plaintext")
+        same = f"{check['decisions_equal']}/{check['decisions_compared']}" if check else "-"
+        there = m["at_threshold"]
+        table.add_row(
+            name,
+            f"{m['rank1']:.4f}",
+            *(_pct(at[k]["fnir"]) if k in at else "-" for k in ("0.01", "0.05", "0.1")),
+            f"{there['threshold']:.2f}",
+            f"{_pct(there['fnir'])} / {_pct(there['fpir'])}",
+            same,
+            f"{entry['throughput']['images_per_second']:.1f}",
+        )
+    out.print(table)
+    out.print("written: " + ", ".join(str(f) for f in files))
+
+
+def add_bench_commands(bench: typer.Typer) -> None:
+    """Mount ``extract`` on the CLI's ``frip bench`` group (shared with other benchmarks)."""
+    bench.command("extract")(bench_extract_command)
+
+
+def bench_extract_command(
+    folder: FolderOpt = None,
+    index: IndexOpt = None,
+    extractor: ExtractorOpt = None,
+    threads: ThreadsOpt = 1,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Faces embedded per model call (default: each's own).")
+    ] = None,
+    identities: IdentitiesOpt = None,
+    output: OutputOpt = Path("results/bench"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Images per second per extractor, split into decode, detect, align and embed."""
+    from frip_engine.evaluation import benchmark
+
+    dataset = _dataset(folder, index, identities)
+    names = _extractors(extractor)
+    with Progress(console=err, transient=True, disable=as_json) as progress:
+        summary = benchmark(dataset, names, threads, batch_size, _Bar(progress, len(dataset.paths)))
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / "extractors.json"
+    path.write_text(json.dumps(summary, indent=2))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"extraction on {len(dataset.paths)} images, {threads} thread(s)")
+    for column in (
+        "extractor",
+        "images/s",
+        "ms total",
+        "decode",
+        "detect",
+        "align",
+        "embed",
+        "no face",
+    ):
+        table.add_column(column, justify="left" if column == "extractor" else "right")
+    for name, entry in summary["extractors"].items():
+        ms = entry["ms_per_image"]
+        table.add_row(
+            name,
+            f"{entry['images_per_second']:.1f}",
+            f"{entry['ms_per_image_total']:.1f}",
+            *(f"{ms[k]:.1f}" if k in ms else "-" for k in ("decode", "detect", "align", "embed")),
+            str(entry["failures"]),
+        )
+    out.print(table)
+    out.print(f"written: {path}")
+
+
+def _without_curves(summary: dict[str, Any]) -> dict[str, Any]:
+    """The printed JSON: figures only (the file keeps the curves for re-plotting)."""
+    slim: dict[str, Any] = json.loads(json.dumps(summary))
+    for entry in slim["extractors"].values():
+        entry.get("verification", {}).pop("roc", None)
+        entry.get("identification", {}).pop("curve", None)
+    return slim

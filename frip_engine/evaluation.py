@@ -1,0 +1,672 @@
+"""Measuring extractors: verification (1:1), identification (1:N) and throughput.
+
+Verification follows ISO/IEC 19795-1: FMR/FNMR over genuine and impostor comparisons,
+EER, FNMR at FMR 1% and 0.1%, ROC and DET curves (scikit-learn's ``roc_curve`` and
+``DetCurveDisplay``). Identification: rank-1, the CMC, and FNIR at FPIR for a gallery of
+one image per identity, mated searches from the identity's other images and non-mated
+searches from identities not enrolled. A face that cannot be extracted counts against the
+extractor (a genuine comparison or mated search that fails, an impostor or non-mated
+search that is rejected), so a detector cannot improve its figures by giving up.
+
+Embeddings live in memory only, for one run; the outputs are metrics, curves sampled at a
+few hundred points and plots, never embeddings or per-image scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from frip_engine import plugins
+from frip_engine.datasets import csv_identities, folder_identities
+from frip_engine.errors import FripError, InputError
+from frip_engine.images import load_image
+
+FMR_TARGETS = (0.01, 0.001)
+FPIR_TARGETS = (0.01, 0.05, 0.1)
+CMC_RANKS = 20
+CURVE_POINTS = 300
+CHUNK = 32  # images decoded and extracted together (the extractor batches inside)
+FAILED = -1.0  # the score a comparison with an unextractable image gets
+
+Progress = Callable[[int], None]
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class Dataset:
+    """Labelled images: from a folder of ``<identity>/<images>`` or an index CSV."""
+
+    root: Path
+    paths: list[Path]
+    labels: list[str]
+
+    @classmethod
+    def load(cls, folder: Path | None = None, index: Path | None = None) -> Dataset:
+        if (folder is None) == (index is None):
+            raise InputError("give exactly one of an image folder or an index CSV")
+        if folder is not None:
+            found, root = folder_identities(folder), folder
+        else:
+            assert index is not None
+            found, root = csv_identities(index), index.parent
+        paths = [p for k in sorted(found) for p in found[k]]
+        labels = [k for k in sorted(found) for _ in found[k]]
+        return cls(root, paths, labels)
+
+    def limit(self, identities: int | None) -> Dataset:
+        """The first ``identities`` identities (sorted by name), for quick runs."""
+        if identities is None:
+            return self
+        keep = set(sorted(set(self.labels))[:identities])
+        rows = [(p, k) for p, k in zip(self.paths, self.labels, strict=True) if k in keep]
+        return Dataset(self.root, [p for p, _ in rows], [k for _, k in rows])
+
+
+def read_pairs(path: Path, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Comparison pairs as index arrays (a, b) into the dataset and whether each is genuine.
+
+    Accepts a CSV with ``path_a,path_b`` columns (paths relative to the dataset's root; an
+    optional ``same`` column overrides the labels) or LFW's ``pairs.txt`` lines
+    (``name i j`` genuine, ``name i other j`` impostor).
+    """
+    if not path.is_file():
+        raise InputError(f"pairs file {path} does not exist")
+    where = {p.resolve(): i for i, p in enumerate(dataset.paths)}
+    text = path.read_text(encoding="utf-8")
+    rows: list[tuple[Path, Path, bool | None]] = []
+    if text.lstrip().lower().startswith("path_a"):
+        for line, row in enumerate(csv.DictReader(text.splitlines()), start=2):
+            if not row.get("path_a") or not row.get("path_b"):
+                raise InputError(f"{path}:{line}: empty path_a or path_b")
+            same = row.get("same")
+            flag = None if same in (None, "") else same.strip().lower() in ("1", "true", "yes")
+            rows.append((dataset.root / row["path_a"], dataset.root / row["path_b"], flag))
+    else:
+        for line, raw in enumerate(text.splitlines(), start=1):
+            parts = raw.split()
+            if len(parts) == 3:
+                name, n_a, n_b = parts
+                rows.append((_lfw(dataset.root, name, n_a), _lfw(dataset.root, name, n_b), True))
+            elif len(parts) == 4:
+                name_a, n_a, name_b, n_b = parts
+                rows.append(
+                    (_lfw(dataset.root, name_a, n_a), _lfw(dataset.root, name_b, n_b), False)
+                )
+            elif len(parts) not in (0, 1, 2):  # header lines of pairs.txt have 1-2 numbers
+                raise InputError(f"{path}:{line}: not a pair line: {raw.strip()!r}")
+    if not rows:
+        raise InputError(f"{path} lists no pairs")
+    a_idx: list[int] = []
+    b_idx: list[int] = []
+    genuine: list[bool] = []
+    for image_a, image_b, flag in rows:
+        for image in (image_a, image_b):
+            if image.resolve() not in where:
+                raise InputError(f"{path}: {image} is not one of the dataset's images")
+        ia, ib = where[image_a.resolve()], where[image_b.resolve()]
+        a_idx.append(ia)
+        b_idx.append(ib)
+        genuine.append(dataset.labels[ia] == dataset.labels[ib] if flag is None else flag)
+    return np.array(a_idx), np.array(b_idx), np.array(genuine, dtype=bool)
+
+
+def _lfw(root: Path, name: str, number: str) -> Path:
+    try:
+        return root / name / f"{name}_{int(number):04d}.jpg"
+    except ValueError as exc:
+        raise InputError(f"pairs: {number!r} is not an image number") from exc
+
+
+# ----------------------------------------------------------------------------- extraction
+@dataclass
+class Embedded:
+    """One extractor's embeddings of a dataset (in memory only) and what it cost."""
+
+    extractor: str
+    dimension: int
+    threshold: float
+    matrix: np.ndarray  # (n, d) unit rows; zeros where extraction failed
+    ok: np.ndarray  # (n,) bool
+    failures: dict[str, str]
+    seconds: dict[str, float]  # decode, detect, align, embed (when the extractor reports them)
+    total_seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.ok) / self.total_seconds if self.total_seconds else 0.0
+
+
+def make_extractor(name: str, threads: int | None = None, **params: Any) -> Any:
+    """Build an extractor plugin, passing ``threads`` only to factories that take it."""
+    component = plugins.registry().get("extractor", name)
+    if threads is not None and "threads" in inspect.signature(component.factory).parameters:
+        params["threads"] = threads
+    return component.create(**params)
+
+
+def pin_threads(threads: int) -> None:
+    """Pin OpenCV's own pool (onnxruntime sessions are pinned per extractor)."""
+    try:
+        import cv2
+    except ImportError:
+        return
+    cv2.setNumThreads(threads)
+
+
+def embed_dataset(
+    extractor: Any, paths: Sequence[Path], progress: Progress | None = None
+) -> Embedded:
+    """Decode and extract every image; failures are recorded, never fatal."""
+    load = getattr(extractor, "load", None)
+    if callable(load):
+        load()  # model loading is not part of the throughput
+    stages: dict[str, float] | None = getattr(extractor, "stage_seconds", None)
+    before = dict(stages) if stages is not None else {}
+    matrix = np.zeros((len(paths), int(extractor.dimension)))
+    ok = np.zeros(len(paths), dtype=bool)
+    failures: dict[str, str] = {}
+    decode = 0.0
+    started = time.perf_counter()
+    for start in range(0, len(paths), CHUNK):
+        chunk = list(range(start, min(start + CHUNK, len(paths))))
+        images: list[np.ndarray] = []
+        kept: list[int] = []
+        tick = time.perf_counter()
+        for i in chunk:
+            try:
+                images.append(load_image(paths[i]))
+                kept.append(i)
+            except FripError as exc:
+                failures[str(paths[i])] = str(exc)
+        decode += time.perf_counter() - tick
+        for i, result in zip(kept, _extract_all(extractor, images), strict=True):
+            if isinstance(result, FripError):
+                failures[str(paths[i])] = str(result)
+                continue
+            vector = np.asarray(result.embedding, dtype=np.float64)
+            matrix[i] = vector / np.linalg.norm(vector)
+            ok[i] = True
+        if progress:
+            progress(len(chunk))
+    total = time.perf_counter() - started
+    seconds = {"decode": decode}
+    if stages is not None:
+        seconds.update({k: v - before.get(k, 0.0) for k, v in stages.items()})
+    return Embedded(
+        str(extractor.name),
+        int(extractor.dimension),
+        float(extractor.threshold),
+        matrix,
+        ok,
+        failures,
+        seconds,
+        total,
+    )
+
+
+def _extract_all(extractor: Any, images: list[np.ndarray]) -> list[Any]:
+    many = getattr(extractor, "extract_many", None)
+    if callable(many):
+        return list(many(images))
+    out: list[Any] = []
+    for image in images:
+        try:
+            out.append(extractor.extract(image))
+        except FripError as exc:
+            out.append(exc)
+    return out
+
+
+# ----------------------------------------------------------------------------- verification
+def comparison_scores(
+    embedded: Embedded, labels: Sequence[str], pairs: tuple[np.ndarray, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and impostor cosine scores: the given pairs, or every pair of images."""
+    if pairs is None:
+        a, b = np.triu_indices(len(labels), k=1)
+        names = np.asarray(labels)
+        genuine = names[a] == names[b]
+    else:
+        a, b, genuine = pairs
+    scores = np.einsum("ij,ij->i", embedded.matrix[a], embedded.matrix[b])
+    scores[~(embedded.ok[a] & embedded.ok[b])] = FAILED
+    return scores[genuine], scores[~genuine]
+
+
+def verification_metrics(genuine: np.ndarray, impostor: np.ndarray) -> dict[str, Any]:
+    """EER, FNMR at FMR targets, and the ROC/DET curves, from scikit-learn's roc_curve."""
+    from sklearn.metrics import roc_curve
+
+    if not len(genuine) or not len(impostor):
+        raise InputError("verification needs genuine and impostor comparisons")
+    labels = np.r_[np.ones(len(genuine)), np.zeros(len(impostor))]
+    fmr, tmr, thresholds = roc_curve(labels, np.r_[genuine, impostor], drop_intermediate=False)
+    fnmr = 1.0 - tmr
+    eer, eer_threshold = _eer(fmr, fnmr, thresholds)
+    at: dict[str, dict[str, float]] = {}
+    for target in FMR_TARGETS:
+        allowed = np.nonzero(fmr <= target)[0]
+        best = allowed[np.argmin(fnmr[allowed])]
+        at[f"{target:g}"] = {
+            "fnmr": float(fnmr[best]),
+            "fmr": float(fmr[best]),
+            "threshold": float(thresholds[best]),
+        }
+    sample = _sample(fmr)
+    return {
+        "genuine_comparisons": len(genuine),
+        "impostor_comparisons": len(impostor),
+        "eer": eer,
+        "eer_threshold": eer_threshold,
+        "fnmr_at_fmr": at,
+        "roc": {
+            "fmr": fmr[sample].tolist(),
+            "fnmr": fnmr[sample].tolist(),
+            "threshold": np.clip(thresholds[sample], -1.0, 1.0).tolist(),
+        },
+    }
+
+
+def _eer(fmr: np.ndarray, fnmr: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
+    """Where FNMR and FMR cross, interpolated linearly between the two bracketing points."""
+    gap = fnmr - fmr  # falls from >= 0 to <= 0 as the threshold falls
+    after = int(np.argmax(gap <= 0))
+    if after == 0:
+        return float(fmr[0]), float(np.clip(thresholds[0], -1.0, 1.0))
+    before = after - 1
+    span = gap[before] - gap[after]
+    t = gap[before] / span if span else 0.0
+    eer = fmr[before] + t * (fmr[after] - fmr[before])
+    threshold = thresholds[before] + t * (thresholds[after] - thresholds[before])
+    return float(eer), float(np.clip(threshold, -1.0, 1.0))
+
+
+def _sample(fmr: np.ndarray) -> np.ndarray:
+    """Curve points to keep: log-spaced in FMR (where the operating points are) and even."""
+    n = len(fmr)
+    smallest = max(float(fmr[fmr > 0].min()) if np.any(fmr > 0) else 1.0, 1e-9)
+    targets = np.logspace(np.log10(smallest), 0, CURVE_POINTS // 2)
+    logs = np.clip(np.searchsorted(fmr, targets, side="right") - 1, 0, n - 1)
+    even = np.linspace(0, n - 1, min(n, CURVE_POINTS // 2)).round().astype(int)
+    return np.unique(np.r_[logs, even, np.clip(logs + 1, 0, n - 1)])
+
+
+# ----------------------------------------------------------------------------- identification
+@dataclass
+class Protocol:
+    """Who is enrolled (one image each) and who searches, as dataset indices."""
+
+    gallery: list[int]
+    gallery_labels: list[str]
+    mated: list[int]
+    mated_truth: list[int]  # position of the mate in the gallery
+    non_mated: list[int] = field(default_factory=list)
+
+
+def identification_protocol(labels: Sequence[str], ok: np.ndarray) -> Protocol:
+    """Identities with several images: the first extractable one is enrolled, the others
+    search as mated probes; identities with one image search as non-mated probes."""
+    by_identity: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_identity.setdefault(label, []).append(i)
+    protocol = Protocol([], [], [], [])
+    for label in sorted(by_identity):
+        indices = by_identity[label]
+        if len(indices) == 1:
+            protocol.non_mated.append(indices[0])
+            continue
+        usable = [i for i in indices if ok[i]]
+        if not usable:  # nobody to enrol: every image is a failed mated search
+            continue
+        protocol.gallery.append(usable[0])
+        protocol.gallery_labels.append(label)
+        for i in indices:
+            if i != usable[0]:
+                protocol.mated.append(i)
+                protocol.mated_truth.append(len(protocol.gallery) - 1)
+    if not protocol.gallery or not protocol.mated:
+        raise InputError("identification needs identities with at least two usable images")
+    return protocol
+
+
+def identification_metrics(
+    embedded: Embedded, protocol: Protocol, threshold: float
+) -> dict[str, Any]:
+    """Rank-1, CMC, FNIR at FPIR targets and at ``threshold`` (rank-1 decisions)."""
+    gallery = embedded.matrix[protocol.gallery]
+    mated = embedded.matrix[protocol.mated] @ gallery.T
+    truth = np.asarray(protocol.mated_truth)
+    mate_score = mated[np.arange(len(truth)), truth]
+    failed = ~embedded.ok[protocol.mated]
+    rank = 1 + np.sum(mated > mate_score[:, None], axis=1)
+    rank[failed] = len(protocol.gallery) + 1  # never found
+    mate_score[failed] = -np.inf
+    top1_hit = rank == 1
+    ranks = np.arange(1, min(CMC_RANKS, len(protocol.gallery)) + 1)
+    cmc = [float(np.mean(rank <= r)) for r in ranks]
+    if protocol.non_mated:
+        best_non_mated = (embedded.matrix[protocol.non_mated] @ gallery.T).max(axis=1)
+        best_non_mated[~embedded.ok[protocol.non_mated]] = -np.inf
+    else:
+        best_non_mated = np.empty(0)
+
+    def fnir(t: float) -> float:
+        return float(np.mean(~(top1_hit & (mate_score >= t))))
+
+    def fpir(t: float) -> float:
+        return float(np.mean(best_non_mated >= t)) if len(best_non_mated) else 0.0
+
+    at_fpir: dict[str, dict[str, float]] = {}
+    if len(best_non_mated):
+        ordered = np.sort(best_non_mated)[::-1]
+        for target in FPIR_TARGETS:
+            allowed = int(np.floor(target * len(ordered) + 1e-9))
+            t = float(np.nextafter(ordered[allowed], np.inf)) if allowed < len(ordered) else -1.0
+            t = max(t, -1.0)
+            at_fpir[f"{target:g}"] = {"fnir": fnir(t), "fpir": fpir(t), "threshold": t}
+    grid = np.linspace(-0.2, 1.0, CURVE_POINTS)
+    return {
+        "gallery": len(protocol.gallery),
+        "mated_searches": len(protocol.mated),
+        "non_mated_searches": len(protocol.non_mated),
+        "rank1": cmc[0],
+        "cmc": cmc,
+        "fnir_at_fpir": at_fpir,
+        "at_threshold": {"threshold": threshold, "fnir": fnir(threshold), "fpir": fpir(threshold)},
+        "max_non_mated_score": float(best_non_mated.max()) if len(best_non_mated) else None,
+        "curve": {
+            "threshold": grid.tolist(),
+            "fnir": [fnir(t) for t in grid],
+            "fpir": [fpir(t) for t in grid],
+        },
+    }
+
+
+def compare_backends(
+    embedded: Embedded, protocol: Protocol, extractor: str, preset: str = "fast"
+) -> dict[str, Any]:
+    """Run the protocol through a TenSEAL engine and its plaintext twin; compare decisions.
+
+    Both engines are throw-away (temporary home, in-memory key store); the templates are
+    enrolled from the embeddings and every search is decided by each engine's key service.
+    """
+    from frip_engine.engine import Engine, EnrolItem
+    from frip_engine.profile import Profile
+
+    def profile(name: str, encrypted: bool) -> Profile:
+        data: dict[str, Any] = {
+            "engine": {"name": name, "insecure": not encrypted},
+            "extractor": {"plugin": extractor},
+            "key_store": {"plugin": "memory"},
+            "he": {"plugin": "tenseal", "preset": preset} if encrypted else {"plugin": "plaintext"},
+        }
+        return Profile.from_dict(data)
+
+    probes = [i for i in protocol.mated + protocol.non_mated if embedded.ok[i]]
+    items = [
+        EnrolItem(label, embeddings=[embedded.matrix[i]])
+        for i, label in zip(protocol.gallery, protocol.gallery_labels, strict=True)
+    ]
+    with tempfile.TemporaryDirectory(prefix="frip-eval-") as home:
+        encrypted = Engine.create(profile("eval-tenseal", True), Path(home))
+        reference = Engine.create(profile("eval-plaintext", False), Path(home))
+        try:
+            for engine in (encrypted, reference):
+                report = engine.enrol_many(items)
+                if report.failed:
+                    raise InputError(f"evaluation enrolment failed: {report.failed}")
+            same = 0
+            largest = 0.0
+            seconds = 0.0
+            for i in probes:
+                tick = time.perf_counter()
+                a = encrypted.identify(embedding=embedded.matrix[i])
+                seconds += time.perf_counter() - tick
+                b = reference.identify(embedding=embedded.matrix[i])
+                first_a = a.candidates[0].subject_id if a.candidates else None
+                first_b = b.candidates[0].subject_id if b.candidates else None
+                same += (a.matched, a.subject_id, first_a) == (b.matched, b.subject_id, first_b)
+                if a.score is not None and b.score is not None:
+                    largest = max(largest, abs(a.score - b.score))
+            description = encrypted.parts.backend.description
+        finally:
+            encrypted.close()
+            reference.close()
+    return {
+        "he": description,
+        "decisions_compared": len(probes),
+        "decisions_equal": same,
+        "max_score_difference": largest,
+        "identify_ms_mean": 1000 * seconds / len(probes) if probes else None,
+    }
+
+
+# ----------------------------------------------------------------------------- runs
+def throughput(embedded: Embedded) -> dict[str, Any]:
+    n = len(embedded.ok)
+    return {
+        "images": n,
+        "failures": len(embedded.failures),
+        "images_per_second": embedded.images_per_second,
+        "ms_per_image": {k: 1000 * v / n for k, v in embedded.seconds.items()} if n else {},
+        "ms_per_image_total": 1000 * embedded.total_seconds / n if n else None,
+    }
+
+
+def run_verify(
+    dataset: Dataset,
+    extractors: Sequence[str],
+    pairs_file: Path | None = None,
+    threads: int = 1,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    pairs = read_pairs(pairs_file, dataset) if pairs_file else None
+    results: dict[str, Any] = {}
+    for name in extractors:
+        embedded = _embed(name, dataset, threads, progress)
+        genuine, impostor = comparison_scores(embedded, dataset.labels, pairs)
+        results[name] = {
+            "dimension": embedded.dimension,
+            "threshold": embedded.threshold,
+            "verification": verification_metrics(genuine, impostor),
+            "throughput": throughput(embedded),
+            "failures": embedded.failures,
+        }
+    return _summary("verify", dataset, results, pairs_file)
+
+
+def run_identify(
+    dataset: Dataset,
+    extractors: Sequence[str],
+    threads: int = 1,
+    he_check: bool = True,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in extractors:
+        embedded = _embed(name, dataset, threads, progress)
+        protocol = identification_protocol(dataset.labels, embedded.ok)
+        entry: dict[str, Any] = {
+            "dimension": embedded.dimension,
+            "threshold": embedded.threshold,
+            "identification": identification_metrics(embedded, protocol, embedded.threshold),
+            "throughput": throughput(embedded),
+            "failures": embedded.failures,
+        }
+        if he_check:
+            entry["encrypted_vs_plaintext"] = compare_backends(embedded, protocol, name)
+        results[name] = entry
+    return _summary("identify", dataset, results, None)
+
+
+def _embed(
+    name: str, dataset: Dataset, threads: int, progress: Callable[[str, int], None] | None
+) -> Embedded:
+    pin_threads(threads)
+    extractor = make_extractor(name, threads=threads)
+    step = (lambda n: progress(name, n)) if progress else None
+    return embed_dataset(extractor, dataset.paths, step)
+
+
+def _summary(
+    mode: str, dataset: Dataset, results: dict[str, Any], pairs: Path | None
+) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "dataset": {
+            "root": str(dataset.root),
+            "images": len(dataset.paths),
+            "identities": len(set(dataset.labels)),
+            "pairs": str(pairs) if pairs else "all pairs of images",
+        },
+        "extractors": results,
+    }
+
+
+def write_outputs(summary: dict[str, Any], output: Path) -> list[Path]:
+    """``<mode>.json`` and ``<mode>.png`` in ``output``; returns the files written."""
+    output.mkdir(parents=True, exist_ok=True)
+    json_path = output / f"{summary['mode']}.json"
+    json_path.write_text(json.dumps(summary, indent=2))
+    written = [json_path]
+    plot = plot_verify if summary["mode"] == "verify" else plot_identify
+    png = plot(summary, output / f"{summary['mode']}.png")
+    if png:
+        written.append(png)
+    return written
+
+
+def plot_verify(summary: dict[str, Any], path: Path) -> Path | None:
+    """ROC (FNMR against FMR, log FMR) and DET (probit axes, scikit-learn's) per extractor."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    from sklearn.metrics import DetCurveDisplay
+
+    fig, (roc, det) = plt.subplots(1, 2, figsize=(12, 5))
+    lowest = 1.0
+    for name, entry in summary["extractors"].items():
+        curve = entry["verification"]["roc"]
+        v = entry["verification"]
+        label = f"{name} (EER {v['eer']:.3%}, FNMR@FMR1% {v['fnmr_at_fmr']['0.01']['fnmr']:.3%})"
+        fmr = np.maximum(np.asarray(curve["fmr"]), 1e-6)
+        tmr = 1 - np.asarray(curve["fnmr"])
+        roc.plot(fmr, tmr, label=label)
+        lowest = min(lowest, float(tmr[fmr >= 1e-5].min()))
+        DetCurveDisplay(fpr=np.asarray(curve["fmr"]), fnr=np.asarray(curve["fnmr"])).plot(
+            ax=det, name=name
+        )
+    roc.set_xscale("log")
+    roc.set_xlim(1e-5, 1)
+    roc.set_ylim(max(0.0, lowest - 0.02), 1.005)
+    roc.set_xlabel("FMR (false match rate)")
+    roc.set_ylabel("1 - FNMR (true match rate)")
+    roc.set_title("ROC")
+    roc.legend(fontsize=8, loc="lower right")
+    from scipy.stats import norm
+
+    det.set_xlim(norm.ppf(1e-5), norm.ppf(0.5))
+    det.set_ylim(norm.ppf(1e-3), norm.ppf(0.5))
+    ticks = [1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
+    labels = [f"{100 * t:g}%" for t in ticks]
+    det.set_xticks(norm.ppf(ticks), labels)
+    det.set_yticks(norm.ppf(ticks[2:]), labels[2:])
+    det.set_xlabel("FMR (probit scale)")
+    det.set_ylabel("FNMR (probit scale)")
+    det.set_title("DET")
+    fig.suptitle(_title(summary))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_identify(summary: dict[str, Any], path: Path) -> Path | None:
+    """CMC and FNIR against FPIR per extractor."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, (cmc, fnir) = plt.subplots(1, 2, figsize=(12, 5))
+    for name, entry in summary["extractors"].items():
+        m = entry["identification"]
+        ranks = np.arange(1, len(m["cmc"]) + 1)
+        cmc.plot(
+            ranks, m["cmc"], marker="o", markersize=3, label=f"{name} (rank-1 {m['rank1']:.4f})"
+        )
+        fpir, missed = np.asarray(m["curve"]["fpir"]), np.asarray(m["curve"]["fnir"])
+        shown = fpir > 0  # FPIR 0 has no place on a log axis; fnir_at_fpir has it
+        fnir.step(fpir[shown], missed[shown], where="post", label=name)
+    cmc.xaxis.get_major_locator().set_params(integer=True)
+    cmc.set_xlabel("rank")
+    cmc.set_ylabel("identification rate")
+    cmc.set_title("CMC")
+    cmc.legend(fontsize=8, loc="lower right")
+    fnir.set_xscale("log")
+    fnir.set_xlabel("FPIR (non-mated searches with a candidate above threshold)")
+    fnir.set_ylabel("FNIR (mated searches missed at rank 1)")
+    fnir.set_title("FNIR vs FPIR")
+    fnir.legend(fontsize=8)
+    fig.suptitle(_title(summary))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _title(summary: dict[str, Any]) -> str:
+    data = summary["dataset"]
+    return f"{Path(data['root']).name}: {data['images']} images, {data['identities']} identities"
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+# ----------------------------------------------------------------------------- benchmark
+def benchmark(
+    dataset: Dataset,
+    extractors: Sequence[str],
+    threads: int = 1,
+    batch_size: int | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    """Images per second per extractor (decode + detect + align + embed), with the split."""
+    pin_threads(threads)
+    results: dict[str, Any] = {}
+    for name in extractors:
+        params: dict[str, Any] = {}
+        if batch_size is not None:
+            params["batch_size"] = batch_size
+        extractor = make_extractor(name, threads=threads, **params)
+        warm = load_image(dataset.paths[0])
+        extractor.extract(warm)  # first inference allocates; not part of the figure
+        step = (lambda n, _name=name: progress(_name, n)) if progress else None
+        embedded = embed_dataset(extractor, dataset.paths, step)
+        results[name] = {
+            "dimension": embedded.dimension,
+            "batch_size": getattr(extractor, "batch_size", None),
+            **throughput(embedded),
+        }
+    return {
+        "mode": "bench-extract",
+        "threads": threads,
+        "dataset": {"root": str(dataset.root), "images": len(dataset.paths)},
+        "extractors": results,
+    }

@@ -1,0 +1,99 @@
+"""FRIP function III: one registration image becomes every engine's own template.
+
+Engines from different vendors use different extractors, so a registrant enrolled once at
+the registration desk must be converted into each engine's feature format. The image is
+decoded once; each distinct extractor configuration runs once; each engine protects,
+encrypts and stores its template itself; and the plaintext embeddings this module held
+are overwritten with zeros as soon as the engines that need them have encrypted them.
+The result names engines, extractors and outcomes, never embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from frip_engine.errors import FripError, InputError
+from frip_engine.images import load_image
+
+if TYPE_CHECKING:
+    from frip_engine.engine import Engine
+
+
+@dataclass
+class LinkedEnrolment:
+    """Where one registrant was enrolled, and where not and why."""
+
+    subject_id: str
+    enrolled: dict[str, str] = field(default_factory=dict)  # engine -> extractor
+    failed: dict[str, str] = field(default_factory=dict)  # engine -> reason
+    notes: dict[str, list[str]] = field(default_factory=dict)  # engine -> extractor notes
+    extractions: int = 0  # how many times a model ran (once per distinct extractor setup)
+
+
+def _extractor_key(engine: Engine) -> str:
+    """Engines whose profiles configure the same extractor identically share one run."""
+    section = engine.profile.sections.get("extractor", {})
+    return json.dumps({"plugin": engine.profile.plugin("extractor"), **section}, sort_keys=True)
+
+
+def enrol_everywhere(
+    engines: Sequence[Engine], subject_id: str, image: str | Path | bytes | np.ndarray
+) -> LinkedEnrolment:
+    """Enrol ``subject_id`` from one image into every engine, each with its own extractor.
+
+    A failure in one engine (no face for its detector, subject already enrolled, store
+    error) is reported for that engine and does not stop the others.
+    """
+    from frip_engine.engine import EnrolItem
+
+    if not engines:
+        raise InputError("give at least one engine to enrol into")
+    names = [e.name for e in engines]
+    if len(set(names)) != len(names):
+        raise InputError(
+            f"engines listed twice: {sorted({n for n in names if names.count(n) > 1})}"
+        )
+    pixels = load_image(image)
+    result = LinkedEnrolment(subject_id)
+    groups: dict[str, list[Engine]] = {}
+    for engine in engines:
+        groups.setdefault(_extractor_key(engine), []).append(engine)
+    for members in groups.values():
+        extractor = members[0].parts.extractor
+        try:
+            extraction = extractor.extract(pixels)
+        except FripError as exc:
+            for engine in members:
+                result.failed[engine.name] = f"{extractor.name}: {exc}"
+            continue
+        result.extractions += 1
+        held = [np.asarray(extraction.embedding)]
+        try:
+            for engine in members:
+                try:
+                    vector = engine.check_embedding(held[0], f"{extractor.name} embedding")
+                    held.append(vector)
+                    engine.enrol(EnrolItem(subject_id, embeddings=[vector]))
+                except FripError as exc:
+                    result.failed[engine.name] = str(exc)
+                    continue
+                result.enrolled[engine.name] = str(extractor.name)
+                if extraction.notes:
+                    result.notes[engine.name] = list(extraction.notes)
+        finally:
+            _wipe(held)
+    return result
+
+
+def _wipe(arrays: list[np.ndarray]) -> None:
+    """Overwrite the plaintext embeddings this module held (a copy left to the garbage
+    collector could outlive the enrolment in memory)."""
+    for array in arrays:
+        if array.flags.writeable:
+            array.fill(0.0)

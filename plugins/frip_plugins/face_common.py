@@ -1,0 +1,345 @@
+"""What every face extractor shares, written once.
+
+- model files that ship inside PyPI packages, pinned by SHA-256 and checked before loading;
+- onnxruntime sessions with pinned threads and quiet logs;
+- face selection when an image holds several faces (largest, most central, or refuse);
+- 5-point similarity alignment onto the ArcFace 112x112 template (ArcFace, SFace);
+- box crops with a margin (FaceNet was trained on MTCNN box crops, not 5-point warps);
+- L2 normalisation and batching;
+- ``FacePipeline``: detect -> select -> crop -> embed (in batches) -> normalise, with a
+  per-stage clock the extractor benchmark reads.
+
+Heavy modules (cv2, onnxruntime, skimage) are imported inside functions: ``frip plugins``
+must list an extractor without loading any of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from frip_engine.contracts import Extraction, ModelFile
+from frip_engine.errors import FripError, InputError, NoFaceError, PluginError, ProfileError
+
+SELECTION_POLICIES = ("largest", "central", "single")
+
+# The ArcFace / InsightFace 5-point template for 112x112 crops (also SFace's, in OpenCV's
+# FaceRecognizerSF::alignCrop): image-left eye, image-right eye, nose tip, mouth corners.
+ARCFACE_TEMPLATE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+
+
+# ----------------------------------------------------------------------------- model files
+def packaged_model(package: str, relative: str, sha256: str, licence: str) -> ModelFile:
+    """A model file inside an installed distribution (no download, ever).
+
+    The package is located, not imported: some of them import OpenCV and print at import.
+    """
+    spec = importlib.util.find_spec(package)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    base = folders[0] if folders else f"<{package} is not installed>"
+    return ModelFile(relative.rsplit("/", 1)[-1], os.path.join(base, relative), sha256, licence)
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_models(extractor: str, models: Sequence[ModelFile], reinstall: str) -> None:
+    """Refuse to load a model file that is missing or whose bytes are not the pinned ones."""
+    for model in models:
+        try:
+            actual = sha256_file(model.path)
+        except OSError as exc:
+            raise PluginError(
+                f"{extractor}: model file {model.path} cannot be read ({exc}); "
+                f"run: pip install {reinstall}"
+            ) from exc
+        if actual != model.sha256:
+            raise PluginError(
+                f"{extractor}: model file {model.path} has SHA-256 {actual}, expected "
+                f"{model.sha256}; refusing to load it. Reinstall: pip install --force-reinstall "
+                f"{reinstall}"
+            )
+
+
+def session_options(threads: int) -> Any:
+    """onnxruntime options: ``threads`` intra-op threads, one inter-op, warnings silenced."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # shape and initializer chatter is not the user's problem
+    return options
+
+
+def onnx_session(model: str | bytes, threads: int) -> Any:
+    """An onnxruntime CPU session from a model path or the model's bytes."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(
+        model, session_options(threads), providers=["CPUExecutionProvider"]
+    )
+
+
+def check_common_params(extractor: str, select: str, batch_size: int, threads: int) -> None:
+    if select not in SELECTION_POLICIES:
+        raise ProfileError(
+            f"{extractor}: select must be one of {', '.join(SELECTION_POLICIES)}, got {select!r}"
+        )
+    if not 1 <= batch_size <= 256:
+        raise ProfileError(f"{extractor}: batch_size must be in [1, 256]")
+    if not 1 <= threads <= 64:
+        raise ProfileError(f"{extractor}: threads must be in [1, 64]")
+
+
+# ----------------------------------------------------------------------------- faces
+@dataclass(frozen=True)
+class Face:
+    """One detected face in image pixels: box (x1, y1, x2, y2), score, five landmarks."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray  # (5, 2): image-left eye, image-right eye, nose, mouth left, right
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = self.box
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+    def scaled(self, factor: float) -> Face:
+        """The same face in an image ``factor`` times larger."""
+        box = tuple(float(v) * factor for v in self.box)
+        return Face((box[0], box[1], box[2], box[3]), self.score, self.landmarks * factor)
+
+
+def select_face(
+    faces: Sequence[Face], shape: tuple[int, ...], policy: str
+) -> tuple[Face, list[str]]:
+    """Pick the face to use by policy, with a note when there was a choice.
+
+    ``largest``: the biggest box (a portrait's subject). ``central``: nearest the image
+    centre, ties by size (a kiosk camera). ``single``: several faces are an error (1:1
+    enrolment, where enrolling a bystander would be worse than asking again).
+    """
+    if not faces:
+        raise NoFaceError("no face found in the image")
+    if len(faces) == 1:
+        return faces[0], []
+    if policy == "single":
+        raise InputError(
+            f"{len(faces)} faces found and the extractor's policy is select = 'single': "
+            "give an image with one face, or use select = 'largest' or 'central'"
+        )
+    if policy == "central":
+        cy, cx = shape[0] / 2.0, shape[1] / 2.0
+
+        def offset(face: Face) -> tuple[float, float]:
+            x1, y1, x2, y2 = face.box
+            return (((x1 + x2) / 2 - cx) ** 2 + ((y1 + y2) / 2 - cy) ** 2, -face.area)
+
+        best = min(faces, key=offset)
+        return best, [f"{len(faces)} faces found; used the most central"]
+    best = max(faces, key=lambda f: f.area)
+    return best, [f"{len(faces)} faces found; used the largest"]
+
+
+def detection_view(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """The image shrunk so its longer side is at most ``max_side``, and the factor back.
+
+    Detection cost grows with pixels; faces worth recognising survive the shrink, and the
+    crop is then taken from the full-resolution image.
+    """
+    import cv2
+
+    longest = max(image.shape[:2])
+    if longest <= max_side:
+        return image, 1.0
+    factor = max_side / longest
+    size = (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), 1.0 / factor
+
+
+# ----------------------------------------------------------------------------- crops
+def align_5point(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """Warp the face so its five landmarks land on the ArcFace template (least squares).
+
+    The similarity is scikit-image's Umeyama estimate and the warp OpenCV's, exactly as
+    InsightFace's ``norm_crop`` does, so ArcFace's calibrated threshold still holds.
+    """
+    import cv2
+    from skimage.transform import SimilarityTransform
+
+    if size % 112:
+        raise ValueError("the ArcFace template is defined for multiples of 112 pixels")
+    points = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+    transform = SimilarityTransform.from_estimate(points, ARCFACE_TEMPLATE_112 * (size / 112))
+    if not transform or not np.all(np.isfinite(transform.params)):
+        raise NoFaceError("the face's landmarks are degenerate; it cannot be aligned")
+    matrix = transform.params[:2, :]
+    return np.asarray(cv2.warpAffine(image, matrix, (size, size), borderValue=0.0))
+
+
+def crop_with_margin(
+    image: np.ndarray, box: tuple[float, float, float, float], margin: float, size: int
+) -> np.ndarray:
+    """The box widened by ``margin`` x its size on each axis (half per side), resized square.
+
+    FaceNet's LFW protocol crops MTCNN boxes with a 32-pixel margin at 160 pixels; a
+    relative margin keeps that proportion for faces of any size.
+    """
+    import cv2
+
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = box
+    dx, dy = margin * (x2 - x1) / 2.0, margin * (y2 - y1) / 2.0
+    left, top = max(int(x1 - dx), 0), max(int(y1 - dy), 0)
+    right, bottom = min(int(x2 + dx), width), min(int(y2 + dy), height)
+    if right - left < 2 or bottom - top < 2:
+        raise NoFaceError("the detected face lies outside the image")
+    crop = image[top:bottom, left:right]
+    return np.asarray(cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR))
+
+
+# ----------------------------------------------------------------------------- vectors
+def l2_normalise(rows: np.ndarray) -> np.ndarray:
+    """Unit rows (float64); a zero row is an extraction failure, not a silent NaN."""
+    matrix = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if not np.all(np.isfinite(matrix)) or np.any(norms < 1e-12):
+        raise NoFaceError("the model produced an empty or non-finite embedding for this face")
+    return np.asarray(matrix / norms)
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ----------------------------------------------------------------------------- pipeline
+STAGES = ("detect", "align", "embed")
+
+
+class FacePipeline:
+    """Detect -> select -> crop -> embed -> normalise; subclasses supply the three models.
+
+    ``extract_many`` crops every image first and embeds the crops in batches of
+    ``batch_size``; ``stage_seconds`` accumulates wall time per stage for the benchmark.
+    """
+
+    name = "face-pipeline"
+    dimension = 0
+    threshold = 0.0
+    licence = ""
+    reinstall = ""  # the pip arguments that restore the model files
+    max_batch = 256  # some graphs (OpenCV's FaceNet) take one face at a time
+
+    def __init__(self, select: str = "largest", batch_size: int = 16, threads: int = 1) -> None:
+        check_common_params(self.name, select, batch_size, threads)
+        self.select = select
+        self.batch_size = min(batch_size, self.max_batch)
+        self.threads = threads
+        self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._loaded = False
+
+    # -- what subclasses implement
+    def models(self) -> list[ModelFile]:
+        raise NotImplementedError
+
+    def _load_models(self) -> None:
+        raise NotImplementedError
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        raise NotImplementedError
+
+    def crop(self, image: np.ndarray, face: Face) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- shared
+    def load(self) -> None:
+        """Check every model file's hash, then build the sessions (once)."""
+        if self._loaded:
+            return
+        verify_models(self.name, self.models(), self.reinstall)
+        self._load_models()
+        self._loaded = True
+
+    def _timed(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        self.stage_seconds[stage] += now - started
+        return now
+
+    def locate(self, image: np.ndarray) -> tuple[Face, int, list[str], np.ndarray]:
+        """Detect, choose and crop the face: (face, faces found, notes, crop)."""
+        self.load()
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError("extractors take uint8 BGR images of shape (H, W, 3)")
+        started = time.perf_counter()
+        faces = self.detect(image)
+        started = self._timed("detect", started)
+        face, notes = select_face(faces, image.shape, self.select)
+        crop = self.crop(image, face)
+        self._timed("align", started)
+        return face, len(faces), notes, crop
+
+    def extract(self, image: np.ndarray) -> Extraction:
+        result = self.extract_many([image])[0]
+        if isinstance(result, FripError):
+            raise result
+        return result
+
+    def extract_many(self, images: Sequence[np.ndarray]) -> list[Extraction | FripError]:
+        """One result per image, in order: an Extraction, or the error that image raised."""
+        results: dict[int, Extraction | FripError] = {}
+        located: list[tuple[int, Face, int, list[str]]] = []
+        crops: list[np.ndarray] = []
+        for index, image in enumerate(images):
+            try:
+                face, found, notes, crop = self.locate(image)
+            except FripError as exc:
+                results[index] = exc
+                continue
+            located.append((index, face, found, notes))
+            crops.append(crop)
+        vectors: list[np.ndarray] = []
+        for chunk in batches(crops, self.batch_size):
+            started = time.perf_counter()
+            raw = np.asarray(self.embed(np.stack(chunk)), dtype=np.float64)
+            self._timed("embed", started)
+            if raw.shape != (len(chunk), self.dimension):
+                raise PluginError(
+                    f"{self.name}: the model returned shape {raw.shape}, expected "
+                    f"({len(chunk)}, {self.dimension})"
+                )
+            vectors.extend(raw)
+        for (index, face, found, notes), vector in zip(located, vectors, strict=True):
+            try:
+                results[index] = Extraction(
+                    l2_normalise(vector)[0], found, face.box, face.score, notes
+                )
+            except FripError as exc:
+                results[index] = exc
+        return [results[i] for i in range(len(images))]
