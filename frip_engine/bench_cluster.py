@@ -254,13 +254,15 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     except ImportError:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    for size in sorted({r["registrants"] for r in results["scenarios"]}):
-        rows = [r for r in results["scenarios"] if r["registrants"] == size]
+    series = sorted({(r["registrants"], r["setup"]) for r in results["scenarios"]})
+    for size, setup in series:
+        rows = [r for r in results["scenarios"] if (r["registrants"], r["setup"]) == (size, setup)]
+        rows.sort(key=lambda r: r["latency_ms_mean"])
         left.plot(
             [r["latency_ms_mean"] for r in rows],
             [r["rank1"] for r in rows],
-            "o-",
-            label=f"N={size:,}",
+            "s" if setup == "exhaustive" else "o-",
+            label=f"N={size:,}, {setup}",
         )
         for r in rows:
             left.annotate(
@@ -270,7 +272,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     left.set_xlabel("identify latency, ms (TenSEAL, log scale)")
     left.set_ylabel("rank-1 on lfw-dev mated probes")
     left.set_title("routed search: latency vs accuracy")
-    left.legend()
+    left.legend(fontsize=7)
     largest = max(results["scenarios"], key=lambda r: (r["registrants"], r["partitions"]))
     right.bar(range(len(largest["cluster_sizes"])), largest["cluster_sizes"])
     right.set_xlabel("cluster (largest first)")
