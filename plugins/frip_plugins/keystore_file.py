@@ -11,16 +11,14 @@ the HE secret key itself is unwrapped per operation by the key service.
 from __future__ import annotations
 
 import base64
-import getpass
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from frip_engine.errors import KeyStoreError, ProfileError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
-from frip_plugins.sealed_file import read_sealed, write_sealed
+from frip_plugins.sealed_file import read_sealed, secret_input, write_sealed
 
 FORMAT = "frip-file-keystore-1"
 DEFAULT_FILE = "secret-key.frip"
@@ -55,15 +53,8 @@ class FileKeyStore:
         return f"file {self.path} (AES-256-GCM, {kdf}, passphrase from ${self.passphrase_env})"
 
     def _passphrase(self) -> bytes:
-        value = os.environ.get(self.passphrase_env)
-        if value is None and sys.stdin is not None and sys.stdin.isatty():
-            value = getpass.getpass(f"Passphrase for {self.path}: ")
-        if not value:
-            raise KeyStoreError(
-                f"no passphrase: set the environment variable {self.passphrase_env} "
-                "(or run on a terminal to be prompted)"
-            )
-        return value.encode()
+        prompt = f"Passphrase for {self.path}: "
+        return secret_input(self.passphrase_env, prompt, "passphrase").encode()
 
     def _kek(
         self, salt: bytes, passphrase: bytes | None = None, log2_n: int | None = None

@@ -15,9 +15,7 @@ the library was loaded refuses to use it (start workers with spawn or forkserver
 from __future__ import annotations
 
 import base64
-import getpass
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +25,7 @@ from typing import Any
 from frip_engine.errors import KeyStoreError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
-from frip_plugins.sealed_file import read_sealed, write_sealed
+from frip_plugins.sealed_file import read_sealed, secret_input, write_sealed
 
 FORMAT = "frip-pkcs11-keystore-1"
 DEFAULT_FILE = "secret-key.p11.json"
@@ -84,12 +82,7 @@ class PKCS11KeyStore:
 
     # ------------------------------------------------------------------ token access
     def _pin(self) -> str:
-        pin = os.environ.get(self.pin_env)
-        if pin is None and sys.stdin is not None and sys.stdin.isatty():
-            pin = getpass.getpass(f"PIN for token '{self.token_label}': ")
-        if not pin:
-            raise KeyStoreError(f"no token PIN: set {self.pin_env} (or run on a terminal)")
-        return pin
+        return secret_input(self.pin_env, f"PIN for token '{self.token_label}': ", "token PIN")
 
     @contextmanager
     def _session(self) -> Iterator[Any]:

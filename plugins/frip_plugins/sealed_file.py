@@ -6,12 +6,24 @@ never leaves half a key file and other users cannot read even the sealed blobs.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from frip_engine.errors import KeyStoreError
+
+
+def secret_input(env: str, prompt: str, what: str) -> str:
+    """A passphrase or PIN from the environment, else a terminal prompt; never argv."""
+    value = os.environ.get(env)
+    if value is None and sys.stdin is not None and sys.stdin.isatty():
+        value = getpass.getpass(prompt)
+    if not value:
+        raise KeyStoreError(f"no {what}: set the environment variable {env} (or run on a terminal)")
+    return value
 
 
 def read_sealed(path: Path, fmt: str, empty: dict[str, Any]) -> dict[str, Any]:
