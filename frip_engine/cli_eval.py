@@ -274,3 +274,55 @@ def _without_curves(summary: dict[str, Any]) -> dict[str, Any]:
         entry.get("verification", {}).pop("roc", None)
         entry.get("identification", {}).pop("curve", None)
     return slim
+
+
+@eval_app.command("protection")
+def protection_command(
+    index: IndexOpt = None,
+    extractor: ExtractorOpt = None,
+    block_size: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--block-size", "-b", help="PE-MIU block size (repeatable; default 16 32 64 128)."
+        ),
+    ] = None,
+    max_impostors: Annotated[
+        int, typer.Option(help="Impostor pairs sampled (fixed seed); 0: all.")
+    ] = 100_000,
+    output: OutputOpt = Path("results/eval"),
+    threads: ThreadsOpt = 1,
+    identities: IdentitiesOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """PE-MIU protection: EER/FNMR per block size, gender SVMs, complexity, D_sys."""
+    from frip_engine.demo import find_lfw_dev
+    from frip_engine.eval_protection import (
+        DEFAULT_BLOCK_SIZES,
+        markdown,
+        read_genders,
+        run_protection,
+        write_protection_outputs,
+    )
+
+    if index is None:
+        index = find_lfw_dev(None) / "index.csv"
+    dataset = _dataset(None, index, identities)
+    genders = read_genders(index, dataset)
+    names = _extractors(extractor)
+    sizes = block_size or list(DEFAULT_BLOCK_SIZES)
+    with Progress(console=err, transient=True, disable=as_json) as progress:
+        summary = run_protection(
+            dataset,
+            genders,
+            names,
+            sizes,
+            max_impostors or None,
+            threads,
+            _Bar(progress, len(dataset.paths)),
+        )
+    files = write_protection_outputs(summary, output)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    out.print(markdown(summary))
+    out.print("written: " + ", ".join(str(f) for f in files))

@@ -1,0 +1,67 @@
+"""Protection ``pe-miu``: block permutation with a fresh CSPRNG permutation per template.
+
+Templates are split into ``block_size`` blocks and shuffled (Terhoerst et al. 2020); a
+comparison assigns probe blocks to reference blocks (``linear_sum_assignment`` on block
+distances) and takes the cosine similarity. Both ``protect`` and ``prepare_probe`` return a
+typed :class:`frip_engine.pemiu.PemiuTemplate` carrying block size, extractor, dimension and
+permutation complexity; ``compare`` refuses templates of another block size or extractor
+and a template is never protected twice. Its probe mode ``pe-miu`` is not offered by the
+HE backends yet, so an engine profile pairing it with them is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from frip_engine import pemiu
+from frip_engine.errors import InputError
+from frip_engine.hookspecs import hookimpl
+from frip_engine.pemiu import PemiuTemplate
+
+
+class PemiuProtection:
+    name = "pe-miu"
+    probe_mode = "pe-miu"
+
+    def __init__(
+        self, block_size: int = 32, min_complexity: int | None = None, extractor: str = ""
+    ) -> None:
+        pemiu.check_block_size(block_size, block_size)  # a positive integer
+        if min_complexity is not None and (
+            isinstance(min_complexity, bool) or not isinstance(min_complexity, int)
+        ):
+            raise InputError(f"pe-miu: min_complexity must be an integer, not {min_complexity!r}")
+        if min_complexity is not None and min_complexity < 0:
+            raise InputError(f"pe-miu: min_complexity must be >= 0, not {min_complexity}")
+        self.block_size = block_size
+        self.min_complexity = min_complexity  # None: every block moves (a derangement)
+        self.extractor = extractor
+
+    def output_dimension(self, dimension: int) -> int:
+        blocks = pemiu.check_block_size(self.block_size, dimension)
+        if self.min_complexity is not None and self.min_complexity > blocks:
+            raise InputError(
+                f"pe-miu: min_complexity {self.min_complexity} exceeds the {blocks} blocks"
+            )
+        return dimension
+
+    def protect(self, embedding: np.ndarray | PemiuTemplate) -> PemiuTemplate:
+        return pemiu.protect(embedding, self.block_size, self.extractor, self.min_complexity)
+
+    def prepare_probe(self, embedding: np.ndarray | PemiuTemplate) -> PemiuTemplate:
+        """A probe gets its own fresh permutation, exactly like a reference."""
+        return self.protect(embedding)
+
+    def compare(self, probe: PemiuTemplate, reference: PemiuTemplate) -> float:
+        return pemiu.compare(probe, reference)
+
+
+@hookimpl
+def register_protections(register: Any) -> None:
+    register(
+        "pe-miu",
+        PemiuProtection,
+        summary="PE-MIU block permutation (Terhoerst et al. 2020), plaintext scoring only",
+    )

@@ -1,0 +1,132 @@
+"""PE-MIU protection mechanics on synthetic vectors: permutations, comparison, errors, D_sys."""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import permutations
+
+import numpy as np
+import pytest
+
+from frip_engine import pemiu, plugins
+from frip_engine.errors import InputError, ProfileError
+from frip_engine.pemiu import PemiuTemplate
+from frip_engine.profile import Profile, build
+from tests.conftest import near, unit_vectors
+
+
+def _protection(**params: object) -> object:
+    return plugins.create("protection", "pe-miu", **params)
+
+
+def _order(template: PemiuTemplate) -> tuple[int, ...]:
+    """The permutation applied to a vector whose block k is filled with the value k."""
+    blocks = template.vector.reshape(template.blocks, template.block_size)
+    return tuple(round(b[0]) for b in blocks)
+
+
+def _labelled(dimension: int, block_size: int) -> np.ndarray:
+    return np.repeat(np.arange(dimension // block_size, dtype=float), block_size)
+
+
+@pytest.mark.parametrize("block_size", [16, 32, 64, 128])
+def test_default_moves_every_block(block_size: int) -> None:
+    protection = _protection(block_size=block_size, extractor="arcface")
+    blocks = 512 // block_size
+    for vector in unit_vectors(60, 512, seed=block_size):
+        template = protection.protect(vector)  # type: ignore[attr-defined]
+        assert template.complexity == blocks
+        assert template.block_size == block_size and template.extractor == "arcface"
+        # the blocks are the same multiset, only reordered
+        assert sorted(map(tuple, template.vector.reshape(blocks, -1))) == sorted(
+            map(tuple, vector.reshape(blocks, -1))
+        )
+
+
+def test_derangements_are_uniform_and_fresh_per_template() -> None:
+    vector = _labelled(64, 16)  # 4 blocks: 9 derangements
+    seen = Counter(_order(pemiu.protect(vector, 16)) for _ in range(1800))
+    derangements = {p for p in permutations(range(4)) if all(p[i] != i for i in range(4))}
+    assert set(seen) == derangements
+    # each expected 200 times; a biased sampler (e.g. cyclic shifts only) fails this
+    assert all(140 < count < 260 for count in seen.values()), seen
+
+
+def test_min_complexity_zero_allows_fixed_blocks_and_is_recorded() -> None:
+    vector = _labelled(64, 16)
+    templates = [pemiu.protect(vector, 16, min_complexity=0) for _ in range(400)]
+    for t in templates:
+        order = _order(t)
+        assert t.complexity == sum(order[i] != i for i in range(4))
+    values = Counter(t.complexity for t in templates)
+    assert values[0] > 0 and values[2] > 0 and values[4] > 0
+    assert 1 not in values  # one block cannot move alone
+    halfway = [pemiu.protect(vector, 16, min_complexity=3) for _ in range(200)]
+    assert min(t.complexity for t in halfway) >= 3
+
+
+def test_comparison_recovers_the_blocks() -> None:
+    gallery = unit_vectors(20, 512, seed=3)
+    protection = _protection(block_size=32)
+    for i, vector in enumerate(gallery):
+        reference = protection.protect(vector)  # type: ignore[attr-defined]
+        again = protection.prepare_probe(vector)  # type: ignore[attr-defined]
+        assert not np.allclose(again.vector, reference.vector)  # a fresh permutation
+        assert protection.compare(again, reference) == pytest.approx(1.0)  # type: ignore[attr-defined]
+        mate = near(vector, 0.3, seed=i)
+        plain = float(mate @ vector)
+        score = protection.compare(protection.prepare_probe(mate), reference)  # type: ignore[attr-defined]
+        assert score == pytest.approx(plain, abs=1e-9)
+        other = gallery[(i + 1) % len(gallery)]
+        assert protection.compare(protection.prepare_probe(other), reference) < 0.5  # type: ignore[attr-defined]
+
+
+def test_block_size_must_divide_the_dimension() -> None:
+    with pytest.raises(InputError, match=r"block_size 48 does not divide .* 512"):
+        _protection(block_size=48).output_dimension(512)  # type: ignore[attr-defined]
+    with pytest.raises(InputError, match="does not divide"):
+        _protection(block_size=48).protect(unit_vectors(1)[0])  # type: ignore[attr-defined]
+    with pytest.raises(InputError, match="positive integer"):
+        _protection(block_size=0)
+    with pytest.raises(InputError, match="exceeds"):
+        _protection(block_size=128, min_complexity=5).output_dimension(512)  # type: ignore[attr-defined]
+
+
+def test_refuses_double_protection_and_foreign_templates() -> None:
+    vector = unit_vectors(1)[0]
+    p32 = _protection(block_size=32, extractor="arcface")
+    once = p32.protect(vector)  # type: ignore[attr-defined]
+    with pytest.raises(InputError, match="already protected"):
+        p32.protect(once)  # type: ignore[attr-defined]
+    with pytest.raises(InputError, match="already protected"):
+        p32.prepare_probe(once)  # type: ignore[attr-defined]
+    other_size = _protection(block_size=64, extractor="arcface").protect(vector)  # type: ignore[attr-defined]
+    with pytest.raises(InputError, match=r"block_size 64 differs .* 32"):
+        p32.compare(other_size, once)  # type: ignore[attr-defined]
+    other_model = _protection(block_size=32, extractor="facenet").protect(vector)  # type: ignore[attr-defined]
+    with pytest.raises(InputError, match=r"extractor 'facenet'.*'arcface'"):
+        p32.compare(other_model, once)  # type: ignore[attr-defined]
+    with pytest.raises(InputError, match="not a PE-MIU"):
+        p32.compare(vector, once)  # type: ignore[attr-defined]
+
+
+def test_tenseal_backend_cannot_score_pe_miu_probes() -> None:
+    profile = Profile.from_dict(
+        {"engine": {"name": "p"}, "protection": {"plugin": "pe-miu", "block_size": 32}}
+    )
+    with pytest.raises(ProfileError, match=r"probe mode 'pe-miu'.*'tenseal' cannot score"):
+        build(profile)
+
+
+def test_dsys_bounds_and_formula() -> None:
+    rng = np.random.default_rng(0)
+    same = rng.normal(0, 1, 20000)
+    assert pemiu.dsys(same, rng.normal(0, 1, 20000)) < 0.05  # unlinkable
+    assert pemiu.dsys(rng.normal(5, 0.1, 1000), same) == pytest.approx(1.0)  # fully linkable
+    # two bins: mated 3/4 - 1/4, non-mated 1/4 - 3/4 -> LR 3 in the upper bin only:
+    # D(s) = 2*3/4 - 1 = 0.5 there, D_sys = 3/4 * 0.5
+    mated = np.r_[np.zeros(1), np.ones(3)]
+    non_mated = np.r_[np.zeros(3), np.ones(1)]
+    assert pemiu.dsys(mated, non_mated, bins=2) == pytest.approx(0.375)
+    with pytest.raises(InputError):
+        pemiu.dsys(np.empty(0), same)
