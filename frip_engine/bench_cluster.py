@@ -65,7 +65,7 @@ def _profile(name: str, clusterer: dict[str, Any], he: dict[str, Any]) -> Profil
 def _enrol(engine: Engine, gallery: np.ndarray, console: Console) -> float:
     items = [EnrolItem(f"g{i}", embeddings=[v]) for i, v in enumerate(gallery)]
     start = time.perf_counter()
-    with Progress(console=console, transient=True) as bar:
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task(f"enrolling {len(items):,} into {engine.name}", total=len(items))
         report = engine.enrol_many(items, progress=lambda _s: bar.advance(task))
     if report.failed:

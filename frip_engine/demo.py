@@ -88,14 +88,14 @@ def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> 
         if path in embeddings
     ]
     for engine in (encrypted, reference):
-        with Progress(console=console, transient=True) as bar:
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task(f"enrolling into {engine.name}", total=len(enrol))
             advance = partial(_advance, bar, task)
             report = engine.enrol_many(enrol, progress=advance)
         if report.failed:
             raise FripError(f"demo enrolment failed: {report.failed}")
     pairs: list[tuple[str | None, Decision, Decision]] = []
-    with Progress(console=console, transient=True) as bar:
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("identifying (encrypted and plaintext)", total=len(probes))
         for path, truth in probes:
             vector = embeddings[path]
@@ -130,7 +130,7 @@ def extract_all(
     paths = [p for v in identities.values() for p in v]
     engine.embed_image(paths[0])  # load the models outside the timed loop
     started = time.perf_counter()
-    with Progress(console=console, transient=True) as bar:
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("detecting, aligning, embedding", total=len(paths))
         for path in paths:
             try:
