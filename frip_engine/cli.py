@@ -48,6 +48,17 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
+def _print_mapping(data: dict[str, Any], title: str, as_json: bool) -> None:
+    """A flat report: JSON for scripts, a two-column table for people."""
+    if as_json:
+        _print_json(data)
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in data.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    out.print(table)
+
+
 # ---------------------------------------------------------------------------- plugins
 @app.command("plugins")
 def plugins_command(as_json: JsonOpt = False) -> None:
@@ -343,13 +354,7 @@ def stats_command(
 
     with Engine.open(engine_name, home) as engine:
         stats = engine.stats()
-    if as_json:
-        _print_json(stats)
-        return
-    table = Table(title=f"engine {engine_name}", show_header=False)
-    for key, value in stats.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
-    out.print(table)
+    _print_mapping(stats, f"engine {engine_name}", as_json)
 
 
 @app.command("demo")
@@ -435,13 +440,7 @@ def keys_status(engine_name: EngineArg, as_json: JsonOpt = False, home: HomeOpt 
 
     with Engine.open(engine_name, home) as engine:
         status = engine.key_status()
-    if as_json:
-        _print_json(status)
-        return
-    table = Table(title=f"keys of {engine_name}", show_header=False)
-    for key, value in status.items():
-        table.add_row(key, str(value))
-    out.print(table)
+    _print_mapping(status, f"keys of {engine_name}", as_json)
 
 
 @keys_app.command("rotate-kek")

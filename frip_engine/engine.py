@@ -505,11 +505,8 @@ class Engine:
             raise SubjectError(f"subject '{subject_id}' is not enrolled in engine '{self.name}'")
         info = next(b for b in self.store.blocks() if b.block_id == record.block_id)
         revision, data = self.store.read_block(info.block_id)
-        keep = sorted(
-            s.slot
-            for s in self.store.subjects()
-            if s.block_id == record.block_id and s.subject_id != subject_id
-        )
+        in_block = self._occupants().get(record.block_id, {})
+        keep = sorted(slot for slot, who in in_block.items() if who != subject_id)
         current = self.store.read_routing() if self.parts.clusterer.routed else None
         forget = None if current is None else (current[1], info.partition, record.slot)
         fresh, router = self.key_service.rebuild_block(data, keep, forget=forget)
