@@ -169,21 +169,17 @@ def test_rotate_he_reencrypts_everything_and_drops_the_old_key(token_env: str, h
     engine, vectors = _enrolled(home, "he")
     old_block = engine.store.read_block(1)[1]
     probes = [near(v, 0.6, i) for i, v in enumerate(vectors)]
-    before = [
-        (d.subject_id, round(d.score or 0, 3))
-        for d in map(lambda p: engine.identify(embedding=p), probes)
-    ]
+    before = [engine.identify(embedding=p) for p in probes]
     assert engine.rotate_he_keys() == 2
     assert engine.store.read_block(1)[1] != old_block
     assert engine.key_status()["sealed_keys"] == ["he-secret-v2"]
     engine.close()
     with Engine.open("he", home) as reopened:
         assert reopened.key_version == 2
-        after = [
-            (d.subject_id, round(d.score or 0, 3))
-            for d in map(lambda p: reopened.identify(embedding=p), probes)
-        ]
-    assert after == before
+        after = [reopened.identify(embedding=p) for p in probes]
+    # same decisions; scores equal up to CKKS noise (fresh encryptions under the new key)
+    assert [d.subject_id for d in after] == [d.subject_id for d in before]
+    assert np.allclose([d.score for d in after], [d.score for d in before], atol=1e-4)
 
 
 ROTATE_SCRIPT = """
