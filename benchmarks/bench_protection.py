@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-impostors", type=int, default=100_000, help="0: every impostor pair")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--identities", type=int, default=None, help="first N identities only")
+    parser.add_argument(
+        "--no-he", action="store_true", help="skip the encrypted pe-miu probe mode's cost"
+    )
     parser.add_argument("--output", type=Path, default=Path("results/eval-protection"))
     args = parser.parse_args(argv)
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         args.block_size or list(DEFAULT_BLOCK_SIZES),
         args.max_impostors or None,
         args.threads,
+        he=not args.no_he,
     )
     files = write_protection_outputs(summary, args.output)
     print(markdown(summary))

@@ -66,6 +66,8 @@ PRESETS = {
     "paper": CKKSParams(8192, (60, 40, 40, 60), 40),
     "precise": CKKSParams(8192, (60, 40, 60), 40),
     "fast": CKKSParams(8192, (60, 60), 29),
+    # Half the ring: 2,048 registrants per block, and half the upload of an encrypted probe.
+    "compact": CKKSParams(4096, (54, 55), 26),
 }
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
+    from frip_engine.pemiu import PemiuTemplate
+
 
 @dataclass(frozen=True)
 class ModelFile:
@@ -53,9 +55,9 @@ class Protection(Protocol):
 
     def output_dimension(self, dimension: int) -> int: ...
 
-    def protect(self, embedding: np.ndarray) -> np.ndarray: ...
+    def protect(self, embedding: np.ndarray) -> np.ndarray | PemiuTemplate: ...
 
-    def prepare_probe(self, embedding: np.ndarray) -> np.ndarray: ...
+    def prepare_probe(self, embedding: np.ndarray) -> np.ndarray | PemiuTemplate: ...
 
 
 class Clusterer(Protocol):
@@ -69,7 +71,12 @@ class Clusterer(Protocol):
 
 
 class Matcher(Protocol):
-    """Public-key side: can encrypt and score, cannot decrypt."""
+    """Public-key side: can encrypt and score, cannot decrypt.
+
+    A probe travels as bytes: ``encode_probe`` is what an edge device does with the public
+    key (plain values, an encryption, or a PE-MIU shuffled template), ``prepare_probe``
+    parses that upload once per identification and ``score`` uses it on each block.
+    """
 
     slots: int
 
@@ -77,9 +84,11 @@ class Matcher(Protocol):
 
     def add_rows(self, block: Any, rows: np.ndarray, slots: Sequence[int]) -> Any: ...
 
-    def encode_probe(self, probe: np.ndarray) -> Any: ...
+    def encode_probe(self, probe: np.ndarray | PemiuTemplate) -> bytes: ...
 
-    def score(self, block: Any, encoded_probe: Any) -> bytes: ...
+    def prepare_probe(self, payload: bytes) -> Any: ...
+
+    def score(self, block: Any, prepared_probe: Any) -> bytes: ...
 
     def dump(self, block: Any) -> bytes: ...
 
@@ -89,7 +98,9 @@ class Matcher(Protocol):
 class Decryptor(Protocol):
     """Secret-key side: lives only inside the key service, for one operation."""
 
-    def decrypt_scores(self, scores: bytes) -> np.ndarray: ...
+    def decrypt_scores(self, scores: bytes) -> np.ndarray:
+        """Scores per slot, or (blocks, blocks, slots) block-pair products for pe-miu."""
+        ...
 
     def decrypt_block(self, data: bytes) -> np.ndarray: ...
 
@@ -100,6 +111,7 @@ class HEBackend(Protocol):
     name: str
     description: str  # human-readable parameter summary
     encrypted: bool  # False only for the plaintext reference backend
+    probe_modes: frozenset[str]  # what it can score: "plain", "pe-miu"
 
     def security_check(self) -> None: ...
 

@@ -67,6 +67,7 @@ class Decision:
     timings: dict[str, float]
     registrants: int
     blocks_scored: int
+    probe_bytes: int = 0  # the probe as uploaded to the matcher, in the engine's probe mode
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:

@@ -33,6 +33,7 @@ from frip_engine.errors import (
 from frip_engine.images import load_image
 from frip_engine.keyservice import KeyService, he_key_id, wipe
 from frip_engine.parallel import ParallelScorer, WorkerSetup
+from frip_engine.pemiu import stored_vector
 from frip_engine.profile import (
     Components,
     Profile,
@@ -200,7 +201,7 @@ class Engine:
                 if notes:
                     report.notes[item.subject_id] = notes
                 template = self.parts.protection.protect(mean_template(vectors))
-                templates[item.subject_id] = (template, len(vectors))
+                templates[item.subject_id] = (stored_vector(template), len(vectors))
             except FripError as exc:
                 report.failed[item.subject_id] = str(exc)
         if templates:
@@ -470,12 +471,13 @@ class Engine:
         limit = self.threshold if threshold is None else threshold
         scored: list[tuple[int, bytes]] = []
         with watch.stage("probe_encryption"):
-            encoded = self.matcher.encode_probe(probe)
+            payload = self.matcher.encode_probe(probe)  # what an edge device uploads
         with watch.stage("distance_derivation"):
             if self.profile.workers > 1 and blocks:
-                scored = self._parallel().score([info for info, _ in blocks], probe)
+                scored = self._parallel().score([info for info, _ in blocks], payload)
             else:
-                scored = [(i.block_id, self.matcher.score(b, encoded)) for i, b in blocks]
+                prepared = self.matcher.prepare_probe(payload)
+                scored = [(i.block_id, self.matcher.score(b, prepared)) for i, b in blocks]
         candidates, timings = (
             self.key_service.decide(scored, occupants, top_k) if scored else ([], {})
         )
@@ -492,6 +494,7 @@ class Engine:
             timings=watch.finish(),
             registrants=sum(len(occupants.get(info.block_id, {})) for info, _ in blocks),
             blocks_scored=len(blocks),
+            probe_bytes=len(payload),
             notes=notes,
         )
         _emit("frip_identified", engine=self.name, decision=decision)

@@ -189,8 +189,10 @@ def run_protection(
     threads: int = 1,
     progress: Callable[[str, int], None] | None = None,
     embedded: dict[str, Embedded] | None = None,
+    he: bool = False,
 ) -> dict[str, Any]:
-    """Every experiment for every extractor; ``embedded`` may supply ready embeddings."""
+    """Every experiment for every extractor; ``embedded`` may supply ready embeddings;
+    ``he`` adds the encrypted pe-miu probe mode's cost against the plain probe mode."""
     results: dict[str, Any] = {}
     for name in extractors:
         emb = (embedded or {}).get(name) or _embed(name, dataset, threads, progress)
@@ -217,6 +219,8 @@ def run_protection(
             "complexity": {str(s): complexity_distribution(matrix, s) for s in block_sizes},
             "dsys": {str(s): unlinkability(matrix, labels, s) for s in block_sizes},
         }
+        if he:
+            results[name]["he_cost"] = he_cost(matrix, block_sizes, name)
     return {
         "mode": "protection",
         "dataset": {
@@ -230,6 +234,57 @@ def run_protection(
         "not_reproduced": "the image-reconstruction attack of Terhoerst et al. 2020 needs a "
         "face generator network, which is not available here",
     }
+
+
+def he_cost(
+    matrix: np.ndarray, block_sizes: Sequence[int], extractor: str, probes: int = 3
+) -> dict[str, Any]:
+    """One TenSEAL block (fast preset) holding every template, PE-MIU protected: seconds per
+    probe for the plain probe mode and the pe-miu mode, and the largest difference between
+    the encrypted pe-miu scores and the plaintext comparator's."""
+    import time
+
+    from frip_engine import plugins
+
+    backend = plugins.create("he_backend", "tenseal", preset="fast")
+    public, secret = backend.keygen()
+    matcher, decryptor = backend.matcher(public), backend.decryptor(public, secret)
+    n = min(len(matrix), matcher.slots)
+    rows = list(range(n))
+    out: dict[str, Any] = {"registrants": n, "slots": matcher.slots, "preset": "fast"}
+
+    def timed(block: Any, probe: Any, size: int | None) -> tuple[float, float, np.ndarray]:
+        start = time.perf_counter()
+        scored = matcher.score(block, matcher.prepare_probe(matcher.encode_probe(probe)))
+        middle = time.perf_counter()
+        values = decryptor.decrypt_scores(scored)
+        if size is not None:
+            values = pemiu.assigned_scores(np.moveaxis(values[:, :, :n], 2, 0))
+        return middle - start, time.perf_counter() - middle, values[:n]
+
+    plain = matcher.encrypt_rows(matrix[:n], rows)
+    seconds = [timed(plain, matrix[i], None)[:2] for i in range(probes)]
+    out["plain"] = {
+        "score_s": float(np.median([a for a, _ in seconds])),
+        "decrypt_s": float(np.median([b for _, b in seconds])),
+    }
+    for size in block_sizes:
+        stored = protect_matrix(matrix[:n], size, extractor)[0]
+        block = matcher.encrypt_rows(stored, rows)
+        timings, error = [], 0.0
+        for i in range(probes):
+            probe = pemiu.protect(matrix[i], size, extractor)
+            score_s, decide_s, values = timed(block, probe, size)
+            expected = pemiu.compare_many(np.repeat(probe.vector[None], n, 0), stored, size)
+            error = max(error, float(np.max(np.abs(values - expected))))
+            timings.append((score_s, decide_s))
+        out[str(size)] = {
+            "score_s": float(np.median([a for a, _ in timings])),
+            "decrypt_and_assign_s": float(np.median([b for _, b in timings])),
+            "max_score_difference": error,
+        }
+    decryptor.close()
+    return out
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -268,9 +323,33 @@ def markdown(summary: dict[str, Any]) -> str:
                 f"{c['none']['mean']:.2f} | {c['none']['below_half']} | {d['same_image']:.3f} | "
                 f"{d['same_person']:.3f} |"
             )
+        if "he_cost" in entry:
+            lines += _he_cost_lines(entry["he_cost"])
         lines.append("")
     lines += [f"Not reproduced: {summary['not_reproduced']}.", ""]
     return "\n".join(lines)
+
+
+def _he_cost_lines(cost: dict[str, Any]) -> list[str]:
+    plain = cost["plain"]["score_s"] + cost["plain"]["decrypt_s"]
+    lines = [
+        "",
+        f"Encrypted gallery (TenSEAL {cost['preset']} preset, one {cost['slots']}-slot block "
+        f"holding {cost['registrants']} templates), seconds per probe:",
+        "",
+        "| probe mode | matcher (score) | key service (decrypt + assign) | x plain | "
+        "max score diff vs plaintext |",
+        "|---|---|---|---|---|",
+        f"| plain | {cost['plain']['score_s']:.3f} | {cost['plain']['decrypt_s']:.3f} | 1.0 | - |",
+    ]
+    for key, c in cost.items():
+        if key.isdigit():
+            total = c["score_s"] + c["decrypt_and_assign_s"]
+            lines.append(
+                f"| pe-miu block {key} | {c['score_s']:.3f} | {c['decrypt_and_assign_s']:.3f} | "
+                f"{total / plain:.1f} | {c['max_score_difference']:.1e} |"
+            )
+    return lines
 
 
 def write_protection_outputs(summary: dict[str, Any], output: Path) -> list[Path]:

@@ -19,6 +19,7 @@ import numpy as np
 from frip_engine.contracts import Decryptor, HEBackend, KeyStore
 from frip_engine.decision import Candidate
 from frip_engine.errors import BackendError
+from frip_engine.pemiu import assigned_scores
 from frip_engine.routing import RouterState
 
 # Scores of unit vectors lie in [-1, 1]; CKKS noise adds far less than this margin.
@@ -173,7 +174,10 @@ class KeyService:
         slots = np.fromiter(occupants.keys(), dtype=np.int64, count=len(occupants))
         if slots.size == 0:
             return []
-        values = scores[slots]
+        if scores.ndim == 3:  # pe-miu: block-pair inner products, assigned per registrant
+            values = assigned_scores(np.moveaxis(scores[:, :, slots], 2, 0))
+        else:
+            values = scores[slots]
         if not np.all(np.abs(values) <= SCORE_BOUND):
             raise BackendError(
                 f"block {block_id} decrypted to scores outside [-1, 1]: its ciphertexts were "

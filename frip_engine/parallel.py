@@ -14,8 +14,6 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from frip_engine.contracts import BlockInfo
 from frip_engine.errors import FripError, StoreError
 
@@ -44,15 +42,17 @@ def _start(setup: WorkerSetup) -> None:
     _worker.update(matcher=backend.matcher(setup.public_context), store=store, blocks={})
 
 
-def _score(block_id: int, revision: int, probe: np.ndarray) -> tuple[int, bytes]:
+def _score(block_id: int, revision: int, payload: bytes) -> tuple[int, bytes]:
     matcher, store, blocks = _worker["matcher"], _worker["store"], _worker["blocks"]
+    if _worker.get("payload") != payload:  # parse each probe once per worker
+        _worker.update(payload=payload, prepared=matcher.prepare_probe(payload))
     cached = blocks.get(block_id)
     if cached is None or cached[0] != revision:
         found, data = store.read_block(block_id)
         if found != revision:
             raise StoreError(f"block {block_id} changed during this identification; retry")
         blocks[block_id] = cached = (found, matcher.load(data))
-    return block_id, bytes(matcher.score(cached[1], matcher.encode_probe(probe)))
+    return block_id, bytes(matcher.score(cached[1], _worker["prepared"]))
 
 
 class ParallelScorer:
@@ -63,9 +63,11 @@ class ParallelScorer:
             for _ in range(workers)
         ]
 
-    def score(self, blocks: list[BlockInfo], probe: np.ndarray) -> list[tuple[int, bytes]]:
+    def score(self, blocks: list[BlockInfo], payload: bytes) -> list[tuple[int, bytes]]:
         futures: list[Future[tuple[int, bytes]]] = [
-            self._pools[b.block_id % len(self._pools)].submit(_score, b.block_id, b.revision, probe)
+            self._pools[b.block_id % len(self._pools)].submit(
+                _score, b.block_id, b.revision, payload
+            )
             for b in blocks
         ]
         try:

@@ -3,9 +3,13 @@
 A template of dimension ``d`` is cut into ``d / block_size`` blocks that are shuffled by a
 fresh permutation per template, drawn from the operating system's CSPRNG
 (``secrets.SystemRandom``). Two protected templates are compared by first assigning each
-probe block to one reference block, one-to-one, minimising the summed Euclidean block
-distances (the Hungarian method: ``scipy.optimize.linear_sum_assignment``), then taking the
-cosine similarity of the re-ordered probe and the reference.
+probe block to one reference block, one-to-one, minimising the summed squared Euclidean
+block distances (the Hungarian method: ``scipy.optimize.linear_sum_assignment``), then
+taking the cosine similarity of the re-ordered probe and the reference. Squared distances
+|p_i|^2 + |r_k|^2 - 2<p_i, r_k> summed over a one-to-one assignment always include every
+block norm once, so the optimal assignment is the one maximising the summed block inner
+products: the comparison needs only the block-pair inner products, which is what an
+encrypted gallery can compute (the ``pe-miu`` probe mode of the CKKS backends).
 
 The *permutation complexity* of a protected template is the number of blocks the
 permutation moved. ``min_complexity`` (default: every block) rejects permutations that
@@ -130,29 +134,32 @@ def compare(probe: PemiuTemplate, reference: PemiuTemplate) -> float:
 
 def compare_many(probes: np.ndarray, references: np.ndarray, block_size: int) -> np.ndarray:
     """Row-wise PE-MIU scores of ``probes[i]`` against ``references[i]`` (both (n, d))."""
-    from scipy.optimize import linear_sum_assignment
-
     n, d = probes.shape
     blocks = check_block_size(block_size, d)
     p = probes.reshape(n, blocks, block_size)
     r = references.reshape(n, blocks, block_size)
-    squared = (
-        np.einsum("nib,nib->ni", p, p)[:, :, None]
-        + np.einsum("njb,njb->nj", r, r)[:, None, :]
-        - 2.0 * np.einsum("nib,njb->nij", p, r)
-    )
-    cost = np.sqrt(np.maximum(squared, 0.0))
-    # block i of the probe goes to block j of the reference; the score is the sum of the
-    # matched block dot products over the norms (norms do not change under permutation)
-    dots = np.einsum("nib,njb->nij", p, r)
+    scores = assigned_scores(np.einsum("nib,njb->nij", p, r))
     norms = np.linalg.norm(probes, axis=1) * np.linalg.norm(references, axis=1)
-    scores = np.empty(n)
-    for k in range(n):
-        rows, cols = linear_sum_assignment(cost[k])
-        scores[k] = dots[k, rows, cols].sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(norms > 0, scores / np.where(norms > 0, norms, 1.0), 0.0)
     return np.asarray(out, dtype=np.float64)
+
+
+def assigned_scores(products: np.ndarray) -> np.ndarray:
+    """For each (blocks, blocks) matrix of block-pair inner products (probe block i,
+    reference block k), the summed products of the optimal one-to-one assignment."""
+    from scipy.optimize import linear_sum_assignment
+
+    scores = np.empty(len(products))
+    for n, matrix in enumerate(products):
+        rows, cols = linear_sum_assignment(matrix, maximize=True)
+        scores[n] = matrix[rows, cols].sum()
+    return scores
+
+
+def stored_vector(template: np.ndarray | PemiuTemplate) -> np.ndarray:
+    """What a gallery encrypts for a protected template: its (shuffled) values."""
+    return template.vector if isinstance(template, PemiuTemplate) else template
 
 
 def dsys(mated: np.ndarray, non_mated: np.ndarray, bins: int = 100, omega: float = 1.0) -> float:

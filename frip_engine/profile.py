@@ -207,6 +207,11 @@ def build(profile: Profile) -> Components:
             f"protection '{parts.protection.name}' needs probe mode '{mode}', which HE backend "
             f"'{parts.backend.name}' cannot score (it offers {sorted(parts.backend.probe_modes)})"
         )
+    if mode == "pe-miu" and parts.clusterer.routed:
+        raise ProfileError(
+            f"clusterer '{parts.clusterer.name}' routes on template values, but pe-miu shuffles "
+            "each template differently: use clusterer 'single' with pe-miu"
+        )
     if profile.dimension is not None and profile.dimension != parts.extractor.dimension:
         raise ProfileError(
             f"[engine] dimension = {profile.dimension} but extractor "

@@ -72,14 +72,15 @@ def test_decision_carries_table_two_timings(make_engine: Any) -> None:
 def test_matcher_holds_only_public_material_and_cannot_decrypt(make_engine: Any) -> None:
     encrypted, _, gallery = _pair(make_engine, 10)
     matcher = encrypted.matcher
-    assert not matcher.context.has_secret_key()
-    assert not matcher.context.is_private()
+    context = matcher.ops.context
+    assert not context.has_secret_key()
+    assert not context.is_private()
     block = encrypted._load_block(encrypted.store.blocks()[0])
-    scores = matcher.score(block, matcher.encode_probe(gallery[0]))
+    scores = matcher.score(block, matcher.prepare_probe(matcher.encode_probe(gallery[0])))
     import tenseal as ts
 
     with pytest.raises(ValueError, match="secret"):
-        ts.ckks_vector_from(matcher.context, scores).decrypt()
+        ts.ckks_vector_from(context, scores).decrypt()
     with pytest.raises(ValueError, match="secret"):
         block[0].decrypt()
     public = ts.context_from(encrypted.key_service.public_context)

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from frip_engine import pemiu, plugins
-from frip_engine.errors import InputError, ProfileError
+from frip_engine.errors import InputError
 from frip_engine.pemiu import PemiuTemplate
-from frip_engine.profile import Profile, build
 from tests.conftest import near, unit_vectors
 
 
@@ -108,14 +107,6 @@ def test_refuses_double_protection_and_foreign_templates() -> None:
         p32.compare(other_model, once)  # type: ignore[attr-defined]
     with pytest.raises(InputError, match="not a PE-MIU"):
         p32.compare(vector, once)  # type: ignore[attr-defined]
-
-
-def test_tenseal_backend_cannot_score_pe_miu_probes() -> None:
-    profile = Profile.from_dict(
-        {"engine": {"name": "p"}, "protection": {"plugin": "pe-miu", "block_size": 32}}
-    )
-    with pytest.raises(ProfileError, match=r"probe mode 'pe-miu'.*'tenseal' cannot score"):
-        build(profile)
 
 
 def test_dsys_bounds_and_formula() -> None:

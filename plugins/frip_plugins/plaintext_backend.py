@@ -16,6 +16,7 @@ from frip_engine.hookspecs import hookimpl
 from frip_plugins.blocks import frame, unframe
 
 TAG = b"FRIP-PT1"
+PROBE_TAG = b"FRIP-PTP"
 
 
 class PlaintextMatcher:
@@ -34,8 +35,12 @@ class PlaintextMatcher:
             raise BackendError(f"block shape {block.shape} does not fit rows {fresh.shape}")
         return np.asarray(block + fresh)
 
-    def encode_probe(self, probe: np.ndarray) -> np.ndarray:
-        return np.asarray(probe, dtype=np.float64)
+    def encode_probe(self, probe: np.ndarray) -> bytes:
+        return frame(PROBE_TAG, [np.asarray(probe, dtype="<f8").tobytes()])
+
+    def prepare_probe(self, payload: bytes) -> np.ndarray:
+        (raw,) = unframe(PROBE_TAG, payload)
+        return np.frombuffer(raw, dtype="<f8").copy()
 
     def score(self, block: np.ndarray, encoded: np.ndarray) -> bytes:
         if encoded.shape[0] != block.shape[0]:

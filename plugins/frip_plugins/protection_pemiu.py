@@ -5,8 +5,9 @@ comparison assigns probe blocks to reference blocks (``linear_sum_assignment`` o
 distances) and takes the cosine similarity. Both ``protect`` and ``prepare_probe`` return a
 typed :class:`frip_engine.pemiu.PemiuTemplate` carrying block size, extractor, dimension and
 permutation complexity; ``compare`` refuses templates of another block size or extractor
-and a template is never protected twice. Its probe mode ``pe-miu`` is not offered by the
-HE backends yet, so an engine profile pairing it with them is refused.
+and a template is never protected twice. Under HE (probe mode ``pe-miu`` of the packed CKKS
+backends) the matcher computes every block-pair inner product of the shuffled probe
+against the encrypted gallery and the key service solves the assignment per registrant.
 """
 
 from __future__ import annotations
@@ -63,5 +64,6 @@ def register_protections(register: Any) -> None:
     register(
         "pe-miu",
         PemiuProtection,
-        summary="PE-MIU block permutation (Terhoerst et al. 2020), plaintext scoring only",
+        summary="PE-MIU block permutation (Terhoerst et al. 2020); encrypted galleries score "
+        "it in the pe-miu probe mode (packed layout)",
     )

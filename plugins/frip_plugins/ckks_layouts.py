@@ -1,0 +1,439 @@
+"""CKKS backends built from one HE library's primitives and one gallery layout.
+
+A backend is a library (TenSEAL or Pyfhel: keys, encryption, additions, products,
+serialisation, decryption) times a layout:
+
+- ``packed`` (feature-major): a block holds up to N/2 registrants; ciphertext j holds
+  feature j of every registrant, so one linear combination scores the whole block.
+- ``round-robin``: one ciphertext per registrant and one Euclidean distance per registrant,
+  the source paper's method, kept as the baseline.
+
+and a probe mode, chosen by the engine profile:
+
+- ``plain``: the matcher gets the probe's values (never a registrant's);
+- ``encrypted``: the edge encrypts the probe under the public key and the matcher scores
+  it without seeing it (ciphertext products, no relinearisation in the packed layout);
+- ``pe-miu``: the edge sends a freshly block-shuffled probe; the matcher computes every
+  block-pair inner product and the key service solves the block assignment.
+
+What crosses from the edge to the matcher is a byte string (``encode_probe``), so its
+size is the upload a device pays per probe.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from frip_engine.ckks import CKKSParams, params_from
+from frip_engine.errors import BackendError, ProfileError
+from frip_engine.pemiu import PemiuTemplate, check_block_size
+from frip_plugins.blocks import frame, unframe
+
+LAYOUTS = ("packed", "round-robin")
+PROBES = ("plain", "encrypted")
+PROBE_TAG = b"FRIP-PRB"
+SCORE_SET_TAG = b"FRIP-SS1"  # several score ciphertexts: pe-miu pairs, round-robin
+
+
+class CKKSOps(Protocol):
+    """One library's CKKS operations over one loaded context (public, or with the secret)."""
+
+    slots: int
+
+    def encrypt(self, values: np.ndarray) -> Any: ...
+
+    def add(self, a: Any, b: Any) -> Any: ...
+
+    def weighted_sum(self, cts: Sequence[Any], weights: Sequence[tuple[int, float]]) -> Any:
+        """sum of w * cts[j] for (j, w) in weights, at scale^2, never rescaled."""
+        ...
+
+    def product_sum(self, cts: Sequence[Any], probes: Sequence[Any]) -> Any:
+        """sum of cts[j] * probes[j], ciphertext products without relinearisation."""
+        ...
+
+    def squared_distance(self, ct: Any, probe: Any) -> Any:
+        """||ct - probe||^2 in slot 0; ``probe`` is a ciphertext or a float array."""
+        ...
+
+    def dump(self, ct: Any) -> bytes: ...
+
+    def load(self, data: bytes) -> Any: ...
+
+    def decrypt(self, ct: Any) -> np.ndarray: ...
+
+
+class CKKSLibrary(Protocol):
+    name: str
+
+    def keygen(self, params: CKKSParams, evaluation_keys: bool) -> tuple[bytes, bytearray]:
+        """A public context (with relinearisation and rotation keys when asked) and the
+        secret context, as bytes; the caller wipes the secret."""
+        ...
+
+    def open(
+        self, params: CKKSParams, public: bytes, secret: bytearray | None = None
+    ) -> CKKSOps: ...
+
+
+# ------------------------------------------------------------------------------ probes
+def _probe_payload(mode: str, parts: list[bytes]) -> bytes:
+    return frame(PROBE_TAG, [mode.encode(), *parts])
+
+
+def _floats(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f8").tobytes()
+
+
+def _read_floats(raw: bytes, what: str) -> np.ndarray:
+    if len(raw) % 8:
+        raise BackendError(f"{what} is truncated")
+    values = np.frombuffer(raw, dtype="<f8").copy()
+    if not np.all(np.isfinite(values)):
+        raise BackendError(f"{what} is not finite")
+    return values
+
+
+def read_probe(payload: bytes) -> tuple[str, list[bytes]]:
+    """The probe mode and parts of an edge's upload (checked framing)."""
+    parts = unframe(PROBE_TAG, payload)
+    if not parts:
+        raise BackendError("probe payload is empty")
+    return parts[0].decode(errors="replace"), parts[1:]
+
+
+def plain_weights(probe: np.ndarray, scale: float) -> list[tuple[int, float]]:
+    """(feature, value) pairs worth multiplying: a constant that encodes to 0 at the scale
+    adds nothing the scale can represent (and makes TenSEAL substitute a fresh encryption)."""
+    smallest = 0.5 / scale
+    return [(j, float(v)) for j, v in enumerate(probe) if abs(v) >= smallest]
+
+
+# ----------------------------------------------------------------------------- layouts
+class PackedLayout:
+    """Feature-major blocks: ciphertext j holds feature j of every registrant."""
+
+    name = "packed"
+
+    def __init__(self, ops: CKKSOps, scale: float) -> None:
+        self.ops = ops
+        self.scale = scale
+        self.capacity = ops.slots
+
+    def encrypt_rows(self, rows: np.ndarray, slots: Sequence[int]) -> list[Any]:
+        plane = np.zeros(self.capacity)
+        block = []
+        for column in np.asarray(rows, dtype=np.float64).T:
+            plane[list(slots)] = column
+            block.append(self.ops.encrypt(plane))
+        plane.fill(0.0)
+        return block
+
+    def add_rows(self, block: list[Any], rows: np.ndarray, slots: Sequence[int]) -> list[Any]:
+        fresh = self.encrypt_rows(rows, slots)
+        if len(fresh) != len(block):
+            raise BackendError(f"block has {len(block)} features, rows have {len(fresh)}")
+        return [self.ops.add(old, new) for old, new in zip(block, fresh, strict=True)]
+
+    def dump_parts(self, block: list[Any]) -> list[bytes]:
+        return [self.ops.dump(ct) for ct in block]
+
+    def load_parts(self, parts: list[bytes]) -> list[Any]:
+        return [self.ops.load(part) for part in parts]
+
+    def _check_features(self, block: list[Any], features: int) -> None:
+        if features != len(block):
+            raise BackendError(f"probe has {features} features, the block {len(block)}")
+
+    def score_plain(self, block: list[Any], probe: np.ndarray) -> bytes:
+        self._check_features(block, probe.size)
+        weights = plain_weights(probe, self.scale)
+        if not weights:
+            raise BackendError("the probe is zero at this scale")
+        return self.ops.dump(self.ops.weighted_sum(block, weights))
+
+    def encrypt_probe(self, probe: np.ndarray) -> list[bytes]:
+        return [self.ops.dump(self.ops.encrypt(np.full(self.capacity, v))) for v in probe]
+
+    def score_encrypted(self, block: list[Any], probe: list[Any]) -> bytes:
+        self._check_features(block, len(probe))
+        return self.ops.dump(self.ops.product_sum(block, probe))
+
+    def score_pemiu(self, block: list[Any], probe: np.ndarray, block_size: int) -> bytes:
+        """Every (probe block i, gallery block k) inner product, one ciphertext each."""
+        self._check_features(block, probe.size)
+        blocks = check_block_size(block_size, probe.size)
+        pairs = []
+        for i in range(blocks):
+            part = probe[i * block_size : (i + 1) * block_size]
+            for k in range(blocks):
+                weights = [(k * block_size + t, w) for t, w in plain_weights(part, self.scale)]
+                if not weights:  # a probe block that is zero at this scale scores 0
+                    raise BackendError("a probe block is zero at this scale")
+                pairs.append(self.ops.dump(self.ops.weighted_sum(block, weights)))
+        return frame(SCORE_SET_TAG, [struct.pack("<I", blocks), *pairs])
+
+    def decrypt_scores(self, data: bytes) -> np.ndarray:
+        """Scores per slot, or for PE-MIU the (blocks, blocks, slots) inner products."""
+        if data.startswith(SCORE_SET_TAG):
+            head, *pairs = unframe(SCORE_SET_TAG, data)
+            (blocks,) = struct.unpack("<I", head)
+            if len(pairs) != blocks * blocks:
+                raise BackendError("PE-MIU score set is incomplete")
+            values = np.stack([self._slots(self.ops.decrypt(self.ops.load(p))) for p in pairs])
+            return values.reshape(blocks, blocks, self.capacity)
+        return self._slots(self.ops.decrypt(self.ops.load(data)))
+
+    def _slots(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values[: self.capacity], dtype=np.float64)
+
+    def decrypt_block(self, parts: list[bytes]) -> np.ndarray:
+        return np.stack([self._slots(self.ops.decrypt(self.ops.load(p))) for p in parts])
+
+
+@dataclass
+class Registrants:
+    """A round-robin block: one ciphertext (or None) per slot, each holding d features."""
+
+    dimension: int
+    cts: list[Any]
+
+
+class RoundRobinLayout:
+    """One ciphertext per registrant (features in slots 0..d-1), the paper's baseline."""
+
+    name = "round-robin"
+
+    def __init__(self, ops: CKKSOps, capacity: int) -> None:
+        self.ops = ops
+        self.capacity = capacity
+
+    def encrypt_rows(self, rows: np.ndarray, slots: Sequence[int]) -> Registrants:
+        empty = Registrants(np.asarray(rows).shape[1], [None] * self.capacity)
+        return self.add_rows(empty, rows, slots)
+
+    def add_rows(self, block: Registrants, rows: np.ndarray, slots: Sequence[int]) -> Registrants:
+        rows = np.asarray(rows, dtype=np.float64)
+        if rows.shape[1] != block.dimension:
+            raise BackendError(f"block has {block.dimension} features, rows {rows.shape[1]}")
+        cts = list(block.cts)
+        for slot, row in zip(slots, rows, strict=True):
+            fresh = self.ops.encrypt(row)
+            cts[slot] = fresh if cts[slot] is None else self.ops.add(cts[slot], fresh)
+        return Registrants(block.dimension, cts)
+
+    def dump_parts(self, block: Registrants) -> list[bytes]:
+        head = struct.pack("<I", block.dimension)
+        return [head] + [b"" if ct is None else self.ops.dump(ct) for ct in block.cts]
+
+    def load_parts(self, parts: list[bytes]) -> Registrants:
+        if len(parts) != self.capacity + 1 or len(parts[0]) != 4:
+            raise BackendError(f"round-robin block does not hold {self.capacity} slots")
+        (dimension,) = struct.unpack("<I", parts[0])
+        return Registrants(dimension, [self.ops.load(p) if p else None for p in parts[1:]])
+
+    def _distances(self, block: Registrants, probe: Any) -> bytes:
+        return frame(
+            SCORE_SET_TAG,
+            [b""]
+            + [
+                b"" if ct is None else self.ops.dump(self.ops.squared_distance(ct, probe))
+                for ct in block.cts
+            ],
+        )
+
+    def score_plain(self, block: Registrants, probe: np.ndarray) -> bytes:
+        if probe.size != block.dimension:
+            raise BackendError(f"probe has {probe.size} features, the block {block.dimension}")
+        return self._distances(block, probe)
+
+    def encrypt_probe(self, probe: np.ndarray) -> list[bytes]:
+        return [self.ops.dump(self.ops.encrypt(probe))]
+
+    def score_encrypted(self, block: Registrants, probe: list[Any]) -> bytes:
+        if len(probe) != 1:
+            raise BackendError("a round-robin encrypted probe is one ciphertext")
+        return self._distances(block, probe[0])
+
+    def score_pemiu(self, block: Registrants, probe: np.ndarray, block_size: int) -> bytes:
+        raise BackendError("the pe-miu probe mode needs the packed layout")
+
+    def decrypt_scores(self, data: bytes) -> np.ndarray:
+        """Unit vectors: cosine = 1 - distance^2 / 2; empty slots score 0."""
+        _, *parts = unframe(SCORE_SET_TAG, data)
+        if len(parts) != self.capacity:
+            raise BackendError(f"round-robin scores do not cover {self.capacity} slots")
+        scores = np.zeros(self.capacity)
+        for slot, part in enumerate(parts):
+            if part:
+                scores[slot] = 1.0 - float(self.ops.decrypt(self.ops.load(part))[0]) / 2.0
+        return scores
+
+    def decrypt_block(self, parts: list[bytes]) -> np.ndarray:
+        block = self.load_parts(parts)
+        out = np.zeros((block.dimension, self.capacity))
+        for slot, ct in enumerate(block.cts):
+            if ct is not None:
+                out[:, slot] = self.ops.decrypt(ct)[: block.dimension]
+        return out
+
+
+# ------------------------------------------------------------------ matcher, decryptor
+Layout = PackedLayout | RoundRobinLayout
+
+
+class CKKSMatcher:
+    """Public context only: encrypts, adds and scores; holds no secret key."""
+
+    def __init__(self, backend: CKKSBackend, public_context: bytes) -> None:
+        self.ops = backend.library.open(backend.params, public_context)
+        self.layout = backend.layout_for(self.ops)
+        self.tag = backend.block_tag
+        self.probe_transport = backend.probe
+        self.slots = self.layout.capacity
+
+    def encrypt_rows(self, rows: np.ndarray, slots: Sequence[int]) -> Any:
+        return self.layout.encrypt_rows(rows, slots)
+
+    def add_rows(self, block: Any, rows: np.ndarray, slots: Sequence[int]) -> Any:
+        return self.layout.add_rows(block, rows, slots)
+
+    def dump(self, block: Any) -> bytes:
+        return frame(self.tag, self.layout.dump_parts(block))
+
+    def load(self, data: bytes) -> Any:
+        return self.layout.load_parts(unframe(self.tag, data))
+
+    def encode_probe(self, probe: np.ndarray | PemiuTemplate) -> bytes:
+        """The edge's upload: the probe in the engine's probe mode (public key only)."""
+        if isinstance(probe, PemiuTemplate):
+            head = struct.pack("<I", probe.block_size)
+            return _probe_payload("pe-miu", [head, _floats(probe.vector)])
+        vector = np.asarray(probe, dtype=np.float64)
+        if self.probe_transport == "encrypted":
+            return _probe_payload("encrypted", self.layout.encrypt_probe(vector))
+        return _probe_payload("plain", [_floats(vector)])
+
+    def prepare_probe(self, payload: bytes) -> tuple[str, Any]:
+        """Parse an upload once per identification (a block scores it without re-parsing)."""
+        mode, parts = read_probe(payload)
+        if mode == "pe-miu":
+            if len(parts) != 2 or len(parts[0]) != 4:
+                raise BackendError("pe-miu probe payload is malformed")
+            (block_size,) = struct.unpack("<I", parts[0])
+            return mode, (_read_floats(parts[1], "pe-miu probe"), block_size)
+        if mode != self.probe_transport:
+            raise BackendError(
+                f"this engine takes {self.probe_transport} probes, the upload is a {mode} probe"
+            )
+        if mode == "plain":
+            if len(parts) != 1:
+                raise BackendError("plain probe payload is malformed")
+            return mode, _read_floats(parts[0], "plain probe")
+        return mode, [self.ops.load(part) for part in parts]
+
+    def score(self, block: Any, prepared: tuple[str, Any]) -> bytes:
+        mode, probe = prepared
+        if mode == "plain":
+            return self.layout.score_plain(block, probe)
+        if mode == "encrypted":
+            return self.layout.score_encrypted(block, probe)
+        vector, block_size = probe
+        return self.layout.score_pemiu(block, vector, block_size)
+
+
+class CKKSDecryptor:
+    """Secret context for one operation inside the key service."""
+
+    def __init__(self, backend: CKKSBackend, public: bytes, secret: bytearray) -> None:
+        self.layout: Layout | None = backend.layout_for(
+            backend.library.open(backend.params, public, secret)
+        )
+        self.tag = backend.block_tag
+
+    def _layout(self) -> Layout:
+        if self.layout is None:
+            raise BackendError("this decryptor was closed")
+        return self.layout
+
+    def decrypt_scores(self, scores: bytes) -> np.ndarray:
+        return self._layout().decrypt_scores(scores)
+
+    def decrypt_block(self, data: bytes) -> np.ndarray:
+        return self._layout().decrypt_block(unframe(self.tag, data))
+
+    def close(self) -> None:
+        self.layout = None  # drops the library's secret context
+
+
+class CKKSBackend:
+    """A library x layout x probe transport; subclasses name the library and block tags."""
+
+    name: str
+    library: CKKSLibrary
+    packed_tag: bytes
+    round_robin_tag: bytes
+    encrypted = True
+
+    def __init__(
+        self,
+        preset: str | None = None,
+        poly_modulus_degree: int | None = None,
+        coeff_mod_bit_sizes: list[int] | None = None,
+        scale_bits: int | None = None,
+        layout: str = "packed",
+        probe: str = "plain",
+        block_registrants: int = 128,
+    ) -> None:
+        self.params = params_from(preset, poly_modulus_degree, coeff_mod_bit_sizes, scale_bits)
+        if layout not in LAYOUTS:
+            raise ProfileError(f"{self.name}: layout must be one of {LAYOUTS}, not {layout!r}")
+        if probe not in PROBES:
+            raise ProfileError(f"{self.name}: probe must be one of {PROBES}, not {probe!r}")
+        if isinstance(block_registrants, bool) or not isinstance(block_registrants, int):
+            raise ProfileError(f"{self.name}: block_registrants must be an integer")
+        if not 1 <= block_registrants <= 4096:
+            raise ProfileError(f"{self.name}: block_registrants must be 1 to 4096")
+        data_bits = sum(self.params.coeff_mod_bit_sizes[:-1])
+        if layout == "round-robin" and 2 * self.params.scale_bits + 4 > data_bits:
+            raise ProfileError(
+                f"{self.name}: {self.params.describe()} cannot hold round-robin squared "
+                f"distances (up to 4 at scale 2^{2 * self.params.scale_bits}, "
+                f"{data_bits}-bit data modulus): use preset 'paper' or 'precise'"
+            )
+        self.layout = layout
+        self.probe = probe
+        self.block_registrants = block_registrants
+        self.block_tag = self.packed_tag if layout == "packed" else self.round_robin_tag
+        self.probe_modes = frozenset(
+            {"plain", "pe-miu"} if layout == "packed" and probe == "plain" else {"plain"}
+        )
+
+    @property
+    def description(self) -> str:
+        return f"{self.library.name} {self.params.describe()}, {self.layout}, {self.probe} probe"
+
+    def security_check(self) -> None:
+        self.params.check()
+
+    def slots(self) -> int:
+        return self.params.slots if self.layout == "packed" else self.block_registrants
+
+    def layout_for(self, ops: CKKSOps) -> Layout:
+        if self.layout == "packed":
+            return PackedLayout(ops, 2.0**self.params.scale_bits)
+        return RoundRobinLayout(ops, self.block_registrants)
+
+    def keygen(self) -> tuple[bytes, bytearray]:
+        return self.library.keygen(self.params, evaluation_keys=self.layout == "round-robin")
+
+    def matcher(self, public_context: bytes) -> CKKSMatcher:
+        return CKKSMatcher(self, public_context)
+
+    def decryptor(self, public_context: bytes, secret_context: bytearray) -> CKKSDecryptor:
+        return CKKSDecryptor(self, public_context, secret_context)

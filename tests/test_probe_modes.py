@@ -1,0 +1,147 @@
+"""Layouts and probe modes of the CKKS backends against the plaintext reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import near, unit_vectors
+
+from frip_engine import pemiu
+from frip_engine.engine import Engine, EnrolItem
+from frip_engine.errors import BackendError, ProfileError
+from frip_engine.profile import Profile, build
+
+
+def _enrolled(make_engine: Any, name: str, n: int, **sections: Any) -> tuple[Engine, np.ndarray]:
+    gallery = unit_vectors(n, seed=11)
+    gallery[1::7] = np.array([near(v, 0.3, 70 + i) for i, v in enumerate(gallery[0::7])])
+    engine = make_engine(name, **sections)
+    report = engine.enrol_many(
+        [EnrolItem(f"s{i:03d}", embeddings=[v]) for i, v in enumerate(gallery)]
+    )
+    assert not report.failed
+    return engine, gallery
+
+
+def _probes(gallery: np.ndarray, count: int) -> list[np.ndarray]:
+    mated = [near(gallery[i], 0.8, 300 + i) for i in range(0, len(gallery), len(gallery) // count)]
+    return mated + list(unit_vectors(3, seed=404))
+
+
+def _check_against_numpy(engine: Engine, gallery: np.ndarray, probes: list[np.ndarray]) -> None:
+    for probe in probes:
+        decision = engine.identify(embedding=probe, top_k=3)
+        expected = np.argsort(-(gallery @ probe), kind="stable")[:3]
+        assert [c.subject_id for c in decision.candidates] == [f"s{i:03d}" for i in expected]
+        assert np.allclose(
+            [c.score for c in decision.candidates], (gallery @ probe)[expected], atol=2e-4
+        )
+        assert decision.matched == bool((gallery @ probe)[expected[0]] >= engine.threshold)
+
+
+def test_encrypted_probe_scores_equal_plaintext_and_report_the_upload(make_engine: Any) -> None:
+    he = {"plugin": "tenseal", "preset": "compact", "probe": "encrypted"}
+    engine, gallery = _enrolled(make_engine, "enc-probe", 40, he=he)
+    _check_against_numpy(engine, gallery, _probes(gallery, 4))
+    decision = engine.identify(embedding=gallery[5])
+    ciphertext = 2 * 4096 * 8  # two polynomials of 4096 coefficients, one 54-bit limb
+    assert decision.probe_bytes > 512 * ciphertext * 0.7  # 512 probe ciphertexts, zstd'd
+    plain = make_engine("plain-probe", he={"plugin": "tenseal", "preset": "compact"})
+    plain.enrol_many([EnrolItem("a", embeddings=[gallery[0]])])
+    assert plain.identify(embedding=gallery[0]).probe_bytes < 5000
+
+
+def test_round_robin_layout_is_the_papers_euclidean_baseline(make_engine: Any) -> None:
+    he = {"plugin": "tenseal", "preset": "precise", "layout": "round-robin"}
+    engine, gallery = _enrolled(make_engine, "rr", 20, he=he | {"block_registrants": 8})
+    assert len(engine.store.blocks()) == 3  # 20 registrants in blocks of 8
+    _check_against_numpy(engine, gallery, _probes(gallery, 3))
+    encrypted_probe = make_engine("rr-enc", he=he | {"probe": "encrypted"})
+    encrypted_probe.enrol_many(
+        [EnrolItem(f"s{i:03d}", embeddings=[v]) for i, v in enumerate(gallery)]
+    )
+    _check_against_numpy(encrypted_probe, gallery, _probes(gallery, 2))
+    engine.remove("s004")  # erasure re-encrypts the block without the slot
+    after = engine.identify(embedding=gallery[4], top_k=2)
+    assert "s004" not in [c.subject_id for c in after.candidates]
+
+
+def test_pemiu_probe_mode_scores_equal_plaintext_pemiu(make_engine: Any) -> None:
+    protection = {"plugin": "pe-miu", "block_size": 32}
+    engine, gallery = _enrolled(make_engine, "pemiu", 12, protection=protection)
+    block = engine.store.blocks()[0]
+    _, data = engine.store.read_block(block.block_id)
+    with engine.key_service.unlocked() as decryptor:
+        stored = decryptor.decrypt_block(data)[:, :12].T  # the shuffled references
+    for i in (0, 3, 7):
+        probe = engine.parts.protection.prepare_probe(near(gallery[i], 0.5, 900 + i))
+        payload = engine.matcher.encode_probe(probe)
+        scored = engine.matcher.score(
+            engine._load_block(block), engine.matcher.prepare_probe(payload)
+        )
+        occupants = engine._occupants()
+        candidates, _ = engine.key_service.decide([(block.block_id, scored)], occupants, 12)
+        he_scores = {c.subject_id: c.score for c in candidates}
+        plain = pemiu.compare_many(np.repeat(probe.vector[None], 12, 0), stored, 32)
+        for j in range(12):
+            assert he_scores[occupants[block.block_id][j]] == pytest.approx(plain[j], abs=1e-4)
+        # the matcher saw only the freshly shuffled probe, never the unshuffled one
+        assert not np.allclose(probe.vector, near(gallery[i], 0.5, 900 + i))
+    decision = engine.identify(embedding=near(gallery[3], 0.5, 5))
+    assert decision.subject_id == "s003"
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        (
+            {
+                "protection": {"plugin": "pe-miu"},
+                "he": {"layout": "round-robin", "preset": "paper"},
+            },
+            "probe mode 'pe-miu'",
+        ),
+        ({"protection": {"plugin": "pe-miu"}, "he": {"probe": "encrypted"}}, "probe mode 'pe-miu'"),
+        (
+            {"protection": {"plugin": "pe-miu"}, "clusterer": {"plugin": "kmeans"}},
+            "use clusterer 'single'",
+        ),
+        ({"he": {"layout": "round-robin", "preset": "fast"}}, "cannot hold round-robin squared"),
+        ({"he": {"layout": "diagonal"}}, "layout must be one of"),
+        ({"he": {"probe": "secret"}}, "probe must be one of"),
+        ({"he": {"layout": "round-robin", "preset": "paper", "block_registrants": 0}}, "1 to 4096"),
+    ],
+)
+def test_incompatible_layouts_and_probe_modes_are_refused(
+    sections: dict[str, Any], message: str
+) -> None:
+    data: dict[str, Any] = {"engine": {"name": "p"}}
+    for section, value in sections.items():
+        data[section] = value if section != "he" else {"plugin": "tenseal"} | value
+    with pytest.raises(ProfileError, match=message):
+        build(Profile.from_dict(data))
+
+
+def test_bad_probe_uploads_are_refused(make_engine: Any) -> None:
+    engine = make_engine(
+        "uploads", he={"plugin": "tenseal", "preset": "compact", "probe": "encrypted"}
+    )
+    plain = make_engine("plain-uploads", he={"plugin": "tenseal", "preset": "compact"})
+    probe = unit_vectors(1, seed=3)[0]
+    with pytest.raises(BackendError, match="takes encrypted probes"):
+        engine.matcher.prepare_probe(plain.matcher.encode_probe(probe))
+    payload = plain.matcher.encode_probe(probe)
+    with pytest.raises(BackendError, match="truncated"):
+        plain.matcher.prepare_probe(payload[:-3])
+    with pytest.raises(BackendError, match="not a FRIP-PRB"):
+        plain.matcher.prepare_probe(b"garbage" + payload)
+    poisoned = plain.matcher.encode_probe(np.full(512, np.nan))
+    with pytest.raises(BackendError, match="not finite"):
+        plain.matcher.prepare_probe(poisoned)
+    foreign = make_engine(
+        "foreign", he={"plugin": "tenseal", "preset": "fast", "probe": "encrypted"}
+    )
+    with pytest.raises(BackendError, match="another parameter set"):
+        engine.matcher.prepare_probe(foreign.matcher.encode_probe(probe))
