@@ -14,6 +14,7 @@ from rich.table import Table
 
 from frip_engine import plugins
 from frip_engine.cli_eval import add_bench_commands, eval_app
+from frip_engine.cli_serve import add_serve_commands
 from frip_engine.errors import FripError, InputError
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ keys_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(eval_app, name="eval")
 add_bench_commands(bench_app)  # frip bench extract
+add_serve_commands(app)  # frip serve, frip vendors, frip audit
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 

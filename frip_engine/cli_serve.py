@@ -1,0 +1,203 @@
+"""``frip serve``, ``frip vendors`` and ``frip audit``: the linkage service and its admin.
+
+Mounted by ``frip_engine.cli`` with ``add_serve_commands``. Starlette and uvicorn are
+imported only inside ``frip serve``. Vendor administration is CLI-only on purpose: the
+HTTP API has no endpoint that creates, lists or revokes keys.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from frip_engine.errors import InputError
+
+if TYPE_CHECKING:
+    from frip_engine.service.vendors import Vendors
+
+vendors_app = typer.Typer(
+    help="Vendors of the linkage service: API keys and the engines they may use.",
+    no_args_is_help=True,
+)
+audit_app = typer.Typer(help="The linkage service's audit log.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", envvar="FRIP_HOME", help="Where engines live (default: $FRIP_HOME)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _home(home: Path | None) -> Path:
+    from frip_engine.profile import engines_home
+
+    return home or engines_home()
+
+
+def _admin_event(home: Path, action: str, **outcome: str) -> None:
+    from frip_engine.service.audit import AuditLog, Event
+
+    audit = AuditLog(home)
+    try:
+        audit.append(Event(actor=f"admin:{getpass.getuser()}", action=action, outcome=outcome))
+    finally:
+        audit.close()
+
+
+def _vendors(home: Path) -> Vendors:
+    from frip_engine.service.db import Database
+    from frip_engine.service.vendors import Vendors
+
+    return Vendors(Database(home / "service.sqlite"))
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8443,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate chain (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB.")] = 8.0,
+    rate: Annotated[float, typer.Option(help="Requests per second per API key (0: off).")] = 50.0,
+    burst: Annotated[int, typer.Option(help="Requests a key may send at once.")] = 100,
+    replay_window: Annotated[
+        float, typer.Option(help="Seconds X-Request-Time may differ from the server clock.")
+    ] = 300.0,
+    max_connections: Annotated[
+        int, typer.Option(help="Concurrent connections before the server answers 503.")
+    ] = 256,
+    access_log: Annotated[bool, typer.Option(help="Log each request line.")] = True,
+    home: HomeOpt = None,
+) -> None:
+    """Run the linkage service: HTTP(S) API over the engines in the home folder."""
+    import uvicorn
+
+    from frip_engine.service.app import ServiceConfig, create_app
+
+    if (tls_cert is None) != (tls_key is None):
+        raise InputError("give both --tls-cert and --tls-key, or neither")
+    for path in (tls_cert, tls_key):
+        if path is not None and not path.is_file():
+            raise InputError(f"{path} does not exist")
+    if max_body_mb <= 0 or burst < 1 or rate < 0 or replay_window <= 0:
+        raise InputError("--max-body-mb, --burst and --replay-window must be positive")
+    if tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
+        err.print(f"[yellow]warning[/]: serving on {host} without TLS; API keys travel in clear")
+    config = ServiceConfig(
+        home=_home(home),
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        rate=rate,
+        burst=burst,
+        replay_window=replay_window,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=host,
+            port=port,
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_key else None,
+            limit_concurrency=max_connections,
+            access_log=access_log,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    )
+    server.run()
+
+
+@vendors_app.command("create")
+def vendors_create(
+    name: str,
+    engine: Annotated[list[str], typer.Option(help="An engine the vendor may use (repeatable).")],
+    adapter: Annotated[
+        str | None, typer.Option(help="Vendor adapter its engines' templates are written in.")
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Create a vendor with rights to its engines; prints its API key once."""
+    from frip_engine import plugins
+    from frip_engine.engine import list_engines
+
+    root = _home(home)
+    if adapter is not None:
+        plugins.registry().get("adapter", adapter)  # unknown adapter: a clear error now
+    key = _vendors(root).create(name, engine, adapter)
+    _admin_event(root, "vendor_create", vendor=name, engines=",".join(sorted(engine)))
+    missing = sorted(set(engine) - set(list_engines(root)))
+    if missing:
+        err.print(f"[yellow]note[/]: no such engine yet: {', '.join(missing)}")
+    out.print(f"vendor [bold]{name}[/] may use: {', '.join(sorted(set(engine)))}")
+    out.print("API key (shown once, store it now):")
+    typer.echo(key)
+
+
+@vendors_app.command("add-key")
+def vendors_add_key(name: str, home: HomeOpt = None) -> None:
+    """Another API key for a vendor (rotate: add one, switch clients, revoke the old)."""
+    root = _home(home)
+    key = _vendors(root).add_key(name)
+    _admin_event(root, "key_create", vendor=name, key_id=key.split("_")[1])
+    out.print("API key (shown once, store it now):")
+    typer.echo(key)
+
+
+@vendors_app.command("list")
+def vendors_list(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
+    """Vendors, their engines and key ids (never a key or its hash)."""
+    listing = _vendors(_home(home)).listing()
+    if as_json:
+        typer.echo(json.dumps(listing, indent=2))
+        return
+    table = Table(title="vendors")
+    for column in ("vendor", "engines", "key id", "created", "revoked"):
+        table.add_column(column)
+    for vendor in listing:
+        keys = vendor["keys"]
+        assert isinstance(keys, list)
+        engines = ", ".join(vendor["engines"])  # type: ignore[arg-type]
+        for i, key in enumerate(keys):
+            table.add_row(
+                str(vendor["vendor"]) if i == 0 else "",
+                engines if i == 0 else "",
+                key["key_id"],
+                key["created_at"],
+                key["revoked_at"] or "",
+            )
+    out.print(table)
+
+
+@vendors_app.command("revoke")
+def vendors_revoke(key_id: str, home: HomeOpt = None) -> None:
+    """Revoke an API key by its id; a running service refuses it from the next request."""
+    root = _home(home)
+    vendor = _vendors(root).revoke(key_id)
+    _admin_event(root, "key_revoke", vendor=vendor, key_id=key_id)
+    out.print(f"revoked key {key_id} of vendor {vendor}")
+
+
+@audit_app.command("verify")
+def audit_verify(home: HomeOpt = None) -> None:
+    """Recompute the audit log's hash chain; exit 6 naming the first broken row."""
+    from frip_engine.service.audit import AuditLog
+
+    audit = AuditLog(_home(home))
+    try:
+        count = audit.verify()
+    finally:
+        audit.close()
+    out.print(f"audit log intact: {count} event(s), hash chain verified")
+
+
+def add_serve_commands(app: typer.Typer) -> None:
+    """Mount ``frip serve``, ``frip vendors`` and ``frip audit`` on the main CLI."""
+    app.command("serve")(serve)
+    app.add_typer(vendors_app, name="vendors")
+    app.add_typer(audit_app, name="audit")

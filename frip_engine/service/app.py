@@ -1,0 +1,758 @@
+"""The Starlette application behind ``frip serve``.
+
+Every request outside /v1/health, /v1/metrics and /openapi.json carries a vendor's API
+key; a key reaches only its vendor's engines, and a request for any other engine is
+refused with the same 403 whether that engine or subject exists or not. State-changing
+requests also carry a fresh ``X-Request-Id`` and ``X-Request-Time`` (replay guard). Engine
+work runs on each engine's own thread (``pool``); an enrolment is acknowledged only
+after its store commit and its audit row are both on disk. Errors are JSON,
+``{"error": {"code", "message", "request_id"}}``, with the status and stable code of
+``frip_engine.errors.HTTP_ERRORS``.
+
+Timings added to an identification's Table II breakdown (seconds, all server-side):
+``network``: from the ASGI app receiving the request (headers parsed) to the handler
+start, plus the time to receive the body; ``request_decoding``: JSON, base64 and field
+checks; ``queue_wait``: waiting for the engine's thread; ``server_total``: receipt to
+response ready. The response's own JSON encoding is in the ``Server-Timing`` header.
+A client's round trip minus ``server_total`` is the wire and client-side time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from frip_engine import __version__, plugins
+from frip_engine.errors import (
+    Base64Error,
+    DuplicateSubjectError,
+    ForbiddenError,
+    FripError,
+    LinkageError,
+    MalformedJSONError,
+    MediaTypeError,
+    RequestError,
+    StoreError,
+    SubjectError,
+    UnknownSubjectError,
+    http_error,
+)
+from frip_engine.service.attributes import AttributeStore, check_attributes
+from frip_engine.service.audit import AuditLog, Event
+from frip_engine.service.consents import Consents
+from frip_engine.service.db import Database
+from frip_engine.service.limits import RateLimiter, read_limited
+from frip_engine.service.metrics import Metrics
+from frip_engine.service.pool import EnginePool, EngineSlot
+from frip_engine.service.replay import ReplayGuard
+from frip_engine.service.vendors import Caller, Vendors
+
+if TYPE_CHECKING:
+    from frip_engine.decision import Decision
+    from frip_engine.engine import Engine
+
+logger = logging.getLogger("frip_engine.service")
+SUBJECT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}$")
+MAX_TOP_K = 100
+# What a vendor may see of an engine's stats: not its directory or key store location.
+SAFE_STATS: tuple[str, ...] = ("engine", "engine_id", "subjects", "blocks", "capacity")
+SAFE_STATS += ("dimension", "threshold", "key_version", "he", "plugins")
+
+
+@dataclass
+class ServiceConfig:
+    """Where engines live and the limits every request is held to."""
+
+    home: Path
+    max_body_bytes: int = 8 * 1024 * 1024
+    rate: float = 50.0  # requests per second per API key (0: unlimited)
+    burst: int = 100
+    replay_window: float = 300.0
+    max_images: int = 10
+
+
+@dataclass
+class Context:
+    """An authorised request: who sent it, its id, and when it arrived."""
+
+    caller: Caller
+    request_id: str | None
+    received: float
+    handler_start: float
+    network: float = 0.0
+    decoding: float = 0.0
+
+
+class Service:
+    """The state the handlers share: registries, logs, limits and open engines."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        config.home.mkdir(parents=True, exist_ok=True)
+        self.db = Database(config.home / "service.sqlite")
+        self.vendors = Vendors(self.db)
+        self.replay = ReplayGuard(self.db, config.replay_window)
+        self.attributes = AttributeStore(self.db)
+        self.consents = Consents(self.db)
+        self.audit = AuditLog(config.home)
+        self.limiter = RateLimiter(config.rate, config.burst)
+        self.metrics = Metrics()
+        self.pool: EnginePool | None = None
+
+    def on_open(self, engine: Engine) -> None:
+        """Settle what a crash may have left half-written for this engine."""
+        self.attributes.reconcile(engine)
+        self.consents.reconcile(engine)
+
+    def engines(self) -> EnginePool:
+        assert self.pool is not None, "the service's lifespan has not started"
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        self.audit.close()
+        self.db.close()
+
+
+# ---------------------------------------------------------------------------- request parts
+async def authorise(service: Service, request: Request, engine: str | None = None) -> Context:
+    """Key, rate, replay and engine-scope checks, in that order, before any body is read."""
+    start = time.perf_counter()
+    received = float(request.scope.get("state", {}).get("received", start))
+    caller = service.vendors.authenticate(request.headers.get("authorization"))
+    service.limiter.take(caller.key_id)
+    request_id = request.headers.get("x-request-id")
+    if request.method != "GET":
+        service.replay.check(caller.key_id, request_id, request.headers.get("x-request-time"))
+    if engine is not None and engine not in caller.engines:
+        raise ForbiddenError(f"this API key has no rights to engine '{engine}'")
+    return Context(caller, request_id, received, start, network=start - received)
+
+
+async def read_json(service: Service, request: Request, ctx: Context) -> dict[str, Any]:
+    """The body as one JSON object (no NaN or Infinity), within the size limit."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise MediaTypeError(f"send the body as application/json, not {media or 'nothing'}")
+    start = time.perf_counter()
+    raw = await read_limited(
+        request.stream(), request.headers.get("content-length"), service.config.max_body_bytes
+    )
+    parsed = time.perf_counter()
+    ctx.network += parsed - start
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        body = json.loads(raw, parse_constant=refuse)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedJSONError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedJSONError("the body must be a JSON object")
+    ctx.decoding += time.perf_counter() - parsed
+    return body
+
+
+def allow_only(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise RequestError(f"unknown field(s) {unknown}; expected some of {sorted(allowed)}")
+
+
+def subject_field(body: dict[str, Any]) -> str:
+    subject = body.get("subject_id")
+    if not isinstance(subject, str):
+        raise RequestError("'subject_id' (text) is required")
+    return check_subject(subject)
+
+
+def check_subject(subject: str) -> str:
+    if not SUBJECT_PATTERN.match(subject):
+        raise SubjectError(
+            f"subject id {subject[:40]!r}: use 1-128 letters, digits and '_.@:+-', "
+            "starting with a letter or digit"
+        )
+    return subject
+
+
+def decode_b64(value: object, field: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise Base64Error(f"'{field}' must be non-empty base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise Base64Error(f"'{field}' is not valid base64") from None
+
+
+def decode_vector(value: object, field: str) -> np.ndarray:
+    if not isinstance(value, list) or not all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in value
+    ):
+        raise RequestError(f"'{field}' must be a list of numbers")
+    return np.asarray(value, dtype=np.float64)
+
+
+@dataclass
+class Probe:
+    """What identify and verify were given: one image, embedding or vendor template."""
+
+    image: bytes | None = None
+    embedding: np.ndarray | None = None
+
+
+def read_probe(service: Service, body: dict[str, Any], engine: str) -> Probe:
+    given = [k for k in ("image", "embedding", "template") if k in body]
+    if len(given) != 1:
+        raise RequestError("give exactly one probe: 'image', 'embedding' or 'template'")
+    if given[0] == "image":
+        return Probe(image=decode_b64(body["image"], "image"))
+    if given[0] == "embedding":
+        return Probe(embedding=decode_vector(body["embedding"], "embedding"))
+    return Probe(embedding=decode_template(service, body["template"], engine))
+
+
+def decode_template(service: Service, value: object, engine: str) -> np.ndarray:
+    name = service.vendors.adapter_of(engine)
+    if name is None:
+        raise RequestError(f"engine '{engine}' has no vendor adapter: send 'embedding'")
+    payload = decode_b64(value, "template")
+    return np.asarray(plugins.create("adapter", name).decode(payload))
+
+
+def threshold_field(body: dict[str, Any]) -> float | None:
+    value = body.get("threshold")
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not -1 <= value <= 1:
+        raise RequestError("'threshold' must be a number between -1 and 1")
+    return float(value)
+
+
+def event(ctx: Context, action: str, engine: str | None, subject: str | None, **out: Any) -> Event:
+    return Event(
+        actor=ctx.caller.vendor,
+        action=action,
+        engine=engine,
+        subject_id=subject,
+        outcome=out,
+        key_id=ctx.caller.key_id,
+        request_id=ctx.request_id,
+    )
+
+
+def decision_json(decision: Decision, ctx: Context, queued: float) -> dict[str, Any]:
+    data = decision.to_dict()
+    timings = dict(decision.timings)
+    timings["request_decoding"] = ctx.decoding
+    timings["network"] = ctx.network
+    timings["queue_wait"] = queued
+    timings["server_total"] = time.perf_counter() - ctx.received
+    data["timings"] = timings
+    return data
+
+
+def timed_json(data: dict[str, Any], ctx: Context, status: int = 200) -> Response:
+    """JSON with a Server-Timing header that adds what the body cannot hold: its encoding."""
+    start = time.perf_counter()
+    body = json.dumps(data, separators=(",", ":")).encode()
+    done = time.perf_counter()
+    header = f"encode;dur={(done - start) * 1000:.3f}, total;dur={(done - ctx.received) * 1000:.3f}"
+    return Response(body, status, {"Server-Timing": header}, media_type="application/json")
+
+
+# ---------------------------------------------------------------------------- handlers
+Handler = Callable[[Service, Request], Awaitable[Response]]
+
+
+async def health(service: Service, request: Request) -> Response:
+    engines = len(service.pool) if service.pool is not None else 0
+    return JSONResponse({"status": "ok", "version": __version__, "engines_open": engines})
+
+
+async def metrics(service: Service, request: Request) -> Response:
+    engines = len(service.pool) if service.pool is not None else 0
+    return PlainTextResponse(service.metrics.render(engines))
+
+
+async def openapi(service: Service, request: Request) -> Response:
+    from frip_engine.service.openapi import describe
+
+    return JSONResponse(describe())
+
+
+def _engine_summary(engine: Engine) -> dict[str, Any]:
+    stats = engine.stats()
+    return {key: stats[key] for key in SAFE_STATS}
+
+
+async def engines_list(service: Service, request: Request) -> Response:
+    from frip_engine.engine import list_engines
+
+    ctx = await authorise(service, request)
+    names = sorted(ctx.caller.engines & set(list_engines(service.config.home)))
+    found = []
+    for name in names:
+        slot = await service.engines().get(name)
+        summary, _ = await slot.run(_engine_summary)
+        found.append(summary)
+    return JSONResponse({"engines": found})
+
+
+async def engine_show(service: Service, request: Request) -> Response:
+    name = request.path_params["engine"]
+    await authorise(service, request, name)
+    slot = await service.engines().get(name)
+    summary, _ = await slot.run(_engine_summary)
+    summary["adapter"] = service.vendors.adapter_of(name)
+    return JSONResponse(summary)
+
+
+async def enrol(service: Service, request: Request) -> Response:
+    from frip_engine.engine import EnrolItem
+
+    name = request.path_params["engine"]
+    ctx = await authorise(service, request, name)
+    body = await read_json(service, request, ctx)
+    start = time.perf_counter()
+    allow_only(body, {"subject_id", "images", "embeddings", "template", "attributes"})
+    subject = subject_field(body)
+    images = body.get("images", [])
+    vectors = body.get("embeddings", [])
+    if not isinstance(images, list) or not isinstance(vectors, list):
+        raise RequestError("'images' and 'embeddings' must be lists")
+    if len(images) > service.config.max_images:
+        raise RequestError(f"at most {service.config.max_images} images per subject")
+    pictures = [decode_b64(x, f"images[{i}]") for i, x in enumerate(images)]
+    given = [decode_vector(v, f"embeddings[{i}]") for i, v in enumerate(vectors)]
+    if "template" in body:
+        given.append(decode_template(service, body["template"], name))
+    if not pictures and not given:
+        raise RequestError("give 'images', 'embeddings' or 'template'")
+    attributes = check_attributes(body["attributes"]) if "attributes" in body else None
+    ctx.decoding += time.perf_counter() - start
+    slot = await service.engines().get(name)
+
+    def work(engine: Engine) -> list[str]:
+        if engine.store.subject(subject) is not None:
+            raise DuplicateSubjectError(f"subject '{subject}' is already enrolled in '{name}'")
+        held: list[np.ndarray] = []
+        notes: list[str] = []
+        try:
+            held += [engine.check_embedding(v, "embedding") for v in given]
+            for i, picture in enumerate(pictures):
+                vector, found = engine.embed_image(picture)  # a typed error names the image
+                held.append(vector)
+                notes += [f"images[{i}]: {note}" for note in found]
+            if attributes is not None:
+                service.attributes.stage(engine, subject, attributes)
+            try:
+                report = engine.enrol_many([EnrolItem(subject, embeddings=list(held))])
+            except BaseException:
+                service.attributes.drop(engine, subject)
+                raise
+            if subject in report.failed:
+                service.attributes.drop(engine, subject)
+                why = report.failed[subject]
+                raise (StoreError if why.startswith("not stored") else SubjectError)(why)
+        finally:
+            for vector in held:
+                vector.fill(0.0)
+        if attributes is not None:
+            service.attributes.commit(engine, subject)
+        counts = {"images": len(pictures), "embeddings": len(given)}
+        service.audit.append(event(ctx, "enrol", name, subject, **counts))
+        return notes
+
+    notes, _ = await slot.run(work)
+    return JSONResponse({"engine": name, "subject_id": subject, "notes": notes}, 201)
+
+
+async def subject_show(service: Service, request: Request) -> Response:
+    name = request.path_params["engine"]
+    await authorise(service, request, name)
+    subject = check_subject(request.path_params["subject_id"])
+    slot = await service.engines().get(name)
+
+    def work(engine: Engine) -> dict[str, Any]:
+        record = engine.store.subject(subject)
+        if record is None:
+            raise UnknownSubjectError(f"subject '{subject}' is not enrolled in '{name}'")
+        return {
+            "engine": name,
+            "subject_id": subject,
+            "enrolled_at": record.enrolled_at,
+            "images": record.images,
+            "attributes": service.attributes.read(engine, subject),
+        }
+
+    found, _ = await slot.run(work)
+    return JSONResponse(found)
+
+
+async def remove(service: Service, request: Request) -> Response:
+    name = request.path_params["engine"]
+    ctx = await authorise(service, request, name)
+    subject = check_subject(request.path_params["subject_id"])
+    slot = await service.engines().get(name)
+
+    def work(engine: Engine) -> None:
+        if engine.store.subject(subject) is None:
+            raise UnknownSubjectError(f"subject '{subject}' is not enrolled in '{name}'")
+        engine.remove(subject)
+        service.attributes.drop(engine, subject)
+        service.audit.append(event(ctx, "remove", name, subject))
+
+    await slot.run(work)
+    return JSONResponse({"engine": name, "subject_id": subject, "removed": True})
+
+
+async def identify(service: Service, request: Request) -> Response:
+    name = request.path_params["engine"]
+    ctx = await authorise(service, request, name)
+    body = await read_json(service, request, ctx)
+    start = time.perf_counter()
+    allow_only(body, {"image", "embedding", "template", "top_k", "threshold", "probe_clusters"})
+    probe = read_probe(service, body, name)
+    top_k = body.get("top_k", 1)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+        raise RequestError(f"'top_k' must be a whole number from 1 to {MAX_TOP_K}")
+    fan_out = body.get("probe_clusters")
+    if (
+        fan_out is not None
+        and fan_out != "all"
+        and (not isinstance(fan_out, int) or isinstance(fan_out, bool) or fan_out < 1)
+    ):
+        raise RequestError("'probe_clusters' must be 'all' or a whole number >= 1")
+    threshold = threshold_field(body)
+    ctx.decoding += time.perf_counter() - start
+    slot = await service.engines().get(name)
+
+    def work(engine: Engine) -> Decision:
+        decision = engine.identify(
+            image=probe.image,
+            embedding=probe.embedding,
+            top_k=top_k,
+            threshold=threshold,
+            probe_clusters=fan_out,
+        )
+        outcome = {"matched": decision.matched, "score": decision.score, "top_k": top_k}
+        service.audit.append(event(ctx, "identify", name, decision.subject_id, **outcome))
+        return decision
+
+    decision, queued = await slot.run(work)
+    return timed_json(decision_json(decision, ctx, queued), ctx)
+
+
+async def verify(service: Service, request: Request) -> Response:
+    name = request.path_params["engine"]
+    ctx = await authorise(service, request, name)
+    body = await read_json(service, request, ctx)
+    start = time.perf_counter()
+    allow_only(body, {"subject_id", "image", "embedding", "template", "threshold"})
+    subject = subject_field(body)
+    probe = read_probe(service, body, name)
+    threshold = threshold_field(body)
+    ctx.decoding += time.perf_counter() - start
+    slot = await service.engines().get(name)
+
+    def work(engine: Engine) -> Decision:
+        if engine.store.subject(subject) is None:
+            raise UnknownSubjectError(f"subject '{subject}' is not enrolled in '{name}'")
+        decision = engine.verify(
+            subject, image=probe.image, embedding=probe.embedding, threshold=threshold
+        )
+        outcome = {"matched": decision.matched, "score": decision.score}
+        service.audit.append(event(ctx, "verify", name, subject, **outcome))
+        return decision
+
+    decision, queued = await slot.run(work)
+    return timed_json(decision_json(decision, ctx, queued), ctx)
+
+
+# ---------------------------------------------------------------------------- linkage
+async def linkage_create(service: Service, request: Request) -> Response:
+    from frip_engine.engine import list_engines
+    from frip_engine.images import load_image
+
+    ctx = await authorise(service, request)
+    body = await read_json(service, request, ctx)
+    allow_only(body, {"subject_id", "image", "engines"})
+    subject = subject_field(body)
+    names = body.get("engines", sorted(ctx.caller.engines & set(list_engines(service.config.home))))
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise RequestError("'engines' must be a non-empty list of engine names")
+    if len(set(names)) != len(names):
+        raise RequestError("'engines' lists an engine twice")
+    for name in names:
+        if name not in ctx.caller.engines:
+            raise ForbiddenError(f"this API key has no rights to engine '{name}'")
+    pixels = load_image(decode_b64(body.get("image"), "image"))
+    if service.consents.get(ctx.caller.vendor, subject) is not None:
+        raise DuplicateSubjectError(f"subject '{subject}' already has a linkage")
+    slots = {name: await service.engines().get(name) for name in names}
+    adapters = {
+        name: plugins.create("adapter", adapter)
+        for name in names
+        if (adapter := service.vendors.adapter_of(name)) is not None
+    }
+    result = await run_in_threadpool(link, service, ctx, subject, pixels, slots, adapters)
+    return JSONResponse(result, 201)
+
+
+def link(
+    service: Service,
+    ctx: Context,
+    subject: str,
+    pixels: np.ndarray,
+    slots: dict[str, EngineSlot],
+    adapters: dict[str, Any],
+) -> dict[str, Any]:
+    """Record the consent, enrol everywhere, settle and audit each engine (worker thread)."""
+    from frip_engine.linkage import enrol_everywhere
+
+    vendor = ctx.caller.vendor
+    present = {
+        name: slot.call(partial(slot.engine.store.subject, subject)) is not None
+        for name, slot in slots.items()
+    }
+    ids = {name: slot.engine.profile.engine_id for name, slot in slots.items()}
+    refused = {n: (ids[n], "already enrolled in this engine") for n, p in present.items() if p}
+    pending = {n: ids[n] for n, p in present.items() if not p}
+    service.consents.open(vendor, subject, ctx.request_id, pending, refused)
+    failed = {name: why for name, (_, why) in refused.items()}
+    enrolled: dict[str, str] = {}
+    if pending:
+        result = enrol_everywhere(
+            [slots[n].engine for n in pending],
+            subject,
+            pixels,
+            adapters=adapters,
+            call=lambda engine, work: slots[engine.name].call(work),
+        )
+        enrolled, failed = result.enrolled, {**failed, **result.failed}
+    for name in slots:
+        state = "enrolled" if name in enrolled else "failed"
+        detail = enrolled.get(name) or failed.get(name, "")
+        if name in pending:
+            service.consents.settle(vendor, subject, name, state, detail)
+        outcome = {"state": state, "extractor": enrolled[name]} if state == "enrolled" else {}
+        outcome = outcome or {"state": state, "reason": detail}
+        service.audit.append(event(ctx, "linkage_enrol", name, subject, **outcome))
+    if not enrolled:
+        service.consents.delete(vendor, subject)
+        raise LinkageError(f"'{subject}' was enrolled nowhere: {json.dumps(failed)}")
+    return {"subject_id": subject, "enrolled": enrolled, "failed": failed}
+
+
+async def linkage_show(service: Service, request: Request) -> Response:
+    ctx = await authorise(service, request)
+    subject = check_subject(request.path_params["subject_id"])
+    found = service.consents.get(ctx.caller.vendor, subject)
+    if found is None:
+        raise UnknownSubjectError(f"no linkage for subject '{subject}'")
+    return JSONResponse(found)
+
+
+async def linkage_revoke(service: Service, request: Request) -> Response:
+    from frip_engine.errors import NotFoundError
+
+    ctx = await authorise(service, request)
+    subject = check_subject(request.path_params["subject_id"])
+    found = service.consents.get(ctx.caller.vendor, subject)
+    if found is None:
+        raise UnknownSubjectError(f"no linkage for subject '{subject}'")
+    service.consents.mark_revoking(ctx.caller.vendor, subject)
+    slots: dict[str, EngineSlot] = {}
+    gone: list[str] = []
+    for name, row in found["engines"].items():
+        if row["state"] == "failed":
+            continue
+        try:
+            slots[name] = await service.engines().get(name)
+        except NotFoundError:
+            gone.append(name)  # the engine itself was deleted: nothing left to erase
+    result = await run_in_threadpool(unlink, service, ctx, subject, slots)
+    return JSONResponse({**result, "absent": sorted(result["absent"] + gone)})
+
+
+def unlink(
+    service: Service, ctx: Context, subject: str, slots: dict[str, EngineSlot]
+) -> dict[str, Any]:
+    """Erase the subject from every linked engine; drop the consent once all succeeded."""
+    from frip_engine.linkage import remove_everywhere
+
+    def call(engine: Engine, work: Callable[[], Any]) -> Any:
+        def erase_and_drop() -> Any:
+            outcome = work()
+            service.attributes.drop(engine, subject)
+            return outcome
+
+        return slots[engine.name].call(erase_and_drop)
+
+    result = remove_everywhere([s.engine for s in slots.values()], subject, call=call)
+    for name in result.removed + result.absent:
+        state = "removed" if name in result.removed else "absent"
+        service.audit.append(event(ctx, "linkage_revoke", name, subject, state=state))
+    if result.failed:
+        raise StoreError(f"revocation incomplete, ask again: {json.dumps(result.failed)}")
+    service.consents.delete(ctx.caller.vendor, subject)
+    return {"subject_id": subject, "removed": result.removed, "absent": result.absent}
+
+
+async def audit_query(service: Service, request: Request) -> Response:
+    ctx = await authorise(service, request)
+    engine = request.query_params.get("engine")
+    if engine is not None and engine not in ctx.caller.engines:
+        raise ForbiddenError(f"this API key has no rights to engine '{engine}'")
+    try:
+        after = int(request.query_params.get("after", "0"))
+        limit = int(request.query_params.get("limit", "100"))
+    except ValueError:
+        raise RequestError("'after' and 'limit' must be whole numbers") from None
+    if not 1 <= limit <= 1000 or after < 0:
+        raise RequestError("'limit' must be 1-1000 and 'after' >= 0")
+    events = service.audit.query(ctx.caller.engines, ctx.caller.vendor, engine, after, limit)
+    return JSONResponse({"events": events})
+
+
+# ---------------------------------------------------------------------------- errors
+def error_response(code: str, message: str, status: int, request: Request) -> JSONResponse:
+    request_id = request.headers.get("x-request-id")
+    body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    return JSONResponse(body, status)
+
+
+def frip_error(service: Service, request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FripError)
+    status, code = http_error(exc)
+    service.metrics.error(code)
+    message = str(exc)
+    if status >= 500:  # the detail (paths, internals) stays in the server's log
+        logger.error("%s %s -> %s: %s", request.method, request.url.path, code, exc)
+        message = f"the service failed ({code}); the server log has the detail"
+    response = error_response(code, message, status, request)
+    retry = getattr(exc, "retry_after", None)
+    if retry is not None:
+        response.headers["Retry-After"] = str(max(1, round(retry)))
+    return response
+
+
+def http_exception(service: Service, request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "route_not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.status_code, "http_error")
+    service.metrics.error(code)
+    return error_response(code, str(exc.detail), exc.status_code, request)
+
+
+def unexpected(service: Service, request: Request, exc: Exception) -> Response:
+    service.metrics.error("internal_error")
+    logger.exception("unexpected error in %s %s", request.method, request.url.path)
+    return error_response("internal_error", "unexpected server error", 500, request)
+
+
+class Receipt:
+    """Pure ASGI middleware: stamps when a request arrived, and counts it when answered."""
+
+    def __init__(self, app: ASGIApp, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        scope.setdefault("state", {})["received"] = start
+        status = [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            endpoint = scope.get("endpoint")
+            route = getattr(endpoint, "__name__", "unmatched")
+            self.service.metrics.observe(
+                route, scope["method"], status[0], time.perf_counter() - start
+            )
+
+
+# ---------------------------------------------------------------------------- the app
+ROUTES: list[tuple[str, Handler, str]] = [
+    ("/v1/health", health, "GET"),
+    ("/v1/metrics", metrics, "GET"),
+    ("/openapi.json", openapi, "GET"),
+    ("/v1/engines", engines_list, "GET"),
+    ("/v1/engines/{engine}", engine_show, "GET"),
+    ("/v1/engines/{engine}/subjects", enrol, "POST"),
+    ("/v1/engines/{engine}/subjects/{subject_id}", subject_show, "GET"),
+    ("/v1/engines/{engine}/subjects/{subject_id}", remove, "DELETE"),
+    ("/v1/engines/{engine}/identify", identify, "POST"),
+    ("/v1/engines/{engine}/verify", verify, "POST"),
+    ("/v1/linkage", linkage_create, "POST"),
+    ("/v1/linkage/{subject_id}", linkage_show, "GET"),
+    ("/v1/linkage/{subject_id}", linkage_revoke, "DELETE"),
+    ("/v1/audit", audit_query, "GET"),
+]
+
+
+def _bind(handler: Handler, service: Service) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await handler(service, request)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def create_app(config: ServiceConfig) -> Starlette:
+    """The ASGI app: routes, JSON errors, and a lifespan that opens and closes engines."""
+    from starlette.middleware import Middleware
+
+    service = Service(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service.pool = EnginePool(config.home, service.on_open)
+        try:
+            yield
+        finally:
+            service.close()
+
+    routes = [Route(p, _bind(h, service), methods=[m]) for p, h, m in ROUTES]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(Receipt, service=service)],
+        exception_handlers={
+            FripError: partial(frip_error, service),
+            HTTPException: partial(http_exception, service),
+            Exception: partial(unexpected, service),
+        },
+    )
+    app.state.service = service
+    return app

@@ -1,0 +1,117 @@
+"""The audit log: who did what to which engine, and when; append-only and hash-chained.
+
+Every enrolment, identification and verification (the decision, never the probe),
+removal, linkage event and key administration is one row in ``$FRIP_HOME/audit.sqlite``.
+Triggers refuse UPDATE and DELETE, and each row carries SHA-256(previous hash + row), so
+an edit made around the triggers (another SQLite client, a hex editor) breaks the chain
+at that row and ``verify`` names it. Rows hold ids, outcomes and scores, no biometric data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from frip_engine.errors import CorruptionError
+from frip_engine.service.db import Database, now_iso
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, key_id TEXT,
+    action TEXT NOT NULL, engine TEXT, subject_id TEXT, outcome TEXT NOT NULL,
+    request_id TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_engine ON audit (engine, seq);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+GENESIS = "0" * 64
+FIELDS = ("seq", "at", "actor", "key_id", "action", "engine", "subject_id", "outcome", "request_id")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened; ``outcome`` is a small JSON-able dict (no embeddings)."""
+
+    actor: str
+    action: str
+    engine: str | None = None
+    subject_id: str | None = None
+    outcome: dict[str, Any] | None = None
+    key_id: str | None = None
+    request_id: str | None = None
+
+
+def _chain(prev_hash: str, row: dict[str, Any]) -> str:
+    canonical = json.dumps([row[f] for f in FIELDS], separators=(",", ":"))
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
+
+
+class AuditLog:
+    def __init__(self, home: Path) -> None:
+        self.db = Database(home / "audit.sqlite", synchronous="FULL")
+        self.db.ensure(SCHEMA)
+
+    def append(self, event: Event) -> int:
+        """Write one event durably (fsync'd) and return its sequence number."""
+        with self.db.transaction() as tx:
+            last = tx.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (last["seq"] + 1, last["hash"]) if last else (1, GENESIS)
+            row = {
+                "seq": seq,
+                "at": now_iso(),
+                "actor": event.actor,
+                "key_id": event.key_id,
+                "action": event.action,
+                "engine": event.engine,
+                "subject_id": event.subject_id,
+                "outcome": json.dumps(event.outcome or {}, sort_keys=True),
+                "request_id": event.request_id,
+            }
+            tx.execute(
+                "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*[row[f] for f in FIELDS], prev, _chain(prev, row)),
+            )
+            return seq
+
+    def query(
+        self,
+        engines: frozenset[str],
+        vendor: str,
+        engine: str | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Events on the caller's engines (or engine-less events it caused), oldest first."""
+        names = sorted(engines if engine is None else engines & {engine})
+        marks = ",".join("?" * len(names))
+        rows = self.db.query(
+            f"SELECT * FROM audit WHERE seq > ? AND (engine IN ({marks}) "
+            "OR (engine IS NULL AND actor = ?)) ORDER BY seq LIMIT ?",
+            (after, *names, vendor, limit),
+        )
+        return [
+            {**{f: r[f] for f in FIELDS}, "outcome": json.loads(r["outcome"]), "hash": r["hash"]}
+            for r in rows
+        ]
+
+    def verify(self) -> int:
+        """Recompute the chain from the first row; return the row count or name the break."""
+        prev, count = GENESIS, 0
+        for r in self.db.query("SELECT * FROM audit ORDER BY seq"):
+            count += 1
+            row = {f: r[f] for f in FIELDS}
+            if r["seq"] != count or r["prev_hash"] != prev or _chain(prev, row) != r["hash"]:
+                raise CorruptionError(
+                    f"audit log {self.db.path}: the hash chain breaks at row {r['seq']}: "
+                    "a row was altered, removed or inserted outside the service"
+                )
+            prev = r["hash"]
+        return count
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,244 @@
+"""Run the service as a real process and put a bounded concurrent load on it.
+
+Shared by the loopback tests and ``benchmarks/bench_service.py``, so both measure the
+same thing: ``ServerProcess`` starts ``python -m frip_engine serve`` on a free loopback
+port and waits for /v1/health; ``run_load`` drives it with reader clients (identify and
+verify, 4:1, probes near enrolled templates) on one engine and writer clients (embedding
+enrolments) on another, for a fixed time, and reports throughput, latency percentiles,
+errors and the mean Table II breakdown of identify as the client saw it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def headers(key: str) -> dict[str, str]:
+    """Authorization plus a fresh request id and time, as every write request needs."""
+    return {
+        "Authorization": f"Bearer {key}",
+        "X-Request-Id": uuid.uuid4().hex,
+        "X-Request-Time": f"{time.time():.3f}",
+    }
+
+
+class ServerProcess:
+    """``frip serve`` in a child process on 127.0.0.1; stopped or SIGKILLed by the caller."""
+
+    def __init__(
+        self,
+        home: Path,
+        args: tuple[str, ...] = (),
+        tls: tuple[Path, Path] | None = None,
+        log: Path | None = None,
+    ) -> None:
+        self.home = home
+        self.port = free_port()
+        self.args = args
+        self.tls = tls
+        self.log = log or home / f"server-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0, verify: Any = True) -> str:
+        import httpx
+
+        command = [sys.executable, "-m", "frip_engine", "serve", "--port", str(self.port)]
+        command += ["--home", str(self.home), "--no-access-log", *self.args]
+        if self.tls:
+            command += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as sink:
+            self.process = subprocess.Popen(
+                command, stdout=sink, stderr=subprocess.STDOUT, env=dict(os.environ)
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/v1/health", verify=verify, timeout=2).status_code == 200:
+                    return self.url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"server did not answer in {timeout} s: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> int:
+        """SIGTERM (graceful: engines closed), then wait; returns the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+def near(vector: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """A probe of the same synthetic 'person': the template plus noise, renormalised."""
+    moved = vector + noise * rng.standard_normal(vector.shape) / np.sqrt(vector.size)
+    return np.asarray(moved / np.linalg.norm(moved))
+
+
+@dataclass
+class Sample:
+    op: str
+    seconds: float
+    status: int
+    ok: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _reader(
+    url: str,
+    key: str,
+    engine: str,
+    gallery: dict[str, np.ndarray],
+    deadline: float,
+    seed: int,
+    samples: list[Sample],
+    verify: Any,
+) -> None:
+    import httpx
+
+    rng = np.random.default_rng(seed)
+    names = sorted(gallery)
+    with httpx.Client(base_url=url, timeout=120, verify=verify) as client:
+        count = 0
+        while time.monotonic() < deadline:
+            subject = names[int(rng.integers(len(names)))]
+            probe = near(gallery[subject], 0.2, rng).tolist()
+            op = "verify" if count % 5 == 4 else "identify"
+            body: dict[str, Any] = {"embedding": probe}
+            if op == "verify":
+                body["subject_id"] = subject
+            start = time.perf_counter()
+            try:
+                response = client.post(
+                    f"/v1/engines/{engine}/{op}", json=body, headers=headers(key)
+                )
+            except httpx.HTTPError:
+                samples.append(Sample(op, time.perf_counter() - start, 0, False))
+                continue
+            seconds = time.perf_counter() - start
+            data = response.json() if response.status_code == 200 else {}
+            right = data.get("matched") is True and data.get("subject_id") == subject
+            samples.append(
+                Sample(op, seconds, response.status_code, right, data.get("timings", {}))
+            )
+            count += 1
+
+
+def _writer(
+    url: str, key: str, engine: str, deadline: float, seed: int, samples: list[Sample], verify: Any
+) -> None:
+    import httpx
+
+    rng = np.random.default_rng(seed)
+    with httpx.Client(base_url=url, timeout=120, verify=verify) as client:
+        count = 0
+        while time.monotonic() < deadline:
+            vector = rng.standard_normal(512)
+            body = {"subject_id": f"w{seed}-{count}", "embeddings": [vector.tolist()]}
+            start = time.perf_counter()
+            try:
+                response = client.post(
+                    f"/v1/engines/{engine}/subjects", json=body, headers=headers(key)
+                )
+            except httpx.HTTPError:
+                samples.append(Sample("enrol", time.perf_counter() - start, 0, False))
+                continue
+            ok = response.status_code == 201
+            samples.append(Sample("enrol", time.perf_counter() - start, response.status_code, ok))
+            count += 1
+
+
+def _summary(samples: list[Sample], seconds: float) -> dict[str, Any]:
+    latencies = np.array([s.seconds for s in samples]) * 1000 if samples else np.zeros(1)
+    errors = sum(1 for s in samples if not 200 <= s.status < 300)
+    return {
+        "requests": len(samples),
+        "errors": errors,
+        "wrong_decisions": sum(1 for s in samples if 200 <= s.status < 300 and not s.ok),
+        "throughput_per_s": len(samples) / seconds,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p95_ms": float(np.percentile(latencies, 95)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "max_ms": float(latencies.max()),
+    }
+
+
+def run_load(
+    url: str,
+    key: str,
+    read_engine: str,
+    gallery: dict[str, np.ndarray],
+    write_engine: str | None = None,
+    clients: int = 16,
+    writers: int = 2,
+    seconds: float = 20.0,
+    verify: Any = True,
+) -> dict[str, Any]:
+    """``clients`` concurrent clients for ``seconds``: ``writers`` of them enrol into
+    ``write_engine``, the rest identify/verify against ``read_engine``'s ``gallery``."""
+    samples: list[list[Sample]] = [[] for _ in range(clients)]
+    writers = writers if write_engine else 0
+    deadline = time.monotonic() + seconds
+    threads = []
+    for i in range(clients):
+        if i < writers:
+            assert write_engine is not None
+            args: tuple[Any, ...] = (url, key, write_engine, deadline, i, samples[i], verify)
+            threads.append(threading.Thread(target=_writer, args=args))
+        else:
+            args = (url, key, read_engine, gallery, deadline, i, samples[i], verify)
+            threads.append(threading.Thread(target=_reader, args=args))
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started  # includes the last requests' tails
+    flat = [s for group in samples for s in group]
+    identified = [s for s in flat if s.op == "identify" and s.timings]
+    table: dict[str, float] = {}
+    if identified:
+        for name in identified[0].timings:
+            table[name] = float(np.mean([s.timings.get(name, 0.0) for s in identified])) * 1000
+        rtt = float(np.mean([s.seconds for s in identified])) * 1000
+        table["rtt"] = rtt
+        table["client_and_wire"] = rtt - table["server_total"]
+    return {
+        "clients": clients,
+        "writers": writers,
+        "seconds": elapsed,
+        "total": _summary(flat, elapsed),
+        "by_operation": {
+            op: _summary([s for s in flat if s.op == op], elapsed)
+            for op in sorted({s.op for s in flat})
+        },
+        "identify_mean_ms": table,
+    }

@@ -1,0 +1,424 @@
+"""The linkage service's HTTP API, in process (Starlette's TestClient): every bad input a
+clear 4xx with a stable code, vendor isolation without leaks, attributes sealed at rest,
+the audit log, linkage with real faces through several extractors and a vendor adapter."""
+
+from __future__ import annotations
+
+import base64
+import io
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import near, unit_vectors
+from frip_adapter_acme import AcmeV1Adapter
+
+from frip_engine.engine import Engine
+from frip_engine.errors import HTTP_ERRORS, CorruptionError
+from frip_engine.service.app import ROUTES, ServiceConfig, create_app
+from frip_engine.service.audit import AuditLog
+from frip_engine.service.db import Database
+from frip_engine.service.vendors import Vendors
+
+starlette_testclient = pytest.importorskip("starlette.testclient")
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
+Client = Any
+
+
+def _img(lfw: Path, name: str, n: int) -> Path:
+    return lfw / name / f"{name}_{n:04d}.jpg"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def auth(key: str, request_id: str | None = None, sent: float | None = None) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {key}",
+        "X-Request-Id": request_id or uuid.uuid4().hex,
+        "X-Request-Time": str(time.time() if sent is None else sent),
+    }
+
+
+def plain(make_engine: Callable[..., Engine], name: str, extractor: str = "arcface") -> Engine:
+    """A plaintext-reference engine (the HTTP layer is the same whatever the backend)."""
+    return make_engine(
+        name,
+        engine={"name": name, "insecure": True},
+        he={"plugin": "plaintext"},
+        extractor={"plugin": extractor},
+    )
+
+
+class Setup:
+    def __init__(self, home: Path, client: Client, keys: dict[str, str]) -> None:
+        self.home, self.client, self.keys = home, client, keys
+
+    def post(self, path: str, body: Any, key: str = "acme", **kw: Any) -> Any:
+        return self.client.post(path, json=body, headers=auth(self.keys[key]), **kw)
+
+
+@pytest.fixture
+def setup(make_engine: Callable[..., Engine], home: Path) -> Iterator[Setup]:
+    plain(make_engine, "doors")
+    plain(make_engine, "lobby", "sface")
+    plain(make_engine, "gate")
+    vendors = Vendors(Database(home / "service.sqlite"))
+    keys = {
+        "acme": vendors.create("acme", ["doors", "lobby"]),
+        "globex": vendors.create("globex", ["gate"], adapter="acme-v1"),
+    }
+    config = ServiceConfig(home, max_body_bytes=256 * 1024, rate=0)
+    with starlette_testclient.TestClient(create_app(config)) as client:
+        yield Setup(home, client, keys)
+
+
+def enrol_alice(s: Setup, vector: np.ndarray, **extra: Any) -> None:
+    body = {"subject_id": "alice", "embeddings": [vector.tolist()], **extra}
+    response = s.post("/v1/engines/doors/subjects", body)
+    assert response.status_code == 201, response.text
+
+
+def _noise_png() -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None:
+    s, key = setup, setup.keys["acme"]
+    v = unit_vectors(2)
+    enrol_alice(s, v[0])
+    c = s.client
+    ident = "/v1/engines/doors/identify"
+    used = uuid.uuid4().hex
+    assert c.post(ident, json={"embedding": v[0].tolist()}, headers=auth(key, used)).is_success
+    vendors = Vendors(Database(s.home / "service.sqlite"))
+    revoked = vendors.add_key("acme")
+    vendors.revoke(revoked.split("_")[1])
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    e0, e1 = v[0].tolist(), v[1].tolist()
+    subjects = "/v1/engines/doors/subjects"
+
+    def raw(body: bytes, media: str = "application/json") -> Any:
+        return c.post(ident, content=body, headers={**auth(key), "Content-Type": media})
+
+    def post(body: Any, path: str = ident) -> Any:
+        return s.post(path, body)
+
+    def get(path: str, headers: dict[str, str] | None = None) -> Any:
+        return c.get(path, headers=auth(key) if headers is None else headers)
+
+    def bearer(value: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {value}"}
+
+    cases: list[tuple[str, Callable[[], Any], int, str]] = [
+        ("malformed JSON", lambda: raw(b"{nope"), 400, "malformed_json"),
+        ("JSON not an object", lambda: raw(b"[1]"), 400, "malformed_json"),
+        ("NaN in JSON", lambda: raw(b'{"embedding": [NaN]}'), 400, "malformed_json"),
+        ("wrong content type", lambda: raw(b"{}", "text/plain"), 415, "unsupported_media_type"),
+        ("oversized body", lambda: post({"image": "A" * 300_000}), 413, "payload_too_large"),
+        ("non-image upload", lambda: post({"image": b64(b"not a picture")}), 422, "bad_image"),
+        ("image with no face", lambda: post({"image": b64(_noise_png())}), 422, "no_face"),
+        ("bad base64", lambda: post({"image": "not base64!!"}), 400, "bad_base64"),
+        ("embedding of wrong size", lambda: post({"embedding": [0.1]}), 422, "bad_embedding"),
+        ("embedding not numbers", lambda: post({"embedding": ["a"]}), 400, "bad_request"),
+        ("two probes", lambda: post({"embedding": e0, "image": "AAAA"}), 400, "bad_request"),
+        ("unknown field", lambda: post({"embedding": e0, "x": 1}), 400, "bad_request"),
+        ("top_k out of range", lambda: post({"embedding": e0, "top_k": 0}), 400, "bad_request"),
+        ("template, no adapter", lambda: post({"template": "AAAA"}), 400, "bad_request"),
+        (
+            "bad subject id",
+            lambda: post({"subject_id": "../x", "embeddings": [e1]}, subjects),
+            400,
+            "bad_subject",
+        ),
+        (
+            "subject already enrolled",
+            lambda: post({"subject_id": "alice", "embeddings": [e1]}, subjects),
+            409,
+            "subject_exists",
+        ),
+        (
+            "bad attributes",
+            lambda: post(
+                {"subject_id": "b", "embeddings": [e1], "attributes": {"A!": 3}}, subjects
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown subject: verify",
+            lambda: post({"subject_id": "nobody", "embedding": e0}, "/v1/engines/doors/verify"),
+            404,
+            "subject_not_found",
+        ),
+        ("unknown subject: show", lambda: get(f"{subjects}/nobody"), 404, "subject_not_found"),
+        (
+            "unknown subject: remove",
+            lambda: c.delete(f"{subjects}/nobody", headers=auth(key)),
+            404,
+            "subject_not_found",
+        ),
+        (
+            "unknown linkage",
+            lambda: c.delete("/v1/linkage/nobody", headers=auth(key)),
+            404,
+            "subject_not_found",
+        ),
+        ("missing key", lambda: c.post(ident, json={}), 401, "missing_api_key"),
+        ("malformed key", lambda: get("/v1/engines", bearer("abc")), 401, "invalid_api_key"),
+        ("unknown key", lambda: get("/v1/engines", bearer(forged)), 401, "invalid_api_key"),
+        ("revoked key", lambda: get("/v1/engines", auth(revoked)), 401, "api_key_revoked"),
+        (
+            "another vendor's engine",
+            lambda: post({"embedding": e0}, "/v1/engines/gate/identify"),
+            403,
+            "engine_forbidden",
+        ),
+        (
+            "replayed request",
+            lambda: c.post(ident, json={"embedding": e0}, headers=auth(key, used)),
+            409,
+            "replayed_request",
+        ),
+        (
+            "no request id",
+            lambda: c.post(ident, json={}, headers=bearer(key)),
+            400,
+            "bad_request_id",
+        ),
+        (
+            "stale request time",
+            lambda: c.post(ident, json={}, headers=auth(key, sent=time.time() - 3600)),
+            400,
+            "bad_request_id",
+        ),
+        ("unknown route", lambda: c.get("/v1/nothing-here"), 404, "route_not_found"),
+        ("wrong method", lambda: c.put(ident, json={}), 405, "method_not_allowed"),
+        ("bad audit query", lambda: get("/v1/audit?limit=abc"), 400, "bad_request"),
+    ]
+    spec = c.get("/openapi.json").json()["components"]["schemas"]["Error"]
+    documented = set(spec["properties"]["error"]["properties"]["code"]["enum"])
+    for what, send, status, code in cases:
+        response = send()
+        assert response.status_code == status, f"{what}: {response.status_code} {response.text}"
+        error = response.json()["error"]
+        assert error["code"] == code, f"{what}: {error}"
+        assert error["message"] and code in documented, what
+    assert c.get("/v1/health").json()["status"] == "ok"  # still serving after all that
+    # the first enrolment stands; nothing the refused requests carried was stored
+    assert c.get("/v1/engines/doors", headers=auth(key)).json()["subjects"] == 1
+    metrics = c.get("/v1/metrics").text
+    assert 'frip_errors_total{code="replayed_request"} 1' in metrics
+
+
+def test_another_vendors_engine_reveals_nothing(setup: Setup) -> None:
+    """Whether the engine or the subject exists, a caller without rights sees one answer."""
+    s = setup
+    enrol_alice(s, unit_vectors(1)[0])
+    probe = unit_vectors(1)[0].tolist()
+
+    def seen(response: Any) -> tuple[int, str]:
+        error = response.json()["error"]
+        return response.status_code, error["code"]
+
+    def bodies(engine: str) -> list[tuple[int, str]]:
+        base, other = f"/v1/engines/{engine}", s.keys["globex"]
+        out = [seen(s.post(f"{base}/identify", {"embedding": probe}, key="globex"))]
+        for subject in ("alice", "nobody"):
+            body = {"subject_id": subject, "embedding": probe}
+            out.append(seen(s.post(f"{base}/verify", body, key="globex")))
+            out.append(seen(s.client.get(f"{base}/subjects/{subject}", headers=auth(other))))
+            out.append(seen(s.client.delete(f"{base}/subjects/{subject}", headers=auth(other))))
+        return out
+
+    real, missing = bodies("doors"), bodies("no-such-engine")
+    assert set(real) == {(403, "engine_forbidden")}
+    assert real == missing
+    texts = [
+        s.post("/v1/engines/doors/verify", {"subject_id": x, "embedding": probe}, key="globex")
+        for x in ("alice", "nobody")
+    ]
+    assert texts[0].json()["error"]["message"] == texts[1].json()["error"]["message"]
+    listed = s.client.get("/v1/engines", headers=auth(s.keys["globex"])).json()["engines"]
+    assert [e["engine"] for e in listed] == ["gate"]
+    # globex's audit view holds nothing of acme's engines, and asking for one is refused
+    events = s.client.get("/v1/audit", headers=auth(s.keys["globex"])).json()["events"]
+    assert events == []
+    assert s.client.get("/v1/audit?engine=doors", headers=auth(s.keys["globex"])).status_code == 403
+    # and alice is still there, untouched
+    assert s.client.get("/v1/engines/doors/subjects/alice", headers=auth(s.keys["acme"])).is_success
+
+
+def test_enrol_identify_verify_remove_with_sealed_attributes(setup: Setup) -> None:
+    s = setup
+    v = unit_vectors(3, seed=4)
+    marker = "Zq8-attribute-marker"
+    enrol_alice(s, v[0], attributes={"age": 41, "gender": "f", "note": marker})
+    body = {"subject_id": "bob", "embeddings": [v[1].tolist()]}
+    assert s.post("/v1/engines/doors/subjects", body).status_code == 201
+    doors = "/v1/engines/doors"
+    hit = s.post(f"{doors}/identify", {"embedding": near(v[0], 0.2, 1).tolist(), "top_k": 2}).json()
+    assert hit["matched"] and hit["subject_id"] == "alice" and len(hit["candidates"]) == 2
+    miss = s.post("/v1/engines/doors/identify", {"embedding": v[2].tolist()}).json()
+    assert not miss["matched"] and miss["subject_id"] is None
+    close, far = near(v[1], 0.2, 2).tolist(), v[0].tolist()
+    yes = s.post(f"{doors}/verify", {"subject_id": "bob", "embedding": close}).json()
+    no = s.post(f"{doors}/verify", {"subject_id": "bob", "embedding": far}).json()
+    assert yes["matched"] and not no["matched"]
+    shown = s.client.get("/v1/engines/doors/subjects/alice", headers=auth(s.keys["acme"])).json()
+    assert shown["attributes"] == {"age": 41, "gender": "f", "note": marker}
+    bob = s.client.get(f"{doors}/subjects/bob", headers=auth(s.keys["acme"])).json()
+    assert bob["attributes"] == {}
+    stored = b"".join(p.read_bytes() for p in s.home.rglob("*") if p.is_file())
+    assert marker.encode() not in stored  # sealed with AES-GCM, not in the clear anywhere
+    gone = s.client.delete("/v1/engines/doors/subjects/alice", headers=auth(s.keys["acme"]))
+    assert gone.json()["removed"]
+    after = s.client.get("/v1/engines/doors/subjects/alice", headers=auth(s.keys["acme"]))
+    assert after.json()["error"]["code"] == "subject_not_found"
+    rows = sqlite3.connect(s.home / "service.sqlite").execute("SELECT count(*) FROM attributes")
+    assert rows.fetchone()[0] == 0
+    assert s.post(f"{doors}/identify", {"embedding": far}).json()["subject_id"] is None
+
+
+def test_vendor_template_goes_through_the_engines_adapter(setup: Setup) -> None:
+    s, acme = setup, AcmeV1Adapter()
+    v = unit_vectors(2, seed=9)
+    template = b64(acme.encode(v[0]))
+    body = {"subject_id": "carol", "template": template}
+    assert s.post("/v1/engines/gate/subjects", body, key="globex").status_code == 201
+    probe = b64(acme.encode(near(v[0], 0.2, 3)))
+    hit = s.post("/v1/engines/gate/identify", {"template": probe}, key="globex").json()
+    assert hit["matched"] and hit["subject_id"] == "carol"
+    damaged = bytearray(acme.encode(v[1]))
+    damaged[20] ^= 0xFF
+    bad = s.post("/v1/engines/gate/identify", {"template": b64(bytes(damaged))}, key="globex")
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "bad_embedding"
+
+
+def test_linkage_enrols_everywhere_with_each_extractor_and_revocation_erases(
+    setup: Setup, lfw: Path, home: Path
+) -> None:
+    s = setup
+    desk = Vendors(Database(home / "service.sqlite")).create(
+        "desk", ["doors", "lobby", "gate"]
+    )  # a registration desk trusted with all three engines
+    s.keys["desk"] = desk
+    image = b64(_img(lfw, "Adam_Sandler", 1).read_bytes())
+    made = s.post("/v1/linkage", {"subject_id": "adam", "image": image}, key="desk")
+    assert made.status_code == 201, made.text
+    assert made.json()["enrolled"] == {"doors": "arcface", "lobby": "sface", "gate": "arcface"}
+    again = s.post("/v1/linkage", {"subject_id": "adam", "image": image}, key="desk")
+    assert again.json()["error"]["code"] == "subject_exists"
+    probe = b64(_img(lfw, "Adam_Sandler", 2).read_bytes())
+    for engine in ("doors", "lobby", "gate"):  # each recognises him with its own extractor
+        hit = s.post(f"/v1/engines/{engine}/identify", {"image": probe}, key="desk").json()
+        assert hit["matched"] and hit["subject_id"] == "adam", (engine, hit)
+    record = s.client.get("/v1/linkage/adam", headers=auth(desk)).json()
+    assert {e: r["state"] for e, r in record["engines"].items()} == dict.fromkeys(
+        ("doors", "gate", "lobby"), "enrolled"
+    )
+    # other vendors do not see the desk's consent
+    assert s.client.get("/v1/linkage/adam", headers=auth(s.keys["acme"])).status_code == 404
+    revoked = s.client.delete("/v1/linkage/adam", headers=auth(desk)).json()
+    assert sorted(revoked["removed"]) == ["doors", "gate", "lobby"]
+    for engine in ("doors", "lobby", "gate"):
+        body = {"subject_id": "adam", "image": probe}
+        gone = s.post(f"/v1/engines/{engine}/verify", body, key="desk")
+        assert gone.json()["error"]["code"] == "subject_not_found"
+    assert s.client.get("/v1/linkage/adam", headers=auth(desk)).status_code == 404
+    nobody = s.post("/v1/linkage", {"subject_id": "ghost", "image": b64(_noise_png())}, key="desk")
+    assert nobody.status_code == 422 and nobody.json()["error"]["code"] == "linkage_failed"
+    events = s.client.get("/v1/audit", headers=auth(desk)).json()["events"]
+    actions = [
+        (e["action"], e["engine"], e["outcome"].get("state"))
+        for e in events
+        if e["subject_id"] == "adam"
+    ]
+    for engine in ("doors", "lobby", "gate"):
+        assert ("linkage_enrol", engine, "enrolled") in actions
+        assert ("linkage_revoke", engine, "removed") in actions
+
+
+def test_audit_log_is_append_only_chained_and_free_of_biometrics(setup: Setup) -> None:
+    s = setup
+    v = unit_vectors(2, seed=5)
+    enrol_alice(s, v[0])
+    s.post("/v1/engines/doors/identify", {"embedding": v[0].tolist()})
+    s.client.delete("/v1/engines/doors/subjects/alice", headers=auth(s.keys["acme"]))
+    events = s.client.get("/v1/audit?engine=doors", headers=auth(s.keys["acme"])).json()["events"]
+    assert [e["action"] for e in events] == ["enrol", "identify", "remove"]
+    assert all(e["actor"] == "acme" and e["at"] and e["request_id"] for e in events)
+    assert events[1]["outcome"]["matched"] is True and events[1]["subject_id"] == "alice"
+    text = (s.home / "audit.sqlite").read_bytes()
+    for value in v[0][:8]:  # no component of the embedding, in any rendering
+        assert repr(float(value))[:10].encode() not in text
+    log = AuditLog(s.home)
+    assert log.verify() == 3
+    db = sqlite3.connect(s.home / "audit.sqlite")
+    for statement in ("UPDATE audit SET actor = 'x'", "DELETE FROM audit"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute(statement)
+    db.execute("DROP TRIGGER audit_no_update")  # someone goes around the triggers...
+    db.execute("UPDATE audit SET subject_id = 'mallory' WHERE seq = 2")
+    db.commit()
+    with pytest.raises(CorruptionError, match="breaks at row 2"):  # ...and the chain says so
+        log.verify()
+    log.close()
+
+
+def test_rate_limit_answers_429_with_retry_after(make_engine: Any, home: Path) -> None:
+    plain(make_engine, "doors")
+    key = Vendors(Database(home / "service.sqlite")).create("acme", ["doors"])
+    with starlette_testclient.TestClient(create_app(ServiceConfig(home, rate=0.5, burst=3))) as c:
+        codes = [c.get("/v1/engines", headers=auth(key)).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        limited = c.get("/v1/engines", headers=auth(key))
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert int(limited.headers["Retry-After"]) >= 1
+
+
+def test_keys_are_stored_hashed_and_openapi_covers_every_route(setup: Setup) -> None:
+    stored = (setup.home / "service.sqlite").read_bytes()
+    for key in setup.keys.values():
+        assert key.split("_", 2)[2].encode() not in stored
+    spec = setup.client.get("/openapi.json").json()
+    described = {(p, m.upper()) for p, ops in spec["paths"].items() for m in ops}
+    assert described == {(p, m) for p, _, m in ROUTES}
+    codes = spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
+    assert {code for _, code in HTTP_ERRORS.values()} <= set(codes["enum"])
+
+
+def test_identify_over_http_reports_table_ii_with_network_and_decoding(
+    make_engine: Any, home: Path
+) -> None:
+    make_engine("sealed", he={"preset": "fast"})  # TenSEAL CKKS, memory key store
+    key = Vendors(Database(home / "service.sqlite")).create("acme", ["sealed"])
+    v = unit_vectors(3, seed=7)
+    with starlette_testclient.TestClient(create_app(ServiceConfig(home, rate=0))) as c:
+        for i in range(2):
+            body = {"subject_id": f"s{i}", "embeddings": [v[i].tolist()]}
+            assert c.post("/v1/engines/sealed/subjects", json=body, headers=auth(key)).is_success
+        response = c.post(
+            "/v1/engines/sealed/identify", json={"embedding": v[1].tolist()}, headers=auth(key)
+        )
+    data = response.json()
+    assert data["subject_id"] == "s1" and data["registrants"] == 2
+    timings = data["timings"]
+    table_ii = {"probe_encryption", "distance_derivation", "minimum_selection", "other", "total"}
+    ours = {"network", "request_decoding", "queue_wait", "server_total", "key_unwrap"}
+    assert table_ii | ours <= set(timings)
+    assert timings["distance_derivation"] > 0 and timings["request_decoding"] > 0
+    assert timings["server_total"] >= timings["total"] + timings["request_decoding"]
+    assert "encode;dur=" in response.headers["Server-Timing"]
