@@ -7,7 +7,7 @@ STAMP = $(VENV)/.frip-installed
 
 .PHONY: demo test lint softhsm clean
 
-$(STAMP): pyproject.toml adapters/frip-adapter-acme/pyproject.toml Makefile
+$(STAMP): pyproject.toml adapters/frip-adapter-acme/pyproject.toml Makefile scripts/build_pyfhel_wheel.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "frip-engine needs Python 3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml adapters/frip-adapter-acme/pyproject.toml Makefile
 	# insightface pins the GUI opencv-python; its real needs are in the arcface extra.
 	$(BIN)/python -m pip install --quiet --no-deps "insightface==2.1"
 	$(BIN)/python -m pip install --quiet -e adapters/frip-adapter-acme
+	# Pyfhel (HE backend pyfhel) has no cp311 wheel: built once from its sdist, offline from
+	# GitHub, into ~/.cache/frip-engine/wheels (3-4 min); a failure leaves only it unusable.
+	$(BIN)/python scripts/build_pyfhel_wheel.py --install || echo "frip: WARNING: Pyfhel could \
+	not be built (reason above): HE backend 'pyfhel' is unavailable, see 'frip plugins'"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -57,8 +57,9 @@ class CKKSOps(Protocol):
         """sum of cts[j] * probes[j], ciphertext products without relinearisation."""
         ...
 
-    def squared_distance(self, ct: Any, probe: Any) -> Any:
-        """||ct - probe||^2 in slot 0; ``probe`` is a ciphertext or a float array."""
+    def squared_distance(self, ct: Any, probe: Any, dimension: int) -> Any:
+        """||ct - probe||^2 over slots 0..dimension-1, into slot 0; ``probe`` is a
+        ciphertext or a float array."""
         ...
 
     def dump(self, ct: Any) -> bytes: ...
@@ -242,7 +243,9 @@ class RoundRobinLayout:
             SCORE_SET_TAG,
             [b""]
             + [
-                b"" if ct is None else self.ops.dump(self.ops.squared_distance(ct, probe))
+                b""
+                if ct is None
+                else self.ops.dump(self.ops.squared_distance(ct, probe, block.dimension))
                 for ct in block.cts
             ],
         )

@@ -51,7 +51,7 @@ class TenSEALOps:
             total += ct * probe
         return total
 
-    def squared_distance(self, ct: Any, probe: Any) -> Any:
+    def squared_distance(self, ct: Any, probe: Any, dimension: int) -> Any:
         if isinstance(probe, np.ndarray):
             probe = probe.tolist()
         difference = ct - probe
