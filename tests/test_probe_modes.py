@@ -145,3 +145,47 @@ def test_bad_probe_uploads_are_refused(make_engine: Any) -> None:
     )
     with pytest.raises(BackendError, match="another parameter set"):
         engine.matcher.prepare_probe(foreign.matcher.encode_probe(probe))
+
+
+def test_fast_scorer_is_bit_identical_to_the_library_inside_an_engine(make_engine: Any) -> None:
+    from frip_plugins.tenseal_backend import TenSEALBackend
+
+    he = {"plugin": "tenseal", "preset": "fast", "scorer": "fast"}
+    engine, gallery = _enrolled(make_engine, "fast", 30, he=he)
+    _check_against_numpy(engine, gallery, _probes(gallery, 3))
+    info = engine.store.blocks()[0]
+    _, data = engine.store.read_block(info.block_id)
+    library = TenSEALBackend(preset="fast").matcher(engine.key_service.public_context)
+    probe = near(gallery[4], 0.5, 12)
+    template = pemiu.protect(probe, 64, "x")
+    with engine.key_service.unlocked() as decryptor:
+        for vector in (probe, template):
+            results = []
+            for matcher in (engine.matcher, library):
+                prepared = matcher.prepare_probe(matcher.encode_probe(vector))
+                results.append(
+                    decryptor.decrypt_scores(matcher.score(matcher.load(data), prepared))
+                )
+            assert np.array_equal(results[0], results[1])
+    engine.enrol_many([EnrolItem("late", embeddings=[gallery[0] * -1.0])])  # add to a fast block
+    assert engine.identify(embedding=gallery[0] * -1.0).subject_id == "late"
+    engine.remove("s002")
+    assert "s002" not in [
+        c.subject_id for c in engine.identify(embedding=gallery[2], top_k=3).candidates
+    ]
+
+
+@pytest.mark.parametrize(
+    ("he", "message"),
+    [
+        (
+            {"plugin": "tenseal", "scorer": "fast", "layout": "round-robin", "preset": "paper"},
+            "packed layout",
+        ),
+        ({"plugin": "tenseal", "scorer": "turbo"}, "scorer must be one of"),
+        ({"plugin": "tenseal", "scorer": "fast", "scorer_threads": 0}, "at least 1"),
+    ],
+)
+def test_fast_scorer_options_are_checked(he: dict[str, Any], message: str) -> None:
+    with pytest.raises(ProfileError, match=message):
+        build(Profile.from_dict({"engine": {"name": "p"}, "he": he}))

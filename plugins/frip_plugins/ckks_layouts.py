@@ -36,6 +36,7 @@ from frip_plugins.blocks import frame, unframe
 
 LAYOUTS = ("packed", "round-robin")
 PROBES = ("plain", "encrypted")
+SCORERS = ("library", "fast")
 PROBE_TAG = b"FRIP-PRB"
 SCORE_SET_TAG = b"FRIP-SS1"  # several score ciphertexts: pe-miu pairs, round-robin
 
@@ -135,37 +136,46 @@ class PackedLayout:
         plane.fill(0.0)
         return block
 
-    def add_rows(self, block: list[Any], rows: np.ndarray, slots: Sequence[int]) -> list[Any]:
+    def add_rows(self, block: Any, rows: np.ndarray, slots: Sequence[int]) -> list[Any]:
+        old = self._ciphertexts(block)
         fresh = self.encrypt_rows(rows, slots)
-        if len(fresh) != len(block):
-            raise BackendError(f"block has {len(block)} features, rows have {len(fresh)}")
-        return [self.ops.add(old, new) for old, new in zip(block, fresh, strict=True)]
+        if len(fresh) != len(old):
+            raise BackendError(f"block has {len(old)} features, rows have {len(fresh)}")
+        return [self.ops.add(a, b) for a, b in zip(old, fresh, strict=True)]
 
-    def dump_parts(self, block: list[Any]) -> list[bytes]:
+    def dump_parts(self, block: Any) -> list[bytes]:
         return [self.ops.dump(ct) for ct in block]
 
     def load_parts(self, parts: list[bytes]) -> list[Any]:
         return [self.ops.load(part) for part in parts]
 
-    def _check_features(self, block: list[Any], features: int) -> None:
-        if features != len(block):
-            raise BackendError(f"probe has {features} features, the block {len(block)}")
+    def _check_features(self, block: Any, features: int) -> None:
+        if features != self._features(block):
+            raise BackendError(f"probe has {features} features, the block {self._features(block)}")
 
-    def score_plain(self, block: list[Any], probe: np.ndarray) -> bytes:
-        self._check_features(block, probe.size)
-        weights = plain_weights(probe, self.scale)
+    def _weighted_sum(self, block: Any, weights: list[tuple[int, float]]) -> bytes:
         if not weights:
             raise BackendError("the probe is zero at this scale")
         return self.ops.dump(self.ops.weighted_sum(block, weights))
 
+    def _ciphertexts(self, block: Any) -> list[Any]:
+        return list(block)
+
+    def _features(self, block: Any) -> int:
+        return len(block)
+
+    def score_plain(self, block: Any, probe: np.ndarray) -> bytes:
+        self._check_features(block, probe.size)
+        return self._weighted_sum(block, plain_weights(probe, self.scale))
+
     def encrypt_probe(self, probe: np.ndarray) -> list[bytes]:
         return [self.ops.dump(self.ops.encrypt(np.full(self.capacity, v))) for v in probe]
 
-    def score_encrypted(self, block: list[Any], probe: list[Any]) -> bytes:
+    def score_encrypted(self, block: Any, probe: list[Any]) -> bytes:
         self._check_features(block, len(probe))
-        return self.ops.dump(self.ops.product_sum(block, probe))
+        return self.ops.dump(self.ops.product_sum(self._ciphertexts(block), probe))
 
-    def score_pemiu(self, block: list[Any], probe: np.ndarray, block_size: int) -> bytes:
+    def score_pemiu(self, block: Any, probe: np.ndarray, block_size: int) -> bytes:
         """Every (probe block i, gallery block k) inner product, one ciphertext each."""
         self._check_features(block, probe.size)
         blocks = check_block_size(block_size, probe.size)
@@ -174,9 +184,7 @@ class PackedLayout:
             part = probe[i * block_size : (i + 1) * block_size]
             for k in range(blocks):
                 weights = [(k * block_size + t, w) for t, w in plain_weights(part, self.scale)]
-                if not weights:  # a probe block that is zero at this scale scores 0
-                    raise BackendError("a probe block is zero at this scale")
-                pairs.append(self.ops.dump(self.ops.weighted_sum(block, weights)))
+                pairs.append(self._weighted_sum(block, weights))
         return frame(SCORE_SET_TAG, [struct.pack("<I", blocks), *pairs])
 
     def decrypt_scores(self, data: bytes) -> np.ndarray:
@@ -195,6 +203,53 @@ class PackedLayout:
 
     def decrypt_block(self, parts: list[bytes]) -> np.ndarray:
         return np.stack([self._slots(self.ops.decrypt(self.ops.load(p))) for p in parts])
+
+
+@dataclass
+class ResidueBlock:
+    """A packed block as loaded for the fast scorer: its serialised ciphertexts, their
+    residues decompressed once (:class:`frip_plugins.fast_scorer.FastBlock`), and the
+    library's ciphertexts only if an operation other than a linear combination needs them."""
+
+    parts: list[bytes]
+    fast: Any
+    cts: list[Any] | None = None
+
+
+class FastPackedLayout(PackedLayout):
+    """Packed layout whose linear combinations run in a compiled kernel over the raw
+    NTT-form residues (bit-identical to the library's own result, see
+    tests/test_fast_scorer.py); the library still owns keys, the format and decryption."""
+
+    def __init__(self, ops: CKKSOps, scale: float, codec: Any, threads: int) -> None:
+        super().__init__(ops, scale)
+        self.codec = codec
+        self.threads = threads
+
+    def load_parts(self, parts: list[bytes]) -> ResidueBlock:
+        from frip_plugins.fast_scorer import FastBlock
+
+        return ResidueBlock(list(parts), FastBlock.from_parts(self.codec, parts))
+
+    def dump_parts(self, block: Any) -> list[bytes]:
+        return list(block.parts) if isinstance(block, ResidueBlock) else super().dump_parts(block)
+
+    def _ciphertexts(self, block: Any) -> list[Any]:
+        if not isinstance(block, ResidueBlock):
+            return list(block)
+        if block.cts is None:
+            block.cts = super().load_parts(block.parts)
+        return block.cts
+
+    def _features(self, block: Any) -> int:
+        return int(block.fast.features) if isinstance(block, ResidueBlock) else len(block)
+
+    def _weighted_sum(self, block: Any, weights: list[tuple[int, float]]) -> bytes:
+        if not isinstance(block, ResidueBlock):
+            return super()._weighted_sum(block, weights)
+        if not weights:
+            raise BackendError("the probe is zero at this scale")
+        return bytes(block.fast.weighted_sum(weights, self.threads))
 
 
 @dataclass
@@ -392,6 +447,8 @@ class CKKSBackend:
         layout: str = "packed",
         probe: str = "plain",
         block_registrants: int = 128,
+        scorer: str = "library",
+        scorer_threads: int = 1,
     ) -> None:
         self.params = params_from(preset, poly_modulus_degree, coeff_mod_bit_sizes, scale_bits)
         if layout not in LAYOUTS:
@@ -409,6 +466,19 @@ class CKKSBackend:
                 f"distances (up to 4 at scale 2^{2 * self.params.scale_bits}, "
                 f"{data_bits}-bit data modulus): use preset 'paper' or 'precise'"
             )
+        if scorer not in SCORERS:
+            raise ProfileError(f"{self.name}: scorer must be one of {SCORERS}, not {scorer!r}")
+        if scorer == "fast" and (layout != "packed" or not hasattr(self.library, "fast_codec")):
+            raise ProfileError(
+                f"{self.name}: the fast scorer works on the packed layout of a library whose "
+                "ciphertext format it reads (tenseal)"
+            )
+        if isinstance(scorer_threads, bool) or not isinstance(scorer_threads, int):
+            raise ProfileError(f"{self.name}: scorer_threads must be an integer")
+        if scorer_threads < 1:
+            raise ProfileError(f"{self.name}: scorer_threads must be at least 1")
+        self.scorer = scorer
+        self.scorer_threads = scorer_threads
         self.layout = layout
         self.probe = probe
         self.block_registrants = block_registrants
@@ -419,7 +489,11 @@ class CKKSBackend:
 
     @property
     def description(self) -> str:
-        return f"{self.library.name} {self.params.describe()}, {self.layout}, {self.probe} probe"
+        scorer = ", fast scorer" if self.scorer == "fast" else ""
+        return (
+            f"{self.library.name} {self.params.describe()}, {self.layout}, {self.probe} probe"
+            f"{scorer}"
+        )
 
     def security_check(self) -> None:
         self.params.check()
@@ -428,8 +502,12 @@ class CKKSBackend:
         return self.params.slots if self.layout == "packed" else self.block_registrants
 
     def layout_for(self, ops: CKKSOps) -> Layout:
+        scale = 2.0**self.params.scale_bits
+        if self.scorer == "fast":
+            codec = self.library.fast_codec(ops)  # type: ignore[attr-defined]
+            return FastPackedLayout(ops, scale, codec, self.scorer_threads)
         if self.layout == "packed":
-            return PackedLayout(ops, 2.0**self.params.scale_bits)
+            return PackedLayout(ops, scale)
         return RoundRobinLayout(ops, self.block_registrants)
 
     def keygen(self) -> tuple[bytes, bytearray]:

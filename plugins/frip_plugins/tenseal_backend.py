@@ -126,6 +126,12 @@ class TenSEALLibrary:
         ctx.global_scale = 2.0**params.scale_bits
         return TenSEALOps(ctx, params)
 
+    def fast_codec(self, ops: TenSEALOps) -> Any:
+        """Reads and writes this context's ciphertexts as raw residues (fast scorer)."""
+        from frip_plugins.fast_scorer import TenSEALCodec
+
+        return TenSEALCodec.from_context(ops.context)
+
 
 class TenSEALBackend(CKKSBackend):
     name = "tenseal"

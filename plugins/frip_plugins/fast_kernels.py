@@ -1,0 +1,254 @@
+"""numba kernels of :mod:`frip_plugins.fast_scorer`: exact ``sum_j k_j * x_j mod p``.
+
+Each residue x (< p < 2^61) is split into 32-bit halves and each |k| into 22-bit pieces,
+so every product is below 2^54 and an accumulator takes 1024 terms before it could
+overflow 64 bits. Positive and negative constants are summed separately (magnitudes stay
+small and the same pieces serve every limb). Pieces come in groups of two (one group
+covers |k| < 2^44, e.g. unit probes at scale 2^40): four accumulators per group, four
+gallery rows per pass over a tile, vectorised by LLVM. Each accumulator is folded in once
+per 1024 terms with a Shoup multiplication by its weight 2^(22 v + 32 h) mod p, which takes
+any 64-bit input, so the only reduction mod p happens at the end.
+
+Compiled code is cached on disk (numba ``cache=True``: ``NUMBA_CACHE_DIR`` if set, else
+this package's ``__pycache__``, else numba's user-wide cache directory), so worker
+processes load it instead of compiling; where no location is writable numba refuses
+``cache=True`` and the kernels are compiled in memory once per process instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numba
+import numpy as np
+
+from frip_plugins.fast_scorer import FLUSH_TERMS
+
+TILE = 1024  # coefficients per task: the four accumulators (32 KB) stay in L1
+_M32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _cache_usable(jitted: Any) -> bool:
+    """Whether numba's chosen cache directory can really be written: its zip-file locator
+    (package inside a zip) does not check, and then fails on first compile."""
+    locator = getattr(getattr(getattr(jitted, "_cache", None), "_impl", None), "locator", None)
+    if locator is None:  # numba internals moved: trust numba's own choice
+        return True
+    try:
+        locator.ensure_cache_path()
+    except OSError:
+        return False
+    return True
+
+
+def _jit(parallel: bool = False) -> Callable[[F], F]:
+    """``njit`` with the on-disk cache where numba finds a writable location for it, else
+    compiled in memory (numba refuses ``cache=True`` when no location is writable)."""
+
+    def decorate(fn: F) -> F:
+        try:
+            jitted = numba.njit(cache=True, nogil=True, parallel=parallel)(fn)
+            if not _cache_usable(jitted):
+                raise RuntimeError("numba cache directory is not writable")
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            jitted = numba.njit(cache=False, nogil=True, parallel=parallel)(fn)
+        return jitted  # type: ignore[return-value]
+
+    return decorate
+
+
+@_jit()
+def mulmod_shoup(a: Any, w: Any, wq: Any, p: Any) -> Any:
+    """a * w mod p for any a < 2^64, with w < p and wq = floor(w * 2^64 / p)."""
+    a_lo = a & _M32
+    a_hi = a >> _S32
+    b_lo = wq & _M32
+    b_hi = wq >> _S32
+    ll = a_lo * b_lo
+    lh = a_lo * b_hi
+    hl = a_hi * b_lo
+    mid = (ll >> _S32) + (lh & _M32) + (hl & _M32)
+    q = a_hi * b_hi + (lh >> _S32) + (hl >> _S32) + (mid >> _S32)  # high word of a * wq
+    r = a * w - q * p  # in [0, 2p), computed mod 2^64
+    if r >= p:
+        r -= p
+    return r
+
+
+@_jit()
+def _accumulate(
+    gallery: Any,
+    c: Any,
+    limb: Any,
+    t0: Any,
+    n: Any,
+    idx: Any,
+    k0: Any,
+    k1: Any,
+    start: Any,
+    stop: Any,
+    acc: Any,
+) -> None:
+    """acc = (sum lo32(x) k0, sum hi32(x) k0, sum lo32(x) k1, sum hi32(x) k1) over rows
+    idx[start:stop] of tile [t0, t0 + n); four rows per pass keep acc traffic low."""
+    a0 = acc[0, :n]
+    a1 = acc[1, :n]
+    a2 = acc[2, :n]
+    a3 = acc[3, :n]
+    a0[:] = 0
+    a1[:] = 0
+    a2[:] = 0
+    a3[:] = 0
+    jj = start
+    while jj + 4 <= stop:
+        s0 = gallery[idx[jj], c, limb, t0 : t0 + n]
+        s1 = gallery[idx[jj + 1], c, limb, t0 : t0 + n]
+        s2 = gallery[idx[jj + 2], c, limb, t0 : t0 + n]
+        s3 = gallery[idx[jj + 3], c, limb, t0 : t0 + n]
+        p0, p1, p2, p3 = k0[jj], k0[jj + 1], k0[jj + 2], k0[jj + 3]
+        q0, q1, q2, q3 = k1[jj], k1[jj + 1], k1[jj + 2], k1[jj + 3]
+        for i in range(n):
+            x0 = s0[i]
+            x1 = s1[i]
+            x2 = s2[i]
+            x3 = s3[i]
+            l0, h0 = x0 & _M32, x0 >> _S32
+            l1, h1 = x1 & _M32, x1 >> _S32
+            l2, h2 = x2 & _M32, x2 >> _S32
+            l3, h3 = x3 & _M32, x3 >> _S32
+            a0[i] += l0 * p0 + l1 * p1 + l2 * p2 + l3 * p3
+            a1[i] += h0 * p0 + h1 * p1 + h2 * p2 + h3 * p3
+            a2[i] += l0 * q0 + l1 * q1 + l2 * q2 + l3 * q3
+            a3[i] += h0 * q0 + h1 * q1 + h2 * q2 + h3 * q3
+        jj += 4
+    while jj < stop:
+        s0 = gallery[idx[jj], c, limb, t0 : t0 + n]
+        p0 = k0[jj]
+        q0 = k1[jj]
+        for i in range(n):
+            x0 = s0[i]
+            l0, h0 = x0 & _M32, x0 >> _S32
+            a0[i] += l0 * p0
+            a1[i] += h0 * p0
+            a2[i] += l0 * q0
+            a3[i] += h0 * q0
+        jj += 1
+
+
+@_jit()
+def _fold(acc: Any, n: Any, w: Any, wq: Any, p: Any, result: Any) -> None:
+    """result += sum_a acc[a] * w[a] mod p (w[a] is accumulator a's weight mod p)."""
+    for i in range(n):
+        s = result[i]
+        for a in range(4):
+            s += mulmod_shoup(acc[a, i], w[a], wq[a], p)
+            if s >= p:
+                s -= p
+        result[i] = s
+
+
+@_jit()
+def _signed_sum(
+    gallery: Any,
+    c: Any,
+    limb: Any,
+    t0: Any,
+    n: Any,
+    idx: Any,
+    pieces: Any,
+    w: Any,
+    wq: Any,
+    p: Any,
+    acc: Any,
+    result: Any,
+) -> None:
+    """result = sum over idx of |k| x mod p, |k| given as (groups, 2, d) 22-bit pieces."""
+    result[:] = 0
+    for start in range(0, idx.size, FLUSH_TERMS):
+        stop = min(start + FLUSH_TERMS, idx.size)
+        for group in range(pieces.shape[0]):
+            k0 = pieces[group, 0]
+            k1 = pieces[group, 1]
+            _accumulate(gallery, c, limb, t0, n, idx, k0, k1, start, stop, acc)
+            _fold(acc, n, w[limb, group], wq[limb, group], p, result)
+
+
+@_jit()
+def _tile(
+    gallery: Any,
+    c: Any,
+    limb: Any,
+    t0: Any,
+    n: Any,
+    pos_idx: Any,
+    pos_pieces: Any,
+    neg_idx: Any,
+    neg_pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+) -> None:
+    """out[c, limb, t0:t0+n] = (sum over positive k - sum over negative |k|) mod p."""
+    p = primes[limb]
+    acc = np.empty((4, n), dtype=np.uint64)
+    rpos = np.empty(n, dtype=np.uint64)
+    rneg = np.empty(n, dtype=np.uint64)
+    _signed_sum(gallery, c, limb, t0, n, pos_idx, pos_pieces, w, wq, p, acc, rpos)
+    _signed_sum(gallery, c, limb, t0, n, neg_idx, neg_pieces, w, wq, p, acc, rneg)
+    for i in range(n):
+        a = rpos[i]
+        b = rneg[i]
+        out[c, limb, t0 + i] = a - b if a >= b else a + p - b
+
+
+@_jit()
+def combine_serial(
+    gallery: Any,
+    pos_idx: Any,
+    pos_pieces: Any,
+    neg_idx: Any,
+    neg_pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+) -> None:
+    """One thread over every (polynomial, limb, tile)."""
+    limbs = gallery.shape[2]
+    degree = gallery.shape[3]
+    for c in range(2):
+        for limb in range(limbs):
+            for t0 in range(0, degree, TILE):
+                n = min(TILE, degree - t0)
+                _tile(gallery, c, limb, t0, n, pos_idx, pos_pieces, neg_idx, neg_pieces,
+                      primes, w, wq, out)  # fmt: skip
+
+
+@_jit(parallel=True)
+def combine_parallel(
+    gallery: Any,
+    pos_idx: Any,
+    pos_pieces: Any,
+    neg_idx: Any,
+    neg_pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+) -> None:
+    """The (polynomial, limb, tile) tasks spread over numba's threads (independent outputs)."""
+    limbs = gallery.shape[2]
+    degree = gallery.shape[3]
+    tiles = (degree + TILE - 1) // TILE
+    for task in numba.prange(2 * limbs * tiles):
+        c = task // (limbs * tiles)
+        limb = (task // tiles) % limbs
+        t0 = (task % tiles) * TILE
+        n = min(TILE, degree - t0)
+        _tile(gallery, c, limb, t0, n, pos_idx, pos_pieces, neg_idx, neg_pieces,
+              primes, w, wq, out)  # fmt: skip

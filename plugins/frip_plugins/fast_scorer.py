@@ -1,0 +1,533 @@
+"""Fast plain-probe scoring of a packed TenSEAL block on the ciphertexts' raw residues.
+
+A plain-probe score is ``sum_j k_j * ct_j`` with SEAL's integer encoding of each constant,
+``k_j = round_half_away_from_zero(q_j * scale)``. In NTT form that is, per residue limb, a
+matrix-vector product over Z_p, which TenSEAL runs as 512 separate multiply-and-add calls
+under the GIL. This module computes the same sum in one fused numba pass over the block's
+residues, kept decompressed in an aligned array, and writes the result back as a TenSEAL
+CKKSVector: the result is bit-identical to TenSEAL's own sum, and TenSEAL still owns the
+keys, encryption, decryption and the format.
+
+- :class:`TenSEALCodec` reads and writes serialised CKKSVectors (protobuf around one SEAL
+  ciphertext blob), validating everything a foreign or damaged blob could get wrong.
+- :func:`combine_residues` is the exact kernel.
+- :class:`FastBlock` holds one block's residues so a probe only runs the kernel and
+  writes one ciphertext.
+
+Threads default to 1 because the engine already runs one worker process per core; the
+kernel releases the GIL (``nogil``) so a caller may also run blocks on Python threads.
+The kernels live in :mod:`frip_plugins.fast_kernels` (numba is imported on first use only)
+and are cached on disk, see there.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from frip_engine.errors import BackendError
+
+SEAL_MAGIC = 0xA15E
+SEAL_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr, reserved, size
+SEAL_VERSION_MAJOR = 4
+COMPR_NONE = 0
+COMPR_ZSTD = 2
+CIPHERTEXT_META = struct.Struct("<4QBQQQdQ")  # parms_id, ntt, size, N, limbs, scale, correction
+COUNT = struct.Struct("<Q")
+F64 = struct.Struct("<d")
+
+PIECE_BITS = 22  # constant pieces: a 32-bit residue half times a piece stays below 2^54
+PIECE_MASK = (1 << PIECE_BITS) - 1
+# Terms an accumulator takes before it could overflow 64 bits (1024 at 22-bit pieces).
+FLUSH_TERMS = (2**64 - 1) // ((2**32 - 1) * PIECE_MASK)
+MAX_CONSTANT = 2.0**62  # |q * scale| beyond this does not fit the int64 constants
+
+
+# ---------------------------------------------------------------------------- codec
+@dataclass(frozen=True)
+class VectorInfo:
+    """What a serialised CKKSVector says about itself besides its residues."""
+
+    size: int  # encrypted vector length (TenSEAL's field 1)
+    init_scale: float  # the scale TenSEAL encodes constants at (field 3)
+    scale: float  # the SEAL ciphertext's scale
+    version: tuple[int, int]  # SEAL serialisation version, written back unchanged
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    for shift in range(0, 70, 7):
+        if pos >= len(data):
+            raise BackendError("CKKSVector is truncated (varint)")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+    raise BackendError("CKKSVector has an overlong varint")
+
+
+def _put_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _parse_vector(data: bytes) -> tuple[list[int], list[bytes], float | None]:
+    """TenSEAL's CKKSVectorProto: sizes (1), SEAL blobs (2), init scale (3); nothing else."""
+    sizes: list[int] = []
+    blobs: list[bytes] = []
+    scale: float | None = None
+    pos = 0
+    view = memoryview(data)
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if field == 1 and wire == 0:
+            value, pos = _varint(data, pos)
+            sizes.append(value)
+        elif field in (1, 2) and wire == 2:
+            length, pos = _varint(data, pos)
+            if pos + length > len(data):
+                raise BackendError("CKKSVector is truncated")
+            if field == 1:
+                end, inner = pos + length, pos
+                while inner < end:
+                    value, inner = _varint(data, inner)
+                    sizes.append(value)
+                if inner != end:
+                    raise BackendError("CKKSVector sizes are malformed")
+            else:
+                blobs.append(bytes(view[pos : pos + length]))
+            pos += length
+        elif field == 3 and wire == 1:
+            if pos + 8 > len(data):
+                raise BackendError("CKKSVector is truncated (scale)")
+            (scale,) = F64.unpack_from(data, pos)
+            pos += 8
+        else:
+            raise BackendError(
+                f"not a TenSEAL CKKSVector (field {field}, wire type {wire}): foreign data"
+            )
+    return sizes, blobs, scale
+
+
+def _zstd() -> Any:
+    try:
+        import zstandard
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise BackendError(
+            "reading TenSEAL ciphertexts needs the zstandard package (pip install zstandard)"
+        ) from exc
+    return zstandard
+
+
+def _decompress(payload: bytes, expected: int) -> bytes:
+    """A zstd frame of exactly ``expected`` bytes; a frame claiming more is refused before
+    any allocation (``decompress`` trusts the declared content size)."""
+    zstandard = _zstd()
+    try:
+        declared = zstandard.frame_content_size(payload)
+        if declared not in (-1, expected):
+            raise BackendError(
+                f"SEAL blob decompresses to {declared} bytes, this context's to {expected}: "
+                "from another parameter set"
+            )
+        body = zstandard.ZstdDecompressor().decompress(
+            payload, max_output_size=expected, allow_extra_data=False
+        )
+    except zstandard.ZstdError as exc:
+        raise BackendError(f"SEAL blob is not a valid zstd stream: {exc}") from exc
+    if len(body) != expected:
+        raise BackendError(
+            f"SEAL blob decompresses to {len(body)} bytes, this context's to {expected}: "
+            "truncated, or from another parameter set"
+        )
+    return bytes(body)
+
+
+class TenSEALCodec:
+    """Reads and writes one context's fresh-level CKKSVectors as uint64 residue arrays."""
+
+    def __init__(
+        self,
+        poly_modulus_degree: int,
+        primes: Sequence[int],
+        parms_id: Sequence[int],
+        scale: float,
+    ) -> None:
+        if len(parms_id) != 4 or not primes:
+            raise BackendError("a codec needs a 4-word parms_id and at least one prime")
+        if any(not 1 < p < 2**61 for p in primes):
+            raise BackendError("SEAL primes have at most 61 bits")
+        if not (math.isfinite(scale) and scale > 0):
+            raise BackendError(f"invalid CKKS scale {scale}")
+        self.poly_modulus_degree = int(poly_modulus_degree)
+        self.primes = np.array([int(p) for p in primes], dtype=np.uint64)
+        self.parms_id = tuple(int(w) for w in parms_id)
+        self.scale = float(scale)
+        self.limbs = len(primes)
+        self.count = 2 * self.limbs * self.poly_modulus_degree
+        self.body_size = CIPHERTEXT_META.size + SEAL_HEADER.size + COUNT.size + 8 * self.count
+
+    @classmethod
+    def from_context(cls, context: Any) -> TenSEALCodec:
+        """The codec of a TenSEAL context (public or secret): its first data level, where
+        fresh ciphertexts live (special prime dropped), and its global scale."""
+        try:
+            import tenseal.sealapi  # noqa: F401  (registers seal::Modulus with pybind11)
+
+            data = context.seal_context().data.first_context_data()
+            parms = data.parms()
+            primes = [m.value() for m in parms.coeff_modulus()]
+            return cls(parms.poly_modulus_degree(), primes, data.parms_id(), context.global_scale)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"cannot read the TenSEAL context's parameters: {exc}") from exc
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (2, self.limbs, self.poly_modulus_degree)
+
+    def read(
+        self, data: bytes, out: np.ndarray | None = None, scale: float | None = None
+    ) -> tuple[np.ndarray, VectorInfo]:
+        """Residues (2, limbs, N) of a serialised CKKSVector, written into ``out`` if given.
+
+        ``scale`` is the SEAL scale expected (default: a fresh ciphertext's, the context's
+        scale); every field SEAL would check on load is checked here too."""
+        sizes, blobs, init_scale = _parse_vector(bytes(data))
+        if len(blobs) != 1 or len(sizes) != 1:
+            raise BackendError(
+                f"CKKSVector has {len(blobs)} ciphertexts and {len(sizes)} sizes, not one chunk"
+            )
+        if not 1 <= sizes[0] <= self.poly_modulus_degree // 2:
+            raise BackendError(f"CKKSVector size {sizes[0]} does not fit one ciphertext")
+        residues, ct_scale, version = self.read_seal(blobs[0], out, scale)
+        if init_scale != self.scale:
+            raise BackendError(
+                f"CKKSVector init scale {init_scale} is not the context's {self.scale}"
+            )
+        return residues, VectorInfo(sizes[0], init_scale, ct_scale, version)
+
+    def read_seal(
+        self, blob: bytes, out: np.ndarray | None = None, scale: float | None = None
+    ) -> tuple[np.ndarray, float, tuple[int, int]]:
+        """Residues, scale and version of a bare SEAL ciphertext blob (TenSEAL wraps one in
+        protobuf; Pyfhel's ``PyCtxt.to_bytes`` is one as it is)."""
+        body, version = self._open_blob(blob)
+        ct_scale = self._check_meta(body, self.scale if scale is None else scale)
+        return self._residues(body, out), ct_scale, version
+
+    def _open_blob(self, blob: bytes) -> tuple[bytes, tuple[int, int]]:
+        if len(blob) < SEAL_HEADER.size:
+            raise BackendError("SEAL blob is truncated (header)")
+        magic, head, major, minor, compr, reserved, size = SEAL_HEADER.unpack_from(blob)
+        if magic != SEAL_MAGIC or head != SEAL_HEADER.size or reserved != 0:
+            raise BackendError("not a SEAL blob (bad header): foreign data")
+        if major != SEAL_VERSION_MAJOR:
+            raise BackendError(f"SEAL serialisation version {major}.{minor} is not supported")
+        if size != len(blob):
+            raise BackendError(f"SEAL blob says {size} bytes but has {len(blob)}: truncated")
+        payload = blob[SEAL_HEADER.size :]
+        if compr == COMPR_ZSTD:
+            body = _decompress(payload, self.body_size)
+        elif compr == COMPR_NONE:
+            body = payload
+        else:
+            raise BackendError(f"SEAL compression mode {compr} is not supported")
+        if len(body) != self.body_size:
+            raise BackendError(
+                f"SEAL ciphertext has {len(body)} bytes, this context's have {self.body_size}: "
+                "truncated, or from another parameter set"
+            )
+        return body, (major, minor)
+
+    def _check_meta(self, body: bytes, expected_scale: float) -> float:
+        *parms_id, ntt, size, degree, limbs, scale, correction = CIPHERTEXT_META.unpack_from(body)
+        if tuple(parms_id) != self.parms_id:
+            raise BackendError("ciphertext is from another parameter set (parms_id differs)")
+        if ntt != 1:
+            raise BackendError("ciphertext is not in NTT form: not a CKKS ciphertext")
+        if size != 2:
+            raise BackendError(f"ciphertext has {size} polynomials, a fresh one has 2")
+        if degree != self.poly_modulus_degree or limbs != self.limbs:
+            raise BackendError(
+                f"ciphertext is N={degree} with {limbs} limbs, the context "
+                f"N={self.poly_modulus_degree} with {self.limbs}: another parameter set"
+            )
+        if correction != 1:
+            raise BackendError(f"ciphertext correction factor is {correction}, not 1")
+        if scale != expected_scale:
+            raise BackendError(f"ciphertext scale is {scale}, expected {expected_scale}")
+        at = CIPHERTEXT_META.size
+        magic, head, major, _, compr, reserved, array_size = SEAL_HEADER.unpack_from(body, at)
+        (count,) = COUNT.unpack_from(body, at + SEAL_HEADER.size)
+        if (
+            magic != SEAL_MAGIC
+            or head != SEAL_HEADER.size
+            or major != SEAL_VERSION_MAJOR
+            or compr != COMPR_NONE
+            or reserved != 0
+            or array_size != SEAL_HEADER.size + COUNT.size + 8 * self.count
+            or count != self.count
+        ):
+            raise BackendError("ciphertext data array header is damaged")
+        return float(scale)
+
+    def _residues(self, body: bytes, out: np.ndarray | None) -> np.ndarray:
+        offset = CIPHERTEXT_META.size + SEAL_HEADER.size + COUNT.size
+        raw = np.frombuffer(body, dtype="<u8", count=self.count, offset=offset)
+        if out is None:
+            out = np.empty(self.shape, dtype=np.uint64)
+        elif out.shape != self.shape or out.dtype != np.uint64:
+            raise BackendError(f"residue buffer must be uint64 {self.shape}")
+        out[...] = raw.reshape(self.shape)  # the copy also aligns (SEAL's offset is odd)
+        self.check_residues(out)
+        return out
+
+    def check_residues(self, residues: np.ndarray) -> None:
+        """SEAL refuses any residue >= its prime: so do we, before it reaches the kernel."""
+        if residues.shape[-2:] != self.shape[1:]:
+            raise BackendError(f"residues must end in {self.shape[1:]}, not {residues.shape}")
+        if np.any(residues >= self.primes[:, None]):
+            raise BackendError("ciphertext holds a residue >= its prime: damaged")
+
+    def write(
+        self, residues: np.ndarray, size: int, scale: float, version: tuple[int, int]
+    ) -> bytes:
+        """A serialised CKKSVector (uncompressed SEAL blob, which TenSEAL loads) holding
+        ``residues`` at SEAL scale ``scale``; its init scale is the context's."""
+        if not 1 <= size <= self.poly_modulus_degree // 2:
+            raise BackendError(f"vector size {size} does not fit one ciphertext")
+        blob = self.write_seal(residues, scale, version)
+        sizes = _put_varint(size)
+        return b"".join(
+            (
+                b"\x0a",
+                _put_varint(len(sizes)),
+                sizes,
+                b"\x12",
+                _put_varint(len(blob)),
+                blob,
+                b"\x19",
+                F64.pack(self.scale),
+            )
+        )
+
+    def write_seal(self, residues: np.ndarray, scale: float, version: tuple[int, int]) -> bytes:
+        """A bare, uncompressed SEAL ciphertext blob of this context's fresh level."""
+        residues = np.asarray(residues)
+        if residues.shape != self.shape or residues.dtype != np.uint64:
+            raise BackendError(f"result residues must be uint64 {self.shape}")
+        self.check_residues(residues)
+        if not (math.isfinite(scale) and scale > 0):
+            raise BackendError(f"invalid result scale {scale}")
+        data = residues.astype("<u8", copy=False).tobytes()
+        array_size = SEAL_HEADER.size + COUNT.size + len(data)
+        blob_size = SEAL_HEADER.size + CIPHERTEXT_META.size + array_size
+        major, minor = version
+        return b"".join(
+            (
+                SEAL_HEADER.pack(
+                    SEAL_MAGIC, SEAL_HEADER.size, major, minor, COMPR_NONE, 0, blob_size
+                ),
+                CIPHERTEXT_META.pack(
+                    *self.parms_id, 1, 2, self.poly_modulus_degree, self.limbs, scale, 1
+                ),
+                SEAL_HEADER.pack(
+                    SEAL_MAGIC, SEAL_HEADER.size, major, minor, COMPR_NONE, 0, array_size
+                ),
+                COUNT.pack(self.count),
+                data,
+            )
+        )
+
+
+# --------------------------------------------------------------------------- kernel
+@lru_cache(maxsize=1)
+def _kernels() -> tuple[Any, Any]:
+    """The serial and parallel kernels: numba is imported (and the kernels compiled or
+    loaded from its cache) only when a block is first scored."""
+    from frip_plugins import fast_kernels
+
+    return fast_kernels.combine_serial, fast_kernels.combine_parallel
+
+
+@lru_cache(maxsize=32)
+def _shoup_tables(primes: tuple[int, ...], groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per limb and piece group, the weights 2^(22 v + 32 h) mod p of the four accumulators
+    (v = 2 * group + a // 2, h = a % 2) and their Shoup quotients floor(w * 2^64 / p)."""
+    w = np.empty((len(primes), groups, 4), dtype=np.uint64)
+    wq = np.empty_like(w)
+    for limb, p in enumerate(primes):
+        for group in range(groups):
+            for a in range(4):
+                weight = pow(2, PIECE_BITS * (2 * group + a // 2) + 32 * (a % 2), p)
+                w[limb, group, a] = weight
+                wq[limb, group, a] = (weight << 64) // p
+    return w, wq
+
+
+def _split(magnitudes: np.ndarray, groups: int) -> np.ndarray:
+    """|k| as (groups, 2, n) contiguous 22-bit pieces, least significant first."""
+    out = np.empty((groups, 2, magnitudes.size), dtype=np.uint64)
+    for v in range(2 * groups):
+        shifted = magnitudes >> np.uint64(PIECE_BITS * v)
+        out[v // 2, v % 2] = shifted & np.uint64(PIECE_MASK)
+    return out
+
+
+def encode_constants(values: np.ndarray | Sequence[float], scale: float) -> np.ndarray:
+    """SEAL's integer encoding of scalars: round half away from zero of ``value * scale``
+    (C's ``round``; Python's ``round`` and numpy's round half to even)."""
+    x = np.asarray(values, dtype=np.float64) * float(scale)
+    if not np.all(np.isfinite(x)):
+        raise BackendError("probe values must be finite")
+    if np.any(np.abs(x) >= MAX_CONSTANT):
+        raise BackendError("probe value times scale reaches 2^62: too large to encode")
+    whole = np.trunc(x)
+    fraction = x - whole  # exact: a double's fractional part is representable
+    k = whole + np.where(np.abs(fraction) >= 0.5, np.sign(x), 0.0)
+    return k.astype(np.int64)
+
+
+def combine_residues(
+    residues: np.ndarray,
+    constants: np.ndarray,
+    primes: np.ndarray | Sequence[int],
+    threads: int = 1,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """``sum_j constants[j] * residues[j] mod p`` per limb: (d, 2, L, N) -> (2, L, N).
+
+    Exact for any int64 constants (zeros are skipped). ``threads`` > 1 runs numba's
+    parallel kernel with that many threads (capped by ``NUMBA_NUM_THREADS``)."""
+    if residues.ndim != 4 or residues.shape[1] != 2 or residues.dtype != np.uint64:
+        raise BackendError(f"residues must be uint64 (d, 2, limbs, N), not {residues.shape}")
+    if not residues.flags.c_contiguous:
+        raise BackendError("residues must be C-contiguous")
+    d, _, limbs, degree = residues.shape
+    ks = np.asarray(constants)
+    if ks.shape != (d,) or ks.dtype != np.int64:
+        raise BackendError(f"constants must be int64 ({d},), not {ks.dtype} {ks.shape}")
+    prime_list = tuple(int(p) for p in primes)
+    if len(prime_list) != limbs or any(not 1 < p < 2**61 for p in prime_list):
+        raise BackendError(f"{limbs} primes below 2^61 expected, got {prime_list}")
+    if threads < 1:
+        raise BackendError("threads must be at least 1")
+    if out is None:
+        out = np.empty((2, limbs, degree), dtype=np.uint64)
+    elif out.shape != (2, limbs, degree) or out.dtype != np.uint64:
+        raise BackendError(f"out must be uint64 (2, {limbs}, {degree})")
+    pos_idx = np.flatnonzero(ks > 0).astype(np.int64)
+    neg_idx = np.flatnonzero(ks < 0).astype(np.int64)
+    # |k| as uint64 (negation of int64 min would overflow; encode_constants stays < 2^62)
+    magnitudes = np.abs(ks).astype(np.uint64)
+    bits = int(magnitudes.max()).bit_length() if d else 0
+    groups = max(1, -(-bits // (2 * PIECE_BITS)))
+    w, wq = _shoup_tables(prime_list, groups)
+    args = (
+        residues,
+        pos_idx,
+        _split(magnitudes[pos_idx], groups),
+        neg_idx,
+        _split(magnitudes[neg_idx], groups),
+        np.array(prime_list, dtype=np.uint64),
+        w,
+        wq,
+        out,
+    )
+    serial, parallel = _kernels()
+    if threads == 1:
+        serial(*args)
+        return out
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+    try:
+        parallel(*args)
+    finally:
+        numba.set_num_threads(previous)
+    return out
+
+
+# ---------------------------------------------------------------------------- block
+class FastBlock:
+    """One packed block's residues (d, 2, L, N), decompressed once at load, so scoring a
+    probe is one kernel pass plus writing one result ciphertext."""
+
+    def __init__(
+        self,
+        codec: TenSEALCodec,
+        residues: np.ndarray,
+        size: int,
+        version: tuple[int, int],
+        check: bool = True,
+    ) -> None:
+        if residues.ndim != 4 or residues.shape[1:] != codec.shape:
+            raise BackendError(f"block residues must be (d, {codec.shape}), not {residues.shape}")
+        if residues.dtype != np.uint64 or not residues.flags.c_contiguous:
+            raise BackendError("block residues must be C-contiguous uint64")
+        if check:
+            codec.check_residues(residues)
+        self.codec = codec
+        self.residues = residues
+        self.size = size
+        self.version = version
+
+    @classmethod
+    def from_parts(cls, codec: TenSEALCodec, parts: Sequence[bytes]) -> FastBlock:
+        """A block from its serialised CKKSVectors, one per feature, all fresh and alike."""
+        if not parts:
+            raise BackendError("a block needs at least one ciphertext")
+        residues = np.empty((len(parts), *codec.shape), dtype=np.uint64)
+        _, first = codec.read(parts[0], out=residues[0])
+        for j, part in enumerate(parts[1:], start=1):
+            _, info = codec.read(part, out=residues[j])
+            if (info.size, info.version) != (first.size, first.version):
+                raise BackendError(f"ciphertext {j} differs from the block's first in size")
+        return cls(codec, residues, first.size, first.version, check=False)
+
+    @property
+    def features(self) -> int:
+        return int(self.residues.shape[0])
+
+    def combine(self, constants: np.ndarray, threads: int = 1) -> bytes:
+        """The serialised CKKSVector of ``sum_j constants[j] * ct_j`` at scale^2."""
+        if not np.any(constants):
+            raise BackendError("every constant is zero at this scale: nothing to score")
+        residues = combine_residues(self.residues, constants, self.codec.primes, threads)
+        return self.codec.write(residues, self.size, self.codec.scale**2, self.version)
+
+    def weighted_sum(self, weights: Sequence[tuple[int, float]], threads: int = 1) -> bytes:
+        """Same ciphertext as ``TenSEALOps.weighted_sum(block, weights)``, serialised."""
+        constants = np.zeros(self.features, dtype=np.int64)
+        if weights:
+            index = np.array([j for j, _ in weights], dtype=np.int64)
+            if index.min() < 0 or index.max() >= self.features:
+                raise BackendError(f"weight index outside the block's {self.features} features")
+            encoded = encode_constants([v for _, v in weights], self.codec.scale)
+            np.add.at(constants, index, encoded)  # a repeated feature adds, as in TenSEAL
+        return self.combine(constants, threads)
+
+    def score_plain(self, probe: np.ndarray, threads: int = 1) -> bytes:
+        """The block's scores for a plain probe, one serialised CKKSVector at scale^2."""
+        probe = np.asarray(probe, dtype=np.float64)
+        if probe.shape != (self.features,):
+            raise BackendError(f"probe has {probe.size} features, the block {self.features}")
+        return self.combine(encode_constants(probe, self.codec.scale), threads)
