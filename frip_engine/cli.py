@@ -402,6 +402,32 @@ def bench_cluster(
     run(counts, fans, timed_probes, data, output, preset, out)
 
 
+@bench_app.command("he")
+def bench_he(
+    max_n: Annotated[int, typer.Option(help="Largest gallery of the scale sweep.")] = 100_000,
+    quick: Annotated[bool, typer.Option(help="Tiny galleries, two configs (smoke test).")] = False,
+    workers: Annotated[int, typer.Option(help="Scoring processes per engine.")] = 1,
+    probes: Annotated[int, typer.Option(help="Timed identifies per gallery size.")] = 10,
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated words: run configs whose label has one.")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="lfw-dev folder.")] = None,
+    results: Annotated[Path, typer.Option(help="Where the JSON goes.")] = Path("results"),
+    docs: Annotated[Path, typer.Option(help="Where the Markdown and PNGs go.")] = Path("docs"),
+) -> None:
+    """HE backends x layouts x presets x probe modes vs numpy and faiss: Table II, latency
+    up to --max-n registrants, bytes, enrolment rate, ratios, targets, decision equality."""
+    from frip_engine.bench_he import Options, run
+
+    if max_n < 300 or workers < 1 or probes < 1:
+        raise InputError("--max-n must be at least 300, --workers and --probes at least 1")
+    words = tuple(w.strip() for w in only.split(",") if w.strip()) if only else ()
+    options = Options(
+        max_n, quick, workers, probes, data=data, results=results, docs=docs, only=words
+    )
+    run(options, out)
+
+
 # ---------------------------------------------------------------------------- keys
 EngineArg = Annotated[str, typer.Argument(metavar="ENGINE")]
 
