@@ -179,7 +179,8 @@ def _bytes_table(results: dict[str, Any]) -> list[str]:
         "rewritten open blocks, and WAL). RAM: resident-set growth of a fresh "
         "process loading every block with the matcher. Peak: ru_maxrss of the configuration's "
         "own process (enrolment, identifies, lfw-dev check). Enrolment: registrants/s of the "
-        "largest enrol_many step (block-sized batches). The paper stores "
+        "largest step, in enrol_many batches of up to 4 blocks, with its scoring workers (the "
+        "largest packed step runs with 2: they encrypt new blocks in parallel). The paper stores "
         f"{PAPER_CIPHERTEXT_BYTES:,} B per registrant.",
         "",
         "| configuration | N | stored / registrant | disk / registrant | RAM / registrant "
@@ -196,7 +197,7 @@ def _bytes_table(results: dict[str, Any]) -> list[str]:
             f"| {_bytes(s['engine_dir_bytes_per_registrant'])} "
             f"| {_bytes(s.get('ram_bytes_per_registrant'))} "
             f"| {_bytes(c['points'][-1]['probe_bytes'])} "
-            f"| {step['per_second']:,.0f} "
+            f"| {step['per_second']:,.0f} ({step.get('workers', 1)} w) "
             f"| {s.get('load_seconds', float('nan')):.2f} "
             f"| {c['peak_rss_bytes'] / 1e6:,.0f} MB |"
         )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from frip_engine.errors import (
 )
 from frip_engine.images import load_image
 from frip_engine.keyservice import KeyService, he_key_id, wipe
-from frip_engine.parallel import ParallelScorer, WorkerSetup
+from frip_engine.parallel import ParallelScorer, WorkerSetup, result
 from frip_engine.pemiu import stored_vector
 from frip_engine.profile import (
     Components,
@@ -268,49 +269,75 @@ class Engine:
         revision: int,
         report: EnrolReport,
     ) -> None:
-        for partition, rows in by_partition.items():
-            for info, slots, chunk in self._allocate(partition, rows):
-                block = None if info is None else self._load_block(info)
-                data = matrix[chunk]
-                if block is None:
-                    block = self.matcher.encrypt_rows(data, slots)
-                else:
-                    block = self.matcher.add_rows(block, data, slots)
-                added = [
-                    NewSubject(ids[r], s, templates[ids[r]][1])
-                    for r, s in zip(chunk, slots, strict=True)
-                ]
-                routing = None
+        steps = [
+            (partition, info, slots, chunk)
+            for partition, rows in by_partition.items()
+            for info, slots, chunk in self._allocate(partition, rows)
+        ]
+        blocks = self._encrypted_blocks(
+            matrix, [(info, slots, chunk) for _, info, slots, chunk in steps]
+        )
+        for (partition, info, slots, chunk), encrypted in zip(steps, blocks, strict=True):
+            data = matrix[chunk]
+            added = [
+                NewSubject(ids[r], s, templates[ids[r]][1])
+                for r, s in zip(chunk, slots, strict=True)
+            ]
+            routing = None
+            if router is not None:
+                router.add(partition, data)
+                routing = (revision, self.key_service.seal_router(router))
+            try:
+                block_id = self.store.commit_block(
+                    None if info is None else info.block_id,
+                    0 if info is None else info.revision,
+                    partition,
+                    self.key_version,
+                    self.matcher.slots,
+                    encrypted,
+                    added=added,
+                    routing=routing,
+                )
+            except FripError as exc:  # this chunk is absent; the others stand
+                report.failed.update({s.subject_id: f"not stored: {exc}" for s in added})
                 if router is not None:
-                    router.add(partition, data)
-                    routing = (revision, self.key_service.seal_router(router))
-                try:
-                    block_id = self.store.commit_block(
-                        None if info is None else info.block_id,
-                        0 if info is None else info.revision,
-                        partition,
-                        self.key_version,
-                        self.matcher.slots,
-                        self.matcher.dump(block),
-                        added=added,
-                        routing=routing,
-                    )
-                except FripError as exc:  # this chunk is absent; the others stand
-                    report.failed.update({s.subject_id: f"not stored: {exc}" for s in added})
-                    if router is not None:
-                        router.add(partition, data, sign=-1)
-                    continue
-                revision += routing is not None
-                self._blocks.pop(block_id, None)
-                for subject in added:
-                    report.enrolled.append(subject.subject_id)
-                    _emit(
-                        "frip_enrolled",
-                        engine=self.name,
-                        subject_id=subject.subject_id,
-                        block_id=block_id,
-                        slot=subject.slot,
-                    )
+                    router.add(partition, data, sign=-1)
+                continue
+            revision += routing is not None
+            self._blocks.pop(block_id, None)
+            for subject in added:
+                report.enrolled.append(subject.subject_id)
+                _emit(
+                    "frip_enrolled",
+                    engine=self.name,
+                    subject_id=subject.subject_id,
+                    block_id=block_id,
+                    slot=subject.slot,
+                )
+
+    def _encrypted_blocks(
+        self, matrix: np.ndarray, steps: Sequence[tuple[BlockInfo | None, list[int], list[int]]]
+    ) -> Iterator[bytes]:
+        """Each step's block, serialised, in order: an open block with its rows added, or a
+        new block. With several workers the new blocks of a bulk enrolment are encrypted in
+        the worker processes, a few ahead, while this process commits the earlier ones."""
+        fresh = [i for i, (info, _, _) in enumerate(steps) if info is None]
+        scorer = self._parallel() if self.profile.workers > 1 and len(fresh) > 1 else None
+        ahead: dict[int, Future[bytes]] = {}
+        queue = iter(fresh if scorer else ())
+        for i, (info, slots, chunk) in enumerate(steps):
+            while scorer and len(ahead) < 2 * self.profile.workers:
+                j = next(queue, None)
+                if j is None:
+                    break
+                ahead[j] = scorer.encrypt(matrix[steps[j][2]], steps[j][1])
+            if i in ahead:
+                yield result(ahead.pop(i))
+            elif info is None:
+                yield self.matcher.dump(self.matcher.encrypt_rows(matrix[chunk], slots))
+            else:
+                block = self.matcher.add_rows(self._load_block(info), matrix[chunk], slots)
+                yield self.matcher.dump(block)
 
     def _allocate(
         self, partition: int, rows: list[int]

@@ -1,9 +1,11 @@
-"""Scoring blocks in worker processes.
+"""Scoring blocks, and encrypting new ones, in worker processes.
 
 TenSEAL holds the GIL, so parallel scoring means processes. Each worker owns a fixed
 share of the blocks (block id modulo the number of workers), opens the engine's store
 itself and keeps the blocks it has loaded, so a gallery is loaded once per worker, not
-once per probe. Workers get the public context only: they can score, not decrypt.
+once per probe. Workers get the public context only: they can score and encrypt, not
+decrypt. A bulk enrolment hands them whole new blocks to encrypt: the rows cross a local
+pipe, are encrypted and dropped; only ciphertext comes back.
 Workers start with 'forkserver' (never fork: a PKCS#11 library must not be forked).
 """
 
@@ -12,7 +14,10 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from itertools import count
+from typing import Any, TypeVar
+
+import numpy as np
 
 from frip_engine.contracts import BlockInfo
 from frip_engine.errors import FripError, StoreError
@@ -31,6 +36,7 @@ class WorkerSetup:
 
 
 _worker: dict[str, Any] = {}
+T = TypeVar("T")
 
 
 def _start(setup: WorkerSetup) -> None:
@@ -55,6 +61,21 @@ def _score(block_id: int, revision: int, payload: bytes) -> tuple[int, bytes]:
     return block_id, bytes(matcher.score(cached[1], _worker["prepared"]))
 
 
+def _encrypt(rows: np.ndarray, slots: list[int]) -> bytes:
+    matcher = _worker["matcher"]
+    return bytes(matcher.dump(matcher.encrypt_rows(rows, slots)))
+
+
+def result(future: Future[T]) -> T:
+    """A worker's answer; a dead or failed worker becomes a StoreError."""
+    try:
+        return future.result()
+    except FripError:
+        raise
+    except Exception as exc:  # a worker died or failed to start
+        raise StoreError(f"a worker process failed: {type(exc).__name__}: {exc}") from exc
+
+
 class ParallelScorer:
     def __init__(self, setup: WorkerSetup, workers: int) -> None:
         context = multiprocessing.get_context("forkserver")
@@ -62,6 +83,7 @@ class ParallelScorer:
             ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(setup,))
             for _ in range(workers)
         ]
+        self._turn = count()
 
     def score(self, blocks: list[BlockInfo], payload: bytes) -> list[tuple[int, bytes]]:
         futures: list[Future[tuple[int, bytes]]] = [
@@ -70,12 +92,12 @@ class ParallelScorer:
             )
             for b in blocks
         ]
-        try:
-            return [f.result() for f in futures]
-        except FripError:
-            raise
-        except Exception as exc:  # a worker died or failed to start
-            raise StoreError(f"a scoring worker failed: {type(exc).__name__}: {exc}") from exc
+        return [result(f) for f in futures]
+
+    def encrypt(self, rows: np.ndarray, slots: list[int]) -> Future[bytes]:
+        """A new block of ``rows`` in ``slots``, serialised, from the next worker in turn."""
+        pool = self._pools[next(self._turn) % len(self._pools)]
+        return pool.submit(_encrypt, rows, slots)
 
     def close(self) -> None:
         for pool in self._pools:

@@ -208,6 +208,7 @@ def test_worker_processes_give_the_same_decisions(make_engine: Any) -> None:
     )
     _enrol(serial, vectors)
     _enrol(parallel, vectors)
+    assert parallel._scorer is not None  # the workers encrypted the new blocks
     for i in range(0, 120, 15):
         probe = near(vectors[i], 0.7, 70 + i)
         a = serial.identify(embedding=probe, top_k=3, probe_clusters="all")

@@ -1,4 +1,5 @@
-"""The fast packed scorer against TenSEAL itself: bit-identical results, strict parsing."""
+"""The fast packed scorer against TenSEAL and Pyfhel themselves: bit-identical results,
+strict parsing."""
 
 from __future__ import annotations
 
@@ -24,12 +25,13 @@ from frip_plugins.ckks_layouts import plain_weights
 from frip_plugins.fast_scorer import (
     FLUSH_TERMS,
     FastBlock,
-    TenSEALCodec,
+    SealCodec,
     _put_varint,
     combine_residues,
     encode_constants,
+    seal_primes,
 )
-from frip_plugins.tenseal_backend import TenSEALLibrary, TenSEALOps
+from frip_plugins.tenseal_backend import TenSEALLibrary
 
 from frip_engine.ckks import PRESETS, CKKSParams
 from frip_engine.errors import BackendError
@@ -42,9 +44,9 @@ SLOTS = 4096  # the fast preset's
 @dataclass
 class Gallery:
     params: CKKSParams
-    ops: TenSEALOps  # public context: encrypts and scores
-    secret: TenSEALOps  # secret context: decrypts
-    codec: TenSEALCodec
+    ops: Any  # public context: encrypts and scores
+    secret: Any  # secret context: decrypts
+    codec: SealCodec
     cts: list[Any]
     parts: list[bytes]
     rows: np.ndarray
@@ -54,9 +56,11 @@ class Gallery:
         return 2.0**self.params.scale_bits
 
 
-def make_gallery(params: CKKSParams, features: int = FEATURES, seed: int = 0) -> Gallery:
-    """A packed block built the way the engine builds one (TenSEALLibrary keygen/open)."""
-    library = TenSEALLibrary()
+def make_gallery(
+    params: CKKSParams, features: int = FEATURES, seed: int = 0, library: Any = None
+) -> Gallery:
+    """A packed block built the way the engine builds one (the library's keygen/open)."""
+    library = library or TenSEALLibrary()
     public, secret = library.keygen(params, evaluation_keys=False)
     ops = library.open(params, public)
     rng = np.random.default_rng(seed)
@@ -67,7 +71,7 @@ def make_gallery(params: CKKSParams, features: int = FEATURES, seed: int = 0) ->
         params,
         ops,
         library.open(params, public, secret),
-        TenSEALCodec.from_context(ops.context),
+        library.fast_codec(ops),
         cts,
         [ops.dump(ct) for ct in cts],
         rows,
@@ -99,7 +103,7 @@ def hard_probe(g: Gallery) -> np.ndarray:
     return probe
 
 
-def tenseal_sum(g: Gallery, probe: np.ndarray) -> bytes:
+def library_sum(g: Gallery, probe: np.ndarray) -> bytes:
     return g.ops.dump(g.ops.weighted_sum(g.cts, plain_weights(probe, g.scale)))
 
 
@@ -119,9 +123,42 @@ def test_score_plain_is_bit_identical_to_tenseal(gallery: Gallery) -> None:
     probe = hard_probe(gallery)
     block = FastBlock.from_parts(gallery.codec, gallery.parts)
     got = block.score_plain(probe)
-    assert_same_ciphertext(gallery, tenseal_sum(gallery, probe), got)
+    assert_same_ciphertext(gallery, library_sum(gallery, probe), got)
     scores = gallery.secret.decrypt(gallery.secret.load(got))[: gallery.params.slots]
     np.testing.assert_allclose(scores, gallery.rows @ probe, atol=1e-3)
+
+
+@pytest.fixture(scope="module", params=["fast", "paper"])
+def pyfhel_gallery(request: pytest.FixtureRequest) -> Gallery:
+    pytest.importorskip("Pyfhel", reason="Pyfhel is not installed (make builds it)")
+    from frip_plugins.pyfhel_backend import PyfhelLibrary
+
+    return make_gallery(PRESETS[request.param], library=PyfhelLibrary())
+
+
+def test_score_plain_is_bit_identical_to_pyfhel(pyfhel_gallery: Gallery) -> None:
+    """Pyfhel writes bare SEAL blobs and encodes constants through a full FFT: the same
+    integers, so the same ciphertext, rounding ties included."""
+    g = pyfhel_gallery
+    probe = hard_probe(g)
+    block = FastBlock.from_parts(g.codec, g.parts)
+    got = block.score_plain(probe)
+    assert_same_ciphertext(g, library_sum(g, probe), got)
+    assert got == library_sum(g, probe)  # uncompressed on both sides: the same bytes
+    scores = g.secret.decrypt(g.secret.load(got))[: g.params.slots]
+    np.testing.assert_allclose(scores, g.rows @ probe, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("degree", "bits"),
+    [(8192, [60, 60]), (8192, [60, 40, 40, 60]), (4096, [54, 55]), (16384, [60, 50, 50, 60])],
+)
+def test_seal_primes_are_seals_own_choice(degree: int, bits: list[int]) -> None:
+    """Pyfhel does not expose a loaded context's primes: we derive them as SEAL does."""
+    expected = [m.value() for m in sealapi.CoeffModulus.Create(degree, bits)]
+    assert seal_primes(degree, bits) == expected
+    with pytest.raises(BackendError, match="not enough"):
+        seal_primes(1 << 15, [20] * 40)
 
 
 def test_only_negative_and_only_positive_constants(fast_gallery: Gallery) -> None:
@@ -129,7 +166,7 @@ def test_only_negative_and_only_positive_constants(fast_gallery: Gallery) -> Non
     base = np.linspace(0.05, 0.4, 16)
     for probe in (base, -base):
         assert_same_ciphertext(
-            fast_gallery, tenseal_sum(fast_gallery, probe), block.score_plain(probe)
+            fast_gallery, library_sum(fast_gallery, probe), block.score_plain(probe)
         )
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import near, unit_vectors
 
-from frip_engine import pemiu
+from frip_engine import pemiu, plugins
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import BackendError, ProfileError
 from frip_engine.profile import Profile, build
@@ -147,15 +147,20 @@ def test_bad_probe_uploads_are_refused(make_engine: Any) -> None:
         engine.matcher.prepare_probe(foreign.matcher.encode_probe(probe))
 
 
-def test_fast_scorer_is_bit_identical_to_the_library_inside_an_engine(make_engine: Any) -> None:
-    from frip_plugins.tenseal_backend import TenSEALBackend
-
-    he = {"plugin": "tenseal", "preset": "fast", "scorer": "fast"}
+@pytest.mark.parametrize("backend", ["tenseal", "pyfhel"])
+def test_fast_scorer_is_bit_identical_to_the_library_inside_an_engine(
+    make_engine: Any, backend: str
+) -> None:
+    if backend == "pyfhel":
+        pytest.importorskip("Pyfhel", reason="Pyfhel is not installed (make builds it)")
+    he = {"plugin": backend, "preset": "fast", "scorer": "fast"}
     engine, gallery = _enrolled(make_engine, "fast", 30, he=he)
     _check_against_numpy(engine, gallery, _probes(gallery, 3))
     info = engine.store.blocks()[0]
     _, data = engine.store.read_block(info.block_id)
-    library = TenSEALBackend(preset="fast").matcher(engine.key_service.public_context)
+    library = plugins.create("he_backend", backend, preset="fast").matcher(
+        engine.key_service.public_context
+    )
     probe = near(gallery[4], 0.5, 12)
     template = pemiu.protect(probe, 64, "x")
     with engine.key_service.unlocked() as decryptor:

@@ -471,7 +471,7 @@ class CKKSBackend:
         if scorer == "fast" and (layout != "packed" or not hasattr(self.library, "fast_codec")):
             raise ProfileError(
                 f"{self.name}: the fast scorer works on the packed layout of a library whose "
-                "ciphertext format it reads (tenseal)"
+                "ciphertext format it reads (tenseal, pyfhel)"
             )
         if isinstance(scorer_threads, bool) or not isinstance(scorer_threads, int):
             raise ProfileError(f"{self.name}: scorer_threads must be an integer")

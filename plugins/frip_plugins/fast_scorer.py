@@ -8,8 +8,9 @@ residues, kept decompressed in an aligned array, and writes the result back as a
 CKKSVector: the result is bit-identical to TenSEAL's own sum, and TenSEAL still owns the
 keys, encryption, decryption and the format.
 
-- :class:`TenSEALCodec` reads and writes serialised CKKSVectors (protobuf around one SEAL
-  ciphertext blob), validating everything a foreign or damaged blob could get wrong.
+- :class:`SealCodec` reads and writes bare SEAL ciphertext blobs (Pyfhel's format),
+  :class:`TenSEALCodec` serialised CKKSVectors (protobuf around one such blob); both
+  validate everything a foreign or damaged blob could get wrong.
 - :func:`combine_residues` is the exact kernel.
 - :class:`FastBlock` holds one block's residues so a probe only runs the kernel and
   writes one ciphertext.
@@ -158,8 +159,8 @@ def _decompress(payload: bytes, expected: int) -> bytes:
     return bytes(body)
 
 
-class TenSEALCodec:
-    """Reads and writes one context's fresh-level CKKSVectors as uint64 residue arrays."""
+class SealCodec:
+    """Reads and writes one context's fresh-level SEAL ciphertexts as uint64 residues."""
 
     def __init__(
         self,
@@ -182,22 +183,6 @@ class TenSEALCodec:
         self.count = 2 * self.limbs * self.poly_modulus_degree
         self.body_size = CIPHERTEXT_META.size + SEAL_HEADER.size + COUNT.size + 8 * self.count
 
-    @classmethod
-    def from_context(cls, context: Any) -> TenSEALCodec:
-        """The codec of a TenSEAL context (public or secret): its first data level, where
-        fresh ciphertexts live (special prime dropped), and its global scale."""
-        try:
-            import tenseal.sealapi  # noqa: F401  (registers seal::Modulus with pybind11)
-
-            data = context.seal_context().data.first_context_data()
-            parms = data.parms()
-            primes = [m.value() for m in parms.coeff_modulus()]
-            return cls(parms.poly_modulus_degree(), primes, data.parms_id(), context.global_scale)
-        except BackendError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"cannot read the TenSEAL context's parameters: {exc}") from exc
-
     @property
     def shape(self) -> tuple[int, int, int]:
         return (2, self.limbs, self.poly_modulus_degree)
@@ -205,23 +190,9 @@ class TenSEALCodec:
     def read(
         self, data: bytes, out: np.ndarray | None = None, scale: float | None = None
     ) -> tuple[np.ndarray, VectorInfo]:
-        """Residues (2, limbs, N) of a serialised CKKSVector, written into ``out`` if given.
-
-        ``scale`` is the SEAL scale expected (default: a fresh ciphertext's, the context's
-        scale); every field SEAL would check on load is checked here too."""
-        sizes, blobs, init_scale = _parse_vector(bytes(data))
-        if len(blobs) != 1 or len(sizes) != 1:
-            raise BackendError(
-                f"CKKSVector has {len(blobs)} ciphertexts and {len(sizes)} sizes, not one chunk"
-            )
-        if not 1 <= sizes[0] <= self.poly_modulus_degree // 2:
-            raise BackendError(f"CKKSVector size {sizes[0]} does not fit one ciphertext")
-        residues, ct_scale, version = self.read_seal(blobs[0], out, scale)
-        if init_scale != self.scale:
-            raise BackendError(
-                f"CKKSVector init scale {init_scale} is not the context's {self.scale}"
-            )
-        return residues, VectorInfo(sizes[0], init_scale, ct_scale, version)
+        """Residues (2, limbs, N) of a bare SEAL blob, and what it says about itself."""
+        residues, ct_scale, version = self.read_seal(bytes(data), out, scale)
+        return residues, VectorInfo(self.poly_modulus_degree // 2, self.scale, ct_scale, version)
 
     def read_seal(
         self, blob: bytes, out: np.ndarray | None = None, scale: float | None = None
@@ -309,24 +280,8 @@ class TenSEALCodec:
     def write(
         self, residues: np.ndarray, size: int, scale: float, version: tuple[int, int]
     ) -> bytes:
-        """A serialised CKKSVector (uncompressed SEAL blob, which TenSEAL loads) holding
-        ``residues`` at SEAL scale ``scale``; its init scale is the context's."""
-        if not 1 <= size <= self.poly_modulus_degree // 2:
-            raise BackendError(f"vector size {size} does not fit one ciphertext")
-        blob = self.write_seal(residues, scale, version)
-        sizes = _put_varint(size)
-        return b"".join(
-            (
-                b"\x0a",
-                _put_varint(len(sizes)),
-                sizes,
-                b"\x12",
-                _put_varint(len(blob)),
-                blob,
-                b"\x19",
-                F64.pack(self.scale),
-            )
-        )
+        """A bare SEAL blob (``size`` is implied: every slot)."""
+        return self.write_seal(residues, scale, version)
 
     def write_seal(self, residues: np.ndarray, scale: float, version: tuple[int, int]) -> bytes:
         """A bare, uncompressed SEAL ciphertext blob of this context's fresh level."""
@@ -355,6 +310,138 @@ class TenSEALCodec:
                 data,
             )
         )
+
+
+class TenSEALCodec(SealCodec):
+    """Reads and writes one context's fresh-level CKKSVectors (TenSEAL's protobuf around
+    one SEAL blob) as uint64 residue arrays."""
+
+    @classmethod
+    def from_context(cls, context: Any) -> TenSEALCodec:
+        """The codec of a TenSEAL context (public or secret): its first data level, where
+        fresh ciphertexts live (special prime dropped), and its global scale."""
+        try:
+            import tenseal.sealapi  # noqa: F401  (registers seal::Modulus with pybind11)
+
+            data = context.seal_context().data.first_context_data()
+            parms = data.parms()
+            primes = [m.value() for m in parms.coeff_modulus()]
+            return cls(parms.poly_modulus_degree(), primes, data.parms_id(), context.global_scale)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"cannot read the TenSEAL context's parameters: {exc}") from exc
+
+    def read(
+        self, data: bytes, out: np.ndarray | None = None, scale: float | None = None
+    ) -> tuple[np.ndarray, VectorInfo]:
+        """Residues (2, limbs, N) of a serialised CKKSVector, written into ``out`` if given.
+
+        ``scale`` is the SEAL scale expected (default: a fresh ciphertext's, the context's
+        scale); every field SEAL would check on load is checked here too."""
+        sizes, blobs, init_scale = _parse_vector(bytes(data))
+        if len(blobs) != 1 or len(sizes) != 1:
+            raise BackendError(
+                f"CKKSVector has {len(blobs)} ciphertexts and {len(sizes)} sizes, not one chunk"
+            )
+        if not 1 <= sizes[0] <= self.poly_modulus_degree // 2:
+            raise BackendError(f"CKKSVector size {sizes[0]} does not fit one ciphertext")
+        residues, ct_scale, version = self.read_seal(blobs[0], out, scale)
+        if init_scale != self.scale:
+            raise BackendError(
+                f"CKKSVector init scale {init_scale} is not the context's {self.scale}"
+            )
+        return residues, VectorInfo(sizes[0], init_scale, ct_scale, version)
+
+    def write(
+        self, residues: np.ndarray, size: int, scale: float, version: tuple[int, int]
+    ) -> bytes:
+        """A serialised CKKSVector (uncompressed SEAL blob, which TenSEAL loads) holding
+        ``residues`` at SEAL scale ``scale``; its init scale is the context's."""
+        if not 1 <= size <= self.poly_modulus_degree // 2:
+            raise BackendError(f"vector size {size} does not fit one ciphertext")
+        blob = self.write_seal(residues, scale, version)
+        sizes = _put_varint(size)
+        return b"".join(
+            (
+                b"\x0a",
+                _put_varint(len(sizes)),
+                sizes,
+                b"\x12",
+                _put_varint(len(blob)),
+                blob,
+                b"\x19",
+                F64.pack(self.scale),
+            )
+        )
+
+
+class PyfhelCodec(SealCodec):
+    """Pyfhel's ``PyCtxt.to_bytes``: a bare SEAL blob, which it saves uncompressed."""
+
+    @classmethod
+    def from_pyfhel(cls, he: Any) -> PyfhelCodec:
+        """The codec of a Pyfhel context. A context loaded from bytes exposes neither its
+        primes nor SEAL's parms_id: the primes follow from the chain's bit sizes (SEAL's
+        deterministic choice, :func:`seal_primes`) and the parms_id is read from a fresh
+        encryption of zeros, whose level every fresh ciphertext shares."""
+        try:
+            blob = bytes(he.encryptFrac(np.zeros(1)).to_bytes("none"))
+            degree, scale = int(he.get_poly_modulus_degree()), float(he.scale)
+            primes = seal_primes(degree, [int(bits) for bits in he.qi_sizes])
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"cannot read the Pyfhel context's parameters: {exc}") from exc
+        if len(blob) < SEAL_HEADER.size + CIPHERTEXT_META.size:
+            raise BackendError("Pyfhel wrote a truncated ciphertext")
+        *parms_id, _, _, _, limbs, _, _ = CIPHERTEXT_META.unpack_from(blob, SEAL_HEADER.size)
+        if not 1 <= limbs < len(primes):
+            raise BackendError(f"a fresh Pyfhel ciphertext has {limbs} limbs of {len(primes)}")
+        return cls(degree, primes[:limbs], parms_id, scale)
+
+
+def _is_prime(n: int) -> bool:
+    """Deterministic Miller-Rabin for n < 3.3e24 (these bases suffice)."""
+    bases = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+    if n < 2 or any(n % b == 0 for b in bases):
+        return n in bases
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in bases:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def seal_primes(degree: int, bit_sizes: Sequence[int]) -> list[int]:
+    """SEAL's ``CoeffModulus::Create(degree, bit_sizes)``: for each bit size, the primes
+    = 1 mod 2*degree counted down from 2^bits, handed out smallest first in the order of
+    the sizes (tests check it against SEAL's own through tenseal.sealapi)."""
+    factor = 2 * degree
+    wanted: dict[int, int] = {}
+    for bits in bit_sizes:
+        wanted[bits] = wanted.get(bits, 0) + 1
+    found: dict[int, list[int]] = {}
+    for bits, count in wanted.items():
+        primes: list[int] = []
+        value = ((1 << bits) - 1) // factor * factor + 1
+        while len(primes) < count and value > 1 << (bits - 1):
+            if _is_prime(value):
+                primes.append(value)
+            value -= factor
+        if len(primes) < count:
+            raise BackendError(f"not enough {bits}-bit primes for N={degree}")
+        found[bits] = primes
+    return [found[bits].pop() for bits in bit_sizes]
 
 
 # --------------------------------------------------------------------------- kernel
@@ -473,7 +560,7 @@ class FastBlock:
 
     def __init__(
         self,
-        codec: TenSEALCodec,
+        codec: SealCodec,
         residues: np.ndarray,
         size: int,
         version: tuple[int, int],
@@ -491,7 +578,7 @@ class FastBlock:
         self.version = version
 
     @classmethod
-    def from_parts(cls, codec: TenSEALCodec, parts: Sequence[bytes]) -> FastBlock:
+    def from_parts(cls, codec: SealCodec, parts: Sequence[bytes]) -> FastBlock:
         """A block from its serialised CKKSVectors, one per feature, all fresh and alike."""
         if not parts:
             raise BackendError("a block needs at least one ciphertext")

@@ -229,6 +229,12 @@ class PyfhelLibrary:
         he.scale = 2.0**params.scale_bits
         return PyfhelOps(he, params)
 
+    def fast_codec(self, ops: PyfhelOps) -> Any:
+        """Reads and writes this context's ciphertexts as raw residues (fast scorer)."""
+        from frip_plugins.fast_scorer import PyfhelCodec
+
+        return PyfhelCodec.from_pyfhel(ops.he)
+
 
 class PyfhelBackend(CKKSBackend):
     name = "pyfhel"
