@@ -996,6 +996,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ("identify 100k, plain probe, library calls", 1000.0, False, False),
         ("identify 100k, plain probe, library calls, 2 workers", 1000.0, False, True),
         ("identify 100k, plain probe, fast scorer", 150.0, True, False),
+        ("identify 100k, plain probe, fast scorer, 2 workers", 150.0, True, True),
     ):
         value, basis = _at_100k(results, partial(_plain_packed, scorer=scorer), workers)
         out.append(

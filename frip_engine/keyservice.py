@@ -183,7 +183,11 @@ class KeyService:
                 f"block {block_id} decrypted to scores outside [-1, 1]: its ciphertexts were "
                 "made under another key or parameter set, or are damaged; refusing to decide"
             )
-        order = np.argsort(-values, kind="stable")[:top_k]
+        if top_k < values.size:  # the top k without sorting the whole block
+            top = np.argpartition(-values, top_k - 1)[:top_k]
+        else:
+            top = np.arange(values.size)
+        order = top[np.argsort(-values[top], kind="stable")]
         return [(float(values[i]), occupants[int(slots[i])]) for i in order]
 
     def rebuild_block(

@@ -207,11 +207,11 @@ class PackedLayout:
 
 @dataclass
 class ResidueBlock:
-    """A packed block as loaded for the fast scorer: its serialised ciphertexts, their
-    residues decompressed once (:class:`frip_plugins.fast_scorer.FastBlock`), and the
-    library's ciphertexts only if an operation other than a linear combination needs them."""
+    """A packed block as loaded for the fast scorer: its residues, decompressed once
+    (:class:`frip_plugins.fast_scorer.FastBlock`), and the library's ciphertexts only if an
+    operation other than a linear combination needs them. The serialised parts are not
+    kept: they are rewritten from the residues when needed, so a block is held once."""
 
-    parts: list[bytes]
     fast: Any
     cts: list[Any] | None = None
 
@@ -229,16 +229,18 @@ class FastPackedLayout(PackedLayout):
     def load_parts(self, parts: list[bytes]) -> ResidueBlock:
         from frip_plugins.fast_scorer import FastBlock
 
-        return ResidueBlock(list(parts), FastBlock.from_parts(self.codec, parts))
+        return ResidueBlock(FastBlock.from_parts(self.codec, parts))
 
     def dump_parts(self, block: Any) -> list[bytes]:
-        return list(block.parts) if isinstance(block, ResidueBlock) else super().dump_parts(block)
+        if not isinstance(block, ResidueBlock):
+            return super().dump_parts(block)
+        return [block.fast.part(j) for j in range(block.fast.features)]
 
     def _ciphertexts(self, block: Any) -> list[Any]:
         if not isinstance(block, ResidueBlock):
             return list(block)
         if block.cts is None:
-            block.cts = super().load_parts(block.parts)
+            block.cts = super().load_parts(self.dump_parts(block))
         return block.cts
 
     def _features(self, block: Any) -> int:

@@ -594,6 +594,10 @@ class FastBlock:
     def features(self) -> int:
         return int(self.residues.shape[0])
 
+    def part(self, j: int) -> bytes:
+        """Ciphertext ``j`` serialised again (uncompressed), as the library loads it."""
+        return self.codec.write(self.residues[j], self.size, self.codec.scale, self.version)
+
     def combine(self, constants: np.ndarray, threads: int = 1) -> bytes:
         """The serialised CKKSVector of ``sum_j constants[j] * ct_j`` at scale^2."""
         if not np.any(constants):
