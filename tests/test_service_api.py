@@ -113,6 +113,11 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
     def raw(body: bytes, media: str = "application/json") -> Any:
         return c.post(ident, content=body, headers={**auth(key), "Content-Type": media})
 
+    def raw_enrol(body: bytes) -> Any:
+        return c.post(
+            subjects, content=body, headers={**auth(key), "Content-Type": "application/json"}
+        )
+
     def post(body: Any, path: str = ident) -> Any:
         return s.post(path, body)
 
@@ -207,6 +212,29 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
         ("unknown route", lambda: c.get("/v1/nothing-here"), 404, "route_not_found"),
         ("wrong method", lambda: c.put(ident, json={}), 405, "method_not_allowed"),
         ("bad audit query", lambda: get("/v1/audit?limit=abc"), 400, "bad_request"),
+        ("deeply nested JSON", lambda: raw(b"[" * 100_000 + b"]" * 100_000), 400, "malformed_json"),
+        (
+            "integer too big",
+            lambda: raw(b'{"embedding": [1' + b"0" * 400 + b"]}"),
+            400,
+            "bad_request",
+        ),
+        (
+            "infinite attribute",
+            lambda: raw_enrol(
+                b'{"subject_id": "b", "embeddings": [[0.5]], "attributes": {"age": 1e400}}'
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "lone surrogate in an attribute",
+            lambda: raw_enrol(
+                b'{"subject_id": "b", "embeddings": [[0.5]], "attributes": {"n": "\\ud800"}}'
+            ),
+            400,
+            "bad_request",
+        ),
     ]
     spec = c.get("/openapi.json").json()["components"]["schemas"]["Error"]
     documented = set(spec["properties"]["error"]["properties"]["code"]["enum"])
@@ -387,6 +415,28 @@ def test_rate_limit_answers_429_with_retry_after(make_engine: Any, home: Path) -
         limited = c.get("/v1/engines", headers=auth(key))
         assert limited.json()["error"]["code"] == "rate_limited"
         assert int(limited.headers["Retry-After"]) >= 1
+
+
+def test_an_unexpected_error_is_a_bare_500_with_its_traceback_in_the_log(
+    make_engine: Any, home: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    from frip_engine.service import app
+
+    plain(make_engine, "doors")
+    key = Vendors(Database(home / "service.sqlite")).create("acme", ["doors"])
+    failure = RuntimeError("internal detail")
+
+    def broken(engine: Engine) -> dict[str, Any]:
+        raise failure
+
+    monkeypatch.setattr(app, "_engine_summary", broken)
+    config = ServiceConfig(home, rate=0)
+    with starlette_testclient.TestClient(create_app(config), raise_server_exceptions=False) as c:
+        response = c.get("/v1/engines/doors", headers=auth(key))
+    assert response.status_code == 500 and response.json()["error"]["code"] == "internal_error"
+    assert "internal detail" not in response.text
+    logged = [r for r in caplog.records if r.name == "frip_engine.service"]
+    assert logged and logged[-1].exc_info is not None and logged[-1].exc_info[1] is failure
 
 
 def test_keys_are_stored_hashed_and_openapi_covers_every_route(setup: Setup) -> None:

@@ -168,6 +168,8 @@ async def read_json(service: Service, request: Request, ctx: Context) -> dict[st
         body = json.loads(raw, parse_constant=refuse)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedJSONError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedJSONError("the body nests JSON too deeply") from None
     if not isinstance(body, dict):
         raise MalformedJSONError("the body must be a JSON object")
     ctx.decoding += time.perf_counter() - parsed
@@ -210,7 +212,10 @@ def decode_vector(value: object, field: str) -> np.ndarray:
         isinstance(x, int | float) and not isinstance(x, bool) for x in value
     ):
         raise RequestError(f"'{field}' must be a list of numbers")
-    return np.asarray(value, dtype=np.float64)
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        raise RequestError(f"'{field}' holds a number too large for a float") from None
 
 
 @dataclass
@@ -668,7 +673,7 @@ def http_exception(service: Service, request: Request, exc: Exception) -> Respon
 
 def unexpected(service: Service, request: Request, exc: Exception) -> Response:
     service.metrics.error("internal_error")
-    logger.exception("unexpected error in %s %s", request.method, request.url.path)
+    logger.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
     return error_response("internal_error", "unexpected server error", 500, request)
 
 

@@ -12,6 +12,7 @@ half-present.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,13 @@ def check_attributes(value: object) -> dict[str, str | int | float | bool]:
             raise RequestError(f"attribute {name!r} is longer than {MAX_TEXT} characters")
         if not isinstance(item, str | int | float | bool) or item != item:  # NaN != NaN
             raise RequestError(f"attribute {name!r} must be text, a number or a boolean")
+        if isinstance(item, float) and not math.isfinite(item):  # JSON 1e400 parses as inf
+            raise RequestError(f"attribute {name!r} must be a finite number")
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")  # a lone surrogate ("\\ud800") would break every read
+            except UnicodeEncodeError:
+                raise RequestError(f"attribute {name!r} is not valid Unicode text") from None
     return dict(value)
 
 
