@@ -19,7 +19,7 @@ from conftest import near, unit_vectors
 from frip_adapter_acme import AcmeV1Adapter
 
 from frip_engine.engine import Engine
-from frip_engine.errors import HTTP_ERRORS, CorruptionError
+from frip_engine.errors import HTTP_ERRORS, CorruptionError, InputError
 from frip_engine.service.app import ROUTES, ServiceConfig, create_app
 from frip_engine.service.audit import AuditLog
 from frip_engine.service.db import Database
@@ -339,36 +339,64 @@ def test_linkage_enrols_everywhere_with_each_extractor_and_revocation_erases(
     setup: Setup, lfw: Path, home: Path
 ) -> None:
     s = setup
-    desk = Vendors(Database(home / "service.sqlite")).create(
-        "desk", ["doors", "lobby", "gate"]
-    )  # a registration desk trusted with all three engines
+    vendors = Vendors(Database(home / "service.sqlite"))
+    with pytest.raises(InputError, match="belongs to vendor 'acme'"):
+        vendors.create("desk", ["doors"])  # an engine has exactly one owner
+    desk = vendors.create("desk", [])  # a registration desk: owns no engine
     s.keys["desk"] = desk
     image = b64(_img(lfw, "Adam_Sandler", 1).read_bytes())
+    body = {"subject_id": "adam", "image": image, "engines": ["doors"]}
+    ungranted = s.post("/v1/linkage", body, key="desk")
+    assert ungranted.json()["error"]["code"] == "engine_forbidden"
+    vendors.link("desk", ["doors", "lobby", "gate"])  # each owner opts its engine in
     made = s.post("/v1/linkage", {"subject_id": "adam", "image": image}, key="desk")
     assert made.status_code == 201, made.text
     assert made.json()["enrolled"] == {"doors": "arcface", "lobby": "sface", "gate": "arcface"}
     again = s.post("/v1/linkage", {"subject_id": "adam", "image": image}, key="desk")
     assert again.json()["error"]["code"] == "subject_exists"
     probe = b64(_img(lfw, "Adam_Sandler", 2).read_bytes())
-    for engine in ("doors", "lobby", "gate"):  # each recognises him with its own extractor
-        hit = s.post(f"/v1/engines/{engine}/identify", {"image": probe}, key="desk").json()
+    owner = {"doors": "acme", "lobby": "acme", "gate": "globex"}
+    for engine in owner:  # each owner recognises him with its engine's own extractor
+        hit = s.post(f"/v1/engines/{engine}/identify", {"image": probe}, key=owner[engine]).json()
         assert hit["matched"] and hit["subject_id"] == "adam", (engine, hit)
+    # the grant lets the desk enrol and erase under consent, and nothing else
+    vector = unit_vectors(1)[0].tolist()
+    for engine in owner:
+        base = f"/v1/engines/{engine}"
+        refused = [
+            s.post(f"{base}/identify", {"embedding": vector}, key="desk"),
+            s.post(f"{base}/verify", {"subject_id": "adam", "embedding": vector}, key="desk"),
+            s.post(f"{base}/subjects", {"subject_id": "eve", "embeddings": [vector]}, key="desk"),
+            s.client.get(base, headers=auth(desk)),
+            s.client.get(f"{base}/subjects/adam", headers=auth(desk)),
+            s.client.delete(f"{base}/subjects/adam", headers=auth(desk)),
+        ]
+        answers = {(r.status_code, r.json()["error"]["code"]) for r in refused}
+        assert answers == {(403, "engine_forbidden")}, engine
+    assert s.client.get("/v1/engines", headers=auth(desk)).json()["engines"] == []
     record = s.client.get("/v1/linkage/adam", headers=auth(desk)).json()
     assert {e: r["state"] for e, r in record["engines"].items()} == dict.fromkeys(
         ("doors", "gate", "lobby"), "enrolled"
     )
     # other vendors do not see the desk's consent
     assert s.client.get("/v1/linkage/adam", headers=auth(s.keys["acme"])).status_code == 404
+    # acme erases adam from doors and enrols someone else under that id: no longer the desk's
+    doors_adam = "/v1/engines/doors/subjects/adam"
+    assert s.client.delete(doors_adam, headers=auth(s.keys["acme"])).is_success
+    enrol = {"subject_id": "adam", "embeddings": [vector]}
+    assert s.post("/v1/engines/doors/subjects", enrol).status_code == 201
     revoked = s.client.delete("/v1/linkage/adam", headers=auth(desk)).json()
-    assert sorted(revoked["removed"]) == ["doors", "gate", "lobby"]
-    for engine in ("doors", "lobby", "gate"):
+    assert sorted(revoked["removed"]) == ["gate", "lobby"] and revoked["absent"] == []
+    for engine in ("lobby", "gate"):
         body = {"subject_id": "adam", "image": probe}
-        gone = s.post(f"/v1/engines/{engine}/verify", body, key="desk")
+        gone = s.post(f"/v1/engines/{engine}/verify", body, key=owner[engine])
         assert gone.json()["error"]["code"] == "subject_not_found"
+    assert s.client.get(doors_adam, headers=auth(s.keys["acme"])).is_success  # acme's, kept
     assert s.client.get("/v1/linkage/adam", headers=auth(desk)).status_code == 404
     nobody = s.post("/v1/linkage", {"subject_id": "ghost", "image": b64(_noise_png())}, key="desk")
     assert nobody.status_code == 422 and nobody.json()["error"]["code"] == "linkage_failed"
     events = s.client.get("/v1/audit", headers=auth(desk)).json()["events"]
+    assert {e["actor"] for e in events} == {"desk"}  # its own events only, not the owners'
     actions = [
         (e["action"], e["engine"], e["outcome"].get("state"))
         for e in events
@@ -376,7 +404,10 @@ def test_linkage_enrols_everywhere_with_each_extractor_and_revocation_erases(
     ]
     for engine in ("doors", "lobby", "gate"):
         assert ("linkage_enrol", engine, "enrolled") in actions
+    for engine in ("lobby", "gate"):
         assert ("linkage_revoke", engine, "removed") in actions
+    gate = s.client.get("/v1/audit?engine=gate", headers=auth(s.keys["globex"])).json()["events"]
+    assert ("desk", "linkage_enrol") in {(e["actor"], e["action"]) for e in gate}  # owner sees
 
 
 def test_audit_log_is_append_only_chained_and_free_of_biometrics(setup: Setup) -> None:

@@ -27,11 +27,11 @@ from frip_engine.service.vendors import Vendors
 httpx = pytest.importorskip("httpx")
 
 
-def frip(*args: str) -> subprocess.CompletedProcess[str]:
+def frip(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "frip_engine", *args], capture_output=True, text=True
     )
-    assert result.returncode == 0, result.stderr + result.stdout
+    assert result.returncode == code, result.stderr + result.stdout
     return result
 
 
@@ -83,8 +83,14 @@ def test_tls_session_with_cli_keys_and_real_faces(home: Path, lfw: Path, tmp_pat
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("frip_")
     key_id = key.split("_")[1]
+    taken = frip("vendors", "create", "globex", "--engine", "doors", code=2)
+    assert "belongs to vendor 'acme'" in taken.stderr  # one owner per engine
+    frip("vendors", "create", "desk")
+    frip("vendors", "link", "desk", "--engine", "doors")
     listed = frip("vendors", "list", "--json").stdout
     assert key_id in listed and key.split("_", 2)[2] not in listed
+    owners = {v["vendor"]: (v["engines"], v["linkage"]) for v in json.loads(listed)}
+    assert owners == {"acme": (["doors"], []), "desk": ([], ["doors"])}
     cert, private = _self_signed(tmp_path)
     trust = ssl.create_default_context(cafile=str(cert))
     server = ServerProcess(home, tls=(cert, private))
@@ -111,8 +117,8 @@ def test_tls_session_with_cli_keys_and_real_faces(home: Path, lfw: Path, tmp_pat
     finally:
         server.stop()  # SIGTERM: graceful, engines closed (uvicorn re-raises the signal)
     assert "Application shutdown complete" in server.log.read_text()
-    # vendor created, two enrolments, one identification, key revoked
-    assert "intact: 5 event(s)" in frip("audit", "verify").stdout
+    # two vendors created, a linkage grant, two enrolments, one identification, key revoked
+    assert "intact: 7 event(s)" in frip("audit", "verify").stdout
 
 
 def test_load_16_clients_zero_errors(home: Path) -> None:

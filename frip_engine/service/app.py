@@ -1,8 +1,10 @@
 """The Starlette application behind ``frip serve``.
 
 Every request outside /v1/health, /v1/metrics and /openapi.json carries a vendor's API
-key; a key reaches only its vendor's engines, and a request for any other engine is
-refused with the same 403 whether that engine or subject exists or not. State-changing
+key; a key reaches only the engines its vendor owns, and a request for any other engine
+is refused with the same 403 whether that engine or subject exists or not. The one
+exception is /v1/linkage, which may also enrol a consenting registrant into (and erase it
+from) engines whose owners granted the caller linkage, and never reads them. State-changing
 requests also carry a fresh ``X-Request-Id`` and ``X-Request-Time`` (replay guard). Engine
 work runs on each engine's own thread (``pool``); an enrolment is acknowledged only
 after its store commit and its audit row are both on disk. Errors are JSON,
@@ -58,7 +60,7 @@ from frip_engine.errors import (
 )
 from frip_engine.service.attributes import AttributeStore, check_attributes
 from frip_engine.service.audit import AuditLog, Event
-from frip_engine.service.consents import Consents
+from frip_engine.service.consents import LIVE, Consents
 from frip_engine.service.db import Database
 from frip_engine.service.limits import RateLimiter, read_limited
 from frip_engine.service.metrics import Metrics
@@ -426,6 +428,7 @@ async def remove(service: Service, request: Request) -> Response:
             raise UnknownSubjectError(f"subject '{subject}' is not enrolled in '{name}'")
         engine.remove(subject)
         service.attributes.drop(engine, subject)
+        service.consents.detach(engine, subject)
         service.audit.append(event(ctx, "remove", name, subject))
 
     await slot.run(work)
@@ -504,14 +507,15 @@ async def linkage_create(service: Service, request: Request) -> Response:
     body = await read_json(service, request, ctx)
     allow_only(body, {"subject_id", "image", "engines"})
     subject = subject_field(body)
-    names = body.get("engines", sorted(ctx.caller.engines & set(list_engines(service.config.home))))
+    linkable = ctx.caller.engines | ctx.caller.linkable
+    names = body.get("engines", sorted(linkable & set(list_engines(service.config.home))))
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise RequestError("'engines' must be a non-empty list of engine names")
     if len(set(names)) != len(names):
         raise RequestError("'engines' lists an engine twice")
     for name in names:
-        if name not in ctx.caller.engines:
-            raise ForbiddenError(f"this API key has no rights to engine '{name}'")
+        if name not in linkable:
+            raise ForbiddenError(f"this API key has no linkage rights to engine '{name}'")
     pixels = load_image(decode_b64(body.get("image"), "image"))
     if service.consents.get(ctx.caller.vendor, subject) is not None:
         raise DuplicateSubjectError(f"subject '{subject}' already has a linkage")
@@ -591,8 +595,8 @@ async def linkage_revoke(service: Service, request: Request) -> Response:
     slots: dict[str, EngineSlot] = {}
     gone: list[str] = []
     for name, row in found["engines"].items():
-        if row["state"] == "failed":
-            continue
+        if row["state"] not in LIVE:
+            continue  # never enrolled there, or its owner removed it since
         try:
             slots[name] = await service.engines().get(name)
         except NotFoundError:
@@ -609,6 +613,8 @@ def unlink(
 
     def call(engine: Engine, work: Callable[[], Any]) -> Any:
         def erase_and_drop() -> Any:
+            if not service.consents.holds(ctx.caller.vendor, subject, engine.name):
+                return False  # its owner removed it meanwhile: that id is no longer ours
             outcome = work()
             service.attributes.drop(engine, subject)
             return outcome
@@ -628,7 +634,7 @@ def unlink(
 async def audit_query(service: Service, request: Request) -> Response:
     ctx = await authorise(service, request)
     engine = request.query_params.get("engine")
-    if engine is not None and engine not in ctx.caller.engines:
+    if engine is not None and engine not in ctx.caller.engines | ctx.caller.linkable:
         raise ForbiddenError(f"this API key has no rights to engine '{engine}'")
     try:
         after = int(request.query_params.get("after", "0"))

@@ -80,19 +80,23 @@ class AuditLog:
 
     def query(
         self,
-        engines: frozenset[str],
+        owned: frozenset[str],
         vendor: str,
         engine: str | None = None,
         after: int = 0,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Events on the caller's engines (or engine-less events it caused), oldest first."""
-        names = sorted(engines if engine is None else engines & {engine})
+        """Events on the vendor's own engines, and the vendor's own events anywhere (its
+        linkage into engines it does not own), oldest first."""
+        names = sorted(owned)
         marks = ",".join("?" * len(names))
+        where = f"seq > ? AND (engine IN ({marks}) OR actor = ?)"
+        args: list[object] = [after, *names, vendor]
+        if engine is not None:
+            where += " AND engine = ?"
+            args.append(engine)
         rows = self.db.query(
-            f"SELECT * FROM audit WHERE seq > ? AND (engine IN ({marks}) "
-            "OR (engine IS NULL AND actor = ?)) ORDER BY seq LIMIT ?",
-            (after, *names, vendor, limit),
+            f"SELECT * FROM audit WHERE {where} ORDER BY seq LIMIT ?", (*args, limit)
         )
         return [
             {**{f: r[f] for f in FIELDS}, "outcome": json.loads(r["outcome"]), "hash": r["hash"]}

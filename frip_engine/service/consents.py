@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS consent_engines (
     FOREIGN KEY (vendor, subject_id) REFERENCES consents (vendor, subject_id)
         ON DELETE CASCADE);
 """
+LIVE = ("enrolled", "pending")  # engine rows a revocation must still erase
 
 
 class Consents:
@@ -91,6 +92,24 @@ class Consents:
             tx.execute(
                 "UPDATE consents SET state = 'revoking' WHERE vendor = ? AND subject_id = ?",
                 (vendor, subject_id),
+            )
+
+    def holds(self, vendor: str, subject_id: str, engine: str) -> bool:
+        """Whether the consent still covers the subject in that engine (may erase it)."""
+        rows = self.db.query(
+            "SELECT state FROM consent_engines WHERE vendor = ? AND subject_id = ? AND engine = ?",
+            (vendor, subject_id, engine),
+        )
+        return bool(rows) and rows[0]["state"] in LIVE
+
+    def detach(self, engine: Engine, subject_id: str) -> None:
+        """The engine's owner removed the subject: no consent may erase that id there any
+        more (the owner could enrol someone else under it)."""
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE consent_engines SET state = 'removed', detail = 'removed by the owner' "
+                "WHERE engine_id = ? AND subject_id = ? AND state IN ('enrolled', 'pending')",
+                (engine.profile.engine_id, subject_id),
             )
 
     def delete(self, vendor: str, subject_id: str) -> None:
