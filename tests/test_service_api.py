@@ -18,10 +18,10 @@ import pytest
 from conftest import near, unit_vectors
 from frip_adapter_acme import AcmeV1Adapter
 
-from frip_engine.engine import Engine
-from frip_engine.errors import HTTP_ERRORS, CorruptionError, InputError
+from frip_engine.engine import Engine, EnrolItem
+from frip_engine.errors import HTTP_ERRORS, CorruptionError, InputError, StoreError
 from frip_engine.service.app import ROUTES, ServiceConfig, create_app
-from frip_engine.service.audit import AuditLog
+from frip_engine.service.audit import AuditLog, Event
 from frip_engine.service.db import Database
 from frip_engine.service.vendors import Vendors
 
@@ -249,6 +249,12 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
     assert c.get("/v1/engines/doors", headers=auth(key)).json()["subjects"] == 1
     metrics = c.get("/v1/metrics").text
     assert 'frip_errors_total{code="replayed_request"} 1' in metrics
+    log = AuditLog(s.home)  # refused attempts are audited, a revoked key by its id
+    refused = log.query(frozenset(), "unauthenticated", limit=1000)
+    log.close()
+    assert (revoked.split("_")[1], "api_key_revoked") in {
+        (e["key_id"], e["outcome"]["code"]) for e in refused
+    }
 
 
 def test_another_vendors_engine_reveals_nothing(setup: Setup) -> None:
@@ -281,10 +287,21 @@ def test_another_vendors_engine_reveals_nothing(setup: Setup) -> None:
     assert texts[0].json()["error"]["message"] == texts[1].json()["error"]["message"]
     listed = s.client.get("/v1/engines", headers=auth(s.keys["globex"])).json()["engines"]
     assert [e["engine"] for e in listed] == ["gate"]
-    # globex's audit view holds nothing of acme's engines, and asking for one is refused
+    # globex's audit view holds only its own refused attempts, and asking for acme's is refused
     events = s.client.get("/v1/audit", headers=auth(s.keys["globex"])).json()["events"]
-    assert events == []
+    assert {(e["actor"], e["action"]) for e in events} == {("globex", "refused")}
     assert s.client.get("/v1/audit?engine=doors", headers=auth(s.keys["globex"])).status_code == 403
+    # acme, the owner, sees every attempt on doors: who, which route, why, and no probe
+    view = s.client.get("/v1/audit?engine=doors", headers=auth(s.keys["acme"])).json()["events"]
+    tried = [e for e in view if e["action"] == "refused"]
+    assert len(tried) == len(real) + len(texts) and {e["actor"] for e in tried} == {"globex"}
+    assert {e["outcome"]["route"] for e in tried} == {
+        "identify",
+        "verify",
+        "subject_show",
+        "remove",
+    }
+    assert all(set(e["outcome"]) == {"code", "route", "method"} for e in tried)
     # and alice is still there, untouched
     assert s.client.get("/v1/engines/doors/subjects/alice", headers=auth(s.keys["acme"])).is_success
 
@@ -337,7 +354,7 @@ def test_vendor_template_goes_through_the_engines_adapter(setup: Setup) -> None:
 
 def test_linkage_enrols_everywhere_with_each_extractor_and_revocation_erases(
     setup: Setup, lfw: Path, home: Path
-) -> None:
+) -> None:  # also: ownership, the linkage grant, and a failed revocation asked again
     s = setup
     vendors = Vendors(Database(home / "service.sqlite"))
     with pytest.raises(InputError, match="belongs to vendor 'acme'"):
@@ -385,8 +402,19 @@ def test_linkage_enrols_everywhere_with_each_extractor_and_revocation_erases(
     assert s.client.delete(doors_adam, headers=auth(s.keys["acme"])).is_success
     enrol = {"subject_id": "adam", "embeddings": [vector]}
     assert s.post("/v1/engines/doors/subjects", enrol).status_code == 201
-    revoked = s.client.delete("/v1/linkage/adam", headers=auth(desk)).json()
-    assert sorted(revoked["removed"]) == ["gate", "lobby"] and revoked["absent"] == []
+    remove = Engine.remove
+
+    def failing(engine: Engine, subject_id: str) -> None:
+        if engine.name == "lobby":
+            raise StoreError("the disk is full")
+        remove(engine, subject_id)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Engine, "remove", failing)
+        failed = s.client.delete("/v1/linkage/adam", headers=auth(desk))
+    assert failed.status_code == 500 and failed.json()["error"]["code"] == "store_error"
+    revoked = s.client.delete("/v1/linkage/adam", headers=auth(desk)).json()  # asked again
+    assert revoked["removed"] == ["lobby"] and revoked["absent"] == ["doors", "gate"]
     for engine in ("lobby", "gate"):
         body = {"subject_id": "adam", "image": probe}
         gone = s.post(f"/v1/engines/{engine}/verify", body, key=owner[engine])
@@ -404,8 +432,10 @@ def test_linkage_enrols_everywhere_with_each_extractor_and_revocation_erases(
     ]
     for engine in ("doors", "lobby", "gate"):
         assert ("linkage_enrol", engine, "enrolled") in actions
+    assert ("linkage_revoke", "lobby", "failed") in actions  # the failed attempt is on record
     for engine in ("lobby", "gate"):
         assert ("linkage_revoke", engine, "removed") in actions
+    assert ("linkage_revoke", "doors", "detached") in actions
     gate = s.client.get("/v1/audit?engine=gate", headers=auth(s.keys["globex"])).json()["events"]
     assert ("desk", "linkage_enrol") in {(e["actor"], e["action"]) for e in gate}  # owner sees
 
@@ -417,14 +447,16 @@ def test_audit_log_is_append_only_chained_and_free_of_biometrics(setup: Setup) -
     s.post("/v1/engines/doors/identify", {"embedding": v[0].tolist()})
     s.client.delete("/v1/engines/doors/subjects/alice", headers=auth(s.keys["acme"]))
     events = s.client.get("/v1/audit?engine=doors", headers=auth(s.keys["acme"])).json()["events"]
-    assert [e["action"] for e in events] == ["enrol", "identify", "remove"]
+    actions = ["enrol_intent", "enrol", "identify", "remove_intent", "remove"]
+    assert [e["action"] for e in events] == actions
     assert all(e["actor"] == "acme" and e["at"] and e["request_id"] for e in events)
-    assert events[1]["outcome"]["matched"] is True and events[1]["subject_id"] == "alice"
+    assert events[1]["outcome"]["intent"] == events[0]["seq"]  # the outcome closes its intent
+    assert events[2]["outcome"]["matched"] is True and events[2]["subject_id"] == "alice"
     text = (s.home / "audit.sqlite").read_bytes()
     for value in v[0][:8]:  # no component of the embedding, in any rendering
         assert repr(float(value))[:10].encode() not in text
     log = AuditLog(s.home)
-    assert log.verify() == 3
+    assert log.verify() == 5
     db = sqlite3.connect(s.home / "audit.sqlite")
     for statement in ("UPDATE audit SET actor = 'x'", "DELETE FROM audit"):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
@@ -446,6 +478,41 @@ def test_rate_limit_answers_429_with_retry_after(make_engine: Any, home: Path) -
         limited = c.get("/v1/engines", headers=auth(key))
         assert limited.json()["error"]["code"] == "rate_limited"
         assert int(limited.headers["Retry-After"]) >= 1
+        # requests without a valid key are limited per client address
+        codes = [c.get("/v1/engines").status_code for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+
+
+def test_intents_a_crash_left_open_are_settled_when_the_engine_opens(
+    make_engine: Any, home: Path
+) -> None:
+    doors = plain(make_engine, "doors")
+    key = Vendors(Database(home / "service.sqlite")).create("acme", ["doors"])
+    v = unit_vectors(2, seed=8)
+    log = AuditLog(home)
+
+    def intend(action: str, subject: str) -> int:
+        opened = Event(actor="acme", action=action, engine="doors", subject_id=subject)
+        return log.intend(opened, doors.profile.engine_id)
+
+    left = {intend("enrol", "kept"): ("enrol", "recovered")}  # committed, then the crash
+    doors.enrol(EnrolItem("kept", embeddings=[v[0]]))
+    left[intend("enrol", "lost")] = ("enrol", "aborted")  # the crash came first
+    doors.enrol(EnrolItem("stays", embeddings=[v[1]]))
+    left[intend("remove", "stays")] = ("remove", "aborted")
+    left[intend("remove", "kept")] = ("remove", "aborted")
+    log.close()
+    with starlette_testclient.TestClient(create_app(ServiceConfig(home, rate=0))) as c:
+        assert c.get("/v1/engines/doors", headers=auth(key)).is_success  # opens the engine
+        events = c.get("/v1/audit?engine=doors", headers=auth(key)).json()["events"]
+    settled = {
+        e["outcome"]["intent"]: (e["action"], e["outcome"]["state"])
+        for e in events
+        if "intent" in e["outcome"]
+    }
+    assert settled == left
+    assert all(e["key_id"] is None and e["actor"] == "acme" for e in events)
+    assert sqlite3.connect(home / "audit.sqlite").execute("SELECT * FROM intents").fetchall() == []
 
 
 def test_an_unexpected_error_is_a_bare_500_with_its_traceback_in_the_log(

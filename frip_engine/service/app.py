@@ -28,7 +28,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from frip_engine import __version__, plugins
 from frip_engine.errors import (
+    AuthError,
     Base64Error,
     DuplicateSubjectError,
     ForbiddenError,
@@ -60,13 +61,13 @@ from frip_engine.errors import (
 )
 from frip_engine.service.attributes import AttributeStore, check_attributes
 from frip_engine.service.audit import AuditLog, Event
-from frip_engine.service.consents import LIVE, Consents
+from frip_engine.service.consents import Consents
 from frip_engine.service.db import Database
 from frip_engine.service.limits import RateLimiter, read_limited
 from frip_engine.service.metrics import Metrics
 from frip_engine.service.pool import EnginePool, EngineSlot
-from frip_engine.service.replay import ReplayGuard
-from frip_engine.service.vendors import Caller, Vendors
+from frip_engine.service.replay import ID_PATTERN, ReplayGuard
+from frip_engine.service.vendors import Caller, Vendors, claimed_key_id
 
 if TYPE_CHECKING:
     from frip_engine.decision import Decision
@@ -124,6 +125,7 @@ class Service:
         """Settle what a crash may have left half-written for this engine."""
         self.attributes.reconcile(engine)
         self.consents.reconcile(engine)
+        self.audit.reconcile(engine)
 
     def engines(self) -> EnginePool:
         assert self.pool is not None, "the service's lifespan has not started"
@@ -138,10 +140,16 @@ class Service:
 
 # ---------------------------------------------------------------------------- request parts
 async def authorise(service: Service, request: Request, engine: str | None = None) -> Context:
-    """Key, rate, replay and engine-scope checks, in that order, before any body is read."""
+    """Key, rate, replay and engine-scope checks, in that order, before any body is read.
+    Unauthenticated requests are rate-limited per client address (each one is audited)."""
     start = time.perf_counter()
     received = float(request.scope.get("state", {}).get("received", start))
-    caller = service.vendors.authenticate(request.headers.get("authorization"))
+    try:
+        caller = service.vendors.authenticate(request.headers.get("authorization"))
+    except AuthError:
+        service.limiter.take(f"address:{request.client.host if request.client else '?'}")
+        raise
+    request.state.caller = caller  # for the audit row if the request is refused
     service.limiter.take(caller.key_id)
     request_id = request.headers.get("x-request-id")
     if request.method != "GET":
@@ -268,6 +276,25 @@ def event(ctx: Context, action: str, engine: str | None, subject: str | None, **
     )
 
 
+@contextlib.contextmanager
+def audited(
+    service: Service, ctx: Context, action: str, engine: Engine, subject: str, **asked: Any
+) -> Iterator[dict[str, Any]]:
+    """Bracket an engine change with an intent row and its outcome row (which the body
+    fills in); a crash in between leaves the intent for ``AuditLog.reconcile``."""
+    opened = event(ctx, action, engine.name, subject, **asked)
+    intent = service.audit.intend(opened, engine.profile.engine_id)
+    outcome: dict[str, Any] = dict(asked)
+    try:
+        yield outcome
+    except BaseException as exc:
+        code = http_error(exc)[1] if isinstance(exc, FripError) else "internal_error"
+        failed = event(ctx, action, engine.name, subject, state="failed", reason=code)
+        service.audit.settle(intent, failed)
+        raise
+    service.audit.settle(intent, event(ctx, action, engine.name, subject, **outcome))
+
+
 def decision_json(decision: Decision, ctx: Context, queued: float) -> dict[str, Any]:
     data = decision.to_dict()
     timings = dict(decision.timings)
@@ -373,22 +400,22 @@ async def enrol(service: Service, request: Request) -> Response:
                 notes += [f"images[{i}]: {note}" for note in found]
             if attributes is not None:
                 service.attributes.stage(engine, subject, attributes)
+            counts = {"images": len(pictures), "embeddings": len(given)}
             try:
-                report = engine.enrol_many([EnrolItem(subject, embeddings=list(held))])
+                with audited(service, ctx, "enrol", engine, subject, **counts) as outcome:
+                    report = engine.enrol_many([EnrolItem(subject, embeddings=list(held))])
+                    if subject in report.failed:
+                        why = report.failed[subject]
+                        raise (StoreError if why.startswith("not stored") else SubjectError)(why)
+                    outcome["state"] = "enrolled"
             except BaseException:
                 service.attributes.drop(engine, subject)
                 raise
-            if subject in report.failed:
-                service.attributes.drop(engine, subject)
-                why = report.failed[subject]
-                raise (StoreError if why.startswith("not stored") else SubjectError)(why)
         finally:
             for vector in held:
                 vector.fill(0.0)
-        if attributes is not None:
+        if attributes is not None:  # a crash before this: reconcile commits them at next open
             service.attributes.commit(engine, subject)
-        counts = {"images": len(pictures), "embeddings": len(given)}
-        service.audit.append(event(ctx, "enrol", name, subject, **counts))
         return notes
 
     notes, _ = await slot.run(work)
@@ -426,10 +453,11 @@ async def remove(service: Service, request: Request) -> Response:
     def work(engine: Engine) -> None:
         if engine.store.subject(subject) is None:
             raise UnknownSubjectError(f"subject '{subject}' is not enrolled in '{name}'")
-        engine.remove(subject)
+        with audited(service, ctx, "remove", engine, subject) as outcome:
+            engine.remove(subject)
+            outcome["state"] = "removed"
         service.attributes.drop(engine, subject)
         service.consents.detach(engine, subject)
-        service.audit.append(event(ctx, "remove", name, subject))
 
     await slot.run(work)
     return JSONResponse({"engine": name, "subject_id": subject, "removed": True})
@@ -549,6 +577,10 @@ def link(
     refused = {n: (ids[n], "already enrolled in this engine") for n, p in present.items() if p}
     pending = {n: ids[n] for n, p in present.items() if not p}
     service.consents.open(vendor, subject, ctx.request_id, pending, refused)
+    intents = {
+        n: service.audit.intend(event(ctx, "linkage_enrol", n, subject), engine_id)
+        for n, engine_id in pending.items()
+    }
     failed = {name: why for name, (_, why) in refused.items()}
     enrolled: dict[str, str] = {}
     if pending:
@@ -567,7 +599,11 @@ def link(
             service.consents.settle(vendor, subject, name, state, detail)
         outcome = {"state": state, "extractor": enrolled[name]} if state == "enrolled" else {}
         outcome = outcome or {"state": state, "reason": detail}
-        service.audit.append(event(ctx, "linkage_enrol", name, subject, **outcome))
+        done = event(ctx, "linkage_enrol", name, subject, **outcome)
+        if name in intents:
+            service.audit.settle(intents[name], done)
+        else:
+            service.audit.append(done)
     if not enrolled:
         service.consents.delete(vendor, subject)
         raise LinkageError(f"'{subject}' was enrolled nowhere: {json.dumps(failed)}")
@@ -595,8 +631,8 @@ async def linkage_revoke(service: Service, request: Request) -> Response:
     slots: dict[str, EngineSlot] = {}
     gone: list[str] = []
     for name, row in found["engines"].items():
-        if row["state"] not in LIVE:
-            continue  # never enrolled there, or its owner removed it since
+        if row["state"] == "failed":
+            continue  # never enrolled there
         try:
             slots[name] = await service.engines().get(name)
         except NotFoundError:
@@ -614,18 +650,20 @@ def unlink(
     def call(engine: Engine, work: Callable[[], Any]) -> Any:
         def erase_and_drop() -> Any:
             if not service.consents.holds(ctx.caller.vendor, subject, engine.name):
-                return False  # its owner removed it meanwhile: that id is no longer ours
-            outcome = work()
+                # its owner removed it meanwhile: that id is no longer this consent's
+                detached = event(ctx, "linkage_revoke", engine.name, subject, state="detached")
+                service.audit.append(detached)
+                return False
+            with audited(service, ctx, "linkage_revoke", engine, subject) as outcome:
+                erased = work()
+                outcome["state"] = "removed" if erased else "absent"
             service.attributes.drop(engine, subject)
-            return outcome
+            return erased
 
         return slots[engine.name].call(erase_and_drop)
 
     result = remove_everywhere([s.engine for s in slots.values()], subject, call=call)
-    for name in result.removed + result.absent:
-        state = "removed" if name in result.removed else "absent"
-        service.audit.append(event(ctx, "linkage_revoke", name, subject, state=state))
-    if result.failed:
+    if result.failed:  # each failure is in the audit log (state "failed", with its code)
         raise StoreError(f"revocation incomplete, ask again: {json.dumps(result.failed)}")
     service.consents.delete(ctx.caller.vendor, subject)
     return {"subject_id": subject, "removed": result.removed, "absent": result.absent}
@@ -654,10 +692,31 @@ def error_response(code: str, message: str, status: int, request: Request) -> JS
     return JSONResponse(body, status)
 
 
+def refusal(request: Request, code: str) -> Event:
+    """The audit row of a refused (401/403) attempt: who as far as known, which route and
+    engine, why. Nothing of the body, and only well-formed ids from an unknown caller."""
+    from frip_engine.profile import NAME_PATTERN
+
+    caller: Caller | None = getattr(request.state, "caller", None)
+    engine = request.path_params.get("engine")
+    request_id = request.headers.get("x-request-id")
+    route = getattr(request.scope.get("endpoint"), "__name__", "unmatched")
+    return Event(
+        actor=caller.vendor if caller else "unauthenticated",
+        action="refused",
+        engine=engine if engine and NAME_PATTERN.match(engine) else None,
+        outcome={"code": code, "route": route, "method": request.method},
+        key_id=caller.key_id if caller else claimed_key_id(request.headers.get("authorization")),
+        request_id=request_id if request_id and ID_PATTERN.match(request_id) else None,
+    )
+
+
 def frip_error(service: Service, request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FripError)
     status, code = http_error(exc)
     service.metrics.error(code)
+    if status in (401, 403):
+        service.audit.append(refusal(request, code))
     message = str(exc)
     if status >= 500:  # the detail (paths, internals) stays in the server's log
         logger.error("%s %s -> %s: %s", request.method, request.url.path, code, exc)

@@ -29,7 +29,6 @@ CREATE TABLE IF NOT EXISTS consent_engines (
     FOREIGN KEY (vendor, subject_id) REFERENCES consents (vendor, subject_id)
         ON DELETE CASCADE);
 """
-LIVE = ("enrolled", "pending")  # engine rows a revocation must still erase
 
 
 class Consents:
@@ -100,7 +99,7 @@ class Consents:
             "SELECT state FROM consent_engines WHERE vendor = ? AND subject_id = ? AND engine = ?",
             (vendor, subject_id, engine),
         )
-        return bool(rows) and rows[0]["state"] in LIVE
+        return bool(rows) and rows[0]["state"] in ("enrolled", "pending")
 
     def detach(self, engine: Engine, subject_id: str) -> None:
         """The engine's owner removed the subject: no consent may erase that id there any

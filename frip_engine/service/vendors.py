@@ -60,6 +60,18 @@ class Caller:
     linkable: frozenset[str] = frozenset()
 
 
+def claimed_key_id(authorization: str | None) -> str | None:
+    """The key id in a well-formed ``Bearer`` key (known, revoked or forged alike)."""
+    match = _parse(authorization)
+    return match[0] if match else None
+
+
+def _parse(authorization: str | None) -> tuple[str, str] | None:
+    scheme, _, key = (authorization or "").partition(" ")
+    match = KEY_PATTERN.match(key.strip()) if scheme.lower() == "bearer" else None
+    return None if match is None else (match[1], match[2])
+
+
 def _digest(salt: bytes, secret: str) -> bytes:
     return hmac.new(salt, secret.encode(), hashlib.sha256).digest()
 
@@ -221,11 +233,10 @@ class Vendors:
         """The caller behind an ``Authorization: Bearer <key>`` header, or an AuthError."""
         if not authorization:
             raise MissingKeyError("send the API key as 'Authorization: Bearer <key>'")
-        scheme, _, key = authorization.partition(" ")
-        match = KEY_PATTERN.match(key.strip()) if scheme.lower() == "bearer" else None
-        if match is None:
+        parsed = _parse(authorization)
+        if parsed is None:
             raise InvalidKeyError("the API key is malformed (expected 'Bearer frip_...')")
-        key_id, secret = match.groups()
+        key_id, secret = parsed
         rows = self.db.query(
             "SELECT vendor, salt, digest, revoked_at FROM api_keys WHERE key_id = ?", (key_id,)
         )
