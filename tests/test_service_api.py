@@ -149,6 +149,13 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
             "bad_subject",
         ),
         (
+            "subject id with a trailing newline",
+            lambda: post({"subject_id": "b\n", "embeddings": [e1]}, subjects),
+            400,
+            "bad_subject",
+        ),
+        ("trailing newline in a path", lambda: get(f"{subjects}/alice%0A"), 400, "bad_subject"),
+        (
             "subject already enrolled",
             lambda: post({"subject_id": "alice", "embeddings": [e1]}, subjects),
             409,
@@ -255,6 +262,17 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
     assert (revoked.split("_")[1], "api_key_revoked") in {
         (e["key_id"], e["outcome"]["code"]) for e in refused
     }
+
+
+def test_a_refused_request_does_not_use_up_its_request_id(setup: Setup) -> None:
+    c, key, v = setup.client, setup.keys["acme"], unit_vectors(1)[0].tolist()
+    ident, request_id = "/v1/engines/doors/identify", uuid.uuid4().hex
+    refused = c.post(ident, json={"embedding": [0.1]}, headers=auth(key, request_id))
+    assert refused.status_code == 422
+    corrected = c.post(ident, json={"embedding": v}, headers=auth(key, request_id))
+    assert corrected.status_code == 200, corrected.text
+    replayed = c.post(ident, json={"embedding": v}, headers=auth(key, request_id))
+    assert replayed.json()["error"]["code"] == "replayed_request"  # accepted once, then spent
 
 
 def test_another_vendors_engine_reveals_nothing(setup: Setup) -> None:
@@ -366,9 +384,26 @@ def test_linkage_enrols_everywhere_with_each_extractor_and_revocation_erases(
     ungranted = s.post("/v1/linkage", body, key="desk")
     assert ungranted.json()["error"]["code"] == "engine_forbidden"
     vendors.link("desk", ["doors", "lobby", "gate"])  # each owner opts its engine in
-    made = s.post("/v1/linkage", {"subject_id": "adam", "image": image}, key="desk")
+    decoded: list[np.ndarray] = []
+    decode = AcmeV1Adapter.decode
+
+    def spy(adapter: AcmeV1Adapter, payload: bytes) -> np.ndarray:
+        decoded.append(decode(adapter, payload).copy())  # a copy: linkage wipes its own
+        return decode(adapter, payload)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AcmeV1Adapter, "decode", spy)
+        made = s.post("/v1/linkage", {"subject_id": "adam", "image": image}, key="desk")
     assert made.status_code == 201, made.text
     assert made.json()["enrolled"] == {"doors": "arcface", "lobby": "sface", "gate": "arcface"}
+    # gate speaks acme-v1: its template came through the adapter (int8, so not the raw
+    # embedding), and only gate's did
+    assert len(decoded) == 1
+    stored = {"embedding": decoded[0].tolist(), "top_k": 1}
+    exact = s.post("/v1/engines/gate/identify", stored, key="globex").json()
+    assert exact["subject_id"] == "adam" and exact["score"] > 1 - 1e-9
+    raw = s.post("/v1/engines/doors/identify", stored, key="acme").json()
+    assert raw["score"] < 1 - 1e-6  # doors holds the unquantised arcface embedding
     again = s.post("/v1/linkage", {"subject_id": "adam", "image": image}, key="desk")
     assert again.json()["error"]["code"] == "subject_exists"
     probe = b64(_img(lfw, "Adam_Sandler", 2).read_bytes())
@@ -546,6 +581,12 @@ def test_keys_are_stored_hashed_and_openapi_covers_every_route(setup: Setup) -> 
     assert described == {(p, m) for p, _, m in ROUTES}
     codes = spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
     assert {code for _, code in HTTP_ERRORS.values()} <= set(codes["enum"])
+    audit = spec["paths"]["/v1/audit"]["get"]["parameters"]
+    assert {(p["name"], p["in"]) for p in audit} == {
+        ("engine", "query"),
+        ("after", "query"),
+        ("limit", "query"),
+    }
 
 
 def test_identify_over_http_reports_table_ii_with_network_and_decoding(

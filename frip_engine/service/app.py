@@ -154,6 +154,7 @@ async def authorise(service: Service, request: Request, engine: str | None = Non
     request_id = request.headers.get("x-request-id")
     if request.method != "GET":
         service.replay.check(caller.key_id, request_id, request.headers.get("x-request-time"))
+        request.state.reserved = (caller.key_id, request_id)  # released if refused with a 4xx
     if engine is not None and engine not in caller.engines:
         raise ForbiddenError(f"this API key has no rights to engine '{engine}'")
     return Context(caller, request_id, received, start, network=start - received)
@@ -200,7 +201,7 @@ def subject_field(body: dict[str, Any]) -> str:
 
 
 def check_subject(subject: str) -> str:
-    if not SUBJECT_PATTERN.match(subject):
+    if not SUBJECT_PATTERN.fullmatch(subject):
         raise SubjectError(
             f"subject id {subject[:40]!r}: use 1-128 letters, digits and '_.@:+-', "
             "starting with a letter or digit"
@@ -704,10 +705,10 @@ def refusal(request: Request, code: str) -> Event:
     return Event(
         actor=caller.vendor if caller else "unauthenticated",
         action="refused",
-        engine=engine if engine and NAME_PATTERN.match(engine) else None,
+        engine=engine if engine and NAME_PATTERN.fullmatch(engine) else None,
         outcome={"code": code, "route": route, "method": request.method},
         key_id=caller.key_id if caller else claimed_key_id(request.headers.get("authorization")),
-        request_id=request_id if request_id and ID_PATTERN.match(request_id) else None,
+        request_id=request_id if request_id and ID_PATTERN.fullmatch(request_id) else None,
     )
 
 
@@ -717,6 +718,9 @@ def frip_error(service: Service, request: Request, exc: Exception) -> Response:
     service.metrics.error(code)
     if status in (401, 403):
         service.audit.append(refusal(request, code))
+    reserved = getattr(request.state, "reserved", None)
+    if reserved is not None and status < 500:
+        service.replay.release(*reserved)
     message = str(exc)
     if status >= 500:  # the detail (paths, internals) stays in the server's log
         logger.error("%s %s -> %s: %s", request.method, request.url.path, code, exc)

@@ -42,7 +42,7 @@ def check_attributes(value: object) -> dict[str, str | int | float | bool]:
     if len(value) > MAX_ATTRIBUTES:
         raise RequestError(f"'attributes' holds at most {MAX_ATTRIBUTES} entries")
     for name, item in value.items():
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise RequestError(f"attribute name {name!r}: use a-z, 0-9 and '_', up to 32")
         if isinstance(item, str) and len(item) > MAX_TEXT:
             raise RequestError(f"attribute {name!r} is longer than {MAX_TEXT} characters")

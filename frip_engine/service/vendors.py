@@ -68,7 +68,7 @@ def claimed_key_id(authorization: str | None) -> str | None:
 
 def _parse(authorization: str | None) -> tuple[str, str] | None:
     scheme, _, key = (authorization or "").partition(" ")
-    match = KEY_PATTERN.match(key.strip()) if scheme.lower() == "bearer" else None
+    match = KEY_PATTERN.fullmatch(key.strip()) if scheme.lower() == "bearer" else None
     return None if match is None else (match[1], match[2])
 
 
@@ -87,7 +87,7 @@ class Vendors:
         returns its first API key."""
         from frip_engine.profile import check_name
 
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             raise InputError(f"vendor name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
         for engine in engines:
             check_name(engine)
