@@ -5,7 +5,9 @@ engine rows are written ``pending`` before any engine enrols the subject, so a c
 cannot leave an enrolment the consent does not know about; ``reconcile`` settles pending
 rows from the engine's own slot map when the engine is next opened. Revocation marks the
 consent ``revoking`` first and deletes it only once every engine has erased the subject,
-so an interrupted revocation is finished by asking again.
+so an interrupted revocation is finished by asking again. When an engine's owner removes
+the subject itself, the row is ``removed`` (``detach``): a revocation then leaves that id
+alone, which may by then name someone else the owner enrolled.
 """
 
 from __future__ import annotations
