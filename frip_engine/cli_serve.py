@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from frip_engine.service.vendors import Vendors
 
 vendors_app = typer.Typer(
-    help="Vendors of the linkage service: API keys and the engines they may use.",
+    help="Vendors of the linkage service: API keys, the engines they own, linkage grants.",
     no_args_is_help=True,
 )
 audit_app = typer.Typer(help="The linkage service's audit log.", no_args_is_help=True)
@@ -113,30 +113,56 @@ def serve(
     server.run()
 
 
+EngineOpt = Annotated[list[str], typer.Option("--engine", help="An engine name (repeatable).")]
+
+
 @vendors_app.command("create")
 def vendors_create(
     name: str,
-    engine: Annotated[list[str], typer.Option(help="An engine the vendor may use (repeatable).")],
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(help="An engine the vendor owns (repeatable; none for a linkage desk)."),
+    ] = None,
     adapter: Annotated[
         str | None, typer.Option(help="Vendor adapter its engines' templates are written in.")
     ] = None,
     home: HomeOpt = None,
 ) -> None:
-    """Create a vendor with rights to its engines; prints its API key once."""
+    """Create a vendor owning its engines (each engine has one owner); prints its API key once."""
     from frip_engine import plugins
     from frip_engine.engine import list_engines
 
     root = _home(home)
+    engines = engine or []
     if adapter is not None:
         plugins.registry().get("adapter", adapter)  # unknown adapter: a clear error now
-    key = _vendors(root).create(name, engine, adapter)
-    _admin_event(root, "vendor_create", vendor=name, engines=",".join(sorted(engine)))
-    missing = sorted(set(engine) - set(list_engines(root)))
+    key = _vendors(root).create(name, engines, adapter)
+    _admin_event(root, "vendor_create", vendor=name, engines=",".join(sorted(engines)))
+    missing = sorted(set(engines) - set(list_engines(root)))
     if missing:
         err.print(f"[yellow]note[/]: no such engine yet: {', '.join(missing)}")
-    out.print(f"vendor [bold]{name}[/] may use: {', '.join(sorted(set(engine)))}")
+    out.print(f"vendor [bold]{name}[/] owns: {', '.join(sorted(set(engines))) or 'no engine'}")
     out.print("API key (shown once, store it now):")
     typer.echo(key)
+
+
+@vendors_app.command("link")
+def vendors_link(name: str, engine: EngineOpt, home: HomeOpt = None) -> None:
+    """Opt engines into NAME's linkage, for their owners: NAME may then enrol consenting
+    registrants into them via /v1/linkage and erase them on revocation, nothing more."""
+    root = _home(home)
+    _vendors(root).link(name, engine)
+    _admin_event(root, "linkage_grant", vendor=name, engines=",".join(sorted(engine)))
+    out.print(f"vendor [bold]{name}[/] may link registrants into: {', '.join(sorted(engine))}")
+
+
+@vendors_app.command("unlink")
+def vendors_unlink(name: str, engine: EngineOpt, home: HomeOpt = None) -> None:
+    """Withdraw linkage grants (consents already given can still be revoked)."""
+    root = _home(home)
+    _vendors(root).unlink(name, engine)
+    _admin_event(root, "linkage_ungrant", vendor=name, engines=",".join(sorted(engine)))
+    out.print(f"vendor [bold]{name}[/] may no longer link into: {', '.join(sorted(engine))}")
 
 
 @vendors_app.command("add-key")
@@ -157,16 +183,18 @@ def vendors_list(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
         typer.echo(json.dumps(listing, indent=2))
         return
     table = Table(title="vendors")
-    for column in ("vendor", "engines", "key id", "created", "revoked"):
+    for column in ("vendor", "owns", "links into", "key id", "created", "revoked"):
         table.add_column(column)
     for vendor in listing:
         keys = vendor["keys"]
         assert isinstance(keys, list)
         engines = ", ".join(vendor["engines"])  # type: ignore[arg-type]
+        linked = ", ".join(vendor["linkage"])  # type: ignore[arg-type]
         for i, key in enumerate(keys):
             table.add_row(
                 str(vendor["vendor"]) if i == 0 else "",
                 engines if i == 0 else "",
+                linked if i == 0 else "",
                 key["key_id"],
                 key["created_at"],
                 key["revoked_at"] or "",

@@ -1,4 +1,4 @@
-"""FRIP function III: one registration image becomes every engine's own template.
+"""FRIP function II: one registration image becomes every engine's own template.
 
 Engines from different vendors use different extractors, so a registrant enrolled once at
 the registration desk must be converted into each engine's feature format. The image is

@@ -61,7 +61,7 @@ def engine_dir(name: str, home: Path | None = None) -> Path:
 
 
 def check_name(name: str) -> None:
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ProfileError(
             f"engine name '{name}' is not valid: use 1-64 letters, digits, '.', '_' or '-'"
         )

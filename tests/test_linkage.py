@@ -1,4 +1,4 @@
-"""FRIP function III: one registration image, one template per engine, each its own format."""
+"""FRIP function II: one registration image, one template per engine, each its own format."""
 
 from __future__ import annotations
 

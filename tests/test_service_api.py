@@ -18,10 +18,10 @@ import pytest
 from conftest import near, unit_vectors
 from frip_adapter_acme import AcmeV1Adapter
 
-from frip_engine.engine import Engine
-from frip_engine.errors import HTTP_ERRORS, CorruptionError
+from frip_engine.engine import Engine, EnrolItem
+from frip_engine.errors import HTTP_ERRORS, CorruptionError, InputError, StoreError
 from frip_engine.service.app import ROUTES, ServiceConfig, create_app
-from frip_engine.service.audit import AuditLog
+from frip_engine.service.audit import AuditLog, Event
 from frip_engine.service.db import Database
 from frip_engine.service.vendors import Vendors
 
@@ -113,6 +113,11 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
     def raw(body: bytes, media: str = "application/json") -> Any:
         return c.post(ident, content=body, headers={**auth(key), "Content-Type": media})
 
+    def raw_enrol(body: bytes) -> Any:
+        return c.post(
+            subjects, content=body, headers={**auth(key), "Content-Type": "application/json"}
+        )
+
     def post(body: Any, path: str = ident) -> Any:
         return s.post(path, body)
 
@@ -143,6 +148,13 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
             400,
             "bad_subject",
         ),
+        (
+            "subject id with a trailing newline",
+            lambda: post({"subject_id": "b\n", "embeddings": [e1]}, subjects),
+            400,
+            "bad_subject",
+        ),
+        ("trailing newline in a path", lambda: get(f"{subjects}/alice%0A"), 400, "bad_subject"),
         (
             "subject already enrolled",
             lambda: post({"subject_id": "alice", "embeddings": [e1]}, subjects),
@@ -207,6 +219,29 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
         ("unknown route", lambda: c.get("/v1/nothing-here"), 404, "route_not_found"),
         ("wrong method", lambda: c.put(ident, json={}), 405, "method_not_allowed"),
         ("bad audit query", lambda: get("/v1/audit?limit=abc"), 400, "bad_request"),
+        ("deeply nested JSON", lambda: raw(b"[" * 100_000 + b"]" * 100_000), 400, "malformed_json"),
+        (
+            "integer too big",
+            lambda: raw(b'{"embedding": [1' + b"0" * 400 + b"]}"),
+            400,
+            "bad_request",
+        ),
+        (
+            "infinite attribute",
+            lambda: raw_enrol(
+                b'{"subject_id": "b", "embeddings": [[0.5]], "attributes": {"age": 1e400}}'
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "lone surrogate in an attribute",
+            lambda: raw_enrol(
+                b'{"subject_id": "b", "embeddings": [[0.5]], "attributes": {"n": "\\ud800"}}'
+            ),
+            400,
+            "bad_request",
+        ),
     ]
     spec = c.get("/openapi.json").json()["components"]["schemas"]["Error"]
     documented = set(spec["properties"]["error"]["properties"]["code"]["enum"])
@@ -221,6 +256,23 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
     assert c.get("/v1/engines/doors", headers=auth(key)).json()["subjects"] == 1
     metrics = c.get("/v1/metrics").text
     assert 'frip_errors_total{code="replayed_request"} 1' in metrics
+    log = AuditLog(s.home)  # refused attempts are audited, a revoked key by its id
+    refused = log.query(frozenset(), "unauthenticated", limit=1000)
+    log.close()
+    assert (revoked.split("_")[1], "api_key_revoked") in {
+        (e["key_id"], e["outcome"]["code"]) for e in refused
+    }
+
+
+def test_a_refused_request_does_not_use_up_its_request_id(setup: Setup) -> None:
+    c, key, v = setup.client, setup.keys["acme"], unit_vectors(1)[0].tolist()
+    ident, request_id = "/v1/engines/doors/identify", uuid.uuid4().hex
+    refused = c.post(ident, json={"embedding": [0.1]}, headers=auth(key, request_id))
+    assert refused.status_code == 422
+    corrected = c.post(ident, json={"embedding": v}, headers=auth(key, request_id))
+    assert corrected.status_code == 200, corrected.text
+    replayed = c.post(ident, json={"embedding": v}, headers=auth(key, request_id))
+    assert replayed.json()["error"]["code"] == "replayed_request"  # accepted once, then spent
 
 
 def test_another_vendors_engine_reveals_nothing(setup: Setup) -> None:
@@ -253,10 +305,21 @@ def test_another_vendors_engine_reveals_nothing(setup: Setup) -> None:
     assert texts[0].json()["error"]["message"] == texts[1].json()["error"]["message"]
     listed = s.client.get("/v1/engines", headers=auth(s.keys["globex"])).json()["engines"]
     assert [e["engine"] for e in listed] == ["gate"]
-    # globex's audit view holds nothing of acme's engines, and asking for one is refused
+    # globex's audit view holds only its own refused attempts, and asking for acme's is refused
     events = s.client.get("/v1/audit", headers=auth(s.keys["globex"])).json()["events"]
-    assert events == []
+    assert {(e["actor"], e["action"]) for e in events} == {("globex", "refused")}
     assert s.client.get("/v1/audit?engine=doors", headers=auth(s.keys["globex"])).status_code == 403
+    # acme, the owner, sees every attempt on doors: who, which route, why, and no probe
+    view = s.client.get("/v1/audit?engine=doors", headers=auth(s.keys["acme"])).json()["events"]
+    tried = [e for e in view if e["action"] == "refused"]
+    assert len(tried) == len(real) + len(texts) and {e["actor"] for e in tried} == {"globex"}
+    assert {e["outcome"]["route"] for e in tried} == {
+        "identify",
+        "verify",
+        "subject_show",
+        "remove",
+    }
+    assert all(set(e["outcome"]) == {"code", "route", "method"} for e in tried)
     # and alice is still there, untouched
     assert s.client.get("/v1/engines/doors/subjects/alice", headers=auth(s.keys["acme"])).is_success
 
@@ -309,38 +372,94 @@ def test_vendor_template_goes_through_the_engines_adapter(setup: Setup) -> None:
 
 def test_linkage_enrols_everywhere_with_each_extractor_and_revocation_erases(
     setup: Setup, lfw: Path, home: Path
-) -> None:
+) -> None:  # also: ownership, the linkage grant, and a failed revocation asked again
     s = setup
-    desk = Vendors(Database(home / "service.sqlite")).create(
-        "desk", ["doors", "lobby", "gate"]
-    )  # a registration desk trusted with all three engines
+    vendors = Vendors(Database(home / "service.sqlite"))
+    with pytest.raises(InputError, match="belongs to vendor 'acme'"):
+        vendors.create("desk", ["doors"])  # an engine has exactly one owner
+    desk = vendors.create("desk", [])  # a registration desk: owns no engine
     s.keys["desk"] = desk
     image = b64(_img(lfw, "Adam_Sandler", 1).read_bytes())
-    made = s.post("/v1/linkage", {"subject_id": "adam", "image": image}, key="desk")
+    body = {"subject_id": "adam", "image": image, "engines": ["doors"]}
+    ungranted = s.post("/v1/linkage", body, key="desk")
+    assert ungranted.json()["error"]["code"] == "engine_forbidden"
+    vendors.link("desk", ["doors", "lobby", "gate"])  # each owner opts its engine in
+    decoded: list[np.ndarray] = []
+    decode = AcmeV1Adapter.decode
+
+    def spy(adapter: AcmeV1Adapter, payload: bytes) -> np.ndarray:
+        decoded.append(decode(adapter, payload).copy())  # a copy: linkage wipes its own
+        return decode(adapter, payload)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AcmeV1Adapter, "decode", spy)
+        made = s.post("/v1/linkage", {"subject_id": "adam", "image": image}, key="desk")
     assert made.status_code == 201, made.text
     assert made.json()["enrolled"] == {"doors": "arcface", "lobby": "sface", "gate": "arcface"}
+    # gate speaks acme-v1: its template came through the adapter (int8, so not the raw
+    # embedding), and only gate's did
+    assert len(decoded) == 1
+    stored = {"embedding": decoded[0].tolist(), "top_k": 1}
+    exact = s.post("/v1/engines/gate/identify", stored, key="globex").json()
+    assert exact["subject_id"] == "adam" and exact["score"] > 1 - 1e-9
+    raw = s.post("/v1/engines/doors/identify", stored, key="acme").json()
+    assert raw["score"] < 1 - 1e-6  # doors holds the unquantised arcface embedding
     again = s.post("/v1/linkage", {"subject_id": "adam", "image": image}, key="desk")
     assert again.json()["error"]["code"] == "subject_exists"
     probe = b64(_img(lfw, "Adam_Sandler", 2).read_bytes())
-    for engine in ("doors", "lobby", "gate"):  # each recognises him with its own extractor
-        hit = s.post(f"/v1/engines/{engine}/identify", {"image": probe}, key="desk").json()
+    owner = {"doors": "acme", "lobby": "acme", "gate": "globex"}
+    for engine in owner:  # each owner recognises him with its engine's own extractor
+        hit = s.post(f"/v1/engines/{engine}/identify", {"image": probe}, key=owner[engine]).json()
         assert hit["matched"] and hit["subject_id"] == "adam", (engine, hit)
+    # the grant lets the desk enrol and erase under consent, and nothing else
+    vector = unit_vectors(1)[0].tolist()
+    for engine in owner:
+        base = f"/v1/engines/{engine}"
+        refused = [
+            s.post(f"{base}/identify", {"embedding": vector}, key="desk"),
+            s.post(f"{base}/verify", {"subject_id": "adam", "embedding": vector}, key="desk"),
+            s.post(f"{base}/subjects", {"subject_id": "eve", "embeddings": [vector]}, key="desk"),
+            s.client.get(base, headers=auth(desk)),
+            s.client.get(f"{base}/subjects/adam", headers=auth(desk)),
+            s.client.delete(f"{base}/subjects/adam", headers=auth(desk)),
+        ]
+        answers = {(r.status_code, r.json()["error"]["code"]) for r in refused}
+        assert answers == {(403, "engine_forbidden")}, engine
+    assert s.client.get("/v1/engines", headers=auth(desk)).json()["engines"] == []
     record = s.client.get("/v1/linkage/adam", headers=auth(desk)).json()
     assert {e: r["state"] for e, r in record["engines"].items()} == dict.fromkeys(
         ("doors", "gate", "lobby"), "enrolled"
     )
     # other vendors do not see the desk's consent
     assert s.client.get("/v1/linkage/adam", headers=auth(s.keys["acme"])).status_code == 404
-    revoked = s.client.delete("/v1/linkage/adam", headers=auth(desk)).json()
-    assert sorted(revoked["removed"]) == ["doors", "gate", "lobby"]
-    for engine in ("doors", "lobby", "gate"):
+    # acme erases adam from doors and enrols someone else under that id: no longer the desk's
+    doors_adam = "/v1/engines/doors/subjects/adam"
+    assert s.client.delete(doors_adam, headers=auth(s.keys["acme"])).is_success
+    enrol = {"subject_id": "adam", "embeddings": [vector]}
+    assert s.post("/v1/engines/doors/subjects", enrol).status_code == 201
+    remove = Engine.remove
+
+    def failing(engine: Engine, subject_id: str) -> None:
+        if engine.name == "lobby":
+            raise StoreError("the disk is full")
+        remove(engine, subject_id)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Engine, "remove", failing)
+        failed = s.client.delete("/v1/linkage/adam", headers=auth(desk))
+    assert failed.status_code == 500 and failed.json()["error"]["code"] == "store_error"
+    revoked = s.client.delete("/v1/linkage/adam", headers=auth(desk)).json()  # asked again
+    assert revoked["removed"] == ["lobby"] and revoked["absent"] == ["doors", "gate"]
+    for engine in ("lobby", "gate"):
         body = {"subject_id": "adam", "image": probe}
-        gone = s.post(f"/v1/engines/{engine}/verify", body, key="desk")
+        gone = s.post(f"/v1/engines/{engine}/verify", body, key=owner[engine])
         assert gone.json()["error"]["code"] == "subject_not_found"
+    assert s.client.get(doors_adam, headers=auth(s.keys["acme"])).is_success  # acme's, kept
     assert s.client.get("/v1/linkage/adam", headers=auth(desk)).status_code == 404
     nobody = s.post("/v1/linkage", {"subject_id": "ghost", "image": b64(_noise_png())}, key="desk")
     assert nobody.status_code == 422 and nobody.json()["error"]["code"] == "linkage_failed"
     events = s.client.get("/v1/audit", headers=auth(desk)).json()["events"]
+    assert {e["actor"] for e in events} == {"desk"}  # its own events only, not the owners'
     actions = [
         (e["action"], e["engine"], e["outcome"].get("state"))
         for e in events
@@ -348,7 +467,12 @@ def test_linkage_enrols_everywhere_with_each_extractor_and_revocation_erases(
     ]
     for engine in ("doors", "lobby", "gate"):
         assert ("linkage_enrol", engine, "enrolled") in actions
+    assert ("linkage_revoke", "lobby", "failed") in actions  # the failed attempt is on record
+    for engine in ("lobby", "gate"):
         assert ("linkage_revoke", engine, "removed") in actions
+    assert ("linkage_revoke", "doors", "detached") in actions
+    gate = s.client.get("/v1/audit?engine=gate", headers=auth(s.keys["globex"])).json()["events"]
+    assert ("desk", "linkage_enrol") in {(e["actor"], e["action"]) for e in gate}  # owner sees
 
 
 def test_audit_log_is_append_only_chained_and_free_of_biometrics(setup: Setup) -> None:
@@ -358,14 +482,16 @@ def test_audit_log_is_append_only_chained_and_free_of_biometrics(setup: Setup) -
     s.post("/v1/engines/doors/identify", {"embedding": v[0].tolist()})
     s.client.delete("/v1/engines/doors/subjects/alice", headers=auth(s.keys["acme"]))
     events = s.client.get("/v1/audit?engine=doors", headers=auth(s.keys["acme"])).json()["events"]
-    assert [e["action"] for e in events] == ["enrol", "identify", "remove"]
+    actions = ["enrol_intent", "enrol", "identify", "remove_intent", "remove"]
+    assert [e["action"] for e in events] == actions
     assert all(e["actor"] == "acme" and e["at"] and e["request_id"] for e in events)
-    assert events[1]["outcome"]["matched"] is True and events[1]["subject_id"] == "alice"
+    assert events[1]["outcome"]["intent"] == events[0]["seq"]  # the outcome closes its intent
+    assert events[2]["outcome"]["matched"] is True and events[2]["subject_id"] == "alice"
     text = (s.home / "audit.sqlite").read_bytes()
     for value in v[0][:8]:  # no component of the embedding, in any rendering
         assert repr(float(value))[:10].encode() not in text
     log = AuditLog(s.home)
-    assert log.verify() == 3
+    assert log.verify() == 5
     db = sqlite3.connect(s.home / "audit.sqlite")
     for statement in ("UPDATE audit SET actor = 'x'", "DELETE FROM audit"):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
@@ -387,6 +513,63 @@ def test_rate_limit_answers_429_with_retry_after(make_engine: Any, home: Path) -
         limited = c.get("/v1/engines", headers=auth(key))
         assert limited.json()["error"]["code"] == "rate_limited"
         assert int(limited.headers["Retry-After"]) >= 1
+        # requests without a valid key are limited per client address
+        codes = [c.get("/v1/engines").status_code for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+
+
+def test_intents_a_crash_left_open_are_settled_when_the_engine_opens(
+    make_engine: Any, home: Path
+) -> None:
+    doors = plain(make_engine, "doors")
+    key = Vendors(Database(home / "service.sqlite")).create("acme", ["doors"])
+    v = unit_vectors(2, seed=8)
+    log = AuditLog(home)
+
+    def intend(action: str, subject: str) -> int:
+        opened = Event(actor="acme", action=action, engine="doors", subject_id=subject)
+        return log.intend(opened, doors.profile.engine_id)
+
+    left = {intend("enrol", "kept"): ("enrol", "recovered")}  # committed, then the crash
+    doors.enrol(EnrolItem("kept", embeddings=[v[0]]))
+    left[intend("enrol", "lost")] = ("enrol", "aborted")  # the crash came first
+    doors.enrol(EnrolItem("stays", embeddings=[v[1]]))
+    left[intend("remove", "stays")] = ("remove", "aborted")
+    left[intend("remove", "kept")] = ("remove", "aborted")
+    log.close()
+    with starlette_testclient.TestClient(create_app(ServiceConfig(home, rate=0))) as c:
+        assert c.get("/v1/engines/doors", headers=auth(key)).is_success  # opens the engine
+        events = c.get("/v1/audit?engine=doors", headers=auth(key)).json()["events"]
+    settled = {
+        e["outcome"]["intent"]: (e["action"], e["outcome"]["state"])
+        for e in events
+        if "intent" in e["outcome"]
+    }
+    assert settled == left
+    assert all(e["key_id"] is None and e["actor"] == "acme" for e in events)
+    assert sqlite3.connect(home / "audit.sqlite").execute("SELECT * FROM intents").fetchall() == []
+
+
+def test_an_unexpected_error_is_a_bare_500_with_its_traceback_in_the_log(
+    make_engine: Any, home: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    from frip_engine.service import app
+
+    plain(make_engine, "doors")
+    key = Vendors(Database(home / "service.sqlite")).create("acme", ["doors"])
+    failure = RuntimeError("internal detail")
+
+    def broken(engine: Engine) -> dict[str, Any]:
+        raise failure
+
+    monkeypatch.setattr(app, "_engine_summary", broken)
+    config = ServiceConfig(home, rate=0)
+    with starlette_testclient.TestClient(create_app(config), raise_server_exceptions=False) as c:
+        response = c.get("/v1/engines/doors", headers=auth(key))
+    assert response.status_code == 500 and response.json()["error"]["code"] == "internal_error"
+    assert "internal detail" not in response.text
+    logged = [r for r in caplog.records if r.name == "frip_engine.service"]
+    assert logged and logged[-1].exc_info is not None and logged[-1].exc_info[1] is failure
 
 
 def test_keys_are_stored_hashed_and_openapi_covers_every_route(setup: Setup) -> None:
@@ -398,6 +581,12 @@ def test_keys_are_stored_hashed_and_openapi_covers_every_route(setup: Setup) -> 
     assert described == {(p, m) for p, _, m in ROUTES}
     codes = spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
     assert {code for _, code in HTTP_ERRORS.values()} <= set(codes["enum"])
+    audit = spec["paths"]["/v1/audit"]["get"]["parameters"]
+    assert {(p["name"], p["in"]) for p in audit} == {
+        ("engine", "query"),
+        ("after", "query"),
+        ("limit", "query"),
+    }
 
 
 def test_identify_over_http_reports_table_ii_with_network_and_decoding(

@@ -1,8 +1,10 @@
 """The Starlette application behind ``frip serve``.
 
 Every request outside /v1/health, /v1/metrics and /openapi.json carries a vendor's API
-key; a key reaches only its vendor's engines, and a request for any other engine is
-refused with the same 403 whether that engine or subject exists or not. State-changing
+key; a key reaches only the engines its vendor owns, and a request for any other engine
+is refused with the same 403 whether that engine or subject exists or not. The one
+exception is /v1/linkage, which may also enrol a consenting registrant into (and erase it
+from) engines whose owners granted the caller linkage, and never reads them. State-changing
 requests also carry a fresh ``X-Request-Id`` and ``X-Request-Time`` (replay guard). Engine
 work runs on each engine's own thread (``pool``); an enrolment is acknowledged only
 after its store commit and its audit row are both on disk. Errors are JSON,
@@ -26,7 +28,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from frip_engine import __version__, plugins
 from frip_engine.errors import (
+    AuthError,
     Base64Error,
     DuplicateSubjectError,
     ForbiddenError,
@@ -63,8 +66,8 @@ from frip_engine.service.db import Database
 from frip_engine.service.limits import RateLimiter, read_limited
 from frip_engine.service.metrics import Metrics
 from frip_engine.service.pool import EnginePool, EngineSlot
-from frip_engine.service.replay import ReplayGuard
-from frip_engine.service.vendors import Caller, Vendors
+from frip_engine.service.replay import ID_PATTERN, ReplayGuard
+from frip_engine.service.vendors import Caller, Vendors, claimed_key_id
 
 if TYPE_CHECKING:
     from frip_engine.decision import Decision
@@ -122,6 +125,7 @@ class Service:
         """Settle what a crash may have left half-written for this engine."""
         self.attributes.reconcile(engine)
         self.consents.reconcile(engine)
+        self.audit.reconcile(engine)
 
     def engines(self) -> EnginePool:
         assert self.pool is not None, "the service's lifespan has not started"
@@ -136,14 +140,21 @@ class Service:
 
 # ---------------------------------------------------------------------------- request parts
 async def authorise(service: Service, request: Request, engine: str | None = None) -> Context:
-    """Key, rate, replay and engine-scope checks, in that order, before any body is read."""
+    """Key, rate, replay and engine-scope checks, in that order, before any body is read.
+    Unauthenticated requests are rate-limited per client address (each one is audited)."""
     start = time.perf_counter()
     received = float(request.scope.get("state", {}).get("received", start))
-    caller = service.vendors.authenticate(request.headers.get("authorization"))
+    try:
+        caller = service.vendors.authenticate(request.headers.get("authorization"))
+    except AuthError:
+        service.limiter.take(f"address:{request.client.host if request.client else '?'}")
+        raise
+    request.state.caller = caller  # for the audit row if the request is refused
     service.limiter.take(caller.key_id)
     request_id = request.headers.get("x-request-id")
     if request.method != "GET":
         service.replay.check(caller.key_id, request_id, request.headers.get("x-request-time"))
+        request.state.reserved = (caller.key_id, request_id)  # released if refused with a 4xx
     if engine is not None and engine not in caller.engines:
         raise ForbiddenError(f"this API key has no rights to engine '{engine}'")
     return Context(caller, request_id, received, start, network=start - received)
@@ -168,6 +179,8 @@ async def read_json(service: Service, request: Request, ctx: Context) -> dict[st
         body = json.loads(raw, parse_constant=refuse)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedJSONError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedJSONError("the body nests JSON too deeply") from None
     if not isinstance(body, dict):
         raise MalformedJSONError("the body must be a JSON object")
     ctx.decoding += time.perf_counter() - parsed
@@ -188,7 +201,7 @@ def subject_field(body: dict[str, Any]) -> str:
 
 
 def check_subject(subject: str) -> str:
-    if not SUBJECT_PATTERN.match(subject):
+    if not SUBJECT_PATTERN.fullmatch(subject):
         raise SubjectError(
             f"subject id {subject[:40]!r}: use 1-128 letters, digits and '_.@:+-', "
             "starting with a letter or digit"
@@ -210,7 +223,10 @@ def decode_vector(value: object, field: str) -> np.ndarray:
         isinstance(x, int | float) and not isinstance(x, bool) for x in value
     ):
         raise RequestError(f"'{field}' must be a list of numbers")
-    return np.asarray(value, dtype=np.float64)
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        raise RequestError(f"'{field}' holds a number too large for a float") from None
 
 
 @dataclass
@@ -259,6 +275,25 @@ def event(ctx: Context, action: str, engine: str | None, subject: str | None, **
         key_id=ctx.caller.key_id,
         request_id=ctx.request_id,
     )
+
+
+@contextlib.contextmanager
+def audited(
+    service: Service, ctx: Context, action: str, engine: Engine, subject: str, **asked: Any
+) -> Iterator[dict[str, Any]]:
+    """Bracket an engine change with an intent row and its outcome row (which the body
+    fills in); a crash in between leaves the intent for ``AuditLog.reconcile``."""
+    opened = event(ctx, action, engine.name, subject, **asked)
+    intent = service.audit.intend(opened, engine.profile.engine_id)
+    outcome: dict[str, Any] = dict(asked)
+    try:
+        yield outcome
+    except BaseException as exc:
+        code = http_error(exc)[1] if isinstance(exc, FripError) else "internal_error"
+        failed = event(ctx, action, engine.name, subject, state="failed", reason=code)
+        service.audit.settle(intent, failed)
+        raise
+    service.audit.settle(intent, event(ctx, action, engine.name, subject, **outcome))
 
 
 def decision_json(decision: Decision, ctx: Context, queued: float) -> dict[str, Any]:
@@ -366,22 +401,22 @@ async def enrol(service: Service, request: Request) -> Response:
                 notes += [f"images[{i}]: {note}" for note in found]
             if attributes is not None:
                 service.attributes.stage(engine, subject, attributes)
+            counts = {"images": len(pictures), "embeddings": len(given)}
             try:
-                report = engine.enrol_many([EnrolItem(subject, embeddings=list(held))])
+                with audited(service, ctx, "enrol", engine, subject, **counts) as outcome:
+                    report = engine.enrol_many([EnrolItem(subject, embeddings=list(held))])
+                    if subject in report.failed:
+                        why = report.failed[subject]
+                        raise (StoreError if why.startswith("not stored") else SubjectError)(why)
+                    outcome["state"] = "enrolled"
             except BaseException:
                 service.attributes.drop(engine, subject)
                 raise
-            if subject in report.failed:
-                service.attributes.drop(engine, subject)
-                why = report.failed[subject]
-                raise (StoreError if why.startswith("not stored") else SubjectError)(why)
         finally:
             for vector in held:
                 vector.fill(0.0)
-        if attributes is not None:
+        if attributes is not None:  # a crash before this: reconcile commits them at next open
             service.attributes.commit(engine, subject)
-        counts = {"images": len(pictures), "embeddings": len(given)}
-        service.audit.append(event(ctx, "enrol", name, subject, **counts))
         return notes
 
     notes, _ = await slot.run(work)
@@ -419,9 +454,11 @@ async def remove(service: Service, request: Request) -> Response:
     def work(engine: Engine) -> None:
         if engine.store.subject(subject) is None:
             raise UnknownSubjectError(f"subject '{subject}' is not enrolled in '{name}'")
-        engine.remove(subject)
+        with audited(service, ctx, "remove", engine, subject) as outcome:
+            engine.remove(subject)
+            outcome["state"] = "removed"
         service.attributes.drop(engine, subject)
-        service.audit.append(event(ctx, "remove", name, subject))
+        service.consents.detach(engine, subject)
 
     await slot.run(work)
     return JSONResponse({"engine": name, "subject_id": subject, "removed": True})
@@ -499,14 +536,15 @@ async def linkage_create(service: Service, request: Request) -> Response:
     body = await read_json(service, request, ctx)
     allow_only(body, {"subject_id", "image", "engines"})
     subject = subject_field(body)
-    names = body.get("engines", sorted(ctx.caller.engines & set(list_engines(service.config.home))))
+    linkable = ctx.caller.engines | ctx.caller.linkable
+    names = body.get("engines", sorted(linkable & set(list_engines(service.config.home))))
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise RequestError("'engines' must be a non-empty list of engine names")
     if len(set(names)) != len(names):
         raise RequestError("'engines' lists an engine twice")
     for name in names:
-        if name not in ctx.caller.engines:
-            raise ForbiddenError(f"this API key has no rights to engine '{name}'")
+        if name not in linkable:
+            raise ForbiddenError(f"this API key has no linkage rights to engine '{name}'")
     pixels = load_image(decode_b64(body.get("image"), "image"))
     if service.consents.get(ctx.caller.vendor, subject) is not None:
         raise DuplicateSubjectError(f"subject '{subject}' already has a linkage")
@@ -540,6 +578,10 @@ def link(
     refused = {n: (ids[n], "already enrolled in this engine") for n, p in present.items() if p}
     pending = {n: ids[n] for n, p in present.items() if not p}
     service.consents.open(vendor, subject, ctx.request_id, pending, refused)
+    intents = {
+        n: service.audit.intend(event(ctx, "linkage_enrol", n, subject), engine_id)
+        for n, engine_id in pending.items()
+    }
     failed = {name: why for name, (_, why) in refused.items()}
     enrolled: dict[str, str] = {}
     if pending:
@@ -558,7 +600,11 @@ def link(
             service.consents.settle(vendor, subject, name, state, detail)
         outcome = {"state": state, "extractor": enrolled[name]} if state == "enrolled" else {}
         outcome = outcome or {"state": state, "reason": detail}
-        service.audit.append(event(ctx, "linkage_enrol", name, subject, **outcome))
+        done = event(ctx, "linkage_enrol", name, subject, **outcome)
+        if name in intents:
+            service.audit.settle(intents[name], done)
+        else:
+            service.audit.append(done)
     if not enrolled:
         service.consents.delete(vendor, subject)
         raise LinkageError(f"'{subject}' was enrolled nowhere: {json.dumps(failed)}")
@@ -587,7 +633,7 @@ async def linkage_revoke(service: Service, request: Request) -> Response:
     gone: list[str] = []
     for name, row in found["engines"].items():
         if row["state"] == "failed":
-            continue
+            continue  # never enrolled there
         try:
             slots[name] = await service.engines().get(name)
         except NotFoundError:
@@ -604,17 +650,21 @@ def unlink(
 
     def call(engine: Engine, work: Callable[[], Any]) -> Any:
         def erase_and_drop() -> Any:
-            outcome = work()
+            if not service.consents.holds(ctx.caller.vendor, subject, engine.name):
+                # its owner removed it meanwhile: that id is no longer this consent's
+                detached = event(ctx, "linkage_revoke", engine.name, subject, state="detached")
+                service.audit.append(detached)
+                return False
+            with audited(service, ctx, "linkage_revoke", engine, subject) as outcome:
+                erased = work()
+                outcome["state"] = "removed" if erased else "absent"
             service.attributes.drop(engine, subject)
-            return outcome
+            return erased
 
         return slots[engine.name].call(erase_and_drop)
 
     result = remove_everywhere([s.engine for s in slots.values()], subject, call=call)
-    for name in result.removed + result.absent:
-        state = "removed" if name in result.removed else "absent"
-        service.audit.append(event(ctx, "linkage_revoke", name, subject, state=state))
-    if result.failed:
+    if result.failed:  # each failure is in the audit log (state "failed", with its code)
         raise StoreError(f"revocation incomplete, ask again: {json.dumps(result.failed)}")
     service.consents.delete(ctx.caller.vendor, subject)
     return {"subject_id": subject, "removed": result.removed, "absent": result.absent}
@@ -623,7 +673,7 @@ def unlink(
 async def audit_query(service: Service, request: Request) -> Response:
     ctx = await authorise(service, request)
     engine = request.query_params.get("engine")
-    if engine is not None and engine not in ctx.caller.engines:
+    if engine is not None and engine not in ctx.caller.engines | ctx.caller.linkable:
         raise ForbiddenError(f"this API key has no rights to engine '{engine}'")
     try:
         after = int(request.query_params.get("after", "0"))
@@ -643,10 +693,34 @@ def error_response(code: str, message: str, status: int, request: Request) -> JS
     return JSONResponse(body, status)
 
 
+def refusal(request: Request, code: str) -> Event:
+    """The audit row of a refused (401/403) attempt: who as far as known, which route and
+    engine, why. Nothing of the body, and only well-formed ids from an unknown caller."""
+    from frip_engine.profile import NAME_PATTERN
+
+    caller: Caller | None = getattr(request.state, "caller", None)
+    engine = request.path_params.get("engine")
+    request_id = request.headers.get("x-request-id")
+    route = getattr(request.scope.get("endpoint"), "__name__", "unmatched")
+    return Event(
+        actor=caller.vendor if caller else "unauthenticated",
+        action="refused",
+        engine=engine if engine and NAME_PATTERN.fullmatch(engine) else None,
+        outcome={"code": code, "route": route, "method": request.method},
+        key_id=caller.key_id if caller else claimed_key_id(request.headers.get("authorization")),
+        request_id=request_id if request_id and ID_PATTERN.fullmatch(request_id) else None,
+    )
+
+
 def frip_error(service: Service, request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FripError)
     status, code = http_error(exc)
     service.metrics.error(code)
+    if status in (401, 403):
+        service.audit.append(refusal(request, code))
+    reserved = getattr(request.state, "reserved", None)
+    if reserved is not None and status < 500:
+        service.replay.release(*reserved)
     message = str(exc)
     if status >= 500:  # the detail (paths, internals) stays in the server's log
         logger.error("%s %s -> %s: %s", request.method, request.url.path, code, exc)
@@ -668,7 +742,7 @@ def http_exception(service: Service, request: Request, exc: Exception) -> Respon
 
 def unexpected(service: Service, request: Request, exc: Exception) -> Response:
     service.metrics.error("internal_error")
-    logger.exception("unexpected error in %s %s", request.method, request.url.path)
+    logger.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
     return error_response("internal_error", "unexpected server error", 500, request)
 
 

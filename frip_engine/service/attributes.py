@@ -12,6 +12,7 @@ half-present.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -41,12 +42,19 @@ def check_attributes(value: object) -> dict[str, str | int | float | bool]:
     if len(value) > MAX_ATTRIBUTES:
         raise RequestError(f"'attributes' holds at most {MAX_ATTRIBUTES} entries")
     for name, item in value.items():
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise RequestError(f"attribute name {name!r}: use a-z, 0-9 and '_', up to 32")
         if isinstance(item, str) and len(item) > MAX_TEXT:
             raise RequestError(f"attribute {name!r} is longer than {MAX_TEXT} characters")
         if not isinstance(item, str | int | float | bool) or item != item:  # NaN != NaN
             raise RequestError(f"attribute {name!r} must be text, a number or a boolean")
+        if isinstance(item, float) and not math.isfinite(item):  # JSON 1e400 parses as inf
+            raise RequestError(f"attribute {name!r} must be a finite number")
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")  # a lone surrogate ("\\ud800") would break every read
+            except UnicodeEncodeError:
+                raise RequestError(f"attribute {name!r} is not valid Unicode text") from None
     return dict(value)
 
 

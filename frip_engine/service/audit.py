@@ -5,18 +5,29 @@ removal, linkage event and key administration is one row in ``$FRIP_HOME/audit.s
 Triggers refuse UPDATE and DELETE, and each row carries SHA-256(previous hash + row), so
 an edit made around the triggers (another SQLite client, a hex editor) breaks the chain
 at that row and ``verify`` names it. Rows hold ids, outcomes and scores, no biometric data.
+
+A change to an engine is bracketed: an ``<action>_intent`` row is written (and an open
+intent recorded) before the engine commits, and the outcome row, naming the intent, after.
+A crash in between leaves the intent open; ``reconcile`` settles it when the service next
+opens the engine, from what the engine holds (``recovered`` if the change is there,
+``aborted`` if not). So every subject an engine holds has its enrolment in the log.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from frip_engine.errors import CorruptionError
 from frip_engine.service.db import Database, now_iso
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from frip_engine.engine import Engine
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -28,8 +39,13 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS intents (
+    seq INTEGER PRIMARY KEY REFERENCES audit(seq), engine_id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS intents_engine ON intents (engine_id);
 """
 GENESIS = "0" * 64
+INTENT = "_intent"
+ADDING = frozenset({"enrol", "linkage_enrol"})  # the other bracketed actions remove
 FIELDS = ("seq", "at", "actor", "key_id", "action", "engine", "subject_id", "outcome", "request_id")
 
 
@@ -59,40 +75,86 @@ class AuditLog:
     def append(self, event: Event) -> int:
         """Write one event durably (fsync'd) and return its sequence number."""
         with self.db.transaction() as tx:
-            last = tx.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (last["seq"] + 1, last["hash"]) if last else (1, GENESIS)
-            row = {
-                "seq": seq,
-                "at": now_iso(),
-                "actor": event.actor,
-                "key_id": event.key_id,
-                "action": event.action,
-                "engine": event.engine,
-                "subject_id": event.subject_id,
-                "outcome": json.dumps(event.outcome or {}, sort_keys=True),
-                "request_id": event.request_id,
-            }
-            tx.execute(
-                "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*[row[f] for f in FIELDS], prev, _chain(prev, row)),
-            )
+            return self._append(tx, event)
+
+    def intend(self, event: Event, engine_id: str) -> int:
+        """Before an engine changes: an ``<action>_intent`` row and an open intent."""
+        with self.db.transaction() as tx:
+            seq = self._append(tx, replace(event, action=event.action + INTENT))
+            tx.execute("INSERT INTO intents VALUES (?, ?)", (seq, engine_id))
             return seq
+
+    def settle(self, intent: int, event: Event) -> int:
+        """After the change (or its failure): the outcome row, naming the intent it closes."""
+        with self.db.transaction() as tx:
+            seq = self._append(
+                tx, replace(event, outcome={**(event.outcome or {}), "intent": intent})
+            )
+            tx.execute("DELETE FROM intents WHERE seq = ?", (intent,))
+            return seq
+
+    def reconcile(self, engine: Engine) -> int:
+        """Settle the intents a crash left open on this engine from what it holds now."""
+        rows = self.db.query(
+            "SELECT a.* FROM intents i JOIN audit a ON a.seq = i.seq WHERE i.engine_id = ? "
+            "ORDER BY a.seq",
+            (engine.profile.engine_id,),
+        )
+        for row in rows:
+            action = str(row["action"]).removesuffix(INTENT)
+            present = engine.store.subject(row["subject_id"]) is not None
+            happened = present == (action in ADDING)
+            found = Event(
+                actor=row["actor"],
+                action=action,
+                engine=engine.name,
+                subject_id=row["subject_id"],
+                outcome={"state": "recovered" if happened else "aborted"},
+                key_id=row["key_id"],
+                request_id=row["request_id"],
+            )
+            self.settle(row["seq"], found)
+        return len(rows)
+
+    def _append(self, tx: sqlite3.Connection, event: Event) -> int:
+        last = tx.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (last["seq"] + 1, last["hash"]) if last else (1, GENESIS)
+        row = {
+            "seq": seq,
+            "at": now_iso(),
+            "actor": event.actor,
+            "key_id": event.key_id,
+            "action": event.action,
+            "engine": event.engine,
+            "subject_id": event.subject_id,
+            "outcome": json.dumps(event.outcome or {}, sort_keys=True),
+            "request_id": event.request_id,
+        }
+        tx.execute(
+            "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*[row[f] for f in FIELDS], prev, _chain(prev, row)),
+        )
+        return seq
 
     def query(
         self,
-        engines: frozenset[str],
+        owned: frozenset[str],
         vendor: str,
         engine: str | None = None,
         after: int = 0,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Events on the caller's engines (or engine-less events it caused), oldest first."""
-        names = sorted(engines if engine is None else engines & {engine})
+        """Events on the vendor's own engines, and the vendor's own events anywhere (its
+        linkage into engines it does not own), oldest first."""
+        names = sorted(owned)
         marks = ",".join("?" * len(names))
+        where = f"seq > ? AND (engine IN ({marks}) OR actor = ?)"
+        args: list[object] = [after, *names, vendor]
+        if engine is not None:
+            where += " AND engine = ?"
+            args.append(engine)
         rows = self.db.query(
-            f"SELECT * FROM audit WHERE seq > ? AND (engine IN ({marks}) "
-            "OR (engine IS NULL AND actor = ?)) ORDER BY seq LIMIT ?",
-            (after, *names, vendor, limit),
+            f"SELECT * FROM audit WHERE {where} ORDER BY seq LIMIT ?", (*args, limit)
         )
         return [
             {**{f: r[f] for f in FIELDS}, "outcome": json.loads(r["outcome"]), "hash": r["hash"]}

@@ -5,7 +5,9 @@ engine rows are written ``pending`` before any engine enrols the subject, so a c
 cannot leave an enrolment the consent does not know about; ``reconcile`` settles pending
 rows from the engine's own slot map when the engine is next opened. Revocation marks the
 consent ``revoking`` first and deletes it only once every engine has erased the subject,
-so an interrupted revocation is finished by asking again.
+so an interrupted revocation is finished by asking again. When an engine's owner removes
+the subject itself, the row is ``removed`` (``detach``): a revocation then leaves that id
+alone, which may by then name someone else the owner enrolled.
 """
 
 from __future__ import annotations
@@ -91,6 +93,24 @@ class Consents:
             tx.execute(
                 "UPDATE consents SET state = 'revoking' WHERE vendor = ? AND subject_id = ?",
                 (vendor, subject_id),
+            )
+
+    def holds(self, vendor: str, subject_id: str, engine: str) -> bool:
+        """Whether the consent still covers the subject in that engine (may erase it)."""
+        rows = self.db.query(
+            "SELECT state FROM consent_engines WHERE vendor = ? AND subject_id = ? AND engine = ?",
+            (vendor, subject_id, engine),
+        )
+        return bool(rows) and rows[0]["state"] in ("enrolled", "pending")
+
+    def detach(self, engine: Engine, subject_id: str) -> None:
+        """The engine's owner removed the subject: no consent may erase that id there any
+        more (the owner could enrol someone else under it)."""
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE consent_engines SET state = 'removed', detail = 'removed by the owner' "
+                "WHERE engine_id = ? AND subject_id = ? AND state IN ('enrolled', 'pending')",
+                (engine.profile.engine_id, subject_id),
             )
 
     def delete(self, vendor: str, subject_id: str) -> None:

@@ -83,9 +83,30 @@ SUMMARIES = {
     "linkage_create": "Opt-in linkage: enrol one image into each engine with its own extractor",
     "linkage_show": "A linkage consent and where it enrolled",
     "linkage_revoke": "Revoke a linkage: erase the subject from every linked engine",
-    "audit_query": "Audit events on this key's engines (query: engine, after, limit)",
+    "audit_query": "Audit events on this key's engines, and its own events anywhere",
 }
 OPEN = {"health", "metrics", "openapi"}
+QUERIES: dict[str, list[dict[str, Any]]] = {
+    "audit_query": [
+        {
+            "name": "engine",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "only this engine (one the key owns, or links into)",
+        },
+        {
+            "name": "after",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 0, "default": 0},
+            "description": "events after this sequence number (to page)",
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        },
+    ]
+}
 
 
 def describe() -> dict[str, Any]:
@@ -120,6 +141,7 @@ def describe() -> dict[str, Any]:
             for p in ("engine", "subject_id")
             if "{" + p + "}" in path
         ]
+        parameters += QUERIES.get(name, [])
         if method in ("POST", "DELETE"):
             parameters += [
                 {

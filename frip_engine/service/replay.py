@@ -4,6 +4,9 @@
 key, and ``X-Request-Time`` (Unix seconds) within the window of the server's clock. Ids
 are remembered in the service database for twice the window, so a request re-sent later,
 or after a restart, is refused as well; older ones are refused by their time alone.
+An id is reserved when its request arrives (so two copies racing in cannot both pass)
+and released if the request is then refused with a 4xx, which changes nothing: the
+corrected request may be re-sent under the same id.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class ReplayGuard:
 
     def check(self, key_id: str, request_id: str | None, sent: str | None) -> None:
         """Accept a request id once per key, and only if its time is inside the window."""
-        if request_id is None or not ID_PATTERN.match(request_id):
+        if request_id is None or not ID_PATTERN.fullmatch(request_id):
             raise RequestIdError(
                 "send a fresh X-Request-Id (16-128 letters, digits, '-' or '_') per request"
             )
@@ -62,3 +65,8 @@ class ReplayGuard:
             raise ReplayError(
                 f"request id {request_id} was already used with this key: not processed again"
             ) from None
+
+    def release(self, key_id: str, request_id: str) -> None:
+        """Forget an id whose request was refused before it changed anything."""
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM nonces WHERE key_id = ? AND nonce = ?", (key_id, request_id))

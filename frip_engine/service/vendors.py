@@ -4,6 +4,12 @@ A key is ``frip_<key id>_<secret>``: the id finds the row, the 256-bit secret is
 against HMAC-SHA256(per-key salt, secret). The secret is random, so a fast salted hash is
 as strong as a slow one here, and it keeps authentication off the request's critical path.
 The key itself is shown once, by ``frip vendors create``, and never stored.
+
+Each engine has exactly one owning vendor (a unique index says so), and only the owner's
+keys read, identify against, list or change it. Cross-engine linkage is a narrower,
+explicit right: ``frip vendors link DESK --engine E`` records that E's owner opted E into
+DESK's linkage, which lets DESK enrol consenting registrants into E through /v1/linkage and
+erase them on revocation, and nothing else.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ CREATE TABLE IF NOT EXISTS vendors (name TEXT PRIMARY KEY, created_at TEXT NOT N
 CREATE TABLE IF NOT EXISTS vendor_engines (
     vendor TEXT NOT NULL REFERENCES vendors(name), engine TEXT NOT NULL,
     PRIMARY KEY (vendor, engine));
+CREATE UNIQUE INDEX IF NOT EXISTS vendor_engines_owner ON vendor_engines (engine);
+CREATE TABLE IF NOT EXISTS linkage_grants (
+    linker TEXT NOT NULL REFERENCES vendors(name), engine TEXT NOT NULL,
+    granted_at TEXT NOT NULL, PRIMARY KEY (linker, engine));
 CREATE TABLE IF NOT EXISTS engine_adapters (engine TEXT PRIMARY KEY, adapter TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY, vendor TEXT NOT NULL REFERENCES vendors(name),
@@ -41,11 +51,25 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: the vendor, which of its keys, and the engines it may use."""
+    """Who sent a request: the vendor, which of its keys, the engines it owns, and the
+    other vendors' engines opted into its linkage (enrol and erase under consent only)."""
 
     vendor: str
     key_id: str
     engines: frozenset[str]
+    linkable: frozenset[str] = frozenset()
+
+
+def claimed_key_id(authorization: str | None) -> str | None:
+    """The key id in a well-formed ``Bearer`` key (known, revoked or forged alike)."""
+    match = _parse(authorization)
+    return match[0] if match else None
+
+
+def _parse(authorization: str | None) -> tuple[str, str] | None:
+    scheme, _, key = (authorization or "").partition(" ")
+    match = KEY_PATTERN.fullmatch(key.strip()) if scheme.lower() == "bearer" else None
+    return None if match is None else (match[1], match[2])
 
 
 def _digest(salt: bytes, secret: str) -> bytes:
@@ -59,18 +83,25 @@ class Vendors:
 
     # ------------------------------------------------------------------ administration (CLI)
     def create(self, name: str, engines: list[str], adapter: str | None = None) -> str:
-        """A new vendor with rights to ``engines``; returns its first API key."""
+        """A new vendor owning ``engines`` (none for a registration desk that only links);
+        returns its first API key."""
         from frip_engine.profile import check_name
 
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             raise InputError(f"vendor name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
-        if not engines:
-            raise InputError("give the vendor at least one engine (--engine NAME)")
         for engine in engines:
             check_name(engine)
         with self.db.transaction() as tx:
             if tx.execute("SELECT 1 FROM vendors WHERE name = ?", (name,)).fetchone():
                 raise DuplicateSubjectError(f"vendor '{name}' already exists")
+            for engine in engines:
+                owner = self._owner(tx, engine)
+                if owner is not None:
+                    raise InputError(
+                        f"engine '{engine}' belongs to vendor '{owner}'; an engine has one "
+                        f"owner (to enrol into it by linkage: frip vendors link {name} "
+                        f"--engine {engine})"
+                    )
             if adapter is not None:
                 for engine in engines:
                     row = tx.execute(
@@ -91,11 +122,45 @@ class Vendors:
                 )
             return self._new_key(tx, name)
 
+    def link(self, linker: str, engines: list[str]) -> None:
+        """Opt other vendors' engines into ``linker``'s consent linkage (idempotent)."""
+        with self.db.transaction() as tx:
+            self._exists(tx, linker)
+            for engine in engines:
+                owner = self._owner(tx, engine)
+                if owner is None:
+                    raise NotFoundError(f"engine '{engine}' has no owning vendor")
+                if owner == linker:
+                    raise InputError(f"vendor '{linker}' owns '{engine}': it links it already")
+            tx.executemany(
+                "INSERT OR IGNORE INTO linkage_grants VALUES (?, ?, ?)",
+                [(linker, e, now_iso()) for e in set(engines)],
+            )
+
+    def unlink(self, linker: str, engines: list[str]) -> None:
+        """Withdraw linkage grants; consents already given can still be revoked (erased)."""
+        with self.db.transaction() as tx:
+            self._exists(tx, linker)
+            tx.executemany(
+                "DELETE FROM linkage_grants WHERE linker = ? AND engine = ?",
+                [(linker, e) for e in set(engines)],
+            )
+
+    @staticmethod
+    def _owner(tx: sqlite3.Connection, engine: str) -> str | None:
+        row = tx.execute("SELECT vendor FROM vendor_engines WHERE engine = ?", (engine,))
+        found = row.fetchone()
+        return None if found is None else str(found["vendor"])
+
+    @staticmethod
+    def _exists(tx: sqlite3.Connection, name: str) -> None:
+        if not tx.execute("SELECT 1 FROM vendors WHERE name = ?", (name,)).fetchone():
+            raise NotFoundError(f"vendor '{name}' does not exist")
+
     def add_key(self, name: str) -> str:
         """Another key for an existing vendor (to rotate: add one, then revoke the old)."""
         with self.db.transaction() as tx:
-            if not tx.execute("SELECT 1 FROM vendors WHERE name = ?", (name,)).fetchone():
-                raise NotFoundError(f"vendor '{name}' does not exist")
+            self._exists(tx, name)
             return self._new_key(tx, name)
 
     @staticmethod
@@ -125,7 +190,8 @@ class Vendors:
             return str(found["vendor"])
 
     def listing(self) -> list[dict[str, object]]:
-        """Vendors with their engines and keys (ids and dates only, never a digest)."""
+        """Vendors with their engines, linkage grants and keys (ids and dates only, never a
+        digest)."""
         result: list[dict[str, object]] = []
         for vendor in self.db.query("SELECT name, created_at FROM vendors ORDER BY name"):
             name = vendor["name"]
@@ -143,12 +209,19 @@ class Vendors:
                     (name,),
                 )
             ]
+            linked = [
+                r["engine"]
+                for r in self.db.query(
+                    "SELECT engine FROM linkage_grants WHERE linker = ? ORDER BY engine", (name,)
+                )
+            ]
             adapters = {e: self.adapter_of(e) for e in engines if self.adapter_of(e)}
             result.append(
                 {
                     "vendor": name,
                     "created_at": vendor["created_at"],
                     "engines": engines,
+                    "linkage": linked,
                     "adapters": adapters,
                     "keys": keys,
                 }
@@ -160,11 +233,10 @@ class Vendors:
         """The caller behind an ``Authorization: Bearer <key>`` header, or an AuthError."""
         if not authorization:
             raise MissingKeyError("send the API key as 'Authorization: Bearer <key>'")
-        scheme, _, key = authorization.partition(" ")
-        match = KEY_PATTERN.match(key.strip()) if scheme.lower() == "bearer" else None
-        if match is None:
+        parsed = _parse(authorization)
+        if parsed is None:
             raise InvalidKeyError("the API key is malformed (expected 'Bearer frip_...')")
-        key_id, secret = match.groups()
+        key_id, secret = parsed
         rows = self.db.query(
             "SELECT vendor, salt, digest, revoked_at FROM api_keys WHERE key_id = ?", (key_id,)
         )
@@ -180,7 +252,11 @@ class Vendors:
             r["engine"]
             for r in self.db.query("SELECT engine FROM vendor_engines WHERE vendor = ?", (vendor,))
         )
-        return Caller(vendor, key_id, engines)
+        linkable = frozenset(
+            r["engine"]
+            for r in self.db.query("SELECT engine FROM linkage_grants WHERE linker = ?", (vendor,))
+        )
+        return Caller(vendor, key_id, engines, linkable)
 
     def adapter_of(self, engine: str) -> str | None:
         """The vendor adapter an engine's templates are written in, if any."""
