@@ -53,6 +53,11 @@ class Extractor(Protocol):
 class Protection(Protocol):
     name: str
 
+    def bind(self, extractor: str, dimension: int) -> None:
+        """Fit the protection to the engine's extractor (name, dimension) or raise
+        ProfileError; ``build`` calls it before any template is made."""
+        ...
+
     def output_dimension(self, dimension: int) -> int: ...
 
     def protect(self, embedding: np.ndarray) -> np.ndarray | PemiuTemplate: ...

@@ -217,4 +217,8 @@ def build(profile: Profile) -> Components:
             f"[engine] dimension = {profile.dimension} but extractor "
             f"'{parts.extractor.name}' produces {parts.extractor.dimension}-d embeddings"
         )
+    try:
+        parts.protection.bind(parts.extractor.name, parts.extractor.dimension)
+    except ProfileError as exc:
+        raise ProfileError(f"[protection] {exc}") from exc
     return parts
