@@ -252,33 +252,34 @@ def he_cost(
 
     backend = plugins.create("he_backend", "tenseal", preset="fast")
     public, secret = backend.keygen()
-    matcher, decryptor = backend.matcher(public), backend.decryptor(public, secret)
-    n = min(len(matrix), matcher.slots)
+    plain_matcher, decryptor = backend.matcher(public), backend.decryptor(public, secret)
+    n = min(len(matrix), plain_matcher.slots)
     rows = list(range(n))
-    out: dict[str, Any] = {"registrants": n, "slots": matcher.slots, "preset": "fast"}
+    out: dict[str, Any] = {"registrants": n, "slots": plain_matcher.slots, "preset": "fast"}
 
-    def timed(block: Any, probe: Any, size: int | None) -> tuple[float, float, np.ndarray]:
+    def timed(matcher: Any, block: Any, probe: Any) -> tuple[float, float, np.ndarray]:
         start = time.perf_counter()
         scored = matcher.score(block, matcher.prepare_probe(matcher.encode_probe(probe)))
         middle = time.perf_counter()
         values = decryptor.decrypt_scores(scored)
-        if size is not None:
+        if matcher.pemiu_block_size is not None:
             values = pemiu.assigned_scores(np.moveaxis(values[:, :, :n], 2, 0))
         return middle - start, time.perf_counter() - middle, values[:n]
 
-    plain = matcher.encrypt_rows(matrix[:n], rows)
-    seconds = [timed(plain, matrix[i], None)[:2] for i in range(probes)]
+    plain = plain_matcher.encrypt_rows(matrix[:n], rows)
+    seconds = [timed(plain_matcher, plain, matrix[i])[:2] for i in range(probes)]
     out["plain"] = {
         "score_s": float(np.median([a for a, _ in seconds])),
         "decrypt_s": float(np.median([b for _, b in seconds])),
     }
     for size in block_sizes:
+        matcher = backend.matcher(public, size)  # a pe-miu engine's: this block size only
         stored = protect_matrix(matrix[:n], size, extractor)[0]
         block = matcher.encrypt_rows(stored, rows)
         timings, error = [], 0.0
         for i in range(probes):
             probe = pemiu.protect(matrix[i], size, extractor)
-            score_s, decide_s, values = timed(block, probe, size)
+            score_s, decide_s, values = timed(matcher, block, probe)
             expected = pemiu.compare_many(np.repeat(probe.vector[None], n, 0), stored, size)
             error = max(error, float(np.max(np.abs(values - expected))))
             timings.append((score_s, decide_s))

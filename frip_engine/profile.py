@@ -177,6 +177,14 @@ class Components:
     def dimension(self) -> int:
         return int(self.protection.output_dimension(self.extractor.dimension))
 
+    @property
+    def pemiu_block_size(self) -> int | None:
+        """The block size of every template and probe of a pe-miu engine, else None: the
+        matcher takes only probes of this size."""
+        if getattr(self.protection, "probe_mode", "plain") != "pe-miu":
+            return None
+        return int(self.protection.block_size)
+
 
 def build(profile: Profile) -> Components:
     """Instantiate every plugin the profile names and check the combination."""
