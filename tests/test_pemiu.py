@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from itertools import permutations
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from frip_engine import pemiu, plugins
 from frip_engine.errors import InputError, ProfileError
+from frip_engine.keyservice import KeyService
 from frip_engine.pemiu import PemiuTemplate
 from frip_engine.profile import Profile, build
 from tests.conftest import near, unit_vectors
@@ -80,6 +82,36 @@ def test_comparison_recovers_the_blocks() -> None:
         assert score == pytest.approx(plain, abs=1e-9)
         other = gallery[(i + 1) % len(gallery)]
         assert protection.compare(protection.prepare_probe(other), reference) < 0.5  # type: ignore[attr-defined]
+
+
+def test_permutations_come_from_the_os_csprng(monkeypatch: pytest.MonkeyPatch) -> None:
+    draws: list[int] = []
+    getrandbits = random.SystemRandom.getrandbits  # os.urandom underneath
+
+    def counted(self: random.SystemRandom, k: int) -> int:
+        draws.append(k)
+        return getrandbits(self, k)
+
+    monkeypatch.setattr(random.SystemRandom, "getrandbits", counted)
+    pemiu.protect(unit_vectors(1)[0], 32, "arcface")
+    assert len(draws) >= 15  # a shuffle of 16 blocks draws 15 times (more when rejected)
+
+
+def test_assignment_is_one_to_one_and_optimal_not_greedy() -> None:
+    # both probe blocks are closest to reference block 0: a per-block argmax takes it twice
+    probe = PemiuTemplate(np.array([1.0, 0.0, 0.9, 0.1]), 2, "arcface", 4, 2)
+    reference = PemiuTemplate(np.array([1.0, 0.0, 0.0, 1.0]), 2, "arcface", 4, 2)
+    norms = np.linalg.norm(probe.vector) * np.linalg.norm(reference.vector)
+    assert pemiu.compare(probe, reference) == pytest.approx((1.0 + 0.1) / norms)  # not 1.9
+    # against every one-to-one assignment of 5 random blocks, in the comparator and in the
+    # key service's decision under HE (which gets the block-pair products, one per slot)
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        products = rng.standard_normal((5, 5))
+        best = max(sum(products[i, p[i]] for i in range(5)) for p in permutations(range(5)))
+        assert pemiu.assigned_scores(products[None])[0] == pytest.approx(best)
+        ((value, _),) = KeyService._best_in_block(0, products[:, :, None] / 10, {0: "a"}, 1)
+        assert value == pytest.approx(best / 10)
 
 
 def test_the_profile_binds_the_protection_to_the_engines_extractor() -> None:
