@@ -120,6 +120,7 @@ def test_eval_protection_command_on_lfw_faces(lfw: Path, tmp_path: Path) -> None
             "32",
             "-b",
             "128",
+            "--he",
             "--output",
             str(output),
             "--json",
@@ -133,7 +134,12 @@ def test_eval_protection_command_on_lfw_faces(lfw: Path, tmp_path: Path) -> None
     assert entry["verification"]["32"]["eer"] <= entry["verification"]["unprotected"]["eer"] + 0.05
     assert entry["complexity"]["32"]["default"]["min"] == 16
     assert set(entry["gender_svm"]["unprotected"]) == {"poly", "rbf", "sigmoid"}
-    assert "generator network" in (output / "protection.md").read_text()
+    cost = entry["he_cost"]  # --he: the pe-miu probe mode under CKKS against the plain one
+    assert cost["registrants"] == entry["images_used"] and cost["plain"]["score_s"] > 0
+    for size in ("32", "128"):
+        assert cost[size]["score_s"] > 0 and cost[size]["max_score_difference"] < 1e-3
+    report = (output / "protection.md").read_text()
+    assert "generator network" in report and "Encrypted gallery (TenSEAL fast" in report
     assert (output / "protection.png").stat().st_size > 0
 
 
