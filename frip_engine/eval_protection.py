@@ -161,7 +161,8 @@ def unlinkability(
     """D_sys between two independent protections (versions A and B) of the templates.
 
     Mated: A(x) vs B(y) for the same person — ``same_image`` with y = x, ``same_person``
-    with y another image of the person; non-mated: A(x) vs B(z) for different persons.
+    with y another image of the person; non-mated: A(x) vs A(z) for different persons (each
+    template has its own permutation, so A(z) is as independent of A(x) as B(z) would be).
     """
     first, _ = protect_matrix(matrix, block_size, extractor)
     second, _ = protect_matrix(matrix, block_size, extractor)
