@@ -292,9 +292,18 @@ def protection_command(
     output: OutputOpt = Path("results/eval"),
     threads: ThreadsOpt = 1,
     identities: IdentitiesOpt = None,
+    he: Annotated[
+        bool,
+        typer.Option(
+            "--he",
+            help="Also time the encrypted pe-miu probe mode against the plain one (one "
+            "TenSEAL fast block) and check its scores against the plaintext comparator.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """PE-MIU protection: EER/FNMR per block size, gender SVMs, complexity, D_sys."""
+    """PE-MIU protection: EER/FNMR per block size, gender SVMs, complexity, D_sys, and
+    with --he the cost under HE."""
     from frip_engine.demo import find_lfw_dev
     from frip_engine.eval_protection import (
         DEFAULT_BLOCK_SIZES,
@@ -319,6 +328,7 @@ def protection_command(
             max_impostors or None,
             threads,
             _Bar(progress, len(dataset.paths)),
+            he=he,
         )
     files = write_protection_outputs(summary, output)
     if as_json:

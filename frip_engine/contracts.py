@@ -53,6 +53,11 @@ class Extractor(Protocol):
 class Protection(Protocol):
     name: str
 
+    def bind(self, extractor: str, dimension: int) -> None:
+        """Fit the protection to the engine's extractor (name, dimension) or raise
+        ProfileError; ``build`` calls it before any template is made."""
+        ...
+
     def output_dimension(self, dimension: int) -> int: ...
 
     def protect(self, embedding: np.ndarray) -> np.ndarray | PemiuTemplate: ...
@@ -119,7 +124,10 @@ class HEBackend(Protocol):
 
     def keygen(self) -> tuple[bytes, bytearray]: ...
 
-    def matcher(self, public_context: bytes) -> Matcher: ...
+    def matcher(self, public_context: bytes, pemiu_block_size: int | None = None) -> Matcher:
+        """The public side. With ``pemiu_block_size`` it takes only pe-miu probes of that
+        block size (a pe-miu engine's), otherwise only the backend's own probe mode."""
+        ...
 
     def decryptor(self, public_context: bytes, secret_context: bytearray) -> Decryptor: ...
 

@@ -25,6 +25,7 @@ from frip_engine.decision import Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
 from frip_engine.errors import (
     FripError,
+    InputError,
     KeyStoreError,
     NotFoundError,
     ProfileError,
@@ -34,7 +35,7 @@ from frip_engine.errors import (
 from frip_engine.images import load_image
 from frip_engine.keyservice import KeyService, he_key_id, wipe
 from frip_engine.parallel import ParallelScorer, WorkerSetup, result
-from frip_engine.pemiu import stored_vector
+from frip_engine.pemiu import PemiuTemplate, stored_vector
 from frip_engine.profile import (
     Components,
     Profile,
@@ -84,7 +85,9 @@ class Engine:
             self.key_version,
             self.store.public_context(self.key_version),
         )
-        self.matcher = parts.backend.matcher(self.key_service.public_context)
+        self.matcher = parts.backend.matcher(
+            self.key_service.public_context, parts.pemiu_block_size
+        )
         self._blocks: dict[int, tuple[int, Any]] = {}
         self._scorer: ParallelScorer | None = None
         self._slot_map: tuple[tuple[tuple[int, int], ...], dict[int, dict[int, str]]] | None = None
@@ -108,9 +111,9 @@ class Engine:
                     "engine_id": profile.engine_id,
                     "name": profile.name,
                     "dimension": str(parts.dimension),
-                    "extractor": parts.extractor.name,
                     "he": parts.backend.description,
                     "key_version": "1",
+                    **template_record(parts),
                 }
             )
             parts.gallery_store.put_public_context(1, service.public_context)
@@ -142,6 +145,13 @@ class Engine:
                 f"engine '{name}': the gallery holds {meta['dimension']}-d templates but the "
                 f"profile's extractor '{parts.extractor.name}' gives {parts.dimension}-d"
             )
+        for key, value in template_record(parts).items():
+            if meta.get(key, value) != value:  # galleries older than a key did not record it
+                raise ProfileError(
+                    f"engine '{name}': the gallery was enrolled with {key} '{meta[key]}' but the "
+                    f"profile says '{value}'; its templates cannot be compared with probes made "
+                    "that way: restore the profile, or enrol into a new engine"
+                )
         return cls(profile, directory, parts)
 
     def close(self) -> None:
@@ -174,6 +184,11 @@ class Engine:
         return self.check_embedding(extraction.embedding), extraction.notes
 
     def check_embedding(self, vector: object, what: str = "embedding") -> np.ndarray:
+        if isinstance(vector, PemiuTemplate):
+            raise InputError(
+                f"{what} is already protected (pe-miu, block_size {vector.block_size}): give "
+                "the raw embedding; the engine protects it with a fresh permutation"
+            )
         return normalise(vector, self.parts.extractor.dimension, what)
 
     # ----------------------------------------------------------------- enrolment
@@ -480,6 +495,7 @@ class Engine:
                     self.profile.params("gallery_store"),
                     str(self.directory),
                     self.key_service.public_context,
+                    self.parts.pemiu_block_size,
                 ),
                 self.profile.workers,
             )
@@ -566,7 +582,7 @@ class Engine:
         self.store.clear_staging()
         key_store.delete_secret(engine_id, he_key_id(new_version))  # left by an interruption
         fresh = KeyService.generate(self.parts.backend, key_store, engine_id, new_version)
-        matcher = self.parts.backend.matcher(fresh.public_context)
+        matcher = self.parts.backend.matcher(fresh.public_context, self.parts.pemiu_block_size)
         occupants = self._occupants()
         for info in self.store.blocks():
             if progress:
@@ -652,6 +668,16 @@ def _emit(hook_name: str, **kwargs: Any) -> None:
         getattr(plugins.plugin_manager().hook, hook_name)(**kwargs)
     except Exception:
         logger.exception("event hook %s failed; the change it reports stands", hook_name)
+
+
+def template_record(parts: Components) -> dict[str, str]:
+    """What stored templates depend on besides their dimension, recorded in the gallery at
+    creation: a profile later edited to another extractor, protection or pe-miu block size
+    would compare templates made one way with probes made another, so it is refused."""
+    record = {"extractor": parts.extractor.name, "protection": parts.protection.name}
+    if parts.pemiu_block_size is not None:
+        record["pemiu_block_size"] = str(parts.pemiu_block_size)
+    return record
 
 
 def list_engines(home: Path | None = None) -> list[str]:

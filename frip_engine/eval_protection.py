@@ -43,7 +43,7 @@ def read_genders(index: Path, dataset: Dataset) -> list[str]:
 
 
 def protect_matrix(
-    matrix: np.ndarray, block_size: int, extractor: str = "", min_complexity: int | None = None
+    matrix: np.ndarray, block_size: int, extractor: str, min_complexity: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every row protected with its own fresh permutation; the rows and their complexities."""
     templates = [pemiu.protect(row, block_size, extractor, min_complexity) for row in matrix]
@@ -81,7 +81,7 @@ def verification_table(
     labels: Sequence[str],
     block_sizes: Sequence[int],
     max_impostors: int | None,
-    extractor: str = "",
+    extractor: str,
 ) -> dict[str, Any]:
     """EER and FNMR at FMR targets: ``unprotected`` and one entry per block size."""
     a, b, genuine = comparison_pairs(labels, max_impostors)
@@ -136,11 +136,11 @@ def gender_accuracy(
     return out
 
 
-def complexity_distribution(matrix: np.ndarray, block_size: int) -> dict[str, Any]:
+def complexity_distribution(matrix: np.ndarray, block_size: int, extractor: str) -> dict[str, Any]:
     """Counts of each complexity value with min_complexity at its default and at 0."""
     result: dict[str, Any] = {"blocks": matrix.shape[1] // block_size}
     for label, minimum in (("default", None), ("none", 0)):
-        _, values = protect_matrix(matrix, block_size, min_complexity=minimum)
+        _, values = protect_matrix(matrix, block_size, extractor, minimum)
         counts = np.bincount(values, minlength=result["blocks"] + 1)
         result[label] = {
             "counts": counts.tolist(),
@@ -152,15 +152,20 @@ def complexity_distribution(matrix: np.ndarray, block_size: int) -> dict[str, An
 
 
 def unlinkability(
-    matrix: np.ndarray, labels: Sequence[str], block_size: int, max_pairs: int = 20000
+    matrix: np.ndarray,
+    labels: Sequence[str],
+    block_size: int,
+    extractor: str,
+    max_pairs: int = 20000,
 ) -> dict[str, float]:
     """D_sys between two independent protections (versions A and B) of the templates.
 
     Mated: A(x) vs B(y) for the same person — ``same_image`` with y = x, ``same_person``
-    with y another image of the person; non-mated: A(x) vs B(z) for different persons.
+    with y another image of the person; non-mated: A(x) vs A(z) for different persons (each
+    template has its own permutation, so A(z) is as independent of A(x) as B(z) would be).
     """
-    first, _ = protect_matrix(matrix, block_size)
-    second, _ = protect_matrix(matrix, block_size)
+    first, _ = protect_matrix(matrix, block_size, extractor)
+    second, _ = protect_matrix(matrix, block_size, extractor)
     names = np.asarray(labels)
     a, b = np.triu_indices(len(names), k=1)
     same = names[a] == names[b]
@@ -216,8 +221,8 @@ def run_protection(
             "failures": len(emb.failures),
             "verification": verification_table(matrix, labels, block_sizes, max_impostors, name),
             "gender_svm": gender,
-            "complexity": {str(s): complexity_distribution(matrix, s) for s in block_sizes},
-            "dsys": {str(s): unlinkability(matrix, labels, s) for s in block_sizes},
+            "complexity": {str(s): complexity_distribution(matrix, s, name) for s in block_sizes},
+            "dsys": {str(s): unlinkability(matrix, labels, s, name) for s in block_sizes},
         }
         if he:
             results[name]["he_cost"] = he_cost(matrix, block_sizes, name)
@@ -248,33 +253,34 @@ def he_cost(
 
     backend = plugins.create("he_backend", "tenseal", preset="fast")
     public, secret = backend.keygen()
-    matcher, decryptor = backend.matcher(public), backend.decryptor(public, secret)
-    n = min(len(matrix), matcher.slots)
+    plain_matcher, decryptor = backend.matcher(public), backend.decryptor(public, secret)
+    n = min(len(matrix), plain_matcher.slots)
     rows = list(range(n))
-    out: dict[str, Any] = {"registrants": n, "slots": matcher.slots, "preset": "fast"}
+    out: dict[str, Any] = {"registrants": n, "slots": plain_matcher.slots, "preset": "fast"}
 
-    def timed(block: Any, probe: Any, size: int | None) -> tuple[float, float, np.ndarray]:
+    def timed(matcher: Any, block: Any, probe: Any) -> tuple[float, float, np.ndarray]:
         start = time.perf_counter()
         scored = matcher.score(block, matcher.prepare_probe(matcher.encode_probe(probe)))
         middle = time.perf_counter()
         values = decryptor.decrypt_scores(scored)
-        if size is not None:
+        if matcher.pemiu_block_size is not None:
             values = pemiu.assigned_scores(np.moveaxis(values[:, :, :n], 2, 0))
         return middle - start, time.perf_counter() - middle, values[:n]
 
-    plain = matcher.encrypt_rows(matrix[:n], rows)
-    seconds = [timed(plain, matrix[i], None)[:2] for i in range(probes)]
+    plain = plain_matcher.encrypt_rows(matrix[:n], rows)
+    seconds = [timed(plain_matcher, plain, matrix[i])[:2] for i in range(probes)]
     out["plain"] = {
         "score_s": float(np.median([a for a, _ in seconds])),
         "decrypt_s": float(np.median([b for _, b in seconds])),
     }
     for size in block_sizes:
+        matcher = backend.matcher(public, size)  # a pe-miu engine's: this block size only
         stored = protect_matrix(matrix[:n], size, extractor)[0]
         block = matcher.encrypt_rows(stored, rows)
         timings, error = [], 0.0
         for i in range(probes):
             probe = pemiu.protect(matrix[i], size, extractor)
-            score_s, decide_s, values = timed(block, probe, size)
+            score_s, decide_s, values = timed(matcher, block, probe)
             expected = pemiu.compare_many(np.repeat(probe.vector[None], n, 0), stored, size)
             error = max(error, float(np.max(np.abs(values - expected))))
             timings.append((score_s, decide_s))

@@ -33,6 +33,7 @@ class WorkerSetup:
     store_params: dict[str, Any]
     engine_dir: str
     public_context: bytes
+    pemiu_block_size: int | None  # a pe-miu engine's probe block size
 
 
 _worker: dict[str, Any] = {}
@@ -45,7 +46,8 @@ def _start(setup: WorkerSetup) -> None:
     backend = plugins.create("he_backend", setup.backend, **setup.backend_params)
     store = plugins.create("gallery_store", setup.store, **setup.store_params)
     store.bind(setup.engine_dir)
-    _worker.update(matcher=backend.matcher(setup.public_context), store=store, blocks={})
+    matcher = backend.matcher(setup.public_context, setup.pemiu_block_size)
+    _worker.update(matcher=matcher, store=store, blocks={})
 
 
 def _score(block_id: int, revision: int, payload: bytes) -> tuple[int, bytes]:

@@ -88,11 +88,12 @@ def complexity(permutation: list[int] | np.ndarray) -> int:
 def protect(
     embedding: np.ndarray | PemiuTemplate,
     block_size: int,
-    extractor: str = "",
+    extractor: str,
     min_complexity: int | None = None,
     rng: Random | None = None,
 ) -> PemiuTemplate:
-    """Shuffle the blocks of one embedding with a fresh permutation."""
+    """Shuffle the blocks of one embedding with a fresh permutation; ``extractor`` names the
+    model that made it, so templates of different models are never compared."""
     if isinstance(embedding, PemiuTemplate):
         raise InputError(
             "pe-miu: this template is already protected "

@@ -177,6 +177,14 @@ class Components:
     def dimension(self) -> int:
         return int(self.protection.output_dimension(self.extractor.dimension))
 
+    @property
+    def pemiu_block_size(self) -> int | None:
+        """The block size of every template and probe of a pe-miu engine, else None: the
+        matcher takes only probes of this size."""
+        if getattr(self.protection, "probe_mode", "plain") != "pe-miu":
+            return None
+        return int(self.protection.block_size)
+
 
 def build(profile: Profile) -> Components:
     """Instantiate every plugin the profile names and check the combination."""
@@ -217,4 +225,8 @@ def build(profile: Profile) -> Components:
             f"[engine] dimension = {profile.dimension} but extractor "
             f"'{parts.extractor.name}' produces {parts.extractor.dimension}-d embeddings"
         )
+    try:
+        parts.protection.bind(parts.extractor.name, parts.extractor.dimension)
+    except ProfileError as exc:
+        raise ProfileError(f"[protection] {exc}") from exc
     return parts

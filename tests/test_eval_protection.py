@@ -46,7 +46,7 @@ def test_gender_signal_is_learnt_in_the_clear_and_hidden_by_permutation() -> Non
     x = rng.standard_normal((n, 256)) + np.outer(sign, w / np.linalg.norm(w))
     clear = gender_accuracy(x, genders, groups)
     assert min(clear.values()) > 0.8 and max(clear.values()) > 0.95
-    protected = gender_accuracy(protect_matrix(x, 16)[0], genders, groups)
+    protected = gender_accuracy(protect_matrix(x, 16, "arcface")[0], genders, groups)
     assert max(protected.values()) < 0.75  # measured 0.58-0.66 over repeated runs
 
 
@@ -68,15 +68,15 @@ def test_pairs_keep_every_genuine_and_sample_impostors() -> None:
 
 def test_verification_complexity_and_unlinkability_on_synthetic_people() -> None:
     matrix, labels = _people(25, 4)
-    table = verification_table(matrix, labels, [16, 32], None)
+    table = verification_table(matrix, labels, [16, 32], None, "arcface")
     assert set(table) == {"unprotected", "16", "32"}
     for row in table.values():
         assert row["eer"] < 0.05
     assert abs(table["32"]["eer"] - table["unprotected"]["eer"]) < 0.02
-    dist = complexity_distribution(matrix, 16)  # 8 blocks
+    dist = complexity_distribution(matrix, 16, "arcface")  # 8 blocks
     assert dist["default"]["min"] == 8 and dist["default"]["counts"][8] == len(matrix)
     assert dist["none"]["min"] < 8
-    linkage = unlinkability(matrix, labels, 32)
+    linkage = unlinkability(matrix, labels, 32, "arcface")
     assert linkage["same_image"] > 0.9  # the comparator undoes the permutation
     assert 0.0 <= linkage["same_person"] <= 1.0
 
@@ -120,6 +120,7 @@ def test_eval_protection_command_on_lfw_faces(lfw: Path, tmp_path: Path) -> None
             "32",
             "-b",
             "128",
+            "--he",
             "--output",
             str(output),
             "--json",
@@ -133,7 +134,12 @@ def test_eval_protection_command_on_lfw_faces(lfw: Path, tmp_path: Path) -> None
     assert entry["verification"]["32"]["eer"] <= entry["verification"]["unprotected"]["eer"] + 0.05
     assert entry["complexity"]["32"]["default"]["min"] == 16
     assert set(entry["gender_svm"]["unprotected"]) == {"poly", "rbf", "sigmoid"}
-    assert "generator network" in (output / "protection.md").read_text()
+    cost = entry["he_cost"]  # --he: the pe-miu probe mode under CKKS against the plain one
+    assert cost["registrants"] == entry["images_used"] and cost["plain"]["score_s"] > 0
+    for size in ("32", "128"):
+        assert cost[size]["score_s"] > 0 and cost[size]["max_score_difference"] < 1e-3
+    report = (output / "protection.md").read_text()
+    assert "generator network" in report and "Encrypted gallery (TenSEAL fast" in report
     assert (output / "protection.png").stat().st_size > 0
 
 

@@ -7,10 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import near, unit_vectors
+from frip_plugins.ckks_layouts import read_probe
 
 from frip_engine import pemiu, plugins
-from frip_engine.engine import Engine, EnrolItem
-from frip_engine.errors import BackendError, ProfileError
+from frip_engine.engine import PROFILE_FILE, Engine, EnrolItem
+from frip_engine.errors import BackendError, InputError, ProfileError
+from frip_engine.pemiu import PemiuTemplate
 from frip_engine.profile import Profile, build
 
 
@@ -93,6 +95,99 @@ def test_pemiu_probe_mode_scores_equal_plaintext_pemiu(make_engine: Any) -> None
     assert decision.subject_id == "s003"
 
 
+def test_the_matcher_receives_only_the_freshly_shuffled_probe(
+    make_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, gallery = _enrolled(make_engine, "spy", 12, protection={"plugin": "pe-miu"})
+    uploads: list[bytes] = []
+    prepare = engine.matcher.prepare_probe
+
+    def spy(payload: bytes) -> Any:
+        uploads.append(payload)
+        return prepare(payload)
+
+    monkeypatch.setattr(engine.matcher, "prepare_probe", spy)
+    raw = near(gallery[3], 0.5, 5)
+    assert engine.identify(embedding=raw).subject_id == "s003"
+    (upload,) = uploads
+    mode, parts = read_probe(upload)
+    assert mode == "pe-miu"
+    sent = np.frombuffer(parts[1], dtype="<f8").reshape(16, 32)  # default block size 32
+    blocks = raw.reshape(16, 32)
+    origin = [int(np.argmin(np.linalg.norm(blocks - row, axis=1))) for row in sent]
+    # the probe's own blocks, each once (a permutation), none left in its place (a derangement)
+    assert np.allclose(sent, blocks[origin], atol=1e-12)
+    assert sorted(origin) == list(range(16))
+    assert all(origin[k] != k for k in range(16))
+    # an unshuffled upload (what a faulty edge sends) is refused before any scoring
+    with pytest.raises(BackendError, match="takes pe-miu probes, the upload is a plain probe"):
+        prepare(engine.matcher.encode_probe(raw))
+
+
+def test_a_pemiu_matcher_takes_only_its_engines_block_size(make_engine: Any) -> None:
+    engine, gallery = _enrolled(make_engine, "sizes", 6, protection={"plugin": "pe-miu"})
+    for size in (128, 1):  # another engine's block size; a 512 x 512 pair computation
+        foreign = pemiu.protect(gallery[0], size, "arcface", min_complexity=0)
+        with pytest.raises(BackendError, match=f"block size {size}, this engine's templates 32"):
+            engine.matcher.prepare_probe(engine.matcher.encode_probe(foreign))
+    cut = PemiuTemplate(gallery[0][:500], 32, "arcface", 500, 0)  # 500 is not 32 x blocks
+    with pytest.raises(InputError, match="does not divide"):
+        engine.matcher.prepare_probe(engine.matcher.encode_probe(cut))
+    plain = make_engine("plain-engine", he={"plugin": "tenseal", "preset": "compact"})
+    template = pemiu.protect(gallery[0], 32, "arcface")
+    with pytest.raises(BackendError, match="takes plain probes, the upload is a pe-miu probe"):
+        plain.matcher.prepare_probe(plain.matcher.encode_probe(template))
+    for he in ({"layout": "round-robin", "preset": "paper"}, {"probe": "encrypted"}):
+        backend = build(Profile.from_dict({"engine": {"name": "b"}, "he": he})).backend
+        with pytest.raises(BackendError, match="no pe-miu probe mode"):
+            backend.matcher(engine.key_service.public_context, 32)
+
+
+def test_pemiu_engine_refuses_a_protected_probe_and_scores_in_workers(make_engine: Any) -> None:
+    engine, gallery = _enrolled(
+        make_engine,
+        "workers",
+        12,
+        engine={"name": "workers", "workers": 2},
+        protection={"plugin": "pe-miu"},
+    )
+    template = pemiu.protect(gallery[2], 32, "arcface")
+    with pytest.raises(InputError, match="already protected"):
+        engine.identify(embedding=template)
+    report = engine.enrol_many([EnrolItem("twice", embeddings=[template])])
+    assert "already protected" in report.failed["twice"]
+    assert engine.identify(embedding=near(gallery[2], 0.5, 8)).subject_id == "s002"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("block_size = 32", "block_size = 64", "pemiu_block_size '32' but the profile says '64'"),
+        (
+            'plugin = "pe-miu"\nblock_size = 32',
+            'plugin = "none"',
+            "protection 'pe-miu' but the profile says 'none'",
+        ),
+        ('plugin = "arcface"', 'plugin = "facenet"', "extractor 'arcface' but the profile says"),
+    ],
+)
+def test_a_profile_edited_after_enrolment_is_refused_on_open(
+    make_engine: Any, home: Any, old: str, new: str, message: str
+) -> None:
+    protection = {"plugin": "pe-miu", "block_size": 32}
+    engine, gallery = _enrolled(make_engine, "edited", 6, protection=protection)
+    engine.close()
+    path = engine.directory / PROFILE_FILE
+    original = path.read_text()
+    assert old in original
+    path.write_text(original.replace(old, new))
+    with pytest.raises(ProfileError, match=message):
+        Engine.open("edited", home)
+    path.write_text(original)
+    with Engine.open("edited", home) as again:
+        assert again.identify(embedding=near(gallery[4], 0.5, 3)).subject_id == "s004"
+
+
 @pytest.mark.parametrize(
     ("sections", "message"),
     [
@@ -158,15 +253,15 @@ def test_fast_scorer_is_bit_identical_to_the_library_inside_an_engine(
     _check_against_numpy(engine, gallery, _probes(gallery, 3))
     info = engine.store.blocks()[0]
     _, data = engine.store.read_block(info.block_id)
-    library = plugins.create("he_backend", backend, preset="fast").matcher(
-        engine.key_service.public_context
-    )
+    public = engine.key_service.public_context
+    library = plugins.create("he_backend", backend, preset="fast")
     probe = near(gallery[4], 0.5, 12)
-    template = pemiu.protect(probe, 64, "x")
+    template = pemiu.protect(probe, 64, "arcface")
     with engine.key_service.unlocked() as decryptor:
-        for vector in (probe, template):
+        for vector, block_size in ((probe, None), (template, 64)):
             results = []
-            for matcher in (engine.matcher, library):
+            for side in (engine.parts.backend, library):
+                matcher = side.matcher(public, block_size)
                 prepared = matcher.prepare_probe(matcher.encode_probe(vector))
                 results.append(
                     decryptor.decrypt_scores(matcher.score(matcher.load(data), prepared))

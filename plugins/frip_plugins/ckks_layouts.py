@@ -348,13 +348,24 @@ Layout = PackedLayout | RoundRobinLayout
 
 
 class CKKSMatcher:
-    """Public context only: encrypts, adds and scores; holds no secret key."""
+    """Public context only: encrypts, adds and scores; holds no secret key.
 
-    def __init__(self, backend: CKKSBackend, public_context: bytes) -> None:
+    It takes one probe mode only: a pe-miu engine's matcher (``pemiu_block_size`` set)
+    refuses plain uploads, which would be unshuffled probes, and pe-miu uploads of another
+    block size, which would score garbage against its gallery; others refuse pe-miu uploads.
+    """
+
+    def __init__(
+        self, backend: CKKSBackend, public_context: bytes, pemiu_block_size: int | None = None
+    ) -> None:
+        if pemiu_block_size is not None and "pe-miu" not in backend.probe_modes:
+            raise BackendError(f"{backend.description} has no pe-miu probe mode")
         self.ops = backend.library.open(backend.params, public_context)
         self.layout = backend.layout_for(self.ops)
         self.tag = backend.block_tag
         self.probe_transport = backend.probe
+        self.probe_mode = backend.probe if pemiu_block_size is None else "pe-miu"
+        self.pemiu_block_size = pemiu_block_size
         self.slots = self.layout.capacity
 
     def encrypt_rows(self, rows: np.ndarray, slots: Sequence[int]) -> Any:
@@ -382,15 +393,22 @@ class CKKSMatcher:
     def prepare_probe(self, payload: bytes) -> tuple[str, Any]:
         """Parse an upload once per identification (a block scores it without re-parsing)."""
         mode, parts = read_probe(payload)
+        if mode != self.probe_mode:
+            raise BackendError(
+                f"this engine takes {self.probe_mode} probes, the upload is a {mode} probe"
+            )
         if mode == "pe-miu":
             if len(parts) != 2 or len(parts[0]) != 4:
                 raise BackendError("pe-miu probe payload is malformed")
             (block_size,) = struct.unpack("<I", parts[0])
-            return mode, (_read_floats(parts[1], "pe-miu probe"), block_size)
-        if mode != self.probe_transport:
-            raise BackendError(
-                f"this engine takes {self.probe_transport} probes, the upload is a {mode} probe"
-            )
+            if block_size != self.pemiu_block_size:
+                raise BackendError(
+                    f"the pe-miu probe has block size {block_size}, this engine's templates "
+                    f"{self.pemiu_block_size}: protect the probe with the engine's block size"
+                )
+            vector = _read_floats(parts[1], "pe-miu probe")
+            check_block_size(block_size, vector.size)
+            return mode, (vector, block_size)
         if mode == "plain":
             if len(parts) != 1:
                 raise BackendError("plain probe payload is malformed")
@@ -515,8 +533,8 @@ class CKKSBackend:
     def keygen(self) -> tuple[bytes, bytearray]:
         return self.library.keygen(self.params, evaluation_keys=self.layout == "round-robin")
 
-    def matcher(self, public_context: bytes) -> CKKSMatcher:
-        return CKKSMatcher(self, public_context)
+    def matcher(self, public_context: bytes, pemiu_block_size: int | None = None) -> CKKSMatcher:
+        return CKKSMatcher(self, public_context, pemiu_block_size)
 
     def decryptor(self, public_context: bytes, secret_context: bytearray) -> CKKSDecryptor:
         return CKKSDecryptor(self, public_context, secret_context)

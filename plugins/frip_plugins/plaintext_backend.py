@@ -92,7 +92,11 @@ class PlaintextBackend:
     def keygen(self) -> tuple[bytes, bytearray]:
         return b"plaintext", bytearray(b"plaintext reference: no secret")
 
-    def matcher(self, public_context: bytes) -> PlaintextMatcher:
+    def matcher(
+        self, public_context: bytes, pemiu_block_size: int | None = None
+    ) -> PlaintextMatcher:
+        if pemiu_block_size is not None:
+            raise BackendError("the plaintext backend has no pe-miu probe mode")
         return PlaintextMatcher(self._slots)
 
     def decryptor(self, public_context: bytes, secret_context: bytearray) -> PlaintextDecryptor:

@@ -13,6 +13,9 @@ class NoProtection:
     name = "none"
     probe_mode = "plain"
 
+    def bind(self, extractor: str, dimension: int) -> None:
+        """Nothing to fit: the template stays as the extractor made it."""
+
     def output_dimension(self, dimension: int) -> int:
         return dimension
 
