@@ -20,9 +20,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from frip_engine.bench_cluster import _profile, distractors, pin_threads
+from frip_engine.bench_cluster import distractors, pin_threads
 from frip_engine.datasets import csv_identities
-from frip_engine.demo import extract_all, find_lfw_dev
+from frip_engine.demo import extract_all, find_lfw_dev, plaintext_profile
 from frip_engine.engine import Engine
 
 FAN_OUTS = (1, 2, 4, 6, 8, 12, 16)
@@ -58,9 +58,7 @@ def main() -> None:
     root = find_lfw_dev(args.data)
     identities = csv_identities(root / "index.csv")
     with tempfile.TemporaryDirectory() as home:
-        engine = Engine.create(
-            _profile("extract", {"plugin": "single"}, {"plugin": "plaintext"}), Path(home)
-        )
+        engine = Engine.create(plaintext_profile("extract"), Path(home))
         embeddings, _, _ = extract_all(engine, identities, console)
         engine.close()
     people = [v for v in identities.values() if len(v) > 1 and v[0] in embeddings]

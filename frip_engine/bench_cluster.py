@@ -26,6 +26,7 @@ from rich.table import Table
 from frip_engine.datasets import csv_identities
 from frip_engine.demo import extract_all, find_lfw_dev
 from frip_engine.engine import Engine, EnrolItem
+from frip_engine.plots import pyplot
 from frip_engine.profile import Profile
 
 FanOut = int | str
@@ -246,12 +247,8 @@ def _markdown(results: dict[str, Any]) -> str:
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     series = sorted({(r["registrants"], r["setup"]) for r in results["scenarios"]})

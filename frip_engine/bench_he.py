@@ -48,7 +48,7 @@ from rich.table import Table
 
 from frip_engine.bench_cluster import distractors, pin_threads
 from frip_engine.datasets import csv_identities
-from frip_engine.demo import extract_all, find_lfw_dev
+from frip_engine.demo import extract_all, find_lfw_dev, plaintext_profile
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import FripError, InputError
 from frip_engine.profile import Profile, build, save_profile
@@ -624,16 +624,7 @@ def _lfw_data(
     identities = csv_identities(root / "index.csv")
     if quick:
         identities = dict(list(identities.items())[:24])
-    extractor = Engine.create(
-        Profile.from_dict(
-            {
-                "engine": {"name": "extract", "insecure": True},
-                "he": {"plugin": "plaintext"},
-                "key_store": {"plugin": "memory"},
-            }
-        ),
-        home,
-    )
+    extractor = Engine.create(plaintext_profile("extract"), home)
     try:
         embeddings, _failures, per_image = extract_all(extractor, identities, console)
     finally:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from frip_engine.bench_he import PAPER_CIPHERTEXT_BYTES, PAPER_TABLE_II, decision_totals
+from frip_engine.plots import pyplot
 
 TABLE_COLUMNS = (
     ("probe_encryption", "probe encryption"),
@@ -278,21 +279,10 @@ def _targets(results: dict[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- plots
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
 def plot_scale(results: dict[str, Any], path: Path) -> bool:
     """Latency vs registrants, log-log like the paper's Fig. 3; measured points only, with a
     dashed, labelled linear extrapolation for round-robin beyond what was measured."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     fig, axis = plt.subplots(figsize=(10, 6))
@@ -345,7 +335,7 @@ def plot_scale(results: dict[str, Any], path: Path) -> bool:
 
 def plot_table_ii(results: dict[str, Any], path: Path) -> bool:
     """Table II as stacked bars, one panel per configuration (each on its own scale)."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = results["table_ii"]
     if plt is None or not rows:
         return False

@@ -25,10 +25,23 @@ from frip_engine.datasets import csv_identities
 from frip_engine.decision import Decision
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import FripError, InputError
+from frip_engine.plots import pyplot
 from frip_engine.profile import Profile
 
 DEMO_PASSPHRASE = "frip-demo-only-passphrase"
 REJECT_BUDGET = 0.05  # the operating point: at most 5% of mated probes rejected
+
+
+def plaintext_profile(name: str) -> Profile:
+    """A plaintext reference engine (templates in the clear, memory key store): for
+    extracting embeddings and for the decisions encrypted engines are checked against."""
+    return Profile.from_dict(
+        {
+            "engine": {"name": name, "insecure": True},
+            "he": {"plugin": "plaintext"},
+            "key_store": {"plugin": "memory"},
+        }
+    )
 
 
 def find_lfw_dev(given: Path | None) -> Path:
@@ -60,13 +73,7 @@ def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> 
         Profile.from_dict({"engine": {"name": "lfw-demo"}, "he": {"preset": preset}}), home
     )
     reference = Engine.create(
-        Profile.from_dict(
-            {
-                "engine": {"name": "lfw-demo-plaintext", "insecure": True},
-                "he": {"plugin": "plaintext"},
-                "key_store": {"plugin": "memory"},
-            }
-        ),
+        plaintext_profile("lfw-demo-plaintext"),
         home,
     )
     identities = csv_identities(root / "index.csv")
@@ -197,12 +204,8 @@ def _summarise(
 def _plot(
     pairs: list[tuple[str | None, Decision, Decision]], summary: dict[str, Any], output: Path
 ) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     bins = np.linspace(-0.2, 1.0, 61)

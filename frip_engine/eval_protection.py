@@ -27,6 +27,7 @@ import numpy as np
 from frip_engine import pemiu
 from frip_engine.errors import InputError
 from frip_engine.evaluation import Dataset, Embedded, _embed, verification_metrics
+from frip_engine.plots import pyplot
 
 KERNELS = ("poly", "rbf", "sigmoid")
 DEFAULT_BLOCK_SIZES = (16, 32, 64, 128)
@@ -372,12 +373,8 @@ def write_protection_outputs(summary: dict[str, Any], output: Path) -> list[Path
 
 
 def plot_protection(summary: dict[str, Any], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     names = list(summary["extractors"])
     fig, axes = plt.subplots(len(names), 2, figsize=(11, 3.8 * len(names)), squeeze=False)

@@ -30,6 +30,7 @@ from frip_engine import plugins
 from frip_engine.datasets import csv_identities, folder_identities
 from frip_engine.errors import FripError, InputError
 from frip_engine.images import load_image
+from frip_engine.plots import pyplot
 
 FMR_TARGETS = (0.01, 0.001)
 FPIR_TARGETS = (0.01, 0.05, 0.1)
@@ -548,7 +549,7 @@ def write_outputs(summary: dict[str, Any], output: Path) -> list[Path]:
 
 def plot_verify(summary: dict[str, Any], path: Path) -> Path | None:
     """ROC (FNMR against FMR, log FMR) and DET (probit axes, scikit-learn's) per extractor."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     from sklearn.metrics import DetCurveDisplay
@@ -593,7 +594,7 @@ def plot_verify(summary: dict[str, Any], path: Path) -> Path | None:
 
 def plot_identify(summary: dict[str, Any], path: Path) -> Path | None:
     """CMC and FNIR against FPIR per extractor."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     fig, (cmc, fnir) = plt.subplots(1, 2, figsize=(12, 5))
@@ -626,17 +627,6 @@ def plot_identify(summary: dict[str, Any], path: Path) -> Path | None:
 def _title(summary: dict[str, Any]) -> str:
     data = summary["dataset"]
     return f"{Path(data['root']).name}: {data['images']} images, {data['identities']} identities"
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
 
 
 # ----------------------------------------------------------------------------- benchmark
