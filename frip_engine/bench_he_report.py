@@ -285,7 +285,7 @@ def plot_scale(results: dict[str, Any], path: Path) -> bool:
     plt = pyplot()
     if plt is None:
         return False
-    fig, axis = plt.subplots(figsize=(10, 6))
+    fig, axis = plt.subplots(figsize=(14, 6.5))
     largest = max(results["meta"]["sweep_sizes"])
     for c in _ok(results):
         xs = [p["registrants"] for p in c["points"]]
@@ -326,7 +326,7 @@ def plot_scale(results: dict[str, Any], path: Path) -> bool:
     axis.set_ylabel("identify latency, s (log; median)")
     axis.set_title("frip bench he: identify latency vs gallery size")
     axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=7, loc="upper left")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -340,8 +340,12 @@ def plot_table_ii(results: dict[str, Any], path: Path) -> bool:
     if plt is None or not rows:
         return False
     labels = list(dict.fromkeys(r["config"] for r in rows))
-    fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 4.2), squeeze=False)
-    for axis, label in zip(axes[0], labels, strict=True):
+    columns = min(3, len(labels))
+    lines = -(-len(labels) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.6 * columns, 3.8 * lines), squeeze=False)
+    for axis in axes.flat[len(labels) :]:
+        axis.set_visible(False)
+    for axis, label in zip(axes.flat, labels, strict=False):
         mine = [r for r in rows if r["config"] == label]
         xs = [str(r["registrants"]) for r in mine]
         bottom = [0.0] * len(mine)
