@@ -21,9 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from frip_engine.bench_cluster import distractors, pin_threads
-from frip_engine.datasets import csv_identities
-from frip_engine.demo import extract_all, find_lfw_dev, plaintext_profile
-from frip_engine.engine import Engine
+from frip_engine.demo import find_lfw_dev, lfw_split
 
 FAN_OUTS = (1, 2, 4, 6, 8, 12, 16)
 
@@ -56,18 +54,15 @@ def main() -> None:
     pin_threads()
     console = Console()
     root = find_lfw_dev(args.data)
-    identities = csv_identities(root / "index.csv")
     with tempfile.TemporaryDirectory() as home:
-        engine = Engine.create(plaintext_profile("extract"), Path(home))
-        embeddings, _, _ = extract_all(engine, identities, console)
-        engine.close()
-    people = [v for v in identities.values() if len(v) > 1 and v[0] in embeddings]
-    real = np.stack(list(embeddings.values()))
-    mates = np.stack([embeddings[v[0]] for v in people])
-    gallery = _unit(np.vstack([mates, distractors(real, args.registrants - len(people), 7)]))
-    pairs = [(embeddings[p], i) for i, v in enumerate(people) for p in v[1:] if p in embeddings]
-    probes = _unit(np.stack([p for p, _ in pairs]))
-    truth = np.array([i for _, i in pairs])
+        lfw = lfw_split(root, Path(home), console)
+    mated = [i for i, who in enumerate(lfw.truth) if who is not None]
+    gallery = _unit(
+        np.vstack([lfw.gallery, distractors(lfw.everything, args.registrants - len(lfw.ids), 7)])
+    )
+    probes = _unit(lfw.probes[mated])
+    slot = {k: i for i, k in enumerate(lfw.ids)}
+    truth = np.array([slot[lfw.truth[i]] for i in mated])
     right = np.argmax(probes @ gallery.T, axis=1) == truth  # exhaustive rank-1 hits
     console.print(f"exhaustive rank-1 {right.mean():.4f} over {len(truth)} mated probes")
     probes, truth = probes[right], truth[right]

@@ -23,8 +23,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from frip_engine.datasets import csv_identities
-from frip_engine.demo import extract_all, find_lfw_dev
+from frip_engine.demo import find_lfw_dev, lfw_split
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.plots import pyplot
 from frip_engine.profile import Profile
@@ -126,22 +125,13 @@ def run(
     root = find_lfw_dev(data)
     output.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="frip-bench-"))
-    identities = csv_identities(root / "index.csv")
     home = work / "home"
-    extractor_engine = Engine.create(
-        _profile("extract", {"plugin": "single"}, {"plugin": "plaintext"}), home
-    )
-    embeddings, _failures, per_image = extract_all(extractor_engine, identities, console)
-    extractor_engine.close()
-    real = np.stack(list(embeddings.values()))
-    enrolled = [(k, v[0]) for k, v in identities.items() if len(v) > 1 and v[0] in embeddings]
+    lfw = lfw_split(root, home, console)
+    real, per_image = lfw.everything, lfw.per_image
+    subject_of = {k: f"g{i}" for i, k in enumerate(lfw.ids)}  # the gallery's ids
     probes: list[tuple[np.ndarray, str | None]] = [
-        (embeddings[p], f"g{i}")
-        for i, (k, _) in enumerate(enrolled)
-        for p in identities[k][1:]
-        if p in embeddings
-    ] + [
-        (embeddings[v[0]], None) for v in identities.values() if len(v) == 1 and v[0] in embeddings
+        (vector, None if who is None else subject_of[who])
+        for vector, who in zip(lfw.probes, lfw.truth, strict=True)
     ]
     timed = [p for p, t in probes if t is not None][:timed_probes]
     results: dict[str, Any] = {"preset": preset, "probes": len(probes), "scenarios": []}
@@ -149,8 +139,8 @@ def run(
         for size in sizes:
             gallery = np.vstack(
                 [
-                    np.stack([embeddings[p] for _, p in enrolled]),
-                    distractors(real, size - len(enrolled), seed=size),
+                    lfw.gallery,
+                    distractors(real, size - len(lfw.ids), seed=size),
                 ]
             )
             setups: list[tuple[str, dict[str, Any]]] = [

@@ -47,8 +47,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from frip_engine.bench_cluster import distractors, pin_threads
-from frip_engine.datasets import csv_identities
-from frip_engine.demo import extract_all, find_lfw_dev, plaintext_profile
+from frip_engine.demo import find_lfw_dev, lfw_split
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import FripError, InputError
 from frip_engine.profile import Profile, build, save_profile
@@ -62,7 +61,6 @@ ROUND_ROBIN_MAX = 1_000  # ~12 ms per registrant per probe: larger N is not meas
 PAIR_STRIDE = 50  # registrant k*50+1 is a planted near-duplicate of registrant k*50
 PAIR_NOISE = 0.05  # norm of the twin's offset: cosine ~0.9988 between the two
 PROBE_NOISE = 0.2  # norm of a mated probe's offset from its registrant: cosine ~0.98
-STAGE_KEYS = ("probe_encryption", "distance_derivation", "decryption", "minimum_selection")
 
 # The paper's published Table II figures, as quoted in /work/shared/DESIGN.md (seconds ->
 # ms; Azure 2 vCPU; its RTT includes the network and feature extraction). DESIGN.md gives
@@ -88,14 +86,6 @@ class Config:
     @property
     def round_robin(self) -> bool:
         return self.he.get("layout") == "round-robin"
-
-    @property
-    def probe(self) -> str:
-        return str(self.he.get("probe", "plain"))
-
-    @property
-    def paper_method(self) -> bool:
-        return self.round_robin and self.he.get("preset") == "paper" and self.probe == "encrypted"
 
 
 def _tenseal(preset: str, **extra: Any) -> dict[str, Any]:
@@ -616,36 +606,6 @@ def baselines(
 
 
 # --------------------------------------------------------------------------------- run
-def _lfw_data(
-    root: Path, quick: bool, console: Console, home: Path
-) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, list[str | None], float]:
-    """lfw-dev embeddings: people with several images enrolled from their first, their
-    other images as mated probes, single-image people as strangers."""
-    identities = csv_identities(root / "index.csv")
-    if quick:
-        identities = dict(list(identities.items())[:24])
-    extractor = Engine.create(plaintext_profile("extract"), home)
-    try:
-        embeddings, _failures, per_image = extract_all(extractor, identities, console)
-    finally:
-        extractor.close()
-    enrolled = {k: v[0] for k, v in identities.items() if len(v) > 1 and v[0] in embeddings}
-    probes = [
-        (embeddings[p], k if k in enrolled else None)
-        for k, v in identities.items()
-        for p in (v[1:] if k in enrolled else v)
-        if p in embeddings
-    ]
-    return (
-        np.stack(list(embeddings.values())),
-        list(enrolled),
-        np.stack([embeddings[p] for p in enrolled.values()]),
-        np.stack([p for p, _ in probes]),
-        [t for _, t in probes],
-        per_image,
-    )
-
-
 def run(options: Options, console: Console) -> dict[str, Any]:
     """Measure every configuration, write JSON, Markdown and PNGs; returns the results."""
     pin_threads()
@@ -663,13 +623,13 @@ def run(options: Options, console: Console) -> dict[str, Any]:
     sizes = tuple(sorted(set(table_sizes) | set(sweep)))
     work = Path(tempfile.mkdtemp(prefix="frip-bench-he-"))
     try:
-        real, lfw_ids, lfw_gallery, lfw_probes, lfw_truth, per_image = _lfw_data(
-            find_lfw_dev(options.data), options.quick, console, work / "extract"
+        lfw = lfw_split(
+            find_lfw_dev(options.data), work / "extract", console, 24 if options.quick else None
         )
-        gallery_size = sizes[-1]
-        gallery = synthetic_gallery(real, gallery_size, options.seed)
+        real = lfw.everything
+        gallery = synthetic_gallery(real, sizes[-1], options.seed)
         results: dict[str, Any] = {
-            "meta": _meta(options, table_sizes, sweep, per_image, len(lfw_ids), len(lfw_truth)),
+            "meta": _meta(options, table_sizes, sweep, lfw.per_image, len(lfw.ids), len(lfw.truth)),
             "baselines": baselines(real, gallery, sizes, max(options.probes, 5), options.seed),
             "configs": [],
         }
@@ -685,7 +645,7 @@ def run(options: Options, console: Console) -> dict[str, Any]:
                     sizes,
                     table_sizes,
                     console,
-                    (lfw_gallery, lfw_ids, lfw_probes, lfw_truth),
+                    (lfw.gallery, lfw.ids, lfw.probes, lfw.truth),
                 )
             )
     finally:
@@ -764,8 +724,8 @@ def _run_config(
 
 
 def _announce_mismatches(label: str, measured: dict[str, Any], console: Console) -> None:
-    checks = [p["decisions"] for p in measured.get("points", [])]
-    checks += [measured[k]["decisions"] for k in ("workers_point", "lfw") if k in measured]
+    checks = synthetic_checks(measured)
+    checks += [measured["lfw"]["decisions"]] if "lfw" in measured else []
     for check in checks:
         for bad in check["mismatches"]:
             console.print(
@@ -813,7 +773,7 @@ def _meta(
 
 
 # ------------------------------------------------------------------- derived figures
-def _ok(results: dict[str, Any]) -> list[dict[str, Any]]:
+def ok_configs(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in results["configs"] if c.get("status") == "ok"]
 
 
@@ -845,21 +805,18 @@ def table_ii(results: dict[str, Any]) -> list[dict[str, Any]]:
     the identifies of that column computed per identify (so the columns are consistent)."""
     rows = []
     sizes = set(results["meta"]["table_ii_sizes"])
-    for config in _ok(results):
+    for config in ok_configs(results):
         for point in config["points"]:
             if point["registrants"] not in sizes:
                 continue
-            each = [_table_ii_columns(t) for t in point.get("timings_ms", [])]
-            if each:
-                columns = {k: float(np.median([e[k] for e in each])) for k in each[0]}
-            else:  # results saved before per-identify timings were kept: medians' difference
-                columns = _table_ii_columns(point["stages_ms"])
+            each = [_table_ii_columns(t) for t in point["timings_ms"]]
+            columns = {k: float(np.median([e[k] for e in each])) for k in each[0]}
             rows.append({"config": config["label"], "registrants": point["registrants"], **columns})
     return rows
 
 
 def _same_library_pairs(results: dict[str, Any]) -> list[dict[str, Any]]:
-    ok = _ok(results)
+    ok = ok_configs(results)
     pairs = []
     for rr in (c for c in ok if c["he"].get("layout") == "round-robin"):
         for packed in (c for c in ok if c["he"].get("layout", "packed") == "packed"):
@@ -879,15 +836,15 @@ def _same_library_pairs(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _fastest_packed(results: dict[str, Any]) -> dict[str, Any] | None:
-    packed = [c for c in _ok(results) if c["he"].get("layout", "packed") == "packed"]
+    packed = [c for c in ok_configs(results) if c["he"].get("layout", "packed") == "packed"]
     return min(packed, key=lambda c: _last(c)["per_registrant_us"], default=None)
 
 
 def _paper(results: dict[str, Any]) -> dict[str, Any] | None:
-    return next((c for c in _ok(results) if c["label"] == PAPER_METHOD.label), None)
+    return next((c for c in ok_configs(results) if c["label"] == PAPER_METHOD.label), None)
 
 
-def _at(series: list[dict[str, Any]], n: int) -> dict[str, Any] | None:
+def point_at(series: list[dict[str, Any]], n: int) -> dict[str, Any] | None:
     return next((p for p in series if p["registrants"] == n), None)
 
 
@@ -895,11 +852,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """Per-registrant speed-ups (each config at its largest measured N) and HE/plaintext."""
     fastest, paper = _fastest_packed(results), _paper(results)
     he_vs_plain = []
-    for config in _ok(results):
+    for config in ok_configs(results):
         point = _last(config)
         entry = {"config": config["label"], "registrants": point["registrants"]}
         for name, series in results["baselines"].items():
-            base = _at(series, point["registrants"])
+            base = point_at(series, point["registrants"])
             entry[f"vs_{name}"] = point["total_ms"] / base["total_ms"] if base else None
         he_vs_plain.append(entry)
     return {
@@ -933,7 +890,7 @@ def _at_100k(
     results: dict[str, Any], keep: Callable[[dict[str, Any]], bool], workers_point: bool = False
 ) -> tuple[float | None, str]:
     best: tuple[float | None, str] = (None, "no such configuration reached N=100,000")
-    for config in _ok(results):
+    for config in ok_configs(results):
         if not keep(config):
             continue
         point = config.get("workers_point") if workers_point else _last(config)
@@ -972,7 +929,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{best_pair['packed']} vs {best_pair['round_robin']}" if best_pair else "",
         )
     )
-    vs_paper = ratios(results)["fastest_packed_vs_paper_method"]
+    vs_paper = results["ratios"]["fastest_packed_vs_paper_method"]
     out.append(
         _target(
             "fastest packed vs the paper's method, per registrant",
@@ -1001,7 +958,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     value, basis = _at_100k(results, lambda c: _plain_packed(c, True) or _plain_packed(c, False))
-    faiss = _at(results["baselines"].get("faiss", []), 100_000)
+    faiss = point_at(results["baselines"].get("faiss", []), 100_000)
     ratio = value / faiss["total_ms"] if value is not None and faiss else None
     out.append(
         _target(
@@ -1013,8 +970,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{basis}; faiss {faiss['total_ms']:.2f} ms" if faiss else basis,
         )
     )
-    packed = [c for c in _ok(results) if c["he"].get("layout", "packed") == "packed"]
-    rates = [(*_bulk_rate(c), c["label"]) for c in packed]
+    packed = [c for c in ok_configs(results) if c["he"].get("layout", "packed") == "packed"]
+    rates = [(*bulk_rate(c), c["label"]) for c in packed]
     rate = max(rates, default=None)
     out.append(
         _target(
@@ -1026,7 +983,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{rate[2]}, largest enrolment step, {rate[1]} worker(s)" if rate else "",
         )
     )
-    stored = [(_stored_kb(c), c["label"]) for c in packed]
+    stored = [(stored_kb(c), c["label"]) for c in packed]
     smallest = min(stored, default=None)
     out.append(
         _target(
@@ -1042,23 +999,29 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _bulk_rate(config: dict[str, Any]) -> tuple[float, int]:
+def bulk_rate(config: dict[str, Any]) -> tuple[float, int]:
     """Registrants/s of the largest enrolment step, and the workers it ran with."""
     step = max(config["enrolment"], key=lambda s: s["to"] - s["from"])
     return float(step["per_second"]), int(step.get("workers", 1))
 
 
-def _stored_kb(config: dict[str, Any]) -> float:
+def stored_kb(config: dict[str, Any]) -> float:
     storage = config["storage"]
     full = storage["stored_bytes_per_registrant_full_blocks"]
     return float(full if full is not None else storage["stored_bytes_per_registrant"]) / 1000
 
 
-def decision_totals(config: dict[str, Any]) -> tuple[int, int, int, int]:
-    """(synthetic equal, synthetic total, lfw-dev equal, lfw-dev total) for one config."""
-    checks = [p["decisions"] for p in config["points"]]
+def synthetic_checks(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """A config's decision comparisons on synthetic galleries: every N and the workers run."""
+    checks = [p["decisions"] for p in config.get("points", [])]
     if "workers_point" in config:
         checks.append(config["workers_point"]["decisions"])
+    return checks
+
+
+def decision_totals(config: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(synthetic equal, synthetic total, lfw-dev equal, lfw-dev total) for one config."""
+    checks = synthetic_checks(config)
     lfw = config["lfw"]["decisions"]
     return (
         sum(c["equal"] for c in checks),
@@ -1071,7 +1034,7 @@ def decision_totals(config: dict[str, Any]) -> tuple[int, int, int, int]:
 def _decisions_target(results: dict[str, Any]) -> dict[str, Any]:
     equal = total = 0
     at_100k = False
-    for config in _ok(results):
+    for config in ok_configs(results):
         a, b, c, d = decision_totals(config)
         equal, total = equal + a + c, total + b + d
         at_100k = at_100k or _last(config)["registrants"] == 100_000

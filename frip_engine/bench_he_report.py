@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from frip_engine.bench_he import PAPER_CIPHERTEXT_BYTES, PAPER_TABLE_II, decision_totals
+from frip_engine.bench_he import (
+    PAPER_CIPHERTEXT_BYTES,
+    PAPER_TABLE_II,
+    bulk_rate,
+    decision_totals,
+    ok_configs,
+    point_at,
+    stored_kb,
+    synthetic_checks,
+)
 from frip_engine.plots import pyplot
 
 TABLE_COLUMNS = (
@@ -24,10 +33,6 @@ def _ms(value: float | None) -> str:
 
 def _bytes(value: float | None) -> str:
     return "—" if value is None else f"{value / 1000:,.1f} KB"
-
-
-def _ok(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return [c for c in results["configs"] if c.get("status") == "ok"]
 
 
 def markdown(results: dict[str, Any], plot: str, bars: str, drawn: bool) -> str:
@@ -86,12 +91,7 @@ def _table_ii(results: dict[str, Any]) -> list[str]:
         "the rest of the engine's identify (loading the secret key from the key store, "
         "gallery access, slot map, framing). "
         "No network or feature extraction is included here (the paper's RTT includes both). "
-        + (
-            "Each column is the median of that column over the identifies."
-            if all("timings_ms" in p for c in _ok(results) for p in c["points"])
-            else "*Other* is the median total minus the named stages' medians, so it can be "
-            "slightly negative when identifies vary."
-        ),
+        "Each column is the median of that column over the identifies.",
         "",
         "| configuration | N | probe encryption | distance derivation | minimum selection "
         "| other | (key unwrap, in other) | total |",
@@ -117,7 +117,7 @@ def _table_ii(results: dict[str, Any]) -> list[str]:
 
 
 def _sweep(results: dict[str, Any], plot: str, drawn: bool) -> list[str]:
-    configs = _ok(results)
+    configs = ok_configs(results)
     sizes = sorted(
         {p["registrants"] for c in configs for p in c["points"]}
         | {p["registrants"] for s in results["baselines"].values() for p in s}
@@ -168,7 +168,8 @@ def _sweep(results: dict[str, Any], plot: str, drawn: bool) -> list[str]:
 
 
 def _total(series: list[dict[str, Any]], n: int) -> float | None:
-    return next((p["total_ms"] for p in series if p["registrants"] == n), None)
+    point = point_at(series, n)
+    return None if point is None else float(point["total_ms"])
 
 
 def _bytes_table(results: dict[str, Any]) -> list[str]:
@@ -188,17 +189,16 @@ def _bytes_table(results: dict[str, Any]) -> list[str]:
         "| upload / probe | enrolment /s | gallery load s | peak RSS |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in _ok(results):
+    for c in ok_configs(results):
         s = c["storage"]
-        step = max(c["enrolment"], key=lambda e: e["to"] - e["from"])
-        stored = s["stored_bytes_per_registrant_full_blocks"] or s["stored_bytes_per_registrant"]
+        rate, workers = bulk_rate(c)
         lines.append(
             f"| {c['label']} | {s['registrants']:,} "
-            f"| {_bytes(stored)} "
+            f"| {_bytes(1000 * stored_kb(c))} "
             f"| {_bytes(s['engine_dir_bytes_per_registrant'])} "
             f"| {_bytes(s.get('ram_bytes_per_registrant'))} "
             f"| {_bytes(c['points'][-1]['probe_bytes'])} "
-            f"| {step['per_second']:,.0f} ({step.get('workers', 1)} w) "
+            f"| {rate:,.0f} ({workers} w) "
             f"| {s.get('load_seconds', float('nan')):.2f} "
             f"| {c['peak_rss_bytes'] / 1e6:,.0f} MB |"
         )
@@ -218,10 +218,11 @@ def _decisions(results: dict[str, Any]) -> list[str]:
         "| smallest plaintext top-1 gap |",
         "|---|---|---|---|---|---|",
     ]
-    for c in _ok(results):
+    for c in ok_configs(results):
         a, b, d, e = decision_totals(c)
-        errors = [p["decisions"]["max_score_error"] for p in c["points"]]
-        gaps = [p["decisions"]["min_plaintext_gap"] for p in c["points"]]
+        checks = synthetic_checks(c)
+        errors = [check["max_score_error"] for check in checks]
+        gaps = [check["min_plaintext_gap"] for check in checks]
         gap = min((g for g in gaps if g is not None), default=None)
         rank1 = c["lfw"]["rank1"]
         lines.append(
@@ -231,8 +232,8 @@ def _decisions(results: dict[str, Any]) -> list[str]:
         )
     bad = [
         (c["label"], m)
-        for c in _ok(results)
-        for check in [p["decisions"] for p in c["points"]] + [c["lfw"]["decisions"]]
+        for c in ok_configs(results)
+        for check in [*synthetic_checks(c), c["lfw"]["decisions"]]
         for m in check["mismatches"]
     ]
     lines.append("")
@@ -287,7 +288,7 @@ def plot_scale(results: dict[str, Any], path: Path) -> bool:
         return False
     fig, axis = plt.subplots(figsize=(14, 6.5))
     largest = max(results["meta"]["sweep_sizes"])
-    for c in _ok(results):
+    for c in ok_configs(results):
         xs = [p["registrants"] for p in c["points"]]
         ys = [p["total_ms"] / 1000 for p in c["points"]]
         (line,) = axis.plot(xs, ys, "o-", label=c["label"])

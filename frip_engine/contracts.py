@@ -51,7 +51,12 @@ class Extractor(Protocol):
 
 
 class Protection(Protocol):
+    """``probe_mode`` is what the HE backend must score (``plain`` or ``pe-miu``);
+    ``probe_block_size`` the block size of every pe-miu template and probe, else None."""
+
     name: str
+    probe_mode: str
+    probe_block_size: int | None
 
     def bind(self, extractor: str, dimension: int) -> None:
         """Fit the protection to the engine's extractor (name, dimension) or raise

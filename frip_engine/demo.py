@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,47 @@ def extract_all(
                 failures[str(path)] = str(exc)
             bar.advance(task)
     return embeddings, failures, (time.perf_counter() - started) / len(paths)
+
+
+@dataclass(frozen=True)
+class LfwSplit:
+    """lfw-dev as the benchmarks use it: people with several images enrolled from their
+    first, their other images as mated probes, everyone else's images as strangers."""
+
+    everything: np.ndarray  # every embedding (what synthetic distractors are fitted to)
+    ids: list[str]  # enrolled identities, in gallery order
+    gallery: np.ndarray
+    probes: np.ndarray
+    truth: list[str | None]  # each probe's identity, None for a stranger
+    per_image: float  # seconds of extraction per image
+
+
+def lfw_split(root: Path, home: Path, console: Console, limit: int | None = None) -> LfwSplit:
+    """Extract lfw-dev (the first ``limit`` identities) with a throw-away plaintext engine
+    in ``home`` and split it; a person whose first image fails counts as a stranger."""
+    identities = csv_identities(root / "index.csv")
+    if limit is not None:
+        identities = dict(list(identities.items())[:limit])
+    extractor = Engine.create(plaintext_profile("extract"), home)
+    try:
+        embeddings, _failures, per_image = extract_all(extractor, identities, console)
+    finally:
+        extractor.close()
+    enrolled = {k: v[0] for k, v in identities.items() if len(v) > 1 and v[0] in embeddings}
+    probes = [
+        (embeddings[p], k if k in enrolled else None)
+        for k, v in identities.items()
+        for p in (v[1:] if k in enrolled else v)
+        if p in embeddings
+    ]
+    return LfwSplit(
+        np.stack(list(embeddings.values())),
+        list(enrolled),
+        np.stack([embeddings[p] for p in enrolled.values()]),
+        np.stack([p for p, _ in probes]),
+        [t for _, t in probes],
+        per_image,
+    )
 
 
 def _summarise(

@@ -48,6 +48,8 @@ from frip_engine.profile import (
 from frip_engine.routing import RouterState, plan
 
 PROFILE_FILE = "profile.toml"
+# One enrolment step: (partition, open block or None for a new one, free slots, rows).
+Step = tuple[int, BlockInfo | None, list[int], list[int]]
 logger = logging.getLogger("frip_engine")
 
 
@@ -289,9 +291,7 @@ class Engine:
             for partition, rows in by_partition.items()
             for info, slots, chunk in self._allocate(partition, rows)
         ]
-        blocks = self._encrypted_blocks(
-            matrix, [(info, slots, chunk) for _, info, slots, chunk in steps]
-        )
+        blocks = self._encrypted_blocks(matrix, steps)
         for (partition, info, slots, chunk), encrypted in zip(steps, blocks, strict=True):
             data = matrix[chunk]
             added = [
@@ -330,22 +330,20 @@ class Engine:
                     slot=subject.slot,
                 )
 
-    def _encrypted_blocks(
-        self, matrix: np.ndarray, steps: Sequence[tuple[BlockInfo | None, list[int], list[int]]]
-    ) -> Iterator[bytes]:
+    def _encrypted_blocks(self, matrix: np.ndarray, steps: Sequence[Step]) -> Iterator[bytes]:
         """Each step's block, serialised, in order: an open block with its rows added, or a
         new block. With several workers the new blocks of a bulk enrolment are encrypted in
         the worker processes, a few ahead, while this process commits the earlier ones."""
-        fresh = [i for i, (info, _, _) in enumerate(steps) if info is None]
+        fresh = [i for i, (_, info, _, _) in enumerate(steps) if info is None]
         scorer = self._parallel() if self.profile.workers > 1 and len(fresh) > 1 else None
         ahead: dict[int, Future[bytes]] = {}
         queue = iter(fresh if scorer else ())
-        for i, (info, slots, chunk) in enumerate(steps):
+        for i, (_, info, slots, chunk) in enumerate(steps):
             while scorer and len(ahead) < 2 * self.profile.workers:
                 j = next(queue, None)
                 if j is None:
                     break
-                ahead[j] = scorer.encrypt(matrix[steps[j][2]], steps[j][1])
+                ahead[j] = scorer.encrypt(matrix[steps[j][3]], steps[j][2])
             if i in ahead:
                 yield result(ahead.pop(i))
             elif info is None:

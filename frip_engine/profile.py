@@ -181,9 +181,8 @@ class Components:
     def pemiu_block_size(self) -> int | None:
         """The block size of every template and probe of a pe-miu engine, else None: the
         matcher takes only probes of this size."""
-        if getattr(self.protection, "probe_mode", "plain") != "pe-miu":
-            return None
-        return int(self.protection.block_size)
+        size = self.protection.probe_block_size
+        return None if size is None else int(size)
 
 
 def build(profile: Profile) -> Components:
@@ -209,7 +208,7 @@ def build(profile: Profile) -> Components:
             f"[he] backend '{parts.backend.name}' keeps embeddings in the clear; it is the "
             "reference for tests and benchmarks. Set insecure = true in [engine] to use it."
         )
-    mode = getattr(parts.protection, "probe_mode", "plain")
+    mode = parts.protection.probe_mode
     if mode not in parts.backend.probe_modes:
         raise ProfileError(
             f"protection '{parts.protection.name}' needs probe mode '{mode}', which HE backend "

@@ -73,6 +73,7 @@ def test_dimension_mismatch_is_refused() -> None:
 class _NeedsEncryptedProbes:
     name = "needs-encrypted"
     probe_mode = "encrypted"
+    probe_block_size = None
 
     def output_dimension(self, dimension: int) -> int:
         return dimension

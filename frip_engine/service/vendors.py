@@ -248,14 +248,13 @@ class Vendors:
         if rows[0]["revoked_at"] is not None:
             raise RevokedKeyError("the API key was revoked")
         vendor = str(rows[0]["vendor"])
-        engines = frozenset(
-            r["engine"]
-            for r in self.db.query("SELECT engine FROM vendor_engines WHERE vendor = ?", (vendor,))
+        scope = self.db.query(  # owned engines and linkage grants in one read
+            "SELECT engine, 1 AS owned FROM vendor_engines WHERE vendor = ? "
+            "UNION ALL SELECT engine, 0 FROM linkage_grants WHERE linker = ?",
+            (vendor, vendor),
         )
-        linkable = frozenset(
-            r["engine"]
-            for r in self.db.query("SELECT engine FROM linkage_grants WHERE linker = ?", (vendor,))
-        )
+        engines = frozenset(r["engine"] for r in scope if r["owned"])
+        linkable = frozenset(r["engine"] for r in scope if not r["owned"])
         return Caller(vendor, key_id, engines, linkable)
 
     def adapter_of(self, engine: str) -> str | None:

@@ -12,6 +12,7 @@ from frip_engine.hookspecs import hookimpl
 class NoProtection:
     name = "none"
     probe_mode = "plain"
+    probe_block_size = None
 
     def bind(self, extractor: str, dimension: int) -> None:
         """Nothing to fit: the template stays as the extractor made it."""

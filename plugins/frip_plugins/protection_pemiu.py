@@ -42,6 +42,10 @@ class PemiuProtection:
         self.min_complexity = min_complexity  # None: every block moves (a derangement)
         self.extractor = extractor  # None until bound to an engine's extractor
 
+    @property
+    def probe_block_size(self) -> int:
+        return self.block_size
+
     def bind(self, extractor: str, dimension: int) -> None:
         """Record the engine's extractor in every template to come; a profile whose
         ``[protection] extractor`` names another model, or whose block size does not fit
