@@ -73,13 +73,30 @@ def serve(
     max_connections: Annotated[
         int, typer.Option(help="Concurrent connections before the server answers 503.")
     ] = 256,
-    access_log: Annotated[bool, typer.Option(help="Log each request line.")] = True,
+    max_connections_per_client: Annotated[
+        int | None,
+        typer.Option(
+            help="Connections one client address may hold (default: a quarter of "
+            "--max-connections, at most 32)."
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a request's headers (else 408).")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a request's body (else 408).")
+    ] = 60.0,
+    keep_alive: Annotated[
+        float, typer.Option(help="Seconds an idle kept-alive connection stays open.")
+    ] = 5.0,
+    access_log: Annotated[
+        bool, typer.Option(help="Log each request: route, status, time (never a subject id).")
+    ] = True,
     home: HomeOpt = None,
 ) -> None:
     """Run the linkage service: HTTP(S) API over the engines in the home folder."""
-    import uvicorn
-
     from frip_engine.service.app import ServiceConfig, create_app
+    from frip_engine.service.server import ConnectionLimits, build_server
 
     if (tls_cert is None) != (tls_key is None):
         raise InputError("give both --tls-cert and --tls-key, or neither")
@@ -88,6 +105,9 @@ def serve(
             raise InputError(f"{path} does not exist")
     if max_body_mb <= 0 or burst < 1 or rate < 0 or replay_window <= 0:
         raise InputError("--max-body-mb, --burst and --replay-window must be positive")
+    per_client = max_connections_per_client or max(1, min(32, max_connections // 4))
+    limits = ConnectionLimits(max_connections, per_client, header_timeout, body_timeout, keep_alive)
+    limits.check()
     if tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
         err.print(f"[yellow]warning[/]: serving on {host} without TLS; API keys travel in clear")
     config = ServiceConfig(
@@ -96,21 +116,10 @@ def serve(
         rate=rate,
         burst=burst,
         replay_window=replay_window,
+        access_log=access_log,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            host=host,
-            port=port,
-            ssl_certfile=str(tls_cert) if tls_cert else None,
-            ssl_keyfile=str(tls_key) if tls_key else None,
-            limit_concurrency=max_connections,
-            access_log=access_log,
-            lifespan="on",
-            timeout_graceful_shutdown=10,
-        )
-    )
-    server.run()
+    tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    build_server(create_app(config), host, port, limits, tls).run()
 
 
 EngineOpt = Annotated[list[str], typer.Option("--engine", help="An engine name (repeatable).")]

@@ -36,6 +36,7 @@ from frip_engine.images import load_image
 from frip_engine.keyservice import KeyService, he_key_id, wipe
 from frip_engine.parallel import ParallelScorer, WorkerSetup, result
 from frip_engine.pemiu import PemiuTemplate, stored_vector
+from frip_engine.private import private_dir
 from frip_engine.profile import (
     Components,
     Profile,
@@ -102,7 +103,7 @@ class Engine:
         if directory.exists():
             raise ProfileError(f"engine '{profile.name}' already exists at {directory}")
         parts = build(profile)
-        directory.mkdir(parents=True)
+        private_dir(directory)
         try:
             parts.key_store.bind(str(directory))
             parts.gallery_store.bind(str(directory))
@@ -180,8 +181,9 @@ class Engine:
         return float(self.parts.extractor.threshold)
 
     # ----------------------------------------------------------------- embeddings
-    def embed_image(self, source: Path | bytes) -> tuple[np.ndarray, list[str]]:
-        """Extract and normalise the embedding of the face in one image."""
+    def embed_image(self, source: Path | bytes | np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Extract and normalise the embedding of the face in one image (a file, its bytes,
+        or pixels already decoded by ``load_image``)."""
         extraction = self.parts.extractor.extract(load_image(source))
         return self.check_embedding(extraction.embedding), extraction.notes
 
@@ -397,7 +399,7 @@ class Engine:
         return self._slot_map[1]
 
     def _probe(
-        self, watch: Stopwatch, image: Path | bytes | None, embedding: object | None
+        self, watch: Stopwatch, image: Path | bytes | np.ndarray | None, embedding: object | None
     ) -> tuple[np.ndarray, list[str]]:
         if (image is None) == (embedding is None):
             raise SubjectError("give exactly one probe: an image or an embedding")
@@ -410,7 +412,7 @@ class Engine:
 
     def identify(
         self,
-        image: Path | bytes | None = None,
+        image: Path | bytes | np.ndarray | None = None,
         embedding: object | None = None,
         top_k: int = 1,
         threshold: float | None = None,
@@ -450,7 +452,7 @@ class Engine:
     def verify(
         self,
         subject_id: str,
-        image: Path | bytes | None = None,
+        image: Path | bytes | np.ndarray | None = None,
         embedding: object | None = None,
         threshold: float | None = None,
     ) -> Decision:

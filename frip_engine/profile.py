@@ -151,8 +151,10 @@ class Profile:
 
 def save_profile(profile: Profile, path: Path) -> None:
     """Write atomically: a reader sees the old profile or the new one, never half."""
+    from frip_engine.private import write_private
+
     staging = path.with_suffix(".toml.tmp")
-    staging.write_text(profile.to_toml())
+    write_private(staging, profile.to_toml())  # 0600: it names the engine's key store
     staging.replace(path)
 
 

@@ -65,8 +65,8 @@ class Setup:
         return self.client.post(path, json=body, headers=auth(self.keys[key]), **kw)
 
 
-@pytest.fixture
-def setup(make_engine: Callable[..., Engine], home: Path) -> Iterator[Setup]:
+@pytest.fixture(name="setup")
+def setup_fixture(make_engine: Callable[..., Engine], home: Path) -> Iterator[Setup]:
     plain(make_engine, "doors")
     plain(make_engine, "lobby", "sface")
     plain(make_engine, "gate")
@@ -141,7 +141,7 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
         ("two probes", lambda: post({"embedding": e0, "image": "AAAA"}), 400, "bad_request"),
         ("unknown field", lambda: post({"embedding": e0, "x": 1}), 400, "bad_request"),
         ("top_k out of range", lambda: post({"embedding": e0, "top_k": 0}), 400, "bad_request"),
-        ("template, no adapter", lambda: post({"template": "AAAA"}), 400, "bad_request"),
+        ("template, no adapter", lambda: post({"template": "AAAA"}), 422, "bad_embedding"),
         (
             "bad subject id",
             lambda: post({"subject_id": "../x", "embeddings": [e1]}, subjects),

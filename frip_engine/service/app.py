@@ -21,15 +21,13 @@ A client's round trip minus ``server_total`` is the wire and client-side time.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +36,7 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,8 +44,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from frip_engine import __version__, plugins
 from frip_engine.errors import (
     AuthError,
-    Base64Error,
     DuplicateSubjectError,
+    EmbeddingError,
     ForbiddenError,
     FripError,
     LinkageError,
@@ -59,11 +57,24 @@ from frip_engine.errors import (
     UnknownSubjectError,
     http_error,
 )
+from frip_engine.private import private_dir
 from frip_engine.service.attributes import AttributeStore, check_attributes
 from frip_engine.service.audit import AuditLog, Event
 from frip_engine.service.consents import Consents
 from frip_engine.service.db import Database
-from frip_engine.service.limits import RateLimiter, read_limited
+from frip_engine.service.decoding import ImageDecoder, decode_b64
+from frip_engine.service.limits import (
+    MAX_DIMENSION,
+    MAX_EMBEDDINGS,
+    MAX_IMAGES,
+    MAX_PROBE_CLUSTERS,
+    MAX_SEQ,
+    MAX_TOP_K,
+    SUBJECT_PATTERN,
+    RateLimiter,
+    RefusalBudget,
+    read_limited,
+)
 from frip_engine.service.metrics import Metrics
 from frip_engine.service.pool import EnginePool, EngineSlot
 from frip_engine.service.replay import ID_PATTERN, ReplayGuard
@@ -74,8 +85,9 @@ if TYPE_CHECKING:
     from frip_engine.engine import Engine
 
 logger = logging.getLogger("frip_engine.service")
-SUBJECT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}$")
-MAX_TOP_K = 100
+access_logger = logging.getLogger("frip_engine.service.access")
+MAX_MESSAGE = 300  # characters of an error message: what a caller sent is never echoed whole
+PARSE_IN_THREAD = 64 * 1024  # bodies from this size are parsed off the event loop
 # What a vendor may see of an engine's stats: not its directory or key store location.
 SAFE_STATS: tuple[str, ...] = ("engine", "engine_id", "subjects", "blocks", "capacity")
 SAFE_STATS += ("dimension", "threshold", "key_version", "he", "plugins")
@@ -90,7 +102,11 @@ class ServiceConfig:
     rate: float = 50.0  # requests per second per API key (0: unlimited)
     burst: int = 100
     replay_window: float = 300.0
-    max_images: int = 10
+    max_images: int = MAX_IMAGES  # per enrolment
+    max_embeddings: int = MAX_EMBEDDINGS  # per enrolment
+    max_image_pixels: int = 24_000_000
+    max_decode_bytes: int = 384 * 1024 * 1024  # estimated peak memory of one image decode
+    access_log: bool = True  # one line per request: route and status, never a path
 
 
 @dataclass
@@ -110,7 +126,7 @@ class Service:
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        config.home.mkdir(parents=True, exist_ok=True)
+        private_dir(config.home)
         self.db = Database(config.home / "service.sqlite")
         self.vendors = Vendors(self.db)
         self.replay = ReplayGuard(self.db, config.replay_window)
@@ -118,6 +134,8 @@ class Service:
         self.consents = Consents(self.db)
         self.audit = AuditLog(config.home)
         self.limiter = RateLimiter(config.rate, config.burst)
+        self.refusals: RefusalBudget[Event] = RefusalBudget()
+        self.decoder = ImageDecoder(config.max_image_pixels, config.max_decode_bytes)
         self.metrics = Metrics()
         self.pool: EnginePool | None = None
 
@@ -134,6 +152,9 @@ class Service:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+        self.decoder.close()
+        for row, count in self.refusals.drain():
+            self.audit.append(suppressed(row, count))
         self.audit.close()
         self.db.close()
 
@@ -156,7 +177,7 @@ async def authorise(service: Service, request: Request, engine: str | None = Non
         service.replay.check(caller.key_id, request_id, request.headers.get("x-request-time"))
         request.state.reserved = (caller.key_id, request_id)  # released if refused with a 4xx
     if engine is not None and engine not in caller.engines:
-        raise ForbiddenError(f"this API key has no rights to engine '{engine}'")
+        raise ForbiddenError(f"this API key has no rights to engine {shown(engine)}")
     return Context(caller, request_id, received, start, network=start - received)
 
 
@@ -175,22 +196,43 @@ async def read_json(service: Service, request: Request, ctx: Context) -> dict[st
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
 
-    try:
-        body = json.loads(raw, parse_constant=refuse)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedJSONError(f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise MalformedJSONError("the body nests JSON too deeply") from None
+    def parse() -> Any:
+        try:
+            return json.loads(raw, parse_constant=refuse)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedJSONError(f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise MalformedJSONError("the body nests JSON too deeply") from None
+
+    body = await run_in_threadpool(parse) if len(raw) >= PARSE_IN_THREAD else parse()
     if not isinstance(body, dict):
         raise MalformedJSONError("the body must be a JSON object")
     ctx.decoding += time.perf_counter() - parsed
     return body
 
 
+def shown(value: str, limit: int = 64) -> str:
+    """A caller's value quoted for a message: at most ``limit`` characters of it."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
 def allow_only(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise RequestError(f"unknown field(s) {unknown}; expected some of {sorted(allowed)}")
+        names = ", ".join(shown(name, 32) for name in unknown[:3])
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise RequestError(f"unknown field(s) {names}{more}; expected some of {sorted(allowed)}")
+
+
+def whole_number(value: object, field: str, low: int, high: int) -> int:
+    """A JSON or query integer within [low, high], or RequestError (400)."""
+    if isinstance(value, str):
+        value = int(value) if re.fullmatch(r"[+-]?[0-9]{1,30}", value) else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON's 2.0 is the integer 2 (as JSON Schema counts it)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise RequestError(f"'{field}' must be a whole number from {low} to {high}")
+    return value
 
 
 def subject_field(body: dict[str, Any]) -> str:
@@ -203,46 +245,43 @@ def subject_field(body: dict[str, Any]) -> str:
 def check_subject(subject: str) -> str:
     if not SUBJECT_PATTERN.fullmatch(subject):
         raise SubjectError(
-            f"subject id {subject[:40]!r}: use 1-128 letters, digits and '_.@:+-', "
+            f"subject id {shown(subject, 40)}: use 1-128 letters, digits and '_.@:+-', "
             "starting with a letter or digit"
         )
     return subject
 
 
-def decode_b64(value: object, field: str) -> bytes:
-    if not isinstance(value, str) or not value:
-        raise Base64Error(f"'{field}' must be non-empty base64 text")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise Base64Error(f"'{field}' is not valid base64") from None
-
-
 def decode_vector(value: object, field: str) -> np.ndarray:
+    """A JSON list of numbers as float64; infinities (JSON 1e400) are EmbeddingError (422)."""
     if not isinstance(value, list) or not all(
         isinstance(x, int | float) and not isinstance(x, bool) for x in value
     ):
         raise RequestError(f"'{field}' must be a list of numbers")
+    if not 1 <= len(value) <= MAX_DIMENSION:
+        raise EmbeddingError(f"'{field}' must hold 1 to {MAX_DIMENSION} numbers")
     try:
-        return np.asarray(value, dtype=np.float64)
+        vector = np.asarray(value, dtype=np.float64)
     except OverflowError:
         raise RequestError(f"'{field}' holds a number too large for a float") from None
+    if not np.all(np.isfinite(vector)):
+        raise EmbeddingError(f"'{field}' holds an infinite number")
+    return vector
 
 
 @dataclass
 class Probe:
     """What identify and verify were given: one image, embedding or vendor template."""
 
-    image: bytes | None = None
+    image: np.ndarray | None = None  # decoded pixels, uint8 BGR (H, W, 3)
     embedding: np.ndarray | None = None
 
 
-def read_probe(service: Service, body: dict[str, Any], engine: str) -> Probe:
+async def read_probe(service: Service, body: dict[str, Any], engine: str) -> Probe:
     given = [k for k in ("image", "embedding", "template") if k in body]
     if len(given) != 1:
         raise RequestError("give exactly one probe: 'image', 'embedding' or 'template'")
     if given[0] == "image":
-        return Probe(image=decode_b64(body["image"], "image"))
+        return Probe(image=await service.decoder.decode(body["image"], "image"))
     if given[0] == "embedding":
         return Probe(embedding=decode_vector(body["embedding"], "embedding"))
     return Probe(embedding=decode_template(service, body["template"], engine))
@@ -251,7 +290,7 @@ def read_probe(service: Service, body: dict[str, Any], engine: str) -> Probe:
 def decode_template(service: Service, value: object, engine: str) -> np.ndarray:
     name = service.vendors.adapter_of(engine)
     if name is None:
-        raise RequestError(f"engine '{engine}' has no vendor adapter: send 'embedding'")
+        raise EmbeddingError(f"engine '{engine}' has no vendor adapter: send 'embedding'")
     payload = decode_b64(value, "template")
     return np.asarray(plugins.create("adapter", name).decode(payload))
 
@@ -333,7 +372,7 @@ async def metrics(service: Service, request: Request) -> Response:
 async def openapi(service: Service, request: Request) -> Response:
     from frip_engine.service.openapi import describe
 
-    return JSONResponse(describe())
+    return JSONResponse(describe(service.config))
 
 
 def _engine_summary(engine: Engine) -> dict[str, Any]:
@@ -364,6 +403,7 @@ async def engine_show(service: Service, request: Request) -> Response:
 
 
 async def enrol(service: Service, request: Request) -> Response:
+    from frip_engine.embeddings import mean_template
     from frip_engine.engine import EnrolItem
 
     name = request.path_params["engine"]
@@ -378,13 +418,15 @@ async def enrol(service: Service, request: Request) -> Response:
         raise RequestError("'images' and 'embeddings' must be lists")
     if len(images) > service.config.max_images:
         raise RequestError(f"at most {service.config.max_images} images per subject")
-    pictures = [decode_b64(x, f"images[{i}]") for i, x in enumerate(images)]
+    if len(vectors) > service.config.max_embeddings:
+        raise RequestError(f"at most {service.config.max_embeddings} embeddings per subject")
+    if not images and not vectors and "template" not in body:
+        raise RequestError("give 'images', 'embeddings' or 'template'")
     given = [decode_vector(v, f"embeddings[{i}]") for i, v in enumerate(vectors)]
     if "template" in body:
         given.append(decode_template(service, body["template"], name))
-    if not pictures and not given:
-        raise RequestError("give 'images', 'embeddings' or 'template'")
     attributes = check_attributes(body["attributes"]) if "attributes" in body else None
+    pictures = [await service.decoder.decode(x, f"images[{i}]") for i, x in enumerate(images)]
     ctx.decoding += time.perf_counter() - start
     slot = await service.engines().get(name)
 
@@ -399,6 +441,7 @@ async def enrol(service: Service, request: Request) -> Response:
                 vector, found = engine.embed_image(picture)  # a typed error names the image
                 held.append(vector)
                 notes += [f"images[{i}]: {note}" for note in found]
+            mean_template(held)  # embeddings that cancel out: an EmbeddingError (422) here
             if attributes is not None:
                 service.attributes.stage(engine, subject, attributes)
             counts = {"images": len(pictures), "embeddings": len(given)}
@@ -470,18 +513,12 @@ async def identify(service: Service, request: Request) -> Response:
     body = await read_json(service, request, ctx)
     start = time.perf_counter()
     allow_only(body, {"image", "embedding", "template", "top_k", "threshold", "probe_clusters"})
-    probe = read_probe(service, body, name)
-    top_k = body.get("top_k", 1)
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
-        raise RequestError(f"'top_k' must be a whole number from 1 to {MAX_TOP_K}")
+    top_k = whole_number(body.get("top_k", 1), "top_k", 1, MAX_TOP_K)
     fan_out = body.get("probe_clusters")
-    if (
-        fan_out is not None
-        and fan_out != "all"
-        and (not isinstance(fan_out, int) or isinstance(fan_out, bool) or fan_out < 1)
-    ):
-        raise RequestError("'probe_clusters' must be 'all' or a whole number >= 1")
+    if fan_out is not None and fan_out != "all":
+        fan_out = whole_number(fan_out, "probe_clusters", 1, MAX_PROBE_CLUSTERS)
     threshold = threshold_field(body)
+    probe = await read_probe(service, body, name)
     ctx.decoding += time.perf_counter() - start
     slot = await service.engines().get(name)
 
@@ -508,8 +545,8 @@ async def verify(service: Service, request: Request) -> Response:
     start = time.perf_counter()
     allow_only(body, {"subject_id", "image", "embedding", "template", "threshold"})
     subject = subject_field(body)
-    probe = read_probe(service, body, name)
     threshold = threshold_field(body)
+    probe = await read_probe(service, body, name)
     ctx.decoding += time.perf_counter() - start
     slot = await service.engines().get(name)
 
@@ -530,7 +567,6 @@ async def verify(service: Service, request: Request) -> Response:
 # ---------------------------------------------------------------------------- linkage
 async def linkage_create(service: Service, request: Request) -> Response:
     from frip_engine.engine import list_engines
-    from frip_engine.images import load_image
 
     ctx = await authorise(service, request)
     body = await read_json(service, request, ctx)
@@ -544,8 +580,8 @@ async def linkage_create(service: Service, request: Request) -> Response:
         raise RequestError("'engines' lists an engine twice")
     for name in names:
         if name not in linkable:
-            raise ForbiddenError(f"this API key has no linkage rights to engine '{name}'")
-    pixels = load_image(decode_b64(body.get("image"), "image"))
+            raise ForbiddenError(f"this API key has no linkage rights to engine {shown(name)}")
+    pixels = await service.decoder.decode(body.get("image"), "image")
     if service.consents.get(ctx.caller.vendor, subject) is not None:
         raise DuplicateSubjectError(f"subject '{subject}' already has a linkage")
     slots = {name: await service.engines().get(name) for name in names}
@@ -575,7 +611,7 @@ def link(
         for name, slot in slots.items()
     }
     ids = {name: slot.engine.profile.engine_id for name, slot in slots.items()}
-    refused = {n: (ids[n], "already enrolled in this engine") for n, p in present.items() if p}
+    refused = {n: (ids[n], taken(slots[n], pixels)) for n, p in present.items() if p}
     pending = {n: ids[n] for n, p in present.items() if not p}
     service.consents.open(vendor, subject, ctx.request_id, pending, refused)
     intents = {
@@ -609,6 +645,19 @@ def link(
         service.consents.delete(vendor, subject)
         raise LinkageError(f"'{subject}' was enrolled nowhere: {json.dumps(failed)}")
     return {"subject_id": subject, "enrolled": enrolled, "failed": failed}
+
+
+def taken(slot: EngineSlot, pixels: np.ndarray) -> str:
+    """Why linkage does not enrol into an engine already holding the subject id, worded as
+    it would be for an absent id where the image fails too: the linker may not read that
+    engine, so a face-less or unusable image must not tell it who is enrolled there."""
+    extractor = slot.engine.parts.extractor
+    try:
+        found = slot.call(partial(extractor.extract, pixels))
+    except FripError as exc:
+        return f"{extractor.name}: {exc}"
+    np.asarray(found.embedding).fill(0.0)
+    return "already enrolled in this engine"
 
 
 async def linkage_show(service: Service, request: Request) -> Response:
@@ -674,23 +723,34 @@ async def audit_query(service: Service, request: Request) -> Response:
     ctx = await authorise(service, request)
     engine = request.query_params.get("engine")
     if engine is not None and engine not in ctx.caller.engines | ctx.caller.linkable:
-        raise ForbiddenError(f"this API key has no rights to engine '{engine}'")
-    try:
-        after = int(request.query_params.get("after", "0"))
-        limit = int(request.query_params.get("limit", "100"))
-    except ValueError:
-        raise RequestError("'after' and 'limit' must be whole numbers") from None
-    if not 1 <= limit <= 1000 or after < 0:
-        raise RequestError("'limit' must be 1-1000 and 'after' >= 0")
+        raise ForbiddenError(f"this API key has no rights to engine {shown(engine)}")
+    after = whole_number(request.query_params.get("after", "0"), "after", 0, MAX_SEQ)
+    limit = whole_number(request.query_params.get("limit", "100"), "limit", 1, 1000)
     events = service.audit.query(ctx.caller.engines, ctx.caller.vendor, engine, after, limit)
     return JSONResponse({"events": events})
 
 
 # ---------------------------------------------------------------------------- errors
-def error_response(code: str, message: str, status: int, request: Request) -> JSONResponse:
+def error_response(
+    code: str,
+    message: str,
+    status: int,
+    request: Request,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The one JSON error shape; the message is cut to MAX_MESSAGE characters."""
     request_id = request.headers.get("x-request-id")
+    if request_id is not None and not ID_PATTERN.fullmatch(request_id):
+        request_id = None  # echo a well-formed id only
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 3] + "..."
     body = {"error": {"code": code, "message": message, "request_id": request_id}}
-    return JSONResponse(body, status)
+    return JSONResponse(body, status, headers)
+
+
+def route_of(scope: Scope) -> str:
+    """The operation a request was routed to (a name, never its path: paths hold ids)."""
+    return getattr(scope.get("endpoint"), "__name__", "unmatched")
 
 
 def refusal(request: Request, code: str) -> Event:
@@ -701,15 +761,38 @@ def refusal(request: Request, code: str) -> Event:
     caller: Caller | None = getattr(request.state, "caller", None)
     engine = request.path_params.get("engine")
     request_id = request.headers.get("x-request-id")
-    route = getattr(request.scope.get("endpoint"), "__name__", "unmatched")
     return Event(
         actor=caller.vendor if caller else "unauthenticated",
         action="refused",
         engine=engine if engine and NAME_PATTERN.fullmatch(engine) else None,
-        outcome={"code": code, "route": route, "method": request.method},
+        outcome={"code": code, "route": route_of(request.scope), "method": request.method},
         key_id=caller.key_id if caller else claimed_key_id(request.headers.get("authorization")),
         request_id=request_id if request_id and ID_PATTERN.fullmatch(request_id) else None,
     )
+
+
+def audit_refusal(service: Service, request: Request, code: str) -> None:
+    """Audit a refused attempt within the budget of its source (its key, or its address
+    when unauthenticated); beyond it, count it and note the count on the next row."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    address = request.client.host if request.client else "?"
+    row = refusal(request, code)
+    count = service.refusals.admit(f"key:{caller.key_id}" if caller else address, row)
+    if count is not None:
+        service.audit.append(suppressed(row, count) if count else row)
+
+
+def suppressed(row: Event, count: int) -> Event:
+    """A refused attempt's row noting how many before it went unwritten (over budget)."""
+    return replace(row, outcome={**(row.outcome or {}), "suppressed": count})
+
+
+def release_request_id(service: Service, request: Request) -> None:
+    """An id is spent only by a request that succeeded: free it after any error."""
+    reserved = getattr(request.state, "reserved", None)
+    if reserved is not None:
+        service.replay.release(*reserved)
+        request.state.reserved = None
 
 
 def frip_error(service: Service, request: Request, exc: Exception) -> Response:
@@ -717,13 +800,11 @@ def frip_error(service: Service, request: Request, exc: Exception) -> Response:
     status, code = http_error(exc)
     service.metrics.error(code)
     if status in (401, 403):
-        service.audit.append(refusal(request, code))
-    reserved = getattr(request.state, "reserved", None)
-    if reserved is not None and status < 500:
-        service.replay.release(*reserved)
+        audit_refusal(service, request, code)
+    release_request_id(service, request)
     message = str(exc)
     if status >= 500:  # the detail (paths, internals) stays in the server's log
-        logger.error("%s %s -> %s: %s", request.method, request.url.path, code, exc)
+        logger.error("%s %s -> %s: %s", request.method, route_of(request.scope), code, exc)
         message = f"the service failed ({code}); the server log has the detail"
     response = error_response(code, message, status, request)
     retry = getattr(exc, "retry_after", None)
@@ -737,17 +818,31 @@ def http_exception(service: Service, request: Request, exc: Exception) -> Respon
     codes = {404: "route_not_found", 405: "method_not_allowed"}
     code = codes.get(exc.status_code, "http_error")
     service.metrics.error(code)
-    return error_response(code, str(exc.detail), exc.status_code, request)
+    return error_response(code, str(exc.detail), exc.status_code, request, exc.headers)
+
+
+def client_gone(service: Service, request: Request, exc: Exception) -> Response:
+    """The client left before sending its whole body: nothing was processed, nothing is
+    answered (no one is listening), and its request id stays free for a retry."""
+    service.metrics.error("client_disconnected")
+    release_request_id(service, request)
+    logger.info(
+        "%s %s: the client disconnected mid-request", request.method, route_of(request.scope)
+    )
+    return error_response("client_disconnected", "the client disconnected", 499, request)
 
 
 def unexpected(service: Service, request: Request, exc: Exception) -> Response:
     service.metrics.error("internal_error")
-    logger.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+    release_request_id(service, request)
+    logger.error("unexpected error in %s %s", request.method, route_of(request.scope), exc_info=exc)
     return error_response("internal_error", "unexpected server error", 500, request)
 
 
 class Receipt:
-    """Pure ASGI middleware: stamps when a request arrived, and counts it when answered."""
+    """Pure ASGI middleware: stamps when a request arrived, counts it when answered, and
+    writes the access line (client, method, route name, status, time; never the path,
+    which may name a subject)."""
 
     def __init__(self, app: ASGIApp, service: Service) -> None:
         self.app = app
@@ -769,11 +864,18 @@ class Receipt:
         try:
             await self.app(scope, receive, sending)
         finally:
-            endpoint = scope.get("endpoint")
-            route = getattr(endpoint, "__name__", "unmatched")
-            self.service.metrics.observe(
-                route, scope["method"], status[0], time.perf_counter() - start
-            )
+            route, seconds = route_of(scope), time.perf_counter() - start
+            self.service.metrics.observe(route, scope["method"], status[0], seconds)
+            if self.service.config.access_log:
+                client = scope.get("client") or ("?", 0)
+                access_logger.info(
+                    '%s "%s %s" %d %.1f ms',
+                    client[0],
+                    scope["method"],
+                    route,
+                    status[0],
+                    seconds * 1000,
+                )
 
 
 # ---------------------------------------------------------------------------- the app
@@ -795,12 +897,38 @@ ROUTES: list[tuple[str, Handler, str]] = [
 ]
 
 
-def _bind(handler: Handler, service: Service) -> Callable[[Request], Awaitable[Response]]:
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _bind(handler: Handler, service: Service) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         return await handler(service, request)
 
     endpoint.__name__ = handler.__name__
     return endpoint
+
+
+def _routes(service: Service) -> list[Route]:
+    """One route per path, so a wrong method's 405 lists every method the path allows; a
+    path with several methods dispatches to each one's endpoint (named for metrics)."""
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for path, handler, method in ROUTES:
+        by_path.setdefault(path, {})[method] = _bind(handler, service)
+    routes = []
+    for path, endpoints in by_path.items():
+        if len(endpoints) == 1:
+            routes.append(Route(path, *endpoints.values(), methods=list(endpoints)))
+            continue
+
+        async def dispatch(
+            request: Request, endpoints: dict[str, Endpoint] = endpoints
+        ) -> Response:
+            endpoint = endpoints["GET" if request.method == "HEAD" else request.method]
+            request.scope["endpoint"] = endpoint  # the operation, for metrics and the audit
+            return await endpoint(request)
+
+        routes.append(Route(path, dispatch, methods=list(endpoints)))
+    return routes
 
 
 def create_app(config: ServiceConfig) -> Starlette:
@@ -817,7 +945,7 @@ def create_app(config: ServiceConfig) -> Starlette:
         finally:
             service.close()
 
-    routes = [Route(p, _bind(h, service), methods=[m]) for p, h, m in ROUTES]
+    routes = _routes(service)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -825,6 +953,7 @@ def create_app(config: ServiceConfig) -> Starlette:
         exception_handlers={
             FripError: partial(frip_error, service),
             HTTPException: partial(http_exception, service),
+            ClientDisconnect: partial(client_gone, service),
             Exception: partial(unexpected, service),
         },
     )

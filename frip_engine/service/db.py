@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from frip_engine.errors import StoreError
+from frip_engine.private import private_file
 
 
 def now_iso() -> str:
@@ -27,7 +28,7 @@ class Database:
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # 0600 before SQLite opens it: its -wal and -shm follow
         try:
             self._db = sqlite3.connect(
                 path, isolation_level=None, timeout=30, check_same_thread=False
@@ -38,7 +39,6 @@ class Database:
             self._db.row_factory = sqlite3.Row
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"service database {path} is not usable: {exc}") from exc
-        path.chmod(0o600)
         self.lock = threading.RLock()
 
     def ensure(self, schema: str) -> None:

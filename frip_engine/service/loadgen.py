@@ -66,8 +66,10 @@ class ServerProcess:
         command += ["--home", str(self.home), "--no-access-log", *self.args]
         if self.tls:
             command += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as sink:
+        from frip_engine.private import private_dir, private_file
+
+        private_dir(self.home)
+        with open(private_file(self.log), "ab") as sink:
             self.process = subprocess.Popen(
                 command, stdout=sink, stderr=subprocess.STDOUT, env=dict(os.environ)
             )

@@ -19,6 +19,7 @@ from typing import Any
 from frip_engine.contracts import BlockInfo, NewSubject, SubjectRecord
 from frip_engine.errors import CorruptionError, StoreError, SubjectError
 from frip_engine.hookspecs import hookimpl
+from frip_engine.private import private_file
 
 SCHEMA_VERSION = 1
 DEFAULT_FILE = "gallery.sqlite"
@@ -69,6 +70,7 @@ class SQLiteGalleryStore:
             raise StoreError("sqlite gallery store is not bound to an engine directory")
         if not create and not self.path.is_file():
             raise StoreError(f"gallery file {self.path} is missing")
+        private_file(self.path)  # 0600 before SQLite opens it: its -wal and -shm follow
         try:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             db.execute("PRAGMA journal_mode=WAL")

@@ -1,0 +1,46 @@
+"""Files and folders private to their owner: 0600 files, 0700 folders, whatever the umask.
+
+Everything under ``$FRIP_HOME`` goes through here: a gallery lists who is enrolled and
+when, so no other local user may read it. The umask is process-wide (and the caller's),
+so modes are given on creation and set again with chmod, which the umask does not touch.
+SQLite creates a database's -wal and -shm files with the mode of the database file itself,
+so a database made with ``private_file`` before it is opened keeps them private too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` and its missing parents as 0700 folders; existing ones are left as
+    they are (the home folder itself may be one its owner chose). Returns ``path``."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    for folder in missing:
+        folder.chmod(DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create ``path`` empty if missing, and make it 0600 either way. Returns ``path``."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` as a 0600 file, replacing its contents."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), FILE_MODE)
+        handle.write(text)
