@@ -280,6 +280,9 @@ def test_integers_from_a_request_are_bounded_before_sqlite_or_numpy(setup: Setup
         ]
         == "bad_request"
     )
+    declared = {**auth(key), "Content-Type": "application/json", "Content-Length": "9" * 5000}
+    too_big = s.client.post("/v1/engines/doors/identify", content=b"{}", headers=declared)
+    assert error_of(too_big) == (413, "payload_too_large")
     top = s.client.get(f"/v1/audit?after={2**63 - 1}", headers=auth(key))
     assert top.status_code == 200 and top.json()["events"] == []
 

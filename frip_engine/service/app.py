@@ -86,7 +86,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("frip_engine.service")
 access_logger = logging.getLogger("frip_engine.service.access")
-MAX_MESSAGE = 300  # characters of an error message: what a caller sent is never echoed whole
+MAX_MESSAGE = 1000  # characters of an error message: what a caller sent is never echoed whole
 PARSE_IN_THREAD = 64 * 1024  # bodies from this size are parsed off the event loop
 # What a vendor may see of an engine's stats: not its directory or key store location.
 SAFE_STATS: tuple[str, ...] = ("engine", "engine_id", "subjects", "blocks", "capacity")

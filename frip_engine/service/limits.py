@@ -87,8 +87,12 @@ class RefusalBudget(Generic[Row]):
 
 async def read_limited(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
     """The whole body, refused as soon as it is known to exceed ``limit`` bytes."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body of {declared} bytes is over {limit} bytes")
+    if (
+        declared is not None
+        and declared.isdigit()
+        and (len(declared) > 18 or int(declared) > limit)
+    ):
+        raise PayloadTooLargeError(f"the declared request body is over the limit of {limit} bytes")
     body = bytearray()
     async for chunk in chunks:
         body.extend(chunk)
