@@ -326,6 +326,8 @@ def test_unusable_embeddings_are_422_bad_embedding_on_every_route(setup: Setup) 
                 headers={**auth(s.keys["acme"]), "Content-Type": "application/json"},
             )
             assert error_of(response) == (422, "bad_embedding"), (path, response.text)
+    many = {"subject_id": "m", "embeddings": unit_vectors(11).tolist()}  # one over the bound
+    assert error_of(s.post("/v1/engines/doors/subjects", many)) == (400, "bad_request")
     # two embeddings that cancel out are the embeddings' fault, not the subject id's
     v = unit_vectors(1)[0]
     cancel = {"subject_id": "c", "embeddings": [v.tolist(), (-v).tolist()]}
@@ -493,6 +495,21 @@ def test_unauthenticated_and_refused_callers_can_make_the_service_write_little(
     log.close()
     assert 0 < len(rows) <= 25, len(rows)  # a bounded trickle, not one fsync per request
     assert sum(r["outcome"].get("suppressed", 0) for r in rows) + len(rows) >= 100
+
+
+def test_limits_track_a_bounded_number_of_sources() -> None:
+    from frip_engine.service.limits import MAX_TRACKED, RateLimiter, RefusalBudget
+
+    limiter = RateLimiter(rate=1e6, burst=1)  # buckets refill at once: all may be dropped
+    for i in range(3 * MAX_TRACKED):
+        limiter.take(f"address:10.0.{i // 256}.{i % 256}")
+    assert len(limiter._buckets) <= MAX_TRACKED
+    budget: RefusalBudget[int] = RefusalBudget(rate=1e-9, burst=1)
+    for i in range(2 * MAX_TRACKED):
+        budget.admit(f"a{i}", i)
+        budget.admit(f"a{i}", i)  # the second of each source is over its budget
+    pending = budget.drain()
+    assert len(pending) <= MAX_TRACKED + 1 and sum(n for _, n in pending) == 2 * MAX_TRACKED
 
 
 def test_default_logs_hold_no_subject_names(

@@ -162,11 +162,14 @@ class Service:
 # ---------------------------------------------------------------------------- request parts
 async def authorise(service: Service, request: Request, engine: str | None = None) -> Context:
     """Key, rate, replay and engine-scope checks, in that order, before any body is read.
-    Unauthenticated requests are rate-limited per client address (each one is audited)."""
+    Unauthenticated requests are rate-limited per client address. The database reads and
+    the request id's fsync'd reservation run in a worker thread, off the event loop."""
     start = time.perf_counter()
     received = float(request.scope.get("state", {}).get("received", start))
     try:
-        caller = service.vendors.authenticate(request.headers.get("authorization"))
+        caller = await run_in_threadpool(
+            service.vendors.authenticate, request.headers.get("authorization")
+        )
     except AuthError:
         service.limiter.take(f"address:{request.client.host if request.client else '?'}")
         raise
@@ -174,8 +177,9 @@ async def authorise(service: Service, request: Request, engine: str | None = Non
     service.limiter.take(caller.key_id)
     request_id = request.headers.get("x-request-id")
     if request.method != "GET":
-        service.replay.check(caller.key_id, request_id, request.headers.get("x-request-time"))
-        request.state.reserved = (caller.key_id, request_id)  # released if refused with a 4xx
+        sent = request.headers.get("x-request-time")
+        await run_in_threadpool(service.replay.check, caller.key_id, request_id, sent)
+        request.state.reserved = (caller.key_id, request_id)  # released unless it succeeds
     if engine is not None and engine not in caller.engines:
         raise ForbiddenError(f"this API key has no rights to engine {shown(engine)}")
     return Context(caller, request_id, received, start, network=start - received)
@@ -795,13 +799,13 @@ def release_request_id(service: Service, request: Request) -> None:
         request.state.reserved = None
 
 
-def frip_error(service: Service, request: Request, exc: Exception) -> Response:
+async def frip_error(service: Service, request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FripError)
     status, code = http_error(exc)
     service.metrics.error(code)
     if status in (401, 403):
-        audit_refusal(service, request, code)
-    release_request_id(service, request)
+        await run_in_threadpool(audit_refusal, service, request, code)
+    await run_in_threadpool(release_request_id, service, request)
     message = str(exc)
     if status >= 500:  # the detail (paths, internals) stays in the server's log
         logger.error("%s %s -> %s: %s", request.method, route_of(request.scope), code, exc)
@@ -821,20 +825,20 @@ def http_exception(service: Service, request: Request, exc: Exception) -> Respon
     return error_response(code, str(exc.detail), exc.status_code, request, exc.headers)
 
 
-def client_gone(service: Service, request: Request, exc: Exception) -> Response:
+async def client_gone(service: Service, request: Request, exc: Exception) -> Response:
     """The client left before sending its whole body: nothing was processed, nothing is
     answered (no one is listening), and its request id stays free for a retry."""
     service.metrics.error("client_disconnected")
-    release_request_id(service, request)
+    await run_in_threadpool(release_request_id, service, request)
     logger.info(
         "%s %s: the client disconnected mid-request", request.method, route_of(request.scope)
     )
     return error_response("client_disconnected", "the client disconnected", 499, request)
 
 
-def unexpected(service: Service, request: Request, exc: Exception) -> Response:
+async def unexpected(service: Service, request: Request, exc: Exception) -> Response:
     service.metrics.error("internal_error")
-    release_request_id(service, request)
+    await run_in_threadpool(release_request_id, service, request)
     logger.error("unexpected error in %s %s", request.method, route_of(request.scope), exc_info=exc)
     return error_response("internal_error", "unexpected server error", 500, request)
 

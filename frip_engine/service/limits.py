@@ -22,6 +22,7 @@ MAX_SEQ = 2**63 - 1  # SQLite's largest integer: audit sequence numbers never pa
 MAX_DIMENSION = 4096  # numbers in one embedding (each engine wants exactly its own dimension)
 MAX_IMAGES = 10  # per enrolment
 MAX_EMBEDDINGS = 10  # per enrolment
+MAX_TRACKED = 10_000  # rate-limit buckets kept before the refilled ones are dropped
 
 
 class RateLimiter:
@@ -49,6 +50,8 @@ class RateLimiter:
             return 0.0
         now = time.monotonic()
         with self._lock:
+            if len(self._buckets) >= MAX_TRACKED:
+                self._forget_full(now)
             tokens, last = self._buckets.get(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
             if tokens < 1.0:
@@ -56,6 +59,13 @@ class RateLimiter:
                 return (1.0 - tokens) / self.rate
             self._buckets[key] = (tokens - 1.0, now)
             return 0.0
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the buckets that have refilled (a new one starts full anyway), so many
+        client addresses cannot grow the table without bound."""
+        refill = self.burst / self.rate
+        for key in [k for k, (_, last) in self._buckets.items() if now - last >= refill]:
+            del self._buckets[key]
 
 
 class RefusalBudget(Generic[Row]):
@@ -73,6 +83,8 @@ class RefusalBudget(Generic[Row]):
         """None: do not write ``row``; else write it, noting this many suppressed before."""
         with self._lock:
             if self._bucket.wait(source) > 0:
+                if source not in self._suppressed and len(self._suppressed) >= MAX_TRACKED:
+                    source = "*"  # so many sources at once: their counts go together
                 count = self._suppressed.get(source, (row, 0))[1]
                 self._suppressed[source] = (row, count + 1)
                 return None
