@@ -199,6 +199,8 @@ def test_image_decoding_never_stalls_the_event_loop(
             for worker in workers:
                 worker.join()
             slowest = health.slowest
+            kind = "16-bit 6300x6300 PNG" if images[0] is bomb else "5000x4000 JPEG"
+            print(f"\n3 x {kind}: /v1/health slowest {slowest:.3f} s, uploads {max(times):.2f} s")
             assert slowest < 0.5, f"/v1/health took {slowest:.2f} s during heavy decodes"
             if images[0] is bomb:  # refused from the header, before any decoding
                 assert answers == [(422, "bad_image")] * 3
@@ -242,6 +244,7 @@ def test_slow_clients_are_cut_off_and_cannot_starve_others(
                 slowest = max(slowest, seconds)
                 trickle.sendall(b"X")  # one byte at a time, never a whole header
                 time.sleep(0.1)
+            print(f"\n14 slow sockets: /v1/health slowest {slowest:.3f} s")
             assert slowest < 0.5, f"/v1/health took {slowest:.2f} s during the attack"
             replies = [read_reply(sock, 5.0) for sock in (*silent, trickle, body_owed)]
             statuses = [reply[:12] for reply in replies]
@@ -259,6 +262,26 @@ def test_slow_clients_are_cut_off_and_cannot_starve_others(
         finally:
             for sock in (*silent, trickle, body_owed):
                 sock.close()
+
+
+def test_frip_serve_runs_with_the_connection_guard(home: Path) -> None:
+    """The real command: with --max-connections 8 one address holds 2 connections (a
+    quarter), and a silent one is answered 408 at --header-timeout."""
+    from frip_engine.service.loadgen import ServerProcess
+
+    server = ServerProcess(home, args=("--max-connections", "8", "--header-timeout", "1"))
+    url = server.start()
+    try:
+        silent = [connect(url) for _ in range(3)]
+        started = time.monotonic()
+        replies = [read_reply(sock, 5.0)[:12] for sock in silent]
+        assert sorted(replies) == [b"HTTP/1.1 408", b"HTTP/1.1 408", b"HTTP/1.1 429"]
+        assert time.monotonic() - started < 3.0
+        assert health_seconds(url, "127.0.0.1")[0] == 200  # the address is free again
+    finally:
+        for sock in silent:
+            sock.close()
+        server.stop()
 
 
 # ---------------------------------------------------------------------------- item 3
@@ -493,6 +516,7 @@ def test_unauthenticated_and_refused_callers_can_make_the_service_write_little(
     log = AuditLog(home)
     rows = log.query(frozenset(), "unauthenticated", limit=1000)
     log.close()
+    print(f"\n150 bad keys: {len(rows)} audit rows")
     assert 0 < len(rows) <= 25, len(rows)  # a bounded trickle, not one fsync per request
     assert sum(r["outcome"].get("suppressed", 0) for r in rows) + len(rows) >= 100
 
