@@ -10,6 +10,7 @@ so a database made with ``private_file`` before it is opened keeps them private 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 FILE_MODE = 0o600
@@ -27,11 +28,14 @@ def private_dir(path: Path) -> Path:
 
 
 def private_file(path: Path) -> Path:
-    """Create ``path`` empty if missing, and make it 0600 either way. Returns ``path``."""
+    """Create ``path`` empty if missing, and take group and other access away from it
+    either way (raises OSError if it cannot). Returns ``path``."""
     private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, FILE_MODE)
     try:
-        os.fchmod(fd, FILE_MODE)
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            os.fchmod(fd, mode & 0o700)
     finally:
         os.close(fd)
     return path

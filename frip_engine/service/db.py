@@ -28,8 +28,8 @@ class Database:
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
-        private_file(path)  # 0600 before SQLite opens it: its -wal and -shm follow
         try:
+            private_file(path)  # 0600 before SQLite opens it: its -wal and -shm follow
             self._db = sqlite3.connect(
                 path, isolation_level=None, timeout=30, check_same_thread=False
             )
@@ -37,7 +37,7 @@ class Database:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.row_factory = sqlite3.Row
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(f"service database {path} is not usable: {exc}") from exc
         self.lock = threading.RLock()
 

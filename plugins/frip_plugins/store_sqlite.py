@@ -70,15 +70,15 @@ class SQLiteGalleryStore:
             raise StoreError("sqlite gallery store is not bound to an engine directory")
         if not create and not self.path.is_file():
             raise StoreError(f"gallery file {self.path} is missing")
-        private_file(self.path)  # 0600 before SQLite opens it: its -wal and -shm follow
         try:
+            private_file(self.path)  # 0600 before SQLite opens it: its -wal and -shm follow
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA secure_delete=ON")  # erased ciphertexts are overwritten on disk
             version = db.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(
                 f"gallery file {self.path} is not a readable SQLite file: {exc}"
             ) from exc
