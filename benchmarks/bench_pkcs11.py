@@ -1,7 +1,7 @@
 """PKCS#11 key store under concurrent processes: unwraps while the KEK is rotated.
 
     python benchmarks/bench_pkcs11.py                     # 4 readers, 20 rotations
-    python benchmarks/bench_pkcs11.py --readers 6 --rotations 40 --fresh 1
+    python benchmarks/bench_pkcs11.py --readers 6 --rotations 60 --foreign 0
 
 A throw-away SoftHSM2 token directory (never the system one) gets one token and two
 engines on it (TenSEAL `fast` preset, ``pkcs11`` key store): the way a ``frip serve``
@@ -12,7 +12,11 @@ process and CLI commands, or two services, share one token. Worker processes run
 - one rotator per engine: ``rotate_kek`` ``--rotations`` times (like ``frip keys
   rotate-kek``), checking the key still unwraps after each;
 - ``--fresh`` launchers: each starts a new process per unwrap (like a CLI command: the
-  PKCS#11 library is loaded and initialised each time).
+  PKCS#11 library is loaded and initialised each time);
+- ``--foreign`` other programs on the token, which know nothing of frip's locks: each
+  logs in every 10 ms (SoftHSM rewrites ``token.object`` at each login), so frip's
+  processes meet half-written token state and must retry. Their own errors are counted
+  apart, not as frip failures.
 
 Readers stop when the rotators are done (or at ``--max-seconds``). Every exception is a
 failure, and so is a wrong key. Prints the counts, latencies (p50/p99) and failures, and
@@ -100,6 +104,8 @@ def worker(args: argparse.Namespace) -> int:
             except Exception as exc:
                 failures.append("after rotation: " + _failure(exc))
             time.sleep(args.pause)
+    elif args.role == "foreign":
+        _foreign_logins(stop, deadline, latencies, failures)
     elif args.role == "fresh":
         command = [sys.executable, str(SCRIPT), "--worker", "once", *_common(args)]
         while not stop.exists() and time.monotonic() < deadline:
@@ -114,6 +120,24 @@ def worker(args: argparse.Namespace) -> int:
     report = {"latencies": latencies, "failures": failures, "retried": RETRIES}
     Path(args.report).write_text(json.dumps(report))
     return 0
+
+
+def _foreign_logins(stop: Path, deadline: float, latencies: list[float], errors: list[str]) -> None:
+    """Another program on the token: a login every 10 ms, no frip lock, no retry policy."""
+    import pkcs11
+    from frip_plugins.keystore_pkcs11 import DEFAULT_MODULE
+
+    lib = pkcs11.lib(DEFAULT_MODULE)
+    while not stop.exists() and time.monotonic() < deadline:
+        start = time.perf_counter()
+        try:
+            with lib.get_token(token_label=TOKEN).open(user_pin=PIN):
+                pass
+            latencies.append(time.perf_counter() - start)
+        except pkcs11.PKCS11Error as exc:
+            errors.append(_failure(exc))
+            lib.reinitialize()
+        time.sleep(0.01)
 
 
 def _common(args: argparse.Namespace) -> list[str]:
@@ -161,7 +185,13 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run(
-    readers: int, rotations: int, fresh: int, pause: float, max_seconds: float, engines: int
+    readers: int,
+    rotations: int,
+    fresh: int,
+    foreign: int,
+    pause: float,
+    max_seconds: float,
+    engines: int,
 ) -> dict[str, Any]:
     """Set up a token and ``engines`` engines, run the workers, and return the counts."""
     with tempfile.TemporaryDirectory(prefix="frip-bench-pkcs11-") as folder:
@@ -193,7 +223,8 @@ def run(
                 stop=str(stop),
                 max_seconds=max_seconds,
             )
-            roles = ["rotator"] + ["reader"] * readers + (["fresh"] * fresh if index == 0 else [])
+            roles = ["rotator"] + ["reader"] * readers
+            roles += (["fresh"] * fresh + ["foreign"] * foreign) if index == 0 else []
             for number, role in enumerate(roles):
                 report_path = root / f"{name}-{role}-{number}.json"
                 command = [sys.executable, str(SCRIPT), "--worker", role, *_common(common)]
@@ -224,6 +255,7 @@ def run(
         "readers_per_engine": readers,
         "rotations_per_engine": rotations,
         "fresh_launchers": fresh,
+        "foreign_programs": foreign,
         "seconds": round(seconds, 1),
         "roles": {},
     }
@@ -239,7 +271,7 @@ def run(
             "retried": sum(row["retried"].values()),
             "retried_kinds": dict(row["retried"].most_common(10)),
         }
-    result["failures"] = sum(r["failures"] for r in result["roles"].values())
+    result["failures"] = sum(r["failures"] for k, r in result["roles"].items() if k != "foreign")
     return result
 
 
@@ -254,7 +286,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['engines']} engines on one token; per engine one rotator doing "
         f"{result['rotations_per_engine']} KEK rotations and {result['readers_per_engine']} "
         f"long-lived readers unwrapping the HE secret key; {result['fresh_launchers']} "
-        "launcher(s) starting a new process per unwrap (a CLI command). "
+        f"launcher(s) starting a new process per unwrap (a CLI command); "
+        f"{result['foreign_programs']} other program(s) logging in every 10 ms without "
+        "frip's locks. "
         f"Run time {result['seconds']} s.",
         "",
         "| role | operations ok | failures | retried attempts | p50 ms | p99 ms | max ms |",
@@ -266,10 +300,11 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {row['p99_ms']} "
             f"| {row['max_ms']} |"
         )
-    lines += ["", f"Failures in all: {result['failures']}."]
+    lines += ["", f"Failures of frip operations in all: {result['failures']}."]
     for role, row in result["roles"].items():
         for kind, count in row["failure_kinds"].items():
-            lines.append(f"- {role}, {count}x: `{kind}`")
+            owner = "the other program's own errors" if role == "foreign" else role
+            lines.append(f"- {owner}, {count}x: `{kind}`")
     for role, row in result["roles"].items():
         for kind, count in row["retried_kinds"].items():
             lines.append(f"- retried in {role}, {count}x: {kind}")
@@ -296,13 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readers", type=int, default=4, help="long-lived readers per engine")
     parser.add_argument("--rotations", type=int, default=20, help="KEK rotations per engine")
     parser.add_argument("--fresh", type=int, default=1, help="one-process-per-unwrap launchers")
+    parser.add_argument("--foreign", type=int, default=1, help="other programs on the token")
     parser.add_argument("--engines", type=int, default=2, help="engines sharing the token")
     parser.add_argument("--pause", type=float, default=0.2, help="seconds between rotations")
     parser.add_argument("--max-seconds", type=float, default=600.0)
     parser.add_argument("--output", type=Path, default=Path("results/bench"))
     parser.add_argument("--doc", type=Path, default=Path("docs/bench-pkcs11.md"))
     # worker mode (internal)
-    parser.add_argument("--worker", choices=["reader", "rotator", "fresh", "once"])
+    parser.add_argument("--worker", choices=["reader", "rotator", "fresh", "foreign", "once"])
     for option in ("--token", "--engine-dir", "--engine-id", "--digest", "--stop", "--report"):
         parser.add_argument(option, default="")
     args = parser.parse_args(argv)
@@ -311,7 +347,13 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args)
 
     result = run(
-        args.readers, args.rotations, args.fresh, args.pause, args.max_seconds, args.engines
+        args.readers,
+        args.rotations,
+        args.fresh,
+        args.foreign,
+        args.pause,
+        args.max_seconds,
+        args.engines,
     )
     result["machine"] = (
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,15 @@ errors = []
 def work(i):
     barrier.wait()
     try:
-        if i % 2:
+        if i % 3 == 0:
             Engine.open("shared", home).close()
-        else:
+        elif i % 3 == 1:
             profile = {"engine": {"name": f"new{i}", "insecure": True},
                        "he": {"plugin": "plaintext"}, "key_store": {"plugin": "memory"}}
+            Engine.create(Profile.from_dict(profile), home).close()
+        else:  # the default HE backend: TenSEAL imported by threads at once
+            profile = {"engine": {"name": f"he{i}"}, "he": {"preset": "fast"},
+                       "key_store": {"plugin": "memory"}}
             Engine.create(Profile.from_dict(profile), home).close()
     except BaseException as exc:
         errors.append(f"thread {i}: {type(exc).__name__}: {exc}")
@@ -93,7 +98,7 @@ def test_concurrent_unwraps_rotations_and_cli_processes_never_fail(
             sys.executable,
             str(REPO / "benchmarks" / "bench_pkcs11.py"),
             *("--readers", "3", "--rotations", "6", "--engines", "2", "--fresh", "1"),
-            *("--pause", "0.1", "--max-seconds", "90"),
+            *("--foreign", "0", "--pause", "0.1", "--max-seconds", "90"),
             *("--output", str(tmp_path), "--doc", str(tmp_path / "bench.md")),
         ],
         capture_output=True,
@@ -226,7 +231,7 @@ def test_stale_handles_and_token_errors_are_retried_then_mapped(
         assert store.load_secret(engine_id, "he-secret-v1") == expected  # retried twice
         assert failures == [0]
         failures[0] = 1000  # it never recovers: a KeyStoreError with advice, nothing raw
-        with pytest.raises(lasting, match=rf"{message}.*6 attempts") as caught:
+        with pytest.raises(lasting, match=rf"{message}.*{module.ATTEMPTS} attempts") as caught:
             store.load_secret(engine_id, "he-secret-v1")
         unavailable = isinstance(caught.value, KeyStoreUnavailableError)
         assert unavailable == (lasting is KeyStoreUnavailableError)
@@ -265,4 +270,45 @@ def test_a_key_file_older_than_the_token_gets_the_right_advice(
     message = str(caught.value)
     assert "is not on token 'frip-a'" in message and new_label in message
     assert "older backup" in message and "keys init" not in message
+    engine.close()
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from frip_plugins.keystore_pkcs11 import FileLock
+with FileLock(Path(sys.argv[1]), "the key file").hold(exclusive=True):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_an_unwrap_waits_for_a_rotation_in_another_process(
+    softhsm: dict[str, str], home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frip_plugins.keystore_pkcs11 import FileLock
+
+    monkeypatch.setenv("FRIP_PKCS11_PIN", SOFTHSM_PIN)
+    engine = _token_engine(home, "waits", "frip-a")
+    store, engine_id = engine.parts.key_store, engine.profile.engine_id
+    lock = engine.directory / "secret-key.p11.json.lock"
+    rotating = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock), "1.5"], stdout=subprocess.PIPE, text=True
+    )
+    assert rotating.stdout is not None and rotating.stdout.readline() == "held\n"
+    start = time.monotonic()
+    assert len(store.load_secret(engine_id, "he-secret-v1")) > 0  # waited, then unwrapped
+    assert time.monotonic() - start > 0.5
+    rotating.wait()
+    # a lock held past the bound: "unavailable, retry later", naming the file
+    stuck = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock), "3"], stdout=subprocess.PIPE, text=True
+    )
+    assert stuck.stdout is not None and stuck.stdout.readline() == "held\n"
+    with (
+        pytest.raises(KeyStoreUnavailableError, match="locked by another process"),
+        FileLock(lock, "the key file", timeout=0.3).hold(exclusive=False),
+    ):
+        pass
+    stuck.wait()
     engine.close()

@@ -52,8 +52,9 @@ DEFAULT_FILE = "secret-key.p11.json"
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 STORE_LOCK = ".frip-pkcs11.lock"
 SOFTHSM_CONFIGS = ("~/.config/softhsm2/softhsm2.conf", "/etc/softhsm/softhsm2.conf")
-ATTEMPTS = 6  # tries of one operation; the waits between them double from FIRST_WAIT
-FIRST_WAIT = 0.05  # seconds; 6 attempts wait about 1.6 s in all
+ATTEMPTS = 8  # tries of one operation; the waits between them double from FIRST_WAIT
+FIRST_WAIT = 0.05  # seconds, up to LAST_WAIT: 8 attempts wait about 3.5 s in all
+LAST_WAIT = 1.0
 LOCK_TIMEOUT = 120.0  # seconds to wait for another process's rotation before giving up
 _LOCK = threading.RLock()
 _LIBRARIES: dict[str, Any] = {}
@@ -159,7 +160,11 @@ def softhsm_token_dir(module: str) -> Path | None:
         conf = Path(candidate).expanduser() if candidate else None
         if conf is None or not conf.is_file():
             continue
-        for line in conf.read_text(errors="replace").splitlines():
+        try:
+            text = conf.read_text(errors="replace")
+        except OSError:  # SoftHSM cannot read it either, and will say so
+            return None
+        for line in text.splitlines():
             name, _, value = line.split("#", 1)[0].partition("=")
             if name.strip() == "directories.tokendir" and value.strip():
                 return Path(value.strip())
@@ -172,9 +177,9 @@ class FileLock:
 
     Byte 0 is a turnstile: a writer holds it while waiting for the lock proper (byte 1),
     so readers that come after it wait instead of starving it. Waits are bounded by
-    ``timeout`` seconds (a KeyStoreError, naming ``what``, after that). fcntl locks belong
-    to the process and vanish with it: a killed process never leaves a stale lock. Use
-    under ``_LOCK``: threads of one process do not exclude each other with fcntl.
+    ``timeout`` seconds (then a KeyStoreUnavailableError naming ``what``). fcntl locks
+    belong to the process and vanish with it: a killed process never leaves a stale lock.
+    Use under ``_LOCK``: threads of one process do not exclude each other with fcntl.
     """
 
     def __init__(self, path: Path, what: str, timeout: float = LOCK_TIMEOUT) -> None:
@@ -291,7 +296,7 @@ class PKCS11KeyStore:
                 with self._store_lock():
                     _reinitialise(self.module)
                 time.sleep(wait * random.uniform(0.5, 1.5))
-                wait *= 2
+                wait = min(wait * 2, LAST_WAIT)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
