@@ -61,6 +61,11 @@ class KeyStoreError(SecurityError):
     """The key store cannot produce the secret key (wrong passphrase, missing key, tampering)."""
 
 
+class KeyStoreUnavailableError(KeyStoreError):
+    """The key store is busy or failing transiently (retries exhausted, a rotation's lock
+    held too long): nothing is wrong with the keys; retry later."""
+
+
 class StoreError(FripError):
     """The gallery store is unreadable, corrupted, or from an unknown schema version."""
 
@@ -171,6 +176,7 @@ HTTP_ERRORS: dict[type[FripError], tuple[int, str]] = {
     NotFoundError: (404, "not_found"),
     ProfileError: (500, "engine_misconfigured"),
     SecurityError: (500, "security_error"),
+    KeyStoreUnavailableError: (503, "key_store_unavailable"),
     StoreError: (500, "store_error"),
     CorruptionError: (500, "store_corrupted"),
     BackendError: (500, "backend_error"),

@@ -7,7 +7,8 @@ third party's. Environment switches (datasette/llm style):
 - ``FRIP_NO_THIRD_PARTY=1``: load only the entry points shipped with frip-engine.
 
 A plugin that fails to import, or whose registration hook raises, is recorded as broken
-and shown by ``frip plugins``; it never takes the engine down with it.
+and shown by ``frip plugins``; it never takes the engine down with it. Loading is safe
+from any thread: the first caller loads, the others wait and then see the whole result.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,18 +131,22 @@ class Registry:
         return sorted(self.components[kind].values(), key=lambda c: c.name)
 
 
+# Everything loaded is published in one step, under _LOCK, once complete: a thread never
+# sees a plugin manager whose entry points are still being registered.
+_LOCK = threading.RLock()
 _state: dict[str, Any] = {}
 
 
 def plugin_manager() -> pluggy.PluginManager:
-    """The process-wide plugin manager, with entry points loaded on first use."""
-    if "pm" not in _state:
-        pm = pluggy.PluginManager(GROUP)
-        pm.add_hookspecs(hookspecs)
-        _state["pm"] = pm
-        _state["packages"], _state["broken"] = _load_entry_points(pm)
-    pm_: pluggy.PluginManager = _state["pm"]
-    return pm_
+    """The process-wide plugin manager, with entry points loaded on first use (thread-safe)."""
+    with _LOCK:
+        if "pm" not in _state:
+            pm = pluggy.PluginManager(GROUP)
+            pm.add_hookspecs(hookspecs)
+            packages, broken = _load_entry_points(pm)
+            _state.update(pm=pm, packages=packages, broken=broken)
+        pm_: pluggy.PluginManager = _state["pm"]
+        return pm_
 
 
 def _selected(ep: importlib.metadata.EntryPoint) -> bool:
@@ -175,25 +181,32 @@ def _load_entry_points(
 
 def register_plugin(module: Any, name: str, package: str = "(in process)") -> None:
     """Register a plugin object at run time (tests, embedding applications)."""
-    pm = plugin_manager()
-    pm.register(module, name=name)
-    _state["packages"][name] = (package, "")
-    _state.pop("registry", None)
+    with _LOCK:
+        plugin_manager().register(module, name=name)
+        _state["packages"][name] = (package, "")
+        _state.pop("registry", None)
 
 
 def unregister_plugin(name: str) -> None:
-    pm = plugin_manager()
-    pm.unregister(name=name)
-    _state["packages"].pop(name, None)
-    _state.pop("registry", None)
+    with _LOCK:
+        plugin_manager().unregister(name=name)
+        _state["packages"].pop(name, None)
+        _state.pop("registry", None)
 
 
 def registry() -> Registry:
-    """Collect every component from every loaded plugin (cached until plugins change)."""
-    if "registry" in _state:
+    """Collect every component from every loaded plugin (cached until plugins change).
+
+    Thread-safe: the first caller builds the registry while the others wait for it.
+    """
+    with _LOCK:
+        if "registry" not in _state:
+            _state["registry"] = _collect(plugin_manager())
         cached: Registry = _state["registry"]
         return cached
-    pm = plugin_manager()
+
+
+def _collect(pm: pluggy.PluginManager) -> Registry:
     packages: dict[str, tuple[str, str]] = _state["packages"]
     broken: list[BrokenPlugin] = list(_state["broken"])
     components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
@@ -231,13 +244,13 @@ def registry() -> Registry:
                 broken.append(
                     BrokenPlugin(impl.plugin_name, package, version, f"{hook_name}: {exc}")
                 )
-    _state["registry"] = Registry(components, broken, dict(packages))
-    return _state["registry"]  # type: ignore[no-any-return]
+    return Registry(components, broken, dict(packages))
 
 
 def reset() -> None:
     """Forget loaded plugins so the next call re-reads entry points and switches (tests)."""
-    _state.clear()
+    with _LOCK:
+        _state.clear()
 
 
 def create(kind: str, name: str, **params: Any) -> Any:
