@@ -9,13 +9,16 @@
     preset = "fast"
     ...
 
-Every key besides ``plugin`` is passed to the plugin's factory. ``build`` instantiates
-the components and checks that they fit together, so a bad profile fails on load with
-a message that names the section and the fix.
+Every key besides ``plugin`` is passed to the plugin's factory; a key the factory does
+not accept is refused with the keys it does. ``build`` instantiates the components and
+checks that they fit together and that one block fits the store and the machine, so a
+bad profile fails on load (before any key is made) with a message that names the section
+and the fix.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from frip_engine import plugins
-from frip_engine.errors import NotFoundError, ProfileError
+from frip_engine.errors import InputError, MissingFileError, ProfileError
 
 SECTION_KIND = {
     "extractor": "extractor",
@@ -61,8 +64,9 @@ def engine_dir(name: str, home: Path | None = None) -> Path:
 
 
 def check_name(name: str) -> None:
+    """Raise InputError unless ``name`` is a valid engine name (it names a folder)."""
     if not NAME_PATTERN.fullmatch(name):
-        raise ProfileError(
+        raise InputError(
             f"engine name '{name}' is not valid: use 1-64 letters, digits, '.', '_' or '-'"
         )
 
@@ -100,19 +104,35 @@ class Profile:
                 f"{source}: unknown section(s) {sorted(unknown)}; "
                 f"known: engine, {', '.join(SECTION_KIND)}"
             )
-        engine = dict(data.get("engine", {}))
-        bad = set(engine) - ENGINE_KEYS
+        engine = data.get("engine", {})
+        if not isinstance(engine, dict):
+            raise ProfileError(f"{source}: [engine] must be a table")
+        engine = dict(engine)
+        bad = sorted(set(engine) - ENGINE_KEYS)
         if bad:
-            raise ProfileError(f"{source}: unknown key(s) {sorted(bad)} in [engine]")
+            hints = [
+                f"'{key}' (did you mean '{close[0]}'?)" if close else f"'{key}'"
+                for key in bad
+                for close in [difflib.get_close_matches(key, sorted(ENGINE_KEYS), n=1)]
+            ]
+            raise ProfileError(
+                f"{source}: unknown key {', '.join(hints)} in [engine]; it accepts: "
+                f"{', '.join(sorted(ENGINE_KEYS))}"
+            )
         if "name" not in engine:
             raise ProfileError(f"{source}: [engine] needs a name")
-        check_name(str(engine["name"]))
+        try:
+            check_name(str(engine["name"]))
+        except InputError as exc:
+            raise ProfileError(f"{source}: [engine] {exc}") from exc
         sections: dict[str, dict[str, Any]] = {}
         for section in SECTION_KIND:
             body = data.get(section, {})
             if not isinstance(body, dict):
                 raise ProfileError(f"{source}: [{section}] must be a table")
             sections[section] = {"plugin": DEFAULT_PLUGINS[section], **body}
+            if not isinstance(sections[section]["plugin"], str):
+                raise ProfileError(f"{source}: [{section}] plugin must be a name (text)")
         threshold = engine.get("threshold")
         if threshold is not None and not (
             isinstance(threshold, (int, float)) and -1.0 <= threshold <= 1.0
@@ -156,10 +176,27 @@ def save_profile(profile: Profile, path: Path) -> None:
     staging.replace(path)
 
 
-def load_profile(path: Path) -> Profile:
+def read_profile_file(path: Path) -> dict[str, Any]:
+    """The tables of a TOML profile file. Raises MissingFileError if there is no such file,
+    ProfileError if it is not UTF-8 TOML (a binary file, a syntax error)."""
     if not path.is_file():
-        raise NotFoundError(f"profile {path} does not exist")
-    return Profile.from_toml(path.read_text(), source=str(path))
+        raise MissingFileError(f"profile {path} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(
+            f"{path}: not a TOML profile: not UTF-8 text (byte {exc.start}); a binary file?"
+        ) from None
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_profile(path: Path) -> Profile:
+    return Profile.from_dict(read_profile_file(path), source=str(path))
 
 
 @dataclass
@@ -228,4 +265,39 @@ def build(profile: Profile) -> Components:
         parts.protection.bind(parts.extractor.name, parts.extractor.dimension)
     except ProfileError as exc:
         raise ProfileError(f"[protection] {exc}") from exc
+    check_capacity(parts)
     return parts
+
+
+# An enrolment holds a block several times over: the library's ciphertext objects, their
+# serialisation, and the copy handed to the store (measured: ~5 GB for a 1.26 GB block).
+BLOCK_COPIES_IN_MEMORY = 4
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_capacity(parts: Components) -> None:
+    """Raise ProfileError if one block of this profile cannot be stored or held in memory:
+    computed from the parameters, so it fails at create, before any key is made."""
+    block = parts.backend.block_bytes(parts.dimension)
+    limit = parts.gallery_store.max_blob_bytes
+    fix = "use a smaller poly_modulus_degree, fewer or smaller primes, or a preset (fast, compact)"
+    if block > limit:
+        raise ProfileError(
+            f"[he] {parts.backend.description}: one block of {parts.dimension}-d templates "
+            f"takes at least {block / 1e6:,.0f} MB, over the {parts.gallery_store.name} "
+            f"store's limit of {limit / 1e6:,.0f} MB per block: {fix}"
+        )
+    memory = physical_memory()
+    if memory is not None and BLOCK_COPIES_IN_MEMORY * block > memory:
+        raise ProfileError(
+            f"[he] {parts.backend.description}: enrolling one block of {block / 1e9:,.1f} GB "
+            f"needs about {BLOCK_COPIES_IN_MEMORY * block / 1e9:,.1f} GB of memory, this "
+            f"machine has {memory / 1e9:,.1f} GB: {fix}"
+        )

@@ -68,6 +68,7 @@ from frip_engine.service.metrics import Metrics
 from frip_engine.service.pool import EnginePool, EngineSlot
 from frip_engine.service.replay import ID_PATTERN, ReplayGuard
 from frip_engine.service.vendors import Caller, Vendors, claimed_key_id
+from frip_engine.validate import check_subject_id
 
 if TYPE_CHECKING:
     from frip_engine.decision import Decision
@@ -201,6 +202,8 @@ def subject_field(body: dict[str, Any]) -> str:
 
 
 def check_subject(subject: str) -> str:
+    """The core's subject-id rule, then the API's narrower alphabet (a stable contract)."""
+    check_subject_id(subject)
     if not SUBJECT_PATTERN.fullmatch(subject):
         raise SubjectError(
             f"subject id {subject[:40]!r}: use 1-128 letters, digits and '_.@:+-', "
