@@ -451,3 +451,85 @@ def test_a_block_the_machine_cannot_hold_is_refused(
     fast = profile_module.Profile.from_dict({"engine": {"name": "small-ram"}})  # 63 MB blocks
     with pytest.raises(ProfileError, match=r"needs about 0\.3 GB of memory, this machine has 0\.2"):
         profile_module.build(fast)
+
+
+# ------------------------------------------------------------------ 17: damaged numba cache
+KERNEL_RUN = """
+import numpy as np
+from frip_plugins import fast_kernels
+from frip_plugins.fast_scorer import combine_residues
+out = combine_residues(np.ones((5, 2, 1, 8), np.uint64), np.arange(-2, 3, dtype=np.int64), [97])
+print(int(out[0, 0, 0]), sum(fast_kernels.combine_serial._cache_hits.values()))
+"""
+
+
+def _kernel_run(cache: Path) -> list[str]:
+    import os
+
+    done = subprocess.run(
+        [sys.executable, "-c", KERNEL_RUN],
+        env={**os.environ, "NUMBA_CACHE_DIR": str(cache)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_an_unreadable_numba_cache_is_a_cache_miss(tmp_path: Path) -> None:
+    """Truncated and overwritten index (.nbi) and data (.nbc) files, as a full disk or a
+    crash leaves them: the kernels compile again, answer right, and the cache heals."""
+    assert _kernel_run(tmp_path) == ["0", "0"]  # compiled, cache written
+    index = sorted(tmp_path.rglob("*.nbi"))
+    data = sorted(tmp_path.rglob("*.nbc"))
+    assert len(index) >= 6 and len(data) >= 6
+    for n, path in enumerate(index + data):
+        content = path.read_bytes()
+        path.write_bytes(content[: len(content) // 3] if n % 2 else b"\x00" * 16)
+    assert _kernel_run(tmp_path) == ["0", "0"]  # damaged: recompiled, not loaded
+    assert _kernel_run(tmp_path) == ["0", "1"]  # rewritten: loaded from disk again
+
+
+# ------------------------------------------------------------------ 18: no main guard
+SCRIPT = """
+import numpy as np
+from frip_engine.engine import Engine, EnrolItem
+from frip_engine.profile import Profile
+
+
+def main() -> None:
+    vector = np.random.default_rng(0).standard_normal(512)
+    profile = {{"engine": {{"name": "{name}", "workers": 2, "insecure": True}},
+               "he": {{"plugin": "plaintext"}}}}
+    with Engine.create(Profile.from_dict(profile)) as engine:
+        engine.enrol(EnrolItem("alice", embeddings=[vector]))
+        print("found", engine.identify(embedding=vector).subject_id)
+
+
+{call}
+"""
+
+
+def _script(tmp_path: Path, name: str, call: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / f"{name}.py"
+    path.write_text(SCRIPT.format(name=name, call=call))
+    return subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_a_script_without_a_main_guard_is_told_what_to_do(home: Path, tmp_path: Path) -> None:
+    done = _script(tmp_path, "unguarded", "main()")
+    assert done.returncode != 0
+    assert "WorkerStartError" in done.stderr and 'if __name__ == "__main__":' in done.stderr
+    assert "unguarded.py, line 16:" in done.stderr  # the line of the unguarded call
+    assert "bootstrapping" not in done.stderr and "BrokenPipeError" not in done.stderr
+    assert "BrokenProcessPool" not in done.stderr
+
+
+def test_a_guarded_script_scores_in_workers(home: Path, tmp_path: Path) -> None:
+    done = _script(tmp_path, "guarded", 'if __name__ == "__main__":\n    main()')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["found", "alice"]
