@@ -315,8 +315,8 @@ def identify_command(
 
     fan_out: int | str | None = probe_clusters
     if probe_clusters is not None and probe_clusters != "all":
-        if not probe_clusters.isdigit():
-            raise InputError("--probe-clusters takes a number or 'all'")
+        if not (probe_clusters.isascii() and probe_clusters.isdigit()):
+            raise InputError(f"--probe-clusters takes a number or 'all', not {probe_clusters!r}")
         fan_out = int(probe_clusters)
     with Engine.open(engine_name, home) as engine:
         probe = _probe_args(engine, image, embedding, template, adapter)

@@ -445,7 +445,11 @@ class Engine:
             return self.parts.clusterer.probe_clusters  # type: ignore[no-any-return]
         if probe_clusters == "all":
             return None
-        if not isinstance(probe_clusters, int) or probe_clusters < 1:
+        if (
+            isinstance(probe_clusters, bool)
+            or not isinstance(probe_clusters, int)
+            or probe_clusters < 1
+        ):
             raise SubjectError(f"probe_clusters must be 'all' or >= 1, not {probe_clusters!r}")
         return probe_clusters
 

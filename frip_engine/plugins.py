@@ -12,7 +12,6 @@ and shown by ``frip plugins``; it never takes the engine down with it.
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import importlib.util
 import inspect
@@ -26,6 +25,7 @@ import pluggy
 
 from frip_engine import hookspecs
 from frip_engine.errors import PluginError
+from frip_engine.validate import unknown_keys
 
 GROUP = "frip_engine"
 OWN_DISTRIBUTION = "frip-engine"
@@ -124,15 +124,10 @@ class Component:
         unknown = sorted(set(params) - accepted)
         if not unknown:
             return
-        hints = [
-            f"'{key}' (did you mean '{close[0]}'?)" if close else f"'{key}'"
-            for key in unknown
-            for close in [difflib.get_close_matches(key, sorted(accepted), n=1)]
-        ]
         allowed = ", ".join(sorted(accepted)) or "none besides plugin"
         raise PluginError(
-            f"{self.kind.replace('_', ' ')} '{self.name}' has no parameter {', '.join(hints)}; "
-            f"it accepts: {allowed}"
+            f"{self.kind.replace('_', ' ')} '{self.name}' has no parameter "
+            f"{unknown_keys(unknown, accepted)}; it accepts: {allowed}"
         )
 
     def install_hint(self) -> str:

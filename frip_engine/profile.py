@@ -18,7 +18,6 @@ and the fix.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
@@ -29,6 +28,7 @@ from typing import Any
 
 from frip_engine import plugins
 from frip_engine.errors import InputError, MissingFileError, ProfileError
+from frip_engine.validate import check_threshold, unknown_keys
 
 SECTION_KIND = {
     "extractor": "extractor",
@@ -48,6 +48,11 @@ DEFAULT_PLUGINS = {
 }
 ENGINE_KEYS = {"name", "id", "description", "threshold", "insecure", "dimension", "workers"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _whole(value: object) -> bool:
+    """An integer that is not a bool (TOML's true is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def engines_home() -> Path:
@@ -110,14 +115,9 @@ class Profile:
         engine = dict(engine)
         bad = sorted(set(engine) - ENGINE_KEYS)
         if bad:
-            hints = [
-                f"'{key}' (did you mean '{close[0]}'?)" if close else f"'{key}'"
-                for key in bad
-                for close in [difflib.get_close_matches(key, sorted(ENGINE_KEYS), n=1)]
-            ]
             raise ProfileError(
-                f"{source}: unknown key {', '.join(hints)} in [engine]; it accepts: "
-                f"{', '.join(sorted(ENGINE_KEYS))}"
+                f"{source}: unknown key {unknown_keys(bad, ENGINE_KEYS)} in [engine]; it "
+                f"accepts: {', '.join(sorted(ENGINE_KEYS))}"
             )
         if "name" not in engine:
             raise ProfileError(f"{source}: [engine] needs a name")
@@ -134,21 +134,33 @@ class Profile:
             if not isinstance(sections[section]["plugin"], str):
                 raise ProfileError(f"{source}: [{section}] plugin must be a name (text)")
         threshold = engine.get("threshold")
-        if threshold is not None and not (
-            isinstance(threshold, (int, float)) and -1.0 <= threshold <= 1.0
-        ):
-            raise ProfileError(f"{source}: [engine] threshold must be a number in [-1, 1]")
+        if threshold is not None:
+            try:
+                threshold = check_threshold(threshold)
+            except InputError as exc:
+                raise ProfileError(f"{source}: [engine] {exc}") from exc
         workers = engine.get("workers", 1)
-        if not isinstance(workers, int) or not 1 <= workers <= 64:
+        if not _whole(workers) or not 1 <= workers <= 64:
             raise ProfileError(f"{source}: [engine] workers must be an integer from 1 to 64")
+        dimension = engine.get("dimension")
+        if dimension is not None and (not _whole(dimension) or dimension < 1):
+            raise ProfileError(f"{source}: [engine] dimension must be a positive integer")
+        insecure = engine.get("insecure", False)
+        if not isinstance(insecure, bool):
+            raise ProfileError(
+                f"{source}: [engine] insecure must be true or false, not {insecure!r}"
+            )
+        for key in ("id", "description"):
+            if not isinstance(engine.get(key, ""), str):
+                raise ProfileError(f"{source}: [engine] {key} must be text")
         return cls(
             workers=workers,
             name=str(engine["name"]),
-            engine_id=str(engine.get("id") or uuid.uuid4().hex),
-            description=str(engine.get("description", "")),
-            threshold=None if threshold is None else float(threshold),
-            insecure=bool(engine.get("insecure", False)),
-            dimension=engine.get("dimension"),
+            engine_id=engine.get("id") or uuid.uuid4().hex,
+            description=engine.get("description", ""),
+            threshold=threshold,
+            insecure=insecure,
+            dimension=dimension,
             sections=sections,
         )
 

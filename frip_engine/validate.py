@@ -6,6 +6,7 @@ refuses the same values with the same words.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import unicodedata
@@ -51,6 +52,16 @@ def check_subject_id(subject: object) -> str:
             "differ from, its composed spelling): compose it with unicodedata.normalize('NFC')"
         )
     return subject
+
+
+def unknown_keys(unknown: list[str], accepted: set[str] | frozenset[str]) -> str:
+    """``'prest' (did you mean 'preset'?), 'x'``: the unknown keys, each with the nearest
+    accepted key where one is close, for a message that lists the accepted ones."""
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, sorted(accepted), n=1)
+        hints.append(f"'{key}' (did you mean '{close[0]}'?)" if close else f"'{key}'")
+    return ", ".join(hints)
 
 
 def check_threshold(threshold: object) -> float:

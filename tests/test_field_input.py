@@ -413,6 +413,26 @@ def test_engine_section_typos_name_the_accepted_keys() -> None:
         Profile.from_dict({"engine": {"name": "x", "treshold": 0.4}})
 
 
+@pytest.mark.parametrize(
+    ("engine", "named"),
+    [
+        ({"insecure": "false"}, "insecure must be true or false"),
+        ({"workers": True}, "workers must be an integer"),
+        ({"threshold": True}, r"threshold True is outside \[-1, 1\]"),
+        ({"threshold": 2}, r"threshold 2 is outside \[-1, 1\]"),
+        ({"dimension": "512"}, "dimension must be a positive integer"),
+        ({"description": 5}, "description must be text"),
+    ],
+)
+def test_engine_values_of_the_wrong_type_are_refused(engine: dict[str, object], named: str) -> None:
+    """TOML's "false" is text, and true is not a count: neither may pass as another type."""
+    from frip_engine.errors import ProfileError
+    from frip_engine.profile import Profile
+
+    with pytest.raises(ProfileError, match=named):
+        Profile.from_dict({"engine": {"name": "x", **engine}})
+
+
 def test_a_block_the_store_cannot_hold_is_refused_at_create(home: Path) -> None:
     """N=32768 with six 60-bit primes: a packed block of 512-d templates is >= 1.26 GB,
     over SQLite's 1 GB blob limit; refused from the parameters, before key generation."""
