@@ -72,7 +72,7 @@ def check_name(name: str) -> None:
     """Raise InputError unless ``name`` is a valid engine name (it names a folder)."""
     if not NAME_PATTERN.fullmatch(name):
         raise InputError(
-            f"engine name '{name}' is not valid: use 1-64 letters, digits, '.', '_' or '-'"
+            f"engine name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-'"
         )
 
 
