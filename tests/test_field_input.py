@@ -553,3 +553,17 @@ def test_a_guarded_script_scores_in_workers(home: Path, tmp_path: Path) -> None:
     done = _script(tmp_path, "guarded", 'if __name__ == "__main__":\n    main()')
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["found", "alice"]
+
+
+def test_the_readme_error_table_names_each_class_with_its_exit_code() -> None:
+    """Every error class the README's table names exits with the code of its row."""
+    import re
+
+    from frip_engine import errors
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| (\d) \| (.+?) \|", readme, flags=re.MULTILINE)
+    assert {code for code, _ in rows} >= {"1", "2", "3", "4", "5", "6", "7"}
+    for code, classes in rows:
+        for name in re.findall(r"`(\w+Error)`", classes):
+            assert getattr(errors, name).exit_code == int(code), (name, code)
