@@ -567,3 +567,14 @@ def test_the_readme_error_table_names_each_class_with_its_exit_code() -> None:
     for code, classes in rows:
         for name in re.findall(r"`(\w+Error)`", classes):
             assert getattr(errors, name).exit_code == int(code), (name, code)
+
+
+def test_folder_identities_are_taken_in_nfc(tmp_path: Path, lfw: Path) -> None:
+    """A decomposed folder name (as macOS stores 'José') becomes the composed subject id,
+    which the subject-id rule accepts."""
+    from frip_engine.datasets import folder_identities
+
+    person = tmp_path / unicodedata.normalize("NFD", "José")
+    person.mkdir()
+    (person / "a.jpg").symlink_to(lfw / "Adam_Sandler" / "Adam_Sandler_0001.jpg")
+    assert list(folder_identities(tmp_path)) == ["José"]
