@@ -12,6 +12,7 @@ import sys
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from frip_engine.errors import (
     SubjectError,
     UnknownSubjectError,
 )
+from frip_engine.hookspecs import hookimpl
 
 DIM = 512
 
@@ -399,6 +401,30 @@ def test_every_key_of_every_section_is_checked_against_its_plugin(
     with pytest.raises(ProfileError, match=named):
         Engine.create(profile, home)
     assert not (home / "engines" / "typo").exists()
+
+
+class _KwargsPlugin:
+    """Two third-party clusterers whose factories take ``**kwargs``: one declares what it
+    accepts, the other cannot be checked and gets every key as before."""
+
+    @hookimpl
+    def register_clusterers(self, register: Any) -> None:
+        register("declared", lambda **kw: kw, parameters=("fan_out",))
+        register("open", lambda **kw: kw)
+
+
+def test_declared_parameters_are_checked_and_open_factories_left_alone(
+    fresh_plugins: None,
+) -> None:
+    from frip_engine import plugins
+    from frip_engine.errors import PluginError
+
+    plugins.register_plugin(_KwargsPlugin(), "kwargs-plugin")
+    declared = plugins.registry().get("clusterer", "declared")
+    assert declared.create(fan_out=2) == {"fan_out": 2}
+    with pytest.raises(PluginError, match=r"'fan_in' \(did you mean 'fan_out'\?\)"):
+        declared.create(fan_in=2)
+    assert plugins.registry().get("clusterer", "open").create(anything=1) == {"anything": 1}
 
 
 def test_engine_section_typos_name_the_accepted_keys() -> None:
