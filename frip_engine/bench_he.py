@@ -45,6 +45,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from frip_engine.bench_cluster import distractors, pin_threads
 from frip_engine.demo import find_lfw_dev, lfw_split
@@ -441,11 +442,11 @@ def _with_workers(engine: Engine, workers: int) -> Engine:
 def measure_config(job: Job) -> dict[str, Any]:
     """Run one configuration end to end (in its own process); never raises."""
     pin_threads()
-    console = Console(quiet=job.quiet)
+    console = Console(quiet=job.quiet, markup=False, emoji=False)
     try:
         return _measure(job, console)
     except Exception as exc:
-        console.print(f"[red]{job.config.label} FAILED[/]: {exc}")
+        console.print(f"{job.config.label} FAILED: {exc}", style="red")
         traceback.print_exc()
         return {"status": f"failed: {type(exc).__name__}: {exc}"}
 
@@ -672,7 +673,7 @@ def _run_config(
     row: dict[str, Any] = {"label": config.label, "he": config.he}
     reason = unavailable(config)
     if reason is not None:
-        console.print(f"[yellow]{config.label}: {reason}[/]")
+        console.print(f"{config.label}: {reason}", style="yellow")
         return {**row, "status": reason}
     cap = min(config.max_n or sizes[-1], ROUND_ROBIN_MAX if config.round_robin else sizes[-1])
     mine = tuple(n for n in sizes if n <= cap) or (sizes[0],)
@@ -697,7 +698,7 @@ def _run_config(
         console.quiet,
         extra,
     )
-    console.print(f"[bold]{config.label}[/] up to N={mine[-1]:,}")
+    console.print(Text.assemble((config.label, "bold"), f" up to N={mine[-1]:,}"))
     try:
         measured = _isolated(measure_config, job)
     except BrokenProcessPool as exc:
@@ -729,9 +730,11 @@ def _announce_mismatches(label: str, measured: dict[str, Any], console: Console)
     for check in checks:
         for bad in check["mismatches"]:
             console.print(
-                f"[bold red]DECISION MISMATCH[/] {label}, {bad['where']}: encrypted "
-                f"{bad['encrypted']} vs plaintext {bad['plaintext']} "
-                f"(plaintext gap {bad['plaintext_gap_to_runner_up']:.2e})"
+                Text.assemble(
+                    ("DECISION MISMATCH", "bold red"),
+                    f" {label}, {bad['where']}: encrypted {bad['encrypted']} vs plaintext "
+                    f"{bad['plaintext']} (plaintext gap {bad['plaintext_gap_to_runner_up']:.2e})",
+                )
             )
 
 
@@ -1076,7 +1079,11 @@ def _print(results: dict[str, Any], console: Console) -> None:
     table = Table(title="frip bench he: targets (basis in the Markdown)")
     for column in ("target", "goal", "this run", "verdict"):
         table.add_column(column)
-    verdict = {True: "[green]MET[/]", False: "[red]NOT MET[/]", None: "not measured"}
+    verdict = {
+        True: Text("MET", "green"),
+        False: Text("NOT MET", "red"),
+        None: Text("not measured"),
+    }
     for t in results["targets"]:
         table.add_row(t["target"], t["goal"], t["shown"], verdict[t["met"]])
     console.print(table)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from frip_engine import plugins
 from frip_engine.cli_eval import add_bench_commands, eval_app
+from frip_engine.cli_output import err, out, shown, styled
 from frip_engine.cli_serve import add_serve_commands
-from frip_engine.errors import FripError, InputError
+from frip_engine.errors import FripError, InputError, MissingFileError, ProfileError
 
 app = typer.Typer(
     help="frip-engine: 1:N face identification over a CKKS-encrypted gallery.",
@@ -36,8 +35,6 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(eval_app, name="eval")
 add_bench_commands(bench_app)  # frip bench extract
 add_serve_commands(app)  # frip serve, frip vendors, frip audit
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 HomeOpt = Annotated[
@@ -89,14 +86,21 @@ def plugins_command(as_json: JsonOpt = False) -> None:
         table.add_column(column, no_wrap=column != "status")
     table.add_column("summary", ratio=1)
     for row in rows:
-        status = "[green]ok[/]" if row["available"] else f"[red]missing[/]: {row['install']}"
+        status = (
+            styled(("ok", "green"))
+            if row["available"]
+            else styled(("missing", "red"), f": {row['install']}")
+        )
         table.add_row(
             row["kind"], row["name"], row["package"], row["version"], status, row["summary"]
         )
     out.print(table)
     for b in broken:
         err.print(
-            f"[red]broken plugin[/] {b['name']} ({b['package']} {b['version']}): {b['error']}"
+            styled(
+                ("broken plugin", "red"),
+                f" {b['name']} ({b['package']} {b['version']}): {b['error']}",
+            )
         )
 
 
@@ -114,14 +118,18 @@ def engine_create(
 ) -> None:
     """Create an engine: validate the profile, generate HE keys, make an empty gallery."""
     from frip_engine.engine import Engine
-    from frip_engine.profile import Profile
+    from frip_engine.profile import Profile, check_name, read_profile_file
+    from frip_engine.validate import check_threshold
 
+    check_name(name)
+    if threshold is not None:
+        check_threshold(threshold)
     data: dict[str, Any] = {}
     if profile is not None:
-        if not profile.is_file():
-            raise InputError(f"profile {profile} does not exist")
-        data = tomllib.loads(profile.read_text())
-        data.setdefault("engine", {}).pop("id", None)  # a new engine gets a new id
+        data = read_profile_file(profile)
+        if not isinstance(data.setdefault("engine", {}), dict):
+            raise ProfileError(f"{profile}: [engine] must be a table")
+        data["engine"].pop("id", None)  # a new engine gets a new id
     data.setdefault("engine", {})["name"] = name
     for section, value in (("extractor", extractor), ("he", he), ("key_store", key_store)):
         if value:
@@ -132,7 +140,7 @@ def engine_create(
         data["engine"]["threshold"] = threshold
     engine = Engine.create(Profile.from_dict(data, "command line"), home)
     with engine:
-        out.print(f"created engine [bold]{name}[/] in {engine.directory}")
+        out.print(styled("created engine ", (name, "bold"), f" in {engine.directory}"))
         out.print(
             f"  {engine.parts.backend.description}; key store: {engine.parts.key_store.describe()}"
         )
@@ -189,11 +197,16 @@ def enrol_command(
     sources = sum(x is not None for x in (subject, folder, index))
     if sources != 1:
         raise InputError("give exactly one of --subject, --folder or --index")
+    if images_per_subject is not None and images_per_subject < 1:
+        raise InputError(f"--images-per-subject {images_per_subject} must be at least 1")
     with Engine.open(engine_name, home) as engine:
         items: list[EnrolItem]
         if subject is not None:
             if not image and embedding is None:
                 raise InputError("--subject needs --image and/or --embedding")
+            for path in image or []:
+                if not path.is_file():
+                    raise MissingFileError(f"image {path} does not exist")
             vectors = (
                 [read_embedding_file(embedding, engine.parts.extractor.dimension)]
                 if embedding
@@ -215,9 +228,9 @@ def enrol_command(
         out.print(f"enrolled {len(report.enrolled)} subject(s) into {engine_name}")
         for sid, notes in report.notes.items():
             for note in notes:
-                out.print(f"  [yellow]{sid}[/]: {note}")
+                out.print(styled("  ", (shown(sid), "yellow"), f": {note}"))
         for sid, why in report.failed.items():
-            err.print(f"  [red]not enrolled[/] {sid}: {why}")
+            err.print(styled("  ", ("not enrolled", "red"), f" {shown(sid)}: {why}"))
     if report.failed:
         raise typer.Exit(InputError.exit_code)
 
@@ -243,7 +256,7 @@ def _probe_args(
         raise InputError("--template needs --adapter NAME (see frip plugins)")
     assert template is not None
     if not template.is_file():
-        raise InputError(f"template file {template} does not exist")
+        raise MissingFileError(f"template file {template} does not exist")
     decoded = plugins.create("adapter", adapter).decode(template.read_bytes())
     return {"embedding": decoded}
 
@@ -252,14 +265,17 @@ def _show_decision(decision: Any, as_json: bool) -> None:
     if as_json:
         _print_json(decision.to_dict())
         return
+    limit = decision.threshold
     if decision.matched:
-        score, limit = decision.score, decision.threshold
-        out.print(f"[green]match[/] {decision.subject_id} (score {score:.4f} >= {limit:.4f})")
+        score = decision.score
+        out.print(
+            styled(("match", "green"), f" {decision.subject_id} (score {score:.4f} >= {limit:.4f})")
+        )
     else:
         best = "none" if decision.score is None else f"{decision.score:.4f}"
-        out.print(f"[red]no match[/] (best score {best} < threshold {decision.threshold:.4f})")
+        out.print(styled(("no match", "red"), f" (best score {best} < threshold {limit:.4f})"))
     for note in decision.notes:
-        out.print(f"  [yellow]note[/]: {note}")
+        out.print(styled("  ", ("note", "yellow"), f": {note}"))
     if len(decision.candidates) > 1:
         for rank, c in enumerate(decision.candidates, 1):
             out.print(f"  {rank}. {c.subject_id}  {c.score:.4f}")
@@ -299,8 +315,8 @@ def identify_command(
 
     fan_out: int | str | None = probe_clusters
     if probe_clusters is not None and probe_clusters != "all":
-        if not probe_clusters.isdigit():
-            raise InputError("--probe-clusters takes a number or 'all'")
+        if not (probe_clusters.isascii() and probe_clusters.isdigit()):
+            raise InputError(f"--probe-clusters takes a number or 'all', not {probe_clusters!r}")
         fan_out = int(probe_clusters)
     with Engine.open(engine_name, home) as engine:
         probe = _probe_args(engine, image, embedding, template, adapter)
@@ -499,5 +515,5 @@ def main() -> None:
     try:
         app()
     except FripError as exc:
-        err.print(f"[red]error[/]: {exc}", highlight=False)
+        err.print(styled(("error", "red"), f": {exc}"))
         sys.exit(exc.exit_code)

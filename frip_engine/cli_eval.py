@@ -12,19 +12,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from frip_engine import plugins
+from frip_engine.cli_output import err, out
 from frip_engine.errors import InputError
 
 eval_app = typer.Typer(
     help="Measure extractors on a labelled image set: verification and identification.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
 
 FolderOpt = Annotated[
     Path | None, typer.Option(help="Folder of <identity>/<images> (default: lfw-dev).")

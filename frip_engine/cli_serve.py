@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from frip_engine.errors import InputError
+from frip_engine.cli_output import err, out, styled
+from frip_engine.errors import InputError, MissingFileError
 
 if TYPE_CHECKING:
     from frip_engine.service.vendors import Vendors
@@ -26,8 +26,6 @@ vendors_app = typer.Typer(
     no_args_is_help=True,
 )
 audit_app = typer.Typer(help="The linkage service's audit log.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
 
 HomeOpt = Annotated[
     Path | None,
@@ -102,14 +100,15 @@ def serve(
         raise InputError("give both --tls-cert and --tls-key, or neither")
     for path in (tls_cert, tls_key):
         if path is not None and not path.is_file():
-            raise InputError(f"{path} does not exist")
+            raise MissingFileError(f"{path} does not exist")
     if max_body_mb <= 0 or burst < 1 or rate < 0 or replay_window <= 0:
         raise InputError("--max-body-mb, --burst and --replay-window must be positive")
     per_client = max_connections_per_client or max(1, min(32, max_connections // 4))
     limits = ConnectionLimits(max_connections, per_client, header_timeout, body_timeout, keep_alive)
     limits.check()
     if tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
-        err.print(f"[yellow]warning[/]: serving on {host} without TLS; API keys travel in clear")
+        warning = f": serving on {host} without TLS; API keys travel in clear"
+        err.print(styled(("warning", "yellow"), warning))
     config = ServiceConfig(
         home=_home(home),
         max_body_bytes=int(max_body_mb * 1024 * 1024),
@@ -149,8 +148,9 @@ def vendors_create(
     _admin_event(root, "vendor_create", vendor=name, engines=",".join(sorted(engines)))
     missing = sorted(set(engines) - set(list_engines(root)))
     if missing:
-        err.print(f"[yellow]note[/]: no such engine yet: {', '.join(missing)}")
-    out.print(f"vendor [bold]{name}[/] owns: {', '.join(sorted(set(engines))) or 'no engine'}")
+        err.print(styled(("note", "yellow"), f": no such engine yet: {', '.join(missing)}"))
+    owned = ", ".join(sorted(set(engines))) or "no engine"
+    out.print(styled("vendor ", (name, "bold"), f" owns: {owned}"))
     out.print("API key (shown once, store it now):")
     typer.echo(key)
 
@@ -162,7 +162,8 @@ def vendors_link(name: str, engine: EngineOpt, home: HomeOpt = None) -> None:
     root = _home(home)
     _vendors(root).link(name, engine)
     _admin_event(root, "linkage_grant", vendor=name, engines=",".join(sorted(engine)))
-    out.print(f"vendor [bold]{name}[/] may link registrants into: {', '.join(sorted(engine))}")
+    linked = ", ".join(sorted(engine))
+    out.print(styled("vendor ", (name, "bold"), f" may link registrants into: {linked}"))
 
 
 @vendors_app.command("unlink")
@@ -171,7 +172,8 @@ def vendors_unlink(name: str, engine: EngineOpt, home: HomeOpt = None) -> None:
     root = _home(home)
     _vendors(root).unlink(name, engine)
     _admin_event(root, "linkage_ungrant", vendor=name, engines=",".join(sorted(engine)))
-    out.print(f"vendor [bold]{name}[/] may no longer link into: {', '.join(sorted(engine))}")
+    unlinked = ", ".join(sorted(engine))
+    out.print(styled("vendor ", (name, "bold"), f" may no longer link into: {unlinked}"))
 
 
 @vendors_app.command("add-key")

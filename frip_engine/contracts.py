@@ -127,6 +127,11 @@ class HEBackend(Protocol):
 
     def slots(self) -> int: ...
 
+    def block_bytes(self, dimension: int) -> int:
+        """At least how many bytes one full serialised block of ``dimension``-d templates
+        takes (checked at profile load against the store's limit and the memory)."""
+        ...
+
     def keygen(self) -> tuple[bytes, bytearray]: ...
 
     def matcher(self, public_context: bytes, pemiu_block_size: int | None = None) -> Matcher:
@@ -188,6 +193,11 @@ class NewSubject:
 
 class GalleryStore(Protocol):
     name: str
+
+    @property
+    def max_blob_bytes(self) -> int:
+        """The largest block, in bytes, the store can hold."""
+        ...
 
     def bind(self, engine_dir: str) -> None: ...
 

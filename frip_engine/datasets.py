@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import csv
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
-from frip_engine.errors import InputError
+from frip_engine.errors import InputError, MissingFileError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def folder_identities(root: Path) -> dict[str, list[Path]]:
-    """Identity -> sorted image paths, from one sub-folder per identity."""
+    """Identity -> sorted image paths, from one sub-folder per identity. Identities are
+    the folder names in Unicode NFC (macOS file systems hand out decomposed names)."""
+    if not root.exists():
+        raise MissingFileError(f"folder {root} does not exist")
     if not root.is_dir():
         raise InputError(f"{root} is not a folder")
     found = {
-        sub.name: sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        unicodedata.normalize("NFC", sub.name): sorted(
+            p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+        )
         for sub in sorted(root.iterdir())
         if sub.is_dir()
     }
@@ -32,7 +38,7 @@ def csv_identities(index: Path) -> dict[str, list[Path]]:
     Relative paths are taken relative to the CSV's folder.
     """
     if not index.is_file():
-        raise InputError(f"index {index} does not exist")
+        raise MissingFileError(f"index {index} does not exist")
     found: dict[str, list[Path]] = defaultdict(list)
     try:
         return _read_index(index, found)

@@ -66,7 +66,9 @@ def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> 
     root = find_lfw_dev(data)
     if "FRIP_PASSPHRASE" not in os.environ:
         os.environ["FRIP_PASSPHRASE"] = DEMO_PASSPHRASE
-        console.print("[yellow]FRIP_PASSPHRASE not set: using the demo's throw-away passphrase[/]")
+        console.print(
+            "FRIP_PASSPHRASE not set: using the demo's throw-away passphrase", style="yellow"
+        )
     home = output / "home"
     shutil.rmtree(home, ignore_errors=True)
     output.mkdir(parents=True, exist_ok=True)

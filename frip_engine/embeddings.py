@@ -1,21 +1,86 @@
-"""Checking, normalising and reading embeddings: the one place a vector enters the engine."""
+"""Checking, normalising and reading embeddings: the one place a vector enters the engine.
+
+An embedding is a 1-d vector of real floating-point numbers (float16, float32, float64 or
+long double arrays; for JSON, where numbers have one type, a list of ints and floats).
+Booleans, integers, complex numbers, text and Python objects are refused, never cast:
+an integer or boolean array is a mask or an index far more often than an embedding.
+float16 is accepted: widening it is exact, so the engine adds no loss to what the
+producer stored. Normalising divides by the largest magnitude before the norm, so any
+finite vector that is not all zeros has a direction, from 1e-300 to 1e300.
+"""
 
 from __future__ import annotations
 
 import json
+import numbers
 from pathlib import Path
 
 import numpy as np
 
-from frip_engine.errors import EmbeddingError
+from frip_engine.errors import EmbeddingError, MissingFileError
+
+NPY_MAGIC = b"\x93NUMPY"
+_KIND_NAMES = {
+    "b": "boolean",
+    "i": "integer",
+    "u": "integer",
+    "c": "complex",
+    "U": "text",
+    "S": "text",
+    "O": "Python objects",
+    "V": "structured or raw-byte",
+    "M": "date-time",
+    "m": "time-delta",
+}
+
+
+def _element_problem(value: object) -> str | None:
+    """What is wrong with one element of a list embedding, or None for a real number."""
+    if isinstance(value, bool | np.bool_):
+        return "boolean"
+    if isinstance(value, numbers.Real):
+        return None
+    if isinstance(value, str | bytes):
+        return "text"
+    if isinstance(value, numbers.Complex):
+        return "complex"
+    if isinstance(value, list | tuple | np.ndarray):
+        return "nested lists (it must be one vector)"
+    return "None" if value is None else f"{type(value).__name__}"
+
+
+def _real_array(vector: object, what: str) -> np.ndarray:
+    """The vector as a real floating-point array, refusing every other element type."""
+    if isinstance(vector, list | tuple):
+        for value in vector:
+            problem = _element_problem(value)
+            if problem is not None:
+                raise EmbeddingError(
+                    f"{what} holds {problem} values; an embedding is a list of real numbers"
+                )
+        try:
+            return np.array(vector, dtype=np.float64)
+        except OverflowError:
+            raise EmbeddingError(f"{what} holds a number too large for a float") from None
+    array = np.asarray(vector)
+    if array.dtype.kind != "f":
+        kind = _KIND_NAMES.get(array.dtype.kind, array.dtype.kind)
+        raise EmbeddingError(
+            f"{what} holds {kind} values (dtype {array.dtype}); an embedding is a vector of "
+            "real floating-point numbers (float16, float32 or float64)"
+        )
+    return array
 
 
 def normalise(vector: object, dimension: int, what: str = "embedding") -> np.ndarray:
-    """Return an L2-normalised float64 copy, or raise EmbeddingError saying what is wrong."""
-    try:
-        array = np.asarray(vector, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise EmbeddingError(f"{what} is not a numeric vector: {exc}") from exc
+    """An L2-normalised float64 copy of a ``(dimension,)`` real floating-point vector.
+
+    The vector is divided by its largest magnitude first, so the norm neither overflows
+    (1e155 * v) nor underflows (a norm of 1e-13 or 1e-300). Raises EmbeddingError naming
+    the problem: a non-float element type, wrong shape or dimension, NaN or infinity,
+    or all zeros.
+    """
+    array = _real_array(vector, what)
     if array.ndim != 1:
         raise EmbeddingError(f"{what} must be one vector, got shape {array.shape}")
     if array.shape[0] != dimension:
@@ -24,10 +89,12 @@ def normalise(vector: object, dimension: int, what: str = "embedding") -> np.nda
         )
     if not np.all(np.isfinite(array)):
         raise EmbeddingError(f"{what} contains NaN or infinite values")
-    norm = float(np.linalg.norm(array))
-    if norm < 1e-12:
-        raise EmbeddingError(f"{what} has zero length and cannot be normalised")
-    return array / norm
+    largest = np.max(np.abs(array))
+    if largest == 0:
+        raise EmbeddingError(f"{what} is all zeros: it has no direction to normalise")
+    # Widening to float64 is exact; a long double is scaled in its own precision first.
+    scaled = (array.astype(np.result_type(array.dtype, np.float64)) / largest).astype(np.float64)
+    return np.asarray(scaled / np.linalg.norm(scaled))
 
 
 def mean_template(embeddings: list[np.ndarray]) -> np.ndarray:
@@ -39,18 +106,67 @@ def mean_template(embeddings: list[np.ndarray]) -> np.ndarray:
     return np.asarray(mean / norm)
 
 
-def read_embedding_file(path: Path, dimension: int) -> np.ndarray:
-    """Read one embedding from .npy (1-d) or .json (a list of numbers)."""
-    if not path.is_file():
-        raise EmbeddingError(f"embedding file {path} does not exist")
-    suffix = path.suffix.lower()
+def _not_npy(head: bytes) -> str:
+    """What a file that lacks the .npy header looks like, for the error message."""
+    if head.startswith(b"PK"):
+        return "it is a zip archive (an .npz? load it and save one array with numpy.save)"
+    if head[:1] == b"\x80":
+        return "it is a Python pickle, which is never loaded"
     try:
-        if suffix == ".npy":
-            data = np.load(path, allow_pickle=False)
-        elif suffix == ".json":
-            data = json.loads(path.read_text())
-        else:
-            raise EmbeddingError(f"{path}: embedding files must be .npy or .json")
-    except (ValueError, OSError, json.JSONDecodeError) as exc:
-        raise EmbeddingError(f"{path}: not a readable embedding file ({exc})") from exc
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "it holds binary data of another format"
+    return "it holds text (a JSON list belongs in a .json file)"
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if not head.startswith(NPY_MAGIC):
+        raise EmbeddingError(
+            f"{path}: not a NumPy .npy file: {_not_npy(head)}; save the vector with numpy.save"
+        )
+    try:
+        return np.asarray(np.load(path, allow_pickle=False))
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise EmbeddingError(
+                f"{path}: holds pickled Python objects, which are never loaded; "
+                "save a float array with numpy.save"
+            ) from None
+        raise EmbeddingError(f"{path}: damaged or truncated .npy file ({exc})") from None
+    except (EOFError, OSError) as exc:
+        raise EmbeddingError(f"{path}: damaged or truncated .npy file ({exc})") from None
+
+
+def _read_json(path: Path) -> list[object]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise EmbeddingError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise EmbeddingError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise EmbeddingError(
+            f"{path}: a JSON embedding is a list of numbers, this file holds a "
+            f"{type(data).__name__}"
+        )
+    return data
+
+
+def read_embedding_file(path: Path, dimension: int) -> np.ndarray:
+    """Read and normalise one embedding from .npy (a 1-d float array, never pickled) or
+    .json (a list of numbers). Raises MissingFileError (not found) or EmbeddingError
+    naming what is wrong with the file or the vector."""
+    if not path.is_file():
+        raise MissingFileError(f"embedding file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".json"):
+        raise EmbeddingError(f"{path}: embedding files must be .npy or .json")
+    try:
+        if path.stat().st_size == 0:
+            raise EmbeddingError(f"{path}: the file is empty (0 bytes)")
+        data: object = _read_npy(path) if suffix == ".npy" else _read_json(path)
+    except OSError as exc:
+        raise EmbeddingError(f"{path}: cannot be read ({exc.strerror})") from None
     return normalise(data, dimension, what=f"embedding in {path.name}")

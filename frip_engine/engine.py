@@ -31,6 +31,7 @@ from frip_engine.errors import (
     ProfileError,
     StoreError,
     SubjectError,
+    UnknownSubjectError,
 )
 from frip_engine.images import load_image
 from frip_engine.keyservice import KeyService, he_key_id, wipe
@@ -47,6 +48,7 @@ from frip_engine.profile import (
     save_profile,
 )
 from frip_engine.routing import RouterState, plan
+from frip_engine.validate import check_subject_id, check_threshold, check_top_k
 
 PROFILE_FILE = "profile.toml"
 # One enrolment step: (partition, open block or None for a new one, free slots, rows).
@@ -199,7 +201,7 @@ class Engine:
     def enrol(self, item: EnrolItem) -> EnrolReport:
         report = self.enrol_many([item])
         if item.subject_id in report.failed:
-            raise SubjectError(f"{item.subject_id}: {report.failed[item.subject_id]}")
+            raise SubjectError(report.failed[item.subject_id])
         return report
 
     def enrol_many(
@@ -213,8 +215,7 @@ class Engine:
             if progress:
                 progress(item.subject_id)
             try:
-                if not item.subject_id or item.subject_id.strip() != item.subject_id:
-                    raise SubjectError(f"subject id {item.subject_id!r} is empty or padded")
+                check_subject_id(item.subject_id)
                 if item.subject_id in existing or item.subject_id in templates:
                     raise SubjectError(f"subject '{item.subject_id}' is already enrolled")
                 vectors, notes = self._template_inputs(item)
@@ -423,8 +424,9 @@ class Engine:
         A routed clusterer searches the ``probe_clusters`` nearest partitions (default: the
         profile's; "all": every one, identical to exhaustive search).
         """
-        if top_k < 1:
-            raise SubjectError("top_k must be at least 1")
+        check_top_k(top_k)
+        if threshold is not None:
+            check_threshold(threshold)
         fan_out = self._fan_out(probe_clusters)
         watch = Stopwatch()
         probe, notes = self._probe(watch, image, embedding)
@@ -445,7 +447,11 @@ class Engine:
             return self.parts.clusterer.probe_clusters  # type: ignore[no-any-return]
         if probe_clusters == "all":
             return None
-        if not isinstance(probe_clusters, int) or probe_clusters < 1:
+        if (
+            isinstance(probe_clusters, bool)
+            or not isinstance(probe_clusters, int)
+            or probe_clusters < 1
+        ):
             raise SubjectError(f"probe_clusters must be 'all' or >= 1, not {probe_clusters!r}")
         return probe_clusters
 
@@ -456,13 +462,17 @@ class Engine:
         embedding: object | None = None,
         threshold: float | None = None,
     ) -> Decision:
-        """1:1: is the probe the named subject?"""
+        """1:1: is the probe the named subject? Raises UnknownSubjectError (not found) if
+        it is not enrolled."""
+        check_subject_id(subject_id)
+        if threshold is not None:
+            check_threshold(threshold)
         watch = Stopwatch()
         probe, notes = self._probe(watch, image, embedding)
         with self.store.snapshot():
             record = self.store.subject(subject_id)
             if record is None:
-                raise SubjectError(
+                raise UnknownSubjectError(
                     f"subject '{subject_id}' is not enrolled in engine '{self.name}'"
                 )
             block = next(b for b in self.store.blocks() if b.block_id == record.block_id)
@@ -546,9 +556,12 @@ class Engine:
     # ----------------------------------------------------------------- removal and stats
     def remove(self, subject_id: str) -> None:
         """Erase a subject from the ciphertexts (decrypt, zero, re-encrypt) and the slot map."""
+        check_subject_id(subject_id)
         record = self.store.subject(subject_id)
         if record is None:
-            raise SubjectError(f"subject '{subject_id}' is not enrolled in engine '{self.name}'")
+            raise UnknownSubjectError(
+                f"subject '{subject_id}' is not enrolled in engine '{self.name}'"
+            )
         info = next(b for b in self.store.blocks() if b.block_id == record.block_id)
         revision, data = self.store.read_block(info.block_id)
         in_block = self._occupants().get(record.block_id, {})

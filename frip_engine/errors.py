@@ -41,6 +41,10 @@ class NotFoundError(FripError):
     exit_code = 3
 
 
+class MissingFileError(NotFoundError):
+    """A file the caller named (embedding, image, template, profile, index) does not exist."""
+
+
 class ProfileError(FripError):
     """An engine profile is invalid: unknown plugin, bad parameter, incompatible choice."""
 
@@ -49,6 +53,11 @@ class ProfileError(FripError):
 
 class PluginError(ProfileError):
     """A plugin is unknown, failed to load, or misses an optional dependency."""
+
+
+class WorkerStartError(FripError):
+    """Worker processes cannot start from where the engine is used (a script without an
+    ``if __name__ == "__main__":`` guard)."""
 
 
 class SecurityError(FripError):
@@ -82,8 +91,9 @@ class BackendError(FripError):
     exit_code = 7
 
 
-class UnknownSubjectError(SubjectError):
-    """A named subject is not enrolled (or not linked) where the caller looked."""
+class UnknownSubjectError(NotFoundError, SubjectError):
+    """A named subject is not enrolled (or not linked) where the caller looked: not found
+    (exit 3), and still a SubjectError for callers that catch those."""
 
 
 class DuplicateSubjectError(SubjectError):

@@ -28,7 +28,7 @@ import numpy as np
 
 from frip_engine import plugins
 from frip_engine.datasets import csv_identities, folder_identities
-from frip_engine.errors import FripError, InputError
+from frip_engine.errors import FripError, InputError, MissingFileError
 from frip_engine.images import load_image
 from frip_engine.plots import pyplot
 
@@ -81,7 +81,7 @@ def read_pairs(path: Path, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np
     (``name i j`` genuine, ``name i other j`` impostor).
     """
     if not path.is_file():
-        raise InputError(f"pairs file {path} does not exist")
+        raise MissingFileError(f"pairs file {path} does not exist")
     where = {p.resolve(): i for i, p in enumerate(dataset.paths)}
     text = path.read_text(encoding="utf-8")
     rows: list[tuple[Path, Path, bool | None]] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frip_engine.errors import ImageError
+from frip_engine.errors import ImageError, MissingFileError
 
 MAX_PIXELS = 40_000_000  # a decompression bomb is refused before it is decoded
 MIN_SIDE = 32
@@ -32,7 +32,7 @@ def load_image(source: str | Path | bytes | np.ndarray) -> np.ndarray:
     if not isinstance(source, bytes):
         path = Path(source)
         if not path.is_file():
-            raise ImageError(f"{name}: no such file")
+            raise MissingFileError(f"{name}: no such file")
         source = path.read_bytes()
     if not source:
         raise ImageError(f"{name}: empty file")

@@ -6,21 +6,28 @@ itself and keeps the blocks it has loaded, so a gallery is loaded once per worke
 once per probe. Workers get the public context only: they can score and encrypt, not
 decrypt. A bulk enrolment hands them whole new blocks to encrypt: the rows cross a local
 pipe, are encrypted and dropped; only ciphertext comes back.
-Workers start with 'forkserver' (never fork: a PKCS#11 library must not be forked).
+Workers start with 'forkserver' (never fork: a PKCS#11 library must not be forked), which
+runs the calling script's top level again in each worker: a script that uses an engine
+with workers must do so under ``if __name__ == "__main__":``, and is told so before any
+worker starts (:func:`check_main_guard`).
 """
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
+import sys
+import tokenize
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import count
+from types import FrameType, ModuleType
 from typing import Any, TypeVar
 
 import numpy as np
 
 from frip_engine.contracts import BlockInfo
-from frip_engine.errors import FripError, StoreError
+from frip_engine.errors import FripError, StoreError, WorkerStartError
 
 
 @dataclass(frozen=True)
@@ -78,8 +85,72 @@ def result(future: Future[T]) -> T:
         raise StoreError(f"a worker process failed: {type(exc).__name__}: {exc}") from exc
 
 
+def _rerun_main() -> ModuleType | None:
+    """The ``__main__`` module if a new worker runs it again (as multiprocessing's spawn
+    preparation does for a script or a module run with ``-m``, but not for a package's
+    ``__main__`` or an interactive session), else None."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        return None if name == "__main__" or name.endswith(".__main__") else main
+    return main if getattr(main, "__file__", None) else None
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    """Whether ``test`` is ``__name__ == "__main__"`` (either way round)."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return isinstance(test.ops[0], ast.Eq) and any(
+        isinstance(a, ast.Name) and a.id == "__name__" and isinstance(b, ast.Constant)
+        and b.value == "__main__"
+        for a, b in (sides, sides[::-1])
+    )  # fmt: skip
+
+
+def _guarded(path: str, line: int) -> bool:
+    """Whether top-level line ``line`` of the script ``path`` is inside the body of an
+    ``if __name__ == "__main__":`` block (True when the source cannot be read: no guess)."""
+    try:
+        with tokenize.open(path) as handle:
+            tree = ast.parse(handle.read())
+    except (OSError, SyntaxError, ValueError):
+        return True
+    for node in tree.body:
+        if node.lineno <= line <= (node.end_lineno or node.lineno):
+            return (
+                isinstance(node, ast.If)
+                and _is_main_test(node.test)
+                and node.body[0].lineno <= line <= (node.body[-1].end_lineno or line)
+            )
+    return True
+
+
+def check_main_guard() -> None:
+    """Raise WorkerStartError if worker processes would run the caller's script again,
+    because the engine is used from its top level outside ``if __name__ == "__main__":``
+    (each worker would start the engine again and die while bootstrapping)."""
+    main = _rerun_main()
+    if main is None:
+        return
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and not (
+        frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)
+    ):
+        frame = frame.f_back
+    if frame is None or _guarded(str(main.__file__), frame.f_lineno):
+        return  # not called from the script's top level (a thread, a callback): no guess
+    raise WorkerStartError(
+        f"{main.__file__}, line {frame.f_lineno}: this engine scores in worker processes "
+        "(workers > 1), which start by running your script again; code at its top level "
+        "would start the engine in every worker. Put it under "
+        "'if __name__ == \"__main__\":' (see README, Python API), or use workers = 1"
+    )
+
+
 class ParallelScorer:
     def __init__(self, setup: WorkerSetup, workers: int) -> None:
+        check_main_guard()
         context = multiprocessing.get_context("forkserver")
         self._pools = [
             ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(setup,))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import sys
 import threading
@@ -26,6 +27,7 @@ import pluggy
 
 from frip_engine import hookspecs
 from frip_engine.errors import PluginError
+from frip_engine.validate import unknown_keys
 
 GROUP = "frip_engine"
 OWN_DISTRIBUTION = "frip-engine"
@@ -84,6 +86,52 @@ class Component:
     def available(self) -> bool:
         return not self.missing()
 
+    def parameters(self) -> frozenset[str] | None:
+        """The keyword parameters the factory accepts, or None if they cannot be known.
+
+        A plugin may declare them (``register(..., parameters=("a", "b"))``); otherwise
+        they are read from the factory's signature, following ``**kwargs`` up a class's
+        ``__init__`` chain (a subclass passing the rest to its base).
+        """
+        declared = self.info.get("parameters")
+        if declared is not None:
+            return frozenset(declared)
+        chain: list[Callable[..., Any]] = [self.factory]
+        if inspect.isclass(self.factory):
+            chain = [vars(c)["__init__"] for c in self.factory.__mro__ if "__init__" in vars(c)]
+        names: set[str] = set()
+        for function in chain:
+            if function is object.__init__:
+                return frozenset(names)  # the chain ended in object(): nothing more
+            try:
+                signature = inspect.signature(function)
+            except (TypeError, ValueError):
+                return None
+            kinds = {p.kind for p in signature.parameters.values()}
+            names.update(
+                name
+                for name, p in signature.parameters.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name != "self"
+            )
+            if inspect.Parameter.VAR_KEYWORD not in kinds:
+                return frozenset(names)
+        return None
+
+    def check_parameters(self, params: dict[str, Any]) -> None:
+        """Raise PluginError naming every key the factory does not accept, with the
+        accepted ones (and the nearest one to each typo)."""
+        accepted = self.parameters()
+        if accepted is None:
+            return
+        unknown = sorted(set(params) - accepted)
+        if not unknown:
+            return
+        allowed = ", ".join(sorted(accepted)) or "none besides plugin"
+        raise PluginError(
+            f"{self.kind.replace('_', ' ')} '{self.name}' has no parameter "
+            f"{unknown_keys(unknown, accepted)}; it accepts: {allowed}"
+        )
+
     def install_hint(self) -> str:
         missing = self.missing()
         if not missing:
@@ -91,7 +139,9 @@ class Component:
         return "; ".join(f"pip install {r.install}" for r in missing)
 
     def create(self, **params: Any) -> Any:
-        """Build the component; a missing dependency is a PluginError with the install hint."""
+        """Build the component; an unknown parameter or a missing dependency is a
+        PluginError saying what to change or install."""
+        self.check_parameters(params)
         if not self.available:
             names = ", ".join(r.module for r in self.missing())
             raise PluginError(

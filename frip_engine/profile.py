@@ -9,9 +9,11 @@
     preset = "fast"
     ...
 
-Every key besides ``plugin`` is passed to the plugin's factory. ``build`` instantiates
-the components and checks that they fit together, so a bad profile fails on load with
-a message that names the section and the fix.
+Every key besides ``plugin`` is passed to the plugin's factory; a key the factory does
+not accept is refused with the keys it does. ``build`` instantiates the components and
+checks that they fit together and that one block fits the store and the machine, so a
+bad profile fails on load (before any key is made) with a message that names the section
+and the fix.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from frip_engine import plugins
-from frip_engine.errors import NotFoundError, ProfileError
+from frip_engine.errors import InputError, MissingFileError, ProfileError
+from frip_engine.validate import check_threshold, unknown_keys
 
 SECTION_KIND = {
     "extractor": "extractor",
@@ -47,6 +50,11 @@ ENGINE_KEYS = {"name", "id", "description", "threshold", "insecure", "dimension"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def _whole(value: object) -> bool:
+    """An integer that is not a bool (TOML's true is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def engines_home() -> Path:
     """Where engines live: $FRIP_HOME, else $XDG_DATA_HOME/frip, else ~/.local/share/frip."""
     if os.environ.get("FRIP_HOME"):
@@ -61,9 +69,10 @@ def engine_dir(name: str, home: Path | None = None) -> Path:
 
 
 def check_name(name: str) -> None:
+    """Raise InputError unless ``name`` is a valid engine name (it names a folder)."""
     if not NAME_PATTERN.fullmatch(name):
-        raise ProfileError(
-            f"engine name '{name}' is not valid: use 1-64 letters, digits, '.', '_' or '-'"
+        raise InputError(
+            f"engine name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-'"
         )
 
 
@@ -100,35 +109,58 @@ class Profile:
                 f"{source}: unknown section(s) {sorted(unknown)}; "
                 f"known: engine, {', '.join(SECTION_KIND)}"
             )
-        engine = dict(data.get("engine", {}))
-        bad = set(engine) - ENGINE_KEYS
+        engine = data.get("engine", {})
+        if not isinstance(engine, dict):
+            raise ProfileError(f"{source}: [engine] must be a table")
+        engine = dict(engine)
+        bad = sorted(set(engine) - ENGINE_KEYS)
         if bad:
-            raise ProfileError(f"{source}: unknown key(s) {sorted(bad)} in [engine]")
+            raise ProfileError(
+                f"{source}: unknown key {unknown_keys(bad, ENGINE_KEYS)} in [engine]; it "
+                f"accepts: {', '.join(sorted(ENGINE_KEYS))}"
+            )
         if "name" not in engine:
             raise ProfileError(f"{source}: [engine] needs a name")
-        check_name(str(engine["name"]))
+        try:
+            check_name(str(engine["name"]))
+        except InputError as exc:
+            raise ProfileError(f"{source}: [engine] {exc}") from exc
         sections: dict[str, dict[str, Any]] = {}
         for section in SECTION_KIND:
             body = data.get(section, {})
             if not isinstance(body, dict):
                 raise ProfileError(f"{source}: [{section}] must be a table")
             sections[section] = {"plugin": DEFAULT_PLUGINS[section], **body}
+            if not isinstance(sections[section]["plugin"], str):
+                raise ProfileError(f"{source}: [{section}] plugin must be a name (text)")
         threshold = engine.get("threshold")
-        if threshold is not None and not (
-            isinstance(threshold, (int, float)) and -1.0 <= threshold <= 1.0
-        ):
-            raise ProfileError(f"{source}: [engine] threshold must be a number in [-1, 1]")
+        if threshold is not None:
+            try:
+                threshold = check_threshold(threshold)
+            except InputError as exc:
+                raise ProfileError(f"{source}: [engine] {exc}") from exc
         workers = engine.get("workers", 1)
-        if not isinstance(workers, int) or not 1 <= workers <= 64:
+        if not _whole(workers) or not 1 <= workers <= 64:
             raise ProfileError(f"{source}: [engine] workers must be an integer from 1 to 64")
+        dimension = engine.get("dimension")
+        if dimension is not None and (not _whole(dimension) or dimension < 1):
+            raise ProfileError(f"{source}: [engine] dimension must be a positive integer")
+        insecure = engine.get("insecure", False)
+        if not isinstance(insecure, bool):
+            raise ProfileError(
+                f"{source}: [engine] insecure must be true or false, not {insecure!r}"
+            )
+        for key in ("id", "description"):
+            if not isinstance(engine.get(key, ""), str):
+                raise ProfileError(f"{source}: [engine] {key} must be text")
         return cls(
             workers=workers,
             name=str(engine["name"]),
-            engine_id=str(engine.get("id") or uuid.uuid4().hex),
-            description=str(engine.get("description", "")),
-            threshold=None if threshold is None else float(threshold),
-            insecure=bool(engine.get("insecure", False)),
-            dimension=engine.get("dimension"),
+            engine_id=engine.get("id") or uuid.uuid4().hex,
+            description=engine.get("description", ""),
+            threshold=threshold,
+            insecure=insecure,
+            dimension=dimension,
             sections=sections,
         )
 
@@ -158,10 +190,27 @@ def save_profile(profile: Profile, path: Path) -> None:
     staging.replace(path)
 
 
-def load_profile(path: Path) -> Profile:
+def read_profile_file(path: Path) -> dict[str, Any]:
+    """The tables of a TOML profile file. Raises MissingFileError if there is no such file,
+    ProfileError if it is not UTF-8 TOML (a binary file, a syntax error)."""
     if not path.is_file():
-        raise NotFoundError(f"profile {path} does not exist")
-    return Profile.from_toml(path.read_text(), source=str(path))
+        raise MissingFileError(f"profile {path} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(
+            f"{path}: not a TOML profile: not UTF-8 text (byte {exc.start}); a binary file?"
+        ) from None
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_profile(path: Path) -> Profile:
+    return Profile.from_dict(read_profile_file(path), source=str(path))
 
 
 @dataclass
@@ -230,4 +279,39 @@ def build(profile: Profile) -> Components:
         parts.protection.bind(parts.extractor.name, parts.extractor.dimension)
     except ProfileError as exc:
         raise ProfileError(f"[protection] {exc}") from exc
+    check_capacity(parts)
     return parts
+
+
+# An enrolment holds a block several times over: the library's ciphertext objects, their
+# serialisation, and the copy handed to the store (measured: ~5 GB for a 1.26 GB block).
+BLOCK_COPIES_IN_MEMORY = 4
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_capacity(parts: Components) -> None:
+    """Raise ProfileError if one block of this profile cannot be stored or held in memory:
+    computed from the parameters, so it fails at create, before any key is made."""
+    block = parts.backend.block_bytes(parts.dimension)
+    limit = parts.gallery_store.max_blob_bytes
+    fix = "use a smaller poly_modulus_degree, fewer or smaller primes, or a preset (fast, compact)"
+    if block > limit:
+        raise ProfileError(
+            f"[he] {parts.backend.description}: one block of {parts.dimension}-d templates "
+            f"takes at least {block / 1e6:,.0f} MB, over the {parts.gallery_store.name} "
+            f"store's limit of {limit / 1e6:,.0f} MB per block: {fix}"
+        )
+    memory = physical_memory()
+    if memory is not None and BLOCK_COPIES_IN_MEMORY * block > memory:
+        raise ProfileError(
+            f"[he] {parts.backend.description}: enrolling one block of {block / 1e9:,.1f} GB "
+            f"needs about {BLOCK_COPIES_IN_MEMORY * block / 1e9:,.1f} GB of memory, this "
+            f"machine has {memory / 1e9:,.1f} GB: {fix}"
+        )

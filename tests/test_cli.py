@@ -130,7 +130,7 @@ def test_errors_become_messages_and_exit_codes(home: Path, lfw: Path, tmp_path: 
     assert bad_image.returncode == 2 and "not an image" in bad_image.stderr
 
     unknown = frip("remove", "e", "nobody", ok=False)
-    assert unknown.returncode == 2 and "not enrolled" in unknown.stderr
+    assert unknown.returncode == 3 and "not enrolled" in unknown.stderr
 
     both = frip("identify", "e", ok=False)
     assert both.returncode == 2 and "exactly one probe" in both.stderr

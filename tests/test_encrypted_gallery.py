@@ -126,9 +126,9 @@ def test_removal_erases_the_template_from_the_ciphertexts(make_engine: Any) -> N
         (np.ones(128), "dimension 128"),
         (np.full(512, np.nan), "NaN"),
         (np.r_[np.inf, np.ones(511)], "NaN or infinite"),
-        (np.zeros(512), "zero length"),
+        (np.zeros(512), "all zeros"),
         (np.ones((2, 512)), "one vector"),
-        ("abc", "not a numeric vector"),
+        ("abc", "text values"),
     ],
 )
 def test_bad_probe_embeddings(make_engine: Any, vector: Any, message: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from frip_engine.errors import InputError
+from frip_engine.errors import InputError, MissingFileError
 from frip_engine.evaluation import (
     Dataset,
     Embedded,
@@ -140,7 +140,7 @@ def test_pairs_files_csv_and_lfw_formats(tmp_path: Path) -> None:
     stranger.write_text("Zed 1 2\n")
     with pytest.raises(InputError, match="not one of the dataset's images"):
         read_pairs(stranger, dataset)
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(MissingFileError, match="does not exist"):
         read_pairs(tmp_path / "none.txt", dataset)
 
 

@@ -12,7 +12,7 @@ from frip_plugins.arcface import ArcFaceExtractor
 from PIL import Image
 
 from frip_engine.engine import EnrolItem
-from frip_engine.errors import ImageError, NoFaceError, PluginError, SubjectError
+from frip_engine.errors import ImageError, MissingFileError, NoFaceError, PluginError, SubjectError
 from frip_engine.images import load_image
 
 
@@ -67,7 +67,7 @@ def test_bad_images(lfw: Path, payload: bytes | None, message: str) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ImageError, match="no such file"):
+    with pytest.raises(MissingFileError, match="no such file"):
         load_image(tmp_path / "nope.jpg")
 
 

@@ -48,6 +48,7 @@ from frip_engine.errors import (
     EmbeddingError,
     ForbiddenError,
     FripError,
+    InputError,
     LinkageError,
     MalformedJSONError,
     MediaTypeError,
@@ -79,6 +80,7 @@ from frip_engine.service.metrics import Metrics
 from frip_engine.service.pool import EnginePool, EngineSlot
 from frip_engine.service.replay import ID_PATTERN, ReplayGuard
 from frip_engine.service.vendors import Caller, Vendors, claimed_key_id
+from frip_engine.validate import check_subject_id, check_threshold
 
 if TYPE_CHECKING:
     from frip_engine.decision import Decision
@@ -247,6 +249,8 @@ def subject_field(body: dict[str, Any]) -> str:
 
 
 def check_subject(subject: str) -> str:
+    """The core's subject-id rule, then the API's narrower alphabet (a stable contract)."""
+    check_subject_id(subject)
     if not SUBJECT_PATTERN.fullmatch(subject):
         raise SubjectError(
             f"subject id {shown(subject, 40)}: use 1-128 letters, digits and '_.@:+-', "
@@ -303,9 +307,10 @@ def threshold_field(body: dict[str, Any]) -> float | None:
     value = body.get("threshold")
     if value is None:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not -1 <= value <= 1:
-        raise RequestError("'threshold' must be a number between -1 and 1")
-    return float(value)
+    try:
+        return check_threshold(value)  # the core's rule, reported as a request error
+    except InputError:
+        raise RequestError("'threshold' must be a number between -1 and 1") from None
 
 
 def event(ctx: Context, action: str, engine: str | None, subject: str | None, **out: Any) -> Event:

@@ -521,6 +521,15 @@ class CKKSBackend:
     def slots(self) -> int:
         return self.params.slots if self.layout == "packed" else self.block_registrants
 
+    def block_bytes(self, dimension: int) -> int:
+        """A lower bound on one serialised block: its ciphertexts (one per feature packed,
+        one per registrant round-robin) x 2 polynomials x N coefficients x the data primes'
+        bits (fresh ciphertexts carry every prime but the special one; residues modulo a
+        prime do not compress below its bit size)."""
+        count = dimension if self.layout == "packed" else self.block_registrants
+        data_bits = sum(self.params.coeff_mod_bit_sizes[:-1])
+        return count * 2 * self.params.poly_modulus_degree * data_bits // 8
+
     def layout_for(self, ops: CKKSOps) -> Layout:
         scale = 2.0**self.params.scale_bits
         if self.scorer == "fast":

@@ -12,11 +12,14 @@ any 64-bit input, so the only reduction mod p happens at the end.
 Compiled code is cached on disk (numba ``cache=True``: ``NUMBA_CACHE_DIR`` if set, else
 this package's ``__pycache__``, else numba's user-wide cache directory), so worker
 processes load it instead of compiling; where no location is writable numba refuses
-``cache=True`` and the kernels are compiled in memory once per process instead.
+``cache=True`` and the kernels are compiled in memory once per process instead. An
+unreadable cache entry (a truncated ``.nbi`` index or ``.nbc`` data file after a full disk
+or a crash) is a cache miss: the kernel is compiled again and the entry rewritten.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,6 +33,42 @@ _M32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
+
+
+def _tolerate_damage(jitted: Any) -> None:
+    """Make numba's on-disk cache of one kernel treat an unreadable entry as a miss.
+
+    numba unpickles the index (``.nbi``) and data (``.nbc``) files as they are, so a
+    truncated file raises UnpicklingError or EOFError on every later compile, and saving
+    (which reads the index first) fails the same way. Here a failed load compiles afresh,
+    and a failed save rewrites an empty index and tries once more, else leaves the kernel
+    uncached; compiled code is never affected, only whether it was found on disk.
+    """
+    cache = getattr(jitted, "_cache", None)
+    if cache is None or not hasattr(cache, "load_overload"):  # numba internals moved
+        return
+    load, save = cache.load_overload, cache.save_overload
+
+    def load_overload(sig: Any, target_context: Any) -> Any:
+        try:
+            return load(sig, target_context)
+        except Exception as exc:  # any unreadable entry: UnpicklingError, EOFError, ...
+            log.warning("numba cache of %s unreadable (%s); recompiling", jitted, exc)
+            return None
+
+    def save_overload(sig: Any, data: Any) -> None:
+        try:
+            save(sig, data)
+        except Exception:
+            try:
+                cache.flush()  # replace the damaged index with an empty one
+                save(sig, data)
+            except Exception as exc:
+                log.warning("numba cache of %s not written (%s)", jitted, exc)
+
+    cache.load_overload = load_overload
+    cache.save_overload = save_overload
 
 
 def _cache_usable(jitted: Any) -> bool:
@@ -54,6 +93,7 @@ def _jit(parallel: bool = False) -> Callable[[F], F]:
             jitted = numba.njit(cache=True, nogil=True, parallel=parallel)(fn)
             if not _cache_usable(jitted):
                 raise RuntimeError("numba cache directory is not writable")
+            _tolerate_damage(jitted)
         except RuntimeError:  # "cannot cache function ...: no locator available"
             jitted = numba.njit(cache=False, nogil=True, parallel=parallel)(fn)
         return jitted  # type: ignore[return-value]

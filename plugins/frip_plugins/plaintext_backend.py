@@ -89,6 +89,10 @@ class PlaintextBackend:
     def slots(self) -> int:
         return self._slots
 
+    def block_bytes(self, dimension: int) -> int:
+        """float64 values: slots x dimension x 8 bytes."""
+        return self._slots * dimension * 8
+
     def keygen(self) -> tuple[bytes, bytearray]:
         return b"plaintext", bytearray(b"plaintext reference: no secret")
 

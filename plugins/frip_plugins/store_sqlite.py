@@ -59,6 +59,16 @@ class SQLiteGalleryStore:
         self.path = Path(path).expanduser() if path else None
         self._db: sqlite3.Connection | None = None
 
+    @property
+    def max_blob_bytes(self) -> int:
+        """SQLite's limit on one blob (SQLITE_LIMIT_LENGTH: 1e9 bytes unless compiled
+        otherwise); a block is stored as one blob."""
+        probe = sqlite3.connect(":memory:")
+        try:
+            return probe.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+        finally:
+            probe.close()
+
     def bind(self, engine_dir: str) -> None:
         if self.path is None:
             self.path = Path(engine_dir) / DEFAULT_FILE
