@@ -33,13 +33,14 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from frip_engine import pemiu
 from frip_engine.errors import InputError, ProfileError
 from frip_engine.evaluation import (
     Dataset,
@@ -231,44 +232,6 @@ class SearchScores:
         return float(np.mean(self.best_non_mated >= threshold))
 
 
-def score_matrix(
-    probes: np.ndarray,
-    gallery: np.ndarray,
-    protection: str,
-    block_size: int | None,
-    extractor: str,
-    progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Scores (probes, gallery) of unit-row embeddings as an engine with this protection
-    computes them: the cosine for ``none``; for ``pe-miu`` every gallery row and every
-    probe is protected with its own fresh permutation and compared by block assignment."""
-    if protection == "none":
-        if progress:
-            progress(len(probes))
-        return np.asarray(probes @ gallery.T, dtype=np.float64)
-    if protection != "pe-miu":
-        raise InputError(
-            f"calibration knows protections {', '.join(PROTECTIONS)}, not '{protection}'"
-        )
-    from frip_engine import pemiu
-    from frip_engine.eval_protection import protect_matrix
-
-    if block_size is None:
-        raise InputError("pe-miu calibration needs a block size")
-    if pemiu.check_block_size(block_size, gallery.shape[1]) < 2:
-        raise InputError(
-            f"pe-miu: block size {block_size} makes the {gallery.shape[1]}-d template one block"
-        )
-    stored, _ = protect_matrix(gallery, block_size, extractor)
-    searched, _ = protect_matrix(probes, block_size, extractor)
-    out = np.empty((len(probes), len(gallery)))
-    for i, probe in enumerate(searched):
-        out[i] = pemiu.compare_many(np.broadcast_to(probe, stored.shape), stored, block_size)
-        if progress:
-            progress(1)
-    return out
-
-
 def search_scores(
     embedded: Embedded,
     protocol: Protocol,
@@ -276,28 +239,109 @@ def search_scores(
     block_size: int | None,
     progress: Callable[[int], None] | None = None,
 ) -> SearchScores:
-    """Run every mated and non-mated search of ``protocol`` against its gallery."""
+    """Run every mated and non-mated search of ``protocol`` against its gallery, scored as
+    an engine with this protection scores them (rows of ``embedded.matrix`` are unit or,
+    where extraction failed, zero): the cosine for ``none``; for ``pe-miu`` every gallery
+    template and every search protected with its own fresh permutation and compared by
+    best block assignment (:func:`frip_engine.pemiu.assigned_scores`)."""
     matrix = embedded.matrix
-    searches = protocol.mated + protocol.non_mated
-    scores = score_matrix(
-        matrix[searches],
-        matrix[protocol.gallery],
-        protection,
-        block_size,
-        embedded.extractor,
-        progress,
-    )
-    m = len(protocol.mated)
-    mated, non_mated = scores[:m], scores[m:]
+    gallery = matrix[protocol.gallery]
+    mated = matrix[protocol.mated]
+    non_mated = matrix[protocol.non_mated]
     truth = np.asarray(protocol.mated_truth, dtype=int)
-    mate = mated[np.arange(m), truth]
-    hit = ~np.any(mated > mate[:, None], axis=1)
+    m = len(truth)
+    if protection == "none":
+        plain = mated @ gallery.T
+        mate = plain[np.arange(m), truth]
+        rival = np.where(np.arange(len(gallery)) == truth[:, None], -np.inf, plain).max(axis=1)
+        best = (non_mated @ gallery.T).max(axis=1) if len(non_mated) else np.empty(0)
+        if progress:
+            progress(m + len(non_mated))
+    elif protection == "pe-miu":
+        mate, rival, best = _pemiu_searches(
+            gallery, mated, truth, non_mated, block_size, embedded.extractor, progress
+        )
+    else:
+        raise InputError(
+            f"calibration knows protections {', '.join(PROTECTIONS)}, not '{protection}'"
+        )
+    hit = ~(rival > mate)
     failed = ~embedded.ok[protocol.mated]
     mate[failed] = -np.inf
     hit[failed] = False
-    best = non_mated.max(axis=1) if len(protocol.non_mated) else np.empty(0)
     best[~embedded.ok[protocol.non_mated]] = -np.inf
     return SearchScores(mate, hit, best)
+
+
+def _pemiu_searches(
+    gallery: np.ndarray,
+    mated: np.ndarray,
+    truth: np.ndarray,
+    non_mated: np.ndarray,
+    block_size: int | None,
+    extractor: str,
+    progress: Callable[[int], None] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PE-MIU open-set searches: per mated search the mate's score and the best other
+    score that beats it (else the mate's), per non-mated search the best score.
+
+    Exact, but pruned: the summed row maxima (and column maxima) of a block-product matrix
+    bound its best assignment from above, so a registrant whose bound cannot beat the best
+    score found so far is never assigned (about 3x fewer Hungarian solves on lfw-large)."""
+    from frip_engine.eval_protection import protect_matrix
+
+    if block_size is None:
+        raise InputError("pe-miu calibration needs a block size")
+    dimension = gallery.shape[1]
+    blocks = pemiu.check_block_size(block_size, dimension)
+    if blocks < 2:
+        raise InputError(
+            f"pe-miu: block size {block_size} makes the {dimension}-d template one block"
+        )
+    stored = protect_matrix(gallery, block_size, extractor)[0].reshape(-1, blocks, block_size)
+
+    def products(rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Per search (freshly protected): its block products with every registrant and
+        their upper bounds."""
+        for probe in protect_matrix(rows, block_size, extractor)[0]:
+            pairs = np.einsum("ib,gjb->gij", probe.reshape(blocks, block_size), stored)
+            bound = np.minimum(pairs.max(axis=2).sum(axis=1), pairs.max(axis=1).sum(axis=1))
+            yield pairs, bound
+
+    mate = np.empty(len(mated))
+    rival = np.empty(len(mated))
+    for i, (pairs, bound) in enumerate(products(mated)):
+        mate[i] = pemiu.assigned_scores(pairs[[truth[i]]])[0]
+        bound[truth[i]] = -np.inf
+        rival[i] = _pruned_max(pairs, bound, mate[i])
+        if progress:
+            progress(1)
+    best = np.empty(len(non_mated))
+    for i, (pairs, bound) in enumerate(products(non_mated)):
+        best[i] = _pruned_max(pairs, bound, -np.inf)
+        if progress:
+            progress(1)
+    return mate, rival, best
+
+
+def _pruned_max(pairs: np.ndarray, bound: np.ndarray, floor: float, chunk: int = 16) -> float:
+    """The largest best-assignment score of the (g, blocks, blocks) ``pairs`` that exceeds
+    ``floor``, else ``floor``; ``bound`` holds an upper bound of each one's score."""
+    best = floor
+    order = np.argsort(-bound)
+    for start in range(0, len(order), chunk):
+        batch = order[start : start + chunk]
+        batch = batch[bound[batch] > best]
+        if not len(batch):
+            break
+        best = max(best, float(pemiu.assigned_scores(pairs[batch]).max()))
+    return best
+
+
+def check_fpir(fpir: float) -> None:
+    """InputError unless the FPIR target is a fraction in (0, 1)."""
+    if not 0.0 < fpir < 1.0:
+        raise InputError(f"the FPIR target must be in (0, 1), not {fpir}")
 
 
 def calibrate(
@@ -316,8 +360,7 @@ def calibrate(
     Raises InputError when the set has no mated or no non-mated searches, or when
     ``fpir`` is not in (0, 1).
     """
-    if not 0.0 < fpir < 1.0:
-        raise InputError(f"the FPIR target must be in (0, 1), not {fpir}")
+    check_fpir(fpir)
     protocol = identification_protocol(labels, embedded.ok)
     if not protocol.non_mated:
         raise InputError(
@@ -418,8 +461,7 @@ def run_calibration(
     """Calibrate one combination on a labelled data set (``frip eval calibrate``):
     embeddings from the cache or extracted, then :func:`calibrate`."""
     size = resolve_protection(extractor, protection, block_size)
-    if not 0.0 < fpir < 1.0:
-        raise InputError(f"the FPIR target must be in (0, 1), not {fpir}")
+    check_fpir(fpir)
     embedded = cached_embeddings(extractor, dataset, threads, progress)
     step = (lambda n: progress(f"{extractor} {protection}: searching", n)) if progress else None
     record, _ = calibrate(

@@ -8,6 +8,7 @@ happens inside the commands.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -398,6 +399,13 @@ def calibrate_command(
         )
     if write_profile is not None:
         write_profile_threshold(write_profile, record)
+    if record.fpir_target * record.non_mated < 10:
+        err.print(
+            f"note: {record.non_mated} non-mated searches resolve FPIR {record.fpir_target:g} "
+            f"poorly: the threshold rests on fewer than 10 of them; use at least "
+            f"{math.ceil(10 / record.fpir_target)} people with one image each",
+            markup=False,
+        )
     if as_json:
         typer.echo(json.dumps(asdict(record), indent=2))
         return
