@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from frip_engine import plugins
+from frip_engine.calibration import engine_threshold
 from frip_engine.contracts import BlockInfo, NewSubject
 from frip_engine.decision import Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
@@ -102,6 +103,7 @@ class Engine:
         if directory.exists():
             raise ProfileError(f"engine '{profile.name}' already exists at {directory}")
         parts = build(profile)
+        default_threshold(profile, parts)  # an uncalibrated combination is refused here
         directory.mkdir(parents=True)
         try:
             parts.key_store.bind(str(directory))
@@ -175,9 +177,9 @@ class Engine:
 
     @property
     def threshold(self) -> float:
-        if self.profile.threshold is not None:
-            return self.profile.threshold
-        return float(self.parts.extractor.threshold)
+        """The decision threshold: the profile's, else the calibrated one for this engine's
+        extractor, protection and block size (ProfileError when neither exists)."""
+        return default_threshold(self.profile, self.parts)[0]
 
     # ----------------------------------------------------------------- embeddings
     def embed_image(self, source: Path | bytes) -> tuple[np.ndarray, list[str]]:
@@ -642,6 +644,11 @@ class Engine:
         blocks = self.store.blocks()
         subjects = sum(b.used for b in blocks)
         stored = sum(b.size_bytes for b in blocks)
+        threshold: float | None
+        try:
+            threshold, source = default_threshold(self.profile, self.parts)
+        except ProfileError as exc:  # an engine made before calibration, still manageable
+            threshold, source = None, f"none: {exc}"
         return {
             "engine": self.name,
             "engine_id": self.profile.engine_id,
@@ -651,7 +658,8 @@ class Engine:
             "gallery_bytes": stored,
             "bytes_per_subject": stored / subjects if subjects else None,
             "dimension": self.parts.dimension,
-            "threshold": self.threshold,
+            "threshold": threshold,
+            "threshold_source": source,
             "key_version": self.key_version,
             "plugins": {s: self.profile.plugin(s) for s in self.profile.sections},
             "he": self.parts.backend.description,
@@ -666,6 +674,13 @@ def _emit(hook_name: str, **kwargs: Any) -> None:
         getattr(plugins.plugin_manager().hook, hook_name)(**kwargs)
     except Exception:
         logger.exception("event hook %s failed; the change it reports stands", hook_name)
+
+
+def default_threshold(profile: Profile, parts: Components) -> tuple[float, str]:
+    """The engine's threshold and its source (:func:`frip_engine.calibration.engine_threshold`)."""
+    return engine_threshold(
+        profile.threshold, parts.extractor.name, parts.protection.name, parts.pemiu_block_size
+    )
 
 
 def template_record(parts: Components) -> dict[str, str]:

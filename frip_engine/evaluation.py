@@ -502,14 +502,18 @@ def run_identify(
     he_check: bool = True,
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
+    from frip_engine.calibration import lookup
+
     results: dict[str, Any] = {}
     for name in extractors:
         embedded = _embed(name, dataset, threads, progress)
         protocol = identification_protocol(dataset.labels, embedded.ok)
+        calibrated = lookup(name, "none", None)  # an unprotected engine's default threshold
+        threshold = calibrated.threshold if calibrated else embedded.threshold
         entry: dict[str, Any] = {
             "dimension": embedded.dimension,
-            "threshold": embedded.threshold,
-            "identification": identification_metrics(embedded, protocol, embedded.threshold),
+            "threshold": threshold,
+            "identification": identification_metrics(embedded, protocol, threshold),
             "throughput": throughput(embedded),
             "failures": embedded.failures,
         }
