@@ -146,8 +146,9 @@ def calibrated_threshold(
             f"no calibrated threshold for extractor '{extractor}' with protection "
             f"'{protection}'" + (f" (block size {block_size})" if block_size else "") + ": "
             f"measure one on your images with `frip eval calibrate -e {extractor} "
-            f"--protection {protection}{size} --index your.csv`, then set it as [engine] "
-            f"threshold in the profile (calibrated: {known or 'none'})"
+            f"--protection {protection}{size} --index your.csv`, then give it as "
+            "`threshold = ...` in the profile's engine table or `frip engine create "
+            f"--threshold ...` (calibrated: {known or 'none'})"
         )
     return found.threshold, found
 
