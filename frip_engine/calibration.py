@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -164,11 +165,37 @@ def embeddings_cache_dir() -> Path:
 
 
 def _cache_file(extractor: str, dataset: Dataset, cache: Path) -> Path:
+    """Named by the extractor and every image's path, size and modification time (a
+    missing image counts as such: it fails again, as a failure). The extractors pin their
+    model files by SHA-256; after changing an extractor's code, empty the cache folder."""
     digest = hashlib.sha256(f"{CACHE_FORMAT}\n{extractor}\n".encode())
     for path in dataset.paths:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = path.stat()
+            seen = f"{stat.st_size}\t{stat.st_mtime_ns}"
+        except OSError:
+            seen = "missing"
+        digest.update(f"{path.resolve()}\t{seen}\n".encode())
     return cache / f"{extractor}-{digest.hexdigest()[:20]}.npz"
+
+
+def _read_cache(file: Path, extractor: str) -> Embedded | None:
+    """The cached embeddings, or None when the file is absent or unreadable (a damaged
+    cache file is a cache miss, never an error)."""
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            return Embedded(
+                extractor,
+                int(data["dimension"]),
+                float(data["threshold"]),
+                np.asarray(data["matrix"], dtype=np.float64),
+                np.asarray(data["ok"], dtype=bool),
+                json.loads(str(data["failures"])),
+                {},
+                float(data["total_seconds"]),
+            )
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 def cached_embeddings(
@@ -183,21 +210,12 @@ def cached_embeddings(
     extracted with :func:`frip_engine.evaluation._embed` and cached (mode 0600)."""
     folder = cache or embeddings_cache_dir()
     file = _cache_file(extractor, dataset, folder)
-    if file.is_file():
-        with np.load(file, allow_pickle=False) as data:
-            return Embedded(
-                extractor,
-                int(data["dimension"]),
-                float(data["threshold"]),
-                data["matrix"],
-                data["ok"],
-                json.loads(str(data["failures"])),
-                {},
-                float(data["total_seconds"]),
-            )
+    cached = _read_cache(file, extractor)
+    if cached is not None and len(cached.ok) == len(dataset.paths):
+        return cached
     embedded = _embed(extractor, dataset, threads, progress)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    staging = file.with_suffix(".tmp.npz")
+    staging = file.with_suffix(f".{os.getpid()}.tmp")
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         np.savez(

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import LFW_DEV, REPO
 
-from frip_engine import pemiu, plugins
+from frip_engine import calibration, pemiu, plugins
 from frip_engine.calibration import (
     calibrate,
     engine_threshold,
@@ -29,7 +29,7 @@ from frip_engine.calibration import (
 )
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import ProfileError
-from frip_engine.evaluation import Embedded, identification_protocol
+from frip_engine.evaluation import Dataset, Embedded, identification_protocol
 from frip_engine.profile import Profile
 
 BUILT_IN_EXTRACTORS = ("arcface", "sface", "facenet", "facenet-pytorch")
@@ -119,6 +119,34 @@ def test_pruned_pemiu_searches_equal_every_comparison() -> None:
     assert 0 < found.top1_hit.sum() < len(truth)  # the noise makes some searches miss
     best = np.array([every(rows[i]).max() for i in protocol.non_mated])
     np.testing.assert_allclose(found.best_non_mated, best, atol=1e-12)
+
+
+def test_embeddings_cache_is_owner_only_and_a_damaged_file_is_a_miss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = Dataset.load(None, _small_index(tmp_path, people=21))
+    calls: list[int] = []
+
+    def fake_embed(name: str, data: Dataset, threads: int, progress: Any) -> Embedded:
+        calls.append(1)
+        rows = unit_rows(len(data.paths))
+        return Embedded(name, 8, 0.5, rows, np.ones(len(rows), bool), {}, {}, 1.0)
+
+    monkeypatch.setattr(calibration, "_embed", fake_embed)
+    cache = tmp_path / "cache"
+    first = calibration.cached_embeddings("arcface", dataset, cache=cache)
+    again = calibration.cached_embeddings("arcface", dataset, cache=cache)
+    assert len(calls) == 1 and np.array_equal(first.matrix, again.matrix)
+    (file,) = cache.glob("arcface-*.npz")
+    assert file.stat().st_mode & 0o777 == 0o600 and cache.stat().st_mode & 0o777 == 0o700
+    file.write_bytes(file.read_bytes()[:100])  # truncated, e.g. by a full disk
+    calibration.cached_embeddings("arcface", dataset, cache=cache)
+    assert len(calls) == 2  # re-extracted, no error
+
+
+def unit_rows(n: int) -> np.ndarray:
+    rows = np.random.default_rng(n).standard_normal((n, 8))
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 # ----------------------------------------------------------------------------- the table
