@@ -155,8 +155,12 @@ engine's scores, which the CKKS pe-miu probe mode reproduces to 1e-4.
 
 **Why FPIR 1%.** lfw-large has about 2,000 non-mated searches: at 1% the threshold rests
 on the 20 highest non-mated scores, a stable estimate. At 0.1% it rests on one or two
-searches, and on LFW those are label noise (the same person under two names, scores
-0.6-0.8): the last column shows thresholds of 0.6+ and FNIR above 50%. Deployments that
+searches, and on LFW those are label noise: the same person under two spellings
+(Hasan_Wirayuda / Hassan_Wirajuda 0.64, Yingfan_Wang / Wang_Yingfan 0.63 with arcface)
+and a mislabelled photo (Carlos_Ruckauf / Eduardo_Duhalde 0.77); the last column shows
+thresholds of 0.64-0.84 and FNIR above 50% there. facenet's FNIR of 35% at FPIR 1% is
+the model's own (it was 32% at its lfw-dev threshold 0.65, which let 1.3% of unknowns
+through): prefer arcface. Deployments that
 need a lower FPIR should calibrate on their own, cleaner, population
 (`frip eval calibrate --fpir 0.001`) with at least 10 / FPIR non-mated searches.
 

@@ -174,9 +174,10 @@ def test_table_has_every_built_in_extractor_with_each_protection() -> None:
             assert entry.fpir <= entry.fpir_target and 0.0 <= entry.fnir < 0.5
             assert entry.command.startswith("python benchmarks/calibrate_thresholds.py")
             assert entry.date.startswith("20")
+        # the best assignment never lowers a score, and with small blocks it lifts impostors
         plain = table[(name, "none", None)].threshold
-        shuffled = table[(name, "pe-miu", DEFAULT_PEMIU_BLOCK)].threshold
-        assert shuffled > plain, f"{name}: pe-miu lifts impostor scores, so its threshold"
+        shuffled = [e.threshold for k, e in table.items() if k[:2] == (name, "pe-miu")]
+        assert min(shuffled) >= plain and table[(name, "pe-miu", 16)].threshold > plain
 
 
 def test_engine_default_threshold_comes_from_the_table(make_engine: Any) -> None:
