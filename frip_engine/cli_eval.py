@@ -383,6 +383,9 @@ def calibrate_command(
             ("protection", protection),
             ("block-size", block_size),
             ("fpir", fpir),
+            ("folder", folder),
+            ("index", index),
+            ("identities", identities),
         )
         if v is not None
     )
