@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from frip_engine import plugins
-from frip_engine.calibration import engine_threshold
+from frip_engine.calibration import engine_threshold, lookup
 from frip_engine.contracts import BlockInfo, NewSubject
 from frip_engine.decision import Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
@@ -649,6 +649,15 @@ class Engine:
             threshold, source = default_threshold(self.profile, self.parts)
         except ProfileError as exc:  # an engine made before calibration, still manageable
             threshold, source = None, f"none: {exc}"
+        calibrated = lookup(*calibration_key(self.parts))
+        if self.profile.threshold is not None:
+            calibrated = None  # the profile's own threshold: its owner calibrated it
+        if calibrated is not None and subjects > calibrated.gallery:
+            source += (
+                f"; WARNING: calibrated with {calibrated.gallery} enrolled, this gallery has "
+                f"{subjects}: more strangers will be accepted than FPIR "
+                f"{calibrated.fpir_target:.1%}; recalibrate with frip eval calibrate"
+            )
         return {
             "engine": self.name,
             "engine_id": self.profile.engine_id,
@@ -678,9 +687,12 @@ def _emit(hook_name: str, **kwargs: Any) -> None:
 
 def default_threshold(profile: Profile, parts: Components) -> tuple[float, str]:
     """The engine's threshold and its source (:func:`frip_engine.calibration.engine_threshold`)."""
-    return engine_threshold(
-        profile.threshold, parts.extractor.name, parts.protection.name, parts.pemiu_block_size
-    )
+    return engine_threshold(profile.threshold, *calibration_key(parts))
+
+
+def calibration_key(parts: Components) -> tuple[str, str, int | None]:
+    """What a threshold is calibrated for: extractor, protection and pe-miu block size."""
+    return parts.extractor.name, parts.protection.name, parts.pemiu_block_size
 
 
 def template_record(parts: Components) -> dict[str, str]:

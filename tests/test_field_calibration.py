@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import LFW_DEV, REPO
+from conftest import LFW_DEV, REPO, unit_vectors
 
 from frip_engine import calibration, pemiu, plugins
 from frip_engine.calibration import (
@@ -193,6 +193,23 @@ def test_engine_default_threshold_comes_from_the_table(make_engine: Any) -> None
     )
     plain = make_engine("plain")
     assert plain.threshold == lookup("arcface", "none", None).threshold  # type: ignore[union-attr]
+
+
+def test_stats_warn_when_the_gallery_outgrows_the_calibration(make_engine: Any) -> None:
+    """FPIR grows with the number enrolled: a threshold calibrated with 748 people enrolled
+    is flagged once the gallery holds more."""
+    entry = lookup("arcface", "none", None)
+    assert entry is not None
+    engine = make_engine(
+        "big", engine={"name": "big", "insecure": True}, he={"plugin": "plaintext"}
+    )
+    vectors = unit_vectors(entry.gallery + 1, 512, seed=11)
+    items = [EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)]
+    engine.enrol_many(items[:10])
+    assert "WARNING" not in engine.stats()["threshold_source"]
+    engine.enrol_many(items[10:])
+    source = engine.stats()["threshold_source"]
+    assert f"calibrated with {entry.gallery} enrolled" in source and "recalibrate" in source
 
 
 def test_uncalibrated_combination_is_refused_at_create_unless_the_profile_sets_one(
