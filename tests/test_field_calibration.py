@@ -28,7 +28,7 @@ from frip_engine.calibration import (
     search_scores,
 )
 from frip_engine.engine import Engine, EnrolItem
-from frip_engine.errors import ProfileError
+from frip_engine.errors import InputError, ProfileError
 from frip_engine.evaluation import Dataset, Embedded, identification_protocol
 from frip_engine.profile import Profile
 
@@ -340,3 +340,17 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     import os
 
     return {**os.environ, **extra}
+
+
+def test_write_profile_refuses_a_profile_of_another_combination(tmp_path: Path) -> None:
+    record = lookup("arcface", "pe-miu", 32)
+    assert record is not None
+    profile = tmp_path / "p.toml"
+    text = '[engine]\nname = "x"\n[protection]\nplugin = "pe-miu"\nblock_size = 16\n'
+    profile.write_text(text)
+    with pytest.raises(InputError, match="calibrate with the profile's own combination"):
+        calibration.write_profile_threshold(profile, record)
+    assert profile.read_text() == text  # untouched
+    profile.write_text('[engine]\nname = "x"\n[protection]\nplugin = "pe-miu"\n')
+    calibration.write_profile_threshold(profile, record)  # block size 32 is the default
+    assert Profile.from_toml(profile.read_text()).threshold == record.threshold
