@@ -172,8 +172,9 @@ lfw-dev people enrolled at block 32, Andy_Lau_0001 was accepted as Daisy_Fuentes
 undoes any shuffle), so the thresholds are reproducible.
 
 **Gallery size.** FPIR grows with the number enrolled (a stranger has more people to
-resemble). These thresholds hold for galleries up to the calibration's 748; for larger
-galleries recalibrate with as many enrolled as you will have.
+resemble). These thresholds hold for galleries up to the calibration's 748 (`frip stats`
+warns beyond that); for larger galleries recalibrate with as many enrolled as you will
+have.
 
 ## How the engine uses them
 
