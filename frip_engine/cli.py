@@ -144,6 +144,8 @@ def engine_create(
         out.print(
             f"  {engine.parts.backend.description}; key store: {engine.parts.key_store.describe()}"
         )
+        stats = engine.stats()
+        out.print(f"  threshold {stats['threshold']}: {stats['threshold_source']}", markup=False)
 
 
 @engine_app.command("list")

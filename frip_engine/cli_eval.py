@@ -8,6 +8,7 @@ happens inside the commands.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -334,3 +335,89 @@ def protection_command(
         return
     out.print(markdown(summary))
     out.print("written: " + ", ".join(str(f) for f in files))
+
+
+@eval_app.command("calibrate")
+def calibrate_command(
+    extractor: Annotated[
+        str, typer.Option("--extractor", "-e", help="Extractor whose threshold to calibrate.")
+    ] = "arcface",
+    protection: Annotated[
+        str, typer.Option(help="Template protection the engine uses: none or pe-miu.")
+    ] = "none",
+    block_size: Annotated[
+        int | None, typer.Option(help="PE-MIU block size (default: the plugin's, 32).")
+    ] = None,
+    folder: FolderOpt = None,
+    index: IndexOpt = None,
+    fpir: Annotated[
+        float,
+        typer.Option(help="Target FPIR: the share of non-enrolled people allowed a candidate."),
+    ] = 0.01,
+    write_profile: Annotated[
+        Path | None,
+        typer.Option(help="Also set [engine] threshold in this profile TOML (same combination)."),
+    ] = None,
+    threads: ThreadsOpt = 1,
+    identities: IdentitiesOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Calibrate a decision threshold on your own labelled images at a target FPIR.
+
+    Open-set identification: identities with several images enrol one and search with the
+    others (mated), identities with one image search unenrolled (non-mated); the threshold
+    lets at most FPIR of the non-mated searches through, and FNIR is measured there.
+    Embeddings are cached outside the repository (FRIP_CACHE_DIR, else ~/.cache)."""
+    from dataclasses import asdict
+
+    from frip_engine.calibration import resolve_protection, run_calibration, write_profile_threshold
+
+    resolve_protection(extractor, protection, block_size)  # refuse before reading images
+    dataset = _dataset(folder, index, identities)
+    command = "frip eval calibrate " + " ".join(
+        f"--{k} {v}"
+        for k, v in (
+            ("extractor", extractor),
+            ("protection", protection),
+            ("block-size", block_size),
+            ("fpir", fpir),
+            ("folder", folder),
+            ("index", index),
+            ("identities", identities),
+        )
+        if v is not None
+    )
+    with Progress(console=err, transient=True, disable=as_json) as progress:
+        record = run_calibration(
+            dataset,
+            extractor,
+            protection,
+            block_size,
+            fpir,
+            threads,
+            command,
+            _Bar(progress, len(dataset.paths)),
+        )
+    if write_profile is not None:
+        write_profile_threshold(write_profile, record)
+    if record.fpir_target * record.non_mated < 10:
+        err.print(
+            f"note: {record.non_mated} non-mated searches resolve FPIR {record.fpir_target:g} "
+            f"poorly: the threshold rests on fewer than 10 of them; use at least "
+            f"{math.ceil(10 / record.fpir_target)} people with one image each",
+            markup=False,
+        )
+    if as_json:
+        typer.echo(json.dumps(asdict(record), indent=2))
+        return
+    table = Table(title=f"threshold for {extractor} / {protection}", show_header=False)
+    for key, value in asdict(record).items():
+        table.add_row(key, str(value))
+    out.print(table)
+    out.print(record.describe(), markup=False)
+    if write_profile is not None:
+        out.print(
+            f"written: [engine] threshold = {record.threshold} in {write_profile}", markup=False
+        )
+    else:
+        out.print(f"use it: [engine] threshold = {record.threshold}", markup=False)

@@ -43,7 +43,9 @@ class Extraction:
 class Extractor(Protocol):
     name: str
     dimension: int
-    threshold: float  # cosine-similarity decision threshold calibrated for this model
+    # the model's own plain-cosine reference threshold; an engine takes its threshold from
+    # frip_engine/calibration.json per (extractor, protection, block size) instead
+    threshold: float
 
     def models(self) -> list[ModelFile]: ...
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from frip_engine import plugins
+from frip_engine.calibration import engine_threshold, lookup
 from frip_engine.contracts import BlockInfo, NewSubject
 from frip_engine.decision import Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
@@ -105,6 +106,7 @@ class Engine:
         if directory.exists():
             raise ProfileError(f"engine '{profile.name}' already exists at {directory}")
         parts = build(profile)
+        default_threshold(profile, parts)  # an uncalibrated combination is refused here
         private_dir(directory)
         try:
             parts.key_store.bind(str(directory))
@@ -178,9 +180,9 @@ class Engine:
 
     @property
     def threshold(self) -> float:
-        if self.profile.threshold is not None:
-            return self.profile.threshold
-        return float(self.parts.extractor.threshold)
+        """The decision threshold: the profile's, else the calibrated one for this engine's
+        extractor, protection and block size (ProfileError when neither exists)."""
+        return default_threshold(self.profile, self.parts)[0]
 
     # ----------------------------------------------------------------- embeddings
     def embed_image(self, source: Path | bytes | np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -657,6 +659,20 @@ class Engine:
         blocks = self.store.blocks()
         subjects = sum(b.used for b in blocks)
         stored = sum(b.size_bytes for b in blocks)
+        threshold: float | None
+        try:
+            threshold, source = default_threshold(self.profile, self.parts)
+        except ProfileError as exc:  # an engine made before calibration, still manageable
+            threshold, source = None, f"none: {exc}"
+        calibrated = lookup(*calibration_key(self.parts))
+        if self.profile.threshold is not None:
+            calibrated = None  # the profile's own threshold: its owner calibrated it
+        if calibrated is not None and subjects > calibrated.gallery:
+            source += (
+                f"; WARNING: calibrated with {calibrated.gallery} enrolled, this gallery has "
+                f"{subjects}: more strangers will be accepted than FPIR "
+                f"{calibrated.fpir_target:.1%}; recalibrate with frip eval calibrate"
+            )
         return {
             "engine": self.name,
             "engine_id": self.profile.engine_id,
@@ -666,7 +682,8 @@ class Engine:
             "gallery_bytes": stored,
             "bytes_per_subject": stored / subjects if subjects else None,
             "dimension": self.parts.dimension,
-            "threshold": self.threshold,
+            "threshold": threshold,
+            "threshold_source": source,
             "key_version": self.key_version,
             "plugins": {s: self.profile.plugin(s) for s in self.profile.sections},
             "he": self.parts.backend.description,
@@ -681,6 +698,16 @@ def _emit(hook_name: str, **kwargs: Any) -> None:
         getattr(plugins.plugin_manager().hook, hook_name)(**kwargs)
     except Exception:
         logger.exception("event hook %s failed; the change it reports stands", hook_name)
+
+
+def default_threshold(profile: Profile, parts: Components) -> tuple[float, str]:
+    """The engine's threshold and its source (:func:`frip_engine.calibration.engine_threshold`)."""
+    return engine_threshold(profile.threshold, *calibration_key(parts))
+
+
+def calibration_key(parts: Components) -> tuple[str, str, int | None]:
+    """What a threshold is calibrated for: extractor, protection and pe-miu block size."""
+    return parts.extractor.name, parts.protection.name, parts.pemiu_block_size
 
 
 def template_record(parts: Components) -> dict[str, str]:

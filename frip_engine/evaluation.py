@@ -369,11 +369,8 @@ def identification_metrics(
 
     at_fpir: dict[str, dict[str, float]] = {}
     if len(best_non_mated):
-        ordered = np.sort(best_non_mated)[::-1]
         for target in FPIR_TARGETS:
-            allowed = int(np.floor(target * len(ordered) + 1e-9))
-            t = float(np.nextafter(ordered[allowed], np.inf)) if allowed < len(ordered) else -1.0
-            t = max(t, -1.0)
+            t = threshold_at_fpir(best_non_mated, target)
             at_fpir[f"{target:g}"] = {"fnir": fnir(t), "fpir": fpir(t), "threshold": t}
     grid = np.linspace(-0.2, 1.0, CURVE_POINTS)
     return {
@@ -391,6 +388,18 @@ def identification_metrics(
             "fpir": [fpir(t) for t in grid],
         },
     }
+
+
+def threshold_at_fpir(best_non_mated: np.ndarray, target: float) -> float:
+    """The lowest threshold at which at most ``floor(target * n)`` of the ``n`` non-mated
+    searches (their best scores; -inf for a search that failed) return a candidate, a
+    candidate being returned when its score is >= the threshold. At least -1."""
+    if not len(best_non_mated):
+        raise InputError("a threshold at an FPIR needs non-mated searches")
+    ordered = np.sort(np.asarray(best_non_mated, dtype=np.float64))[::-1]
+    allowed = int(np.floor(target * len(ordered) + 1e-9))
+    t = float(np.nextafter(ordered[allowed], np.inf)) if allowed < len(ordered) else -1.0
+    return max(t, -1.0)
 
 
 def compare_backends(
@@ -493,14 +502,18 @@ def run_identify(
     he_check: bool = True,
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
+    from frip_engine.calibration import lookup
+
     results: dict[str, Any] = {}
     for name in extractors:
         embedded = _embed(name, dataset, threads, progress)
         protocol = identification_protocol(dataset.labels, embedded.ok)
+        calibrated = lookup(name, "none", None)  # an unprotected engine's default threshold
+        threshold = calibrated.threshold if calibrated else embedded.threshold
         entry: dict[str, Any] = {
             "dimension": embedded.dimension,
-            "threshold": embedded.threshold,
-            "identification": identification_metrics(embedded, protocol, embedded.threshold),
+            "threshold": threshold,
+            "identification": identification_metrics(embedded, protocol, threshold),
             "throughput": throughput(embedded),
             "failures": embedded.failures,
         }

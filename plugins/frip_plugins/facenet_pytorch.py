@@ -91,7 +91,7 @@ def requirements() -> tuple[Requirement, ...]:
 
 # Cosine threshold: NOT calibrated for these weights (they cannot run on this project's
 # machines). 0.65 is the `facenet` extractor's lfw-dev value (same architecture, crop and
-# standardisation); recalibrate with `frip eval identify -e facenet-pytorch` before use.
+# standardisation); calibrate with `frip eval calibrate -e facenet-pytorch` before use.
 THRESHOLD = 0.65
 
 
