@@ -2,7 +2,6 @@
 
     python benchmarks/calibrate_thresholds.py                  # every available extractor
     python benchmarks/calibrate_thresholds.py -e arcface --fpir 0.01 --threads 2
-    python benchmarks/calibrate_thresholds.py --embed-only     # fill the embeddings cache
 
 For each extractor (arcface, sface, facenet, facenet-pytorch: those `frip plugins` lists
 as available) and each protection (none; pe-miu at every block size 16/32/64/128 that
@@ -13,8 +12,8 @@ of :mod:`frip_engine.calibration` on ../shared/data/lfw-large and writes
 - ``docs/calibration.md``: the table with FNIR/FPIR and how it was measured;
 - ``docs/calibration.png``: best non-mated and mate score distributions with thresholds.
 
-Embeddings are cached outside the repository (``frip_engine.calibration.
-embeddings_cache_dir``); the first run extracts 4,048 images per extractor (minutes).
+Embeddings are held in memory only (never written to disk): each extractor embeds the
+4,048 images once (minutes) and every protection and block size is calibrated from them.
 BLAS and onnxruntime threads are pinned to ``--threads`` (at most 2).
 """
 
@@ -39,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-e", "--extractor", action="append", help="repeatable; default: all")
     parser.add_argument("--fpir", type=float, default=None, help="default: the engine's (1%%)")
     parser.add_argument("--threads", type=int, default=2, choices=(1, 2))
-    parser.add_argument("--embed-only", action="store_true", help="only fill the cache")
     parser.add_argument("--table", type=Path, default=REPO / "frip_engine" / "calibration.json")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     args = parser.parse_args(argv)
@@ -49,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import Progress
 
     from frip_engine import plugins
-    from frip_engine.calibration import DEFAULT_FPIR, cached_embeddings, calibrate, write_table
-    from frip_engine.evaluation import Dataset
+    from frip_engine.calibration import DEFAULT_FPIR, calibrate, write_table
+    from frip_engine.evaluation import Dataset, embed_with
 
     dataset = Dataset.load(None, args.index)
     fpir = args.fpir or DEFAULT_FPIR
@@ -67,13 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     with Progress() as bar:
         for name in names:  # calibrated as soon as its embeddings are there
             task = bar.add_task(f"{name}: embedding", total=len(dataset.paths))
-            emb = cached_embeddings(
-                name, dataset, args.threads, lambda _n, k, t=task: bar.advance(t, k)
-            )
+            emb = embed_with(name, dataset, args.threads, lambda _n, k, t=task: bar.advance(t, k))
             bar.update(task, completed=len(dataset.paths))
             old[name] = emb.threshold
-            if args.embed_only:
-                continue
             runs: list[tuple[str, int | None]] = [("none", None)]
             runs += [("pe-miu", b) for b in BLOCK_SIZES if emb.dimension // b >= 2]
             for protection, size in runs:
@@ -94,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(task, completed=len(dataset.paths))
                 bar.console.print(record.describe())
             write_table([r for r in records if r.extractor == name], args.table)
-    if args.embed_only:
-        return 0
     args.docs.mkdir(parents=True, exist_ok=True)
     (args.docs / "calibration.md").write_text(markdown(records, scores, old, skipped))
     plot(records, scores, args.docs / "calibration.png")
@@ -187,8 +179,8 @@ images (a CSV with `path,identity`, or a folder of `<identity>/<images>`):
     frip eval calibrate -e arcface --protection pe-miu --block-size 32 --index my.csv \\
         --fpir 0.01 --write-profile my-profile.toml
 
-Embeddings are cached in `$FRIP_CACHE_DIR` (default `~/.cache/frip-engine/embeddings`,
-owner-only files), never in the repository or under FRIP_HOME.
+Embeddings are held in memory only: none is written to disk, in the repository or
+anywhere else.
 """
 
 

@@ -20,20 +20,17 @@ searches whose best candidate is not the mate or scores below it. Under pe-miu e
 gallery template and every search is protected with its own fresh permutation and
 compared with :func:`frip_engine.pemiu.compare_many`, as the engine does.
 
-Embeddings of a data set are cached (``embeddings_cache_dir``, outside the repository
-and outside FRIP_HOME, files readable by the owner only) so that several protections and
-block sizes are calibrated from one extraction.
+Embeddings are held in memory only, never cached on disk (no embedding is ever written
+in the clear): ``benchmarks/calibrate_thresholds.py`` calibrates every protection and block
+size of an extractor from one extraction in one process.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import json
 import math
-import os
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -47,7 +44,7 @@ from frip_engine.evaluation import (
     Dataset,
     Embedded,
     Protocol,
-    _embed,
+    embed_with,
     identification_protocol,
     threshold_at_fpir,
 )
@@ -55,7 +52,6 @@ from frip_engine.evaluation import (
 TABLE_FILE = Path(__file__).with_name("calibration.json")
 DEFAULT_FPIR = 0.01
 PROTECTIONS = ("none", "pe-miu")
-CACHE_FORMAT = 1
 
 Progress = Callable[[str, int], None]
 
@@ -152,83 +148,6 @@ def calibrated_threshold(
             f"--threshold ...` (calibrated: {known or 'none'})"
         )
     return found.threshold, found
-
-
-# ----------------------------------------------------------------------------- embeddings
-def embeddings_cache_dir() -> Path:
-    """$FRIP_CACHE_DIR, else $XDG_CACHE_HOME/frip-engine/embeddings, else ~/.cache/...:
-    never the repository, never FRIP_HOME (where engines keep only encrypted templates)."""
-    if os.environ.get("FRIP_CACHE_DIR"):
-        return Path(os.environ["FRIP_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "frip-engine" / "embeddings"
-
-
-def _cache_file(extractor: str, dataset: Dataset, cache: Path) -> Path:
-    """Named by the extractor and every image's path, size and modification time (a
-    missing image counts as such: it fails again, as a failure). The extractors pin their
-    model files by SHA-256; after changing an extractor's code, empty the cache folder."""
-    digest = hashlib.sha256(f"{CACHE_FORMAT}\n{extractor}\n".encode())
-    for path in dataset.paths:
-        try:
-            stat = path.stat()
-            seen = f"{stat.st_size}\t{stat.st_mtime_ns}"
-        except OSError:
-            seen = "missing"
-        digest.update(f"{path.resolve()}\t{seen}\n".encode())
-    return cache / f"{extractor}-{digest.hexdigest()[:20]}.npz"
-
-
-def _read_cache(file: Path, extractor: str) -> Embedded | None:
-    """The cached embeddings, or None when the file is absent or unreadable (a damaged
-    cache file is a cache miss, never an error)."""
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            return Embedded(
-                extractor,
-                int(data["dimension"]),
-                float(data["threshold"]),
-                np.asarray(data["matrix"], dtype=np.float64),
-                np.asarray(data["ok"], dtype=bool),
-                json.loads(str(data["failures"])),
-                {},
-                float(data["total_seconds"]),
-            )
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-
-
-def cached_embeddings(
-    extractor: str,
-    dataset: Dataset,
-    threads: int = 1,
-    progress: Progress | None = None,
-    cache: Path | None = None,
-) -> Embedded:
-    """One extractor's embeddings of a data set, from the cache when the same files were
-    embedded before (keyed by extractor, paths, sizes and modification times), else
-    extracted with :func:`frip_engine.evaluation._embed` and cached (mode 0600)."""
-    folder = cache or embeddings_cache_dir()
-    file = _cache_file(extractor, dataset, folder)
-    cached = _read_cache(file, extractor)
-    if cached is not None and len(cached.ok) == len(dataset.paths):
-        return cached
-    embedded = _embed(extractor, dataset, threads, progress)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    staging = file.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        np.savez(
-            handle,
-            dimension=embedded.dimension,
-            threshold=embedded.threshold,
-            matrix=embedded.matrix,
-            ok=embedded.ok,
-            failures=json.dumps(embedded.failures),
-            total_seconds=embedded.total_seconds,
-        )
-    staging.replace(file)
-    return embedded
 
 
 # ----------------------------------------------------------------------------- calibrating
@@ -477,11 +396,11 @@ def run_calibration(
     command: str = "",
     progress: Progress | None = None,
 ) -> Calibration:
-    """Calibrate one combination on a labelled data set (``frip eval calibrate``):
-    embeddings from the cache or extracted, then :func:`calibrate`."""
+    """Calibrate one combination on a labelled data set (``frip eval calibrate``): the
+    data set's embeddings, extracted in memory, then :func:`calibrate`."""
     size = resolve_protection(extractor, protection, block_size)
     check_fpir(fpir)
-    embedded = cached_embeddings(extractor, dataset, threads, progress)
+    embedded = embed_with(extractor, dataset, threads, progress)
     step = (lambda n: progress(f"{extractor} {protection}: searching", n)) if progress else None
     record, _ = calibrate(
         embedded, dataset.labels, protection, size, fpir, dataset.root.name, command, step

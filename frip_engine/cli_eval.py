@@ -367,7 +367,7 @@ def calibrate_command(
     Open-set identification: identities with several images enrol one and search with the
     others (mated), identities with one image search unenrolled (non-mated); the threshold
     lets at most FPIR of the non-mated searches through, and FNIR is measured there.
-    Embeddings are cached outside the repository (FRIP_CACHE_DIR, else ~/.cache)."""
+    Embeddings are held in memory only, never written to disk."""
     from dataclasses import asdict
 
     from frip_engine.calibration import resolve_protection, run_calibration, write_profile_threshold

@@ -26,7 +26,7 @@ import numpy as np
 
 from frip_engine import pemiu
 from frip_engine.errors import InputError
-from frip_engine.evaluation import Dataset, Embedded, _embed, verification_metrics
+from frip_engine.evaluation import Dataset, Embedded, embed_with, verification_metrics
 from frip_engine.plots import pyplot
 
 KERNELS = ("poly", "rbf", "sigmoid")
@@ -201,7 +201,7 @@ def run_protection(
     ``he`` adds the encrypted pe-miu probe mode's cost against the plain probe mode."""
     results: dict[str, Any] = {}
     for name in extractors:
-        emb = (embedded or {}).get(name) or _embed(name, dataset, threads, progress)
+        emb = (embedded or {}).get(name) or embed_with(name, dataset, threads, progress)
         for size in block_sizes:
             pemiu.check_block_size(size, emb.dimension)
         keep = np.nonzero(emb.ok)[0]

@@ -483,7 +483,7 @@ def run_verify(
     pairs = read_pairs(pairs_file, dataset) if pairs_file else None
     results: dict[str, Any] = {}
     for name in extractors:
-        embedded = _embed(name, dataset, threads, progress)
+        embedded = embed_with(name, dataset, threads, progress)
         genuine, impostor = comparison_scores(embedded, dataset.labels, pairs)
         results[name] = {
             "dimension": embedded.dimension,
@@ -506,7 +506,7 @@ def run_identify(
 
     results: dict[str, Any] = {}
     for name in extractors:
-        embedded = _embed(name, dataset, threads, progress)
+        embedded = embed_with(name, dataset, threads, progress)
         protocol = identification_protocol(dataset.labels, embedded.ok)
         calibrated = lookup(name, "none", None)  # an unprotected engine's default threshold
         threshold = calibrated.threshold if calibrated else embedded.threshold
@@ -523,9 +523,12 @@ def run_identify(
     return _summary("identify", dataset, results, None)
 
 
-def _embed(
+def embed_with(
     name: str, dataset: Dataset, threads: int, progress: Callable[[str, int], None] | None
 ) -> Embedded:
+    """The named extractor plugin's embeddings of every image of ``dataset``, in memory
+    (never written to disk), with BLAS/OpenCV pinned to ``threads``; ``progress(name, n)``
+    after each ``n`` images."""
     pin_threads(threads)
     extractor = make_extractor(name, threads=threads)
     step = (lambda n: progress(name, n)) if progress else None
