@@ -32,8 +32,9 @@ def frip(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _file_engine(home: Path, name: str) -> Engine:
-    return Engine.create(Profile.from_dict({"engine": {"name": name}}), home)
+def _file_engine(home: Path, name: str, preset: str = "fast") -> Engine:
+    profile = {"engine": {"name": name}, "he": {"preset": preset}}
+    return Engine.create(Profile.from_dict(profile), home)
 
 
 def _sha(path: Path) -> str:
@@ -159,9 +160,10 @@ def test_memory_keys_in_a_new_process_refuse_writes(home: Path) -> None:
 
     keystore_memory._SECRETS.clear()  # what a new process sees
     with Engine.open("mem", home) as engine:
-        report = engine.enrol_many([EnrolItem("x", embeddings=[unit_vectors(1)[0]])])
-        assert "memory" in report.failed["x"] and not report.enrolled
+        with pytest.raises(KeyStoreError, match="missing from memory"):
+            engine.enrol_many([EnrolItem("x", embeddings=[unit_vectors(1)[0]])])
         assert engine.store.blocks() == []
+        assert engine.key_status()["problems"]
 
 
 # ---------------------------------------------------------------- 3. concurrent writers
@@ -195,18 +197,18 @@ def _enrol_processes(home: Path, name: str, vectors: np.ndarray, offset: int) ->
 
 
 def test_concurrent_enrol_processes_pack_like_one_writer(home: Path) -> None:
-    _file_engine(home, "conc").close()
-    v = unit_vectors(8)
-    _enrol_processes(home, "conc", v[:4], 0)  # into an empty engine
-    _enrol_processes(home, "conc", v[4:], 4)  # into a non-empty one
+    _file_engine(home, "conc", "compact").close()
+    v = unit_vectors(6)
+    _enrol_processes(home, "conc", v[:3], 0)  # into an empty engine
+    _enrol_processes(home, "conc", v[3:], 3)  # into a non-empty one
     with Engine.open("conc", home) as engine:
-        assert [b.used for b in engine.store.blocks()] == [8]
-        for i in range(8):
+        assert [b.used for b in engine.store.blocks()] == [6]
+        for i in range(6):
             assert engine.identify(embedding=near(v[i], 0.1, i)).subject_id == f"s{i}"
 
 
 def test_concurrent_enrol_threads_pack_like_one_writer(make_engine: Any, home: Path) -> None:
-    make_engine("threads")
+    make_engine("threads", he={"preset": "compact"})
     v = unit_vectors(12)
     outcomes: list[Any] = []
 

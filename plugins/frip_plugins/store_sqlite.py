@@ -240,17 +240,29 @@ class SQLiteGalleryStore:
         added: Sequence[NewSubject] = (),
         removed: Sequence[str] = (),
         routing: tuple[int, bytes] | None = None,
+        context_sha256: str | None = None,
     ) -> int:
         """Write a block, its slot-map changes and (when given, as expected revision and
-        sealed data) the routing state in one transaction; return the block id."""
+        sealed data) the routing state in one transaction; return the block id. A block
+        whose ``context_sha256`` is not that of HE key ``key_version``'s public context
+        was encrypted under another key and is refused."""
         now = _now()
         with self._transaction() as tx:
             (current,) = tx.execute("SELECT value FROM meta WHERE key = 'key_version'").fetchone()
             if int(current) != key_version:
                 raise StoreError(
                     f"the engine is on HE key v{current}, this write is under v{key_version}: "
-                    "the keys were rotated by another process; open the engine again"
+                    "the keys were rotated meanwhile; nothing was written, retry"
                 )
+            if context_sha256 is not None:
+                (recorded,) = tx.execute(
+                    "SELECT sha256 FROM public_contexts WHERE key_version = ?", (key_version,)
+                ).fetchone()
+                if recorded != context_sha256:
+                    raise StoreError(
+                        f"{self._where()}: this block was encrypted under another public key "
+                        f"than HE key v{key_version}'s; refused, nothing was written"
+                    )
             if block_id is None:
                 cursor = tx.execute(
                     "INSERT INTO blocks (partition, key_version, revision, capacity, data, "
