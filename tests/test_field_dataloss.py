@@ -21,6 +21,7 @@ from frip_engine.keyservice import he_key_id
 from frip_engine.parallel import ParallelScorer, WorkerSetup, result
 from frip_engine.profile import Profile
 from frip_engine.service.db import Database
+from frip_engine.writelock import write_lock
 
 COMPACT_WORKERS = {"engine": {"name": "rot", "workers": 2}, "he": {"preset": "compact"}}
 COMPACT_SLOTS = 2048
@@ -236,13 +237,30 @@ def test_a_subject_enrolled_by_another_writer_meanwhile_is_reported(
 ) -> None:
     first = make_engine("dup")
     v = unit_vectors(2)
-    with Engine.open("dup", home) as second:
-        existing = {s.subject_id for s in first.store.subjects()}
-        assert existing == set()
-        second.enrol(EnrolItem("same", embeddings=[v[0]]))
-    report = first.enrol_many([EnrolItem("same", embeddings=[v[1]])])
-    assert "already enrolled" in report.failed["same"]
+
+    def meanwhile(_subject: str) -> None:  # after `first` read the slot map
+        with Engine.open("dup", home) as second:
+            second.enrol(EnrolItem("same", embeddings=[v[0]]))
+
+    report = first.enrol_many([EnrolItem("same", embeddings=[v[1]])], progress=meanwhile)
+    assert report.failed["same"] == "subject 'same' is already enrolled"
     assert first.identify(embedding=v[0]).subject_id == "same"
+
+
+def test_readers_never_wait_for_a_writer_and_a_stuck_writer_is_reported(
+    make_engine: Any,
+) -> None:
+    engine = make_engine("busy", he={"preset": "compact"})
+    v = unit_vectors(2)
+    engine.enrol(EnrolItem("a", embeddings=[v[0]]))
+    with write_lock(engine.directory, "busy"):  # another writer, mid-enrolment
+        assert engine.identify(embedding=v[0]).subject_id == "a"
+        with (
+            pytest.raises(StoreError, match=r"busy.*nothing was written"),
+            write_lock(engine.directory, "busy", wait=0.2),
+        ):
+            pass
+    engine.enrol(EnrolItem("b", embeddings=[v[1]]))  # the lock is free again
 
 
 # ---------------------------------------------------------------- 4. damaged gallery file
@@ -323,6 +341,9 @@ def test_read_only_commands_never_write_the_gallery(home: Path) -> None:
     with _file_engine(home, "ro") as engine:
         engine.enrol_many([EnrolItem(f"s{i}", embeddings=[x]) for i, x in enumerate(v)])
         gallery = engine.directory / "gallery.sqlite"
+    with sqlite3.connect(gallery) as db:  # e.g. a copy restored in rollback-journal mode
+        db.execute("PRAGMA journal_mode=DELETE")
+    db.close()
     before = _sha(gallery)
     np.save(home.parent / "p.npy", v[1])
     assert frip("identify", "ro", "--embedding", str(home.parent / "p.npy")).returncode == 0
