@@ -644,6 +644,7 @@ class Engine:
     def key_status(self) -> dict[str, Any]:
         """The key store's own status, the key version in use, and under ``problems`` why
         the current HE secret key is missing or cannot be unwrapped (empty: it works)."""
+        self._follow_keys()
         status = dict(self.parts.key_store.status(self.profile.engine_id))
         status["key_version_in_use"] = self.key_version
         status["he"] = self.parts.backend.description
@@ -721,6 +722,7 @@ class Engine:
             old.delete_secret(engine_id, key_id)
 
     def stats(self) -> dict[str, Any]:
+        self._follow_keys()
         blocks = self.store.blocks()
         subjects = sum(b.used for b in blocks)
         stored = sum(b.size_bytes for b in blocks)

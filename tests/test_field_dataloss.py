@@ -132,6 +132,8 @@ def test_enrolment_is_refused_when_the_secret_key_file_is_gone(home: Path) -> No
     assert "Traceback" not in run.stderr
     with Engine.open("lost", home) as engine:
         assert [s.subject_id for s in engine.store.subjects()] == ["a"]
+        with pytest.raises(KeyStoreError, match=r"secret-key\.frip is missing.*backup"):
+            engine.identify(embedding=v[0])
         with pytest.raises(KeyStoreError, match=r"secret-key\.frip"):
             engine.remove("a")
         with pytest.raises(KeyStoreError, match=r"secret-key\.frip"):
