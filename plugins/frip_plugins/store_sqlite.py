@@ -121,8 +121,10 @@ class SQLiteGalleryStore:
     def _failed(self, exc: sqlite3.Error, wrote: bool) -> StoreError:
         """SQLite's error as a StoreError naming the engine, the file and what to do."""
         advice = "nothing was written; " if wrote else ""
-        if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
+        if "malformed" in str(exc):
             advice += "the file is damaged: restore it from a backup"
+        elif "locked" in str(exc) or "busy" in str(exc):
+            advice += "another process kept it busy for over 30 s; retry"
         else:
             advice += "check the disk and the file, then retry"
         return StoreError(f"{self._where()}: {exc}; {advice}")
