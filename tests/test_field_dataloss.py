@@ -169,6 +169,24 @@ def test_memory_keys_in_a_new_process_refuse_writes(home: Path) -> None:
         assert engine.key_status()["problems"]
 
 
+def test_a_sealed_key_file_write_is_durable(tmp_path: Path, monkeypatch: Any) -> None:
+    """File and directory are synced: a crash right after the rename keeps the key file."""
+    import os
+
+    from frip_plugins.sealed_file import write_sealed
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    write_sealed(tmp_path / "secret-key.frip", {"format": "f", "keys": {}})
+    assert str(tmp_path) in synced and str(tmp_path / "secret-key.tmp") in synced
+
+
 # ---------------------------------------------------------------- 3. concurrent writers
 def _enrol_processes(home: Path, name: str, vectors: np.ndarray, offset: int) -> None:
     paths = []
