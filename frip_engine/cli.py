@@ -14,7 +14,7 @@ from frip_engine import plugins
 from frip_engine.cli_eval import add_bench_commands, eval_app
 from frip_engine.cli_output import err, out, shown, styled
 from frip_engine.cli_serve import add_serve_commands
-from frip_engine.errors import FripError, InputError, MissingFileError, ProfileError
+from frip_engine.errors import FripError, InputError, KeyStoreError, MissingFileError, ProfileError
 
 app = typer.Typer(
     help="frip-engine: 1:N face identification over a CKKS-encrypted gallery.",
@@ -487,6 +487,10 @@ def keys_status(engine_name: EngineArg, as_json: JsonOpt = False, home: HomeOpt 
     with Engine.open(engine_name, home) as engine:
         status = engine.key_status()
     _print_mapping(status, f"keys of {engine_name}", as_json)
+    if status["problems"]:  # a broken key store is an error, not a line in a table
+        for problem in status["problems"]:
+            err.print(f"broken: {problem}", style="red", highlight=False, markup=False)
+        raise typer.Exit(KeyStoreError.exit_code)
 
 
 @keys_app.command("rotate-kek")

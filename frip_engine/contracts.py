@@ -234,7 +234,12 @@ class GalleryStore(Protocol):
         added: Sequence[NewSubject] = (),
         removed: Sequence[str] = (),
         routing: tuple[int, bytes] | None = None,
-    ) -> int: ...
+        context_sha256: str | None = None,
+    ) -> int:
+        """Write a block and its slot-map changes in one transaction. ``context_sha256``
+        (SHA-256 hex of the public context that encrypted ``data``) must match the public
+        context recorded for ``key_version``, else nothing is written (StoreError)."""
+        ...
 
     def clear_staging(self) -> None: ...
 

@@ -13,6 +13,7 @@ import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from frip_engine.errors import (
 )
 from frip_engine.images import load_image
 from frip_engine.keyservice import KeyService, he_key_id, wipe
-from frip_engine.parallel import ParallelScorer, WorkerSetup, result
+from frip_engine.parallel import ParallelScorer, WorkerSetup, context_fingerprint, result
 from frip_engine.pemiu import PemiuTemplate, stored_vector
 from frip_engine.private import private_dir
 from frip_engine.profile import (
@@ -50,6 +51,7 @@ from frip_engine.profile import (
 )
 from frip_engine.routing import RouterState, plan
 from frip_engine.validate import check_subject_id, check_threshold, check_top_k
+from frip_engine.writelock import write_lock
 
 PROFILE_FILE = "profile.toml"
 # One enrolment step: (partition, open block or None for a new one, free slots, rows).
@@ -82,21 +84,36 @@ class Engine:
         self.directory = directory
         self.parts = parts
         self.store = parts.gallery_store
-        meta = self.store.meta()
-        self.key_version = int(meta["key_version"])
-        self.key_service = KeyService(
-            parts.backend,
-            parts.key_store,
-            profile.engine_id,
-            self.key_version,
-            self.store.public_context(self.key_version),
-        )
-        self.matcher = parts.backend.matcher(
-            self.key_service.public_context, parts.pemiu_block_size
-        )
         self._blocks: dict[int, tuple[int, Any]] = {}
         self._scorer: ParallelScorer | None = None
         self._slot_map: tuple[tuple[tuple[int, int], ...], dict[int, dict[int, str]]] | None = None
+        self.key_version = 0
+        self._follow_keys()
+
+    def _follow_keys(self) -> None:
+        """Use the HE key version the gallery is on. After a rotation (by this object or
+        another one, in any process) every object built from the retired key goes: the key
+        service, the matcher, the loaded blocks and the worker processes."""
+        version = int(self.store.meta()["key_version"])
+        if version == self.key_version:
+            return
+        public = self.store.public_context(version)
+        self._use_keys(
+            KeyService(
+                self.parts.backend, self.parts.key_store, self.profile.engine_id, version, public
+            )
+        )
+
+    def _use_keys(self, service: KeyService) -> None:
+        self.key_version = service.key_version
+        self.key_service = service
+        self.matcher = self.parts.backend.matcher(
+            service.public_context, self.parts.pemiu_block_size
+        )
+        self._blocks.clear()
+        if self._scorer is not None:
+            self._scorer.close()
+            self._scorer = None
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -228,7 +245,14 @@ class Engine:
             except FripError as exc:
                 report.failed[item.subject_id] = str(exc)
         if templates:
-            self._commit_templates(templates, report)
+            with self._writing():
+                for subject in self.store.subjects():  # enrolled by another writer meanwhile
+                    if templates.pop(subject.subject_id, None) is not None:
+                        report.failed[subject.subject_id] = (
+                            f"subject '{subject.subject_id}' is already enrolled"
+                        )
+                if templates:
+                    self._commit_templates(templates, report)
         return report
 
     def _template_inputs(self, item: EnrolItem) -> tuple[list[np.ndarray], list[str]]:
@@ -297,7 +321,9 @@ class Engine:
             for info, slots, chunk in self._allocate(partition, rows)
         ]
         blocks = self._encrypted_blocks(matrix, steps)
-        for (partition, info, slots, chunk), encrypted in zip(steps, blocks, strict=True):
+        for (partition, info, slots, chunk), (fingerprint, encrypted) in zip(
+            steps, blocks, strict=True
+        ):
             data = matrix[chunk]
             added = [
                 NewSubject(ids[r], s, templates[ids[r]][1])
@@ -317,6 +343,7 @@ class Engine:
                     encrypted,
                     added=added,
                     routing=routing,
+                    context_sha256=fingerprint,
                 )
             except FripError as exc:  # this chunk is absent; the others stand
                 report.failed.update({s.subject_id: f"not stored: {exc}" for s in added})
@@ -335,27 +362,31 @@ class Engine:
                     slot=subject.slot,
                 )
 
-    def _encrypted_blocks(self, matrix: np.ndarray, steps: Sequence[Step]) -> Iterator[bytes]:
-        """Each step's block, serialised, in order: an open block with its rows added, or a
-        new block. With several workers the new blocks of a bulk enrolment are encrypted in
-        the worker processes, a few ahead, while this process commits the earlier ones."""
+    def _encrypted_blocks(
+        self, matrix: np.ndarray, steps: Sequence[Step]
+    ) -> Iterator[tuple[str, bytes]]:
+        """Each step's block in order, as (fingerprint of the public context that encrypted
+        it, serialised block): an open block with its rows added, or a new block. With
+        several workers the new blocks of a bulk enrolment are encrypted in the worker
+        processes, a few ahead, while this process commits the earlier ones."""
         fresh = [i for i, (_, info, _, _) in enumerate(steps) if info is None]
         scorer = self._parallel() if self.profile.workers > 1 and len(fresh) > 1 else None
-        ahead: dict[int, Future[bytes]] = {}
+        mine = context_fingerprint(self.key_service.public_context)
+        ahead: dict[int, Future[tuple[str, bytes]]] = {}
         queue = iter(fresh if scorer else ())
         for i, (_, info, slots, chunk) in enumerate(steps):
             while scorer and len(ahead) < 2 * self.profile.workers:
                 j = next(queue, None)
                 if j is None:
                     break
-                ahead[j] = scorer.encrypt(matrix[steps[j][3]], steps[j][2])
+                ahead[j] = scorer.encrypt(matrix[steps[j][3]], steps[j][2], self.key_version)
             if i in ahead:
                 yield result(ahead.pop(i))
             elif info is None:
-                yield self.matcher.dump(self.matcher.encrypt_rows(matrix[chunk], slots))
+                yield mine, self.matcher.dump(self.matcher.encrypt_rows(matrix[chunk], slots))
             else:
                 block = self.matcher.add_rows(self._load_block(info), matrix[chunk], slots)
-                yield self.matcher.dump(block)
+                yield mine, self.matcher.dump(block)
 
     def _allocate(
         self, partition: int, rows: list[int]
@@ -433,6 +464,7 @@ class Engine:
         watch = Stopwatch()
         probe, notes = self._probe(watch, image, embedding)
         with self.store.snapshot():  # slot map and blocks from one consistent state
+            self._follow_keys()
             every = self.store.blocks()
             occupants = self._occupants(every)
             blocks = [b for b in every if occupants.get(b.block_id)]
@@ -472,6 +504,7 @@ class Engine:
         watch = Stopwatch()
         probe, notes = self._probe(watch, image, embedding)
         with self.store.snapshot():
+            self._follow_keys()
             record = self.store.subject(subject_id)
             if record is None:
                 raise UnknownSubjectError(
@@ -488,9 +521,9 @@ class Engine:
         stale = [b.block_id for b in infos if b.key_version != self.key_version]
         if stale:
             raise StoreError(
-                f"blocks {stale} are under HE key v{infos[0].key_version}, this engine object "
-                f"holds v{self.key_version}: the keys were rotated by another process; open "
-                "the engine again"
+                f"engine '{self.name}': blocks {stale} are recorded under another HE key than "
+                f"the gallery's v{self.key_version}; the gallery is inconsistent, refusing to "
+                "score them: restore it from a backup"
             )
         if self.profile.workers > 1:
             return [(info, None) for info in infos]  # the workers load their own share
@@ -508,6 +541,7 @@ class Engine:
                     str(self.directory),
                     self.key_service.public_context,
                     self.parts.pemiu_block_size,
+                    self.key_version,
                 ),
                 self.profile.workers,
             )
@@ -559,6 +593,10 @@ class Engine:
     def remove(self, subject_id: str) -> None:
         """Erase a subject from the ciphertexts (decrypt, zero, re-encrypt) and the slot map."""
         check_subject_id(subject_id)
+        with self._writing():
+            self._remove(subject_id)
+
+    def _remove(self, subject_id: str) -> None:
         record = self.store.subject(subject_id)
         if record is None:
             raise UnknownSubjectError(
@@ -580,6 +618,7 @@ class Engine:
             fresh,
             removed=[subject_id],
             routing=None if current is None or router is None else (current[0], router),
+            context_sha256=context_fingerprint(self.key_service.public_context),
         )
         self._blocks.pop(info.block_id, None)
         _emit("frip_removed", engine=self.name, subject_id=subject_id)
@@ -591,13 +630,16 @@ class Engine:
         Until the final store transaction the engine runs on its old keys: a rotation
         killed midway leaves it working, and the next rotation starts over.
         """
+        with self._writing():
+            return self._rotate_he_keys(progress)
+
+    def _rotate_he_keys(self, progress: Progress | None) -> int:
         engine_id, old_version = self.profile.engine_id, self.key_version
         new_version = old_version + 1
         key_store = self.parts.key_store
         self.store.clear_staging()
         key_store.delete_secret(engine_id, he_key_id(new_version))  # left by an interruption
         fresh = KeyService.generate(self.parts.backend, key_store, engine_id, new_version)
-        matcher = self.parts.backend.matcher(fresh.public_context, self.parts.pemiu_block_size)
         occupants = self._occupants()
         for info in self.store.blocks():
             if progress:
@@ -607,20 +649,57 @@ class Engine:
             rebuilt, _ = self.key_service.rebuild_block(data, keep, fresh.public_context)
             self.store.stage_block(info.block_id, revision, new_version, rebuilt)
         self.store.switch_key_version(new_version, fresh.public_context)
-        self.key_version, self.key_service, self.matcher = new_version, fresh, matcher
-        self._blocks.clear()
+        self._use_keys(fresh)
         key_store.delete_secret(engine_id, he_key_id(old_version))
         return new_version
 
     def rotate_kek(self) -> str:
         """Re-wrap the HE secret key under a fresh key-encryption key."""
-        return str(self.parts.key_store.rotate_kek(self.profile.engine_id))
+        with self._writing():
+            return str(self.parts.key_store.rotate_kek(self.profile.engine_id))
 
     def key_status(self) -> dict[str, Any]:
+        """The key store's own status, the key version in use, and under ``problems`` why
+        the current HE secret key is missing or cannot be unwrapped (empty: it works)."""
+        self._follow_keys()
         status = dict(self.parts.key_store.status(self.profile.engine_id))
         status["key_version_in_use"] = self.key_version
         status["he"] = self.parts.backend.description
+        problem = self._secret_key_problem(unwrap=True)
+        status["problems"] = [] if problem is None else [problem]
         return status
+
+    def _secret_key_problem(self, unwrap: bool) -> str | None:
+        """Why the current HE secret key is unusable, or None. Presence is checked in the
+        key store's listing; with ``unwrap`` the key is also unwrapped once (and wiped)."""
+        key_id = he_key_id(self.key_version)
+        store, engine_id = self.parts.key_store, self.profile.engine_id
+        try:
+            if key_id not in store.status(engine_id).get("sealed_keys", []):
+                return (
+                    f"engine '{self.name}': its HE secret key '{key_id}' is missing from "
+                    f"{store.describe()}; nothing in the gallery can be decrypted without it. "
+                    "Restore the key store (e.g. the key file) from a backup, then check with "
+                    f"`frip keys status {self.name}`"
+                )
+            if unwrap:
+                wipe(store.load_secret(engine_id, key_id))
+        except KeyStoreError as exc:
+            return f"engine '{self.name}': its HE secret key '{key_id}' is unusable: {exc}"
+        return None
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around every write: hold the engine's write lock (one writer at a time, in any
+        thread or process, so slots are allocated from the slot map as it is), follow a
+        key rotation made elsewhere, and refuse to write into an engine whose current HE
+        secret key is gone (what it wrote could never be decrypted)."""
+        with write_lock(self.directory, self.name):
+            self._follow_keys()
+            problem = self._secret_key_problem(unwrap=False)
+            if problem is not None:
+                raise KeyStoreError(f"{problem}. Nothing was written")
+            yield
 
     def move_keys(self, section: dict[str, Any]) -> None:
         """Put the HE secret key into a newly initialised key store and switch the profile.
@@ -628,6 +707,10 @@ class Engine:
         The old store's copy is deleted only after the new one has been read back and the
         profile saved, so a failure at any step leaves a working engine.
         """
+        with self._writing():
+            self._move_keys(section)
+
+    def _move_keys(self, section: dict[str, Any]) -> None:
         engine_id, version = self.profile.engine_id, self.key_version
         params = {k: v for k, v in section.items() if k != "plugin"}
         target = plugins.create("key_store", str(section["plugin"]), **params)
@@ -656,6 +739,7 @@ class Engine:
             old.delete_secret(engine_id, key_id)
 
     def stats(self) -> dict[str, Any]:
+        self._follow_keys()
         blocks = self.store.blocks()
         subjects = sum(b.used for b in blocks)
         stored = sum(b.size_bytes for b in blocks)

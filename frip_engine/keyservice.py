@@ -71,6 +71,10 @@ class KeyService:
     def public_context(self) -> bytes:
         return self._public
 
+    @property
+    def key_version(self) -> int:
+        return self._key_version
+
     @contextmanager
     def unlocked(self) -> Iterator[Decryptor]:
         """The secret key, for the duration of one ``with`` block only."""

@@ -10,11 +10,17 @@ Workers start with 'forkserver' (never fork: a PKCS#11 library must not be forke
 runs the calling script's top level again in each worker: a script that uses an engine
 with workers must do so under ``if __name__ == "__main__":``, and is told so before any
 worker starts (:func:`check_main_guard`).
+
+A worker holds the public key of one HE key version, fixed when it starts. Every task
+names the key version it is for and the worker refuses any other, so a pool that outlived
+a key rotation can never encrypt a block under the retired key; new blocks come back with
+the fingerprint of the public context that encrypted them, which the store checks.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import multiprocessing
 import sys
 import tokenize
@@ -41,6 +47,12 @@ class WorkerSetup:
     engine_dir: str
     public_context: bytes
     pemiu_block_size: int | None  # a pe-miu engine's probe block size
+    key_version: int  # the HE key version of public_context
+
+
+def context_fingerprint(public_context: bytes) -> str:
+    """SHA-256 (hex) of a serialised public context: which public key encrypted a block."""
+    return hashlib.sha256(public_context).hexdigest()
 
 
 _worker: dict[str, Any] = {}
@@ -54,10 +66,25 @@ def _start(setup: WorkerSetup) -> None:
     store = plugins.create("gallery_store", setup.store, **setup.store_params)
     store.bind(setup.engine_dir)
     matcher = backend.matcher(setup.public_context, setup.pemiu_block_size)
-    _worker.update(matcher=matcher, store=store, blocks={})
+    _worker.update(
+        matcher=matcher,
+        store=store,
+        blocks={},
+        key_version=setup.key_version,
+        fingerprint=context_fingerprint(setup.public_context),
+    )
 
 
-def _score(block_id: int, revision: int, payload: bytes) -> tuple[int, bytes]:
+def _check_key(key_version: int) -> None:
+    if key_version != _worker["key_version"]:
+        raise StoreError(
+            f"this worker process holds HE key v{_worker['key_version']} and was asked for "
+            f"v{key_version}; it refuses (the engine restarts its workers after a rotation)"
+        )
+
+
+def _score(key_version: int, block_id: int, revision: int, payload: bytes) -> tuple[int, bytes]:
+    _check_key(key_version)
     matcher, store, blocks = _worker["matcher"], _worker["store"], _worker["blocks"]
     if _worker.get("payload") != payload:  # parse each probe once per worker
         _worker.update(payload=payload, prepared=matcher.prepare_probe(payload))
@@ -70,9 +97,10 @@ def _score(block_id: int, revision: int, payload: bytes) -> tuple[int, bytes]:
     return block_id, bytes(matcher.score(cached[1], _worker["prepared"]))
 
 
-def _encrypt(rows: np.ndarray, slots: list[int]) -> bytes:
+def _encrypt(key_version: int, rows: np.ndarray, slots: list[int]) -> tuple[str, bytes]:
+    _check_key(key_version)
     matcher = _worker["matcher"]
-    return bytes(matcher.dump(matcher.encrypt_rows(rows, slots)))
+    return _worker["fingerprint"], bytes(matcher.dump(matcher.encrypt_rows(rows, slots)))
 
 
 def result(future: Future[T]) -> T:
@@ -157,20 +185,24 @@ class ParallelScorer:
             for _ in range(workers)
         ]
         self._turn = count()
+        self.key_version = setup.key_version
 
     def score(self, blocks: list[BlockInfo], payload: bytes) -> list[tuple[int, bytes]]:
         futures: list[Future[tuple[int, bytes]]] = [
             self._pools[b.block_id % len(self._pools)].submit(
-                _score, b.block_id, b.revision, payload
+                _score, b.key_version, b.block_id, b.revision, payload
             )
             for b in blocks
         ]
         return [result(f) for f in futures]
 
-    def encrypt(self, rows: np.ndarray, slots: list[int]) -> Future[bytes]:
-        """A new block of ``rows`` in ``slots``, serialised, from the next worker in turn."""
+    def encrypt(
+        self, rows: np.ndarray, slots: list[int], key_version: int
+    ) -> Future[tuple[str, bytes]]:
+        """A new block of ``rows`` in ``slots`` under HE key ``key_version``, from the next
+        worker in turn: (fingerprint of the public context used, serialised block)."""
         pool = self._pools[next(self._turn) % len(self._pools)]
-        return pool.submit(_encrypt, rows, slots)
+        return pool.submit(_encrypt, key_version, rows, slots)
 
     def close(self) -> None:
         for pool in self._pools:

@@ -133,6 +133,10 @@ class _Failing:
     def executemany(self, sql: str, *args: Any) -> Any:
         return self._explode()
 
+    @property
+    def in_transaction(self) -> bool:
+        return self._db.in_transaction
+
 
 KILL_SCRIPT = """
 import sys, numpy as np

@@ -139,6 +139,12 @@ class FileKeyStore:
 
         entry = self._read()["keys"].get(key_id)
         if entry is None:
+            assert self.path is not None
+            if not self.path.is_file():
+                raise KeyStoreError(
+                    f"key file {self.path} is missing, so key '{key_id}' cannot be unwrapped: "
+                    "restore the file from a backup"
+                )
             raise KeyStoreError(f"key '{key_id}' is not in {self.path}")
         try:
             salt = base64.b64decode(entry["salt"])

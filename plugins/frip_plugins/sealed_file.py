@@ -39,6 +39,9 @@ def read_sealed(path: Path, fmt: str, empty: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_sealed(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` atomically and durably: the new file is synced, renamed over the
+    old one, and the directory synced, so a crash leaves the old or the new key file,
+    never none (a rename not yet on disk would otherwise lose the keys with the crash)."""
     staging = path.with_suffix(".tmp")
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -46,3 +49,8 @@ def write_sealed(path: Path, data: dict[str, Any]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     staging.replace(path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

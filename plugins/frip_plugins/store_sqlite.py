@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from frip_engine import sqlite_tx
 from frip_engine.contracts import BlockInfo, NewSubject, SubjectRecord
 from frip_engine.errors import CorruptionError, StoreError, SubjectError
 from frip_engine.hookspecs import hookimpl
@@ -23,6 +24,7 @@ from frip_engine.private import private_file
 
 SCHEMA_VERSION = 1
 DEFAULT_FILE = "gallery.sqlite"
+SQLITE_HEADER = b"SQLite format 3\x00"
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE public_contexts (
@@ -58,6 +60,7 @@ class SQLiteGalleryStore:
     def __init__(self, path: str | None = None) -> None:
         self.path = Path(path).expanduser() if path else None
         self._db: sqlite3.Connection | None = None
+        self._engine = "?"
 
     @property
     def max_blob_bytes(self) -> int:
@@ -70,70 +73,108 @@ class SQLiteGalleryStore:
             probe.close()
 
     def bind(self, engine_dir: str) -> None:
+        self._engine = Path(engine_dir).name
         if self.path is None:
             self.path = Path(engine_dir) / DEFAULT_FILE
 
+    def _where(self) -> str:
+        return f"engine '{self._engine}': gallery file {self.path}"
+
     def _connect(self, create: bool = False) -> sqlite3.Connection:
+        """The connection; an existing gallery is checked before SQLite touches it, and
+        opening it writes nothing (its WAL journal mode was set when it was created)."""
         if self._db is not None:
             return self._db
         if self.path is None:
             raise StoreError("sqlite gallery store is not bound to an engine directory")
-        if not create and not self.path.is_file():
-            raise StoreError(f"gallery file {self.path} is missing")
+        if not create:
+            self._check_file(self.path)
         try:
             private_file(self.path)  # 0600 before SQLite opens it: its -wal and -shm follow
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            db.execute("PRAGMA journal_mode=WAL")
+            if create:
+                db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA secure_delete=ON")  # erased ciphertexts are overwritten on disk
             version = db.execute("PRAGMA user_version").fetchone()[0]
         except (sqlite3.DatabaseError, OSError) as exc:
-            raise StoreError(
-                f"gallery file {self.path} is not a readable SQLite file: {exc}"
-            ) from exc
+            raise StoreError(f"{self._where()} is not a readable SQLite file: {exc}") from exc
         if not create and version != SCHEMA_VERSION:
             db.close()
             raise StoreError(
-                f"gallery file {self.path} has schema version {version}; "
+                f"{self._where()} has schema version {version}; "
                 f"this frip-engine reads version {SCHEMA_VERSION}"
             )
         self._db = db
         return db
 
+    def _check_file(self, path: Path) -> None:
+        """Refuse a gallery file that is missing, empty or not SQLite, before SQLite would
+        quietly treat it as a new empty database (and write a header into it)."""
+        try:
+            with path.open("rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        except FileNotFoundError:
+            raise StoreError(f"{self._where()} is missing; restore it from a backup") from None
+        except OSError as exc:
+            raise StoreError(f"{self._where()} cannot be read: {exc}") from exc
+        if not header:
+            raise StoreError(
+                f"{self._where()} is empty (0 bytes), e.g. after a full disk or an interrupted "
+                "copy; restore it from a backup (nothing was changed)"
+            )
+        if header != SQLITE_HEADER:
+            raise StoreError(
+                f"{self._where()} is not a readable SQLite file (no SQLite header); "
+                "restore it from a backup (nothing was changed)"
+            )
+
+    def _failed(self, exc: sqlite3.Error, wrote: bool) -> StoreError:
+        """SQLite's error as a StoreError naming the engine, the file and what to do."""
+        advice = "nothing was written; " if wrote else ""
+        if "malformed" in str(exc):
+            advice += "the file is damaged: restore it from a backup"
+        elif "locked" in str(exc) or "busy" in str(exc):
+            advice += "another process kept it busy for over 30 s; retry"
+        else:
+            advice += "check the disk and the file, then retry"
+        return StoreError(f"{self._where()}: {exc}; {advice}")
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self._connect()
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            with sqlite_tx.transaction(db):
+                yield db
+        except sqlite3.Error as exc:
+            raise self._failed(exc, wrote=True) from exc
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
         """Reads inside see one consistent state of blocks and slot map (WAL snapshot)."""
         db = self._connect()
-        db.execute("BEGIN")
         try:
-            yield
-        finally:
-            db.execute("COMMIT")
+            with sqlite_tx.transaction(db, "BEGIN"):
+                yield
+        except sqlite3.Error as exc:
+            raise self._failed(exc, wrote=False) from exc
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
             return self._connect().execute(sql, args).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"gallery file {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise self._failed(exc, wrote=False) from exc
 
     def initialise(self, meta: dict[str, str]) -> None:
-        db = self._connect(create=True)
-        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise StoreError(f"gallery file {self.path} already holds a gallery")
-        db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        self._connect(create=True)
+        if self._query("SELECT count(*) FROM sqlite_master")[0][0]:
+            raise StoreError(f"{self._where()} already holds a gallery")
         with self._transaction() as tx:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    tx.execute(statement)
+            tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             tx.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
 
     def meta(self) -> dict[str, str]:
@@ -150,10 +191,10 @@ class SQLiteGalleryStore:
             "SELECT data, sha256 FROM public_contexts WHERE key_version = ?", (key_version,)
         )
         if not rows:
-            raise StoreError(f"gallery file {self.path} has no public context v{key_version}")
+            raise StoreError(f"{self._where()} has no public context v{key_version}")
         data, digest = rows[0]
         if _digest(data) != digest:
-            raise CorruptionError(f"public context v{key_version} in {self.path} is corrupted")
+            raise CorruptionError(f"{self._where()}: public context v{key_version} is corrupted")
         return bytes(data)
 
     def blocks(self) -> list[BlockInfo]:
@@ -169,11 +210,11 @@ class SQLiteGalleryStore:
             "SELECT revision, data, sha256 FROM blocks WHERE block_id = ?", (block_id,)
         )
         if not rows:
-            raise StoreError(f"block {block_id} is not in {self.path}")
+            raise StoreError(f"{self._where()}: block {block_id} is not in it")
         revision, data, digest = rows[0]
         if _digest(data) != digest:
             raise CorruptionError(
-                f"block {block_id} in {self.path} failed its SHA-256 check: the gallery file "
+                f"{self._where()}: block {block_id} failed its SHA-256 check: the file "
                 "is corrupted; restore it from a backup (the block was not used)"
             )
         return int(revision), bytes(data)
@@ -185,7 +226,7 @@ class SQLiteGalleryStore:
             return None
         revision, data, digest = rows[0]
         if _digest(data) != digest:
-            raise CorruptionError(f"the routing state in {self.path} failed its SHA-256 check")
+            raise CorruptionError(f"{self._where()}: the routing state failed its SHA-256 check")
         return int(revision), bytes(data)
 
     def subjects(self) -> list[SubjectRecord]:
@@ -213,52 +254,60 @@ class SQLiteGalleryStore:
         added: Sequence[NewSubject] = (),
         removed: Sequence[str] = (),
         routing: tuple[int, bytes] | None = None,
+        context_sha256: str | None = None,
     ) -> int:
         """Write a block, its slot-map changes and (when given, as expected revision and
-        sealed data) the routing state in one transaction; return the block id."""
+        sealed data) the routing state in one transaction; return the block id. A block
+        whose ``context_sha256`` is not that of HE key ``key_version``'s public context
+        was encrypted under another key and is refused."""
         now = _now()
-        try:
-            with self._transaction() as tx:
-                (current,) = tx.execute(
-                    "SELECT value FROM meta WHERE key = 'key_version'"
+        with self._transaction() as tx:
+            (current,) = tx.execute("SELECT value FROM meta WHERE key = 'key_version'").fetchone()
+            if int(current) != key_version:
+                raise StoreError(
+                    f"the engine is on HE key v{current}, this write is under v{key_version}: "
+                    "the keys were rotated meanwhile; nothing was written, retry"
+                )
+            if context_sha256 is not None:
+                (recorded,) = tx.execute(
+                    "SELECT sha256 FROM public_contexts WHERE key_version = ?", (key_version,)
                 ).fetchone()
-                if int(current) != key_version:
+                if recorded != context_sha256:
                     raise StoreError(
-                        f"the engine is on HE key v{current}, this write is under v{key_version}: "
-                        "the keys were rotated by another process; open the engine again"
+                        f"{self._where()}: this block was encrypted under another public key "
+                        f"than HE key v{key_version}'s; refused, nothing was written"
                     )
-                if block_id is None:
-                    cursor = tx.execute(
-                        "INSERT INTO blocks (partition, key_version, revision, capacity, data, "
-                        "sha256, updated_at) VALUES (?, ?, 1, ?, ?, ?, ?)",
-                        (partition, key_version, capacity, data, _digest(data), now),
+            if block_id is None:
+                cursor = tx.execute(
+                    "INSERT INTO blocks (partition, key_version, revision, capacity, data, "
+                    "sha256, updated_at) VALUES (?, ?, 1, ?, ?, ?, ?)",
+                    (partition, key_version, capacity, data, _digest(data), now),
+                )
+                assert cursor.lastrowid is not None
+                block_id = int(cursor.lastrowid)
+            else:
+                cursor = tx.execute(
+                    "UPDATE blocks SET data = ?, sha256 = ?, revision = revision + 1, "
+                    "updated_at = ? WHERE block_id = ? AND revision = ?",
+                    (data, _digest(data), now, block_id, expected_revision),
+                )
+                if cursor.rowcount != 1:
+                    raise StoreError(
+                        f"block {block_id} changed while this update was prepared; retry"
                     )
-                    assert cursor.lastrowid is not None
-                    block_id = int(cursor.lastrowid)
-                else:
-                    cursor = tx.execute(
-                        "UPDATE blocks SET data = ?, sha256 = ?, revision = revision + 1, "
-                        "updated_at = ? WHERE block_id = ? AND revision = ?",
-                        (data, _digest(data), now, block_id, expected_revision),
-                    )
-                    if cursor.rowcount != 1:
-                        raise StoreError(
-                            f"block {block_id} changed while this update was prepared; retry"
-                        )
-                if routing is not None:
-                    self._write_routing(tx, *routing)
+            if routing is not None:
+                self._write_routing(tx, *routing)
+            try:
                 for subject_id in removed:
                     tx.execute("DELETE FROM subjects WHERE subject_id = ?", (subject_id,))
                 tx.executemany(
                     "INSERT INTO subjects VALUES (?, ?, ?, ?, ?)",
                     [(s.subject_id, block_id, s.slot, s.images, now) for s in added],
                 )
-        except sqlite3.IntegrityError as exc:
-            raise SubjectError(
-                f"slot map rejected the change ({exc}); nothing was written"
-            ) from exc
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"gallery file {self.path}: {exc}; nothing was written") from exc
+            except sqlite3.IntegrityError as exc:
+                raise SubjectError(
+                    f"slot map rejected the change ({exc}); nothing was written"
+                ) from exc
         return block_id
 
     @staticmethod
