@@ -18,6 +18,7 @@ from frip_engine.errors import ProfileError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
 from frip_plugins.face_common import (
+    DEFAULT_SELECTION,
     Face,
     FacePipeline,
     align_5point,
@@ -53,7 +54,9 @@ class ArcFaceExtractor(FacePipeline):
         det_sizes: tuple[int, ...] | list[int] = (320, 640),
         det_threshold: float = 0.5,
         threads: int = 1,
-        select: str = "largest",
+        select: str = DEFAULT_SELECTION,
+        orientation: str = "auto",
+        same_person_floor: float | None = None,
         batch_size: int = 16,
     ) -> None:
         # Detection runs at each input size in turn until a face is found: 320 suits
@@ -62,7 +65,7 @@ class ArcFaceExtractor(FacePipeline):
             raise ProfileError("arcface: det_sizes must be multiples of 32 in [128, 1280]")
         if not 0.0 < det_threshold < 1.0:
             raise ProfileError("arcface: det_threshold must be in (0, 1)")
-        super().__init__(select=select, batch_size=batch_size, threads=threads)
+        super().__init__(select, orientation, same_person_floor, batch_size, threads)
         self.det_sizes = tuple(int(s) for s in det_sizes)
         self.det_threshold = det_threshold
         self._detector: Any = None

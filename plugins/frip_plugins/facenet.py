@@ -23,6 +23,7 @@ from frip_engine.errors import ProfileError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
 from frip_plugins.face_common import (
+    DEFAULT_SELECTION,
     Face,
     FacePipeline,
     crop_with_margin,
@@ -274,7 +275,9 @@ class MtcnnBoxCropPipeline(FacePipeline):
         margin: float = 0.3,
         min_face_size: int = 20,
         max_detect_side: int = 1024,
-        select: str = "largest",
+        select: str = DEFAULT_SELECTION,
+        orientation: str = "auto",
+        same_person_floor: float | None = None,
         batch_size: int = 16,
         threads: int = 1,
     ) -> None:
@@ -284,7 +287,7 @@ class MtcnnBoxCropPipeline(FacePipeline):
             raise ProfileError(f"{self.name}: min_face_size must be in [12, 1000] pixels")
         if not 160 <= max_detect_side <= 4096:
             raise ProfileError(f"{self.name}: max_detect_side must be in [160, 4096]")
-        super().__init__(select=select, batch_size=batch_size, threads=threads)
+        super().__init__(select, orientation, same_person_floor, batch_size, threads)
         self.margin = margin
         self.min_face_size = min_face_size
         self.max_detect_side = max_detect_side
