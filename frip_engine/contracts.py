@@ -44,6 +44,7 @@ class Extractor(Protocol):
     name: str
     dimension: int
     threshold: float  # cosine-similarity decision threshold calibrated for this model
+    same_person_floor: float  # cosine below which two images of one subject are two people
 
     def models(self) -> list[ModelFile]: ...
 

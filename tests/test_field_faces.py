@@ -201,11 +201,13 @@ def test_an_identify_decision_says_which_face_was_used(make_engine: Any, lfw: Pa
     assert any(re.search(r"2 faces found; used face \d of 2 .*box \(", n) for n in decision.notes)
 
 
-def test_the_default_policy_is_the_one_measured_best_on_lfw_large() -> None:
+def test_the_default_policy_and_floors_are_the_ones_measured_on_lfw_large() -> None:
     measured = json.loads((REPO / "docs" / "face-policy.json").read_text())
     assert measured["chosen"] == DEFAULT_SELECTION
     for name in EXTRACTORS:
-        assert plugins.create("extractor", name).select == DEFAULT_SELECTION
+        extractor = plugins.create("extractor", name)
+        assert extractor.select == DEFAULT_SELECTION
+        assert extractor.same_person_floor == measured["same_person_floor"][name]
 
 
 @pytest.mark.parametrize("name", EXTRACTORS)

