@@ -67,6 +67,17 @@ def test_a_turned_photo_gives_the_upright_photos_embedding(
     assert float(turned.embedding @ upright.embedding) > 0.99
     assert any(f"turned {360 - degrees} degrees" in note for note in turned.notes), turned.notes
     assert not any("turned" in note for note in upright.notes)
+    # the box is reported in the turned photo's own pixels
+    assert np.allclose(turned.box, _turn_box(upright.box, degrees // 90, 250), atol=1.0)
+
+
+def _turn_box(box: tuple[float, ...], turns: int, side: int) -> tuple[float, ...]:
+    """A box in a square photo of ``side`` pixels after ``turns`` counter-clockwise turns:
+    each takes pixel point (x, y) to (y, side - x)."""
+    x1, y1, x2, y2 = box
+    for _ in range(turns):
+        x1, y1, x2, y2 = y1, side - x2, y2, side - x1
+    return x1, y1, x2, y2
 
 
 @pytest.mark.parametrize("name", EXTRACTORS)
