@@ -17,9 +17,10 @@ what the pick does to recognition over the whole set:
   where the policy picked a face other than the one most like the person's other photos.
 
 The default policy is the one with the best mean rank-1 over the extractors (then genuine
-mean; ties keep ``largest``). The same run calibrates each extractor's
-``same_person_floor`` (issue 13 item 11): the 0.1% quantile of the genuine-pair cosine
-under the chosen policy, with the share of impostor pairs that fall below it.
+mean; ties go to ``insightface``, the field's rule, then ``largest``). The same run
+calibrates each extractor's ``same_person_floor`` (issue 13 item 11): the 0.1% quantile
+of the genuine-pair cosine under the chosen policy, with the share of impostor pairs that
+fall below it.
 
 Threads are pinned (default 1) before numpy and onnxruntime start. Detection runs on the
 photo as given (``orientation = 'as-is'``: LFW photos are upright). Writes
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 POLICIES = ("largest", "central", "insightface")
+TIE_ORDER = ("central", "largest", "insightface")  # last wins a tie
 FLOOR_QUANTILE = 0.001
 HEADER = ("threads", "machine")  # what must match to combine runs
 REPO = Path(__file__).resolve().parents[1]
@@ -164,13 +166,14 @@ def score_policy(
 
 
 def choose(results: dict[str, Any]) -> str:
-    """The policy with the best mean rank-1, then mean genuine score; ties keep 'largest'."""
+    """The policy with the best mean rank-1, then mean genuine score; ties go to the field's
+    rule (``insightface``), then ``largest``."""
 
-    def merit(policy: str) -> tuple[float, float, bool]:
+    def merit(policy: str) -> tuple[float, float, int]:
         entries = [r["policies"][policy] for r in results.values()]
         rank1 = sum(e["rank1"] for e in entries) / len(entries)
         genuine = sum(e["genuine_mean"] for e in entries) / len(entries)
-        return round(rank1, 6), round(genuine, 6), policy == "largest"
+        return round(rank1, 6), round(genuine, 6), TIE_ORDER.index(policy)
 
     return max(POLICIES, key=merit)
 
@@ -221,8 +224,19 @@ def markdown(summary: dict[str, Any]) -> str:
         + ".",
         "",
         f'**Default: `select = "{chosen}"`** (best mean rank-1 over the extractors, then '
-        "genuine mean; a tie keeps `largest`). `select` in `[extractor]` changes it per "
-        "engine; `single` refuses photos with several faces.",
+        "genuine mean; a tie goes to `insightface`, the field's rule, then `largest`). "
+        "`select` in `[extractor]` changes it per engine; `single` refuses photos with "
+        "several faces."
+        + (
+            " `central` and `insightface` pick the same faces on LFW, whose photos are "
+            "centred on their subject; `insightface` also weighs size, so in a wider scene "
+            "a small face near the centre does not beat the subject."
+            if all(
+                e["disagreements"]["central/insightface"] == 0
+                for e in summary["extractors"].values()
+            )
+            else ""
+        ),
         "",
         "## One person's photos: the same-person floor (issue 13 item 11)",
         "",

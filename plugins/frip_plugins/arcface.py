@@ -40,7 +40,7 @@ MODELS = {
 }
 # Lowest cosine of two photos of one person: the 0.1% quantile of genuine pairs on
 # ../shared/data/lfw-large (benchmarks/face_policy.py, docs/face-policy.md).
-SAME_PERSON_FLOOR = 0.10
+SAME_PERSON_FLOOR = 0.08
 # Cosine threshold calibrated on ../shared/data/lfw-dev (docs/extractors.md).
 THRESHOLD = 0.34
 

@@ -37,13 +37,16 @@ SELECTION_POLICIES = {
     "insightface": "area minus twice the squared offset from the centre",
     "single": "several faces are an error",
 }
-# Measured on lfw-large by benchmarks/face_policy.py (docs/face-policy.md).
-DEFAULT_SELECTION = "largest"
+# Measured on lfw-large by benchmarks/face_policy.py (docs/face-policy.md): rank-1 0.9923
+# (arcface), 0.9856 (sface), 0.9769 (facenet) against 0.9870, 0.9765, 0.9621 for "largest",
+# which picked a bystander in 2-6% of the photos with several faces. "central" ties on LFW.
+DEFAULT_SELECTION = "insightface"
 ORIENTATIONS = ("auto", "refuse", "as-is")
 # A view's face ranks by its detection score less ROLL_PENALTY per 90 degrees of roll left
 # after the quarter turn: detectors trained on upright faces also "find" an upside-down face
-# with upright-looking landmarks and a similar score, but less squarely (measured on 600
-# lfw-large photos x 4 turns: 0 of 2,400 wrong for arcface and sface, 4 for facenet).
+# with upright-looking landmarks and a similar score, but less squarely. Measured by
+# benchmarks/face_orientation.py (600 lfw-large photos, each in 4 turns): 0 of 2,400 wrong
+# for arcface and sface, 4 of 2,400 (one photo, in all four turns) for facenet.
 ROLL_PENALTY = 0.2
 
 # The ArcFace / InsightFace 5-point template for 112x112 crops (also SFace's, in OpenCV's
