@@ -342,7 +342,11 @@ class FacePipeline:
     not the photo as given; ``refuse`` raises InputError for such a photo; ``as-is`` trusts
     the photo (one detection: the cheapest, for cameras that are known to be upright).
     ``same_person_floor``: the cosine below which two images of one subject are taken for
-    two people (``calibrated_floor``, the extractor's own figure, unless given).
+    two people and the enrolment is refused; -1 turns the check off. The default,
+    ``calibrated_floor``, is the extractor's own 0.1% quantile of the genuine-pair cosine on
+    lfw-large (2,155 pairs, benchmarks/face_policy.py): one person's photos fall below it
+    about once in a thousand pairs, while 76-87% of pairs of two people do
+    (docs/face-policy.md).
     """
 
     name = "face-pipeline"
