@@ -38,7 +38,7 @@ SELECTION_POLICIES = {
     "single": "several faces are an error",
 }
 # Measured on lfw-large by benchmarks/face_policy.py (docs/face-policy.md): rank-1 0.9923
-# (arcface), 0.9856 (sface), 0.9769 (facenet) against 0.9870, 0.9765, 0.9621 for "largest",
+# (arcface), 0.9856 (sface), 0.9654 (facenet) against 0.9870, 0.9765, 0.9486 for "largest",
 # which picked a bystander in 2-6% of the photos with several faces. "central" ties on LFW.
 DEFAULT_SELECTION = "insightface"
 ORIENTATIONS = ("auto", "refuse", "as-is")
