@@ -46,6 +46,7 @@ class Extractor(Protocol):
     # the model's own plain-cosine reference threshold; an engine takes its threshold from
     # frip_engine/calibration.json per (extractor, protection, block size) instead
     threshold: float
+    same_person_floor: float  # cosine below which two images of one subject are two people
 
     def models(self) -> list[ModelFile]: ...
 

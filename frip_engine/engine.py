@@ -237,10 +237,11 @@ class Engine:
                 check_subject_id(item.subject_id)
                 if item.subject_id in existing or item.subject_id in templates:
                     raise SubjectError(f"subject '{item.subject_id}' is already enrolled")
-                vectors, notes = self._template_inputs(item)
+                vectors, labels, notes = self._template_inputs(item)
                 if notes:
                     report.notes[item.subject_id] = notes
-                template = self.parts.protection.protect(mean_template(vectors))
+                floor = self.parts.extractor.same_person_floor
+                template = self.parts.protection.protect(mean_template(vectors, labels, floor))
                 templates[item.subject_id] = (stored_vector(template), len(vectors))
             except FripError as exc:
                 report.failed[item.subject_id] = str(exc)
@@ -255,27 +256,30 @@ class Engine:
                     self._commit_templates(templates, report)
         return report
 
-    def _template_inputs(self, item: EnrolItem) -> tuple[list[np.ndarray], list[str]]:
+    def _template_inputs(self, item: EnrolItem) -> tuple[list[np.ndarray], list[str], list[str]]:
+        """The subject's unit vectors, a label for each, and the notes on its images."""
         vectors = [
             self.check_embedding(e, f"embedding of {item.subject_id}") for e in item.embeddings
         ]
+        labels = [f"embedding {i}" for i in range(1, len(vectors) + 1)]
         notes: list[str] = []
         errors: list[str] = []
-        for image in item.images:
-            label = "image bytes" if isinstance(image, bytes) else str(image)
+        for number, image in enumerate(item.images, 1):
+            label = f"image bytes {number}" if isinstance(image, bytes) else str(image)
             try:
                 vector, image_notes = self.embed_image(image)
             except FripError as exc:
                 errors.append(str(exc))
                 continue
             vectors.append(vector)
+            labels.append(label)
             notes.extend(f"{label}: {note}" for note in image_notes)
         notes.extend(f"skipped: {error}" for error in errors)
         if not vectors:
             raise SubjectError(
                 "no usable image or embedding: " + ("; ".join(errors) or "none given")
             )
-        return vectors, notes
+        return vectors, labels, notes
 
     def _commit_templates(
         self, templates: dict[str, tuple[np.ndarray, int]], report: EnrolReport

@@ -8,6 +8,7 @@ face, grey / 16-bit / alpha inputs become 8-bit BGR, and EXIF orientation is app
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,13 @@ MIN_SIDE = 32
 def load_image(source: str | Path | bytes | np.ndarray) -> np.ndarray:
     """Decode an image, honour its EXIF orientation, and return it as uint8 BGR (H, W, 3).
 
+    All eight EXIF orientations (turns and mirrors) are undone; a damaged EXIF block is
+    ignored (the pixels as stored). A photo turned without EXIF is the extractors' concern
+    (their ``orientation`` parameter).
+
     An array is taken as already decoded, in OpenCV's channel order (BGR or BGRA, or grey),
     uint8 or uint16, and goes through the same size limits.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     if isinstance(source, np.ndarray):
         return _from_array(source)
     name = "image bytes" if isinstance(source, bytes) else str(source)
@@ -36,23 +39,31 @@ def load_image(source: str | Path | bytes | np.ndarray) -> np.ndarray:
         source = path.read_bytes()
     if not source:
         raise ImageError(f"{name}: empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # damaged EXIF: Pillow ignores it
+        array = _decode(source, name)
+    if min(array.shape[:2]) < MIN_SIDE:
+        raise ImageError(f"{name}: {array.shape[1]}x{array.shape[0]} is too small for a face")
+    return array
+
+
+def _decode(data: bytes, name: str) -> np.ndarray:
+    """Decode file bytes to upright uint8 BGR pixels, or raise ImageError."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     Image.MAX_IMAGE_PIXELS = None  # we enforce our own, clearer limit below
     try:
-        with Image.open(io.BytesIO(source)) as img:
+        with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > MAX_PIXELS:
                 raise ImageError(
                     f"{name}: {img.width}x{img.height} is over the {MAX_PIXELS:,}-pixel limit"
                 )
             img.load()
-            upright = ImageOps.exif_transpose(img)
-            array = _to_bgr8(upright)
+            return _to_bgr8(ImageOps.exif_transpose(img))
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not an image file this engine can read") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: damaged or truncated image ({exc})") from exc
-    if min(array.shape[:2]) < MIN_SIDE:
-        raise ImageError(f"{name}: {array.shape[1]}x{array.shape[0]} is too small for a face")
-    return array
 
 
 def _from_array(array: np.ndarray) -> np.ndarray:

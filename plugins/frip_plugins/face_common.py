@@ -2,7 +2,9 @@
 
 - model files that ship inside PyPI packages, pinned by SHA-256 and checked before loading;
 - onnxruntime sessions with pinned threads and quiet logs;
-- face selection when an image holds several faces (largest, most central, or refuse);
+- orientation: a photo turned by a quarter turn is turned back before the face is used;
+- face selection when an image holds several faces (largest, central, InsightFace's rank,
+  or refuse), with a note saying which face was used;
 - 5-point similarity alignment onto the ArcFace 112x112 template (ArcFace, SFace);
 - box crops with a margin (FaceNet was trained on MTCNN box crops, not 5-point warps);
 - L2 normalisation and batching;
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -28,7 +31,23 @@ import numpy as np
 from frip_engine.contracts import Extraction, ModelFile
 from frip_engine.errors import FripError, InputError, NoFaceError, PluginError, ProfileError
 
-SELECTION_POLICIES = ("largest", "central", "single")
+SELECTION_POLICIES = {
+    "largest": "the largest box",
+    "central": "the box nearest the centre",
+    "insightface": "area minus twice the squared offset from the centre",
+    "single": "several faces are an error",
+}
+# Measured on lfw-large by benchmarks/face_policy.py (docs/face-policy.md): rank-1 0.9923
+# (arcface), 0.9856 (sface), 0.9654 (facenet) against 0.9870, 0.9765, 0.9486 for "largest",
+# which picked a bystander in 2-6% of the photos with several faces. "central" ties on LFW.
+DEFAULT_SELECTION = "insightface"
+ORIENTATIONS = ("auto", "refuse", "as-is")
+# A view's face ranks by its detection score less ROLL_PENALTY per 90 degrees of roll left
+# after the quarter turn: detectors trained on upright faces also "find" an upside-down face
+# with upright-looking landmarks and a similar score, but less squarely. Measured by
+# benchmarks/face_orientation.py (600 lfw-large photos, each in 4 turns): 0 of 2,400 wrong
+# for arcface and sface, 4 of 2,400 (one photo, in all four turns) for facenet.
+ROLL_PENALTY = 0.2
 
 # The ArcFace / InsightFace 5-point template for 112x112 crops (also SFace's, in OpenCV's
 # FaceRecognizerSF::alignCrop): image-left eye, image-right eye, nose tip, mouth corners.
@@ -102,10 +121,27 @@ def onnx_session(model: str | bytes, threads: int) -> Any:
     )
 
 
-def check_common_params(extractor: str, select: str, batch_size: int, threads: int) -> None:
+def check_common_params(
+    extractor: str,
+    select: str,
+    orientation: str,
+    same_person_floor: float,
+    batch_size: int,
+    threads: int,
+) -> None:
     if select not in SELECTION_POLICIES:
         raise ProfileError(
             f"{extractor}: select must be one of {', '.join(SELECTION_POLICIES)}, got {select!r}"
+        )
+    if orientation not in ORIENTATIONS:
+        raise ProfileError(
+            f"{extractor}: orientation must be one of {', '.join(ORIENTATIONS)}, "
+            f"got {orientation!r}"
+        )
+    if not -1.0 <= same_person_floor <= 1.0:
+        raise ProfileError(
+            f"{extractor}: same_person_floor is a cosine and must be in [-1, 1] "
+            "(-1 accepts any images under one subject)"
         )
     if not 1 <= batch_size <= 256:
         raise ProfileError(f"{extractor}: batch_size must be in [1, 256]")
@@ -127,20 +163,50 @@ class Face:
         x1, y1, x2, y2 = self.box
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
+    @property
+    def roll(self) -> float:
+        """Degrees the face is turned in the image, from its landmarks: 0 when the mouth's
+        midpoint lies straight below the eyes' midpoint, +-90 on its side, +-180 upside down.
+        """
+        eyes = (self.landmarks[0] + self.landmarks[1]) / 2.0
+        mouth = (self.landmarks[3] + self.landmarks[4]) / 2.0
+        dx, dy = (float(v) for v in mouth - eyes)
+        return math.degrees(math.atan2(-dx, dy))
+
     def scaled(self, factor: float) -> Face:
         """The same face in an image ``factor`` times larger."""
         box = tuple(float(v) * factor for v in self.box)
         return Face((box[0], box[1], box[2], box[3]), self.score, self.landmarks * factor)
 
+    def turned_back(self, turns: int, shape: tuple[int, ...]) -> Face:
+        """The same face in the photo that ``np.rot90(photo, turns)`` (shape ``shape``) shows.
+
+        Each clockwise quarter turn of an (h, w) image takes pixel point (x, y) to (h - y, x).
+        """
+        corners = np.array([self.box[:2], self.box[2:]], dtype=np.float64)
+        points = np.asarray(self.landmarks, dtype=np.float64)
+        height = shape[0]
+        width = shape[1]
+        for _ in range(turns % 4):
+            corners = np.stack([height - corners[:, 1], corners[:, 0]], axis=1)
+            points = np.stack([height - points[:, 1], points[:, 0]], axis=1)
+            height, width = width, height
+        low, high = corners.min(axis=0), corners.max(axis=0)
+        box = (float(low[0]), float(low[1]), float(high[0]), float(high[1]))
+        return Face(box, self.score, points)
+
 
 def select_face(
     faces: Sequence[Face], shape: tuple[int, ...], policy: str
 ) -> tuple[Face, list[str]]:
-    """Pick the face to use by policy, with a note when there was a choice.
+    """Pick the face to use by policy; when there was a choice, a note says which and why.
 
     ``largest``: the biggest box (a portrait's subject). ``central``: nearest the image
-    centre, ties by size (a kiosk camera). ``single``: several faces are an error (1:1
-    enrolment, where enrolling a bystander would be worse than asking again).
+    centre, ties by size (a kiosk camera). ``insightface``: InsightFace's own ranking in
+    ``detect(max_num=)``: area minus twice the squared offset of the box's centre from the
+    image's, in pixels. ``single``: several faces are an error (1:1 enrolment, where
+    enrolling a bystander would be worse than asking again). The note numbers the faces
+    from the left of the image and gives the chosen box in its pixels.
     """
     if not faces:
         raise NoFaceError("no face found in the image")
@@ -149,19 +215,44 @@ def select_face(
     if policy == "single":
         raise InputError(
             f"{len(faces)} faces found and the extractor's policy is select = 'single': "
-            "give an image with one face, or use select = 'largest' or 'central'"
+            "give an image with one face, or use select = 'largest', 'central' or 'insightface'"
         )
+    cy, cx = shape[0] // 2, shape[1] // 2
+
+    def offset_squared(face: Face) -> float:
+        x1, y1, x2, y2 = face.box
+        return ((x1 + x2) / 2 - cx) ** 2 + ((y1 + y2) / 2 - cy) ** 2
+
     if policy == "central":
-        cy, cx = shape[0] / 2.0, shape[1] / 2.0
+        best = min(faces, key=lambda f: (offset_squared(f), -f.area))
+    elif policy == "insightface":
+        best = max(faces, key=lambda f: f.area - 2.0 * offset_squared(f))
+    else:
+        best = max(faces, key=lambda f: f.area)
+    from_left = sorted(faces, key=lambda f: f.box[0] + f.box[2])
+    number = next(i for i, f in enumerate(from_left, 1) if f is best)
+    box = ", ".join(f"{v:.0f}" for v in best.box)
+    return best, [
+        f"{len(faces)} faces found; used face {number} of {len(faces)} counted from the left, "
+        f"box ({box}), by select = '{policy}' ({SELECTION_POLICIES[policy]})"
+    ]
 
-        def offset(face: Face) -> tuple[float, float]:
-            x1, y1, x2, y2 = face.box
-            return (((x1 + x2) / 2 - cx) ** 2 + ((y1 + y2) / 2 - cy) ** 2, -face.area)
 
-        best = min(faces, key=offset)
-        return best, [f"{len(faces)} faces found; used the most central"]
-    best = max(faces, key=lambda f: f.area)
-    return best, [f"{len(faces)} faces found; used the largest"]
+def upright_rank(faces: Sequence[Face]) -> float:
+    """How surely one view of a photo shows its faces upright: the best detection score of a
+    face whose landmarks roll at most 45 degrees, less ``ROLL_PENALTY`` per 90 degrees of
+    that roll; -inf when no face there looks upright."""
+    ranks = [f.score - ROLL_PENALTY * abs(f.roll) / 90.0 for f in faces if abs(f.roll) <= 45.0]
+    return max(ranks, default=-math.inf)
+
+
+def orientation_note(turns: int) -> str:
+    """What was done to a photo turned by ``turns`` counter-clockwise quarter turns."""
+    how = "was upside down" if turns == 2 else "lay on its side"
+    return (
+        f"the face {how}: the photo was turned {90 * turns} degrees counter-clockwise to "
+        "make it upright"
+    )
 
 
 def detection_view(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -245,6 +336,17 @@ class FacePipeline:
 
     ``extract_many`` crops every image first and embeds the crops in batches of
     ``batch_size``; ``stage_seconds`` accumulates wall time per stage for the benchmark.
+
+    ``orientation``: ``auto`` detects in the photo and in its three quarter turns and uses
+    the view whose face is most surely upright (``upright_rank``), with a note when that is
+    not the photo as given; ``refuse`` raises InputError for such a photo; ``as-is`` trusts
+    the photo (one detection: the cheapest, for cameras that are known to be upright).
+    ``same_person_floor``: the cosine below which two images of one subject are taken for
+    two people and the enrolment is refused; -1 turns the check off. The default,
+    ``calibrated_floor``, is the extractor's own 0.1% quantile of the genuine-pair cosine on
+    lfw-large (2,155 pairs, benchmarks/face_policy.py): one person's photos fall below it
+    about once in a thousand pairs, while 76-87% of pairs of two people do
+    (docs/face-policy.md).
     """
 
     name = "face-pipeline"
@@ -253,10 +355,21 @@ class FacePipeline:
     licence = ""
     reinstall = ""  # the pip arguments that restore the model files
     max_batch = 256  # some graphs (OpenCV's FaceNet) take one face at a time
+    calibrated_floor = -1.0  # see same_person_floor
 
-    def __init__(self, select: str = "largest", batch_size: int = 16, threads: int = 1) -> None:
-        check_common_params(self.name, select, batch_size, threads)
+    def __init__(
+        self,
+        select: str = DEFAULT_SELECTION,
+        orientation: str = "auto",
+        same_person_floor: float | None = None,
+        batch_size: int = 16,
+        threads: int = 1,
+    ) -> None:
+        floor = self.calibrated_floor if same_person_floor is None else float(same_person_floor)
+        check_common_params(self.name, select, orientation, floor, batch_size, threads)
         self.select = select
+        self.orientation = orientation
+        self.same_person_floor = floor
         self.batch_size = min(batch_size, self.max_batch)
         self.threads = threads
         self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
@@ -292,18 +405,45 @@ class FacePipeline:
         self.stage_seconds[stage] += now - started
         return now
 
+    def upright(self, image: np.ndarray) -> tuple[np.ndarray, int, list[Face]]:
+        """The photo turned so its faces are upright, the counter-clockwise quarter turns
+        that took, and the faces detected in that view (its pixels), by ``orientation``."""
+        faces = self.detect(image)
+        if self.orientation == "as-is":
+            return image, 0, faces
+        best = (upright_rank(faces), 0, image, faces)
+        for turns in (1, 2, 3):  # ties go to the photo as given
+            view = np.ascontiguousarray(np.rot90(image, turns))
+            found = self.detect(view)
+            rank = upright_rank(found)
+            if rank > best[0]:
+                best = (rank, turns, view, found)
+        _, turns, view, faces = best
+        if turns and self.orientation == "refuse":
+            state = "upside down" if turns == 2 else "on its side"
+            raise InputError(
+                f"the face is {state} in this photo (it is upright after turning the photo "
+                f"{90 * turns} degrees counter-clockwise): turn the photo upright, or set "
+                "orientation = 'auto' in [extractor] to let the extractor turn it"
+            )
+        return view, turns, faces
+
     def locate(self, image: np.ndarray) -> tuple[Face, int, list[str], np.ndarray]:
-        """Detect, choose and crop the face: (face, faces found, notes, crop)."""
+        """Detect, turn upright, choose and crop the face: (face, faces found, notes, crop).
+
+        The face's box is in the pixels of ``image`` as given, whatever turn was needed.
+        """
         self.load()
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError("extractors take uint8 BGR images of shape (H, W, 3)")
         started = time.perf_counter()
-        faces = self.detect(image)
+        view, turns, faces = self.upright(image)
         started = self._timed("detect", started)
-        face, notes = select_face(faces, image.shape, self.select)
-        crop = self.crop(image, face)
+        in_photo = [f.turned_back(turns, view.shape) for f in faces] if turns else faces
+        chosen, notes = select_face(in_photo, image.shape, self.select)
+        crop = self.crop(view, faces[next(i for i, f in enumerate(in_photo) if f is chosen)])
         self._timed("align", started)
-        return face, len(faces), notes, crop
+        return chosen, len(faces), ([orientation_note(turns)] if turns else []) + notes, crop
 
     def extract(self, image: np.ndarray) -> Extraction:
         result = self.extract_many([image])[0]

