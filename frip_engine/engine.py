@@ -669,13 +669,13 @@ class Engine:
         status = dict(self.parts.key_store.status(self.profile.engine_id))
         status["key_version_in_use"] = self.key_version
         status["he"] = self.parts.backend.description
-        problem = self._secret_key_problem(unwrap=True)
+        problem = self._secret_key_problem()
         status["problems"] = [] if problem is None else [problem]
         return status
 
-    def _secret_key_problem(self, unwrap: bool) -> str | None:
-        """Why the current HE secret key is unusable, or None. Presence is checked in the
-        key store's listing; with ``unwrap`` the key is also unwrapped once (and wiped)."""
+    def _secret_key_problem(self) -> str | None:
+        """Why the current HE secret key is unusable, or None: absent from the key store's
+        listing, or failing to unwrap (it is unwrapped once and wiped)."""
         key_id = he_key_id(self.key_version)
         store, engine_id = self.parts.key_store, self.profile.engine_id
         try:
@@ -686,8 +686,7 @@ class Engine:
                     "Restore the key store (e.g. the key file) from a backup, then check with "
                     f"`frip keys status {self.name}`"
                 )
-            if unwrap:
-                wipe(store.load_secret(engine_id, key_id))
+            wipe(store.load_secret(engine_id, key_id))
         except KeyStoreError as exc:
             return f"engine '{self.name}': its HE secret key '{key_id}' is unusable: {exc}"
         return None
@@ -697,10 +696,12 @@ class Engine:
         """Around every write: hold the engine's write lock (one writer at a time, in any
         thread or process, so slots are allocated from the slot map as it is), follow a
         key rotation made elsewhere, and refuse to write into an engine whose current HE
-        secret key is gone (what it wrote could never be decrypted)."""
+        secret key is gone or cannot be unwrapped by this caller (a lost key, a damaged key
+        file, a wrong passphrase or PIN): what it wrote could never be decrypted, or the
+        mistake would show only at the next identify. One unwrap per write call (5-16 ms)."""
         with write_lock(self.directory, self.name):
             self._follow_keys()
-            problem = self._secret_key_problem(unwrap=False)
+            problem = self._secret_key_problem()
             if problem is not None:
                 raise KeyStoreError(f"{problem}. Nothing was written")
             yield

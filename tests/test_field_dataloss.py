@@ -145,6 +145,25 @@ def test_enrolment_is_refused_when_the_secret_key_file_is_gone(home: Path) -> No
     assert he_key_id(1) in status.stderr and "secret-key.frip" in status.stderr
 
 
+def test_a_wrong_or_missing_passphrase_refuses_every_write(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key the caller cannot unwrap is as unusable to it as a lost one: an enrolment made
+    with a mistyped passphrase must not go through (it would be found out only at identify)."""
+    v = unit_vectors(3)
+    with _file_engine(home, "typo") as engine:
+        engine.enrol(EnrolItem("a", embeddings=[v[0]]))
+    np.save(home.parent / "p.npy", v[1])
+    monkeypatch.setenv("FRIP_PASSPHRASE", "not-the-passphrase")
+    run = frip("enrol", "typo", "--subject", "x", "--embedding", str(home.parent / "p.npy"))
+    assert run.returncode == KeyStoreError.exit_code, run.stdout + run.stderr
+    assert "passphrase" in run.stderr and "Traceback" not in run.stderr
+    with Engine.open("typo", home) as engine:
+        with pytest.raises(KeyStoreError, match="passphrase"):
+            engine.enrol(EnrolItem("y", embeddings=[v[2]]))
+        assert [s.subject_id for s in engine.store.subjects()] == ["a"]
+
+
 def test_keys_status_reports_a_damaged_or_unopenable_key_file(home: Path) -> None:
     with _file_engine(home, "damaged") as engine:
         key_file = engine.directory / "secret-key.frip"
