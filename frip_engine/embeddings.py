@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frip_engine.errors import EmbeddingError, MissingFileError, SubjectError
+from frip_engine.errors import EmbeddingError, MissingFileError, NotOnePersonError
 
 NPY_MAGIC = b"\x93NUMPY"
 _KIND_NAMES = {
@@ -112,11 +112,15 @@ def mean_template(
     so a same-person pair falls below it about once in a thousand pairs while most pairs
     of two different people do. -1 accepts any set.
 
-    Returns the unit template, float64 (d,). Raises SubjectError naming the pairs (worst
+    Returns the unit template, float64 (d,). Raises NotOnePersonError naming the pairs (worst
     first) whose cosine is below the floor: a mean of two people matches neither of them,
     or both. Raises EmbeddingError when the embeddings cancel out.
     """
     matrix = np.stack([np.asarray(e, dtype=np.float64) for e in embeddings])
+    mean = np.mean(matrix, axis=0)
+    norm = float(np.linalg.norm(mean))
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise EmbeddingError("the subject's embeddings cancel out: they cannot be one person")
     if same_person_floor > -1.0:  # -1: no check (a cosine of -1 may round to just below)
         names = list(labels or [f"embedding {i}" for i in range(1, len(matrix) + 1)])
         cosines = matrix @ matrix.T
@@ -129,16 +133,12 @@ def mean_template(
         if apart:
             pairs = "; ".join(f"{a} and {b} have cosine {c:.2f}" for c, a, b in apart[:5])
             more = f" (and {len(apart) - 5} more pairs)" if len(apart) > 5 else ""
-            raise SubjectError(
+            raise NotOnePersonError(
                 f"these images are not one person: {pairs}{more}, below the extractor's "
                 f"same_person_floor {same_person_floor:.2f} (one person's photos fall below "
                 "it about once in a thousand pairs). Enrol them as different subjects or "
                 "drop the wrong image; same_person_floor in [extractor] changes the bound"
             )
-    mean = np.mean(matrix, axis=0)
-    norm = float(np.linalg.norm(mean))
-    if not np.isfinite(norm) or norm < 1e-6:
-        raise EmbeddingError("the subject's embeddings cancel out: they cannot be one person")
     return np.asarray(mean / norm)
 
 

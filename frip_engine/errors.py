@@ -96,6 +96,11 @@ class UnknownSubjectError(NotFoundError, SubjectError):
     (exit 3), and still a SubjectError for callers that catch those."""
 
 
+class NotOnePersonError(SubjectError):
+    """The images or embeddings given for one subject are less alike than one person's
+    photos are (two people under one subject id)."""
+
+
 class DuplicateSubjectError(SubjectError):
     """A subject (or a linkage consent) already exists under that id."""
 
@@ -173,6 +178,7 @@ HTTP_ERRORS: dict[type[FripError], tuple[int, str]] = {
     NoFaceError: (422, "no_face"),
     EmbeddingError: (422, "bad_embedding"),
     SubjectError: (400, "bad_subject"),
+    NotOnePersonError: (422, "not_one_person"),
     UnknownSubjectError: (404, "subject_not_found"),
     DuplicateSubjectError: (409, "subject_exists"),
     LinkageError: (422, "linkage_failed"),

@@ -31,7 +31,8 @@ from test_service_api import (
     setup_fixture,  # noqa: F401  (the fixture "setup")
 )
 
-from frip_engine.engine import Engine
+from frip_engine.engine import Engine, EnrolItem
+from frip_engine.errors import SubjectError
 from frip_engine.service.app import ServiceConfig, create_app
 from frip_engine.service.audit import AuditLog
 from frip_engine.service.db import Database
@@ -641,3 +642,38 @@ def _real_vectors(body: dict[str, Any], seed: int) -> None:
         body["embedding"] = unit_vectors(1, seed=seed)[0].tolist()
     if isinstance(body.get("embeddings"), list) and body["embeddings"]:
         body["embeddings"] = unit_vectors(len(body["embeddings"]), seed=seed).tolist()
+
+
+def test_subjects_the_cli_may_enrol_can_be_read_verified_and_erased_by_their_vendor(
+    setup: Setup,
+) -> None:
+    """The service names new subjects from a narrow URL-safe alphabet, but a subject the
+    core accepts (enrolled from the CLI or the Python API: accents, spaces, brackets) must
+    stay reachable by its engine's vendor, above all for erasure; an id no engine can hold
+    is simply not found."""
+    from urllib.parse import quote
+
+    vectors = unit_vectors(3)
+    subjects = ["José María", "[red]x", "O'Neil & co"]
+    with Engine.open("doors", setup.home) as engine:
+        for subject, vector in zip(subjects, vectors, strict=True):
+            engine.enrol(EnrolItem(subject, embeddings=[vector]))
+    for subject, vector in zip(subjects, vectors, strict=True):
+        path = "/v1/engines/doors/subjects/" + quote(subject, safe="")
+        shown = setup.client.get(path, headers=auth(setup.keys["acme"]))
+        assert shown.status_code == 200 and shown.json()["subject_id"] == subject, shown.text
+        body = {"subject_id": subject, "embedding": vector.tolist()}
+        verified = setup.post("/v1/engines/doors/verify", body)
+        assert verified.status_code == 200 and verified.json()["matched"], verified.text
+        identified = setup.post("/v1/engines/doors/identify", {"embedding": vector.tolist()})
+        assert identified.json()["subject_id"] == subject
+        gone = setup.client.delete(path, headers=auth(setup.keys["acme"]))
+        assert gone.status_code == 200, gone.text
+    with Engine.open("doors", setup.home) as engine, pytest.raises(SubjectError, match="'/'"):
+        engine.enrol(EnrolItem("[red]x[/red]", embeddings=[vectors[0]]))
+    for odd in ["a\u202eb", " pad", "x" * 129]:
+        path = "/v1/engines/doors/subjects/" + quote(odd, safe="")
+        assert error_of(setup.client.get(path, headers=auth(setup.keys["acme"]))) == (
+            404,
+            "subject_not_found",
+        )

@@ -241,15 +241,29 @@ def whole_number(value: object, field: str, low: int, high: int) -> int:
     return value
 
 
-def subject_field(body: dict[str, Any]) -> str:
+def subject_field(body: dict[str, Any], existing: bool = False) -> str:
+    """The body's ``subject_id``: for a subject the request creates, :func:`check_subject`;
+    for one it names (``existing``), :func:`existing_subject`."""
     subject = body.get("subject_id")
     if not isinstance(subject, str):
         raise RequestError("'subject_id' (text) is required")
-    return check_subject(subject)
+    return existing_subject(subject) if existing else check_subject(subject)
+
+
+def existing_subject(subject: str) -> str:
+    """A subject id that names an enrolled subject: any id the core accepts, since the CLI
+    and the Python API enrol ids outside the service's alphabet (accents, spaces, brackets)
+    and their vendor must still read, verify and erase them. An id the core refuses can be
+    enrolled nowhere: UnknownSubjectError (404), like any other absent subject."""
+    try:
+        return check_subject_id(subject)
+    except SubjectError as exc:
+        raise UnknownSubjectError(f"no such subject: {exc}") from None
 
 
 def check_subject(subject: str) -> str:
-    """The core's subject-id rule, then the API's narrower alphabet (a stable contract)."""
+    """A subject id the service creates: the core's rule, then the API's narrower URL-safe
+    alphabet (a stable contract)."""
     check_subject_id(subject)
     if not SUBJECT_PATTERN.fullmatch(subject):
         raise SubjectError(
@@ -446,11 +460,16 @@ async def enrol(service: Service, request: Request) -> Response:
         notes: list[str] = []
         try:
             held += [engine.check_embedding(v, "embedding") for v in given]
+            labels = [f"embeddings[{i}]" for i in range(len(vectors))]
+            labels += ["template"] * (len(given) - len(vectors))
             for i, picture in enumerate(pictures):
                 vector, found = engine.embed_image(picture)  # a typed error names the image
                 held.append(vector)
+                labels.append(f"images[{i}]")
                 notes += [f"images[{i}]: {note}" for note in found]
-            mean_template(held)  # embeddings that cancel out: an EmbeddingError (422) here
+            # the engine's own template checks, here so that their typed errors reach the
+            # caller: cancelling embeddings are 422 bad_embedding, two people 422 not_one_person
+            mean_template(held, labels, engine.parts.extractor.same_person_floor)
             if attributes is not None:
                 service.attributes.stage(engine, subject, attributes)
             counts = {"images": len(pictures), "embeddings": len(given)}
@@ -478,7 +497,7 @@ async def enrol(service: Service, request: Request) -> Response:
 async def subject_show(service: Service, request: Request) -> Response:
     name = request.path_params["engine"]
     await authorise(service, request, name)
-    subject = check_subject(request.path_params["subject_id"])
+    subject = existing_subject(request.path_params["subject_id"])
     slot = await service.engines().get(name)
 
     def work(engine: Engine) -> dict[str, Any]:
@@ -500,7 +519,7 @@ async def subject_show(service: Service, request: Request) -> Response:
 async def remove(service: Service, request: Request) -> Response:
     name = request.path_params["engine"]
     ctx = await authorise(service, request, name)
-    subject = check_subject(request.path_params["subject_id"])
+    subject = existing_subject(request.path_params["subject_id"])
     slot = await service.engines().get(name)
 
     def work(engine: Engine) -> None:
@@ -553,7 +572,7 @@ async def verify(service: Service, request: Request) -> Response:
     body = await read_json(service, request, ctx)
     start = time.perf_counter()
     allow_only(body, {"subject_id", "image", "embedding", "template", "threshold"})
-    subject = subject_field(body)
+    subject = subject_field(body, existing=True)
     threshold = threshold_field(body)
     probe = await read_probe(service, body, name)
     ctx.decoding += time.perf_counter() - start
@@ -671,7 +690,7 @@ def taken(slot: EngineSlot, pixels: np.ndarray) -> str:
 
 async def linkage_show(service: Service, request: Request) -> Response:
     ctx = await authorise(service, request)
-    subject = check_subject(request.path_params["subject_id"])
+    subject = existing_subject(request.path_params["subject_id"])
     found = service.consents.get(ctx.caller.vendor, subject)
     if found is None:
         raise UnknownSubjectError(f"no linkage for subject '{subject}'")
@@ -682,7 +701,7 @@ async def linkage_revoke(service: Service, request: Request) -> Response:
     from frip_engine.errors import NotFoundError
 
     ctx = await authorise(service, request)
-    subject = check_subject(request.path_params["subject_id"])
+    subject = existing_subject(request.path_params["subject_id"])
     found = service.consents.get(ctx.caller.vendor, subject)
     if found is None:
         raise UnknownSubjectError(f"no linkage for subject '{subject}'")

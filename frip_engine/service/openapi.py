@@ -23,6 +23,7 @@ from frip_engine.service.limits import (
     SUBJECT_PATTERN,
 )
 from frip_engine.service.replay import ID_PATTERN
+from frip_engine.validate import MAX_SUBJECT_CHARS
 
 if TYPE_CHECKING:
     from frip_engine.service.app import ServiceConfig
@@ -57,7 +58,11 @@ PROBE = {
     "template": {**B64, "description": "a template in the engine's vendor adapter format"},
 }
 ONE_PROBE = [{"required": [name]} for name in PROBE]  # exactly one of them
+# A subject the service creates takes its URL-safe alphabet; one a request names (path,
+# verify, responses) may have been enrolled from the CLI with any id the core accepts
+# (frip_engine.validate.check_subject_id); one the core refuses is 404 subject_not_found.
 SUBJECT = {"type": "string", "pattern": SUBJECT_PATTERN.pattern}
+NAMED_SUBJECT = {"type": "string", "minLength": 1, "maxLength": MAX_SUBJECT_CHARS}
 ENGINE = {"type": "string", "pattern": NAME_PATTERN.pattern}
 THRESHOLD = {"type": "number", "minimum": -1, "maximum": 1}
 ATTRIBUTES = {
@@ -124,7 +129,7 @@ BODIES: dict[str, dict[str, Any]] = {
         "oneOf": ONE_PROBE,
     },
     "verify": {
-        **_obj({"subject_id": SUBJECT, **PROBE, "threshold": THRESHOLD}, ["subject_id"]),
+        **_obj({"subject_id": NAMED_SUBJECT, **PROBE, "threshold": THRESHOLD}, ["subject_id"]),
         "oneOf": ONE_PROBE,
     },
     "linkage_create": _obj(
@@ -224,7 +229,7 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "subject_show": _open(
         {
             "engine": {"type": "string"},
-            "subject_id": SUBJECT,
+            "subject_id": NAMED_SUBJECT,
             "enrolled_at": {"type": "string"},
             "images": {"type": "integer", "minimum": 0},
             "attributes": {"type": "object"},
@@ -232,7 +237,7 @@ RESPONSES: dict[str, dict[str, Any]] = {
         ["engine", "subject_id", "enrolled_at", "attributes"],
     ),
     "remove": _open(
-        {"engine": {"type": "string"}, "subject_id": SUBJECT, "removed": {"const": True}},
+        {"engine": {"type": "string"}, "subject_id": NAMED_SUBJECT, "removed": {"const": True}},
         ["engine", "subject_id", "removed"],
     ),
     "identify": DECISION,
@@ -339,7 +344,7 @@ def describe(config: ServiceConfig) -> dict[str, Any]:
             operation["security"] = [{"apiKey": []}]
         parameters = [
             {"name": p, "in": "path", "required": True, "schema": schema}
-            for p, schema in (("engine", ENGINE), ("subject_id", SUBJECT))
+            for p, schema in (("engine", ENGINE), ("subject_id", NAMED_SUBJECT))
             if "{" + p + "}" in path
         ]
         parameters += QUERIES.get(name, [])
