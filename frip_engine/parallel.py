@@ -27,6 +27,7 @@ import tokenize
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import count
+from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any, TypeVar
 
@@ -157,10 +158,18 @@ def _guarded(path: str, line: int) -> bool:
 def check_main_guard() -> None:
     """Raise WorkerStartError if worker processes would run the caller's script again,
     because the engine is used from its top level outside ``if __name__ == "__main__":``
-    (each worker would start the engine again and die while bootstrapping)."""
+    (each worker would start the engine again and die while bootstrapping), or because
+    the script has no file to run again (read from standard input)."""
     main = _rerun_main()
     if main is None:
         return
+    if not Path(str(main.__file__)).is_file():
+        raise WorkerStartError(
+            f"this engine scores in worker processes (workers > 1), which start by running "
+            f"your script again from its file, and {main.__file__!r} is none (a script read "
+            "from standard input, or a file since removed): save the script to a file and "
+            "run that, or use workers = 1"
+        )
     frame: FrameType | None = sys._getframe(1)
     while frame is not None and not (
         frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)

@@ -558,11 +558,19 @@ def main() -> None:
 """
 
 
-def _script(tmp_path: Path, name: str, call: str) -> subprocess.CompletedProcess[str]:
+def _script(
+    tmp_path: Path, name: str, call: str, stdin: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the script from its file, or (``stdin``) as ``python - < file``."""
     path = tmp_path / f"{name}.py"
     path.write_text(SCRIPT.format(name=name, call=call))
     return subprocess.run(
-        [sys.executable, str(path)], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-" if stdin else str(path)],
+        input=path.read_text() if stdin else None,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -579,6 +587,15 @@ def test_a_guarded_script_scores_in_workers(home: Path, tmp_path: Path) -> None:
     done = _script(tmp_path, "guarded", 'if __name__ == "__main__":\n    main()')
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["found", "alice"]
+
+
+def test_a_script_read_from_stdin_is_told_what_to_do(home: Path, tmp_path: Path) -> None:
+    """Workers run the script again from its file: one read from standard input has none,
+    guard or not (forkserver would fail with FileNotFoundError '<stdin>')."""
+    done = _script(tmp_path, "piped", 'if __name__ == "__main__":\n    main()', stdin=True)
+    assert done.returncode != 0
+    assert "WorkerStartError" in done.stderr and "standard input" in done.stderr
+    assert "FileNotFoundError" not in done.stderr and "BrokenPipeError" not in done.stderr
 
 
 def test_the_readme_error_table_names_each_class_with_its_exit_code() -> None:
