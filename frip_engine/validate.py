@@ -26,8 +26,8 @@ def check_subject_id(subject: object) -> str:
 
     A subject id is 1-128 printable characters in Unicode NFC form, without leading or
     trailing whitespace, without control, format (bidi override, zero-width), separator,
-    private-use or unassigned characters, without '/', and with no space other than
-    U+0020. Brackets, colons and other punctuation are data, printed as they are.
+    private-use or unassigned characters, without '/', not '.' or '..', and with no space
+    other than U+0020. Brackets, colons and other punctuation are data, printed as is.
     """
     if not isinstance(subject, str):
         raise SubjectError(f"subject id must be text, not {type(subject).__name__}")
@@ -38,10 +38,10 @@ def check_subject_id(subject: object) -> str:
         raise SubjectError(
             f"subject id {shown}... has {len(subject)} characters; at most {MAX_SUBJECT_CHARS}"
         )
-    if "/" in subject:
+    if "/" in subject or subject in (".", ".."):
         raise SubjectError(
-            f"subject id {shown} holds '/': it separates the parts of a path (the service's "
-            "URLs, enrolment folders), so such an id could not be named there"
+            f"subject id {shown} is or holds a path part ('/', '.' or '..'): such an id "
+            "could not be named in the service's URLs or as an enrolment folder"
         )
     for position, char in enumerate(subject):
         category = unicodedata.category(char)
