@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from frip_engine import plugins
+from frip_engine.cli_audit import audit_key_event, audited_subjects
 from frip_engine.cli_eval import add_bench_commands, eval_app
 from frip_engine.cli_output import err, out, shown, styled
 from frip_engine.cli_serve import add_serve_commands
@@ -221,9 +222,14 @@ def enrol_command(
         if skip_existing:
             have = {s.subject_id for s in engine.store.subjects()}
             items = [i for i in items if i.subject_id not in have]
-        with Progress(console=err, transient=True, disable=as_json) as bar:
+        subjects = [item.subject_id for item in items]
+        with (
+            audited_subjects(engine, "enrol", subjects) as not_done,
+            Progress(console=err, transient=True, disable=as_json) as bar,
+        ):
             task = bar.add_task("extracting and encrypting", total=len(items))
             report = engine.enrol_many(items, progress=lambda _s: bar.advance(task))
+            not_done.update(report.failed)
     if as_json:
         _print_json(report.__dict__)
     else:
@@ -358,7 +364,10 @@ def remove_command(
     """Erase a subject from the encrypted gallery (re-encrypts its block without it)."""
     from frip_engine.engine import Engine
 
-    with Engine.open(engine_name, home) as engine:
+    with (
+        Engine.open(engine_name, home) as engine,
+        audited_subjects(engine, "remove", [subject]),
+    ):
         engine.remove(subject)
     out.print(f"removed {subject} from {engine_name}: its slot now encrypts zeros")
 
@@ -499,7 +508,9 @@ def keys_rotate_kek(engine_name: EngineArg, home: HomeOpt = None) -> None:
     from frip_engine.engine import Engine
 
     with Engine.open(engine_name, home) as engine:
-        out.print(f"{engine_name}: key-encryption key rotated ({engine.rotate_kek()})")
+        label = engine.rotate_kek()
+        audit_key_event(engine, "rotate_kek")
+    out.print(f"{engine_name}: key-encryption key rotated ({label})")
 
 
 @keys_app.command("rotate-he")
@@ -512,6 +523,7 @@ def keys_rotate_he(engine_name: EngineArg, home: HomeOpt = None) -> None:
     with Engine.open(engine_name, home) as engine, Progress(console=err, transient=True) as bar:
         task = bar.add_task("re-encrypting blocks", total=len(engine.store.blocks()))
         version = engine.rotate_he_keys(progress=lambda _b: bar.advance(task))
+        audit_key_event(engine, "rotate_he", key_version=str(version))
     out.print(f"{engine_name}: now on HE key version {version}; old key deleted")
 
 
