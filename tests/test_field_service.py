@@ -265,6 +265,32 @@ def test_slow_clients_are_cut_off_and_cannot_starve_others(
                 sock.close()
 
 
+def test_an_idle_kept_alive_connection_is_closed_without_an_unasked_408(
+    desk_setup: tuple[Path, dict[str, str]],
+) -> None:
+    """After a response, a kept-alive connection that sends nothing more is closed quietly
+    (a 408 there answers a request the client never made); a fresh silent one gets 408."""
+    home, _ = desk_setup
+    limits = {"header_timeout": 0.8, "body_timeout": 5.0, "keep_alive": 30.0}
+    with live(ServiceConfig(home, rate=0), **limits) as url:
+        kept = connect(url)
+        kept.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        kept.settimeout(5)
+        first = b""
+        while b"\r\n\r\n" not in first or not first.endswith(b"}"):  # headers and body
+            chunk = kept.recv(65536)
+            assert chunk, first
+            first += chunk
+        assert first.startswith(b"HTTP/1.1 200"), first
+        silent = connect(url, "127.0.0.3")
+        try:
+            assert read_reply(kept, 5.0) == b""  # closed after ~0.8 s, nothing sent
+            assert read_reply(silent, 5.0).startswith(b"HTTP/1.1 408")
+        finally:
+            kept.close()
+            silent.close()
+
+
 def test_frip_serve_runs_with_the_connection_guard(home: Path) -> None:
     """The real command: with --max-connections 8 one address holds 2 connections (a
     quarter), and a silent one is answered 408 at --header-timeout."""

@@ -51,8 +51,8 @@ class ReplayGuard:
         now = time.time()
         if abs(now - sent_at) > self.window:
             raise RequestIdError(
-                f"X-Request-Time is {now - sent_at:+.0f} s from the server's clock; "
-                f"the window is +-{self.window:.0f} s"
+                f"X-Request-Time is {sent_at - now:+.0f} s from the server's clock (+: ahead "
+                f"of it, -: behind it); the window is +-{self.window:.0f} s"
             )
         try:
             with self.db.transaction() as tx:

@@ -80,6 +80,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
             self._timer: asyncio.TimerHandle | None = None
             self._waiting_for: str | None = None  # "headers", "body" or None
             self._address = self.client[0] if self.client else "?"
+            self._idle_kept_alive = False  # a response sent, no byte of the next request yet
             self.per_address[self._address] += 1
             if self.per_address[self._address] > self.guard.per_client:
                 self._refuse(
@@ -99,11 +100,13 @@ def guarded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            self._idle_kept_alive = False
             super().data_received(data)
             self._track()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            self._idle_kept_alive = True
             self._track()
 
         def _track(self) -> None:
@@ -131,6 +134,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
         def _expire(self, what: str, seconds: float) -> None:
             self._timer = None
             if self.transport.is_closing():
+                return
+            if what == "headers" and self._idle_kept_alive:
+                self.transport.close()  # an idle kept-alive connection: closed, no 408 sent
                 return
             cycle = self.cycle
             if what == "body" and cycle is not None:
