@@ -12,9 +12,16 @@ from rich.table import Table
 
 from frip_engine import plugins
 from frip_engine.cli_eval import add_bench_commands, eval_app
-from frip_engine.cli_output import err, out, shown, styled
+from frip_engine.cli_output import err, out, progress_bar, shown, styled
 from frip_engine.cli_serve import add_serve_commands
-from frip_engine.errors import FripError, InputError, KeyStoreError, MissingFileError, ProfileError
+from frip_engine.errors import (
+    FripError,
+    InputError,
+    KeyStoreError,
+    MissingFileError,
+    ProfileError,
+    SubjectError,
+)
 
 app = typer.Typer(
     help="frip-engine: 1:N face identification over a CKKS-encrypted gallery.",
@@ -189,9 +196,10 @@ def enrol_command(
     as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
-    """Enrol one subject, a folder or an index CSV (one template per subject)."""
-    from rich.progress import Progress
+    """Enrol one subject, a folder or an index CSV (one template per subject).
 
+    One subject that fails is an error (its own exit code); a folder or an index enrols
+    every subject it can and exits 2 when any failed, listing each on stderr."""
     from frip_engine.datasets import csv_identities, folder_identities
     from frip_engine.embeddings import read_embedding_file
     from frip_engine.engine import Engine, EnrolItem
@@ -221,9 +229,11 @@ def enrol_command(
         if skip_existing:
             have = {s.subject_id for s in engine.store.subjects()}
             items = [i for i in items if i.subject_id not in have]
-        with Progress(console=err, transient=True, disable=as_json) as bar:
+        with progress_bar(as_json) as bar:
             task = bar.add_task("extracting and encrypting", total=len(items))
             report = engine.enrol_many(items, progress=lambda _s: bar.advance(task))
+    if subject is not None and report.failed:
+        raise SubjectError(f"subject {shown(subject)} not enrolled: {report.failed[subject]}")
     if as_json:
         _print_json(report.__dict__)
     else:
@@ -232,7 +242,7 @@ def enrol_command(
             for note in notes:
                 out.print(styled("  ", (shown(sid), "yellow"), f": {note}"))
         for sid, why in report.failed.items():
-            err.print(styled("  ", ("not enrolled", "red"), f" {shown(sid)}: {why}"))
+            err.print(styled(("not enrolled", "red"), f" {shown(sid)}: {why}"))
     if report.failed:
         raise typer.Exit(InputError.exit_code)
 
@@ -505,11 +515,9 @@ def keys_rotate_kek(engine_name: EngineArg, home: HomeOpt = None) -> None:
 @keys_app.command("rotate-he")
 def keys_rotate_he(engine_name: EngineArg, home: HomeOpt = None) -> None:
     """New HE key pair; the gallery is re-encrypted block by block, then switched at once."""
-    from rich.progress import Progress
-
     from frip_engine.engine import Engine
 
-    with Engine.open(engine_name, home) as engine, Progress(console=err, transient=True) as bar:
+    with Engine.open(engine_name, home) as engine, progress_bar() as bar:
         task = bar.add_task("re-encrypting blocks", total=len(engine.store.blocks()))
         version = engine.rotate_he_keys(progress=lambda _b: bar.advance(task))
     out.print(f"{engine_name}: now on HE key version {version}; old key deleted")

@@ -17,7 +17,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from frip_engine import plugins
-from frip_engine.cli_output import err, out
+from frip_engine.cli_output import err, out, progress_bar
 from frip_engine.errors import InputError
 
 eval_app = typer.Typer(
@@ -108,7 +108,7 @@ def verify_command(
 
     dataset = _dataset(folder, index, identities)
     names = _extractors(extractor)
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with progress_bar(as_json) as progress:
         summary = run_verify(dataset, names, pairs, threads, _Bar(progress, len(dataset.paths)))
     files = write_outputs(summary, output)
     if as_json:
@@ -167,7 +167,7 @@ def identify_command(
 
     dataset = _dataset(folder, index, identities)
     names = _extractors(extractor)
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with progress_bar(as_json) as progress:
         summary = run_identify(
             dataset, names, threads, he_check, _Bar(progress, len(dataset.paths))
         )
@@ -233,7 +233,7 @@ def bench_extract_command(
 
     dataset = _dataset(folder, index, identities)
     names = _extractors(extractor)
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with progress_bar(as_json) as progress:
         summary = benchmark(dataset, names, threads, batch_size, _Bar(progress, len(dataset.paths)))
     output.mkdir(parents=True, exist_ok=True)
     path = output / "extractors.json"
@@ -318,7 +318,7 @@ def protection_command(
     genders = read_genders(index, dataset)
     names = _extractors(extractor)
     sizes = block_size or list(DEFAULT_BLOCK_SIZES)
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with progress_bar(as_json) as progress:
         summary = run_protection(
             dataset,
             genders,
@@ -387,7 +387,7 @@ def calibrate_command(
         )
         if v is not None
     )
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with progress_bar(as_json) as progress:
         record = run_calibration(
             dataset,
             extractor,

@@ -8,6 +8,7 @@ Colour is added explicitly with :func:`styled`, around text that stays literal.
 from __future__ import annotations
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.text import Text
 
 out = Console(markup=False, emoji=False, highlight=False)
@@ -19,7 +20,13 @@ def styled(*parts: str | tuple[str, str]) -> Text:
     return Text.assemble(*parts)
 
 
+def progress_bar(hidden: bool = False) -> Progress:
+    """A transient progress bar on stderr, drawn only on a terminal (and not when
+    ``hidden``): in a pipe or a log it would leave blank lines around the messages."""
+    return Progress(console=err, transient=True, disable=hidden or not err.is_terminal)
+
+
 def shown(text: str) -> str:
-    """``text`` itself if it prints as one line of visible characters, else its escaped
-    repr (a refused subject id may hold a newline or a bidi override)."""
-    return text if text.isprintable() else ascii(text)
+    """A subject id as printed: always quoted, non-printing characters escaped
+    (``'alice'``, ``' pad'``, ``'a\\u202eb'``), so padding and bidi overrides show."""
+    return repr(text)
