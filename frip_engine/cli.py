@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from frip_engine import plugins
@@ -88,20 +89,22 @@ def plugins_command(as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json({"components": rows, "broken": broken})
         return
-    table = Table(title="frip-engine plugins")
-    for column in ("kind", "name", "package", "version", "status"):
-        table.add_column(column, no_wrap=column != "status")
-    table.add_column("summary", ratio=1)
-    for row in rows:
-        status = (
-            styled(("ok", "green"))
-            if row["available"]
-            else styled(("missing", "red"), f": {row['install']}")
-        )
-        table.add_row(
-            row["kind"], row["name"], row["package"], row["version"], status, row["summary"]
-        )
+    table = Table(title="frip-engine plugins", box=box.SIMPLE_HEAD)
+    table.add_column("kind / name, package", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("summary", ratio=1, overflow="fold")
+    for kind in plugins.KINDS:
+        of_kind = [row for row in rows if row["kind"] == kind]
+        if of_kind:
+            table.add_row(styled((kind, "bold")))
+        for row in of_kind:
+            status = styled(("ok", "green") if row["available"] else ("missing", "red"))
+            package = f"  {row['package']} {row['version']}"
+            table.add_row(styled(f"  {row['name']}\n", (package, "dim")), status, row["summary"])
     out.print(table)
+    for row in rows:
+        if not row["available"]:
+            out.print(f"to install {row['kind']} {row['name']}: {row['install']}")
     for b in broken:
         err.print(
             styled(

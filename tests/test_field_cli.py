@@ -86,6 +86,17 @@ def test_calibrate_checks_the_profile_before_reading_images(
     assert time.monotonic() - start < 40
 
 
+def test_a_profile_of_the_calibrated_combination_passes_the_check(tmp_path: Path) -> None:
+    from frip_engine.cli_eval import _check_profile
+
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[engine]\nname = "x"\n[extractor]\nplugin = "arcface"\n')
+    _check_profile(plain, ("arcface", "none", None))
+    pemiu = tmp_path / "pemiu.toml"
+    pemiu.write_text('[engine]\nname = "x"\n[protection]\nplugin = "pe-miu"\n')
+    _check_profile(pemiu, ("arcface", "pe-miu", 32))
+
+
 # ---------------------------------------------------------------------------- 3, 4: enrol
 def test_failed_single_enrolment_is_one_error_line(home: Path, tmp_path: Path) -> None:
     assert frip("engine", "create", "e", "--preset", "fast").returncode == 0
@@ -153,6 +164,33 @@ def test_plugins_table_readable_at_80_columns() -> None:
     assert all(len(line) <= 80 for line in result.stdout.splitlines())
     assert "…" not in result.stdout  # folded, never cut
     assert "status" in result.stdout and "summary" in result.stdout
+
+
+def test_eval_identify_table_readable_at_80_columns() -> None:
+    from rich.console import Console
+
+    from frip_engine.cli_eval import identify_table
+
+    metrics = {
+        "gallery": 748,
+        "mated_searches": 1200,
+        "non_mated_searches": 3000,
+        "rank1": 0.96541,
+        "fnir_at_fpir": {k: {"fnir": 0.1234} for k in ("0.01", "0.05", "0.1")},
+        "at_threshold": {"threshold": 0.33558, "fnir": 0.0275, "fpir": 0.0099},
+    }
+    entry = {
+        "identification": metrics,
+        "encrypted_vs_plaintext": {"decisions_equal": 4200, "decisions_compared": 4200},
+        "throughput": {"images_per_second": 123.4},
+    }
+    summary = {"extractors": {"facenet-pytorch": entry, "arcface": entry}}
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(identify_table(summary))
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "…" not in text and "facenet-pytorch" in text
+    assert "0.33558" in text and "all" in text and "12.34%" in text
 
 
 # ---------------------------------------------------------------------------- 7: help, docs
