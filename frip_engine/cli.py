@@ -10,10 +10,20 @@ from typing import Annotated, Any
 import typer
 from rich import box
 from rich.table import Table
+from typer.core import TyperGroup
 
 from frip_engine import plugins
+from frip_engine.ckks import PRESETS
 from frip_engine.cli_eval import add_bench_commands, eval_app
-from frip_engine.cli_output import err, out, progress_bar, shown, styled
+from frip_engine.cli_output import (
+    err,
+    out,
+    progress_bar,
+    quit_on_broken_pipe,
+    shown,
+    stdout_closed,
+    styled,
+)
 from frip_engine.cli_serve import add_serve_commands
 from frip_engine.errors import (
     FripError,
@@ -24,7 +34,21 @@ from frip_engine.errors import (
     SubjectError,
 )
 
+
+class _Commands(TyperGroup):
+    """The top command group: output into a closed pipe ends the run quietly."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer.Context (typer vendors click)
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            if not stdout_closed():
+                raise  # another pipe (a worker's): a real failure
+            quit_on_broken_pipe()  # typer.echo's JSON (Rich's consoles call it themselves)
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="frip-engine: 1:N face identification over a CKKS-encrypted gallery.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -61,9 +85,21 @@ def _print_mapping(data: dict[str, Any], title: str, as_json: bool) -> None:
         _print_json(data)
         return
     table = Table(title=title, show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     for key, value in data.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+        table.add_row(key, _human(value))
     out.print(table)
+
+
+def _human(value: Any) -> str:
+    """A report value for people: tables as JSON, large floats as whole numbers with
+    thousands separators (bytes), small ones to 6 significant digits (thresholds)."""
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.6g}"
+    return str(value)
 
 
 # ---------------------------------------------------------------------------- plugins
@@ -121,7 +157,7 @@ def engine_create(
     profile: Annotated[Path | None, typer.Option(help="Engine profile TOML to start from.")] = None,
     extractor: Annotated[str | None, typer.Option(help="Extractor plugin.")] = None,
     he: Annotated[str | None, typer.Option(help="HE backend plugin.")] = None,
-    preset: Annotated[str | None, typer.Option(help="CKKS preset: paper, precise, fast.")] = None,
+    preset: Annotated[str | None, typer.Option(help=f"CKKS preset: {', '.join(PRESETS)}.")] = None,
     key_store: Annotated[str | None, typer.Option(help="Key store plugin.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Decision threshold (cosine).")] = None,
     home: HomeOpt = None,
@@ -276,7 +312,7 @@ def _probe_args(
     return {"embedding": decoded}
 
 
-def _show_decision(decision: Any, as_json: bool) -> None:
+def _show_decision(decision: Any, as_json: bool, one_to_one: bool = False) -> None:
     if as_json:
         _print_json(decision.to_dict())
         return
@@ -284,18 +320,23 @@ def _show_decision(decision: Any, as_json: bool) -> None:
     if decision.matched:
         score = decision.score
         out.print(
-            styled(("match", "green"), f" {decision.subject_id} (score {score:.4f} >= {limit:.4f})")
+            styled(("match", "green"), f" {decision.subject_id} (score {score:.4f} >= {limit:g})")
         )
+    elif decision.score is None:
+        out.print(styled(("no match", "red"), f": engine {decision.engine} is empty"))
     else:
-        best = "none" if decision.score is None else f"{decision.score:.4f}"
-        out.print(styled(("no match", "red"), f" (best score {best} < threshold {limit:.4f})"))
+        which = "score" if one_to_one else "best score"
+        out.print(
+            styled(("no match", "red"), f" ({which} {decision.score:.4f} < threshold {limit:g})")
+        )
     for note in decision.notes:
         out.print(styled("  ", ("note", "yellow"), f": {note}"))
     if len(decision.candidates) > 1:
         for rank, c in enumerate(decision.candidates, 1):
             out.print(f"  {rank}. {c.subject_id}  {c.score:.4f}")
     scope = f"{decision.registrants} registrant(s), {decision.blocks_scored} block(s)"
-    table = Table(title=f"timings over {scope}")
+    title = f"timings over {scope}"
+    table = Table(title=title, min_width=len(title) + 4)  # the title on one line
     table.add_column("stage")
     table.add_column("ms", justify="right")
     for stage, seconds in decision.timings.items():
@@ -359,7 +400,7 @@ def verify_command(
     with Engine.open(engine_name, home) as engine:
         probe = _probe_args(engine, image, embedding, template, adapter)
         decision = engine.verify(subject, threshold=threshold, **probe)
-    _show_decision(decision, as_json)
+    _show_decision(decision, as_json, one_to_one=True)
 
 
 @app.command("remove")

@@ -221,11 +221,14 @@ def test_identify_into_a_closed_pipe_exits_141_quietly(home: Path, tmp_path: Pat
         "--embedding",
         str(tmp_path / "v.npy"),
     ]
-    reader, writer = os.pipe()
-    os.close(reader)  # the reader is gone before the first line (head -1 after its line)
-    done = subprocess.run(command, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=20)
-    os.close(writer)
-    assert done.returncode == 141 and done.stderr == "", (done.returncode, done.stderr)
+    for extra in ([], ["--json"]):  # Rich's console and typer.echo
+        reader, writer = os.pipe()
+        os.close(reader)  # the reader is gone before the first line (head -1 after its line)
+        done = subprocess.run(
+            command + extra, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=20
+        )
+        os.close(writer)
+        assert done.returncode == 141 and done.stderr == "", (extra, done.returncode, done.stderr)
 
 
 def test_decision_wording(home: Path, tmp_path: Path) -> None:
