@@ -198,7 +198,10 @@ def identify_command(
         typer.echo(json.dumps(_without_curves(summary), indent=2))
         return
     out.print(identify_table(summary))
-    out.print("engine thr.: the threshold an engine with no protection uses by default")
+    out.print(
+        "engine thr.: what a new engine with this extractor and no protection uses (its "
+        "calibrated threshold where frip_engine/calibration.json has one)"
+    )
     out.print("written: " + ", ".join(str(f) for f in files))
 
 
