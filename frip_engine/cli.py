@@ -237,8 +237,9 @@ def enrol_command(
 ) -> None:
     """Enrol one subject, a folder or an index CSV (one template per subject).
 
-    One subject that fails is an error (its own exit code); a folder or an index enrols
-    every subject it can and exits 2 when any failed, listing each on stderr."""
+    One subject that fails is one error line (3 for a missing image, else 2); a folder or
+    an index enrols every subject it can and exits 2 when any failed, each listed on
+    stderr."""
     from frip_engine.datasets import csv_identities, folder_identities
     from frip_engine.embeddings import read_embedding_file
     from frip_engine.engine import Engine, EnrolItem
@@ -272,7 +273,7 @@ def enrol_command(
             task = bar.add_task("extracting and encrypting", total=len(items))
             report = engine.enrol_many(items, progress=lambda _s: bar.advance(task))
     if subject is not None and report.failed:
-        raise SubjectError(f"subject {shown(subject)} not enrolled: {report.failed[subject]}")
+        raise SubjectError(f"cannot enrol subject {shown(subject)}: {report.failed[subject]}")
     if as_json:
         _print_json(report.__dict__)
     else:
