@@ -8,16 +8,48 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
+from typer.core import TyperGroup
 
 from frip_engine import plugins
+from frip_engine.ckks import PRESETS
 from frip_engine.cli_audit import audit_key_event, audited_subjects
 from frip_engine.cli_eval import add_bench_commands, eval_app
-from frip_engine.cli_output import err, out, shown, styled
+from frip_engine.cli_output import (
+    err,
+    out,
+    progress_bar,
+    quit_on_broken_pipe,
+    shown,
+    stdout_closed,
+    styled,
+)
 from frip_engine.cli_serve import add_serve_commands
-from frip_engine.errors import FripError, InputError, KeyStoreError, MissingFileError, ProfileError
+from frip_engine.errors import (
+    FripError,
+    InputError,
+    KeyStoreError,
+    MissingFileError,
+    ProfileError,
+    SubjectError,
+)
+
+
+class _Commands(TyperGroup):
+    """The top command group: output into a closed pipe ends the run quietly."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer.Context (typer vendors click)
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            if not stdout_closed():
+                raise  # another pipe (a worker's): a real failure
+            quit_on_broken_pipe()  # typer.echo's JSON (Rich's consoles call it themselves)
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="frip-engine: 1:N face identification over a CKKS-encrypted gallery.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -54,9 +86,21 @@ def _print_mapping(data: dict[str, Any], title: str, as_json: bool) -> None:
         _print_json(data)
         return
     table = Table(title=title, show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     for key, value in data.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+        table.add_row(key, _human(value))
     out.print(table)
+
+
+def _human(value: Any) -> str:
+    """A report value for people: tables as JSON, large floats as whole numbers with
+    thousands separators (bytes), small ones to 6 significant digits (thresholds)."""
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.6g}"
+    return str(value)
 
 
 # ---------------------------------------------------------------------------- plugins
@@ -82,20 +126,22 @@ def plugins_command(as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json({"components": rows, "broken": broken})
         return
-    table = Table(title="frip-engine plugins")
-    for column in ("kind", "name", "package", "version", "status"):
-        table.add_column(column, no_wrap=column != "status")
-    table.add_column("summary", ratio=1)
-    for row in rows:
-        status = (
-            styled(("ok", "green"))
-            if row["available"]
-            else styled(("missing", "red"), f": {row['install']}")
-        )
-        table.add_row(
-            row["kind"], row["name"], row["package"], row["version"], status, row["summary"]
-        )
+    table = Table(title="frip-engine plugins", box=box.SIMPLE_HEAD)
+    table.add_column("kind / name, package", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("summary", ratio=1, overflow="fold")
+    for kind in plugins.KINDS:
+        of_kind = [row for row in rows if row["kind"] == kind]
+        if of_kind:
+            table.add_row(styled((kind, "bold")))
+        for row in of_kind:
+            status = styled(("ok", "green") if row["available"] else ("missing", "red"))
+            package = f"  {row['package']} {row['version']}"
+            table.add_row(styled(f"  {row['name']}\n", (package, "dim")), status, row["summary"])
     out.print(table)
+    for row in rows:
+        if not row["available"]:
+            out.print(f"to install {row['kind']} {row['name']}: {row['install']}")
     for b in broken:
         err.print(
             styled(
@@ -112,7 +158,7 @@ def engine_create(
     profile: Annotated[Path | None, typer.Option(help="Engine profile TOML to start from.")] = None,
     extractor: Annotated[str | None, typer.Option(help="Extractor plugin.")] = None,
     he: Annotated[str | None, typer.Option(help="HE backend plugin.")] = None,
-    preset: Annotated[str | None, typer.Option(help="CKKS preset: paper, precise, fast.")] = None,
+    preset: Annotated[str | None, typer.Option(help=f"CKKS preset: {', '.join(PRESETS)}.")] = None,
     key_store: Annotated[str | None, typer.Option(help="Key store plugin.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Decision threshold (cosine).")] = None,
     home: HomeOpt = None,
@@ -190,9 +236,11 @@ def enrol_command(
     as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
-    """Enrol one subject, a folder or an index CSV (one template per subject)."""
-    from rich.progress import Progress
+    """Enrol one subject, a folder or an index CSV (one template per subject).
 
+    One subject that fails is one error line (3 for a missing image, else 2); a folder or
+    an index enrols every subject it can and exits 2 when any failed, each listed on
+    stderr."""
     from frip_engine.datasets import csv_identities, folder_identities
     from frip_engine.embeddings import read_embedding_file
     from frip_engine.engine import Engine, EnrolItem
@@ -225,11 +273,13 @@ def enrol_command(
         subjects = [item.subject_id for item in items]
         with (
             audited_subjects(engine, "enrol", subjects) as not_done,
-            Progress(console=err, transient=True, disable=as_json) as bar,
+            progress_bar(as_json) as bar,
         ):
             task = bar.add_task("extracting and encrypting", total=len(items))
             report = engine.enrol_many(items, progress=lambda _s: bar.advance(task))
             not_done.update(report.failed)
+    if subject is not None and report.failed:
+        raise SubjectError(f"cannot enrol subject {shown(subject)}: {report.failed[subject]}")
     if as_json:
         _print_json(report.__dict__)
     else:
@@ -238,7 +288,7 @@ def enrol_command(
             for note in notes:
                 out.print(styled("  ", (shown(sid), "yellow"), f": {note}"))
         for sid, why in report.failed.items():
-            err.print(styled("  ", ("not enrolled", "red"), f" {shown(sid)}: {why}"))
+            err.print(styled(("not enrolled", "red"), f" {shown(sid)}: {why}"))
     if report.failed:
         raise typer.Exit(InputError.exit_code)
 
@@ -269,7 +319,7 @@ def _probe_args(
     return {"embedding": decoded}
 
 
-def _show_decision(decision: Any, as_json: bool) -> None:
+def _show_decision(decision: Any, as_json: bool, one_to_one: bool = False) -> None:
     if as_json:
         _print_json(decision.to_dict())
         return
@@ -277,18 +327,23 @@ def _show_decision(decision: Any, as_json: bool) -> None:
     if decision.matched:
         score = decision.score
         out.print(
-            styled(("match", "green"), f" {decision.subject_id} (score {score:.4f} >= {limit:.4f})")
+            styled(("match", "green"), f" {decision.subject_id} (score {score:.4f} >= {limit:g})")
         )
+    elif decision.score is None:
+        out.print(styled(("no match", "red"), f": engine {decision.engine} is empty"))
     else:
-        best = "none" if decision.score is None else f"{decision.score:.4f}"
-        out.print(styled(("no match", "red"), f" (best score {best} < threshold {limit:.4f})"))
+        which = "score" if one_to_one else "best score"
+        out.print(
+            styled(("no match", "red"), f" ({which} {decision.score:.4f} < threshold {limit:g})")
+        )
     for note in decision.notes:
         out.print(styled("  ", ("note", "yellow"), f": {note}"))
     if len(decision.candidates) > 1:
         for rank, c in enumerate(decision.candidates, 1):
             out.print(f"  {rank}. {c.subject_id}  {c.score:.4f}")
     scope = f"{decision.registrants} registrant(s), {decision.blocks_scored} block(s)"
-    table = Table(title=f"timings over {scope}")
+    title = f"timings over {scope}"
+    table = Table(title=title, min_width=len(title) + 4)  # the title on one line
     table.add_column("stage")
     table.add_column("ms", justify="right")
     for stage, seconds in decision.timings.items():
@@ -352,7 +407,7 @@ def verify_command(
     with Engine.open(engine_name, home) as engine:
         probe = _probe_args(engine, image, embedding, template, adapter)
         decision = engine.verify(subject, threshold=threshold, **probe)
-    _show_decision(decision, as_json)
+    _show_decision(decision, as_json, one_to_one=True)
 
 
 @app.command("remove")
@@ -516,11 +571,9 @@ def keys_rotate_kek(engine_name: EngineArg, home: HomeOpt = None) -> None:
 @keys_app.command("rotate-he")
 def keys_rotate_he(engine_name: EngineArg, home: HomeOpt = None) -> None:
     """New HE key pair; the gallery is re-encrypted block by block, then switched at once."""
-    from rich.progress import Progress
-
     from frip_engine.engine import Engine
 
-    with Engine.open(engine_name, home) as engine, Progress(console=err, transient=True) as bar:
+    with Engine.open(engine_name, home) as engine, progress_bar() as bar:
         task = bar.add_task("re-encrypting blocks", total=len(engine.store.blocks()))
         version = engine.rotate_he_keys(progress=lambda _b: bar.advance(task))
         audit_key_event(engine, "rotate_he", key_version=str(version))

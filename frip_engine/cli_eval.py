@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from frip_engine import plugins
-from frip_engine.cli_output import err, out
-from frip_engine.errors import InputError
+from frip_engine.cli_output import err, out, progress_bar
+from frip_engine.errors import InputError, MissingFileError
 
 eval_app = typer.Typer(
     help="Measure extractors on a labelled image set: verification and identification.",
@@ -53,7 +55,9 @@ def _dataset(folder: Path | None, index: Path | None, identities: int | None) ->
         index = find_lfw_dev(None) / "index.csv"
     if identities is not None and identities < 2:
         raise InputError("--identities must be at least 2")
-    return Dataset.load(folder, index).limit(identities)
+    dataset = Dataset.load(folder, index).limit(identities)
+    # named after its folder, also for an index given as a bare file name (root ".")
+    return replace(dataset, root=dataset.root.resolve())
 
 
 def _extractors(names: list[str] | None) -> list[str]:
@@ -86,6 +90,25 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def _cell(value: object) -> str:
+    """A table cell: ``-`` for a value that does not apply (None)."""
+    return "-" if value is None else str(value)
+
+
+def _differ(count: int) -> str:
+    """Encrypted vs plaintext decisions: ``all`` equal, else how many differ."""
+    return "all" if count == 0 else f"{count} differ"
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """A results table that fits 80 columns: first column kept whole, the others fold."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    table.add_column(columns[0], no_wrap=True)
+    for column in columns[1:]:
+        table.add_column(column, justify="right", overflow="fold")
+    return table
+
+
 @eval_app.command("verify")
 def verify_command(
     folder: FolderOpt = None,
@@ -108,26 +131,25 @@ def verify_command(
 
     dataset = _dataset(folder, index, identities)
     names = _extractors(extractor)
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with progress_bar(as_json) as progress:
         summary = run_verify(dataset, names, pairs, threads, _Bar(progress, len(dataset.paths)))
     files = write_outputs(summary, output)
     if as_json:
         typer.echo(json.dumps(_without_curves(summary), indent=2))
         return
-    table = Table(
-        title=f"verification on {len(dataset.paths)} images ({summary['dataset']['pairs']})"
+    table = _table(
+        f"verification on {len(dataset.paths)} images ({summary['dataset']['pairs']})",
+        (
+            "extractor",
+            "dim",
+            "EER",
+            "FNMR at FMR\n1%",
+            "\n0.1%",
+            "thr. at\nFMR 0.1%",
+            "img/s",
+            "no\nface",
+        ),
     )
-    for column in (
-        "extractor",
-        "dim",
-        "EER",
-        "FNMR@FMR1%",
-        "FNMR@FMR0.1%",
-        "thr@FMR0.1%",
-        "images/s",
-        "no face",
-    ):
-        table.add_column(column, justify="left" if column == "extractor" else "right")
     for name, entry in summary["extractors"].items():
         v = entry["verification"]
         at = v["fnmr_at_fmr"]
@@ -167,7 +189,7 @@ def identify_command(
 
     dataset = _dataset(folder, index, identities)
     names = _extractors(extractor)
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with progress_bar(as_json) as progress:
         summary = run_identify(
             dataset, names, threads, he_check, _Bar(progress, len(dataset.paths))
         )
@@ -175,40 +197,48 @@ def identify_command(
     if as_json:
         typer.echo(json.dumps(_without_curves(summary), indent=2))
         return
-    first = next(iter(summary["extractors"].values()))["identification"]
-    table = Table(
-        title=f"identification: {first['gallery']} enrolled, {first['mated_searches']} mated "
-        f"and {first['non_mated_searches']} non-mated searches"
+    out.print(identify_table(summary))
+    out.print(
+        "engine thr.: what a new engine with this extractor and no protection uses (its "
+        "calibrated threshold where frip_engine/calibration.json has one)"
     )
-    for column in (
-        "extractor",
-        "rank-1",
-        "FNIR@FPIR1%",
-        "FNIR@FPIR5%",
-        "FNIR@FPIR10%",
-        "threshold",
-        "FNIR/FPIR there",
-        "HE = plain",
-        "images/s",
-    ):
-        table.add_column(column, justify="left" if column == "extractor" else "right")
+    out.print("written: " + ", ".join(str(f) for f in files))
+
+
+def identify_table(summary: dict[str, Any]) -> Table:
+    """``frip eval identify``'s table: one row per extractor, readable at 80 columns."""
+    first = next(iter(summary["extractors"].values()))["identification"]
+    table = _table(
+        f"identification: {first['gallery']} enrolled, {first['mated_searches']} mated "
+        f"and {first['non_mated_searches']} non-mated searches",
+        (
+            "extractor",
+            "rank-1",
+            "FNIR at FPIR\n1%",
+            "\n5%",
+            "\n10%",
+            "engine\nthr.",
+            "FNIR,\nFPIR at\nthr.",
+            "HE =\nplain",
+            "img/s",
+        ),
+    )
     for name, entry in summary["extractors"].items():
         m = entry["identification"]
         at = m["fnir_at_fpir"]
         check = entry.get("encrypted_vs_plaintext")
-        same = f"{check['decisions_equal']}/{check['decisions_compared']}" if check else "-"
+        same = "-" if not check else _differ(check["decisions_compared"] - check["decisions_equal"])
         there = m["at_threshold"]
         table.add_row(
             name,
             f"{m['rank1']:.4f}",
             *(_pct(at[k]["fnir"]) if k in at else "-" for k in ("0.01", "0.05", "0.1")),
-            f"{there['threshold']:.2f}",
-            f"{_pct(there['fnir'])} / {_pct(there['fpir'])}",
+            f"{there['threshold']:.5g}",
+            f"{_pct(there['fnir'])}\n{_pct(there['fpir'])}",
             same,
             f"{entry['throughput']['images_per_second']:.1f}",
         )
-    out.print(table)
-    out.print("written: " + ", ".join(str(f) for f in files))
+    return table
 
 
 def add_bench_commands(bench: typer.Typer) -> None:
@@ -233,7 +263,7 @@ def bench_extract_command(
 
     dataset = _dataset(folder, index, identities)
     names = _extractors(extractor)
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with progress_bar(as_json) as progress:
         summary = benchmark(dataset, names, threads, batch_size, _Bar(progress, len(dataset.paths)))
     output.mkdir(parents=True, exist_ok=True)
     path = output / "extractors.json"
@@ -241,18 +271,10 @@ def bench_extract_command(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    table = Table(title=f"extraction on {len(dataset.paths)} images, {threads} thread(s)")
-    for column in (
-        "extractor",
-        "images/s",
-        "ms total",
-        "decode",
-        "detect",
-        "align",
-        "embed",
-        "no face",
-    ):
-        table.add_column(column, justify="left" if column == "extractor" else "right")
+    table = _table(
+        f"extraction on {len(dataset.paths)} images, {threads} thread(s)",
+        ("extractor", "img/s", "ms\ntotal", "decode", "detect", "align", "embed", "no\nface"),
+    )
     for name, entry in summary["extractors"].items():
         ms = entry["ms_per_image"]
         table.add_row(
@@ -318,7 +340,7 @@ def protection_command(
     genders = read_genders(index, dataset)
     names = _extractors(extractor)
     sizes = block_size or list(DEFAULT_BLOCK_SIZES)
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with progress_bar(as_json) as progress:
         summary = run_protection(
             dataset,
             genders,
@@ -356,7 +378,10 @@ def calibrate_command(
     ] = 0.01,
     write_profile: Annotated[
         Path | None,
-        typer.Option(help="Also set [engine] threshold in this profile TOML (same combination)."),
+        typer.Option(
+            help="Also set \\[engine] threshold in this existing profile TOML (it must use the "
+            "same extractor, protection and block size; checked before any image is read)."
+        ),
     ] = None,
     threads: ThreadsOpt = 1,
     identities: IdentitiesOpt = None,
@@ -372,7 +397,9 @@ def calibrate_command(
 
     from frip_engine.calibration import resolve_protection, run_calibration, write_profile_threshold
 
-    resolve_protection(extractor, protection, block_size)  # refuse before reading images
+    size = resolve_protection(extractor, protection, block_size)  # refuse before any image
+    if write_profile is not None:
+        _check_profile(write_profile, (extractor, protection, size))
     dataset = _dataset(folder, index, identities)
     command = "frip eval calibrate " + " ".join(
         f"--{k} {v}"
@@ -387,7 +414,7 @@ def calibrate_command(
         )
         if v is not None
     )
-    with Progress(console=err, transient=True, disable=as_json) as progress:
+    with progress_bar(as_json) as progress:
         record = run_calibration(
             dataset,
             extractor,
@@ -411,8 +438,10 @@ def calibrate_command(
         typer.echo(json.dumps(asdict(record), indent=2))
         return
     table = Table(title=f"threshold for {extractor} / {protection}", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     for key, value in asdict(record).items():
-        table.add_row(key, str(value))
+        table.add_row(key, _cell(value))
     out.print(table)
     out.print(record.describe(), markup=False)
     if write_profile is not None:
@@ -421,3 +450,27 @@ def calibrate_command(
         )
     else:
         out.print(f"use it: [engine] threshold = {record.threshold}", markup=False)
+
+
+def _check_profile(path: Path, combination: tuple[str, str, int | None]) -> None:
+    """Refuse ``--write-profile`` before the run: the file must be a valid profile of the
+    calibrated (extractor, protection, block size or None). MissingFileError when it does
+    not exist (calibrate updates a profile, it makes none: ``frip engine create`` makes
+    engines), ProfileError when it is invalid, InputError for another combination."""
+    from frip_engine.calibration import table_key
+    from frip_engine.profile import load_profile
+
+    if not path.is_file():
+        raise MissingFileError(
+            f"profile {path} does not exist: --write-profile updates an existing profile TOML"
+        )
+    profile = load_profile(path)
+    made = plugins.create(
+        "protection", profile.plugin("protection"), **profile.params("protection")
+    )
+    has = table_key(profile.plugin("extractor"), made.name, made.probe_block_size)
+    if has != combination:
+        raise InputError(
+            f"{path} uses extractor/protection/block size {has}, not the {combination} being "
+            "calibrated: calibrate with the profile's own combination"
+        )

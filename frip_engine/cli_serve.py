@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import getpass
 import json
+import socket
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -103,12 +105,11 @@ def serve(
             raise MissingFileError(f"{path} does not exist")
     if max_body_mb <= 0 or burst < 1 or rate < 0 or replay_window <= 0:
         raise InputError("--max-body-mb, --burst and --replay-window must be positive")
+    if not 0 < port < 65536:
+        raise InputError(f"--port {port} must be in 1..65535")
     per_client = max_connections_per_client or max(1, min(32, max_connections // 4))
     limits = ConnectionLimits(max_connections, per_client, header_timeout, body_timeout, keep_alive)
     limits.check()
-    if tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
-        warning = f": serving on {host} without TLS; API keys travel in clear"
-        err.print(styled(("warning", "yellow"), warning))
     config = ServiceConfig(
         home=_home(home),
         max_body_bytes=int(max_body_mb * 1024 * 1024),
@@ -118,7 +119,55 @@ def serve(
         access_log=access_log,
     )
     tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    if tls is not None:
+        _check_tls(*tls)
+    _check_port(host, port)
+    if tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
+        warning = f": serving on {host} without TLS; API keys travel in clear"
+        err.print(styled(("warning", "yellow"), warning))
     build_server(create_app(config), host, port, limits, tls).run()
+
+
+def _check_tls(cert: Path, key: Path) -> None:
+    """Load the TLS pair as the server will; InputError naming the file that is wrong
+    (no certificate, no key, a passphrase-protected key, a key of another certificate)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_verify_locations(cafile=cert)  # only certificates load here
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise InputError(f"--tls-cert {cert}: no PEM certificate in it; is it the key?") from exc
+
+    def no_passphrase() -> str:
+        raise InputError(f"--tls-key {key} is passphrase-protected: give an unencrypted key")
+
+    try:
+        context.load_cert_chain(cert, key, password=no_passphrase)
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            raise InputError(
+                f"--tls-key {key} does not match the certificate in --tls-cert {cert}"
+            ) from exc
+        raise InputError(
+            f"--tls-key {key}: no usable PEM private key in it; is it the certificate?"
+        ) from exc
+    except OSError as exc:
+        raise InputError(f"--tls-key {key}: cannot read it ({exc.strerror})") from exc
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` as uvicorn will and let it go: InputError when the address is
+    taken, not local or not allowed, before the server logs anything."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise InputError(
+                f"cannot listen on {host}:{port}: {why.lower()}; choose another --port or "
+                "--host, or stop what uses it"
+            ) from exc
 
 
 EngineOpt = Annotated[list[str], typer.Option("--engine", help="An engine name (repeatable).")]
