@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -439,3 +440,83 @@ def test_a_failed_commit_does_not_leave_a_transaction_open(tmp_path: Path) -> No
         tx.execute("INSERT INTO parent VALUES (7)")
     assert len(db.query("SELECT id FROM parent")) == 1 and not db.query("SELECT * FROM child")
     db.close()
+
+
+# ---------------------------------------------------------------- 5. a killed engine process
+_WORKER_SCRIPT = """
+import time
+from frip_engine.engine import Engine, EnrolItem
+from frip_engine.profile import Profile
+import numpy as np
+
+if __name__ == "__main__":
+    profile = {"engine": {"name": "orphan", "workers": 2}, "he": {"preset": "compact"}}
+    engine = Engine.create(Profile.from_dict(profile))
+    vectors = np.random.default_rng(0).normal(size=(2049, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    # two new blocks, one encrypted by each worker
+    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
+    assert engine.identify(embedding=vectors[0]).subject_id == "s0"
+    print("ready", flush=True)
+    time.sleep(300)
+"""
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's children, from /proc (pid -> child pids)."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit():
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def _descendants(pid: int) -> list[int]:
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        children = tree.get(todo.pop(), [])
+        found += children
+        todo += children
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker pids")
+def test_worker_processes_exit_when_the_engine_process_is_killed(
+    tmp_path: Path, home: Path
+) -> None:
+    """kill -9 of a process using an engine with workers = 2: its forkserver, resource
+    tracker and both workers must exit too (they were left running with no parent)."""
+    script = tmp_path / "use_engine.py"
+    script.write_text(_WORKER_SCRIPT)
+    engine = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert engine.stdout is not None
+        line = engine.stdout.readline()
+        assert line.strip() == "ready", line + engine.stderr.read() if engine.stderr else ""
+        helpers = _descendants(engine.pid)
+        assert len(helpers) == 4, helpers  # forkserver, resource tracker, two workers
+    finally:
+        engine.kill()
+        engine.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in helpers):
+        time.sleep(0.2)
+    assert [pid for pid in helpers if _alive(pid)] == []
