@@ -520,3 +520,48 @@ def test_worker_processes_exit_when_the_engine_process_is_killed(
     while time.monotonic() < deadline and any(_alive(pid) for pid in helpers):
         time.sleep(0.2)
     assert [pid for pid in helpers if _alive(pid)] == []
+
+
+# ---------------------------------------------------------------- 6. retired HE secret keys
+def _he_keys(engine: Engine) -> list[str]:
+    sealed = engine.parts.key_store.status(engine.profile.engine_id)["sealed_keys"]
+    return [key_id for key_id in sealed if key_id.startswith("he-secret-")]
+
+
+def test_an_old_he_key_left_by_a_killed_rotation_is_reported_and_deleted_by_the_next(
+    home: Path,
+) -> None:
+    """`frip keys rotate-he` killed between its store commit and deleting the old key left
+    he-secret-v1 sealed for good, and `keys status` said nothing."""
+    engine = _file_engine(home, "ret", "compact")  # a key file, seen by the CLI too
+    first = unit_vectors(3)
+    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(first)])
+    key_store = engine.parts.key_store
+    delete = key_store.delete_secret
+
+    def killed_at_old_key(engine_id: str, key_id: str) -> None:
+        if key_id == he_key_id(1):
+            raise SystemExit("killed")  # the process dies before the deletion
+        delete(engine_id, key_id)
+
+    key_store.delete_secret = killed_at_old_key  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        engine.rotate_he_keys()
+    del key_store.delete_secret  # the next process: an intact key store plugin
+    engine.close()
+    with Engine.open("ret", home) as after_crash:
+        assert after_crash.key_version == 2 and _he_keys(after_crash) == [
+            he_key_id(1),
+            he_key_id(2),
+        ]
+        status = after_crash.key_status()
+        assert status["problems"] == []
+        assert len(status["warnings"]) == 1 and he_key_id(1) in status["warnings"][0]
+    shown = frip("keys", "status", "ret")
+    assert shown.returncode == 0, shown.stderr  # a warning, not an error
+    assert he_key_id(1) in shown.stderr and "frip keys rotate-he ret" in shown.stderr
+    with Engine.open("ret", home) as again:
+        assert again.rotate_he_keys() == 3
+        assert _he_keys(again) == [he_key_id(3)]
+        assert again.key_status()["warnings"] == []
+        assert again.identify(embedding=near(first[1], 0.1, 1)).subject_id == "s1"
