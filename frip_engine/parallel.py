@@ -82,10 +82,11 @@ def _parent_of(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])  # the name, in (), may hold spaces
 
 
-def _owner_gone(owner_pid: int, forkserver_pid: int) -> bool:
-    """Whether the engine process ``owner_pid`` has ended: it no longer exists, or this
-    worker's parent (the forkserver) changed or was adopted by another process (on Linux
-    the latter also catches a killed engine left unreaped as a zombie, or a reused pid)."""
+def _owner_gone(owner_pid: int, forkserver_pid: int, forkserver_parent: int | None) -> bool:
+    """Whether the engine process ``owner_pid`` has ended: it no longer exists, this
+    worker's parent (the forkserver) changed, or the forkserver was adopted by another
+    process than the one that started it (on Linux this also catches a killed engine left
+    unreaped as a zombie, and a reused pid)."""
     try:
         os.kill(owner_pid, 0)
     except ProcessLookupError:
@@ -94,16 +95,17 @@ def _owner_gone(owner_pid: int, forkserver_pid: int) -> bool:
         pass  # it exists under another user: a reused pid, which the checks below catch
     if os.getppid() != forkserver_pid:
         return True
-    return _parent_of(forkserver_pid) not in (owner_pid, None)
+    return _parent_of(forkserver_pid) != forkserver_parent
 
 
 def _watch_owner(owner_pid: int) -> None:
     """Start a daemon thread that ends this worker process (``os._exit``) within about
     OWNER_POLL_SECONDS of the engine process ``owner_pid`` ending, however it ended."""
     forkserver_pid = os.getppid()
+    forkserver_parent = _parent_of(forkserver_pid)  # the engine process, None without /proc
 
     def watch() -> None:
-        while not _owner_gone(owner_pid, forkserver_pid):
+        while not _owner_gone(owner_pid, forkserver_pid, forkserver_parent):
             time.sleep(OWNER_POLL_SECONDS)
         os._exit(1)
 

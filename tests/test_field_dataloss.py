@@ -4,6 +4,8 @@ a lost secret key, concurrent writers, a damaged gallery file and masked SQLite 
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -494,11 +496,13 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker pids")
+@pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "left-a-zombie"])
 def test_worker_processes_exit_when_the_engine_process_is_killed(
-    tmp_path: Path, home: Path
+    tmp_path: Path, home: Path, reaped: bool
 ) -> None:
     """kill -9 of a process using an engine with workers = 2: its forkserver, resource
-    tracker and both workers must exit too (they were left running with no parent)."""
+    tracker and both workers must exit too (they were left running with no parent), also
+    while the killed process is a zombie its parent has not reaped yet."""
     script = tmp_path / "use_engine.py"
     script.write_text(_WORKER_SCRIPT)
     engine = subprocess.Popen(
@@ -507,19 +511,25 @@ def test_worker_processes_exit_when_the_engine_process_is_killed(
         stderr=subprocess.PIPE,
         text=True,
     )
+    helpers: list[int] = []
     try:
         assert engine.stdout is not None
         line = engine.stdout.readline()
         assert line.strip() == "ready", line + engine.stderr.read() if engine.stderr else ""
         helpers = _descendants(engine.pid)
         assert len(helpers) == 4, helpers  # forkserver, resource tracker, two workers
+        engine.kill()
+        if reaped:
+            engine.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in helpers):
+            time.sleep(0.2)
+        assert [pid for pid in helpers if _alive(pid)] == []
     finally:
         engine.kill()
         engine.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in helpers):
-        time.sleep(0.2)
-    assert [pid for pid in helpers if _alive(pid)] == []
+        for pid in filter(_alive, helpers):  # none left running after a failure
+            os.kill(pid, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- 6. retired HE secret keys
