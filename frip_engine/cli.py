@@ -551,6 +551,8 @@ def keys_status(engine_name: EngineArg, as_json: JsonOpt = False, home: HomeOpt 
     with Engine.open(engine_name, home) as engine:
         status = engine.key_status()
     _print_mapping(status, f"keys of {engine_name}", as_json)
+    for warning in status["warnings"]:
+        err.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
     if status["problems"]:  # a broken key store is an error, not a line in a table
         for problem in status["problems"]:
             err.print(f"broken: {problem}", style="red", highlight=False, markup=False)

@@ -36,7 +36,7 @@ from frip_engine.errors import (
     UnknownSubjectError,
 )
 from frip_engine.images import load_image
-from frip_engine.keyservice import KeyService, he_key_id, wipe
+from frip_engine.keyservice import KeyService, he_key_id, he_key_version, wipe
 from frip_engine.parallel import ParallelScorer, WorkerSetup, context_fingerprint, result
 from frip_engine.pemiu import PemiuTemplate, stored_vector
 from frip_engine.private import private_dir
@@ -642,7 +642,7 @@ class Engine:
         new_version = old_version + 1
         key_store = self.parts.key_store
         self.store.clear_staging()
-        key_store.delete_secret(engine_id, he_key_id(new_version))  # left by an interruption
+        self._delete_other_he_keys()  # left by a rotation interrupted or killed
         fresh = KeyService.generate(self.parts.backend, key_store, engine_id, new_version)
         occupants = self._occupants()
         for info in self.store.blocks():
@@ -654,8 +654,22 @@ class Engine:
             self.store.stage_block(info.block_id, revision, new_version, rebuilt)
         self.store.switch_key_version(new_version, fresh.public_context)
         self._use_keys(fresh)
-        key_store.delete_secret(engine_id, he_key_id(old_version))
+        self._delete_other_he_keys()  # the old version
         return new_version
+
+    def _sealed_he_versions(self) -> list[int]:
+        """The versions of every HE secret key sealed for this engine, in ascending order."""
+        sealed = self.parts.key_store.status(self.profile.engine_id).get("sealed_keys", [])
+        return sorted(v for v in map(he_key_version, sealed) if v is not None)
+
+    def _delete_other_he_keys(self) -> None:
+        """Delete every sealed HE secret key but the one in use: retired versions (a rotation
+        killed after its switch left its old key) and newer ones (a rotation interrupted
+        before its switch left its new key). Only under the write lock: no rotation is in
+        flight elsewhere."""
+        for version in self._sealed_he_versions():
+            if version != self.key_version:
+                self.parts.key_store.delete_secret(self.profile.engine_id, he_key_id(version))
 
     def rotate_kek(self) -> str:
         """Re-wrap the HE secret key under a fresh key-encryption key."""
@@ -663,14 +677,27 @@ class Engine:
             return str(self.parts.key_store.rotate_kek(self.profile.engine_id))
 
     def key_status(self) -> dict[str, Any]:
-        """The key store's own status, the key version in use, and under ``problems`` why
-        the current HE secret key is missing or cannot be unwrapped (empty: it works)."""
+        """The key store's own status, the key version in use, under ``problems`` why the
+        current HE secret key is missing or cannot be unwrapped (empty: it works), and under
+        ``warnings`` retired HE secret keys still sealed (a rotation killed before deleting
+        them; they would decrypt old copies of the gallery)."""
         self._follow_keys()
         status = dict(self.parts.key_store.status(self.profile.engine_id))
         status["key_version_in_use"] = self.key_version
         status["he"] = self.parts.backend.description
         problem = self._secret_key_problem()
         status["problems"] = [] if problem is None else [problem]
+        retired = [he_key_id(v) for v in self._sealed_he_versions() if v < self.key_version]
+        status["warnings"] = (
+            [
+                f"engine '{self.name}': retired HE secret key(s) {', '.join(retired)} still "
+                f"sealed in {self.parts.key_store.describe()} (a key rotation was stopped before "
+                "deleting them); they decrypt any old copy of the gallery. The next "
+                f"`frip keys rotate-he {self.name}` deletes them"
+            ]
+            if retired
+            else []
+        )
         return status
 
     def _secret_key_problem(self) -> str | None:

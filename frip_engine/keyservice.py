@@ -32,6 +32,12 @@ def he_key_id(version: int) -> str:
     return f"he-secret-v{version}"
 
 
+def he_key_version(key_id: str) -> int | None:
+    """The version in a key store name made by :func:`he_key_id`, or None for another key."""
+    prefix, _, version = key_id.rpartition("-v")
+    return int(version) if prefix == "he-secret" and version.isdigit() else None
+
+
 ROUTING_KEY_ID = "routing-key"
 
 

@@ -15,6 +15,11 @@ A worker holds the public key of one HE key version, fixed when it starts. Every
 names the key version it is for and the worker refuses any other, so a pool that outlived
 a key rotation can never encrypt a block under the retired key; new blocks come back with
 the fingerprint of the public context that encrypted them, which the store checks.
+
+Workers end with the engine process, even a killed one (``kill -9``): each watches the
+process that started it (:func:`_watch_owner`) and exits once it is gone. Their parent is
+the forkserver, not the engine, and each holds the pipes whose end-of-file tells the
+forkserver and the resource tracker to exit, so those two go as soon as the workers do.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ from __future__ import annotations
 import ast
 import hashlib
 import multiprocessing
+import os
 import sys
+import threading
+import time
 import tokenize
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
 from types import FrameType, ModuleType
@@ -49,6 +57,7 @@ class WorkerSetup:
     public_context: bytes
     pemiu_block_size: int | None  # a pe-miu engine's probe block size
     key_version: int  # the HE key version of public_context
+    owner_pid: int = field(default_factory=os.getpid)  # the engine process (made there)
 
 
 def context_fingerprint(public_context: bytes) -> str:
@@ -60,7 +69,51 @@ _worker: dict[str, Any] = {}
 T = TypeVar("T")
 
 
+OWNER_POLL_SECONDS = 0.5
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of process ``pid`` from /proc, or None where that cannot be read
+    (no /proc, or the process is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the name, in (), may hold spaces
+
+
+def _owner_gone(owner_pid: int, forkserver_pid: int, forkserver_parent: int | None) -> bool:
+    """Whether the engine process ``owner_pid`` has ended: it no longer exists, this
+    worker's parent (the forkserver) changed, or the forkserver was adopted by another
+    process than the one that started it (on Linux this also catches a killed engine left
+    unreaped as a zombie, and a reused pid)."""
+    try:
+        os.kill(owner_pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists under another user: a reused pid, which the checks below catch
+    if os.getppid() != forkserver_pid:
+        return True
+    return _parent_of(forkserver_pid) != forkserver_parent
+
+
+def _watch_owner(owner_pid: int) -> None:
+    """Start a daemon thread that ends this worker process (``os._exit``) within about
+    OWNER_POLL_SECONDS of the engine process ``owner_pid`` ending, however it ended."""
+    forkserver_pid = os.getppid()
+    forkserver_parent = _parent_of(forkserver_pid)  # the engine process, None without /proc
+
+    def watch() -> None:
+        while not _owner_gone(owner_pid, forkserver_pid, forkserver_parent):
+            time.sleep(OWNER_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="frip-owner-watch", daemon=True).start()
+
+
 def _start(setup: WorkerSetup) -> None:
+    _watch_owner(setup.owner_pid)
     from frip_engine import plugins
 
     backend = plugins.create("he_backend", setup.backend, **setup.backend_params)

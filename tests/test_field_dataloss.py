@@ -4,10 +4,13 @@ a lost secret key, concurrent writers, a damaged gallery file and masked SQLite 
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -439,3 +442,136 @@ def test_a_failed_commit_does_not_leave_a_transaction_open(tmp_path: Path) -> No
         tx.execute("INSERT INTO parent VALUES (7)")
     assert len(db.query("SELECT id FROM parent")) == 1 and not db.query("SELECT * FROM child")
     db.close()
+
+
+# ---------------------------------------------------------------- 5. a killed engine process
+_WORKER_SCRIPT = """
+import time
+from frip_engine.engine import Engine, EnrolItem
+from frip_engine.profile import Profile
+import numpy as np
+
+if __name__ == "__main__":
+    profile = {"engine": {"name": "orphan", "workers": 2}, "he": {"preset": "compact"}}
+    engine = Engine.create(Profile.from_dict(profile))
+    vectors = np.random.default_rng(0).normal(size=(2049, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    # two new blocks, one encrypted by each worker
+    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
+    assert engine.identify(embedding=vectors[0]).subject_id == "s0"
+    print("ready", flush=True)
+    time.sleep(300)
+"""
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's children, from /proc (pid -> child pids)."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit():
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def _descendants(pid: int) -> list[int]:
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        children = tree.get(todo.pop(), [])
+        found += children
+        todo += children
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker pids")
+@pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "left-a-zombie"])
+def test_worker_processes_exit_when_the_engine_process_is_killed(
+    tmp_path: Path, home: Path, reaped: bool
+) -> None:
+    """kill -9 of a process using an engine with workers = 2: its forkserver, resource
+    tracker and both workers must exit too (they were left running with no parent), also
+    while the killed process is a zombie its parent has not reaped yet."""
+    script = tmp_path / "use_engine.py"
+    script.write_text(_WORKER_SCRIPT)
+    engine = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    helpers: list[int] = []
+    try:
+        assert engine.stdout is not None
+        line = engine.stdout.readline()
+        assert line.strip() == "ready", line + engine.stderr.read() if engine.stderr else ""
+        helpers = _descendants(engine.pid)
+        assert len(helpers) == 4, helpers  # forkserver, resource tracker, two workers
+        engine.kill()
+        if reaped:
+            engine.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in helpers):
+            time.sleep(0.2)
+        assert [pid for pid in helpers if _alive(pid)] == []
+    finally:
+        engine.kill()
+        engine.wait()
+        for pid in filter(_alive, helpers):  # none left running after a failure
+            os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- 6. retired HE secret keys
+def _he_keys(engine: Engine) -> list[str]:
+    sealed = engine.parts.key_store.status(engine.profile.engine_id)["sealed_keys"]
+    return [key_id for key_id in sealed if key_id.startswith("he-secret-")]
+
+
+def test_an_old_he_key_left_by_a_killed_rotation_is_reported_and_deleted_by_the_next(
+    home: Path,
+) -> None:
+    """`frip keys rotate-he` killed between its store commit and deleting the old key left
+    he-secret-v1 sealed for good, and `keys status` said nothing."""
+    engine = _file_engine(home, "ret", "compact")  # a key file, seen by the CLI too
+    first = unit_vectors(3)
+    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(first)])
+    key_store = engine.parts.key_store
+    delete = key_store.delete_secret
+
+    def killed_at_old_key(engine_id: str, key_id: str) -> None:
+        if key_id == he_key_id(1):
+            raise SystemExit("killed")  # the process dies before the deletion
+        delete(engine_id, key_id)
+
+    key_store.delete_secret = killed_at_old_key  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        engine.rotate_he_keys()
+    del key_store.delete_secret  # the next process: an intact key store plugin
+    engine.close()
+    with Engine.open("ret", home) as after_crash:
+        assert after_crash.key_version == 2 and _he_keys(after_crash) == [
+            he_key_id(1),
+            he_key_id(2),
+        ]
+        status = after_crash.key_status()
+        assert status["problems"] == []
+        assert len(status["warnings"]) == 1 and he_key_id(1) in status["warnings"][0]
+    shown = frip("keys", "status", "ret")
+    assert shown.returncode == 0, shown.stderr  # a warning, not an error
+    assert he_key_id(1) in shown.stderr and "frip keys rotate-he ret" in shown.stderr
+    with Engine.open("ret", home) as again:
+        assert again.rotate_he_keys() == 3
+        assert _he_keys(again) == [he_key_id(3)]
+        assert again.key_status()["warnings"] == []
+        assert again.identify(embedding=near(first[1], 0.1, 1)).subject_id == "s1"
