@@ -15,7 +15,7 @@ import pytest
 from conftest import SOFTHSM_PIN, unit_vectors
 
 from frip_engine.engine import Engine, EnrolItem, duplicate_engines
-from frip_engine.errors import KeyStoreError
+from frip_engine.errors import KeyStoreError, ProfileError
 from frip_engine.profile import Profile
 
 
@@ -146,3 +146,12 @@ def test_keys_status_reports_zero_byte_softhsm_object_files(
     status = frip("keys", "status", "e")
     assert status.returncode == 5 and "token.object is empty" in status.stderr, status.stderr
     assert "backup" in status.stderr
+
+
+def test_create_refuses_an_engine_id_another_engine_has(home: Path) -> None:
+    store = {"plugin": "memory"}
+    with Engine.create(Profile.from_dict({"engine": {"name": "a"}, "key_store": store}), home) as a:
+        taken = {"engine": {"name": "b", "id": a.profile.engine_id}, "key_store": store}
+        with pytest.raises(ProfileError, match="'a' already has engine id"):
+            Engine.create(Profile.from_dict(taken), home)
+    assert not (home / "engines" / "b").exists()
