@@ -103,14 +103,26 @@ def test_pkcs11_rotate_kek_keeps_a_kek_another_sealed_file_names(
     labels = [stores[i].status("same-id")["kek_label"] for i in (0, 1)]
     assert labels == ["frip-kek-same-id-3", "frip-kek-same-id-2"]
     assert _labels("frip-a", "frip-kek-same-id-") == sorted(labels)
+    assert stores[0].status("same-id")["kek_leftovers"] == []
+    _labels("frip-a", "frip-kek-same-id-", make="frip-kek-same-id-7")  # a killed init's
+    stores[1].rotate_kek("same-id")  # generation 8; 2 goes, the leftover 7 stays, reported
+    assert stores[1].status("same-id")["kek_leftovers"] == ["frip-kek-same-id-7"]
+    assert _labels("frip-a", "frip-kek-same-id-") == [
+        labels[0],
+        *(f"frip-kek-same-id-{g}" for g in (7, 8)),
+    ]
 
 
-def _labels(token: str, prefix: str) -> list[str]:
+def _labels(token: str, prefix: str, make: str = "") -> list[str]:
+    """The labels starting with ``prefix`` of the secret keys on ``token``, after making
+    an AES key labelled ``make`` there, if given."""
     import pkcs11
-    from pkcs11 import Attribute, ObjectClass
+    from pkcs11 import Attribute, KeyType, ObjectClass
 
     lib = pkcs11.lib("/usr/lib/softhsm/libsofthsm2.so")
-    with lib.get_token(token_label=token).open(user_pin=SOFTHSM_PIN) as session:
+    with lib.get_token(token_label=token).open(user_pin=SOFTHSM_PIN, rw=True) as session:
+        if make:
+            session.generate_key(KeyType.AES, 256, label=make, store=True)
         keys = session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})
         return sorted(k[Attribute.LABEL] for k in keys if k[Attribute.LABEL].startswith(prefix))
 

@@ -606,19 +606,29 @@ class PKCS11KeyStore:
             session.get_key(label=label, object_class=ObjectClass.SECRET_KEY).destroy()
 
     def status(self, engine_id: str) -> dict[str, Any]:
-        """The token, the KEK's label and protection, the sealed key ids, and under
-        ``problems`` the damage in SoftHSM's token store (:func:`softhsm_store_problems`).
-        Raises KeyStoreError when the token or the key cannot be read (with that damage)."""
+        """The token, the KEK's label and protection, the sealed key ids, under
+        ``kek_leftovers`` the labels of this engine's other keys on the token that no sealed
+        file in the folders beside names (left by an interrupted init or rotation, or by a
+        copy of the engine moved away: never destroyed here), and under ``problems`` the
+        damage in SoftHSM's token store (:func:`softhsm_store_problems`). Raises
+        KeyStoreError when the token or the key cannot be read (with that damage)."""
         from pkcs11 import Attribute
 
-        def look(session: Any) -> tuple[dict[str, Any], bool, bool]:
+        def look(session: Any) -> tuple[dict[str, Any], bool, bool, list[str]]:
             sealed = self._read()
             kek = self._kek(session, sealed["kek_label"], engine_id)
-            return sealed, bool(kek[Attribute.SENSITIVE]), bool(kek[Attribute.EXTRACTABLE])
+            named = {sealed["kek_label"], *self._keks_named_beside()}
+            leftovers = sorted(set(self._kek_labels(session, engine_id)) - named)
+            return (
+                sealed,
+                bool(kek[Attribute.SENSITIVE]),
+                bool(kek[Attribute.EXTRACTABLE]),
+                leftovers,
+            )
 
         problems = softhsm_store_problems(self.module)
         try:
-            sealed, sensitive, extractable = self._run(
+            sealed, sensitive, extractable, leftovers = self._run(
                 "reading the key's status", look, exclusive=False
             )
         except KeyStoreError as exc:
@@ -633,6 +643,7 @@ class PKCS11KeyStore:
             "kek_label": sealed["kek_label"],
             "kek_sensitive": sensitive,
             "kek_extractable": extractable,
+            "kek_leftovers": leftovers,  # this engine's keys no visible sealed file names
             "sealed_keys": sorted(sealed["keys"]),
             "sealed_file": str(self.path),
         }
