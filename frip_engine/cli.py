@@ -198,9 +198,18 @@ def engine_create(
 @engine_app.command("list")
 def engine_list(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
     """List the engines under the home folder."""
-    from frip_engine.engine import list_engines
+    from frip_engine.engine import duplicate_engines, list_engines
 
     names = list_engines(home)
+    for name, others in sorted(duplicate_engines(home).items()):
+        listed = ", ".join(f"'{other}'" for other in others)
+        err.print(
+            f"warning: engine '{name}' has the same engine id as {listed}: key rotations are "
+            "refused until the copy is moved out of FRIP_HOME (frip keys status says more)",
+            style="yellow",
+            highlight=False,
+            markup=False,
+        )
     if as_json:
         _print_json(names)
     elif not names:

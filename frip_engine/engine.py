@@ -122,6 +122,13 @@ class Engine:
         directory = engine_dir(profile.name, home)
         if directory.exists():
             raise ProfileError(f"engine '{profile.name}' already exists at {directory}")
+        for name, engine_id in engine_ids(home).items():
+            if engine_id == profile.engine_id:
+                raise ProfileError(
+                    f"engine '{name}' already has engine id {profile.engine_id}: two engines "
+                    "with one id share the key store's keys; remove the id from the profile "
+                    "(a fresh one is made)"
+                )
         parts = build(profile)
         default_threshold(profile, parts)  # an uncalibrated combination is refused here
         private_dir(directory)
@@ -632,9 +639,11 @@ class Engine:
         """New HE key pair; every block re-encrypted inside the key service, then one switch.
 
         Until the final store transaction the engine runs on its old keys: a rotation
-        killed midway leaves it working, and the next rotation starts over.
+        killed midway leaves it working, and the next rotation starts over. Raises
+        KeyStoreError while another engine folder holds this engine id.
         """
         with self._writing():
+            self._refuse_shared_id("rotating the HE keys")
             return self._rotate_he_keys(progress)
 
     def _rotate_he_keys(self, progress: Progress | None) -> int:
@@ -672,21 +681,27 @@ class Engine:
                 self.parts.key_store.delete_secret(self.profile.engine_id, he_key_id(version))
 
     def rotate_kek(self) -> str:
-        """Re-wrap the HE secret key under a fresh key-encryption key."""
+        """Re-wrap the HE secret key under a fresh key-encryption key. Raises KeyStoreError
+        while another engine folder holds this engine id."""
         with self._writing():
+            self._refuse_shared_id("rotating the key-encryption key")
             return str(self.parts.key_store.rotate_kek(self.profile.engine_id))
 
     def key_status(self) -> dict[str, Any]:
-        """The key store's own status, the key version in use, under ``problems`` why the
-        current HE secret key is missing or cannot be unwrapped (empty: it works), and under
-        ``warnings`` retired HE secret keys still sealed (a rotation killed before deleting
-        them; they would decrypt old copies of the gallery)."""
+        """The key store's own status, the key version in use, under ``problems`` the key
+        store's own findings, why the current HE secret key is missing or cannot be
+        unwrapped, and another engine folder holding this engine id (empty: all is well), and
+        under ``warnings`` retired HE secret keys still sealed (a rotation killed before
+        deleting them; they would decrypt old copies of the gallery)."""
         self._follow_keys()
         status = dict(self.parts.key_store.status(self.profile.engine_id))
         status["key_version_in_use"] = self.key_version
         status["he"] = self.parts.backend.description
-        problem = self._secret_key_problem()
-        status["problems"] = [] if problem is None else [problem]
+        problems = [self._secret_key_problem(), self._shared_id_problem()]
+        status["problems"] = [
+            *status.get("problems", []),  # a key store's own findings (a damaged token)
+            *(problem for problem in problems if problem is not None),
+        ]
         retired = [he_key_id(v) for v in self._sealed_he_versions() if v < self.key_version]
         status["warnings"] = (
             [
@@ -699,6 +714,17 @@ class Engine:
             else []
         )
         return status
+
+    def _shared_id_problem(self) -> str | None:
+        """Why key rotations are unsafe here (another engine folder beside this one holds
+        this engine id), or None."""
+        others = duplicate_engines(self.directory.parent.parent).get(self.name, [])
+        return shared_id_problem(self.name, others, self.profile.engine_id) if others else None
+
+    def _refuse_shared_id(self, what: str) -> None:
+        problem = self._shared_id_problem()
+        if problem is not None:
+            raise KeyStoreError(f"{problem}. {what} refused; nothing was changed")
 
     def _secret_key_problem(self) -> str | None:
         """Why the current HE secret key is unusable, or None: absent from the key store's
@@ -737,9 +763,11 @@ class Engine:
         """Put the HE secret key into a newly initialised key store and switch the profile.
 
         The old store's copy is deleted only after the new one has been read back and the
-        profile saved, so a failure at any step leaves a working engine.
+        profile saved, so a failure at any step leaves a working engine. Raises
+        KeyStoreError while another engine folder holds this engine id.
         """
         with self._writing():
+            self._refuse_shared_id("moving the keys")
             self._move_keys(section)
 
     def _move_keys(self, section: dict[str, Any]) -> None:
@@ -841,3 +869,45 @@ def list_engines(home: Path | None = None) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / PROFILE_FILE).is_file())
+
+
+def engine_ids(home: Path | None = None) -> dict[str, str]:
+    """Each engine's name -> its engine id; a folder whose profile cannot be read is left
+    out (opening it says why)."""
+    ids = {}
+    for name in list_engines(home):
+        try:
+            ids[name] = load_profile(engine_dir(name, home) / PROFILE_FILE).engine_id
+        except FripError:
+            continue
+    return ids
+
+
+def duplicate_engines(home: Path | None = None) -> dict[str, list[str]]:
+    """Engines under ``home`` whose engine id another engine folder there holds too: each
+    such engine's name -> the names of the others (sorted). Such folders (a copied engine
+    folder, a backup restored beside its original) share the key store's keys named after
+    the engine id (a PKCS#11 KEK), so a key rotation in one destroys the other's key."""
+    by_id: dict[str, list[str]] = defaultdict(list)
+    for name, engine_id in engine_ids(home).items():
+        by_id[engine_id].append(name)
+    return {
+        name: [other for other in names if other != name]
+        for names in by_id.values()
+        if len(names) > 1
+        for name in names
+    }
+
+
+def shared_id_problem(name: str, others: Sequence[str], engine_id: str) -> str:
+    """What is wrong with engine folders ``name`` and ``others`` sharing ``engine_id``, and
+    what to do (the text every refusal and ``frip keys status`` give)."""
+    names = [f"'{n}'" for n in sorted([name, *others])]
+    listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+    return (
+        f"duplicate engine id: engine folders {listed} in FRIP_HOME hold the same engine id "
+        f"{engine_id}, so they share the key store's key-encryption key and a key rotation in "
+        "one would destroy the key the other is sealed under; if one is a copy or a restored "
+        "backup, move the copy out of FRIP_HOME (a backup must not be opened beside its "
+        "original) or give up one of them"
+    )

@@ -172,6 +172,41 @@ def softhsm_token_dir(module: str) -> Path | None:
     return None
 
 
+def softhsm_store_problems(module: str) -> list[str]:
+    """What a killed write left in SoftHSM's file object store for ``module`` (empty: none
+    seen, or not SoftHSM): per token folder, an empty ``token.object`` (the token reads as
+    not initialised: every key in it is lost) or other ``*.object`` files of 0 bytes (the
+    objects in them are lost). SoftHSM rewrites these files in place, so a ``kill -9`` or
+    a crash mid-write leaves them so; its ``db`` backend (sqlite) does not."""
+    folder = softhsm_token_dir(module)
+    if folder is None or not folder.is_dir():
+        return []
+    restore = (
+        "restore the token folder from the backup taken with the gallery (stop every frip "
+        "process first), then check with `frip keys status`; in production use SoftHSM's "
+        "objectstore.backend = db (README, PKCS#11)"
+    )
+    problems = []
+    for token in sorted(p for p in folder.iterdir() if p.is_dir()):
+        empty = sorted(p.name for p in token.glob("*.object") if p.stat().st_size == 0)
+        if "token.object" in empty:
+            problems.append(
+                f"SoftHSM token folder {token}: token.object is empty (0 bytes), a write "
+                f"killed midway: the token reads as not initialised and its keys are lost; "
+                f"{restore}"
+            )
+        lost = [name for name in empty if name != "token.object"]
+        if lost:
+            problems.append(
+                f"SoftHSM token folder {token}: {len(lost)} object file(s) of 0 bytes "
+                f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}), left by a write "
+                "killed midway (keys init, rotate-kek): the keys in them are lost; if no other "
+                "problem is reported the engine's own key is whole and they are leftovers, to "
+                f"move out of the folder while no process uses the token; otherwise {restore}"
+            )
+    return problems
+
+
 class FileLock:
     """A reader-writer lock between processes: fcntl locks on two bytes of one file.
 
@@ -508,17 +543,24 @@ class PKCS11KeyStore:
             self._write(data)
 
     def rotate_kek(self, engine_id: str) -> str:
-        """Re-wrap every stored key under a fresh token key, then destroy the old one(s).
+        """Re-wrap every stored key under a fresh token key, then destroy the retired one.
 
+        Only the one key this sealed file named is destroyed, and only when no other
+        sealed file this store can see (the same file name in the engine folders beside
+        this one, on the same token) still names it: two folders with one engine id (a
+        copied folder, a restored backup beside its original) share their KEK. Other keys
+        with this engine's label are never destroyed: one named by another holder, or
+        left by an interrupted init or rotation (a fresh key's generation skips them).
         Holds the engine lock throughout: other processes' unwraps wait, then use the new
         key. An attempt retried after the switch only finishes the clean-up.
         """
-        switched: list[str] = []
+        switched: list[tuple[str, str]] = []  # (the new key's label, the retired one's)
 
         def rotate(session: Any) -> str:
             if not switched:
                 data = self._read()
-                old = self._kek(session, data["kek_label"], engine_id)
+                retired = str(data["kek_label"])
+                old = self._kek(session, retired, engine_id)
                 new, label, generation = self._new_kek(
                     session, engine_id, int(data["kek_generation"])
                 )
@@ -531,39 +573,77 @@ class PKCS11KeyStore:
                         secret[:] = bytes(len(secret))
                 data.update(kek_label=label, kek_generation=generation, keys=rewrapped)
                 self._write(data)  # the switch: from here on the new key is the one in use
-                switched.append(label)
-            self._destroy_other_keks(session, engine_id, keep=switched[0])
-            return switched[0]
+                switched.append((label, retired))
+            label, retired = switched[0]
+            if retired not in self._keks_named_beside():
+                self._destroy_kek(session, retired)
+            return label
 
         return self._run("rotating the key-encryption key", rotate, exclusive=True)
 
-    def _destroy_other_keks(self, session: Any, engine_id: str, keep: str) -> None:
-        """Destroy this engine's KEKs but ``keep``: the retired one, and any left by a crash."""
-        from pkcs11 import Attribute, ObjectClass
+    def _keks_named_beside(self) -> set[str]:
+        """The KEK labels that the other sealed files in the folders beside this one's
+        name on this token. One that cannot be read names nothing it can tell."""
+        assert self.path is not None, "bind() first"
+        named = set()
+        for other in self.path.parent.parent.glob(f"*/{self.path.name}"):
+            if other.resolve() == self.path.resolve():
+                continue
+            with suppress(KeyStoreError):
+                data = read_sealed(other, FORMAT, {"kek_label": ""})
+                if data.get("token_label", self.token_label) == self.token_label:
+                    named.add(str(data["kek_label"]))
+        return named
 
-        for key in list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})):
-            label = str(key[Attribute.LABEL])
-            if label.startswith(_kek_prefix(engine_id)) and label != keep:
-                key.destroy()
+    @staticmethod
+    def _destroy_kek(session: Any, label: str) -> None:
+        """Destroy the one secret key labelled ``label``; none (an earlier attempt destroyed
+        it) or several (not this store's making: it cannot tell which) are left alone."""
+        import pkcs11
+        from pkcs11 import ObjectClass
+
+        with suppress(pkcs11.NoSuchKey, pkcs11.MultipleObjectsReturned):
+            session.get_key(label=label, object_class=ObjectClass.SECRET_KEY).destroy()
 
     def status(self, engine_id: str) -> dict[str, Any]:
+        """The token, the KEK's label and protection, the sealed key ids, under
+        ``kek_leftovers`` the labels of this engine's other keys on the token that no sealed
+        file in the folders beside names (left by an interrupted init or rotation, or by a
+        copy of the engine moved away: never destroyed here), and under ``problems`` the
+        damage in SoftHSM's token store (:func:`softhsm_store_problems`). Raises
+        KeyStoreError when the token or the key cannot be read (with that damage)."""
         from pkcs11 import Attribute
 
-        def look(session: Any) -> tuple[dict[str, Any], bool, bool]:
+        def look(session: Any) -> tuple[dict[str, Any], bool, bool, list[str]]:
             sealed = self._read()
             kek = self._kek(session, sealed["kek_label"], engine_id)
-            return sealed, bool(kek[Attribute.SENSITIVE]), bool(kek[Attribute.EXTRACTABLE])
+            named = {sealed["kek_label"], *self._keks_named_beside()}
+            leftovers = sorted(set(self._kek_labels(session, engine_id)) - named)
+            return (
+                sealed,
+                bool(kek[Attribute.SENSITIVE]),
+                bool(kek[Attribute.EXTRACTABLE]),
+                leftovers,
+            )
 
-        sealed, sensitive, extractable = self._run(
-            "reading the key's status", look, exclusive=False
-        )
+        problems = softhsm_store_problems(self.module)
+        try:
+            sealed, sensitive, extractable, leftovers = self._run(
+                "reading the key's status", look, exclusive=False
+            )
+        except KeyStoreError as exc:
+            if not problems:
+                raise
+            raise KeyStoreError(f"{'; '.join(problems)}. Then: {exc}") from None
         return {
+            "problems": problems,
             "store": "pkcs11",
             "module": self.module,
             "token": self.token_label,
             "kek_label": sealed["kek_label"],
             "kek_sensitive": sensitive,
             "kek_extractable": extractable,
+            "kek_leftovers": leftovers,  # this engine's keys no visible sealed file names
             "sealed_keys": sorted(sealed["keys"]),
             "sealed_file": str(self.path),
         }
