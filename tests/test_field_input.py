@@ -621,3 +621,114 @@ def test_folder_identities_are_taken_in_nfc(tmp_path: Path, lfw: Path) -> None:
     person.mkdir()
     (person / "a.jpg").symlink_to(lfw / "Adam_Sandler" / "Adam_Sandler_0001.jpg")
     assert list(folder_identities(tmp_path)) == ["José"]
+
+
+# ---------------------------------------------------------- 12 (more): hostile embedding files
+def _npy_with_header(header: str, data: bytes = b"") -> bytes:
+    """A version 1.0 .npy file whose header dict text is ``header`` (padded as numpy does)."""
+    text = header.encode("latin1")
+    pad = (64 - (10 + len(text) + 1) % 64) % 64
+    body = text + b" " * pad + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body + data
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        (
+            _npy_with_header(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (999999999999,), }"
+            ),
+            "999999999999 values.*at most 65,536",
+        ),
+        (
+            _npy_with_header("{'descr': '<f8', 'fortran_order': False, 'shape': (4, 2**40), }"),
+            "damaged .npy header",
+        ),
+        (
+            _npy_with_header("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 256), }"),
+            r"one vector, got shape \(2, 256\)",
+        ),
+        (_npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (512,"), "header"),
+        (_npy_with_header("{'descr': '<f4', 'shape': (512,), }"), "header"),
+        (_npy_with_header("{'descr': 'zz', 'fortran_order': False, 'shape': (512,), }"), "header"),
+        (_npy_with_header("'''"), "header"),
+        (_npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-5,), }"), "header"),
+        (
+            _npy_with_header("(" * 3000 + ")" * 3000),
+            r"header \(Cannot parse header: .{1,200}\.\.\.\)",
+        ),
+        (_npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (512,), }"), "short"),
+        (_npy_bytes(np.ones(DIM)) + b"garbage", "7 bytes after the array"),
+        (_npy_bytes(np.ones(DIM))[:-1], "short"),
+        (b"\x93NUMPY\x09\x00" + b"\x00" * 100, "header"),
+        (b"\x93NUMPY\x01", "header"),
+    ],
+)
+def test_npy_headers_are_checked_before_any_data_is_read(
+    tmp_path: Path, content: bytes, named: str
+) -> None:
+    """Shapes too large to allocate, garbled headers, truncation and trailing bytes."""
+    path = tmp_path / "probe.npy"
+    path.write_bytes(content)
+    with pytest.raises(EmbeddingError, match=named):
+        read_embedding_file(path, DIM)
+
+
+def test_a_version_2_npy_is_read(tmp_path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ones(DIM, dtype="<f4"), version=(2, 0))
+    path = tmp_path / "v2.npy"
+    path.write_bytes(buffer.getvalue())
+    assert read_embedding_file(path, DIM) == pytest.approx(np.full(DIM, DIM**-0.5))
+    big_endian = tmp_path / "be.npy"
+    big_endian.write_bytes(_npy_bytes(np.arange(1, DIM + 1, dtype=">f8")))
+    expected = np.arange(1, DIM + 1) / np.linalg.norm(np.arange(1, DIM + 1))
+    assert read_embedding_file(big_endian, DIM) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[" + "9" * 5000 + "]", "number with too many digits"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("[" * 100 + "]" * 100, "nested lists"),
+    ],
+)
+def test_hostile_json_embeddings_are_refused(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "probe.json"
+    path.write_text(text)
+    with pytest.raises(EmbeddingError, match=named):
+        read_embedding_file(path, DIM)
+
+
+def test_an_oversized_json_embedding_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.json"
+    with path.open("wb") as handle:
+        handle.truncate(17 * 1024 * 1024)
+    with pytest.raises(EmbeddingError, match=r"17\.0 MB.*at most 16 MB"):
+        read_embedding_file(path, DIM)
+
+
+def test_cli_refuses_hostile_embedding_files_with_exit_2(home: Path, tmp_path: Path) -> None:
+    frip("engine", "create", "e")
+    huge = tmp_path / "huge.npy"
+    huge.write_bytes(
+        _npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (999999999999,), }")
+    )
+    garbled = tmp_path / "garbled.npy"
+    garbled.write_bytes(_npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (5"))
+    digits = tmp_path / "digits.json"
+    digits.write_text("[" + "9" * 5000 + "]")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    for path, named in [
+        (huge, "at most 65,536"),
+        (garbled, "header"),
+        (digits, "too many digits"),
+        (deep, "nested too deeply"),
+    ]:
+        done = frip("enrol", "e", "--subject", "s", "--embedding", str(path), code=2)
+        assert named in done.stderr and "Unable to allocate" not in done.stderr
