@@ -732,3 +732,152 @@ def test_cli_refuses_hostile_embedding_files_with_exit_2(home: Path, tmp_path: P
     ]:
         done = frip("enrol", "e", "--subject", "s", "--embedding", str(path), code=2)
         assert named in done.stderr and "Unable to allocate" not in done.stderr
+
+
+# ---------------------------------------------------------- 13 (more): profile values
+@pytest.mark.parametrize(
+    ("section", "body", "named"),
+    [
+        (
+            "extractor",
+            {"det_sizes": "x"},
+            r"\[extractor\] extractor 'arcface': det_sizes: expected a list of integers, "
+            r"got 'x' \(text\)",
+        ),
+        (
+            "he",
+            {"coeff_mod_bit_sizes": [60, "x"]},
+            r"\[he\] he backend 'tenseal': coeff_mod_bit_sizes: expected a list of integers, "
+            r"got \[60, 'x'\]",
+        ),
+        ("he", {"poly_modulus_degree": 8192.0}, r"poly_modulus_degree: expected an integer"),
+        ("he", {"preset": 3}, r"\[he\] .*preset: expected text, got 3 \(integer\)"),
+        ("he", {"scorer_threads": True}, r"scorer_threads: expected an integer, got True"),
+        ("extractor", {"det_threshold": "0.5"}, r"det_threshold: expected a number"),
+        ("key_store", {"scrypt_log2_n": "15"}, r"\[key_store\] .*scrypt_log2_n: expected"),
+        (
+            "protection",
+            {"plugin": "pe-miu", "block_size": 0},
+            r"\[protection\] protection 'pe-miu': .*block_size.*positive integer",
+        ),
+        ("protection", {"plugin": "pe-miu", "min_complexity": 1.5}, r"min_complexity: expected"),
+    ],
+)
+def test_profile_values_of_the_wrong_type_or_range_are_profile_errors(
+    home: Path, section: str, body: dict[str, object], named: str
+) -> None:
+    from frip_engine.errors import ProfileError
+    from frip_engine.profile import Profile
+
+    profile = Profile.from_dict({"engine": {"name": "typed"}, section: body})
+    with pytest.raises(ProfileError, match=named):
+        Engine.create(profile, home)
+    assert not (home / "engines" / "typed").exists()
+
+
+class _Typed:
+    """A third-party clusterer with every simple annotation the generic check reads."""
+
+    def __init__(
+        self,
+        count: int = 1,
+        ratio: float = 0.5,
+        label: str = "a",
+        flag: bool = False,
+        sizes: list[int] | None = None,
+        pair: tuple[int, int] = (1, 2),
+        maybe: int | None = None,
+        free: Any = None,
+    ) -> None:
+        if count > 100:
+            raise ValueError(f"count {count} is over 100")
+        self.values = (count, ratio, label, flag, sizes, pair, maybe, free)
+
+
+class _TypedPlugin:
+    @hookimpl
+    def register_clusterers(self, register: Any) -> None:
+        register("typed", _Typed)
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"count": "1"}, r"count: expected an integer, got '1' \(text\)"),
+        ({"count": 1.0}, r"count: expected an integer, got 1\.0"),
+        ({"ratio": "0.5"}, r"ratio: expected a number"),
+        ({"label": ["a"]}, r"label: expected text"),
+        ({"flag": "false"}, r"flag: expected true or false"),
+        ({"flag": 0}, r"flag: expected true or false"),
+        ({"sizes": [1, True]}, r"sizes: expected a list of integers"),
+        ({"sizes": 3}, r"sizes: expected a list of integers"),
+        ({"pair": [1]}, r"pair: expected a list of 2 values \(an integer, an integer\)"),
+        ({"pair": [1, "2"]}, r"pair: expected a list of 2 values"),
+        ({"maybe": "3"}, r"maybe: expected an integer"),
+    ],
+)
+def test_annotated_factory_parameters_are_type_checked_generically(
+    fresh_plugins: None, params: dict[str, object], named: str
+) -> None:
+    from frip_engine import plugins
+    from frip_engine.errors import PluginError
+
+    plugins.register_plugin(_TypedPlugin(), "typed-plugin")
+    with pytest.raises(PluginError, match=named):
+        plugins.create("clusterer", "typed", **params)
+
+
+def test_values_that_fit_their_annotations_pass_unchanged(fresh_plugins: None) -> None:
+    from frip_engine import plugins
+
+    plugins.register_plugin(_TypedPlugin(), "typed-plugin")
+    made = plugins.create(
+        "clusterer",
+        "typed",
+        count=3,
+        ratio=1,
+        label="b",
+        flag=True,
+        sizes=[1, 2],
+        pair=[3, 4],
+        maybe=None,
+        free={"any": "thing"},
+    )
+    assert made.values == (3, 1, "b", True, [1, 2], [3, 4], None, {"any": "thing"})
+
+
+def test_a_factory_refusing_a_value_is_a_profile_error_naming_section_and_plugin(
+    fresh_plugins: None, home: Path
+) -> None:
+    from frip_engine import plugins
+    from frip_engine.errors import ProfileError
+    from frip_engine.profile import Profile, build
+
+    plugins.register_plugin(_TypedPlugin(), "typed-plugin")
+    profile = Profile.from_dict(
+        {"engine": {"name": "x"}, "clusterer": {"plugin": "typed", "count": 101}}
+    )
+    with pytest.raises(ProfileError, match=r"\[clusterer\] clusterer 'typed': count 101 is over"):
+        build(profile)
+
+
+def test_cli_profile_value_errors_exit_4_labelled_with_the_profile_file(
+    home: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "mine.toml"
+    for body, named in [
+        ("[protection]\nplugin = 'pe-miu'\nblock_size = 0\n", "[protection] protection 'pe-miu'"),
+        ("[extractor]\ndet_sizes = 'x'\n", "det_sizes: expected a list of integers"),
+        ("[engine]\nworkers = 0\n", f"{path} (with the command line's options): [engine] workers"),
+        (
+            "[engine]\nthreshold = 7\n",
+            f"{path} (with the command line's options): [engine] threshold 7",
+        ),
+        (
+            "[extractr]\nplugin = 'arcface'\n",
+            f"{path} (with the command line's options): unknown section",
+        ),
+    ]:
+        path.write_text(body)
+        done = frip("engine", "create", "e", "--profile", str(path), code=4)
+        assert named in done.stderr and "command line:" not in done.stderr, done.stderr
