@@ -881,3 +881,64 @@ def test_cli_profile_value_errors_exit_4_labelled_with_the_profile_file(
         path.write_text(body)
         done = frip("engine", "create", "e", "--profile", str(path), code=4)
         assert named in done.stderr and "command line:" not in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------- 13 (more): store paths
+def _with_path(section: str, path: str) -> dict[str, Any]:
+    return {
+        "engine": {"name": "placed", "insecure": True},
+        "he": {"plugin": "plaintext"},
+        section: {"path": path},
+    }
+
+
+@pytest.mark.parametrize("section", ["key_store", "gallery_store"])
+def test_store_paths_are_absolute_or_inside_the_engine_folder(
+    home: Path, tmp_path: Path, section: str
+) -> None:
+    """No folder is made outside the engine's, and a relative path never depends on the
+    folder the command was run from."""
+    from frip_engine.errors import ProfileError
+    from frip_engine.profile import Profile
+
+    missing = tmp_path / "nowhere" / "file.db"
+    for path, named in [
+        (str(missing), rf"\[{section}\] path {missing}: the folder {missing.parent} does not"),
+        ("../escape.db", rf"\[{section}\] path '\.\./escape\.db'.*may not leave"),
+        ("sub/../../escape.db", "may not leave"),
+        (str(tmp_path), r"is a folder"),
+    ]:
+        with pytest.raises(ProfileError, match=named):
+            Engine.create(Profile.from_dict(_with_path(section, path)), home)
+        assert not missing.parent.exists() and not (home / "engines" / "placed").exists()
+    assert not (home / "engines" / "escape.db").exists()
+
+
+@pytest.mark.parametrize("section", ["key_store", "gallery_store"])
+def test_relative_and_absolute_store_paths_resolve_and_show(
+    home: Path, tmp_path: Path, section: str
+) -> None:
+    from frip_engine.profile import Profile
+
+    with Engine.create(Profile.from_dict(_with_path(section, "mine.db")), home) as engine:
+        inside = home / "engines" / "placed" / "mine.db"
+        assert inside.is_file() and str(inside) in str(engine.stats())
+    elsewhere = tmp_path / "elsewhere.db"
+    profile = Profile.from_dict(_with_path(section, str(elsewhere)) | {"engine": {"name": "far"}})
+    profile.insecure = True
+    Engine.create(profile, home).close()
+    assert elsewhere.is_file()
+    shown = json.loads(frip("engine", "show", "far", "--json").stdout)
+    assert str(elsewhere) in shown[section]
+
+
+def test_the_pkcs11_key_file_follows_the_same_path_rule(tmp_path: Path) -> None:
+    from frip_engine import plugins
+    from frip_engine.errors import ProfileError
+
+    store = plugins.create("key_store", "pkcs11", path="../keys.sealed")
+    with pytest.raises(ProfileError, match=r"\[key_store\] path '\.\./keys\.sealed'.*may not"):
+        store.bind(str(tmp_path))
+    placed = plugins.create("key_store", "pkcs11", path="keys.sealed")
+    placed.bind(str(tmp_path))
+    assert placed.path == tmp_path / "keys.sealed"
