@@ -63,19 +63,24 @@ def engine_file(path: str | None, engine_dir: str, default: str, what: str) -> P
     folder = Path(engine_dir)
     if not path:
         return folder / default
-    given = Path(path).expanduser()
-    if not given.is_absolute():
-        if ".." in given.parts:
+    try:
+        if "\x00" in path:
+            raise ValueError("it holds a NUL character")
+        given = Path(path).expanduser()
+        if not given.is_absolute():
+            if ".." in given.parts:
+                raise ProfileError(
+                    f"{what} {path!r}: a relative path is taken inside the engine folder and "
+                    "may not leave it ('..'); give an absolute path for a file elsewhere"
+                )
+            given = folder / given
+        elif not given.parent.is_dir():
             raise ProfileError(
-                f"{what} {path!r}: a relative path is taken inside the engine folder and may "
-                "not leave it ('..'); give an absolute path for a file elsewhere"
+                f"{what} {given}: the folder {given.parent} does not exist; create it "
+                "(readable only by you) or choose another path"
             )
-        given = folder / given
-    elif not given.parent.is_dir():
-        raise ProfileError(
-            f"{what} {given}: the folder {given.parent} does not exist; create it (readable "
-            "only by you) or choose another path"
-        )
-    if given.is_dir():
-        raise ProfileError(f"{what} {given} is a folder; name a file in it")
+        if given.is_dir():
+            raise ProfileError(f"{what} {given} is a folder; name a file in it")
+    except (ValueError, RuntimeError, OSError) as exc:  # NUL, unknown ~user, name too long
+        raise ProfileError(f"{what} {path[:80]!r}: not a usable file path ({exc})") from None
     return given

@@ -907,6 +907,10 @@ def test_store_paths_are_absolute_or_inside_the_engine_folder(
         ("../escape.db", rf"\[{section}\] path '\.\./escape\.db'.*may not leave"),
         ("sub/../../escape.db", "may not leave"),
         (str(tmp_path), r"is a folder"),
+        ("nul\x00byte.db", "not a usable file path"),
+        ("/" + "x" * 5000, "not a usable file path"),
+        (str(tmp_path / ("x" * 300)), "not a usable file path"),
+        ("~no-such-user-here/g.db", "not a usable file path"),
     ]:
         with pytest.raises(ProfileError, match=named):
             Engine.create(Profile.from_dict(_with_path(section, path)), home)

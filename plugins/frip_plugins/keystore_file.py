@@ -41,7 +41,7 @@ class FileKeyStore:
         if not 14 <= scrypt_log2_n <= 22:
             raise ProfileError("key_store file: scrypt_log2_n must be between 14 and 22")
         self._placed = path  # bind() resolves it against the engine folder
-        self.path = Path(path).expanduser() if path else None  # used as given until then
+        self.path = Path(path) if path else None  # as given until bound
         self.passphrase_env = passphrase_env
         self.log2_n = scrypt_log2_n
         self._keks: dict[bytes, bytes] = {}

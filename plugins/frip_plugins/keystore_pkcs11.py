@@ -240,7 +240,7 @@ class PKCS11KeyStore:
         self.token_label = token_label or os.environ.get("FRIP_PKCS11_TOKEN") or ""
         self.pin_env = pin_env
         self._placed = path  # bind() resolves it against the engine folder
-        self.path = Path(path).expanduser() if path else None  # used as given until then
+        self.path = Path(path) if path else None  # as given until bound
         self.lock_dir = lock_dir or os.environ.get("FRIP_PKCS11_LOCK_DIR") or None
 
     def bind(self, engine_dir: str) -> None:

@@ -59,7 +59,7 @@ class SQLiteGalleryStore:
 
     def __init__(self, path: str | None = None) -> None:
         self._placed = path  # bind() resolves it against the engine folder
-        self.path = Path(path).expanduser() if path else None  # used as given until then
+        self.path = Path(path) if path else None  # as given until bound
         self._db: sqlite3.Connection | None = None
         self._engine = "?"
 
