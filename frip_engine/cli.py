@@ -185,7 +185,8 @@ def engine_create(
         data.setdefault("he", {})["preset"] = preset
     if threshold is not None:
         data["engine"]["threshold"] = threshold
-    engine = Engine.create(Profile.from_dict(data, "command line"), home)
+    source = f"{profile} (with the command line's options)" if profile else "command line"
+    engine = Engine.create(Profile.from_dict(data, source), home)
     with engine:
         out.print(styled("created engine ", (name, "bold"), f" in {engine.directory}"))
         out.print(

@@ -15,12 +15,16 @@ import json
 import numbers
 from collections.abc import Sequence
 from pathlib import Path
+from tokenize import TokenError
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from frip_engine.errors import EmbeddingError, MissingFileError, NotOnePersonError
 
 NPY_MAGIC = b"\x93NUMPY"
+MAX_LENGTH = 65_536  # values in one embedding (face embeddings have 128 to 1,024)
+MAX_JSON_BYTES = 16 * 2**20  # a 65,536-value list in JSON text is under 2 MB
 _KIND_NAMES = {
     "b": "boolean",
     "i": "integer",
@@ -155,33 +159,87 @@ def _not_npy(head: bytes) -> str:
     return "it holds text (a JSON list belongs in a .json file)"
 
 
-def _read_npy(path: Path) -> np.ndarray:
-    with path.open("rb") as handle:
-        head = handle.read(64)
-    if not head.startswith(NPY_MAGIC):
-        raise EmbeddingError(
-            f"{path}: not a NumPy .npy file: {_not_npy(head)}; save the vector with numpy.save"
-        )
+def _npy_header(handle: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """The shape and dtype a .npy header declares; the handle is left at the data."""
     try:
-        return np.asarray(np.load(path, allow_pickle=False))
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not read here")
+        if any(length < 0 for length in shape):
+            raise ValueError(f"negative shape {shape}")
+    except (ValueError, TypeError, SyntaxError, RecursionError, TokenError, EOFError) as exc:
+        problem = str(exc) if len(str(exc)) <= 200 else f"{str(exc)[:200]}..."
+        raise EmbeddingError(
+            f"{path}: damaged .npy header ({problem}); save the vector with numpy.save"
+        ) from None
+    return tuple(shape), dtype
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """The array of a .npy file, its header checked before anything is allocated: one
+    vector of at most MAX_LENGTH values, no Python objects, and a file exactly as long as
+    header plus data (neither truncated nor followed by other bytes)."""
+    with path.open("rb") as handle:
+        head = handle.read(len(NPY_MAGIC))
+        if head != NPY_MAGIC:
+            raise EmbeddingError(
+                f"{path}: not a NumPy .npy file: {_not_npy(head + handle.read(58))}; "
+                "save the vector with numpy.save"
+            )
+        handle.seek(0)
+        shape, dtype = _npy_header(handle, path)
+        if dtype.hasobject:
             raise EmbeddingError(
                 f"{path}: holds pickled Python objects, which are never loaded; "
                 "save a float array with numpy.save"
-            ) from None
-        raise EmbeddingError(f"{path}: damaged or truncated .npy file ({exc})") from None
-    except (EOFError, OSError) as exc:
-        raise EmbeddingError(f"{path}: damaged or truncated .npy file ({exc})") from None
+            )
+        if len(shape) != 1:
+            raise EmbeddingError(f"{path}: an embedding must be one vector, got shape {shape}")
+        if shape[0] > MAX_LENGTH:
+            raise EmbeddingError(
+                f"{path}: the header declares {shape[0]} values; an embedding has at most "
+                f"{MAX_LENGTH:,}"
+            )
+        data_size = shape[0] * dtype.itemsize
+        extra = path.stat().st_size - handle.tell() - data_size
+        if extra < 0:
+            raise EmbeddingError(
+                f"{path}: damaged or truncated .npy file: the data is {-extra} bytes short "
+                f"of the {shape[0]} {dtype} values its header declares"
+            )
+        if extra > 0:
+            raise EmbeddingError(
+                f"{path}: {extra} bytes after the array its header declares; save one "
+                "vector per file with numpy.save"
+            )
+        return np.frombuffer(handle.read(data_size), dtype=dtype)
 
 
 def _read_json(path: Path) -> list[object]:
+    """The list in a JSON file of at most MAX_JSON_BYTES, refusing numbers with too many
+    digits and nesting deeper than the parser can follow."""
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise EmbeddingError(
+            f"{path}: {size / 2**20:.1f} MB; a JSON embedding file has at most "
+            f"{MAX_JSON_BYTES // 2**20} MB"
+        )
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise EmbeddingError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise EmbeddingError(f"{path}: not valid JSON ({exc})") from None
+    except ValueError as exc:  # int() refuses more digits than sys.get_int_max_str_digits()
+        raise EmbeddingError(f"{path}: holds a number with too many digits ({exc})") from None
+    except RecursionError:
+        raise EmbeddingError(
+            f"{path}: lists nested too deeply; a JSON embedding is one list of numbers"
+        ) from None
     if not isinstance(data, list):
         raise EmbeddingError(
             f"{path}: a JSON embedding is a list of numbers, this file holds a "

@@ -832,6 +832,7 @@ class Engine:
             "plugins": {s: self.profile.plugin(s) for s in self.profile.sections},
             "he": self.parts.backend.description,
             "key_store": self.parts.key_store.describe(),
+            "gallery_store": self.parts.gallery_store.describe(),
             "directory": str(self.directory),
         }
 

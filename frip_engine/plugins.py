@@ -27,6 +27,7 @@ import pluggy
 
 from frip_engine import hookspecs
 from frip_engine.errors import PluginError
+from frip_engine.param_types import wrong_types
 from frip_engine.validate import unknown_keys
 
 GROUP = "frip_engine"
@@ -139,9 +140,13 @@ class Component:
         return "; ".join(f"pip install {r.install}" for r in missing)
 
     def create(self, **params: Any) -> Any:
-        """Build the component; an unknown parameter or a missing dependency is a
-        PluginError saying what to change or install."""
+        """Build the component; an unknown parameter, a value that does not fit the
+        factory's annotation or a missing dependency is a PluginError saying what to
+        change or install."""
         self.check_parameters(params)
+        problems = wrong_types(self.factory, params)
+        if problems:
+            raise PluginError(f"{self.kind.replace('_', ' ')} '{self.name}': {'; '.join(problems)}")
         if not self.available:
             names = ", ".join(r.module for r in self.missing())
             raise PluginError(

@@ -13,6 +13,8 @@ import os
 import stat
 from pathlib import Path
 
+from frip_engine.errors import ProfileError
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -48,3 +50,37 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         os.fchmod(handle.fileno(), FILE_MODE)
         handle.write(text)
+
+
+def engine_file(path: str | None, engine_dir: str, default: str, what: str) -> Path:
+    """Where an engine keeps a file its profile may place (``what``: "[key_store] path").
+
+    No ``path``: ``default`` in the engine folder. A relative path is taken inside the
+    engine folder (never the folder a command runs from, which changes between runs) and
+    may not leave it. An absolute path (``~`` expanded) is used as given, but its folder
+    must already exist: nothing is created outside the engine folder. Raises ProfileError.
+    """
+    folder = Path(engine_dir)
+    if not path:
+        return folder / default
+    try:
+        if "\x00" in path:
+            raise ValueError("it holds a NUL character")
+        given = Path(path).expanduser()
+        if not given.is_absolute():
+            if ".." in given.parts:
+                raise ProfileError(
+                    f"{what} {path!r}: a relative path is taken inside the engine folder and "
+                    "may not leave it ('..'); give an absolute path for a file elsewhere"
+                )
+            given = folder / given
+        elif not given.parent.is_dir():
+            raise ProfileError(
+                f"{what} {given}: the folder {given.parent} does not exist; create it "
+                "(readable only by you) or choose another path"
+            )
+        if given.is_dir():
+            raise ProfileError(f"{what} {given} is a folder; name a file in it")
+    except (ValueError, RuntimeError, OSError) as exc:  # NUL, unknown ~user, name too long
+        raise ProfileError(f"{what} {path[:80]!r}: not a usable file path ({exc})") from None
+    return given

@@ -237,7 +237,8 @@ class Components:
 
 
 def build(profile: Profile) -> Components:
-    """Instantiate every plugin the profile names and check the combination."""
+    """Instantiate every plugin the profile names and check the combination. Raises
+    ProfileError naming the section (and plugin) for any value a plugin refuses."""
     made: dict[str, Any] = {}
     for section, kind in SECTION_KIND.items():
         name = profile.plugin(section)
@@ -245,6 +246,8 @@ def build(profile: Profile) -> Components:
             made[section] = plugins.create(kind, name, **profile.params(section))
         except ProfileError as exc:
             raise type(exc)(f"[{section}] {exc}") from exc
+        except (TypeError, ValueError, InputError) as exc:  # the factory refused a value
+            raise ProfileError(f"[{section}] {kind.replace('_', ' ')} '{name}': {exc}") from exc
     parts = Components(
         made["extractor"],
         made["he"],

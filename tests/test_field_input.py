@@ -621,3 +621,328 @@ def test_folder_identities_are_taken_in_nfc(tmp_path: Path, lfw: Path) -> None:
     person.mkdir()
     (person / "a.jpg").symlink_to(lfw / "Adam_Sandler" / "Adam_Sandler_0001.jpg")
     assert list(folder_identities(tmp_path)) == ["José"]
+
+
+# ---------------------------------------------------------- 12 (more): hostile embedding files
+def _npy_with_header(header: str, data: bytes = b"") -> bytes:
+    """A version 1.0 .npy file whose header dict text is ``header`` (padded as numpy does)."""
+    text = header.encode("latin1")
+    pad = (64 - (10 + len(text) + 1) % 64) % 64
+    body = text + b" " * pad + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body + data
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        (
+            _npy_with_header(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (999999999999,), }"
+            ),
+            "999999999999 values.*at most 65,536",
+        ),
+        (
+            _npy_with_header("{'descr': '<f8', 'fortran_order': False, 'shape': (4, 2**40), }"),
+            "damaged .npy header",
+        ),
+        (
+            _npy_with_header("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 256), }"),
+            r"one vector, got shape \(2, 256\)",
+        ),
+        (_npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (512,"), "header"),
+        (_npy_with_header("{'descr': '<f4', 'shape': (512,), }"), "header"),
+        (_npy_with_header("{'descr': 'zz', 'fortran_order': False, 'shape': (512,), }"), "header"),
+        (_npy_with_header("'''"), "header"),
+        (_npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-5,), }"), "header"),
+        (
+            _npy_with_header("(" * 3000 + ")" * 3000),
+            r"header \(Cannot parse header: .{1,200}\.\.\.\)",
+        ),
+        (_npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (512,), }"), "short"),
+        (_npy_bytes(np.ones(DIM)) + b"garbage", "7 bytes after the array"),
+        (_npy_bytes(np.ones(DIM))[:-1], "short"),
+        (b"\x93NUMPY\x09\x00" + b"\x00" * 100, "header"),
+        (b"\x93NUMPY\x01", "header"),
+    ],
+)
+def test_npy_headers_are_checked_before_any_data_is_read(
+    tmp_path: Path, content: bytes, named: str
+) -> None:
+    """Shapes too large to allocate, garbled headers, truncation and trailing bytes."""
+    path = tmp_path / "probe.npy"
+    path.write_bytes(content)
+    with pytest.raises(EmbeddingError, match=named):
+        read_embedding_file(path, DIM)
+
+
+def test_a_version_2_npy_is_read(tmp_path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ones(DIM, dtype="<f4"), version=(2, 0))
+    path = tmp_path / "v2.npy"
+    path.write_bytes(buffer.getvalue())
+    assert read_embedding_file(path, DIM) == pytest.approx(np.full(DIM, DIM**-0.5))
+    big_endian = tmp_path / "be.npy"
+    big_endian.write_bytes(_npy_bytes(np.arange(1, DIM + 1, dtype=">f8")))
+    expected = np.arange(1, DIM + 1) / np.linalg.norm(np.arange(1, DIM + 1))
+    assert read_embedding_file(big_endian, DIM) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[" + "9" * 5000 + "]", "number with too many digits"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("[" * 100 + "]" * 100, "nested lists"),
+    ],
+)
+def test_hostile_json_embeddings_are_refused(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "probe.json"
+    path.write_text(text)
+    with pytest.raises(EmbeddingError, match=named):
+        read_embedding_file(path, DIM)
+
+
+def test_an_oversized_json_embedding_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.json"
+    with path.open("wb") as handle:
+        handle.truncate(17 * 1024 * 1024)
+    with pytest.raises(EmbeddingError, match=r"17\.0 MB.*at most 16 MB"):
+        read_embedding_file(path, DIM)
+
+
+def test_cli_refuses_hostile_embedding_files_with_exit_2(home: Path, tmp_path: Path) -> None:
+    frip("engine", "create", "e")
+    huge = tmp_path / "huge.npy"
+    huge.write_bytes(
+        _npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (999999999999,), }")
+    )
+    garbled = tmp_path / "garbled.npy"
+    garbled.write_bytes(_npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (5"))
+    digits = tmp_path / "digits.json"
+    digits.write_text("[" + "9" * 5000 + "]")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    for path, named in [
+        (huge, "at most 65,536"),
+        (garbled, "header"),
+        (digits, "too many digits"),
+        (deep, "nested too deeply"),
+    ]:
+        done = frip("enrol", "e", "--subject", "s", "--embedding", str(path), code=2)
+        assert named in done.stderr and "Unable to allocate" not in done.stderr
+
+
+# ---------------------------------------------------------- 13 (more): profile values
+@pytest.mark.parametrize(
+    ("section", "body", "named"),
+    [
+        (
+            "extractor",
+            {"det_sizes": "x"},
+            r"\[extractor\] extractor 'arcface': det_sizes: expected a list of integers, "
+            r"got 'x' \(text\)",
+        ),
+        (
+            "he",
+            {"coeff_mod_bit_sizes": [60, "x"]},
+            r"\[he\] he backend 'tenseal': coeff_mod_bit_sizes: expected a list of integers, "
+            r"got \[60, 'x'\]",
+        ),
+        ("he", {"poly_modulus_degree": 8192.0}, r"poly_modulus_degree: expected an integer"),
+        ("he", {"preset": 3}, r"\[he\] .*preset: expected text, got 3 \(integer\)"),
+        ("he", {"scorer_threads": True}, r"scorer_threads: expected an integer, got True"),
+        ("extractor", {"det_threshold": "0.5"}, r"det_threshold: expected a number"),
+        ("key_store", {"scrypt_log2_n": "15"}, r"\[key_store\] .*scrypt_log2_n: expected"),
+        (
+            "protection",
+            {"plugin": "pe-miu", "block_size": 0},
+            r"\[protection\] protection 'pe-miu': .*block_size.*positive integer",
+        ),
+        ("protection", {"plugin": "pe-miu", "min_complexity": 1.5}, r"min_complexity: expected"),
+    ],
+)
+def test_profile_values_of_the_wrong_type_or_range_are_profile_errors(
+    home: Path, section: str, body: dict[str, object], named: str
+) -> None:
+    from frip_engine.errors import ProfileError
+    from frip_engine.profile import Profile
+
+    profile = Profile.from_dict({"engine": {"name": "typed"}, section: body})
+    with pytest.raises(ProfileError, match=named):
+        Engine.create(profile, home)
+    assert not (home / "engines" / "typed").exists()
+
+
+class _Typed:
+    """A third-party clusterer with every simple annotation the generic check reads."""
+
+    def __init__(
+        self,
+        count: int = 1,
+        ratio: float = 0.5,
+        label: str = "a",
+        flag: bool = False,
+        sizes: list[int] | None = None,
+        pair: tuple[int, int] = (1, 2),
+        maybe: int | None = None,
+        free: Any = None,
+    ) -> None:
+        if count > 100:
+            raise ValueError(f"count {count} is over 100")
+        self.values = (count, ratio, label, flag, sizes, pair, maybe, free)
+
+
+class _TypedPlugin:
+    @hookimpl
+    def register_clusterers(self, register: Any) -> None:
+        register("typed", _Typed)
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"count": "1"}, r"count: expected an integer, got '1' \(text\)"),
+        ({"count": 1.0}, r"count: expected an integer, got 1\.0"),
+        ({"ratio": "0.5"}, r"ratio: expected a number"),
+        ({"label": ["a"]}, r"label: expected text"),
+        ({"flag": "false"}, r"flag: expected true or false"),
+        ({"flag": 0}, r"flag: expected true or false"),
+        ({"sizes": [1, True]}, r"sizes: expected a list of integers"),
+        ({"sizes": 3}, r"sizes: expected a list of integers"),
+        ({"pair": [1]}, r"pair: expected a list of 2 values \(an integer, an integer\)"),
+        ({"pair": [1, "2"]}, r"pair: expected a list of 2 values"),
+        ({"maybe": "3"}, r"maybe: expected an integer"),
+    ],
+)
+def test_annotated_factory_parameters_are_type_checked_generically(
+    fresh_plugins: None, params: dict[str, object], named: str
+) -> None:
+    from frip_engine import plugins
+    from frip_engine.errors import PluginError
+
+    plugins.register_plugin(_TypedPlugin(), "typed-plugin")
+    with pytest.raises(PluginError, match=named):
+        plugins.create("clusterer", "typed", **params)
+
+
+def test_values_that_fit_their_annotations_pass_unchanged(fresh_plugins: None) -> None:
+    from frip_engine import plugins
+
+    plugins.register_plugin(_TypedPlugin(), "typed-plugin")
+    made = plugins.create(
+        "clusterer",
+        "typed",
+        count=3,
+        ratio=1,
+        label="b",
+        flag=True,
+        sizes=[1, 2],
+        pair=[3, 4],
+        maybe=None,
+        free={"any": "thing"},
+    )
+    assert made.values == (3, 1, "b", True, [1, 2], [3, 4], None, {"any": "thing"})
+
+
+def test_a_factory_refusing_a_value_is_a_profile_error_naming_section_and_plugin(
+    fresh_plugins: None, home: Path
+) -> None:
+    from frip_engine import plugins
+    from frip_engine.errors import ProfileError
+    from frip_engine.profile import Profile, build
+
+    plugins.register_plugin(_TypedPlugin(), "typed-plugin")
+    profile = Profile.from_dict(
+        {"engine": {"name": "x"}, "clusterer": {"plugin": "typed", "count": 101}}
+    )
+    with pytest.raises(ProfileError, match=r"\[clusterer\] clusterer 'typed': count 101 is over"):
+        build(profile)
+
+
+def test_cli_profile_value_errors_exit_4_labelled_with_the_profile_file(
+    home: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "mine.toml"
+    for body, named in [
+        ("[protection]\nplugin = 'pe-miu'\nblock_size = 0\n", "[protection] protection 'pe-miu'"),
+        ("[extractor]\ndet_sizes = 'x'\n", "det_sizes: expected a list of integers"),
+        ("[engine]\nworkers = 0\n", f"{path} (with the command line's options): [engine] workers"),
+        (
+            "[engine]\nthreshold = 7\n",
+            f"{path} (with the command line's options): [engine] threshold 7",
+        ),
+        (
+            "[extractr]\nplugin = 'arcface'\n",
+            f"{path} (with the command line's options): unknown section",
+        ),
+    ]:
+        path.write_text(body)
+        done = frip("engine", "create", "e", "--profile", str(path), code=4)
+        assert named in done.stderr and "command line:" not in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------- 13 (more): store paths
+def _with_path(section: str, path: str) -> dict[str, Any]:
+    return {
+        "engine": {"name": "placed", "insecure": True},
+        "he": {"plugin": "plaintext"},
+        section: {"path": path},
+    }
+
+
+@pytest.mark.parametrize("section", ["key_store", "gallery_store"])
+def test_store_paths_are_absolute_or_inside_the_engine_folder(
+    home: Path, tmp_path: Path, section: str
+) -> None:
+    """No folder is made outside the engine's, and a relative path never depends on the
+    folder the command was run from."""
+    from frip_engine.errors import ProfileError
+    from frip_engine.profile import Profile
+
+    missing = tmp_path / "nowhere" / "file.db"
+    for path, named in [
+        (str(missing), rf"\[{section}\] path {missing}: the folder {missing.parent} does not"),
+        ("../escape.db", rf"\[{section}\] path '\.\./escape\.db'.*may not leave"),
+        ("sub/../../escape.db", "may not leave"),
+        (str(tmp_path), r"is a folder"),
+        ("nul\x00byte.db", "not a usable file path"),
+        ("/" + "x" * 5000, "not a usable file path"),
+        (str(tmp_path / ("x" * 300)), "not a usable file path"),
+        ("~no-such-user-here/g.db", "not a usable file path"),
+    ]:
+        with pytest.raises(ProfileError, match=named):
+            Engine.create(Profile.from_dict(_with_path(section, path)), home)
+        assert not missing.parent.exists() and not (home / "engines" / "placed").exists()
+    assert not (home / "engines" / "escape.db").exists()
+
+
+@pytest.mark.parametrize("section", ["key_store", "gallery_store"])
+def test_relative_and_absolute_store_paths_resolve_and_show(
+    home: Path, tmp_path: Path, section: str
+) -> None:
+    from frip_engine.profile import Profile
+
+    with Engine.create(Profile.from_dict(_with_path(section, "mine.db")), home) as engine:
+        inside = home / "engines" / "placed" / "mine.db"
+        assert inside.is_file() and str(inside) in str(engine.stats())
+    elsewhere = tmp_path / "elsewhere.db"
+    profile = Profile.from_dict(_with_path(section, str(elsewhere)) | {"engine": {"name": "far"}})
+    profile.insecure = True
+    Engine.create(profile, home).close()
+    assert elsewhere.is_file()
+    shown = json.loads(frip("engine", "show", "far", "--json").stdout)
+    assert str(elsewhere) in shown[section]
+
+
+def test_the_pkcs11_key_file_follows_the_same_path_rule(tmp_path: Path) -> None:
+    from frip_engine import plugins
+    from frip_engine.errors import ProfileError
+
+    store = plugins.create("key_store", "pkcs11", path="../keys.sealed")
+    with pytest.raises(ProfileError, match=r"\[key_store\] path '\.\./keys\.sealed'.*may not"):
+        store.bind(str(tmp_path))
+    placed = plugins.create("key_store", "pkcs11", path="keys.sealed")
+    placed.bind(str(tmp_path))
+    assert placed.path == tmp_path / "keys.sealed"

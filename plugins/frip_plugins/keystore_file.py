@@ -18,6 +18,7 @@ from typing import Any
 from frip_engine.errors import KeyStoreError, ProfileError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
+from frip_engine.private import engine_file
 from frip_plugins.sealed_file import read_sealed, secret_input, write_sealed
 
 FORMAT = "frip-file-keystore-1"
@@ -39,14 +40,14 @@ class FileKeyStore:
     ) -> None:
         if not 14 <= scrypt_log2_n <= 22:
             raise ProfileError("key_store file: scrypt_log2_n must be between 14 and 22")
-        self.path = Path(path).expanduser() if path else None
+        self._placed = path  # bind() resolves it against the engine folder
+        self.path = Path(path) if path else None  # as given until bound
         self.passphrase_env = passphrase_env
         self.log2_n = scrypt_log2_n
         self._keks: dict[bytes, bytes] = {}
 
     def bind(self, engine_dir: str) -> None:
-        if self.path is None:
-            self.path = Path(engine_dir) / DEFAULT_FILE
+        self.path = engine_file(self._placed, engine_dir, DEFAULT_FILE, "[key_store] path")
 
     def describe(self) -> str:
         kdf = f"scrypt N=2^{self.log2_n}"

@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 from frip_engine.errors import KeyStoreError, KeyStoreUnavailableError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
+from frip_engine.private import engine_file
 from frip_plugins.sealed_file import read_sealed, secret_input, write_sealed
 
 FORMAT = "frip-pkcs11-keystore-1"
@@ -273,15 +274,18 @@ class PKCS11KeyStore:
         self.module = module or os.environ.get("FRIP_PKCS11_MODULE") or DEFAULT_MODULE
         self.token_label = token_label or os.environ.get("FRIP_PKCS11_TOKEN") or ""
         self.pin_env = pin_env
-        self.path = Path(path).expanduser() if path else None
+        self._placed = path  # bind() resolves it against the engine folder
+        self.path = Path(path) if path else None  # as given until bound
         self.lock_dir = lock_dir or os.environ.get("FRIP_PKCS11_LOCK_DIR") or None
 
     def bind(self, engine_dir: str) -> None:
-        if self.path is None:
-            self.path = Path(engine_dir) / DEFAULT_FILE
+        self.path = engine_file(self._placed, engine_dir, DEFAULT_FILE, "[key_store] path")
 
     def describe(self) -> str:
-        return f"pkcs11 token '{self.token_label}' via {self.module} (AES-256-GCM in the token)"
+        return (
+            f"pkcs11 token '{self.token_label}' via {self.module} (AES-256-GCM in the token); "
+            f"wrapped keys in {self.path}"
+        )
 
     # ------------------------------------------------------------------ token access
     def _pin(self) -> str:

@@ -20,7 +20,7 @@ from frip_engine import sqlite_tx
 from frip_engine.contracts import BlockInfo, NewSubject, SubjectRecord
 from frip_engine.errors import CorruptionError, StoreError, SubjectError
 from frip_engine.hookspecs import hookimpl
-from frip_engine.private import private_file
+from frip_engine.private import engine_file, private_file
 
 SCHEMA_VERSION = 1
 DEFAULT_FILE = "gallery.sqlite"
@@ -58,7 +58,8 @@ class SQLiteGalleryStore:
     name = "sqlite"
 
     def __init__(self, path: str | None = None) -> None:
-        self.path = Path(path).expanduser() if path else None
+        self._placed = path  # bind() resolves it against the engine folder
+        self.path = Path(path) if path else None  # as given until bound
         self._db: sqlite3.Connection | None = None
         self._engine = "?"
 
@@ -74,8 +75,10 @@ class SQLiteGalleryStore:
 
     def bind(self, engine_dir: str) -> None:
         self._engine = Path(engine_dir).name
-        if self.path is None:
-            self.path = Path(engine_dir) / DEFAULT_FILE
+        self.path = engine_file(self._placed, engine_dir, DEFAULT_FILE, "[gallery_store] path")
+
+    def describe(self) -> str:
+        return f"sqlite {self.path}"
 
     def _where(self) -> str:
         return f"engine '{self._engine}': gallery file {self.path}"
