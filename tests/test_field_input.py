@@ -394,13 +394,19 @@ def test_unreadable_profiles_are_profile_errors(
 def test_every_key_of_every_section_is_checked_against_its_plugin(
     home: Path, section: str, body: dict[str, object], named: str
 ) -> None:
+    _refused_at_create(home, section, body, named)
+
+
+def _refused_at_create(home: Path, section: str, body: dict[str, object], named: str) -> None:
+    """A profile with ``body`` as ``section`` is a ProfileError matching ``named`` at create,
+    and leaves no engine folder behind."""
     from frip_engine.errors import ProfileError
     from frip_engine.profile import Profile
 
-    profile = Profile.from_dict({"engine": {"name": "typo"}, section: body})
+    profile = Profile.from_dict({"engine": {"name": "refused"}, section: body})
     with pytest.raises(ProfileError, match=named):
         Engine.create(profile, home)
-    assert not (home / "engines" / "typo").exists()
+    assert not (home / "engines" / "refused").exists()
 
 
 class _KwargsPlugin:
@@ -766,13 +772,7 @@ def test_cli_refuses_hostile_embedding_files_with_exit_2(home: Path, tmp_path: P
 def test_profile_values_of_the_wrong_type_or_range_are_profile_errors(
     home: Path, section: str, body: dict[str, object], named: str
 ) -> None:
-    from frip_engine.errors import ProfileError
-    from frip_engine.profile import Profile
-
-    profile = Profile.from_dict({"engine": {"name": "typed"}, section: body})
-    with pytest.raises(ProfileError, match=named):
-        Engine.create(profile, home)
-    assert not (home / "engines" / "typed").exists()
+    _refused_at_create(home, section, body, named)
 
 
 class _Typed:
