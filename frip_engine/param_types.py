@@ -21,15 +21,20 @@ _PLURALS = {bool: "true/false values", int: "integers", float: "numbers", str: "
 _KINDS = {bool: "true/false", int: "integer", float: "number", str: "text", list: "list"}
 
 
+def init_chain(factory: Callable[..., Any]) -> list[Callable[..., Any]]:
+    """The functions that take a factory's keyword parameters: the function itself, or for
+    a class every ``__init__`` it defines along its MRO, the subclass's first."""
+    if not inspect.isclass(factory):
+        return [factory]
+    return [vars(c)["__init__"] for c in factory.__mro__ if "__init__" in vars(c)]
+
+
 def factory_hints(factory: Callable[..., Any]) -> dict[str, Any]:
     """The resolved annotation of each parameter of ``factory`` (a function or a class,
     following its ``__init__`` chain; a subclass's annotation wins). A function whose
     annotations cannot be resolved contributes none: its values are not checked."""
-    chain: list[Callable[..., Any]] = [factory]
-    if inspect.isclass(factory):
-        chain = [vars(c)["__init__"] for c in factory.__mro__ if "__init__" in vars(c)]
     hints: dict[str, Any] = {}
-    for function in reversed(chain):
+    for function in reversed(init_chain(factory)):
         try:
             found = typing.get_type_hints(function)
         except Exception:  # a hint naming what this process cannot import: not checkable

@@ -27,7 +27,7 @@ import pluggy
 
 from frip_engine import hookspecs
 from frip_engine.errors import PluginError
-from frip_engine.param_types import wrong_types
+from frip_engine.param_types import init_chain, wrong_types
 from frip_engine.validate import unknown_keys
 
 GROUP = "frip_engine"
@@ -97,11 +97,8 @@ class Component:
         declared = self.info.get("parameters")
         if declared is not None:
             return frozenset(declared)
-        chain: list[Callable[..., Any]] = [self.factory]
-        if inspect.isclass(self.factory):
-            chain = [vars(c)["__init__"] for c in self.factory.__mro__ if "__init__" in vars(c)]
         names: set[str] = set()
-        for function in chain:
+        for function in init_chain(self.factory):
             if function is object.__init__:
                 return frozenset(names)  # the chain ended in object(): nothing more
             try:
