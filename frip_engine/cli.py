@@ -291,7 +291,7 @@ def enrol_command(
     if subject is not None and report.failed:
         raise SubjectError(f"cannot enrol subject {shown(subject)}: {report.failed[subject]}")
     if as_json:
-        _print_json(report.__dict__)
+        _print_json(report.summary())
     else:
         out.print(f"enrolled {len(report.enrolled)} subject(s) into {engine_name}")
         for sid, notes in report.notes.items():

@@ -26,6 +26,7 @@ from frip_engine.contracts import BlockInfo, NewSubject
 from frip_engine.decision import Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
 from frip_engine.errors import (
+    DuplicateSubjectError,
     FripError,
     InputError,
     KeyStoreError,
@@ -70,9 +71,23 @@ class EnrolItem:
 
 @dataclass
 class EnrolReport:
+    """What an enrolment did: subjects enrolled, ``failed`` subject -> why (text), the
+    notes on their images, and ``errors``: the typed error behind each failure, for
+    callers that answer by error class (``Engine.enrol``, the service)."""
+
     enrolled: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
+    errors: dict[str, FripError] = field(default_factory=dict, repr=False)
+
+    def fail(self, subject: str, error: FripError, why: str | None = None) -> None:
+        """Record ``subject`` as not enrolled because of ``error`` (``why``: its text)."""
+        self.failed[subject] = str(error) if why is None else why
+        self.errors[subject] = error
+
+    def summary(self) -> dict[str, Any]:
+        """enrolled, failed and notes, JSON-able."""
+        return {"enrolled": self.enrolled, "failed": self.failed, "notes": self.notes}
 
 
 Progress = Callable[[str], None]
@@ -226,8 +241,8 @@ class Engine:
     # ----------------------------------------------------------------- enrolment
     def enrol(self, item: EnrolItem) -> EnrolReport:
         report = self.enrol_many([item])
-        if item.subject_id in report.failed:
-            raise SubjectError(report.failed[item.subject_id])
+        if item.subject_id in report.errors:
+            raise report.errors[item.subject_id]
         return report
 
     def enrol_many(
@@ -243,7 +258,7 @@ class Engine:
             try:
                 check_subject_id(item.subject_id)
                 if item.subject_id in existing or item.subject_id in templates:
-                    raise SubjectError(f"subject '{item.subject_id}' is already enrolled")
+                    raise DuplicateSubjectError(f"subject '{item.subject_id}' is already enrolled")
                 vectors, labels, notes = self._template_inputs(item)
                 if notes:
                     report.notes[item.subject_id] = notes
@@ -251,13 +266,16 @@ class Engine:
                 template = self.parts.protection.protect(mean_template(vectors, labels, floor))
                 templates[item.subject_id] = (stored_vector(template), len(vectors))
             except FripError as exc:
-                report.failed[item.subject_id] = str(exc)
+                report.fail(item.subject_id, exc)
         if templates:
             with self._writing():
                 for subject in self.store.subjects():  # enrolled by another writer meanwhile
                     if templates.pop(subject.subject_id, None) is not None:
-                        report.failed[subject.subject_id] = (
-                            f"subject '{subject.subject_id}' is already enrolled"
+                        report.fail(
+                            subject.subject_id,
+                            DuplicateSubjectError(
+                                f"subject '{subject.subject_id}' is already enrolled"
+                            ),
                         )
                 if templates:
                     self._commit_templates(templates, report)
@@ -357,7 +375,8 @@ class Engine:
                     context_sha256=fingerprint,
                 )
             except FripError as exc:  # this chunk is absent; the others stand
-                report.failed.update({s.subject_id: f"not stored: {exc}" for s in added})
+                for subject in added:
+                    report.fail(subject.subject_id, exc, f"not stored: {exc}")
                 if router is not None:
                     router.add(partition, data, sign=-1)
                 continue

@@ -467,8 +467,9 @@ async def enrol(service: Service, request: Request) -> Response:
                 held.append(vector)
                 labels.append(f"images[{i}]")
                 notes += [f"images[{i}]: {note}" for note in found]
-            # the engine's own template checks, here so that their typed errors reach the
-            # caller: cancelling embeddings are 422 bad_embedding, two people 422 not_one_person
+            # the engine's own template checks, run first here so that a refusal names the
+            # request's fields (images[i], embeddings[i]) rather than the engine's inputs:
+            # cancelling embeddings are 422 bad_embedding, two people 422 not_one_person
             mean_template(held, labels, engine.parts.extractor.same_person_floor)
             if attributes is not None:
                 service.attributes.stage(engine, subject, attributes)
@@ -476,9 +477,8 @@ async def enrol(service: Service, request: Request) -> Response:
             try:
                 with audited(service, ctx, "enrol", engine, subject, **counts) as outcome:
                     report = engine.enrol_many([EnrolItem(subject, embeddings=list(held))])
-                    if subject in report.failed:
-                        why = report.failed[subject]
-                        raise (StoreError if why.startswith("not stored") else SubjectError)(why)
+                    if subject in report.errors:
+                        raise report.errors[subject]
                     outcome["state"] = "enrolled"
             except BaseException:
                 service.attributes.drop(engine, subject)
