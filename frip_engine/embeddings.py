@@ -72,7 +72,7 @@ def _real_array(vector: object, what: str) -> np.ndarray:
         kind = _KIND_NAMES.get(array.dtype.kind, array.dtype.kind)
         raise EmbeddingError(
             f"{what} holds {kind} values (dtype {array.dtype}); an embedding is a vector of "
-            "real floating-point numbers (float16, float32 or float64)"
+            "real floating-point numbers (float16, float32, float64 or longdouble)"
         )
     return array
 

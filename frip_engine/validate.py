@@ -19,6 +19,10 @@ MAX_TOP_K = 10_000
 # (Cc: newline, tab, NUL, DEL, C1), formats (Cf: bidi overrides and isolates, zero-width
 # characters, BOM), line and paragraph separators, surrogates, private use, unassigned.
 _REFUSED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
+# Characters of printable categories that print as nothing: the Hangul fillers (letters,
+# Lo) and the braille blank (So); Unicode lists the fillers as default-ignorable.
+_BLANK = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
+_MARKS = {"Mn", "Mc", "Me"}  # combining marks: never first, they would join what precedes
 
 
 def check_subject_id(subject: object) -> str:
@@ -26,7 +30,8 @@ def check_subject_id(subject: object) -> str:
 
     A subject id is 1-128 printable characters in Unicode NFC form, without leading or
     trailing whitespace, without control, format (bidi override, zero-width), separator,
-    private-use or unassigned characters, without '/', not '.' or '..', and with no space
+    private-use, unassigned or blank-printing characters (Hangul fillers, braille blank),
+    not starting with a combining mark, without '/', not '.' or '..', and with no space
     other than U+0020. Brackets, colons and other punctuation are data, printed as is.
     """
     if not isinstance(subject, str):
@@ -45,7 +50,12 @@ def check_subject_id(subject: object) -> str:
         )
     for position, char in enumerate(subject):
         category = unicodedata.category(char)
-        if category in _REFUSED_CATEGORIES or (category == "Zs" and char != " "):
+        if (
+            category in _REFUSED_CATEGORIES
+            or (category == "Zs" and char != " ")
+            or char in _BLANK
+            or (position == 0 and category in _MARKS)
+        ):
             name = unicodedata.name(char, "unnamed")
             raise SubjectError(
                 f"subject id {shown} has U+{ord(char):04X} ({name}, category {category}) at "

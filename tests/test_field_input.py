@@ -217,6 +217,11 @@ BAD_IDS = [
     "line\u2028sep",
     "private\ue000",
     "surrogate\ud800",
+    "\u0301",  # a combining mark with nothing to combine with: it joins what is printed before
+    "\u0301x",
+    "\u3164",  # Hangul filler: a letter that prints as nothing
+    "a\u115fb",
+    "\u2800",  # braille blank
     "x" * 129,
     unicodedata.normalize("NFD", "José"),
 ]
