@@ -1,0 +1,1 @@
+"""Gallery stores that persist encrypted blocks and the slot map."""

@@ -1,0 +1,1 @@
+"""Template protections applied before encryption."""
