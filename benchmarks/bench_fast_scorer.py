@@ -39,10 +39,10 @@ def timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
 
 def bench_preset(name: str, features: int, repeats: int, threads: int) -> dict[str, Any]:
     import numpy as np
-    from frip_plugins.ckks_layouts import plain_weights
-    from frip_plugins.fast_scorer import FastBlock, TenSEALCodec, combine_residues
-    from frip_plugins.fast_scorer import encode_constants as encode
-    from frip_plugins.tenseal_backend import TenSEALLibrary
+    from frip_plugins.he_backends._ckks_layouts import plain_weights
+    from frip_plugins.he_backends._fast_scorer import FastBlock, TenSEALCodec, combine_residues
+    from frip_plugins.he_backends._fast_scorer import encode_constants as encode
+    from frip_plugins.he_backends.tenseal import TenSEALLibrary
 
     from frip_engine.ckks import PRESETS
 

@@ -48,7 +48,7 @@ SCRIPT = Path(__file__).resolve()
 
 # ----------------------------------------------------------------------------- workers
 def _store(token: str, engine_dir: str) -> Any:
-    from frip_plugins.keystore_pkcs11 import PKCS11KeyStore
+    from frip_plugins.key_stores.pkcs11 import PKCS11KeyStore
 
     store = PKCS11KeyStore(token_label=token)
     store.bind(engine_dir)
@@ -115,7 +115,7 @@ def worker(args: argparse.Namespace) -> int:
                 latencies.append(time.perf_counter() - start)
             else:
                 failures.append((run.stdout + run.stderr).strip()[-500:] or "no output")
-    from frip_plugins.keystore_pkcs11 import RETRIES
+    from frip_plugins.key_stores.pkcs11 import RETRIES
 
     report = {"latencies": latencies, "failures": failures, "retried": RETRIES}
     Path(args.report).write_text(json.dumps(report))
@@ -125,7 +125,7 @@ def worker(args: argparse.Namespace) -> int:
 def _foreign_logins(stop: Path, deadline: float, latencies: list[float], errors: list[str]) -> None:
     """Another program on the token: a login every 10 ms, no frip lock, no retry policy."""
     import pkcs11
-    from frip_plugins.keystore_pkcs11 import DEFAULT_MODULE
+    from frip_plugins.key_stores.pkcs11 import DEFAULT_MODULE
 
     lib = pkcs11.lib(DEFAULT_MODULE)
     while not stop.exists() and time.monotonic() < deadline:

@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 def faces_of(extractor: Any, image: Any) -> tuple[list[Any], Any]:
     """Every face in a photo and their unit embeddings (n, d), in the detector's order."""
     import numpy as np
-    from frip_plugins.face_common import l2_normalise
+    from frip_plugins.extractors._common import l2_normalise
 
     faces = extractor.detect(image)
     if not faces:
@@ -65,7 +65,7 @@ def faces_of(extractor: Any, image: Any) -> tuple[list[Any], Any]:
 def measure(name: str, paths: list[Path], labels: list[str], threads: int) -> dict[str, Any]:
     """Embed every face of every photo with one extractor and score each policy."""
     import numpy as np
-    from frip_plugins.face_common import select_face
+    from frip_plugins.extractors._common import select_face
 
     from frip_engine import plugins
     from frip_engine.errors import FripError

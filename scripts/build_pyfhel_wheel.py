@@ -47,7 +47,7 @@ CMAKE_OPTS = {
     "SEAL_USE_ZLIB": "OFF",
     "SEAL_USE_ZSTD": "OFF",
 }
-FAILURE_NOTE = "frip-pyfhel-build-failed.txt"  # read by frip_plugins.pyfhel_backend
+FAILURE_NOTE = "frip-pyfhel-build-failed.txt"  # read by frip_plugins.he_backends.pyfhel
 
 
 class BuildError(Exception):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from frip_plugins.face_common import (
+from frip_plugins.extractors._common import (
     Face,
     FacePipeline,
     align_5point,
@@ -237,9 +237,9 @@ def test_several_faces_follow_the_selection_policy(
 @pytest.mark.parametrize(
     ("name", "module", "table", "key"),
     [
-        ("arcface", "frip_plugins.arcface", "MODELS", "recogniser"),
-        ("sface", "frip_plugins.sface", "MODELS", "recogniser"),
-        ("facenet", "frip_plugins.facenet", "MTCNN_MODELS", "onet"),
+        ("arcface", "frip_plugins.extractors.arcface", "MODELS", "recogniser"),
+        ("sface", "frip_plugins.extractors.sface", "MODELS", "recogniser"),
+        ("facenet", "frip_plugins.extractors.facenet", "MTCNN_MODELS", "onet"),
     ],
 )
 def test_a_model_file_whose_hash_does_not_match_is_refused(
@@ -253,7 +253,7 @@ def test_a_model_file_whose_hash_does_not_match_is_refused(
 
 
 def test_facenet_graph_hash_is_checked_too(monkeypatch: Any) -> None:
-    from frip_plugins import facenet
+    from frip_plugins.extractors import facenet
 
     monkeypatch.setattr(facenet, "FACENET_MODEL", ("graph_final.pb", "f" * 64))
     with pytest.raises(PluginError, match=r"graph_final\.pb has SHA-256"):

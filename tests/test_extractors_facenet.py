@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from frip_plugins.arcface import ArcFaceExtractor
-from frip_plugins.facenet import FaceNetExtractor, Mtcnn, standardise
+from frip_plugins.extractors.arcface import ArcFaceExtractor
+from frip_plugins.extractors.facenet import FaceNetExtractor, Mtcnn, standardise
 
 from frip_engine.errors import ProfileError
 from frip_engine.images import load_image

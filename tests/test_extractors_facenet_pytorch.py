@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from frip_plugins import facenet_pytorch as module
-from frip_plugins.facenet_pytorch import (
+from frip_plugins.extractors import facenet_pytorch as module
+from frip_plugins.extractors.facenet_pytorch import (
     FaceNetPytorchExtractor,
     TorchvisionRequirement,
     matching_torchvision,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from frip_plugins.face_common import onnx_session, sha256_file
-from frip_plugins.sface import MODELS, SFaceExtractor, repaired_sface
+from frip_plugins.extractors._common import onnx_session, sha256_file
+from frip_plugins.extractors.sface import MODELS, SFaceExtractor, repaired_sface
 
 from frip_engine.images import load_image
 

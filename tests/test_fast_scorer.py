@@ -21,8 +21,8 @@ pytest.importorskip("zstandard")
 
 import tenseal as ts
 import tenseal.sealapi as sealapi
-from frip_plugins.ckks_layouts import plain_weights
-from frip_plugins.fast_scorer import (
+from frip_plugins.he_backends._ckks_layouts import plain_weights
+from frip_plugins.he_backends._fast_scorer import (
     FLUSH_TERMS,
     FastBlock,
     SealCodec,
@@ -31,7 +31,7 @@ from frip_plugins.fast_scorer import (
     encode_constants,
     seal_primes,
 )
-from frip_plugins.tenseal_backend import TenSEALLibrary
+from frip_plugins.he_backends.tenseal import TenSEALLibrary
 
 from frip_engine.ckks import PRESETS, CKKSParams
 from frip_engine.errors import BackendError
@@ -135,7 +135,7 @@ def test_score_plain_is_bit_identical_to_tenseal(gallery: Gallery) -> None:
 @pytest.fixture(scope="module", params=["fast", "paper"])
 def pyfhel_gallery(request: pytest.FixtureRequest) -> Gallery:
     pytest.importorskip("Pyfhel", reason="Pyfhel is not installed (make builds it)")
-    from frip_plugins.pyfhel_backend import PyfhelLibrary
+    from frip_plugins.he_backends.pyfhel import PyfhelLibrary
 
     return make_gallery(PRESETS[request.param], library=PyfhelLibrary())
 
@@ -429,8 +429,8 @@ def test_block_refuses_ciphertexts_of_different_lengths(fast_gallery: Gallery) -
 # ---------------------------------------------------------------------------- cache
 KERNEL_RUN = """
 import numpy as np
-from frip_plugins import fast_kernels
-from frip_plugins.fast_scorer import combine_residues
+from frip_plugins.he_backends import _fast_kernels as fast_kernels
+from frip_plugins.he_backends._fast_scorer import combine_residues
 out = combine_residues(np.ones((5, 2, 1, 8), np.uint64), np.arange(-2, 3, dtype=np.int64), [97])
 assert out[0, 0, 0] == 0, out
 print(type(fast_kernels.combine_serial._cache).__name__,
@@ -454,7 +454,7 @@ def run_kernel(env: dict[str, str]) -> list[str]:
 def test_compiled_kernels_are_cached_on_disk(tmp_path: Path) -> None:
     env = {"NUMBA_CACHE_DIR": str(tmp_path)}
     assert run_kernel(env) == ["FunctionCache", "0"]
-    assert list(tmp_path.rglob("fast_kernels.combine_serial-*.nbi"))
+    assert list(tmp_path.rglob("_fast_kernels.combine_serial-*.nbi"))
     assert run_kernel(env) == ["FunctionCache", "1"]  # a second process loads, not compiles
 
 
@@ -463,7 +463,12 @@ def test_kernels_compile_in_memory_where_no_cache_is_writable(tmp_path: Path) ->
     compile; the kernels fall back to an in-memory compile instead."""
     archive = tmp_path / "ro.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        for name in ("__init__.py", "fast_scorer.py", "fast_kernels.py"):
+        for name in (
+            "__init__.py",
+            "he_backends/__init__.py",
+            "he_backends/_fast_scorer.py",
+            "he_backends/_fast_kernels.py",
+        ):
             zf.write(PLUGINS / "frip_plugins" / name, f"frip_plugins/{name}")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

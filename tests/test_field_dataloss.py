@@ -181,7 +181,7 @@ def test_memory_keys_in_a_new_process_refuse_writes(home: Path) -> None:
     """Another key store: the memory store's key is gone once its process ends."""
     profile = {"engine": {"name": "mem"}, "key_store": {"plugin": "memory"}}
     Engine.create(Profile.from_dict(profile), home).close()
-    from frip_plugins import keystore_memory
+    from frip_plugins.key_stores import memory as keystore_memory
 
     keystore_memory._SECRETS.clear()  # what a new process sees
     with Engine.open("mem", home) as engine:
@@ -195,7 +195,7 @@ def test_a_sealed_key_file_write_is_durable(tmp_path: Path, monkeypatch: Any) ->
     """File and directory are synced: a crash right after the rename keeps the key file."""
     import os
 
-    from frip_plugins.sealed_file import write_sealed
+    from frip_plugins.key_stores._sealed_file import write_sealed
 
     synced: list[str] = []
     real = os.fsync

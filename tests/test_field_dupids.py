@@ -83,7 +83,7 @@ def test_pkcs11_rotate_kek_keeps_a_kek_another_sealed_file_names(
     """At the key store itself (below the engine's refusal): two sealed files naming one
     KEK; each rotation destroys only the key its own file named, and only once no other
     sealed file beside it names that key."""
-    from frip_plugins.keystore_pkcs11 import PKCS11KeyStore
+    from frip_plugins.key_stores.pkcs11 import PKCS11KeyStore
 
     folders = [home / "engines" / name for name in ("a", "b")]
     stores = []

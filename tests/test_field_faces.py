@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from frip_plugins.face_common import DEFAULT_SELECTION, Face, FacePipeline, select_face
+from frip_plugins.extractors._common import DEFAULT_SELECTION, Face, FacePipeline, select_face
 from PIL import Image
 
 from frip_engine import plugins

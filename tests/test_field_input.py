@@ -516,8 +516,8 @@ def test_a_block_the_machine_cannot_hold_is_refused(
 # ------------------------------------------------------------------ 17: damaged numba cache
 KERNEL_RUN = """
 import numpy as np
-from frip_plugins import fast_kernels
-from frip_plugins.fast_scorer import combine_residues
+from frip_plugins.he_backends import _fast_kernels as fast_kernels
+from frip_plugins.he_backends._fast_scorer import combine_residues
 out = combine_residues(np.ones((5, 2, 1, 8), np.uint64), np.arange(-2, 3, dtype=np.int64), [97])
 print(int(out[0, 0, 0]), sum(fast_kernels.combine_serial._cache_hits.values()))
 """

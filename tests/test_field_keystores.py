@@ -207,7 +207,7 @@ def test_stale_handles_and_token_errors_are_retried_then_mapped(
     softhsm: dict[str, str], home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pkcs11
-    from frip_plugins import keystore_pkcs11 as module
+    from frip_plugins.key_stores import pkcs11 as module
 
     monkeypatch.setenv("FRIP_PKCS11_PIN", SOFTHSM_PIN)
     engine = _token_engine(home, "flaky", "frip-a")
@@ -276,7 +276,7 @@ def test_a_key_file_older_than_the_token_gets_the_right_advice(
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from frip_plugins.keystore_pkcs11 import FileLock
+from frip_plugins.key_stores.pkcs11 import FileLock
 with FileLock(Path(sys.argv[1]), "the key file").hold(exclusive=True):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -286,7 +286,7 @@ with FileLock(Path(sys.argv[1]), "the key file").hold(exclusive=True):
 def test_an_unwrap_waits_for_a_rotation_in_another_process(
     softhsm: dict[str, str], home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from frip_plugins.keystore_pkcs11 import FileLock
+    from frip_plugins.key_stores.pkcs11 import FileLock
 
     monkeypatch.setenv("FRIP_PKCS11_PIN", SOFTHSM_PIN)
     engine = _token_engine(home, "waits", "frip-a")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from frip_plugins.arcface import ArcFaceExtractor
+from frip_plugins.extractors.arcface import ArcFaceExtractor
 from PIL import Image
 
 from frip_engine.engine import EnrolItem
@@ -108,7 +108,7 @@ def test_several_faces_takes_the_largest_and_says_so(lfw: Path, arcface: ArcFace
 
 
 def test_model_file_hash_is_checked(monkeypatch: Any) -> None:
-    from frip_plugins import arcface as module
+    from frip_plugins.extractors import arcface as module
 
     monkeypatch.setitem(module.MODELS, "recogniser", ("w600k_mbf.onnx", "0" * 64))
     with pytest.raises(PluginError, match="SHA-256"):

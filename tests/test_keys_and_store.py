@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import PASSPHRASE, near, unit_vectors
-from frip_plugins.keystore_file import FileKeyStore
+from frip_plugins.key_stores.file import FileKeyStore
 
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import CorruptionError, KeyStoreError, StoreError

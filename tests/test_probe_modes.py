@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import near, unit_vectors
-from frip_plugins.ckks_layouts import read_probe
+from frip_plugins.he_backends._ckks_layouts import read_probe
 
 from frip_engine import pemiu, plugins
 from frip_engine.engine import PROFILE_FILE, Engine, EnrolItem

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import near, unit_vectors
-from frip_plugins import pyfhel_backend
-from frip_plugins.blocks import frame, unframe
-from frip_plugins.ckks_layouts import SCORE_SET_TAG
-from frip_plugins.pyfhel_backend import PyfhelBackend
+from frip_plugins.he_backends import pyfhel as pyfhel_backend
+from frip_plugins.he_backends._blocks import frame, unframe
+from frip_plugins.he_backends._ckks_layouts import SCORE_SET_TAG
+from frip_plugins.he_backends.pyfhel import PyfhelBackend
 
 from frip_engine import plugins
 from frip_engine.engine import EnrolItem

@@ -8,7 +8,7 @@ import numpy as np
 
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
-from frip_plugins.cluster_common import CappedClusterer
+from frip_plugins.clusterers._common import CappedClusterer
 
 
 class KMeansClusterer(CappedClusterer):

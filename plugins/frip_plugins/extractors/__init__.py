@@ -1,1 +1,2 @@
-"""Face feature extractors (image -> embedding): one module per plugin, shared code in ``_common``."""
+"""Face feature extractors (image -> embedding): one module per plugin, shared code in
+``_common``."""

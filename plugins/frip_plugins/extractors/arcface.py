@@ -17,7 +17,7 @@ from frip_engine.contracts import ModelFile
 from frip_engine.errors import ProfileError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
-from frip_plugins.face_common import (
+from frip_plugins.extractors._common import (
     DEFAULT_SELECTION,
     Face,
     FacePipeline,

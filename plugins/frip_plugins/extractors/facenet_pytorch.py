@@ -25,8 +25,8 @@ from frip_engine.contracts import ModelFile
 from frip_engine.errors import PluginError, ProfileError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
-from frip_plugins.face_common import sha256_file, verify_models
-from frip_plugins.facenet import (
+from frip_plugins.extractors._common import sha256_file, verify_models
+from frip_plugins.extractors.facenet import (
     SAME_PERSON_FLOOR,
     MtcnnBoxCropPipeline,
     mtcnn_models,

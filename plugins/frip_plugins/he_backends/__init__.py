@@ -1,1 +1,4 @@
-"""Homomorphic-encryption backends: one module per plugin; the CKKS layouts, the fast packed scorer and its kernels, and the block framing they share are the private modules beside them."""
+"""Homomorphic-encryption backends: one module per plugin. The private modules beside them
+are the CKKS layouts they share (``_ckks_layouts``), the fast packed scorer and its numba
+kernels (``_fast_scorer``, ``_fast_kernels``) and the framing of serialised blocks
+(``_blocks``)."""

@@ -32,7 +32,7 @@ import numpy as np
 from frip_engine.ckks import CKKSParams, params_from
 from frip_engine.errors import BackendError, ProfileError
 from frip_engine.pemiu import PemiuTemplate, check_block_size
-from frip_plugins.blocks import frame, unframe
+from frip_plugins.he_backends._blocks import frame, unframe
 
 LAYOUTS = ("packed", "round-robin")
 PROBES = ("plain", "encrypted")
@@ -208,9 +208,10 @@ class PackedLayout:
 @dataclass
 class ResidueBlock:
     """A packed block as loaded for the fast scorer: its residues, decompressed once
-    (:class:`frip_plugins.fast_scorer.FastBlock`), and the library's ciphertexts only if an
-    operation other than a linear combination needs them. The serialised parts are not
-    kept: they are rewritten from the residues when needed, so a block is held once."""
+    (:class:`frip_plugins.he_backends._fast_scorer.FastBlock`), and the library's
+    ciphertexts only if an operation other than a linear combination needs them. The
+    serialised parts are not kept: they are rewritten from the residues when needed, so a
+    block is held once."""
 
     fast: Any
     cts: list[Any] | None = None
@@ -227,7 +228,7 @@ class FastPackedLayout(PackedLayout):
         self.threads = threads
 
     def load_parts(self, parts: list[bytes]) -> ResidueBlock:
-        from frip_plugins.fast_scorer import FastBlock
+        from frip_plugins.he_backends._fast_scorer import FastBlock
 
         return ResidueBlock(FastBlock.from_parts(self.codec, parts))
 

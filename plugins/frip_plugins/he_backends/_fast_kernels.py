@@ -1,4 +1,4 @@
-"""numba kernels of :mod:`frip_plugins.fast_scorer`: exact ``sum_j k_j * x_j mod p``.
+"""numba kernels of :mod:`frip_plugins.he_backends._fast_scorer`: exact ``sum_j k_j * x_j mod p``.
 
 Each residue x (< p < 2^61) is split into 32-bit halves and each |k| into 22-bit pieces,
 so every product is below 2^54 and an accumulator takes 1024 terms before it could
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numba
 import numpy as np
 
-from frip_plugins.fast_scorer import FLUSH_TERMS
+from frip_plugins.he_backends._fast_scorer import FLUSH_TERMS
 
 TILE = 1024  # coefficients per task: the four accumulators (32 KB) stay in L1
 _M32 = np.uint64(0xFFFFFFFF)

@@ -17,8 +17,8 @@ keys, encryption, decryption and the format.
 
 Threads default to 1 because the engine already runs one worker process per core; the
 kernel releases the GIL (``nogil``) so a caller may also run blocks on Python threads.
-The kernels live in :mod:`frip_plugins.fast_kernels` (numba is imported on first use only)
-and are cached on disk, see there.
+The kernels live in :mod:`frip_plugins.he_backends._fast_kernels` (numba is imported on
+first use only) and are cached on disk, see there.
 """
 
 from __future__ import annotations
@@ -449,9 +449,9 @@ def seal_primes(degree: int, bit_sizes: Sequence[int]) -> list[int]:
 def _kernels() -> tuple[Any, Any]:
     """The serial and parallel kernels: numba is imported (and the kernels compiled or
     loaded from its cache) only when a block is first scored."""
-    from frip_plugins import fast_kernels
+    from frip_plugins.he_backends import _fast_kernels
 
-    return fast_kernels.combine_serial, fast_kernels.combine_parallel
+    return _fast_kernels.combine_serial, _fast_kernels.combine_parallel
 
 
 @lru_cache(maxsize=32)

@@ -13,7 +13,7 @@ import numpy as np
 
 from frip_engine.errors import BackendError, ProfileError
 from frip_engine.hookspecs import hookimpl
-from frip_plugins.blocks import frame, unframe
+from frip_plugins.he_backends._blocks import frame, unframe
 
 TAG = b"FRIP-PT1"
 PROBE_TAG = b"FRIP-PTP"

@@ -1,7 +1,8 @@
 """HE backend ``pyfhel``: CKKS through Pyfhel (Microsoft SEAL), packed or round-robin layout.
 
-The same layouts, probe modes and contract as ``tenseal`` (:mod:`frip_plugins.ckks_layouts`);
-this module maps their primitive operations onto Pyfhel's low-level in-place calls.
+The same layouts, probe modes and contract as ``tenseal``
+(:mod:`frip_plugins.he_backends._ckks_layouts`); this module maps their primitive
+operations onto Pyfhel's low-level in-place calls.
 Pyfhel's ``*`` and ``+`` operators align levels and scales behind the caller's back, so
 they are not used: products stay at scale^2, never rescaled, exactly as with TenSEAL.
 
@@ -25,8 +26,8 @@ from frip_engine.ckks import CKKSParams
 from frip_engine.errors import BackendError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
-from frip_plugins.blocks import frame, unframe
-from frip_plugins.ckks_layouts import CKKSBackend
+from frip_plugins.he_backends._blocks import frame, unframe
+from frip_plugins.he_backends._ckks_layouts import CKKSBackend
 
 PUBLIC_TAG = b"FRIP-PFP"
 SECRET_TAG = b"FRIP-PFS"
@@ -231,7 +232,7 @@ class PyfhelLibrary:
 
     def fast_codec(self, ops: PyfhelOps) -> Any:
         """Reads and writes this context's ciphertexts as raw residues (fast scorer)."""
-        from frip_plugins.fast_scorer import PyfhelCodec
+        from frip_plugins.he_backends._fast_scorer import PyfhelCodec
 
         return PyfhelCodec.from_pyfhel(ops.he)
 

@@ -1,6 +1,6 @@
 """HE backend ``tenseal``: CKKS through TenSEAL, packed or round-robin layout.
 
-The layouts and probe modes live in :mod:`frip_plugins.ckks_layouts`; this module only
+The layouts and probe modes live in :mod:`frip_plugins.he_backends._ckks_layouts`; this module only
 maps their primitive operations onto TenSEAL. Scores are accumulated at scale^2 with
 auto-rescale off (rescaling costs 3.3x and buys nothing for one multiplication).
 """
@@ -16,7 +16,7 @@ from frip_engine.ckks import CKKSParams
 from frip_engine.errors import BackendError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
-from frip_plugins.ckks_layouts import CKKSBackend
+from frip_plugins.he_backends._ckks_layouts import CKKSBackend
 
 
 def _ts() -> Any:
@@ -128,7 +128,7 @@ class TenSEALLibrary:
 
     def fast_codec(self, ops: TenSEALOps) -> Any:
         """Reads and writes this context's ciphertexts as raw residues (fast scorer)."""
-        from frip_plugins.fast_scorer import TenSEALCodec
+        from frip_plugins.he_backends._fast_scorer import TenSEALCodec
 
         return TenSEALCodec.from_context(ops.context)
 

@@ -46,7 +46,7 @@ from frip_engine.errors import KeyStoreError, KeyStoreUnavailableError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.plugins import Requirement
 from frip_engine.private import engine_file
-from frip_plugins.sealed_file import read_sealed, secret_input, write_sealed
+from frip_plugins.key_stores._sealed_file import read_sealed, secret_input, write_sealed
 
 FORMAT = "frip-pkcs11-keystore-1"
 DEFAULT_FILE = "secret-key.p11.json"
