@@ -23,7 +23,6 @@ import tenseal as ts
 import tenseal.sealapi as sealapi
 from frip_plugins.he_backends._ckks_layouts import plain_weights
 from frip_plugins.he_backends._fast_scorer import (
-    FLUSH_TERMS,
     FastBlock,
     SealCodec,
     _put_varint,
@@ -31,6 +30,7 @@ from frip_plugins.he_backends._fast_scorer import (
     encode_constants,
     seal_primes,
 )
+from frip_plugins.he_backends._pieces import FLUSH_TERMS
 from frip_plugins.he_backends.tenseal import TenSEALLibrary
 
 from frip_engine.ckks import PRESETS, CKKSParams
@@ -468,6 +468,7 @@ def test_kernels_compile_in_memory_where_no_cache_is_writable(tmp_path: Path) ->
             "he_backends/__init__.py",
             "he_backends/_fast_scorer.py",
             "he_backends/_fast_kernels.py",
+            "he_backends/_pieces.py",
         ):
             zf.write(PLUGINS / "frip_plugins" / name, f"frip_plugins/{name}")
     blocker = tmp_path / "a-file"

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numba
 import numpy as np
 
-from frip_plugins.he_backends._fast_scorer import FLUSH_TERMS
+from frip_plugins.he_backends._pieces import FLUSH_TERMS
 
 TILE = 1024  # coefficients per task: the four accumulators (32 KB) stay in L1
 _M32 = np.uint64(0xFFFFFFFF)

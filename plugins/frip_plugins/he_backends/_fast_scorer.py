@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from frip_engine.errors import BackendError
+from frip_plugins.he_backends._pieces import PIECE_BITS, PIECE_MASK
 
 SEAL_MAGIC = 0xA15E
 SEAL_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr, reserved, size
@@ -43,10 +44,6 @@ CIPHERTEXT_META = struct.Struct("<4QBQQQdQ")  # parms_id, ntt, size, N, limbs, s
 COUNT = struct.Struct("<Q")
 F64 = struct.Struct("<d")
 
-PIECE_BITS = 22  # constant pieces: a 32-bit residue half times a piece stays below 2^54
-PIECE_MASK = (1 << PIECE_BITS) - 1
-# Terms an accumulator takes before it could overflow 64 bits (1024 at 22-bit pieces).
-FLUSH_TERMS = (2**64 - 1) // ((2**32 - 1) * PIECE_MASK)
 MAX_CONSTANT = 2.0**62  # |q * scale| beyond this does not fit the int64 constants
 
 
