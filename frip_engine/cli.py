@@ -34,6 +34,7 @@ from frip_engine.errors import (
     ProfileError,
     SubjectError,
 )
+from frip_engine.kinds import KINDS
 
 
 class _Commands(TyperGroup):
@@ -119,8 +120,8 @@ def plugins_command(as_json: JsonOpt = False) -> None:
             "install": c.install_hint(),
             "summary": c.summary,
         }
-        for kind in plugins.KINDS
-        for c in reg.of_kind(kind)
+        for kind in KINDS
+        for c in reg.of_kind(kind.name)
     ]
     broken = [b.__dict__ for b in reg.broken]
     if as_json:
@@ -130,10 +131,10 @@ def plugins_command(as_json: JsonOpt = False) -> None:
     table.add_column("kind / name, package", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("summary", ratio=1, overflow="fold")
-    for kind in plugins.KINDS:
-        of_kind = [row for row in rows if row["kind"] == kind]
+    for kind in KINDS:
+        of_kind = [row for row in rows if row["kind"] == kind.name]
         if of_kind:
-            table.add_row(styled((kind, "bold")))
+            table.add_row(styled((kind.name, "bold")))
         for row in of_kind:
             status = styled(("ok", "green") if row["available"] else ("missing", "red"))
             package = f"  {row['package']} {row['version']}"
@@ -189,9 +190,8 @@ def engine_create(
     engine = Engine.create(Profile.from_dict(data, source), home)
     with engine:
         out.print(styled("created engine ", (name, "bold"), f" in {engine.directory}"))
-        out.print(
-            f"  {engine.parts.backend.description}; key store: {engine.parts.key_store.describe()}"
-        )
+        parts = engine.parts
+        out.print(f"  {parts.he_backend.description}; key store: {parts.key_store.describe()}")
         stats = engine.stats()
         out.print(f"  threshold {stats['threshold']}: {stats['threshold_source']}", markup=False)
 

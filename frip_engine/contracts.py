@@ -8,15 +8,54 @@ boundary as bytes, so the key service never needs the matcher's objects.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib.util
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import numpy as np
 
     from frip_engine.pemiu import PemiuTemplate
+
+Component = TypeVar("Component", contravariant=True)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """An importable module a component needs, and what to install to get it."""
+
+    module: str
+    install: str
+
+    def present(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except (ImportError, ValueError):
+            return False
+
+
+class Register(Protocol[Component]):
+    """The callback a registration hook receives (``register_he_backends(register)``, ...).
+
+    A plugin calls it once per component it offers: its ``name`` (what a profile's
+    ``plugin = ...`` names), its ``factory`` (a class or function that builds the component
+    from the profile section's other keys and returns what the kind's protocol requires), a
+    one-line ``summary`` and the modules it ``requires`` (for ``frip plugins``). Further
+    keywords are kept as information; ``parameters=("a", "b")`` declares the keys the
+    factory takes where its signature cannot say.
+    """
+
+    def __call__(
+        self,
+        name: str,
+        factory: Callable[..., Component],
+        *,
+        summary: str = "",
+        requires: tuple[Requirement, ...] = (),
+        **info: Any,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -68,26 +107,38 @@ class Protection(Protocol):
 
     def output_dimension(self, dimension: int) -> int: ...
 
-    def protect(self, embedding: np.ndarray) -> np.ndarray | PemiuTemplate: ...
+    def protect(self, embedding: np.ndarray) -> np.ndarray | PemiuTemplate:
+        """The template to enrol for one embedding."""
+        ...
 
-    def prepare_probe(self, embedding: np.ndarray) -> np.ndarray | PemiuTemplate: ...
+    def protect_probe(self, embedding: np.ndarray) -> np.ndarray | PemiuTemplate:
+        """The probe to encode for one embedding (what ``protect`` is to the gallery)."""
+        ...
 
 
 class Clusterer(Protocol):
     """Partitions the gallery. ``routed`` clusterers fit centroids on enrolment batches;
     the engine keeps the centroids sealed and routes each probe to ``probe_clusters``
-    partitions (None: all)."""
+    partitions (None: all). The engine reads ``max_size``, ``fill``, ``clusters`` and calls
+    ``fit`` only for a routed clusterer."""
 
     name: str
     routed: bool
     probe_clusters: int | None
+    max_size: int | None  # most registrants per partition; None: one packed block's slots
+    fill: float  # the share of max_size the clusters founded on a batch are planned to hold
+    clusters: int | None  # clusters founded on the first batch; None: from fill and max_size
+
+    def fit(self, embeddings: np.ndarray, k: int) -> np.ndarray:
+        """``k`` centroids, shape (k, dimension), for templates of shape (n, dimension)."""
+        ...
 
 
 class Matcher(Protocol):
     """Public-key side: can encrypt and score, cannot decrypt.
 
     A probe travels as bytes: ``encode_probe`` is what an edge device does with the public
-    key (plain values, an encryption, or a PE-MIU shuffled template), ``prepare_probe``
+    key (plain values, an encryption, or a PE-MIU shuffled template), ``parse_probe``
     parses that upload once per identification and ``score`` uses it on each block.
     """
 
@@ -99,9 +150,9 @@ class Matcher(Protocol):
 
     def encode_probe(self, probe: np.ndarray | PemiuTemplate) -> bytes: ...
 
-    def prepare_probe(self, payload: bytes) -> Any: ...
+    def parse_probe(self, payload: bytes) -> Any: ...
 
-    def score(self, block: Any, prepared_probe: Any) -> bytes: ...
+    def score(self, block: Any, parsed_probe: Any) -> bytes: ...
 
     def dump(self, block: Any) -> bytes: ...
 

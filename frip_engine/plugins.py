@@ -14,7 +14,6 @@ from any thread: the first caller loads, the others wait and then see the whole 
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import inspect
 import os
 import sys
@@ -26,44 +25,14 @@ from typing import Any
 import pluggy
 
 from frip_engine import hookspecs
+from frip_engine.contracts import Requirement
 from frip_engine.errors import PluginError
+from frip_engine.kinds import KINDS
 from frip_engine.param_types import init_chain, wrong_types
 from frip_engine.validate import unknown_keys
 
 GROUP = "frip_engine"
 OWN_DISTRIBUTION = "frip-engine"
-KINDS = (
-    "extractor",
-    "he_backend",
-    "protection",
-    "clusterer",
-    "key_store",
-    "gallery_store",
-    "adapter",
-)
-_HOOK_OF_KIND = {
-    "extractor": "register_extractors",
-    "he_backend": "register_he_backends",
-    "protection": "register_protections",
-    "clusterer": "register_clusterers",
-    "key_store": "register_key_stores",
-    "gallery_store": "register_gallery_stores",
-    "adapter": "register_adapters",
-}
-
-
-@dataclass(frozen=True)
-class Requirement:
-    """An importable module a component needs, and what to install to get it."""
-
-    module: str
-    install: str
-
-    def present(self) -> bool:
-        try:
-            return importlib.util.find_spec(self.module) is not None
-        except (ImportError, ValueError):
-            return False
 
 
 @dataclass
@@ -261,9 +230,9 @@ def registry() -> Registry:
 def _collect(pm: pluggy.PluginManager) -> Registry:
     packages: dict[str, tuple[str, str]] = _state["packages"]
     broken: list[BrokenPlugin] = list(_state["broken"])
-    components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
-    for kind, hook_name in _HOOK_OF_KIND.items():
-        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+    components: dict[str, dict[str, Component]] = {kind.name: {} for kind in KINDS}
+    for kind in KINDS:
+        for impl in getattr(pm.hook, kind.hook).get_hookimpls():
             package, version = packages.get(impl.plugin_name, ("?", "?"))
 
             def register(
@@ -272,7 +241,7 @@ def _collect(pm: pluggy.PluginManager) -> Registry:
                 *,
                 summary: str = "",
                 requires: tuple[Requirement, ...] = (),
-                _kind: str = kind,
+                _kind: str = kind.name,
                 _plugin: str = impl.plugin_name,
                 _package: str = package,
                 _version: str = version,
@@ -294,7 +263,7 @@ def _collect(pm: pluggy.PluginManager) -> Registry:
                 impl.function(register=register)
             except Exception as exc:  # a failing registration hook marks its plugin broken
                 broken.append(
-                    BrokenPlugin(impl.plugin_name, package, version, f"{hook_name}: {exc}")
+                    BrokenPlugin(impl.plugin_name, package, version, f"{kind.hook}: {exc}")
                 )
     return Registry(components, broken, dict(packages))
 

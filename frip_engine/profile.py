@@ -27,25 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from frip_engine import plugins
+from frip_engine.contracts import (
+    Clusterer,
+    Extractor,
+    GalleryStore,
+    HEBackend,
+    KeyStore,
+    Protection,
+)
 from frip_engine.errors import InputError, MissingFileError, ProfileError
+from frip_engine.kinds import SECTIONS
 from frip_engine.validate import check_threshold, unknown_keys
 
-SECTION_KIND = {
-    "extractor": "extractor",
-    "he": "he_backend",
-    "protection": "protection",
-    "clusterer": "clusterer",
-    "key_store": "key_store",
-    "gallery_store": "gallery_store",
-}
-DEFAULT_PLUGINS = {
-    "extractor": "arcface",
-    "he": "tenseal",
-    "protection": "none",
-    "clusterer": "single",
-    "key_store": "file",
-    "gallery_store": "sqlite",
-}
 ENGINE_KEYS = {"name", "id", "description", "threshold", "insecure", "dimension", "workers"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -88,7 +81,7 @@ class Profile:
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def plugin(self, section: str) -> str:
-        return str(self.sections.get(section, {}).get("plugin", DEFAULT_PLUGINS[section]))
+        return str(self.sections.get(section, {}).get("plugin", SECTIONS[section].default))
 
     def params(self, section: str) -> dict[str, Any]:
         return {k: v for k, v in self.sections.get(section, {}).items() if k != "plugin"}
@@ -103,11 +96,11 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "profile") -> Profile:
-        unknown = set(data) - set(SECTION_KIND) - {"engine"}
+        unknown = set(data) - set(SECTIONS) - {"engine"}
         if unknown:
             raise ProfileError(
                 f"{source}: unknown section(s) {sorted(unknown)}; "
-                f"known: engine, {', '.join(SECTION_KIND)}"
+                f"known: engine, {', '.join(SECTIONS)}"
             )
         engine = data.get("engine", {})
         if not isinstance(engine, dict):
@@ -126,11 +119,11 @@ class Profile:
         except InputError as exc:
             raise ProfileError(f"{source}: [engine] {exc}") from exc
         sections: dict[str, dict[str, Any]] = {}
-        for section in SECTION_KIND:
+        for section, kind in SECTIONS.items():
             body = data.get(section, {})
             if not isinstance(body, dict):
                 raise ProfileError(f"{source}: [{section}] must be a table")
-            sections[section] = {"plugin": DEFAULT_PLUGINS[section], **body}
+            sections[section] = {"plugin": kind.default, **body}
             if not isinstance(sections[section]["plugin"], str):
                 raise ProfileError(f"{source}: [{section}] plugin must be a name (text)")
         threshold = engine.get("threshold")
@@ -215,14 +208,15 @@ def load_profile(path: Path) -> Profile:
 
 @dataclass
 class Components:
-    """The live plugin instances of one engine, checked to fit together."""
+    """The live plugin instances of one engine, checked to fit together: one field per
+    kind a profile chooses, named after the kind (:data:`frip_engine.kinds.SECTIONS`)."""
 
-    extractor: Any
-    backend: Any
-    protection: Any
-    clusterer: Any
-    key_store: Any
-    gallery_store: Any
+    extractor: Extractor
+    he_backend: HEBackend
+    protection: Protection
+    clusterer: Clusterer
+    key_store: KeyStore
+    gallery_store: GalleryStore
 
     @property
     def dimension(self) -> int:
@@ -240,33 +234,27 @@ def build(profile: Profile) -> Components:
     """Instantiate every plugin the profile names and check the combination. Raises
     ProfileError naming the section (and plugin) for any value a plugin refuses."""
     made: dict[str, Any] = {}
-    for section, kind in SECTION_KIND.items():
+    for section, kind in SECTIONS.items():
         name = profile.plugin(section)
         try:
-            made[section] = plugins.create(kind, name, **profile.params(section))
+            made[kind.name] = plugins.create(kind.name, name, **profile.params(section))
         except ProfileError as exc:
             raise type(exc)(f"[{section}] {exc}") from exc
         except (TypeError, ValueError, InputError) as exc:  # the factory refused a value
-            raise ProfileError(f"[{section}] {kind.replace('_', ' ')} '{name}': {exc}") from exc
-    parts = Components(
-        made["extractor"],
-        made["he"],
-        made["protection"],
-        made["clusterer"],
-        made["key_store"],
-        made["gallery_store"],
-    )
-    parts.backend.security_check()
-    if not parts.backend.encrypted and not profile.insecure:
+            raise ProfileError(f"[{section}] {kind.label} '{name}': {exc}") from exc
+    parts = Components(**made)
+    parts.he_backend.security_check()
+    if not parts.he_backend.encrypted and not profile.insecure:
         raise ProfileError(
-            f"[he] backend '{parts.backend.name}' keeps embeddings in the clear; it is the "
+            f"[he] backend '{parts.he_backend.name}' keeps embeddings in the clear; it is the "
             "reference for tests and benchmarks. Set insecure = true in [engine] to use it."
         )
     mode = parts.protection.probe_mode
-    if mode not in parts.backend.probe_modes:
+    if mode not in parts.he_backend.probe_modes:
         raise ProfileError(
             f"protection '{parts.protection.name}' needs probe mode '{mode}', which HE backend "
-            f"'{parts.backend.name}' cannot score (it offers {sorted(parts.backend.probe_modes)})"
+            f"'{parts.he_backend.name}' cannot score "
+            f"(it offers {sorted(parts.he_backend.probe_modes)})"
         )
     if mode == "pe-miu" and parts.clusterer.routed:
         raise ProfileError(
@@ -302,19 +290,19 @@ def physical_memory() -> int | None:
 def check_capacity(parts: Components) -> None:
     """Raise ProfileError if one block of this profile cannot be stored or held in memory:
     computed from the parameters, so it fails at create, before any key is made."""
-    block = parts.backend.block_bytes(parts.dimension)
+    block = parts.he_backend.block_bytes(parts.dimension)
     limit = parts.gallery_store.max_blob_bytes
     fix = "use a smaller poly_modulus_degree, fewer or smaller primes, or a preset (fast, compact)"
     if block > limit:
         raise ProfileError(
-            f"[he] {parts.backend.description}: one block of {parts.dimension}-d templates "
+            f"[he] {parts.he_backend.description}: one block of {parts.dimension}-d templates "
             f"takes at least {block / 1e6:,.0f} MB, over the {parts.gallery_store.name} "
             f"store's limit of {limit / 1e6:,.0f} MB per block: {fix}"
         )
     memory = physical_memory()
     if memory is not None and BLOCK_COPIES_IN_MEMORY * block > memory:
         raise ProfileError(
-            f"[he] {parts.backend.description}: enrolling one block of {block / 1e9:,.1f} GB "
+            f"[he] {parts.he_backend.description}: enrolling one block of {block / 1e9:,.1f} GB "
             f"needs about {BLOCK_COPIES_IN_MEMORY * block / 1e9:,.1f} GB of memory, this "
             f"machine has {memory / 1e9:,.1f} GB: {fix}"
         )

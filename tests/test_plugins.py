@@ -12,6 +12,7 @@ import pytest
 from frip_engine import plugins
 from frip_engine.errors import PluginError
 from frip_engine.hookspecs import hookimpl
+from frip_engine.kinds import KINDS
 from frip_engine.plugins import Requirement
 
 BUILT_INS = {
@@ -27,7 +28,7 @@ BUILT_INS = {
 
 
 def _names(registry: plugins.Registry) -> set[tuple[str, str]]:
-    return {(c.kind, c.name) for kind in plugins.KINDS for c in registry.of_kind(kind)}
+    return {(c.kind, c.name) for kind in KINDS for c in registry.of_kind(kind.name)}
 
 
 def test_built_ins_come_through_entry_points_of_frip_engine(fresh_plugins: None) -> None:
