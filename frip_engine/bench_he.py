@@ -458,7 +458,7 @@ def _measure(job: Job, console: Console) -> dict[str, Any]:
     engine = Engine.create(_profile(f"he-{job.index}", config.he), Path(job.home))
     out: dict[str, Any] = {
         "status": "ok",
-        "description": engine.parts.backend.description,
+        "description": engine.parts.he_backend.description,
         "threshold": engine.threshold,
         "points": [],
         "enrolment": [],

@@ -82,7 +82,7 @@ def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> 
     identities = csv_identities(root / "index.csv")
     console.print(
         f"lfw-dev: {sum(map(len, identities.values()))} images of {len(identities)} identities "
-        f"from {root}\nencrypted engine: {encrypted.parts.backend.description}"
+        f"from {root}\nencrypted engine: {encrypted.parts.he_backend.description}"
     )
     embeddings, failures, per_image = extract_all(encrypted, identities, console)
     enrol = [

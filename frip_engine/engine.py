@@ -115,14 +115,14 @@ class Engine:
         public = self.store.public_context(version)
         self._use_keys(
             KeyService(
-                self.parts.backend, self.parts.key_store, self.profile.engine_id, version, public
+                self.parts.he_backend, self.parts.key_store, self.profile.engine_id, version, public
             )
         )
 
     def _use_keys(self, service: KeyService) -> None:
         self.key_version = service.key_version
         self.key_service = service
-        self.matcher = self.parts.backend.matcher(
+        self.matcher = self.parts.he_backend.matcher(
             service.public_context, self.parts.pemiu_block_size
         )
         self._blocks.clear()
@@ -151,13 +151,13 @@ class Engine:
             parts.key_store.bind(str(directory))
             parts.gallery_store.bind(str(directory))
             parts.key_store.init(profile.engine_id)
-            service = KeyService.generate(parts.backend, parts.key_store, profile.engine_id, 1)
+            service = KeyService.generate(parts.he_backend, parts.key_store, profile.engine_id, 1)
             parts.gallery_store.initialise(
                 {
                     "engine_id": profile.engine_id,
                     "name": profile.name,
                     "dimension": str(parts.dimension),
-                    "he": parts.backend.description,
+                    "he": parts.he_backend.description,
                     "key_version": "1",
                     **template_record(parts),
                 }
@@ -671,7 +671,7 @@ class Engine:
         key_store = self.parts.key_store
         self.store.clear_staging()
         self._delete_other_he_keys()  # left by a rotation interrupted or killed
-        fresh = KeyService.generate(self.parts.backend, key_store, engine_id, new_version)
+        fresh = KeyService.generate(self.parts.he_backend, key_store, engine_id, new_version)
         occupants = self._occupants()
         for info in self.store.blocks():
             if progress:
@@ -715,7 +715,7 @@ class Engine:
         self._follow_keys()
         status = dict(self.parts.key_store.status(self.profile.engine_id))
         status["key_version_in_use"] = self.key_version
-        status["he"] = self.parts.backend.description
+        status["he"] = self.parts.he_backend.description
         problems = [self._secret_key_problem(), self._shared_id_problem()]
         status["problems"] = [
             *status.get("problems", []),  # a key store's own findings (a damaged token)
@@ -812,7 +812,7 @@ class Engine:
         save_profile(self.profile, self.directory / PROFILE_FILE)
         self.parts.key_store = target
         self.key_service = KeyService(
-            self.parts.backend, target, engine_id, version, self.key_service.public_context
+            self.parts.he_backend, target, engine_id, version, self.key_service.public_context
         )
         for key_id in key_ids:
             old.delete_secret(engine_id, key_id)
@@ -849,7 +849,7 @@ class Engine:
             "threshold_source": source,
             "key_version": self.key_version,
             "plugins": {s: self.profile.plugin(s) for s in self.profile.sections},
-            "he": self.parts.backend.description,
+            "he": self.parts.he_backend.description,
             "key_store": self.parts.key_store.describe(),
             "gallery_store": self.parts.gallery_store.describe(),
             "directory": str(self.directory),

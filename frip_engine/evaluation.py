@@ -448,7 +448,7 @@ def compare_backends(
                 same += (a.matched, a.subject_id, first_a) == (b.matched, b.subject_id, first_b)
                 if a.score is not None and b.score is not None:
                     largest = max(largest, abs(a.score - b.score))
-            description = encrypted.parts.backend.description
+            description = encrypted.parts.he_backend.description
         finally:
             encrypted.close()
             reference.close()

@@ -138,7 +138,7 @@ def test_a_pemiu_matcher_takes_only_its_engines_block_size(make_engine: Any) -> 
     with pytest.raises(BackendError, match="takes plain probes, the upload is a pe-miu probe"):
         plain.matcher.prepare_probe(plain.matcher.encode_probe(template))
     for he in ({"layout": "round-robin", "preset": "paper"}, {"probe": "encrypted"}):
-        backend = build(Profile.from_dict({"engine": {"name": "b"}, "he": he})).backend
+        backend = build(Profile.from_dict({"engine": {"name": "b"}, "he": he})).he_backend
         with pytest.raises(BackendError, match="no pe-miu probe mode"):
             backend.matcher(engine.key_service.public_context, 32)
 
@@ -260,7 +260,7 @@ def test_fast_scorer_is_bit_identical_to_the_library_inside_an_engine(
     with engine.key_service.unlocked() as decryptor:
         for vector, block_size in ((probe, None), (template, 64)):
             results = []
-            for side in (engine.parts.backend, library):
+            for side in (engine.parts.he_backend, library):
                 matcher = side.matcher(public, block_size)
                 prepared = matcher.prepare_probe(matcher.encode_probe(vector))
                 results.append(

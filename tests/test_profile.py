@@ -24,7 +24,7 @@ def test_defaults_build_and_fit_together() -> None:
     parts = _build()
     assert parts.extractor.name == "arcface"
     assert parts.dimension == 512
-    assert parts.backend.params == PRESETS["fast"]
+    assert parts.he_backend.params == PRESETS["fast"]
 
 
 def test_round_trip_through_toml() -> None:
