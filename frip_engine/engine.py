@@ -472,7 +472,7 @@ class Engine:
                 vector, notes = self.embed_image(image)
             else:
                 vector, notes = self.check_embedding(embedding, "probe embedding"), []
-            return self.parts.protection.prepare_probe(vector), notes
+            return self.parts.protection.protect_probe(vector), notes
 
     def identify(
         self,
@@ -595,7 +595,7 @@ class Engine:
             if self.profile.workers > 1 and blocks:
                 scored = self._parallel().score([info for info, _ in blocks], payload)
             else:
-                prepared = self.matcher.prepare_probe(payload)
+                prepared = self.matcher.parse_probe(payload)
                 scored = [(i.block_id, self.matcher.score(b, prepared)) for i, b in blocks]
         candidates, timings = (
             self.key_service.decide(scored, occupants, top_k) if scored else ([], {})

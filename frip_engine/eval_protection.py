@@ -261,7 +261,7 @@ def he_cost(
 
     def timed(matcher: Any, block: Any, probe: Any) -> tuple[float, float, np.ndarray]:
         start = time.perf_counter()
-        scored = matcher.score(block, matcher.prepare_probe(matcher.encode_probe(probe)))
+        scored = matcher.score(block, matcher.parse_probe(matcher.encode_probe(probe)))
         middle = time.perf_counter()
         values = decryptor.decrypt_scores(scored)
         if matcher.pemiu_block_size is not None:

@@ -141,7 +141,7 @@ def _score(key_version: int, block_id: int, revision: int, payload: bytes) -> tu
     _check_key(key_version)
     matcher, store, blocks = _worker["matcher"], _worker["store"], _worker["blocks"]
     if _worker.get("payload") != payload:  # parse each probe once per worker
-        _worker.update(payload=payload, prepared=matcher.prepare_probe(payload))
+        _worker.update(payload=payload, prepared=matcher.parse_probe(payload))
     cached = blocks.get(block_id)
     if cached is None or cached[0] != revision:
         found, data = store.read_block(block_id)

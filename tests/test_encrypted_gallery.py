@@ -76,7 +76,7 @@ def test_matcher_holds_only_public_material_and_cannot_decrypt(make_engine: Any)
     assert not context.has_secret_key()
     assert not context.is_private()
     block = encrypted._load_block(encrypted.store.blocks()[0])
-    scores = matcher.score(block, matcher.prepare_probe(matcher.encode_probe(gallery[0])))
+    scores = matcher.score(block, matcher.parse_probe(matcher.encode_probe(gallery[0])))
     import tenseal as ts
 
     with pytest.raises(ValueError, match="secret"):

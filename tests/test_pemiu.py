@@ -73,15 +73,15 @@ def test_comparison_recovers_the_blocks() -> None:
     protection = _protection(block_size=32, extractor="arcface")
     for i, vector in enumerate(gallery):
         reference = protection.protect(vector)  # type: ignore[attr-defined]
-        again = protection.prepare_probe(vector)  # type: ignore[attr-defined]
+        again = protection.protect_probe(vector)  # type: ignore[attr-defined]
         assert not np.allclose(again.vector, reference.vector)  # a fresh permutation
         assert protection.compare(again, reference) == pytest.approx(1.0)  # type: ignore[attr-defined]
         mate = near(vector, 0.3, seed=i)
         plain = float(mate @ vector)
-        score = protection.compare(protection.prepare_probe(mate), reference)  # type: ignore[attr-defined]
+        score = protection.compare(protection.protect_probe(mate), reference)  # type: ignore[attr-defined]
         assert score == pytest.approx(plain, abs=1e-9)
         other = gallery[(i + 1) % len(gallery)]
-        assert protection.compare(protection.prepare_probe(other), reference) < 0.5  # type: ignore[attr-defined]
+        assert protection.compare(protection.protect_probe(other), reference) < 0.5  # type: ignore[attr-defined]
 
 
 def test_permutations_come_from_the_os_csprng(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,7 +151,7 @@ def test_refuses_double_protection_and_foreign_templates() -> None:
     with pytest.raises(InputError, match="already protected"):
         p32.protect(once)  # type: ignore[attr-defined]
     with pytest.raises(InputError, match="already protected"):
-        p32.prepare_probe(once)  # type: ignore[attr-defined]
+        p32.protect_probe(once)  # type: ignore[attr-defined]
     other_size = _protection(block_size=64, extractor="arcface").protect(vector)  # type: ignore[attr-defined]
     with pytest.raises(InputError, match=r"block_size 64 differs .* 32"):
         p32.compare(other_size, once)  # type: ignore[attr-defined]

@@ -78,10 +78,10 @@ def test_pemiu_probe_mode_scores_equal_plaintext_pemiu(make_engine: Any) -> None
     with engine.key_service.unlocked() as decryptor:
         stored = decryptor.decrypt_block(data)[:, :12].T  # the shuffled references
     for i in (0, 3, 7):
-        probe = engine.parts.protection.prepare_probe(near(gallery[i], 0.5, 900 + i))
+        probe = engine.parts.protection.protect_probe(near(gallery[i], 0.5, 900 + i))
         payload = engine.matcher.encode_probe(probe)
         scored = engine.matcher.score(
-            engine._load_block(block), engine.matcher.prepare_probe(payload)
+            engine._load_block(block), engine.matcher.parse_probe(payload)
         )
         occupants = engine._occupants()
         candidates, _ = engine.key_service.decide([(block.block_id, scored)], occupants, 12)
@@ -100,13 +100,13 @@ def test_the_matcher_receives_only_the_freshly_shuffled_probe(
 ) -> None:
     engine, gallery = _enrolled(make_engine, "spy", 12, protection={"plugin": "pe-miu"})
     uploads: list[bytes] = []
-    prepare = engine.matcher.prepare_probe
+    prepare = engine.matcher.parse_probe
 
     def spy(payload: bytes) -> Any:
         uploads.append(payload)
         return prepare(payload)
 
-    monkeypatch.setattr(engine.matcher, "prepare_probe", spy)
+    monkeypatch.setattr(engine.matcher, "parse_probe", spy)
     raw = near(gallery[3], 0.5, 5)
     assert engine.identify(embedding=raw).subject_id == "s003"
     (upload,) = uploads
@@ -129,14 +129,14 @@ def test_a_pemiu_matcher_takes_only_its_engines_block_size(make_engine: Any) -> 
     for size in (128, 1):  # another engine's block size; a 512 x 512 pair computation
         foreign = pemiu.protect(gallery[0], size, "arcface", min_complexity=0)
         with pytest.raises(BackendError, match=f"block size {size}, this engine's templates 32"):
-            engine.matcher.prepare_probe(engine.matcher.encode_probe(foreign))
+            engine.matcher.parse_probe(engine.matcher.encode_probe(foreign))
     cut = PemiuTemplate(gallery[0][:500], 32, "arcface", 500, 0)  # 500 is not 32 x blocks
     with pytest.raises(InputError, match="does not divide"):
-        engine.matcher.prepare_probe(engine.matcher.encode_probe(cut))
+        engine.matcher.parse_probe(engine.matcher.encode_probe(cut))
     plain = make_engine("plain-engine", he={"plugin": "tenseal", "preset": "compact"})
     template = pemiu.protect(gallery[0], 32, "arcface")
     with pytest.raises(BackendError, match="takes plain probes, the upload is a pe-miu probe"):
-        plain.matcher.prepare_probe(plain.matcher.encode_probe(template))
+        plain.matcher.parse_probe(plain.matcher.encode_probe(template))
     for he in ({"layout": "round-robin", "preset": "paper"}, {"probe": "encrypted"}):
         backend = build(Profile.from_dict({"engine": {"name": "b"}, "he": he})).he_backend
         with pytest.raises(BackendError, match="no pe-miu probe mode"):
@@ -226,20 +226,20 @@ def test_bad_probe_uploads_are_refused(make_engine: Any) -> None:
     plain = make_engine("plain-uploads", he={"plugin": "tenseal", "preset": "compact"})
     probe = unit_vectors(1, seed=3)[0]
     with pytest.raises(BackendError, match="takes encrypted probes"):
-        engine.matcher.prepare_probe(plain.matcher.encode_probe(probe))
+        engine.matcher.parse_probe(plain.matcher.encode_probe(probe))
     payload = plain.matcher.encode_probe(probe)
     with pytest.raises(BackendError, match="truncated"):
-        plain.matcher.prepare_probe(payload[:-3])
+        plain.matcher.parse_probe(payload[:-3])
     with pytest.raises(BackendError, match="not a FRIP-PRB"):
-        plain.matcher.prepare_probe(b"garbage" + payload)
+        plain.matcher.parse_probe(b"garbage" + payload)
     poisoned = plain.matcher.encode_probe(np.full(512, np.nan))
     with pytest.raises(BackendError, match="not finite"):
-        plain.matcher.prepare_probe(poisoned)
+        plain.matcher.parse_probe(poisoned)
     foreign = make_engine(
         "foreign", he={"plugin": "tenseal", "preset": "fast", "probe": "encrypted"}
     )
     with pytest.raises(BackendError, match="another parameter set"):
-        engine.matcher.prepare_probe(foreign.matcher.encode_probe(probe))
+        engine.matcher.parse_probe(foreign.matcher.encode_probe(probe))
 
 
 @pytest.mark.parametrize("backend", ["tenseal", "pyfhel"])
@@ -262,7 +262,7 @@ def test_fast_scorer_is_bit_identical_to_the_library_inside_an_engine(
             results = []
             for side in (engine.parts.he_backend, library):
                 matcher = side.matcher(public, block_size)
-                prepared = matcher.prepare_probe(matcher.encode_probe(vector))
+                prepared = matcher.parse_probe(matcher.encode_probe(vector))
                 results.append(
                     decryptor.decrypt_scores(matcher.score(matcher.load(data), prepared))
                 )

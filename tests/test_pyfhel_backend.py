@@ -65,7 +65,7 @@ def test_scores_equal_numpy_cosine(preset: str, layout: str, probe: str) -> None
     for i in (0, 5):
         query = near(rows[i], 0.5, seed=100 + i)
         upload = matcher.encode_probe(query)
-        scores = decryptor.decrypt_scores(matcher.score(block, matcher.prepare_probe(upload)))
+        scores = decryptor.decrypt_scores(matcher.score(block, matcher.parse_probe(upload)))
         assert scores.shape == (matcher.slots,)
         expected = rows @ query
         assert np.allclose(scores[slots], expected, atol=TOLERANCE[preset], rtol=0)
@@ -96,7 +96,7 @@ def test_erasure_decrypts_the_block_and_reencrypts_it(preset: str, layout: str) 
     keep = slots[1:]  # erase the first registrant: re-encrypt the others only
     again = matcher.dump(matcher.encrypt_rows(plain[:, keep].T, keep))
     scores = decryptor.decrypt_scores(
-        matcher.score(matcher.load(again), matcher.prepare_probe(matcher.encode_probe(rows[0])))
+        matcher.score(matcher.load(again), matcher.parse_probe(matcher.encode_probe(rows[0])))
     )
     assert abs(scores[slots[0]]) < TOLERANCE[preset]
     assert np.allclose(scores[keep], rows[1:] @ rows[0], atol=TOLERANCE[preset])
@@ -127,7 +127,7 @@ def test_damaged_ciphertexts_are_refused(layout: str, damage: str) -> None:
         matcher.load(broken)
     with pytest.raises(BackendError, match="rejected by Pyfhel/SEAL"):
         decryptor.decrypt_block(broken)
-    query = matcher.prepare_probe(matcher.encode_probe(np.eye(DIMENSION)[0]))
+    query = matcher.parse_probe(matcher.encode_probe(np.eye(DIMENSION)[0]))
     scores = matcher.score(matcher.load(data), query)
     # packed scores are one ciphertext, round-robin scores a framed set of them
     with pytest.raises(BackendError, match=r"rejected by Pyfhel/SEAL|block is truncated"):
@@ -144,7 +144,7 @@ def test_foreign_blocks_are_refused_or_out_of_range() -> None:
     other_public, _ = other.keygen()
     foreign = other.matcher(other_public)
     foreign_block = foreign.dump(foreign.encrypt_rows(rows, slots))
-    probe = matcher.prepare_probe(matcher.encode_probe(rows[0]))
+    probe = matcher.parse_probe(matcher.encode_probe(rows[0]))
     # same parameter set, another key: SEAL loads it, the scores are noise far out of range
     scores = decryptor.decrypt_scores(matcher.score(matcher.load(foreign_block), probe))
     assert np.max(np.abs(scores)) > 1.05
@@ -166,7 +166,7 @@ def test_matcher_holds_only_public_material_and_cannot_decrypt() -> None:
         backend.matcher(secret)
     assert matcher.ops.he.is_secret_key_empty() and not matcher.ops.he.is_rotate_key_empty()
     rows, slots, data = _gallery(matcher, 2)
-    scores = matcher.score(matcher.load(data), matcher.prepare_probe(matcher.encode_probe(rows[0])))
+    scores = matcher.score(matcher.load(data), matcher.parse_probe(matcher.encode_probe(rows[0])))
     one = matcher.ops.load(unframe(SCORE_SET_TAG, scores)[1 + slots[0]])
     with pytest.raises(BackendError, match="cannot decrypt"):
         matcher.ops.decrypt(one)

@@ -391,7 +391,7 @@ class CKKSMatcher:
             return _probe_payload("encrypted", self.layout.encrypt_probe(vector))
         return _probe_payload("plain", [_floats(vector)])
 
-    def prepare_probe(self, payload: bytes) -> tuple[str, Any]:
+    def parse_probe(self, payload: bytes) -> tuple[str, Any]:
         """Parse an upload once per identification (a block scores it without re-parsing)."""
         mode, parts = read_probe(payload)
         if mode != self.probe_mode:

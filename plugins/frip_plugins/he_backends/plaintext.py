@@ -38,7 +38,7 @@ class PlaintextMatcher:
     def encode_probe(self, probe: np.ndarray) -> bytes:
         return frame(PROBE_TAG, [np.asarray(probe, dtype="<f8").tobytes()])
 
-    def prepare_probe(self, payload: bytes) -> np.ndarray:
+    def parse_probe(self, payload: bytes) -> np.ndarray:
         (raw,) = unframe(PROBE_TAG, payload)
         return np.frombuffer(raw, dtype="<f8").copy()
 

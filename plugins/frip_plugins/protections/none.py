@@ -23,7 +23,7 @@ class NoProtection:
     def protect(self, embedding: np.ndarray) -> np.ndarray:
         return embedding
 
-    def prepare_probe(self, embedding: np.ndarray) -> np.ndarray:
+    def protect_probe(self, embedding: np.ndarray) -> np.ndarray:
         return embedding
 
 

@@ -2,7 +2,7 @@
 
 Templates are split into ``block_size`` blocks and shuffled (Terhoerst et al. 2020); a
 comparison assigns probe blocks to reference blocks (``linear_sum_assignment`` on block
-distances) and takes the cosine similarity. Both ``protect`` and ``prepare_probe`` return a
+distances) and takes the cosine similarity. Both ``protect`` and ``protect_probe`` return a
 typed :class:`frip_engine.pemiu.PemiuTemplate` carrying block size, extractor, dimension and
 permutation complexity; ``compare`` refuses templates of another block size or extractor
 and a template is never protected twice. The extractor name is the engine's: ``bind`` sets
@@ -81,7 +81,7 @@ class PemiuProtection:
             )
         return pemiu.protect(embedding, self.block_size, self.extractor, self.min_complexity)
 
-    def prepare_probe(self, embedding: np.ndarray | PemiuTemplate) -> PemiuTemplate:
+    def protect_probe(self, embedding: np.ndarray | PemiuTemplate) -> PemiuTemplate:
         """A probe gets its own fresh permutation, exactly like a reference."""
         return self.protect(embedding)
 
