@@ -80,12 +80,22 @@ class Extraction:
 
 
 class Extractor(Protocol):
-    name: str
-    dimension: int
-    # the model's own plain-cosine reference threshold; an engine takes its threshold from
-    # frip_engine/calibration.json per (extractor, protection, block size) instead
-    threshold: float
-    same_person_floor: float  # cosine below which two images of one subject are two people
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def threshold(self) -> float:
+        """The model's own plain-cosine reference threshold; an engine takes its threshold
+        from frip_engine/calibration.json per (extractor, protection, block size) instead."""
+        ...
+
+    @property
+    def same_person_floor(self) -> float:
+        """Cosine below which two images of one subject are two people."""
+        ...
 
     def models(self) -> list[ModelFile]: ...
 
@@ -96,9 +106,14 @@ class Protection(Protocol):
     """``probe_mode`` is what the HE backend must score (``plain`` or ``pe-miu``);
     ``probe_block_size`` the block size of every pe-miu template and probe, else None."""
 
-    name: str
-    probe_mode: str
-    probe_block_size: int | None
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def probe_mode(self) -> str: ...
+
+    @property
+    def probe_block_size(self) -> int | None: ...
 
     def bind(self, extractor: str, dimension: int) -> None:
         """Fit the protection to the engine's extractor (name, dimension) or raise
@@ -122,12 +137,29 @@ class Clusterer(Protocol):
     partitions (None: all). The engine reads ``max_size``, ``fill``, ``clusters`` and calls
     ``fit`` only for a routed clusterer."""
 
-    name: str
-    routed: bool
-    probe_clusters: int | None
-    max_size: int | None  # most registrants per partition; None: one packed block's slots
-    fill: float  # the share of max_size the clusters founded on a batch are planned to hold
-    clusters: int | None  # clusters founded on the first batch; None: from fill and max_size
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def routed(self) -> bool: ...
+
+    @property
+    def probe_clusters(self) -> int | None: ...
+
+    @property
+    def max_size(self) -> int | None:
+        """Most registrants per partition; None: one packed block's slots."""
+        ...
+
+    @property
+    def fill(self) -> float:
+        """The share of max_size the clusters founded on a batch are planned to hold."""
+        ...
+
+    @property
+    def clusters(self) -> int | None:
+        """Clusters founded on the first batch; None: from fill and max_size."""
+        ...
 
     def fit(self, embeddings: np.ndarray, k: int) -> np.ndarray:
         """``k`` centroids, shape (k, dimension), for templates of shape (n, dimension)."""
@@ -142,7 +174,8 @@ class Matcher(Protocol):
     parses that upload once per identification and ``score`` uses it on each block.
     """
 
-    slots: int
+    @property
+    def slots(self) -> int: ...
 
     def encrypt_rows(self, rows: np.ndarray, slots: Sequence[int]) -> Any: ...
 
@@ -172,10 +205,23 @@ class Decryptor(Protocol):
 
 
 class HEBackend(Protocol):
-    name: str
-    description: str  # human-readable parameter summary
-    encrypted: bool  # False only for the plaintext reference backend
-    probe_modes: frozenset[str]  # what it can score: "plain", "pe-miu"
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str:
+        """Human-readable parameter summary."""
+        ...
+
+    @property
+    def encrypted(self) -> bool:
+        """False only for the plaintext reference backend."""
+        ...
+
+    @property
+    def probe_modes(self) -> frozenset[str]:
+        """What it can score: "plain", "pe-miu"."""
+        ...
 
     def security_check(self) -> None: ...
 
@@ -199,7 +245,8 @@ class HEBackend(Protocol):
 class KeyStore(Protocol):
     """Keeps the HE secret key wrapped; hands out a copy the caller must wipe."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def bind(self, engine_dir: str) -> None: ...
 
@@ -249,7 +296,8 @@ class NewSubject:
 
 
 class GalleryStore(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     @property
     def max_blob_bytes(self) -> int:
@@ -312,8 +360,11 @@ class GalleryStore(Protocol):
 class Adapter(Protocol):
     """Translates a vendor's template format to and from the engine's embedding."""
 
-    name: str
-    vendor: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def vendor(self) -> str: ...
 
     def decode(self, payload: bytes) -> np.ndarray: ...
 

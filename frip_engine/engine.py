@@ -464,7 +464,7 @@ class Engine:
 
     def _probe(
         self, watch: Stopwatch, image: Path | bytes | np.ndarray | None, embedding: object | None
-    ) -> tuple[np.ndarray, list[str]]:
+    ) -> tuple[np.ndarray | PemiuTemplate, list[str]]:
         if (image is None) == (embedding is None):
             raise SubjectError("give exactly one probe: an image or an embedding")
         with watch.stage("feature_extraction"):
@@ -500,6 +500,7 @@ class Engine:
             blocks = [b for b in every if occupants.get(b.block_id)]
             current = self.store.read_routing() if self.parts.clusterer.routed else None
             if current is not None and fan_out is not None:
+                assert isinstance(probe, np.ndarray)  # build refuses routing with pe-miu
                 with watch.stage("routing"):
                     routed = set(self.key_service.route(current[1], probe, fan_out))
                 blocks = [b for b in blocks if b.partition in routed]
@@ -508,7 +509,7 @@ class Engine:
 
     def _fan_out(self, probe_clusters: int | str | None) -> int | None:
         if probe_clusters is None:
-            return self.parts.clusterer.probe_clusters  # type: ignore[no-any-return]
+            return self.parts.clusterer.probe_clusters
         if probe_clusters == "all":
             return None
         if (
@@ -580,7 +581,7 @@ class Engine:
     def _decide(
         self,
         watch: Stopwatch,
-        probe: np.ndarray,
+        probe: np.ndarray | PemiuTemplate,
         blocks: Sequence[tuple[BlockInfo, Any]],
         occupants: dict[int, dict[int, str]],
         top_k: int,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from frip_engine.contracts import Clusterer
 from frip_engine.errors import ProfileError, StoreError
 
 
@@ -107,7 +108,7 @@ def balanced_assign(templates: np.ndarray, centroids: np.ndarray, room: np.ndarr
 def plan(
     state: RouterState | None,
     templates: np.ndarray,
-    clusterer: object,
+    clusterer: Clusterer,
     max_size: int,
     extractor: str,
 ) -> tuple[RouterState, np.ndarray]:
@@ -123,12 +124,12 @@ def plan(
     assignment = balanced_assign(templates, state.centroids(), room)
     overflow = np.flatnonzero(assignment < 0)
     if overflow.size:
-        fill = float(getattr(clusterer, "fill", 1.0))
-        wanted = getattr(clusterer, "clusters", None) if state.clusters == 0 else None
+        fill = float(clusterer.fill)
+        wanted = clusterer.clusters if state.clusters == 0 else None
         k = wanted or int(np.ceil(overflow.size / max(1.0, fill * max_size)))
         distinct = np.unique(templates[overflow], axis=0).shape[0]
         k = max(1, min(int(k), distinct))  # never more clusters than distinct templates
-        centroids = clusterer.fit(templates[overflow], k)  # type: ignore[attr-defined]
+        centroids = clusterer.fit(templates[overflow], k)
         centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
         if k * max_size < overflow.size:
             raise ProfileError(

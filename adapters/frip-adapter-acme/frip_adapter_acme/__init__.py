@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Any
 
 import numpy as np
 
+from frip_engine.contracts import Adapter, Register
 from frip_engine.errors import EmbeddingError
 from frip_engine.hookspecs import hookimpl
 
@@ -50,7 +50,7 @@ class AcmeV1Adapter:
 
 
 @hookimpl
-def register_adapters(register: Any) -> None:
+def register_adapters(register: Register[Adapter]) -> None:
     register(
         "acme-v1", AcmeV1Adapter, summary="ACME ACMT v1 int8 templates (example vendor adapter)"
     )

@@ -21,18 +21,22 @@ class CappedClusterer:
         clusters: int | None = None,
         seed: int = 0,
     ) -> None:
-        if max_size == "paper":
-            max_size = PAPER_MAX_SIZE
-        if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
-            raise ProfileError(f"{self.name}: max_size must be a positive integer or 'paper'")
-        if probe_clusters != "all" and (not isinstance(probe_clusters, int) or probe_clusters < 1):
-            raise ProfileError(f"{self.name}: probe_clusters must be an integer >= 1 or 'all'")
+        self.max_size: int | None = None  # None: one packed block
+        if max_size is not None:
+            if max_size == "paper":
+                max_size = PAPER_MAX_SIZE
+            if not isinstance(max_size, int) or max_size < 1:
+                raise ProfileError(f"{self.name}: max_size must be a positive integer or 'paper'")
+            self.max_size = max_size
+        self.probe_clusters: int | None = None  # None ("all"): every partition
+        if probe_clusters != "all":
+            if not isinstance(probe_clusters, int) or probe_clusters < 1:
+                raise ProfileError(f"{self.name}: probe_clusters must be an integer >= 1 or 'all'")
+            self.probe_clusters = probe_clusters
         if not 0.1 <= fill <= 1.0:
             raise ProfileError(f"{self.name}: fill must be between 0.1 and 1")
         if clusters is not None and (not isinstance(clusters, int) or clusters < 1):
             raise ProfileError(f"{self.name}: clusters must be a positive integer")
-        self.max_size = max_size  # None: one packed block
-        self.probe_clusters = None if probe_clusters == "all" else probe_clusters
         self.fill = fill
         self.clusters = clusters
         self.seed = seed

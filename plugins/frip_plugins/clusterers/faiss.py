@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from frip_engine.contracts import Clusterer, Register, Requirement
 from frip_engine.hookspecs import hookimpl
-from frip_engine.plugins import Requirement
 from frip_plugins.clusterers._common import CappedClusterer
 
 
@@ -24,7 +22,7 @@ class FaissClusterer(CappedClusterer):
 
 
 @hookimpl
-def register_clusterers(register: Any) -> None:
+def register_clusterers(register: Register[Clusterer]) -> None:
     register(
         "faiss",
         FaissClusterer,

@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from frip_engine.contracts import ModelFile
+from frip_engine.contracts import Extractor, ModelFile, Register, Requirement
 from frip_engine.errors import ProfileError
 from frip_engine.hookspecs import hookimpl
-from frip_engine.plugins import Requirement
 from frip_plugins.extractors._common import (
     DEFAULT_SELECTION,
     Face,
@@ -116,7 +115,7 @@ class ArcFaceExtractor(FacePipeline):
 
 
 @hookimpl
-def register_extractors(register: Any) -> None:
+def register_extractors(register: Register[Extractor]) -> None:
     register(
         "arcface",
         ArcFaceExtractor,

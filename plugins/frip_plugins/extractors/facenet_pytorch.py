@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from frip_engine.contracts import ModelFile
+from frip_engine.contracts import Extractor, ModelFile, Register, Requirement
 from frip_engine.errors import PluginError, ProfileError
 from frip_engine.hookspecs import hookimpl
-from frip_engine.plugins import Requirement
 from frip_plugins.extractors._common import sha256_file, verify_models
 from frip_plugins.extractors.facenet import (
     SAME_PERSON_FLOOR,
@@ -237,7 +236,7 @@ def unavailable_reason(needs: tuple[Requirement, ...]) -> str:
 
 
 @hookimpl
-def register_extractors(register: Any) -> None:
+def register_extractors(register: Register[Extractor]) -> None:
     needs = requirements()
     reason = unavailable_reason(needs)
     register(

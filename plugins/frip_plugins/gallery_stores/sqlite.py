@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from frip_engine import sqlite_tx
-from frip_engine.contracts import BlockInfo, NewSubject, SubjectRecord
+from frip_engine.contracts import BlockInfo, GalleryStore, NewSubject, Register, SubjectRecord
 from frip_engine.errors import CorruptionError, StoreError, SubjectError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.private import engine_file, private_file
@@ -369,5 +369,5 @@ class SQLiteGalleryStore:
 
 
 @hookimpl
-def register_gallery_stores(register: Any) -> None:
+def register_gallery_stores(register: Register[GalleryStore]) -> None:
     register("sqlite", SQLiteGalleryStore, summary="one SQLite file per engine (embedded default)")

@@ -146,7 +146,9 @@ class PackedLayout:
     def dump_parts(self, block: Any) -> list[bytes]:
         return [self.ops.dump(ct) for ct in block]
 
-    def load_parts(self, parts: list[bytes]) -> list[Any]:
+    def load_parts(self, parts: list[bytes]) -> Any:
+        """The block as this layout scores it: here the library's ciphertexts, one per
+        feature."""
         return [self.ops.load(part) for part in parts]
 
     def _check_features(self, block: Any, features: int) -> None:

@@ -7,12 +7,13 @@ embeddings. It keeps templates in the clear, so a profile must say ``insecure = 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
+from frip_engine.contracts import HEBackend, Register
 from frip_engine.errors import BackendError, ProfileError
 from frip_engine.hookspecs import hookimpl
+from frip_engine.pemiu import PemiuTemplate
 from frip_plugins.he_backends._blocks import frame, unframe
 
 TAG = b"FRIP-PT1"
@@ -35,7 +36,9 @@ class PlaintextMatcher:
             raise BackendError(f"block shape {block.shape} does not fit rows {fresh.shape}")
         return np.asarray(block + fresh)
 
-    def encode_probe(self, probe: np.ndarray) -> bytes:
+    def encode_probe(self, probe: np.ndarray | PemiuTemplate) -> bytes:
+        if isinstance(probe, PemiuTemplate):
+            raise BackendError("the plaintext backend has no pe-miu probe mode")
         return frame(PROBE_TAG, [np.asarray(probe, dtype="<f8").tobytes()])
 
     def parse_probe(self, payload: bytes) -> np.ndarray:
@@ -108,7 +111,7 @@ class PlaintextBackend:
 
 
 @hookimpl
-def register_he_backends(register: Any) -> None:
+def register_he_backends(register: Register[HEBackend]) -> None:
     register(
         "plaintext",
         PlaintextBackend,

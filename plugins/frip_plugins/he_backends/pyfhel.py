@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from frip_engine.ckks import CKKSParams
+from frip_engine.contracts import HEBackend, Register, Requirement
 from frip_engine.errors import BackendError
 from frip_engine.hookspecs import hookimpl
-from frip_engine.plugins import Requirement
 from frip_plugins.he_backends._blocks import frame, unframe
 from frip_plugins.he_backends._ckks_layouts import CKKSBackend
 
@@ -256,7 +256,7 @@ def _install_hint() -> str:
 
 
 @hookimpl
-def register_he_backends(register: Any) -> None:
+def register_he_backends(register: Register[HEBackend]) -> None:
     register(
         "pyfhel",
         PyfhelBackend,

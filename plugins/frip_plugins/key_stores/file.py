@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from frip_engine.contracts import KeyStore, Register, Requirement
 from frip_engine.errors import KeyStoreError, ProfileError
 from frip_engine.hookspecs import hookimpl
-from frip_engine.plugins import Requirement
 from frip_engine.private import engine_file
 from frip_plugins.key_stores._sealed_file import read_sealed, secret_input, write_sealed
 
@@ -168,7 +168,7 @@ class FileKeyStore:
 
 
 @hookimpl
-def register_key_stores(register: Any) -> None:
+def register_key_stores(register: Register[KeyStore]) -> None:
     register(
         "file",
         FileKeyStore,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from frip_engine.contracts import KeyStore, Register
 from frip_engine.errors import KeyStoreError
 from frip_engine.hookspecs import hookimpl
 
@@ -45,5 +46,5 @@ class MemoryKeyStore:
 
 
 @hookimpl
-def register_key_stores(register: Any) -> None:
+def register_key_stores(register: Register[KeyStore]) -> None:
     register("memory", MemoryKeyStore, summary="in-process only, for tests")

@@ -42,9 +42,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
+from frip_engine.contracts import KeyStore, Register, Requirement
 from frip_engine.errors import KeyStoreError, KeyStoreUnavailableError
 from frip_engine.hookspecs import hookimpl
-from frip_engine.plugins import Requirement
 from frip_engine.private import engine_file
 from frip_plugins.key_stores._sealed_file import read_sealed, secret_input, write_sealed
 
@@ -654,7 +654,7 @@ class PKCS11KeyStore:
 
 
 @hookimpl
-def register_key_stores(register: Any) -> None:
+def register_key_stores(register: Register[KeyStore]) -> None:
     register(
         "pkcs11",
         PKCS11KeyStore,

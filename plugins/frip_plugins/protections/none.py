@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from frip_engine.contracts import Protection, Register
 from frip_engine.hookspecs import hookimpl
 
 
@@ -28,5 +27,5 @@ class NoProtection:
 
 
 @hookimpl
-def register_protections(register: Any) -> None:
+def register_protections(register: Register[Protection]) -> None:
     register("none", NoProtection, summary="no template protection (CKKS still hides templates)")

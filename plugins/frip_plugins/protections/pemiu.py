@@ -14,11 +14,10 @@ key service solves the assignment per registrant.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from frip_engine import pemiu
+from frip_engine.contracts import Protection, Register
 from frip_engine.errors import InputError, ProfileError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.pemiu import PemiuTemplate
@@ -90,7 +89,7 @@ class PemiuProtection:
 
 
 @hookimpl
-def register_protections(register: Any) -> None:
+def register_protections(register: Register[Protection]) -> None:
     register(
         "pe-miu",
         PemiuProtection,
