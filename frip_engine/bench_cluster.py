@@ -165,7 +165,7 @@ def run(
                 )
                 _enrol(plain, gallery, console)
                 rate = _enrol(he, gallery, console)
-                sizes_used = sorted((b.used for b in he.store.blocks()), reverse=True)
+                sizes_used = sorted((b.used for b in he.gallery_store.blocks()), reverse=True)
                 outs = fan_outs if clusterer["plugin"] != "single" else ["all"]
                 for fan_out in outs:
                     accuracy = _accuracy(plain, probes, fan_out)

@@ -381,7 +381,7 @@ def _identify_point(
 
 
 def _storage(engine: Engine, registrants: int) -> dict[str, Any]:
-    blocks = engine.store.blocks()
+    blocks = engine.gallery_store.blocks()
     full = [b for b in blocks if b.used == b.capacity]
     on_disk = sum(p.stat().st_size for p in engine.directory.iterdir() if p.is_file())
     return {

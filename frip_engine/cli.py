@@ -278,7 +278,7 @@ def enrol_command(
             found = folder_identities(folder) if folder else csv_identities(index)  # type: ignore[arg-type]
             items = [EnrolItem(k, images=list(v[:images_per_subject])) for k, v in found.items()]
         if skip_existing:
-            have = {s.subject_id for s in engine.store.subjects()}
+            have = {s.subject_id for s in engine.gallery_store.subjects()}
             items = [i for i in items if i.subject_id not in have]
         subjects = [item.subject_id for item in items]
         with (
@@ -586,7 +586,7 @@ def keys_rotate_he(engine_name: EngineArg, home: HomeOpt = None) -> None:
     from frip_engine.engine import Engine
 
     with Engine.open(engine_name, home) as engine, progress_bar() as bar:
-        task = bar.add_task("re-encrypting blocks", total=len(engine.store.blocks()))
+        task = bar.add_task("re-encrypting blocks", total=len(engine.gallery_store.blocks()))
         version = engine.rotate_he_keys(progress=lambda _b: bar.advance(task))
         audit_key_event(engine, "rotate_he", key_version=str(version))
     out.print(f"{engine_name}: now on HE key version {version}; old key deleted")

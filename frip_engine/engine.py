@@ -98,7 +98,7 @@ class Engine:
         self.profile = profile
         self.directory = directory
         self.parts = parts
-        self.store = parts.gallery_store
+        self.gallery_store = parts.gallery_store
         self._blocks: dict[int, tuple[int, Any]] = {}
         self._scorer: ParallelScorer | None = None
         self._slot_map: tuple[tuple[tuple[int, int], ...], dict[int, dict[int, str]]] | None = None
@@ -109,10 +109,10 @@ class Engine:
         """Use the HE key version the gallery is on. After a rotation (by this object or
         another one, in any process) every object built from the retired key goes: the key
         service, the matcher, the loaded blocks and the worker processes."""
-        version = int(self.store.meta()["key_version"])
+        version = int(self.gallery_store.meta()["key_version"])
         if version == self.key_version:
             return
-        public = self.store.public_context(version)
+        public = self.gallery_store.public_context(version)
         self._use_keys(
             KeyService(
                 self.parts.he_backend, self.parts.key_store, self.profile.engine_id, version, public
@@ -204,7 +204,7 @@ class Engine:
         if self._scorer is not None:
             self._scorer.close()
             self._scorer = None
-        self.store.close()
+        self.gallery_store.close()
         self._blocks.clear()
 
     def __enter__(self) -> Engine:
@@ -251,7 +251,7 @@ class Engine:
         """Enrol subjects; each is committed whole or not at all, and failures are reported."""
         report = EnrolReport()
         templates: dict[str, tuple[np.ndarray, int]] = {}
-        existing = {s.subject_id for s in self.store.subjects()}
+        existing = {s.subject_id for s in self.gallery_store.subjects()}
         for item in items:
             if progress:
                 progress(item.subject_id)
@@ -269,7 +269,8 @@ class Engine:
                 report.fail(item.subject_id, exc)
         if templates:
             with self._writing():
-                for subject in self.store.subjects():  # enrolled by another writer meanwhile
+                # enrolled by another writer meanwhile
+                for subject in self.gallery_store.subjects():
                     if templates.pop(subject.subject_id, None) is not None:
                         report.fail(
                             subject.subject_id,
@@ -326,7 +327,7 @@ class Engine:
         clusterer = self.parts.clusterer
         if not clusterer.routed:
             return None, 0, np.zeros(matrix.shape[0], dtype=np.int64)
-        current = self.store.read_routing()
+        current = self.gallery_store.read_routing()
         router = self.key_service.open_router(current[1] if current else None)
         if router is not None:
             router.check(self.parts.dimension, self.parts.extractor.name)
@@ -363,7 +364,7 @@ class Engine:
                 router.add(partition, data)
                 routing = (revision, self.key_service.seal_router(router))
             try:
-                block_id = self.store.commit_block(
+                block_id = self.gallery_store.commit_block(
                     None if info is None else info.block_id,
                     0 if info is None else info.revision,
                     partition,
@@ -423,10 +424,10 @@ class Engine:
     ) -> Iterable[tuple[BlockInfo | None, list[int], list[int]]]:
         """Yield (block or None for a new one, free slots, rows) until every row has a slot."""
         occupied: dict[int, set[int]] = defaultdict(set)
-        for subject in self.store.subjects():
+        for subject in self.gallery_store.subjects():
             occupied[subject.block_id].add(subject.slot)
         pending = list(rows)
-        for info in self.store.blocks():
+        for info in self.gallery_store.blocks():
             if not pending:
                 return
             if info.partition != partition or info.key_version != self.key_version:
@@ -446,7 +447,7 @@ class Engine:
         cached = self._blocks.get(info.block_id)
         if cached is not None and cached[0] == info.revision:
             return cached[1]
-        revision, data = self.store.read_block(info.block_id)
+        revision, data = self.gallery_store.read_block(info.block_id)
         block = self.matcher.load(data)
         self._blocks[info.block_id] = (revision, block)
         return block
@@ -454,10 +455,10 @@ class Engine:
     def _occupants(self, blocks: Sequence[BlockInfo] | None = None) -> dict[int, dict[int, str]]:
         """Block -> slot -> subject. Every slot-map change bumps its block's revision, so
         the map is re-read only when some block's revision moved."""
-        version = tuple((b.block_id, b.revision) for b in blocks or self.store.blocks())
+        version = tuple((b.block_id, b.revision) for b in blocks or self.gallery_store.blocks())
         if self._slot_map is None or self._slot_map[0] != version:
             table: dict[int, dict[int, str]] = defaultdict(dict)
-            for subject in self.store.subjects():
+            for subject in self.gallery_store.subjects():
                 table[subject.block_id][subject.slot] = subject.subject_id
             self._slot_map = (version, table)
         return self._slot_map[1]
@@ -493,12 +494,12 @@ class Engine:
         fan_out = self._fan_out(probe_clusters)
         watch = Stopwatch()
         probe, notes = self._probe(watch, image, embedding)
-        with self.store.snapshot():  # slot map and blocks from one consistent state
+        with self.gallery_store.snapshot():  # slot map and blocks from one consistent state
             self._follow_keys()
-            every = self.store.blocks()
+            every = self.gallery_store.blocks()
             occupants = self._occupants(every)
             blocks = [b for b in every if occupants.get(b.block_id)]
-            current = self.store.read_routing() if self.parts.clusterer.routed else None
+            current = self.gallery_store.read_routing() if self.parts.clusterer.routed else None
             if current is not None and fan_out is not None:
                 assert isinstance(probe, np.ndarray)  # build refuses routing with pe-miu
                 with watch.stage("routing"):
@@ -534,14 +535,14 @@ class Engine:
             check_threshold(threshold)
         watch = Stopwatch()
         probe, notes = self._probe(watch, image, embedding)
-        with self.store.snapshot():
+        with self.gallery_store.snapshot():
             self._follow_keys()
-            record = self.store.subject(subject_id)
+            record = self.gallery_store.subject(subject_id)
             if record is None:
                 raise UnknownSubjectError(
                     f"subject '{subject_id}' is not enrolled in engine '{self.name}'"
                 )
-            block = next(b for b in self.store.blocks() if b.block_id == record.block_id)
+            block = next(b for b in self.gallery_store.blocks() if b.block_id == record.block_id)
             loaded = self._load_blocks(watch, [block])
         occupants = {record.block_id: {record.slot: subject_id}}
         return self._decide(watch, probe, loaded, occupants, 1, threshold, notes)
@@ -628,19 +629,19 @@ class Engine:
             self._remove(subject_id)
 
     def _remove(self, subject_id: str) -> None:
-        record = self.store.subject(subject_id)
+        record = self.gallery_store.subject(subject_id)
         if record is None:
             raise UnknownSubjectError(
                 f"subject '{subject_id}' is not enrolled in engine '{self.name}'"
             )
-        info = next(b for b in self.store.blocks() if b.block_id == record.block_id)
-        revision, data = self.store.read_block(info.block_id)
+        info = next(b for b in self.gallery_store.blocks() if b.block_id == record.block_id)
+        revision, data = self.gallery_store.read_block(info.block_id)
         in_block = self._occupants().get(record.block_id, {})
         keep = sorted(slot for slot, who in in_block.items() if who != subject_id)
-        current = self.store.read_routing() if self.parts.clusterer.routed else None
+        current = self.gallery_store.read_routing() if self.parts.clusterer.routed else None
         forget = None if current is None else (current[1], info.partition, record.slot)
         fresh, router = self.key_service.rebuild_block(data, keep, forget=forget)
-        self.store.commit_block(
+        self.gallery_store.commit_block(
             info.block_id,
             revision,
             info.partition,
@@ -670,18 +671,18 @@ class Engine:
         engine_id, old_version = self.profile.engine_id, self.key_version
         new_version = old_version + 1
         key_store = self.parts.key_store
-        self.store.clear_staging()
+        self.gallery_store.clear_staging()
         self._delete_other_he_keys()  # left by a rotation interrupted or killed
         fresh = KeyService.generate(self.parts.he_backend, key_store, engine_id, new_version)
         occupants = self._occupants()
-        for info in self.store.blocks():
+        for info in self.gallery_store.blocks():
             if progress:
                 progress(f"block {info.block_id}")
-            revision, data = self.store.read_block(info.block_id)
+            revision, data = self.gallery_store.read_block(info.block_id)
             keep = sorted(occupants.get(info.block_id, {}))
             rebuilt, _ = self.key_service.rebuild_block(data, keep, fresh.public_context)
-            self.store.stage_block(info.block_id, revision, new_version, rebuilt)
-        self.store.switch_key_version(new_version, fresh.public_context)
+            self.gallery_store.stage_block(info.block_id, revision, new_version, rebuilt)
+        self.gallery_store.switch_key_version(new_version, fresh.public_context)
         self._use_keys(fresh)
         self._delete_other_he_keys()  # the old version
         return new_version
@@ -820,7 +821,7 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         self._follow_keys()
-        blocks = self.store.blocks()
+        blocks = self.gallery_store.blocks()
         subjects = sum(b.used for b in blocks)
         stored = sum(b.size_bytes for b in blocks)
         threshold: float | None

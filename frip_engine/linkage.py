@@ -140,7 +140,7 @@ def remove_everywhere(
     for engine in engines:
 
         def erase(e: Engine = engine) -> bool:
-            if e.store.subject(subject_id) is None:
+            if e.gallery_store.subject(subject_id) is None:
                 return False
             e.remove(subject_id)
             return True

@@ -46,7 +46,7 @@ def test_all_clusters_equals_exhaustive_search_under_he(make_engine: Any, plugin
     exhaustive = _engine(make_engine, f"x-{plugin}", {"plugin": "single"}, tenseal)
     _enrol(clustered, vectors)
     _enrol(exhaustive, vectors)
-    assert len({b.partition for b in clustered.store.blocks()}) >= 4
+    assert len({b.partition for b in clustered.gallery_store.blocks()}) >= 4
     for i in range(0, 150, 10):
         probe = near(vectors[i], 0.8, 500 + i)
         a = clustered.identify(embedding=probe, top_k=3, probe_clusters="all")
@@ -60,13 +60,13 @@ def test_all_clusters_equals_exhaustive_search_under_he(make_engine: Any, plugin
 def test_cluster_sizes_are_capped_and_overflow_founds_new_clusters(make_engine: Any) -> None:
     engine = _engine(make_engine, "cap", {"plugin": "kmeans", "max_size": 20})
     _enrol(engine, _groups(30))
-    assert all(b.used <= 20 for b in engine.store.blocks())
-    first = {b.partition for b in engine.store.blocks()}
+    assert all(b.used <= 20 for b in engine.gallery_store.blocks())
+    first = {b.partition for b in engine.gallery_store.blocks()}
     # 40 more, all from one group: its cluster fills up, the rest found new clusters
     _enrol(engine, np.array([near(_groups(5)[0], 2.0, 900 + i) for i in range(40)]), prefix="t")
-    sizes = [b.used for b in engine.store.blocks()]
+    sizes = [b.used for b in engine.gallery_store.blocks()]
     assert all(size <= 20 for size in sizes) and sum(sizes) == 70
-    assert {b.partition for b in engine.store.blocks()} > first
+    assert {b.partition for b in engine.gallery_store.blocks()} > first
 
 
 def test_routing_finds_mated_probes_at_small_p(make_engine: Any) -> None:
@@ -75,7 +75,7 @@ def test_routing_finds_mated_probes_at_small_p(make_engine: Any) -> None:
         make_engine, "route", {"plugin": "kmeans", "max_size": 60, "probe_clusters": 2}
     )
     _enrol(engine, vectors)
-    partitions = len({b.partition for b in engine.store.blocks()})
+    partitions = len({b.partition for b in engine.gallery_store.blocks()})
     hits = [
         engine.identify(embedding=near(vectors[i], 0.5, i)).subject_id == f"s{i}"
         for i in range(0, 400, 7)
@@ -89,7 +89,7 @@ def test_routing_finds_mated_probes_at_small_p(make_engine: Any) -> None:
 def test_centroids_are_sealed_at_rest(make_engine: Any) -> None:
     engine = _engine(make_engine, "sealed", {"plugin": "kmeans", "max_size": 30})
     _enrol(engine, _groups(90))
-    current = engine.store.read_routing()
+    current = engine.gallery_store.read_routing()
     assert current is not None
     state = engine.key_service.open_router(current[1])
     assert state is not None and state.clusters >= 3
@@ -108,23 +108,25 @@ def test_removal_updates_the_cluster_and_empty_clusters_are_skipped(make_engine:
     )
     vectors = _groups(20, groups=2)
     _enrol(engine, vectors)
-    current = engine.store.read_routing()
+    current = engine.gallery_store.read_routing()
     assert current is not None
     before = engine.key_service.open_router(current[1])
     assert before is not None
-    record = engine.store.subject("s0")
+    record = engine.gallery_store.subject("s0")
     assert record is not None
-    members = [s.subject_id for s in engine.store.subjects() if s.block_id == record.block_id]
+    members = [
+        s.subject_id for s in engine.gallery_store.subjects() if s.block_id == record.block_id
+    ]
     for subject in members:
         engine.remove(subject)
-    current = engine.store.read_routing()
+    current = engine.gallery_store.read_routing()
     assert current is not None
     after = engine.key_service.open_router(current[1])
     assert after is not None
     assert after.counts.sum() == before.counts.sum() - len(members)
     emptied = int(np.flatnonzero(after.counts == 0)[0])
     assert not np.any(after.sums[emptied])
-    survivor = next(s for s in engine.store.subjects())
+    survivor = next(s for s in engine.gallery_store.subjects())
     index = int(survivor.subject_id[1:])
     assert engine.identify(embedding=vectors[index]).subject_id == survivor.subject_id
 
@@ -132,11 +134,11 @@ def test_removal_updates_the_cluster_and_empty_clusters_are_skipped(make_engine:
 def test_fewer_registrants_than_clusters_and_duplicates(make_engine: Any) -> None:
     few = _engine(make_engine, "few", {"plugin": "kmeans", "clusters": 10})
     _enrol(few, unit_vectors(3))
-    assert len({b.partition for b in few.store.blocks()}) <= 3
+    assert len({b.partition for b in few.gallery_store.blocks()}) <= 3
     dupes = _engine(make_engine, "dupes", {"plugin": "faiss", "clusters": 4})
     same = np.repeat(unit_vectors(1), 12, axis=0)
     _enrol(dupes, same)
-    assert len(dupes.store.subjects()) == 12
+    assert len(dupes.gallery_store.subjects()) == 12
     assert dupes.identify(embedding=same[0]).score == pytest.approx(1.0)
 
 
@@ -164,31 +166,31 @@ def test_routing_parameter_out_of_range_at_identify(make_engine: Any) -> None:
     _enrol(engine, _groups(25))
     with pytest.raises(SubjectError, match="probe_clusters"):
         engine.identify(embedding=unit_vectors(1)[0], probe_clusters=0)
-    every = len({b.partition for b in engine.store.blocks()})
+    every = len({b.partition for b in engine.gallery_store.blocks()})
     assert engine.identify(embedding=unit_vectors(1)[0], probe_clusters=99).blocks_scored == every
 
 
 def test_cluster_model_from_another_extractor_or_tampered(make_engine: Any) -> None:
     engine = _engine(make_engine, "foreign", {"plugin": "kmeans", "max_size": 10})
     _enrol(engine, _groups(15))
-    current = engine.store.read_routing()
+    current = engine.gallery_store.read_routing()
     assert current is not None
     state = engine.key_service.open_router(current[1])
     assert state is not None
     state.extractor = "facenet"
-    info = engine.store.blocks()[0]
-    engine.store.commit_block(
+    info = engine.gallery_store.blocks()[0]
+    engine.gallery_store.commit_block(
         info.block_id,
         info.revision,
         info.partition,
         1,
         info.capacity,
-        engine.store.read_block(info.block_id)[1],
+        engine.gallery_store.read_block(info.block_id)[1],
         routing=(current[0], engine.key_service.seal_router(state)),
     )
     with pytest.raises(ProfileError, match="built for 512-d 'facenet'"):
         engine.enrol(EnrolItem("late", embeddings=[unit_vectors(1)[0]]))
-    engine.store.close()
+    engine.gallery_store.close()
     with sqlite3.connect(engine.directory / "gallery.sqlite") as db:
         (data,) = db.execute("SELECT data FROM routing").fetchone()
         db.execute("UPDATE routing SET data = ?", (data[:40] + bytes([data[40] ^ 1]) + data[41:],))

@@ -75,7 +75,7 @@ def test_matcher_holds_only_public_material_and_cannot_decrypt(make_engine: Any)
     context = matcher.ops.context
     assert not context.has_secret_key()
     assert not context.is_private()
-    block = encrypted._load_block(encrypted.store.blocks()[0])
+    block = encrypted._load_block(encrypted.gallery_store.blocks()[0])
     scores = matcher.score(block, matcher.parse_probe(matcher.encode_probe(gallery[0])))
     import tenseal as ts
 
@@ -99,15 +99,15 @@ def test_verify_is_one_to_one(make_engine: Any) -> None:
 
 def test_removal_erases_the_template_from_the_ciphertexts(make_engine: Any) -> None:
     encrypted, _, gallery = _pair(make_engine, 12)
-    record = encrypted.store.subject("s0004")
+    record = encrypted.gallery_store.subject("s0004")
     assert record is not None
     encrypted.remove("s0004")
-    assert encrypted.store.subject("s0004") is None
-    _, data = encrypted.store.read_block(record.block_id)
+    assert encrypted.gallery_store.subject("s0004") is None
+    _, data = encrypted.gallery_store.read_block(record.block_id)
     with encrypted.key_service.unlocked() as decryptor:
         features = decryptor.decrypt_block(data)
     assert np.max(np.abs(features[:, record.slot])) < 1e-4  # gone, not hidden
-    others = [encrypted.store.subject(f"s{i:04d}") for i in range(12) if i != 4]
+    others = [encrypted.gallery_store.subject(f"s{i:04d}") for i in range(12) if i != 4]
     for i, other in zip([i for i in range(12) if i != 4], others, strict=True):
         assert other is not None
         assert np.allclose(features[:, other.slot], gallery[i], atol=1e-4)
@@ -163,16 +163,16 @@ def test_block_from_another_key_is_refused(make_engine: Any) -> None:
     first, _, gallery = _pair(make_engine, 5)
     other = make_engine("other")
     other.enrol_many([EnrolItem(f"s{i:04d}", embeddings=[v]) for i, v in enumerate(gallery)])
-    foreign = other.store.read_block(other.store.blocks()[0].block_id)[1]
-    info = first.store.blocks()[0]
-    first.store.commit_block(info.block_id, info.revision, 0, 1, info.capacity, foreign)
+    foreign = other.gallery_store.read_block(other.gallery_store.blocks()[0].block_id)[1]
+    info = first.gallery_store.blocks()[0]
+    first.gallery_store.commit_block(info.block_id, info.revision, 0, 1, info.capacity, foreign)
     with pytest.raises(BackendError, match="another key"):
         first.identify(embedding=gallery[0])
 
 
 def test_truncated_block_is_refused(make_engine: Any) -> None:
     engine, _, _ = _pair(make_engine, 3)
-    data = engine.store.read_block(1)[1]
+    data = engine.gallery_store.read_block(1)[1]
     with pytest.raises(BackendError, match="truncated"):
         engine.matcher.load(data[:-1000])
     with pytest.raises(BackendError):

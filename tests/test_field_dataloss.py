@@ -59,8 +59,8 @@ def test_rotation_with_workers_stores_new_blocks_under_the_new_key(
     bulk = unit_vectors(COMPACT_SLOTS - 10 + COMPACT_SLOTS + 1, seed=1)
     report = engine.enrol_many([EnrolItem(f"n{i}", embeddings=[v]) for i, v in enumerate(bulk)])
     assert not report.failed and len(report.enrolled) == len(bulk)
-    assert [b.used for b in engine.store.blocks()] == [COMPACT_SLOTS, COMPACT_SLOTS, 1]
-    assert all(b.key_version == 2 for b in engine.store.blocks())
+    assert [b.used for b in engine.gallery_store.blocks()] == [COMPACT_SLOTS, COMPACT_SLOTS, 1]
+    assert all(b.key_version == 2 for b in engine.gallery_store.blocks())
     for index in (0, COMPACT_SLOTS - 10, len(bulk) - 1):  # one subject in each block
         probe = near(bulk[index], 0.1, index)
         assert engine.identify(embedding=probe).subject_id == f"n{index}"
@@ -99,10 +99,10 @@ def test_store_refuses_a_block_made_under_another_public_key(make_engine: Any) -
     engine = make_engine("fp")
     block = engine.matcher.dump(engine.matcher.encrypt_rows(unit_vectors(1), [0]))
     with pytest.raises(StoreError, match="another public key"):
-        engine.store.commit_block(
+        engine.gallery_store.commit_block(
             None, 0, 0, 1, engine.matcher.slots, block, context_sha256="0" * 64
         )
-    assert engine.store.blocks() == []
+    assert engine.gallery_store.blocks() == []
 
 
 def test_an_engine_object_follows_a_rotation_made_elsewhere(make_engine: Any, home: Path) -> None:
@@ -134,7 +134,7 @@ def test_enrolment_is_refused_when_the_secret_key_file_is_gone(home: Path) -> No
     assert "secret-key.frip" in run.stderr and "backup" in run.stderr
     assert "Traceback" not in run.stderr
     with Engine.open("lost", home) as engine:
-        assert [s.subject_id for s in engine.store.subjects()] == ["a"]
+        assert [s.subject_id for s in engine.gallery_store.subjects()] == ["a"]
         with pytest.raises(KeyStoreError, match=r"secret-key\.frip is missing.*backup"):
             engine.identify(embedding=v[0])
         with pytest.raises(KeyStoreError, match=r"secret-key\.frip"):
@@ -164,7 +164,7 @@ def test_a_wrong_or_missing_passphrase_refuses_every_write(
     with Engine.open("typo", home) as engine:
         with pytest.raises(KeyStoreError, match="passphrase"):
             engine.enrol(EnrolItem("y", embeddings=[v[2]]))
-        assert [s.subject_id for s in engine.store.subjects()] == ["a"]
+        assert [s.subject_id for s in engine.gallery_store.subjects()] == ["a"]
 
 
 def test_keys_status_reports_a_damaged_or_unopenable_key_file(home: Path) -> None:
@@ -187,7 +187,7 @@ def test_memory_keys_in_a_new_process_refuse_writes(home: Path) -> None:
     with Engine.open("mem", home) as engine:
         with pytest.raises(KeyStoreError, match="missing from memory"):
             engine.enrol_many([EnrolItem("x", embeddings=[unit_vectors(1)[0]])])
-        assert engine.store.blocks() == []
+        assert engine.gallery_store.blocks() == []
         assert engine.key_status()["problems"]
 
 
@@ -245,7 +245,7 @@ def test_concurrent_enrol_processes_pack_like_one_writer(home: Path) -> None:
     _enrol_processes(home, "conc", v[:3], 0)  # into an empty engine
     _enrol_processes(home, "conc", v[3:], 3)  # into a non-empty one
     with Engine.open("conc", home) as engine:
-        assert [b.used for b in engine.store.blocks()] == [6]
+        assert [b.used for b in engine.gallery_store.blocks()] == [6]
         for i in range(6):
             assert engine.identify(embedding=near(v[i], 0.1, i)).subject_id == f"s{i}"
 
@@ -270,7 +270,7 @@ def test_concurrent_enrol_threads_pack_like_one_writer(make_engine: Any, home: P
         thread.join()
     assert outcomes == [{}, {}, {}]
     with Engine.open("threads", home) as engine:
-        assert [b.used for b in engine.store.blocks()] == [12]
+        assert [b.used for b in engine.gallery_store.blocks()] == [12]
         assert engine.identify(embedding=v[9]).subject_id == "t2-1"
 
 
@@ -350,17 +350,17 @@ def test_a_malformed_database_inside_a_write_is_a_store_error(make_engine: Any) 
                 raise sqlite3.DatabaseError("database disk image is malformed")
             return self._db.execute(sql, *args)
 
-    real = engine.store._connect()
-    engine.store._db = Broken(real)
+    real = engine.gallery_store._connect()
+    engine.gallery_store._db = Broken(real)
     try:
         with pytest.raises(
             StoreError, match=r"malformed\b.*gallery\.sqlite|gallery\.sqlite.*malformed"
         ):
-            engine.store.clear_staging()
-        with pytest.raises(StoreError, match="malformed"), engine.store.snapshot():
+            engine.gallery_store.clear_staging()
+        with pytest.raises(StoreError, match="malformed"), engine.gallery_store.snapshot():
             pass
     finally:
-        engine.store._db = real
+        engine.gallery_store._db = real
 
 
 def test_an_empty_gallery_file_is_reported_and_left_alone(home: Path) -> None:
@@ -401,7 +401,7 @@ def test_an_automatic_rollback_keeps_the_real_error_in_the_gallery(make_engine: 
     engine = make_engine("full")
     v = unit_vectors(2)
     engine.enrol(EnrolItem("a", embeddings=[v[0]]))
-    db = engine.store._connect()
+    db = engine.gallery_store._connect()
     (pages,) = db.execute("PRAGMA page_count").fetchone()
     db.execute(f"PRAGMA max_page_count = {pages + 2}")  # SQLite rolls back by itself
     report = engine.enrol_many([EnrolItem("b", embeddings=[v[1]])])
@@ -410,7 +410,7 @@ def test_an_automatic_rollback_keeps_the_real_error_in_the_gallery(make_engine: 
     db.execute("PRAGMA max_page_count = 1073741823")
     assert not db.in_transaction
     engine.enrol(EnrolItem("c", embeddings=[v[1]]))  # the connection still works
-    assert {s.subject_id for s in engine.store.subjects()} == {"a", "c"}
+    assert {s.subject_id for s in engine.gallery_store.subjects()} == {"a", "c"}
 
 
 def test_an_automatic_rollback_keeps_the_real_error_in_the_service_database(

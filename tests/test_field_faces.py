@@ -238,7 +238,7 @@ def test_two_people_under_one_subject_are_refused(make_engine: Any, lfw: Path) -
     assert re.search(r"cosine -?0\.\d\d", message), message
     with pytest.raises(SubjectError, match="not one person"):
         engine.enrol(EnrolItem("x", images=[adam, amanda]))
-    assert engine.store.subjects() == []
+    assert engine.gallery_store.subjects() == []
     # the same person's two photos are one subject
     engine.enrol(EnrolItem("adam", images=[adam, _face(lfw, n=2), _face(lfw, n=3)]))
 
@@ -254,7 +254,7 @@ def test_embeddings_that_disagree_are_refused_and_the_floor_is_a_parameter(
         engine.enrol(EnrolItem("x", embeddings=[adam, amanda]))
     lenient = make_engine("lenient", extractor={"plugin": "arcface", "same_person_floor": -1.0})
     lenient.enrol(EnrolItem("x", embeddings=[adam, amanda]))
-    assert [s.subject_id for s in lenient.store.subjects()] == ["x"]
+    assert [s.subject_id for s in lenient.gallery_store.subjects()] == ["x"]
 
 
 @pytest.mark.parametrize("name", EXTRACTORS)

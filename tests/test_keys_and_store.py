@@ -77,7 +77,7 @@ def test_wrong_passphrase_at_identify_changes_nothing(home: Path, monkeypatch: A
 def test_corrupted_block_is_reported_never_used(make_engine: Any) -> None:
     engine = make_engine("c")
     engine.enrol(EnrolItem("a", embeddings=[unit_vectors(1)[0]]))
-    engine.store.close()
+    engine.gallery_store.close()
     with sqlite3.connect(engine.directory / "gallery.sqlite") as db:
         (data,) = db.execute("SELECT data FROM blocks").fetchone()
         broken = bytearray(data)
@@ -107,18 +107,20 @@ def test_failed_commit_leaves_nothing_half_done(make_engine: Any, monkeypatch: A
     engine = make_engine("a")
     v = unit_vectors(4)
     engine.enrol(EnrolItem("first", embeddings=[v[0]]))
-    before = engine.store.read_block(1)
+    before = engine.gallery_store.read_block(1)
 
     def explode(*args: Any) -> Any:
         raise sqlite3.OperationalError("disk I/O error (simulated)")
 
-    db = engine.store._connect()
-    monkeypatch.setattr(engine.store, "_connect", lambda create=False: _Failing(db, explode))
+    db = engine.gallery_store._connect()
+    monkeypatch.setattr(
+        engine.gallery_store, "_connect", lambda create=False: _Failing(db, explode)
+    )
     report = engine.enrol_many([EnrolItem("second", embeddings=[v[1]])])
     assert "nothing was written" in report.failed["second"] and not report.enrolled
     monkeypatch.undo()
-    assert engine.store.read_block(1) == before
-    assert [s.subject_id for s in engine.store.subjects()] == ["first"]
+    assert engine.gallery_store.read_block(1) == before
+    assert [s.subject_id for s in engine.gallery_store.subjects()] == ["first"]
 
 
 class _Failing:
@@ -172,19 +174,19 @@ def test_sigkill_mid_enrolment_leaves_whole_subjects_only(home: Path, tmp_path: 
     child.wait()
     vectors = np.load(saved)
     with Engine.open("k", home) as engine:
-        present = {s.subject_id for s in engine.store.subjects()}
+        present = {s.subject_id for s in engine.gallery_store.subjects()}
         assert {f"s{i:03d}" for i in range(acknowledged + 1)} <= present
         for subject_id in sorted(present):
             i = int(subject_id[1:])
             probe = near(vectors[i] / np.linalg.norm(vectors[i]), 0.2, i)
             assert engine.identify(embedding=probe).subject_id == subject_id
         # every slot the slot map does not name still encrypts zeros
-        record = engine.store.subject(sorted(present)[0])
+        record = engine.gallery_store.subject(sorted(present)[0])
         assert record is not None
-        _, data = engine.store.read_block(record.block_id)
+        _, data = engine.gallery_store.read_block(record.block_id)
         with engine.key_service.unlocked() as decryptor:
             features = decryptor.decrypt_block(data)
-        used = {s.slot for s in engine.store.subjects()}
+        used = {s.slot for s in engine.gallery_store.subjects()}
         free = [s for s in range(features.shape[1]) if s not in used]
         assert np.max(np.abs(features[:, free])) < 1e-4
 

@@ -100,18 +100,18 @@ def test_token_unreachable_mid_operation_leaves_no_partial_state(
     token_env: str, home: Path
 ) -> None:
     engine, vectors = _enrolled(home, "unreachable")
-    block_before = engine.store.read_block(1)
+    block_before = engine.gallery_store.read_block(1)
     engine.parts.key_store.token_label = "unplugged-token"
     with pytest.raises(KeyStoreError, match="no PKCS#11 token"):
         engine.remove("s3")  # erasure needs the key: nothing may change without it
     with pytest.raises(KeyStoreError, match="no PKCS#11 token"):
         engine.rotate_he_keys()
-    assert engine.store.read_block(1) == block_before
-    assert engine.store.subject("s3") is not None and engine.key_version == 1
+    assert engine.gallery_store.read_block(1) == block_before
+    assert engine.gallery_store.subject("s3") is not None and engine.key_version == 1
     engine.parts.key_store.token_label = "frip-a"  # the token comes back
     assert engine.identify(embedding=vectors[3]).subject_id == "s3"
     engine.remove("s3")
-    assert engine.store.subject("s3") is None
+    assert engine.gallery_store.subject("s3") is None
     engine.close()
 
 
@@ -178,11 +178,11 @@ def _keks_on_token(engine: Engine) -> list[str]:
 
 def test_rotate_he_reencrypts_everything_and_drops_the_old_key(token_env: str, home: Path) -> None:
     engine, vectors = _enrolled(home, "he")
-    old_block = engine.store.read_block(1)[1]
+    old_block = engine.gallery_store.read_block(1)[1]
     probes = [near(v, 0.6, i) for i, v in enumerate(vectors)]
     before = [engine.identify(embedding=p) for p in probes]
     assert engine.rotate_he_keys() == 2
-    assert engine.store.read_block(1)[1] != old_block
+    assert engine.gallery_store.read_block(1)[1] != old_block
     assert engine.key_status()["sealed_keys"] == ["he-secret-v2"]
     engine.close()
     with Engine.open("he", home) as reopened:

@@ -58,7 +58,7 @@ def test_encrypted_probe_scores_equal_plaintext_and_report_the_upload(make_engin
 def test_round_robin_layout_is_the_papers_euclidean_baseline(make_engine: Any) -> None:
     he = {"plugin": "tenseal", "preset": "precise", "layout": "round-robin"}
     engine, gallery = _enrolled(make_engine, "rr", 20, he=he | {"block_registrants": 8})
-    assert len(engine.store.blocks()) == 3  # 20 registrants in blocks of 8
+    assert len(engine.gallery_store.blocks()) == 3  # 20 registrants in blocks of 8
     _check_against_numpy(engine, gallery, _probes(gallery, 3))
     encrypted_probe = make_engine("rr-enc", he=he | {"probe": "encrypted"})
     encrypted_probe.enrol_many(
@@ -73,8 +73,8 @@ def test_round_robin_layout_is_the_papers_euclidean_baseline(make_engine: Any) -
 def test_pemiu_probe_mode_scores_equal_plaintext_pemiu(make_engine: Any) -> None:
     protection = {"plugin": "pe-miu", "block_size": 32}
     engine, gallery = _enrolled(make_engine, "pemiu", 12, protection=protection)
-    block = engine.store.blocks()[0]
-    _, data = engine.store.read_block(block.block_id)
+    block = engine.gallery_store.blocks()[0]
+    _, data = engine.gallery_store.read_block(block.block_id)
     with engine.key_service.unlocked() as decryptor:
         stored = decryptor.decrypt_block(data)[:, :12].T  # the shuffled references
     for i in (0, 3, 7):
@@ -251,8 +251,8 @@ def test_fast_scorer_is_bit_identical_to_the_library_inside_an_engine(
     he = {"plugin": backend, "preset": "fast", "scorer": "fast"}
     engine, gallery = _enrolled(make_engine, "fast", 30, he=he)
     _check_against_numpy(engine, gallery, _probes(gallery, 3))
-    info = engine.store.blocks()[0]
-    _, data = engine.store.read_block(info.block_id)
+    info = engine.gallery_store.blocks()[0]
+    _, data = engine.gallery_store.read_block(info.block_id)
     public = engine.key_service.public_context
     library = plugins.create("he_backend", backend, preset="fast")
     probe = near(gallery[4], 0.5, 12)

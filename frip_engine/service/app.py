@@ -454,7 +454,7 @@ async def enrol(service: Service, request: Request) -> Response:
     slot = await service.engines().get(name)
 
     def work(engine: Engine) -> list[str]:
-        if engine.store.subject(subject) is not None:
+        if engine.gallery_store.subject(subject) is not None:
             raise DuplicateSubjectError(f"subject '{subject}' is already enrolled in '{name}'")
         held: list[np.ndarray] = []
         notes: list[str] = []
@@ -501,7 +501,7 @@ async def subject_show(service: Service, request: Request) -> Response:
     slot = await service.engines().get(name)
 
     def work(engine: Engine) -> dict[str, Any]:
-        record = engine.store.subject(subject)
+        record = engine.gallery_store.subject(subject)
         if record is None:
             raise UnknownSubjectError(f"subject '{subject}' is not enrolled in '{name}'")
         return {
@@ -523,7 +523,7 @@ async def remove(service: Service, request: Request) -> Response:
     slot = await service.engines().get(name)
 
     def work(engine: Engine) -> None:
-        if engine.store.subject(subject) is None:
+        if engine.gallery_store.subject(subject) is None:
             raise UnknownSubjectError(f"subject '{subject}' is not enrolled in '{name}'")
         with audited(service, ctx, "remove", engine, subject) as outcome:
             engine.remove(subject)
@@ -579,7 +579,7 @@ async def verify(service: Service, request: Request) -> Response:
     slot = await service.engines().get(name)
 
     def work(engine: Engine) -> Decision:
-        if engine.store.subject(subject) is None:
+        if engine.gallery_store.subject(subject) is None:
             raise UnknownSubjectError(f"subject '{subject}' is not enrolled in '{name}'")
         decision = engine.verify(
             subject, image=probe.image, embedding=probe.embedding, threshold=threshold
@@ -635,7 +635,7 @@ def link(
 
     vendor = ctx.caller.vendor
     present = {
-        name: slot.call(partial(slot.engine.store.subject, subject)) is not None
+        name: slot.call(partial(slot.engine.gallery_store.subject, subject)) is not None
         for name, slot in slots.items()
     }
     ids = {name: slot.engine.profile.engine_id for name, slot in slots.items()}

@@ -141,7 +141,7 @@ class AttributeStore:
 
     def reconcile(self, engine: Engine) -> int:
         """Settle rows a crash left: keep those whose subject is enrolled, drop the rest."""
-        present = {s.subject_id for s in engine.store.subjects()}
+        present = {s.subject_id for s in engine.gallery_store.subjects()}
         engine_id = engine.profile.engine_id
         rows = self.db.query(
             "SELECT subject_id, state FROM attributes WHERE engine_id = ?", (engine_id,)

@@ -102,7 +102,7 @@ class AuditLog:
         )
         for row in rows:
             action = str(row["action"]).removesuffix(INTENT)
-            present = engine.store.subject(row["subject_id"]) is not None
+            present = engine.gallery_store.subject(row["subject_id"]) is not None
             happened = present == (action in ADDING)
             found = Event(
                 actor=row["actor"],

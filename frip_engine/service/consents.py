@@ -127,7 +127,7 @@ class Consents:
             (engine.profile.engine_id,),
         )
         for row in rows:
-            present = engine.store.subject(row["subject_id"]) is not None
+            present = engine.gallery_store.subject(row["subject_id"]) is not None
             self.settle(
                 row["vendor"],
                 row["subject_id"],
