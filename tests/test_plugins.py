@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from frip_engine import plugins
+from frip_engine import hookspecs, plugins
 from frip_engine.errors import PluginError
 from frip_engine.hookspecs import hookimpl
-from frip_engine.kinds import KINDS
+from frip_engine.kinds import KINDS, SECTIONS
 from frip_engine.plugins import Requirement
+from frip_engine.profile import Components
 
 BUILT_INS = {
     ("extractor", "arcface"),
@@ -39,6 +41,28 @@ def test_built_ins_come_through_entry_points_of_frip_engine(fresh_plugins: None)
         assert component.package == "frip-engine"
         assert component.version
         assert component.available, component.install_hint()
+
+
+def test_one_table_of_kinds_names_hooks_sections_defaults_and_fields(
+    fresh_plugins: None,
+) -> None:
+    registry = plugins.registry()
+    assert all(hasattr(hookspecs, kind.hook) for kind in KINDS)
+    assert len({kind.name for kind in KINDS}) == len(KINDS)
+    # the profile's sections as they are on disk ([he] included); every default is a built-in
+    assert list(SECTIONS) == [
+        "extractor",
+        "he",
+        "protection",
+        "clusterer",
+        "key_store",
+        "gallery_store",
+    ]
+    for kind in SECTIONS.values():
+        assert registry.get(kind.name, str(kind.default)).package == "frip-engine"
+    assert [f.name for f in dataclasses.fields(Components)] == [
+        kind.name for kind in SECTIONS.values()
+    ]
 
 
 def test_vendor_adapter_is_discovered_from_its_own_distribution(fresh_plugins: None) -> None:
