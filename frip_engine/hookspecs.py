@@ -2,10 +2,9 @@
 
 Registration hooks receive a ``register`` callback (the simonw/llm pattern): a plugin
 calls ``register(name, factory, ...)`` once per component it offers
-(:class:`~frip_engine.contracts.Register`, typed by the kind's protocol; the hook of each
-kind is in :mod:`frip_engine.kinds`). Event hooks are
-called after the engine has committed a change, so an audit or linkage plugin never
-sees an event that did not happen.
+(:class:`~frip_engine.contracts.Register`, typed by the kind's protocol; which hook serves
+which kind is in :mod:`frip_engine.kinds`). Event hooks are called after the engine has
+committed a change, so an audit or linkage plugin never sees an event that did not happen.
 """
 
 from __future__ import annotations
