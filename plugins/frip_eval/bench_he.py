@@ -47,6 +47,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+from frip_engine.decision import Decision
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import FripError, InputError
 from frip_engine.profile import Profile, build, save_profile
@@ -60,6 +61,7 @@ from frip_eval.bench_he_results import (
     synthetic_checks,
 )
 from frip_eval.data import distractors, find_lfw_dev, lfw_split
+from frip_eval.evaluation import decision_scores
 from frip_eval.threads import pin_threads
 
 TABLE_SIZES = (100, 110, 120, 130, 140)
@@ -407,20 +409,21 @@ def _lfw(job: Job, console: Console) -> dict[str, Any]:
         limit = job.options.lfw_round_robin_probes if job.config.round_robin else None
         probes = job.lfw_probes[:limit]
         comparison = Comparison()
-        rank1 = []
+        mated: list[tuple[Decision, str]] = []
         with _bar(console) as bar:
             task = bar.add_task("lfw-dev probes", total=len(probes))
             for i, probe in enumerate(probes):
                 decision = engine.identify(embedding=probe)
                 plain = _plain(job.lfw_gallery, job.lfw_ids, probe, engine.threshold)
                 comparison.add(f"lfw-dev probe {i}", decision, plain)
-                if job.lfw_truth[i] is not None:
-                    rank1.append(decision.candidates[0].subject_id == job.lfw_truth[i])
+                truth = job.lfw_truth[i]
+                if truth is not None:
+                    mated.append((decision, truth))
                 bar.advance(task)
         return {
             "registrants": len(items),
             "probes": len(probes),
-            "rank1": float(np.mean(rank1)) if rank1 else None,
+            "rank1": decision_scores(mated, []).rank1 if mated else None,
             "decisions": comparison.to_dict(),
         }
     finally:
