@@ -37,15 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(args.threads)  # before numpy's BLAS starts its pool
 
-    from frip_engine.demo import find_lfw_dev
-    from frip_engine.eval_protection import (
+    from frip_eval.data import find_lfw_dev
+    from frip_eval.eval_protection import (
         DEFAULT_BLOCK_SIZES,
         markdown,
         read_genders,
         run_protection,
         write_protection_outputs,
     )
-    from frip_engine.evaluation import Dataset
+    from frip_eval.evaluation import Dataset
 
     index = args.index or find_lfw_dev(None) / "index.csv"
     dataset = Dataset.load(None, index).limit(args.identities)

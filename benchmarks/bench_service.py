@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import numpy as np
+    from frip_eval.loadgen import ServerProcess, run_load
 
     from frip_engine.engine import Engine, EnrolItem
     from frip_engine.profile import Profile
     from frip_engine.service.db import Database
-    from frip_engine.service.loadgen import ServerProcess, run_load
     from frip_engine.service.vendors import Vendors
 
     os.environ.setdefault("FRIP_PASSPHRASE", "bench-passphrase-not-secret")

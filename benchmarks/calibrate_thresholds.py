@@ -6,7 +6,7 @@
 For each extractor (arcface, sface, facenet, facenet-pytorch: those `frip plugins` lists
 as available) and each protection (none; pe-miu at every block size 16/32/64/128 that
 leaves the template at least two blocks) this runs the open-set identification protocol
-of :mod:`frip_engine.calibration` on ../shared/data/lfw-large and writes
+of :mod:`frip_eval.calibrate` on ../shared/data/lfw-large and writes
 
 - ``frip_engine/calibration.json``: the table the engine takes its default threshold from;
 - ``docs/calibration.md``: the table with FNIR/FPIR and how it was measured;
@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(args.threads)  # before numpy's BLAS starts its pool
 
+    from frip_eval.calibrate import DEFAULT_FPIR, calibrate, write_table
+    from frip_eval.evaluation import Dataset, embed_with
     from rich.progress import Progress
 
     from frip_engine import plugins
-    from frip_engine.calibration import DEFAULT_FPIR, calibrate, write_table
-    from frip_engine.evaluation import Dataset, embed_with
 
     dataset = Dataset.load(None, args.index)
     fpir = args.fpir or DEFAULT_FPIR
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(
     records: list[Any], scores: dict[Any, Any], old: dict[str, float], skipped: list[str]
 ) -> str:
-    from frip_engine.evaluation import threshold_at_fpir
+    from frip_eval.evaluation import threshold_at_fpir
 
     first = records[0]
     lines = [
@@ -133,7 +133,7 @@ ABOUT = """
 
 ## How the thresholds are measured
 
-Open-set identification (ISO/IEC 19795-1; `frip_engine/calibration.py`): every person
+Open-set identification (ISO/IEC 19795-1; `plugins/frip_eval/calibrate.py`): every person
 with two or more images is enrolled from their first image (the gallery); their other
 images are *mated searches*; every person with one image searches once, unenrolled (a
 *non-mated search*). A search returns a candidate when its best score is at or above the
@@ -186,8 +186,7 @@ anywhere else.
 
 def plot(records: list[Any], scores: dict[Any, Any], path: Path) -> None:
     import numpy as np
-
-    from frip_engine.plots import pyplot
+    from frip_eval.plots import pyplot
 
     plt = pyplot()
     if plt is None:

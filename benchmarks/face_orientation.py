@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[variable] = str(args.threads)  # before numpy's BLAS starts its pool
 
     import numpy as np
+    from frip_eval.evaluation import Dataset
     from frip_plugins.extractors._common import upright_rank
 
     from frip_engine import plugins
-    from frip_engine.evaluation import Dataset
     from frip_engine.images import load_image
 
     paths = Dataset.load(index=args.data / "index.csv").paths[1::6][: args.photos]

@@ -17,11 +17,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from frip_eval.data import distractors, find_lfw_dev, lfw_split
+from frip_eval.threads import pin_threads
 from rich.console import Console
 from rich.table import Table
-
-from frip_engine.bench_cluster import distractors, pin_threads
-from frip_engine.demo import find_lfw_dev, lfw_split
 
 FAN_OUTS = (1, 2, 4, 6, 8, 12, 16)
 

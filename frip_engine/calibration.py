@@ -1,4 +1,4 @@
-"""Decision thresholds calibrated per (extractor, protection, block size), and calibrating them.
+"""Decision thresholds calibrated per (extractor, protection, block size): the shipped table.
 
 A cosine threshold is only meaningful for the comparison and the population it was
 measured on: PE-MIU's block re-alignment takes the best assignment, which lifts impostor
@@ -8,52 +8,20 @@ the engine's default threshold is looked up in a table shipped with the package
 keyed by the engine's extractor, protection and pe-miu block size, and each entry records
 how it was measured. A combination the table does not have is refused at ``frip create``
 unless the profile sets ``[engine] threshold``; ``frip eval calibrate`` measures one on
-the user's own images.
-
-Calibration is open-set identification (ISO/IEC 19795-1, as in
-:func:`frip_engine.evaluation.identification_protocol`): identities with several images
-enrol their first usable image, their other images are mated searches, identities with
-one image are non-mated searches. The threshold is the smallest score at which at most
-``floor(FPIR * non-mated searches)`` non-mated searches return a candidate (a candidate is
-returned when the best score is >= the threshold); FNIR is then the share of mated
-searches whose best candidate is not the mate or scores below it. Under pe-miu every
-gallery template and every search is protected with its own fresh permutation and
-compared with :func:`frip_engine.pemiu.compare_many`, as the engine does.
-
-Embeddings are held in memory only, never cached on disk (no embedding is ever written
-in the clear): ``benchmarks/calibrate_thresholds.py`` calibrates every protection and block
-size of an extractor from one extraction in one process.
+the user's own images. How a threshold is measured: :mod:`frip_eval.calibrate`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import json
-import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from frip_engine import pemiu
-from frip_engine.errors import InputError, ProfileError
-from frip_engine.evaluation import (
-    Dataset,
-    Embedded,
-    Protocol,
-    embed_with,
-    identification_protocol,
-    threshold_at_fpir,
-)
+from frip_engine.errors import ProfileError
 
 TABLE_FILE = Path(__file__).with_name("calibration.json")
-DEFAULT_FPIR = 0.01
-PROTECTIONS = ("none", "pe-miu")
-
-Progress = Callable[[str, int], None]
 
 
 # ----------------------------------------------------------------------------- the table
@@ -150,209 +118,6 @@ def calibrated_threshold(
     return found.threshold, found
 
 
-# ----------------------------------------------------------------------------- calibrating
-@dataclass
-class SearchScores:
-    """Open-set search outcomes: per mated search the mate's score (-inf where the face
-    could not be extracted) and whether the mate ranked first; per non-mated search the
-    best score over the gallery (-inf where extraction failed: the search is rejected)."""
-
-    mate_score: np.ndarray  # (mated,) float64
-    top1_hit: np.ndarray  # (mated,) bool
-    best_non_mated: np.ndarray  # (non_mated,) float64
-
-    def fnir(self, threshold: float) -> float:
-        """Mated searches whose mate is not the first candidate at or above ``threshold``."""
-        return float(np.mean(~(self.top1_hit & (self.mate_score >= threshold))))
-
-    def fpir(self, threshold: float) -> float:
-        """Non-mated searches whose best candidate scores at or above ``threshold``."""
-        return float(np.mean(self.best_non_mated >= threshold))
-
-
-def search_scores(
-    embedded: Embedded,
-    protocol: Protocol,
-    protection: str,
-    block_size: int | None,
-    progress: Callable[[int], None] | None = None,
-) -> SearchScores:
-    """Run every mated and non-mated search of ``protocol`` against its gallery, scored as
-    an engine with this protection scores them (rows of ``embedded.matrix`` are unit or,
-    where extraction failed, zero): the cosine for ``none``; for ``pe-miu`` every gallery
-    template and every search protected with its own fresh permutation and compared by
-    best block assignment (:func:`frip_engine.pemiu.assigned_scores`)."""
-    matrix = embedded.matrix
-    gallery = matrix[protocol.gallery]
-    mated = matrix[protocol.mated]
-    non_mated = matrix[protocol.non_mated]
-    truth = np.asarray(protocol.mated_truth, dtype=int)
-    m = len(truth)
-    if protection == "none":
-        plain = mated @ gallery.T
-        mate = plain[np.arange(m), truth]
-        rival = np.where(np.arange(len(gallery)) == truth[:, None], -np.inf, plain).max(axis=1)
-        best = (non_mated @ gallery.T).max(axis=1) if len(non_mated) else np.empty(0)
-        if progress:
-            progress(m + len(non_mated))
-    elif protection == "pe-miu":
-        mate, rival, best = _pemiu_searches(
-            gallery, mated, truth, non_mated, block_size, embedded.extractor, progress
-        )
-    else:
-        raise InputError(
-            f"calibration knows protections {', '.join(PROTECTIONS)}, not '{protection}'"
-        )
-    hit = ~(rival > mate)
-    failed = ~embedded.ok[protocol.mated]
-    mate[failed] = -np.inf
-    hit[failed] = False
-    best[~embedded.ok[protocol.non_mated]] = -np.inf
-    return SearchScores(mate, hit, best)
-
-
-def _pemiu_searches(
-    gallery: np.ndarray,
-    mated: np.ndarray,
-    truth: np.ndarray,
-    non_mated: np.ndarray,
-    block_size: int | None,
-    extractor: str,
-    progress: Callable[[int], None] | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PE-MIU open-set searches: per mated search the mate's score and the best other
-    score that beats it (else the mate's), per non-mated search the best score.
-
-    Exact, but pruned: the summed row maxima (and column maxima) of a block-product matrix
-    bound its best assignment from above, so a registrant whose bound cannot beat the best
-    score found so far is never assigned (about 3x fewer Hungarian solves on lfw-large)."""
-    from frip_engine.eval_protection import protect_matrix
-
-    if block_size is None:
-        raise InputError("pe-miu calibration needs a block size")
-    dimension = gallery.shape[1]
-    blocks = pemiu.check_block_size(block_size, dimension)
-    if blocks < 2:
-        raise InputError(
-            f"pe-miu: block size {block_size} makes the {dimension}-d template one block"
-        )
-    stored = protect_matrix(gallery, block_size, extractor)[0].reshape(-1, blocks, block_size)
-
-    def products(rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Per search (freshly protected): its block products with every registrant and
-        their upper bounds."""
-        for probe in protect_matrix(rows, block_size, extractor)[0]:
-            pairs = np.einsum("ib,gjb->gij", probe.reshape(blocks, block_size), stored)
-            bound = np.minimum(pairs.max(axis=2).sum(axis=1), pairs.max(axis=1).sum(axis=1))
-            yield pairs, bound
-
-    mate = np.empty(len(mated))
-    rival = np.empty(len(mated))
-    for i, (pairs, bound) in enumerate(products(mated)):
-        mate[i] = pemiu.assigned_scores(pairs[[truth[i]]])[0]
-        bound[truth[i]] = -np.inf
-        rival[i] = _pruned_max(pairs, bound, mate[i])
-        if progress:
-            progress(1)
-    best = np.empty(len(non_mated))
-    for i, (pairs, bound) in enumerate(products(non_mated)):
-        best[i] = _pruned_max(pairs, bound, -np.inf)
-        if progress:
-            progress(1)
-    return mate, rival, best
-
-
-def _pruned_max(pairs: np.ndarray, bound: np.ndarray, floor: float, chunk: int = 16) -> float:
-    """The largest best-assignment score of the (g, blocks, blocks) ``pairs`` that exceeds
-    ``floor``, else ``floor``; ``bound`` holds an upper bound of each one's score."""
-    best = floor
-    order = np.argsort(-bound)
-    for start in range(0, len(order), chunk):
-        batch = order[start : start + chunk]
-        batch = batch[bound[batch] > best]
-        if not len(batch):
-            break
-        best = max(best, float(pemiu.assigned_scores(pairs[batch]).max()))
-    return best
-
-
-def check_fpir(fpir: float) -> None:
-    """InputError unless the FPIR target is a fraction in (0, 1)."""
-    if not 0.0 < fpir < 1.0:
-        raise InputError(f"the FPIR target must be in (0, 1), not {fpir}")
-
-
-def calibrate(
-    embedded: Embedded,
-    labels: Sequence[str],
-    protection: str = "none",
-    block_size: int | None = None,
-    fpir: float = DEFAULT_FPIR,
-    dataset: str = "",
-    command: str = "",
-    progress: Callable[[int], None] | None = None,
-) -> tuple[Calibration, SearchScores]:
-    """The threshold giving ``fpir`` on this data set's open-set searches, with the FNIR
-    measured there and the record of how it was measured; also the raw search scores.
-
-    Raises InputError when the set has no mated or no non-mated searches, or when
-    ``fpir`` is not in (0, 1).
-    """
-    check_fpir(fpir)
-    protocol = identification_protocol(labels, embedded.ok)
-    if not protocol.non_mated:
-        raise InputError(
-            "calibration needs non-mated searches: identities with exactly one image, "
-            "who are not enrolled"
-        )
-    size = block_size if protection == "pe-miu" else None
-    scores = search_scores(embedded, protocol, protection, size, progress)
-    exact = threshold_at_fpir(scores.best_non_mated, fpir)
-    # rounded up to 6 decimals (a number to read and copy), never below the exact one
-    threshold = math.ceil(exact * 1e6) / 1e6
-    if threshold < exact:
-        threshold = (math.ceil(exact * 1e6) + 1) / 1e6
-    finite = scores.best_non_mated[np.isfinite(scores.best_non_mated)]
-    record = Calibration(
-        extractor=embedded.extractor,
-        protection=protection,
-        block_size=size,
-        threshold=threshold,
-        fpir_target=fpir,
-        fpir=scores.fpir(threshold),
-        fnir=scores.fnir(threshold),
-        rank1=float(np.mean(scores.top1_hit)),
-        max_non_mated=float(finite.max()) if len(finite) else -1.0,
-        dataset=dataset,
-        identities=len(set(labels)),
-        images=len(labels),
-        failures=int(np.sum(~embedded.ok)),
-        gallery=len(protocol.gallery),
-        mated=len(protocol.mated),
-        non_mated=len(protocol.non_mated),
-        date=dt.date.today().isoformat(),
-        command=command,
-    )
-    return record, scores
-
-
-def write_table(records: Sequence[Calibration], path: Path = TABLE_FILE) -> Path:
-    """Merge ``records`` into the table file (same key replaced), sorted, atomically."""
-    merged = dict(load_table(path)) if path.is_file() else {}
-    merged.update({r.key: r for r in records})
-    ordered = sorted(merged.values(), key=lambda r: (r.extractor, r.protection, r.block_size or 0))
-    body = {
-        "about": "Decision thresholds per (extractor, protection, pe-miu block size); "
-        "written by benchmarks/calibrate_thresholds.py, explained in docs/calibration.md",
-        "entries": [asdict(r) for r in ordered],
-    }
-    staging = path.with_suffix(".json.tmp")
-    staging.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
-    staging.replace(path)
-    load_table.cache_clear()
-    return path
-
-
 def engine_threshold(
     profile_threshold: float | None, extractor: str, protection: str, block_size: int | None
 ) -> tuple[float, str]:
@@ -363,76 +128,3 @@ def engine_threshold(
         return profile_threshold, "profile: [engine] threshold"
     value, record = calibrated_threshold(extractor, protection, block_size)
     return value, f"{record.describe()} (frip_engine/calibration.json)"
-
-
-def resolve_protection(extractor: str, protection: str, block_size: int | None) -> int | None:
-    """Check a combination before any image is read: the pe-miu block size it uses (the
-    plugin's default when ``block_size`` is None), None for ``none``. InputError when the
-    protection is not one calibration knows or the block size does not fit."""
-    from frip_engine import plugins
-
-    if protection not in PROTECTIONS:
-        raise InputError(
-            f"calibration knows protections {', '.join(PROTECTIONS)}, not '{protection}'"
-        )
-    dimension = int(plugins.create("extractor", extractor).dimension)
-    if protection == "none":
-        if block_size is not None:
-            raise InputError("--block-size applies to protection pe-miu only")
-        return None
-    params = {} if block_size is None else {"block_size": block_size}
-    made = plugins.create("protection", protection, **params)
-    made.output_dimension(dimension)  # InputError when it does not divide into >= 2 blocks
-    return int(made.probe_block_size)
-
-
-def run_calibration(
-    dataset: Dataset,
-    extractor: str,
-    protection: str = "none",
-    block_size: int | None = None,
-    fpir: float = DEFAULT_FPIR,
-    threads: int = 1,
-    command: str = "",
-    progress: Progress | None = None,
-) -> Calibration:
-    """Calibrate one combination on a labelled data set (``frip eval calibrate``): the
-    data set's embeddings, extracted in memory, then :func:`calibrate`."""
-    size = resolve_protection(extractor, protection, block_size)
-    check_fpir(fpir)
-    embedded = embed_with(extractor, dataset, threads, progress)
-    step = (lambda n: progress(f"{extractor} {protection}: searching", n)) if progress else None
-    record, _ = calibrate(
-        embedded, dataset.labels, protection, size, fpir, dataset.root.name, command, step
-    )
-    return record
-
-
-def write_profile_threshold(path: Path, record: Calibration) -> None:
-    """Set ``[engine] threshold`` in a profile file to ``record.threshold``, keeping every
-    other key. InputError when the profile's extractor, protection or block size is not the
-    calibrated one (the threshold would not hold for it); ProfileError when it is no
-    valid profile."""
-    import tomllib
-
-    import tomli_w
-
-    from frip_engine import plugins
-    from frip_engine.profile import Profile, load_profile
-
-    profile = load_profile(path)
-    protection = plugins.create(
-        "protection", profile.plugin("protection"), **profile.params("protection")
-    )
-    has = (profile.plugin("extractor"), protection.name, protection.probe_block_size)
-    if has != record.key:
-        raise InputError(
-            f"{path} uses extractor/protection/block size {has}, the calibration is for "
-            f"{record.key}: calibrate with the profile's own combination"
-        )
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    data.setdefault("engine", {})["threshold"] = record.threshold
-    Profile.from_dict(data, str(path))  # still a valid profile
-    staging = path.with_suffix(".toml.tmp")
-    staging.write_text(tomli_w.dumps(data), encoding="utf-8")
-    staging.replace(path)

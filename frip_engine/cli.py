@@ -15,7 +15,6 @@ from typer.core import TyperGroup
 from frip_engine import plugins
 from frip_engine.ckks import PRESETS
 from frip_engine.cli_audit import audit_key_event, audited_subjects
-from frip_engine.cli_eval import add_bench_commands, eval_app
 from frip_engine.cli_output import (
     err,
     out,
@@ -58,16 +57,10 @@ app = typer.Typer(
 )
 engine_app = typer.Typer(help="Create, list and show engines.", no_args_is_help=True)
 app.add_typer(engine_app, name="engine")
-bench_app = typer.Typer(
-    help="Benchmarks: print, and save JSON, Markdown and PNG.", no_args_is_help=True
-)
-app.add_typer(bench_app, name="bench")
 keys_app = typer.Typer(
     help="HE key lifecycle: init, status, rotate-kek, rotate-he.", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
-app.add_typer(eval_app, name="eval")
-add_bench_commands(bench_app)  # frip bench extract
 add_serve_commands(app)  # frip serve, frip vendors, frip audit
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -451,75 +444,6 @@ def stats_command(
     _print_mapping(stats, f"engine {engine_name}", as_json)
 
 
-@app.command("demo")
-def demo_command(
-    data: Annotated[
-        Path | None, typer.Option(help="lfw-dev folder (default: ../shared/data/lfw-dev).")
-    ] = None,
-    output: Annotated[Path, typer.Option(help="Where results JSON and plots go.")] = Path(
-        "results/demo"
-    ),
-    preset: Annotated[str, typer.Option(help="CKKS preset for the encrypted engine.")] = "fast",
-) -> None:
-    """Enrol lfw-dev's 200 identities, identify the rest and 120 unknowns; compare to plaintext."""
-    from frip_engine.demo import run_demo
-
-    run_demo(data, output, preset, out)
-
-
-# ---------------------------------------------------------------------------- benchmarks
-@bench_app.command("cluster")
-def bench_cluster(
-    sizes: Annotated[
-        str, typer.Option(help="Gallery sizes, comma-separated.")
-    ] = "500,10000,100000",
-    probe_clusters: Annotated[str, typer.Option(help="Fan-outs p to try.")] = "1,2,4,8,all",
-    timed_probes: Annotated[int, typer.Option(help="Probes timed with TenSEAL per setting.")] = 10,
-    data: Annotated[Path | None, typer.Option(help="lfw-dev folder.")] = None,
-    output: Annotated[Path, typer.Option(help="Where results go.")] = Path("results/bench"),
-    preset: Annotated[str, typer.Option(help="CKKS preset.")] = "fast",
-) -> None:
-    """Routed (k-means, top-p) vs exhaustive search: latency, rank-1, FNIR, cluster sizes."""
-    from frip_engine.bench_cluster import run
-
-    try:
-        counts = [int(s) for s in sizes.split(",")]
-        fans: list[int | str] = [p if p == "all" else int(p) for p in probe_clusters.split(",")]
-    except ValueError as exc:
-        raise InputError(
-            f"--sizes and --probe-clusters take comma-separated numbers: {exc}"
-        ) from exc
-    if min(counts) < 250:
-        raise InputError("gallery sizes must be at least 250 (lfw-dev enrols 200 people)")
-    run(counts, fans, timed_probes, data, output, preset, out)
-
-
-@bench_app.command("he")
-def bench_he(
-    max_n: Annotated[int, typer.Option(help="Largest gallery of the scale sweep.")] = 100_000,
-    quick: Annotated[bool, typer.Option(help="Tiny galleries, two configs (smoke test).")] = False,
-    workers: Annotated[int, typer.Option(help="Scoring processes per engine.")] = 1,
-    probes: Annotated[int, typer.Option(help="Timed identifies per gallery size.")] = 10,
-    only: Annotated[
-        str | None, typer.Option(help="Comma-separated words: run configs whose label has one.")
-    ] = None,
-    data: Annotated[Path | None, typer.Option(help="lfw-dev folder.")] = None,
-    results: Annotated[Path, typer.Option(help="Where the JSON goes.")] = Path("results"),
-    docs: Annotated[Path, typer.Option(help="Where the Markdown and PNGs go.")] = Path("docs"),
-) -> None:
-    """HE backends x layouts x presets x probe modes vs numpy and faiss: Table II, latency
-    up to --max-n registrants, bytes, enrolment rate, ratios, targets, decision equality."""
-    from frip_engine.bench_he import Options, run
-
-    if max_n < 300 or workers < 1 or probes < 1:
-        raise InputError("--max-n must be at least 300, --workers and --probes at least 1")
-    words = tuple(w.strip() for w in only.split(",") if w.strip()) if only else ()
-    options = Options(
-        max_n, quick, workers, probes, data=data, results=results, docs=docs, only=words
-    )
-    run(options, out)
-
-
 # ---------------------------------------------------------------------------- keys
 EngineArg = Annotated[str, typer.Argument(metavar="ENGINE")]
 
@@ -592,9 +516,14 @@ def keys_rotate_he(engine_name: EngineArg, home: HomeOpt = None) -> None:
     out.print(f"{engine_name}: now on HE key version {version}; old key deleted")
 
 
+# Plugin commands come last, mounted like any plugin's: frip eval, frip bench and frip demo
+# are frip_eval's (entry point ``eval``); a plugin that fails to load is listed as broken by
+# frip plugins and the rest of the CLI works without it.
+plugins.plugin_manager().hook.register_commands(cli=app)
+
+
 def main() -> None:
-    """Entry point: load plugin commands, run, and turn FripErrors into exit codes."""
-    plugins.plugin_manager().hook.register_commands(cli=app)
+    """Entry point: run, and turn FripErrors into exit codes."""
     try:
         app()
     except FripError as exc:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from frip_eval.bench_cluster import run
+from frip_eval.data import distractors
 from rich.console import Console
-
-from frip_engine.bench_cluster import distractors, run
 
 
 def test_small_cluster_benchmark(home: Path, lfw: Path, tmp_path: Path) -> None:

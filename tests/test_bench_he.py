@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
-
-from frip_engine.bench_he import (
+from frip_eval.bench_he import (
     PAPER_METHOD,
     QUICK_CONFIGS,
     Config,
@@ -17,6 +15,7 @@ from frip_engine.bench_he import (
     synthetic_gallery,
     synthetic_probes,
 )
+from rich.console import Console
 
 
 def test_quick_benchmark_end_to_end(home: Path, lfw: Path, tmp_path: Path) -> None:

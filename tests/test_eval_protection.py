@@ -10,11 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from frip_engine.cli import app
-from frip_engine.errors import InputError
-from frip_engine.eval_protection import (
+from frip_eval.eval_protection import (
     balanced_sample,
     comparison_pairs,
     complexity_distribution,
@@ -22,6 +18,10 @@ from frip_engine.eval_protection import (
     unlinkability,
     verification_table,
 )
+from typer.testing import CliRunner
+
+from frip_engine.cli import app
+from frip_engine.errors import InputError
 from tests.conftest import near, unit_vectors
 
 
@@ -32,7 +32,7 @@ def _people(n: int, per: int, dimension: int = 128) -> tuple[np.ndarray, list[st
 
 
 def test_gender_signal_is_learnt_in_the_clear_and_hidden_by_permutation() -> None:
-    from frip_engine.eval_protection import protect_matrix
+    from frip_eval.eval_protection import protect_matrix
 
     rng = np.random.default_rng(0)
     n = 240

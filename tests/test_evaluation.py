@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from frip_engine.errors import InputError, MissingFileError
-from frip_engine.evaluation import (
+from frip_eval.evaluation import (
     Dataset,
     Embedded,
     comparison_scores,
@@ -21,6 +19,8 @@ from frip_engine.evaluation import (
     read_pairs,
     verification_metrics,
 )
+
+from frip_engine.errors import InputError, MissingFileError
 
 
 def _brute(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

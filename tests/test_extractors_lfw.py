@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from frip_engine.evaluation import (
+from frip_eval.evaluation import (
     Dataset,
     compare_backends,
     embed_dataset,

@@ -18,18 +18,13 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import LFW_DEV, REPO, unit_vectors
+from frip_eval.calibrate import calibrate, search_scores, write_profile_threshold
+from frip_eval.evaluation import Embedded, identification_protocol
 
-from frip_engine import calibration, pemiu, plugins
-from frip_engine.calibration import (
-    calibrate,
-    engine_threshold,
-    load_table,
-    lookup,
-    search_scores,
-)
+from frip_engine import pemiu, plugins
+from frip_engine.calibration import engine_threshold, load_table, lookup
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import InputError, ProfileError
-from frip_engine.evaluation import Embedded, identification_protocol
 from frip_engine.profile import Profile
 
 BUILT_IN_EXTRACTORS = ("arcface", "sface", "facenet", "facenet-pytorch")
@@ -328,8 +323,8 @@ def test_write_profile_refuses_a_profile_of_another_combination(tmp_path: Path) 
     text = '[engine]\nname = "x"\n[protection]\nplugin = "pe-miu"\nblock_size = 16\n'
     profile.write_text(text)
     with pytest.raises(InputError, match="calibrate with the profile's own combination"):
-        calibration.write_profile_threshold(profile, record)
+        write_profile_threshold(profile, record)
     assert profile.read_text() == text  # untouched
     profile.write_text('[engine]\nname = "x"\n[protection]\nplugin = "pe-miu"\n')
-    calibration.write_profile_threshold(profile, record)  # block size 32 is the default
+    write_profile_threshold(profile, record)  # block size 32 is the default
     assert Profile.from_toml(profile.read_text()).threshold == record.threshold

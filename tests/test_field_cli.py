@@ -87,7 +87,7 @@ def test_calibrate_checks_the_profile_before_reading_images(
 
 
 def test_a_profile_of_the_calibrated_combination_passes_the_check(tmp_path: Path) -> None:
-    from frip_engine.cli_eval import _check_profile
+    from frip_eval.commands import _check_profile
 
     plain = tmp_path / "plain.toml"
     plain.write_text('[engine]\nname = "x"\n[extractor]\nplugin = "arcface"\n')
@@ -137,7 +137,7 @@ def test_shown_quotes_every_subject_id() -> None:
 
 # ---------------------------------------------------------------------------- 5: names
 def test_index_data_sets_are_named(tmp_path: Path) -> None:
-    from frip_engine.cli_eval import _dataset
+    from frip_eval.commands import _dataset
 
     folder = tmp_path / "my-people"
     folder.mkdir()
@@ -152,7 +152,7 @@ def test_index_data_sets_are_named(tmp_path: Path) -> None:
 
 
 def test_calibration_table_shows_no_none() -> None:
-    from frip_engine.cli_eval import _cell
+    from frip_eval.commands import _cell
 
     assert _cell(None) == "-" and _cell(32) == "32"
 
@@ -167,9 +167,8 @@ def test_plugins_table_readable_at_80_columns() -> None:
 
 
 def test_eval_identify_table_readable_at_80_columns() -> None:
+    from frip_eval.commands import identify_table
     from rich.console import Console
-
-    from frip_engine.cli_eval import identify_table
 
     metrics = {
         "gallery": 748,

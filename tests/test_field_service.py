@@ -52,7 +52,8 @@ def error_of(response: Any) -> tuple[int, str]:
 def live(config: ServiceConfig, **limits: Any) -> Iterator[str]:
     """``frip serve``'s own server (uvicorn with the service's connection guard) in a thread
     on a free loopback port; yields its URL."""
-    from frip_engine.service.loadgen import free_port
+    from frip_eval.loadgen import free_port
+
     from frip_engine.service.server import ConnectionLimits, build_server
 
     app = create_app(config)
@@ -294,7 +295,7 @@ def test_an_idle_kept_alive_connection_is_closed_without_an_unasked_408(
 def test_frip_serve_runs_with_the_connection_guard(home: Path) -> None:
     """The real command: with --max-connections 8 one address holds 2 connections (a
     quarter), and a silent one is answered 408 at --header-timeout."""
-    from frip_engine.service.loadgen import ServerProcess
+    from frip_eval.loadgen import ServerProcess
 
     server = ServerProcess(home, args=("--max-connections", "8", "--header-timeout", "1"))
     url = server.start()

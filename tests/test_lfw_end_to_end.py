@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from frip_eval.demo import run_demo
 from rich.console import Console
-
-from frip_engine.demo import run_demo
 
 
 def test_lfw_dev_encrypted_equals_plaintext_and_meets_the_bar(

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 from conftest import near, unit_vectors
+from frip_eval.loadgen import ServerProcess, headers, run_load
 
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.profile import Profile
 from frip_engine.service.audit import AuditLog
 from frip_engine.service.db import Database
-from frip_engine.service.loadgen import ServerProcess, headers, run_load
 from frip_engine.service.vendors import Vendors
 
 httpx = pytest.importorskip("httpx")

@@ -1,7 +1,7 @@
 """Evaluating PE-MIU template protection (plaintext scoring) on a labelled image set.
 
 Per extractor: (1) verification EER and FNMR at FMR 1% / 0.1% unprotected vs each block
-size, with the metric helpers of :mod:`frip_engine.evaluation`; (2) gender prediction
+size, with the metric helpers of :mod:`frip_eval.evaluation`; (2) gender prediction
 accuracy of cross-validated SVMs (poly, RBF, sigmoid) on a gender-balanced sample of
 unprotected vs protected templates, folds grouped by identity so no person is in both
 training and test; (3) the permutation complexity distribution with ``min_complexity`` at
@@ -26,8 +26,8 @@ import numpy as np
 
 from frip_engine import pemiu
 from frip_engine.errors import InputError
-from frip_engine.evaluation import Dataset, Embedded, embed_with, verification_metrics
-from frip_engine.plots import pyplot
+from frip_eval.evaluation import Dataset, Embedded, embed_with, verification_metrics
+from frip_eval.plots import pyplot
 
 KERNELS = ("poly", "rbf", "sigmoid")
 DEFAULT_BLOCK_SIZES = (16, 32, 64, 128)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections import defaultdict
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,47 +20,22 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from frip_engine.datasets import csv_identities
 from frip_engine.decision import Decision
 from frip_engine.engine import Engine, EnrolItem
-from frip_engine.errors import FripError, InputError
-from frip_engine.plots import pyplot
+from frip_engine.errors import FripError
 from frip_engine.profile import Profile
+from frip_eval.data import find_lfw_dev, lfw_identities, plaintext_profile, split_identities
+from frip_eval.evaluation import decision_scores
+from frip_eval.plots import pyplot
 
 DEMO_PASSPHRASE = "frip-demo-only-passphrase"
 REJECT_BUDGET = 0.05  # the operating point: at most 5% of mated probes rejected
 
 
-def plaintext_profile(name: str) -> Profile:
-    """A plaintext reference engine (templates in the clear, memory key store): for
-    extracting embeddings and for the decisions encrypted engines are checked against."""
-    return Profile.from_dict(
-        {
-            "engine": {"name": name, "insecure": True},
-            "he": {"plugin": "plaintext"},
-            "key_store": {"plugin": "memory"},
-        }
-    )
-
-
-def find_lfw_dev(given: Path | None) -> Path:
-    candidates = (
-        [given]
-        if given
-        else [
-            Path.cwd().parent / "shared" / "data" / "lfw-dev",
-            Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw-dev",
-        ]
-    )
-    for path in candidates:
-        if path is not None and (path / "index.csv").is_file():
-            return path
-    raise InputError(
-        "lfw-dev not found: expected ../shared/data/lfw-dev with index.csv; pass --data PATH"
-    )
-
-
 def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> dict[str, Any]:
+    """Run lfw-dev through a fresh encrypted engine and its plaintext twin under
+    ``output/home``; write ``demo.json`` and ``demo.png`` to ``output``, print the tables
+    on ``console`` and return the summary."""
     root = find_lfw_dev(data)
     if "FRIP_PASSPHRASE" not in os.environ:
         os.environ["FRIP_PASSPHRASE"] = DEMO_PASSPHRASE
@@ -79,24 +52,13 @@ def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> 
         plaintext_profile("lfw-demo-plaintext"),
         home,
     )
-    identities = csv_identities(root / "index.csv")
+    identities = lfw_identities(root)
     console.print(
         f"lfw-dev: {sum(map(len, identities.values()))} images of {len(identities)} identities "
         f"from {root}\nencrypted engine: {encrypted.parts.he_backend.description}"
     )
-    embeddings, failures, per_image = extract_all(encrypted, identities, console)
-    enrol = [
-        EnrolItem(k, embeddings=[embeddings[v[0]]])
-        for k, v in identities.items()
-        if len(v) > 1 and v[0] in embeddings
-    ]
-    enrolled = {item.subject_id for item in enrol}
-    probes = [
-        (path, k if k in enrolled else None)
-        for k, v in identities.items()
-        for path in (v[1:] if k in enrolled else v)
-        if path in embeddings
-    ]
+    lfw = split_identities(encrypted, identities, console)
+    enrol = [EnrolItem(k, embeddings=[v]) for k, v in zip(lfw.ids, lfw.gallery, strict=True)]
     for engine in (encrypted, reference):
         with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task(f"enrolling into {engine.name}", total=len(enrol))
@@ -106,9 +68,8 @@ def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> 
             raise FripError(f"demo enrolment failed: {report.failed}")
     pairs: list[tuple[str | None, Decision, Decision]] = []
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("identifying (encrypted and plaintext)", total=len(probes))
-        for path, truth in probes:
-            vector = embeddings[path]
+        task = bar.add_task("identifying (encrypted and plaintext)", total=len(lfw.truth))
+        for vector, truth in zip(lfw.probes, lfw.truth, strict=True):
             pairs.append(
                 (
                     truth,
@@ -120,8 +81,8 @@ def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> 
     stats = encrypted.stats()
     encrypted.close()
     reference.close()
-    summary = _summarise(pairs, failures, stats)
-    summary["extraction_ms_per_image"] = 1000 * per_image
+    summary = _summarise(pairs, lfw.failures, stats)
+    summary["extraction_ms_per_image"] = 1000 * lfw.per_image
     (output / "demo.json").write_text(json.dumps(summary, indent=2))
     plot = _plot(pairs, summary, output)
     _print(summary, console, output, plot)
@@ -132,80 +93,17 @@ def _advance(bar: Progress, task: TaskID, _subject: str) -> None:
     bar.advance(task)
 
 
-def extract_all(
-    engine: Engine, identities: dict[str, list[Path]], console: Console
-) -> tuple[dict[Path, np.ndarray], dict[str, str], float]:
-    embeddings: dict[Path, np.ndarray] = {}
-    failures: dict[str, str] = {}
-    paths = [p for v in identities.values() for p in v]
-    engine.embed_image(paths[0])  # load the models outside the timed loop
-    started = time.perf_counter()
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("detecting, aligning, embedding", total=len(paths))
-        for path in paths:
-            try:
-                embeddings[path], _notes = engine.embed_image(path)
-            except FripError as exc:
-                failures[str(path)] = str(exc)
-            bar.advance(task)
-    return embeddings, failures, (time.perf_counter() - started) / len(paths)
-
-
-@dataclass(frozen=True)
-class LfwSplit:
-    """lfw-dev as the benchmarks use it: people with several images enrolled from their
-    first, their other images as mated probes, everyone else's images as strangers."""
-
-    everything: np.ndarray  # every embedding (what synthetic distractors are fitted to)
-    ids: list[str]  # enrolled identities, in gallery order
-    gallery: np.ndarray
-    probes: np.ndarray
-    truth: list[str | None]  # each probe's identity, None for a stranger
-    per_image: float  # seconds of extraction per image
-
-
-def lfw_split(root: Path, home: Path, console: Console, limit: int | None = None) -> LfwSplit:
-    """Extract lfw-dev (the first ``limit`` identities) with a throw-away plaintext engine
-    in ``home`` and split it; a person whose first image fails counts as a stranger."""
-    identities = csv_identities(root / "index.csv")
-    if limit is not None:
-        identities = dict(list(identities.items())[:limit])
-    extractor = Engine.create(plaintext_profile("extract"), home)
-    try:
-        embeddings, _failures, per_image = extract_all(extractor, identities, console)
-    finally:
-        extractor.close()
-    enrolled = {k: v[0] for k, v in identities.items() if len(v) > 1 and v[0] in embeddings}
-    probes = [
-        (embeddings[p], k if k in enrolled else None)
-        for k, v in identities.items()
-        for p in (v[1:] if k in enrolled else v)
-        if p in embeddings
-    ]
-    return LfwSplit(
-        np.stack(list(embeddings.values())),
-        list(enrolled),
-        np.stack([embeddings[p] for p in enrolled.values()]),
-        np.stack([p for p, _ in probes]),
-        [t for _, t in probes],
-        per_image,
-    )
-
-
 def _summarise(
     pairs: list[tuple[str | None, Decision, Decision]],
     failures: dict[str, str],
     stats: dict[str, Any],
 ) -> dict[str, Any]:
-    mated = [(t, e) for t, e, _ in pairs if t is not None]
+    mated = [(e, t) for t, e, _ in pairs if t is not None]
     unknown = [e for t, e, _ in pairs if t is None]
     threshold = pairs[0][1].threshold
-    rank1 = [e.candidates[0].subject_id == t for t, e in mated]
+    scores = decision_scores(mated, unknown)
     # A mated probe passes at threshold x when its best candidate is right and scores >= x.
-    genuine = np.array(
-        [e.candidates[0].score if ok else -np.inf for (t, e), ok in zip(mated, rank1, strict=True)]
-    )
-    impostor = np.array([e.candidates[0].score for e in unknown])
+    genuine, impostor = scores.mate_score, scores.best_non_mated
     operating = float(np.quantile(genuine, REJECT_BUDGET, method="lower"))
     same = [
         (e.matched, e.subject_id, e.candidates[0].subject_id)
@@ -218,13 +116,13 @@ def _summarise(
         for stage, seconds in e.timings.items():
             timings[stage].append(seconds)
     return {
-        "registrants": len({t for t, _ in mated}) and pairs[0][1].registrants,
+        "registrants": len({t for _, t in mated}) and pairs[0][1].registrants,
         "mated_probes": len(mated),
         "unknown_probes": len(unknown),
         "extraction_failures": failures,
         "threshold": threshold,
-        "rank1": float(np.mean(rank1)),
-        "fnir_at_threshold": float(np.mean(genuine < threshold)),
+        "rank1": scores.rank1,
+        "fnir_at_threshold": scores.fnir(threshold),
         "false_accepts_at_threshold": int(np.sum(impostor >= threshold)),
         "operating_threshold_5pct_reject": operating,
         "false_accepts_at_operating_threshold": int(np.sum(impostor >= operating)),

@@ -28,9 +28,11 @@ import numpy as np
 
 from frip_engine import plugins
 from frip_engine.datasets import csv_identities, folder_identities
+from frip_engine.decision import Decision
 from frip_engine.errors import FripError, InputError, MissingFileError
 from frip_engine.images import load_image
-from frip_engine.plots import pyplot
+from frip_eval.plots import pyplot
+from frip_eval.threads import pin_opencv
 
 FMR_TARGETS = (0.01, 0.001)
 FPIR_TARGETS = (0.01, 0.05, 0.1)
@@ -153,15 +155,6 @@ def make_extractor(name: str, threads: int | None = None, **params: Any) -> Any:
     if threads is not None and "threads" in inspect.signature(component.factory).parameters:
         params["threads"] = threads
     return component.create(**params)
-
-
-def pin_threads(threads: int) -> None:
-    """Pin OpenCV's own pool (onnxruntime sessions are pinned per extractor)."""
-    try:
-        import cv2
-    except ImportError:
-        return
-    cv2.setNumThreads(threads)
 
 
 def embed_dataset(
@@ -340,6 +333,51 @@ def identification_protocol(labels: Sequence[str], ok: np.ndarray) -> Protocol:
     return protocol
 
 
+@dataclass
+class SearchScores:
+    """Open-set search outcomes, the one source of rank-1, FNIR and FPIR: per mated search
+    the mate's score (-inf where the face could not be extracted) and whether the mate
+    ranked first; per non-mated search the best score over the gallery (-inf where
+    extraction failed: the search is rejected)."""
+
+    mate_score: np.ndarray  # (mated,) float64
+    top1_hit: np.ndarray  # (mated,) bool
+    best_non_mated: np.ndarray  # (non_mated,) float64
+
+    @property
+    def rank1(self) -> float:
+        """Mated searches whose mate is the first candidate, whatever its score."""
+        return float(np.mean(self.top1_hit))
+
+    def fnir(self, threshold: float) -> float:
+        """Mated searches whose mate is not the first candidate at or above ``threshold``."""
+        return float(np.mean(~(self.top1_hit & (self.mate_score >= threshold))))
+
+    def fpir(self, threshold: float) -> float:
+        """Non-mated searches whose best candidate scores at or above ``threshold`` (0 when
+        there are none)."""
+        if not len(self.best_non_mated):
+            return 0.0
+        return float(np.mean(self.best_non_mated >= threshold))
+
+
+def decision_scores(
+    mated: Sequence[tuple[Decision, str]], non_mated: Sequence[Decision]
+) -> SearchScores:
+    """The search outcomes of engine decisions: ``mated`` pairs a decision with the
+    subject id it should find. A mate's score is known only where it ranks first; a mate
+    ranked lower gets -inf, which FNIR counts as missed at every threshold, as it is."""
+    hit = np.array([bool(d.candidates) and d.candidates[0].subject_id == t for d, t in mated])
+    mate = np.array(
+        [d.candidates[0].score if ok else -np.inf for (d, _), ok in zip(mated, hit, strict=True)],
+        dtype=np.float64,
+    )
+    best = np.array(
+        [d.candidates[0].score if d.candidates else -np.inf for d in non_mated], dtype=np.float64
+    )
+    return SearchScores(mate, hit.astype(bool), best)
+
+
 def identification_metrics(
     embedded: Embedded, protocol: Protocol, threshold: float
 ) -> dict[str, Any]:
@@ -352,7 +390,6 @@ def identification_metrics(
     rank = 1 + np.sum(mated > mate_score[:, None], axis=1)
     rank[failed] = len(protocol.gallery) + 1  # never found
     mate_score[failed] = -np.inf
-    top1_hit = rank == 1
     ranks = np.arange(1, min(CMC_RANKS, len(protocol.gallery)) + 1)
     cmc = [float(np.mean(rank <= r)) for r in ranks]
     if protocol.non_mated:
@@ -360,18 +397,16 @@ def identification_metrics(
         best_non_mated[~embedded.ok[protocol.non_mated]] = -np.inf
     else:
         best_non_mated = np.empty(0)
-
-    def fnir(t: float) -> float:
-        return float(np.mean(~(top1_hit & (mate_score >= t))))
-
-    def fpir(t: float) -> float:
-        return float(np.mean(best_non_mated >= t)) if len(best_non_mated) else 0.0
-
+    scores = SearchScores(mate_score, rank == 1, best_non_mated)
     at_fpir: dict[str, dict[str, float]] = {}
     if len(best_non_mated):
         for target in FPIR_TARGETS:
             t = threshold_at_fpir(best_non_mated, target)
-            at_fpir[f"{target:g}"] = {"fnir": fnir(t), "fpir": fpir(t), "threshold": t}
+            at_fpir[f"{target:g}"] = {
+                "fnir": scores.fnir(t),
+                "fpir": scores.fpir(t),
+                "threshold": t,
+            }
     grid = np.linspace(-0.2, 1.0, CURVE_POINTS)
     return {
         "gallery": len(protocol.gallery),
@@ -380,12 +415,16 @@ def identification_metrics(
         "rank1": cmc[0],
         "cmc": cmc,
         "fnir_at_fpir": at_fpir,
-        "at_threshold": {"threshold": threshold, "fnir": fnir(threshold), "fpir": fpir(threshold)},
+        "at_threshold": {
+            "threshold": threshold,
+            "fnir": scores.fnir(threshold),
+            "fpir": scores.fpir(threshold),
+        },
         "max_non_mated_score": float(best_non_mated.max()) if len(best_non_mated) else None,
         "curve": {
             "threshold": grid.tolist(),
-            "fnir": [fnir(t) for t in grid],
-            "fpir": [fpir(t) for t in grid],
+            "fnir": [scores.fnir(t) for t in grid],
+            "fpir": [scores.fpir(t) for t in grid],
         },
     }
 
@@ -529,7 +568,7 @@ def embed_with(
     """The named extractor plugin's embeddings of every image of ``dataset``, in memory
     (never written to disk), with BLAS/OpenCV pinned to ``threads``; ``progress(name, n)``
     after each ``n`` images."""
-    pin_threads(threads)
+    pin_opencv(threads)
     extractor = make_extractor(name, threads=threads)
     step = (lambda n: progress(name, n)) if progress else None
     return embed_dataset(extractor, dataset.paths, step)
@@ -654,7 +693,7 @@ def benchmark(
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
     """Images per second per extractor (decode + detect + align + embed), with the split."""
-    pin_threads(threads)
+    pin_opencv(threads)
     results: dict[str, Any] = {}
     for name in extractors:
         params: dict[str, Any] = {}

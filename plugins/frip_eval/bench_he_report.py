@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from frip_engine.bench_he import (
+from frip_eval.bench_he_results import (
     PAPER_CIPHERTEXT_BYTES,
     PAPER_TABLE_II,
     bulk_rate,
@@ -15,7 +15,7 @@ from frip_engine.bench_he import (
     stored_kb,
     synthetic_checks,
 )
-from frip_engine.plots import pyplot
+from frip_eval.plots import pyplot
 
 TABLE_COLUMNS = (
     ("probe_encryption", "probe encryption"),

@@ -1,8 +1,9 @@
-"""``frip eval verify|identify`` and ``frip bench extract``: extractors measured side by side.
+"""``frip eval ...``, ``frip bench ...`` and ``frip demo``: the measurement commands.
 
-Mounted by ``frip_engine.cli`` (``eval_app`` as ``frip eval``, ``add_bench_commands`` on
-``frip bench``); every heavy import (models, scikit-learn, matplotlib)
-happens inside the commands.
+A plugin like any other (entry point ``eval`` of frip-engine): its ``register_commands``
+hook mounts ``eval_app`` as ``frip eval``, ``bench_app`` as ``frip bench`` and
+:func:`demo_command` as ``frip demo`` on the CLI. Every heavy import (models, scikit-learn,
+matplotlib, the benchmarks) happens inside the commands.
 """
 
 from __future__ import annotations
@@ -21,11 +22,24 @@ from rich.table import Table
 from frip_engine import plugins
 from frip_engine.cli_output import err, out, progress_bar
 from frip_engine.errors import InputError, MissingFileError
+from frip_engine.hookspecs import hookimpl
 
 eval_app = typer.Typer(
     help="Measure extractors on a labelled image set: verification and identification.",
     no_args_is_help=True,
 )
+bench_app = typer.Typer(
+    help="Benchmarks: print, and save JSON, Markdown and PNG.", no_args_is_help=True
+)
+
+
+@hookimpl
+def register_commands(cli: typer.Typer) -> None:
+    """Mount ``frip demo``, ``frip bench`` and ``frip eval`` on the ``frip`` CLI."""
+    cli.command("demo")(demo_command)
+    cli.add_typer(bench_app, name="bench")
+    cli.add_typer(eval_app, name="eval")
+
 
 FolderOpt = Annotated[
     Path | None, typer.Option(help="Folder of <identity>/<images> (default: lfw-dev).")
@@ -48,8 +62,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON summary.")
 
 
 def _dataset(folder: Path | None, index: Path | None, identities: int | None) -> Any:
-    from frip_engine.demo import find_lfw_dev
-    from frip_engine.evaluation import Dataset
+    from frip_eval.data import find_lfw_dev
+    from frip_eval.evaluation import Dataset
 
     if folder is None and index is None:
         index = find_lfw_dev(None) / "index.csv"
@@ -127,7 +141,7 @@ def verify_command(
     as_json: JsonOpt = False,
 ) -> None:
     """1:1 verification: EER, FNMR at FMR 1% and 0.1%, ROC and DET plot, images/s."""
-    from frip_engine.evaluation import run_verify, write_outputs
+    from frip_eval.evaluation import run_verify, write_outputs
 
     dataset = _dataset(folder, index, identities)
     names = _extractors(extractor)
@@ -185,7 +199,7 @@ def identify_command(
     as_json: JsonOpt = False,
 ) -> None:
     """1:N identification: rank-1, CMC, FNIR at FPIR; CMC and FNIR/FPIR plot; images/s."""
-    from frip_engine.evaluation import run_identify, write_outputs
+    from frip_eval.evaluation import run_identify, write_outputs
 
     dataset = _dataset(folder, index, identities)
     names = _extractors(extractor)
@@ -241,11 +255,7 @@ def identify_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def add_bench_commands(bench: typer.Typer) -> None:
-    """Mount ``extract`` on the CLI's ``frip bench`` group (shared with other benchmarks)."""
-    bench.command("extract")(bench_extract_command)
-
-
+@bench_app.command("extract")
 def bench_extract_command(
     folder: FolderOpt = None,
     index: IndexOpt = None,
@@ -259,7 +269,7 @@ def bench_extract_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Images per second per extractor, split into decode, detect, align and embed."""
-    from frip_engine.evaluation import benchmark
+    from frip_eval.evaluation import benchmark
 
     dataset = _dataset(folder, index, identities)
     names = _extractors(extractor)
@@ -286,6 +296,73 @@ def bench_extract_command(
         )
     out.print(table)
     out.print(f"written: {path}")
+
+
+def demo_command(
+    data: Annotated[
+        Path | None, typer.Option(help="lfw-dev folder (default: ../shared/data/lfw-dev).")
+    ] = None,
+    output: Annotated[Path, typer.Option(help="Where results JSON and plots go.")] = Path(
+        "results/demo"
+    ),
+    preset: Annotated[str, typer.Option(help="CKKS preset for the encrypted engine.")] = "fast",
+) -> None:
+    """Enrol lfw-dev's 200 identities, identify the rest and 120 unknowns; compare to plaintext."""
+    from frip_eval.demo import run_demo
+
+    run_demo(data, output, preset, out)
+
+
+@bench_app.command("cluster")
+def bench_cluster_command(
+    sizes: Annotated[
+        str, typer.Option(help="Gallery sizes, comma-separated.")
+    ] = "500,10000,100000",
+    probe_clusters: Annotated[str, typer.Option(help="Fan-outs p to try.")] = "1,2,4,8,all",
+    timed_probes: Annotated[int, typer.Option(help="Probes timed with TenSEAL per setting.")] = 10,
+    data: Annotated[Path | None, typer.Option(help="lfw-dev folder.")] = None,
+    output: Annotated[Path, typer.Option(help="Where results go.")] = Path("results/bench"),
+    preset: Annotated[str, typer.Option(help="CKKS preset.")] = "fast",
+) -> None:
+    """Routed (k-means, top-p) vs exhaustive search: latency, rank-1, FNIR, cluster sizes."""
+    from frip_eval.bench_cluster import run
+
+    try:
+        counts = [int(s) for s in sizes.split(",")]
+        fans: list[int | str] = [p if p == "all" else int(p) for p in probe_clusters.split(",")]
+    except ValueError as exc:
+        raise InputError(
+            f"--sizes and --probe-clusters take comma-separated numbers: {exc}"
+        ) from exc
+    if min(counts) < 250:
+        raise InputError("gallery sizes must be at least 250 (lfw-dev enrols 200 people)")
+    run(counts, fans, timed_probes, data, output, preset, out)
+
+
+@bench_app.command("he")
+def bench_he_command(
+    max_n: Annotated[int, typer.Option(help="Largest gallery of the scale sweep.")] = 100_000,
+    quick: Annotated[bool, typer.Option(help="Tiny galleries, two configs (smoke test).")] = False,
+    workers: Annotated[int, typer.Option(help="Scoring processes per engine.")] = 1,
+    probes: Annotated[int, typer.Option(help="Timed identifies per gallery size.")] = 10,
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated words: run configs whose label has one.")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="lfw-dev folder.")] = None,
+    results: Annotated[Path, typer.Option(help="Where the JSON goes.")] = Path("results"),
+    docs: Annotated[Path, typer.Option(help="Where the Markdown and PNGs go.")] = Path("docs"),
+) -> None:
+    """HE backends x layouts x presets x probe modes vs numpy and faiss: Table II, latency
+    up to --max-n registrants, bytes, enrolment rate, ratios, targets, decision equality."""
+    from frip_eval.bench_he import Options, run
+
+    if max_n < 300 or workers < 1 or probes < 1:
+        raise InputError("--max-n must be at least 300, --workers and --probes at least 1")
+    words = tuple(w.strip() for w in only.split(",") if w.strip()) if only else ()
+    options = Options(
+        max_n, quick, workers, probes, data=data, results=results, docs=docs, only=words
+    )
+    run(options, out)
 
 
 def _without_curves(summary: dict[str, Any]) -> dict[str, Any]:
@@ -325,8 +402,8 @@ def protection_command(
 ) -> None:
     """PE-MIU protection: EER/FNMR per block size, gender SVMs, complexity, D_sys, and
     with --he the cost under HE."""
-    from frip_engine.demo import find_lfw_dev
-    from frip_engine.eval_protection import (
+    from frip_eval.data import find_lfw_dev
+    from frip_eval.eval_protection import (
         DEFAULT_BLOCK_SIZES,
         markdown,
         read_genders,
@@ -395,7 +472,7 @@ def calibrate_command(
     Embeddings are held in memory only, never written to disk."""
     from dataclasses import asdict
 
-    from frip_engine.calibration import resolve_protection, run_calibration, write_profile_threshold
+    from frip_eval.calibrate import resolve_protection, run_calibration, write_profile_threshold
 
     size = resolve_protection(extractor, protection, block_size)  # refuse before any image
     if write_profile is not None:

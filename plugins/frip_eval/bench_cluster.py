@@ -11,7 +11,6 @@ probes); latency is measured with TenSEAL on a sample of probes, in the same run
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -23,34 +22,14 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from frip_engine.demo import find_lfw_dev, lfw_split
 from frip_engine.engine import Engine, EnrolItem
-from frip_engine.plots import pyplot
 from frip_engine.profile import Profile
+from frip_eval.data import distractors, find_lfw_dev, lfw_split
+from frip_eval.evaluation import decision_scores
+from frip_eval.plots import pyplot
+from frip_eval.threads import pin_threads
 
 FanOut = int | str
-
-
-def pin_threads() -> None:
-    """One BLAS/OpenMP thread: timings on a shared 2-core machine stay comparable."""
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = "1"
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(1)
-    except ImportError:
-        pass
-
-
-def distractors(real: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """Unit vectors from a Gaussian with the real embeddings' mean and covariance."""
-    rng = np.random.default_rng(seed)
-    mean = real.mean(axis=0)
-    _, spread, basis = np.linalg.svd(real - mean, full_matrices=False)
-    scale = spread / np.sqrt(real.shape[0] - 1)
-    samples = mean + (rng.standard_normal((count, scale.size)) * scale) @ basis
-    return np.asarray(samples / np.linalg.norm(samples, axis=1, keepdims=True))
 
 
 def _profile(name: str, clusterer: dict[str, Any], he: dict[str, Any]) -> Profile:
@@ -79,10 +58,11 @@ def _accuracy(
     decisions = [engine.identify(embedding=p, probe_clusters=fan_out) for p, _ in probes]
     mated = [(d, t) for d, (_, t) in zip(decisions, probes, strict=True) if t is not None]
     unknown = [d for d, (_, t) in zip(decisions, probes, strict=True) if t is None]
+    scores = decision_scores(mated, unknown)
     return {
-        "rank1": float(np.mean([d.candidates[0].subject_id == t for d, t in mated])),
-        "fnir": float(np.mean([d.subject_id != t for d, t in mated])),
-        "fpir": float(np.mean([d.matched for d in unknown])),
+        "rank1": scores.rank1,
+        "fnir": scores.fnir(engine.threshold),
+        "fpir": scores.fpir(engine.threshold),
         "top1": [d.candidates[0].subject_id for d in decisions],
         "blocks_scored": float(np.mean([d.blocks_scored for d in decisions])),
     }

@@ -47,11 +47,22 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from frip_engine.bench_cluster import distractors, pin_threads
-from frip_engine.demo import find_lfw_dev, lfw_split
+from frip_engine.decision import Decision
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import FripError, InputError
 from frip_engine.profile import Profile, build, save_profile
+from frip_eval.bench_he_report import markdown, plot_scale, plot_table_ii
+from frip_eval.bench_he_results import (
+    bulk_rate,
+    decision_totals,
+    ok_configs,
+    point_at,
+    stored_kb,
+    synthetic_checks,
+)
+from frip_eval.data import distractors, find_lfw_dev, lfw_split
+from frip_eval.evaluation import decision_scores
+from frip_eval.threads import pin_threads
 
 TABLE_SIZES = (100, 110, 120, 130, 140)
 SWEEP_SIZES = (100, 300, 1_000, 3_000, 10_000, 30_000, 100_000)
@@ -62,18 +73,6 @@ ROUND_ROBIN_MAX = 1_000  # ~12 ms per registrant per probe: larger N is not meas
 PAIR_STRIDE = 50  # registrant k*50+1 is a planted near-duplicate of registrant k*50
 PAIR_NOISE = 0.05  # norm of the twin's offset: cosine ~0.9988 between the two
 PROBE_NOISE = 0.2  # norm of a mated probe's offset from its registrant: cosine ~0.98
-
-# The paper's published Table II figures, as quoted in /work/shared/DESIGN.md (seconds ->
-# ms; Azure 2 vCPU; its RTT includes the network and feature extraction). DESIGN.md gives
-# probe encryption once (0.005 s) for every N and the RTT only at 120 registrants.
-PAPER_TABLE_II: dict[int, dict[str, float]] = {
-    100: {"probe_encryption": 5.0, "distance_derivation": 1612.0},
-    110: {"probe_encryption": 5.0},
-    120: {"probe_encryption": 5.0, "distance_derivation": 1962.0, "rtt": 3100.0},
-    130: {"probe_encryption": 5.0},
-    140: {"probe_encryption": 5.0, "distance_derivation": 2320.0},
-}
-PAPER_CIPHERTEXT_BYTES = 334_300  # per registrant, also from DESIGN.md
 
 
 @dataclass(frozen=True)
@@ -410,20 +409,21 @@ def _lfw(job: Job, console: Console) -> dict[str, Any]:
         limit = job.options.lfw_round_robin_probes if job.config.round_robin else None
         probes = job.lfw_probes[:limit]
         comparison = Comparison()
-        rank1 = []
+        mated: list[tuple[Decision, str]] = []
         with _bar(console) as bar:
             task = bar.add_task("lfw-dev probes", total=len(probes))
             for i, probe in enumerate(probes):
                 decision = engine.identify(embedding=probe)
                 plain = _plain(job.lfw_gallery, job.lfw_ids, probe, engine.threshold)
                 comparison.add(f"lfw-dev probe {i}", decision, plain)
-                if job.lfw_truth[i] is not None:
-                    rank1.append(decision.candidates[0].subject_id == job.lfw_truth[i])
+                truth = job.lfw_truth[i]
+                if truth is not None:
+                    mated.append((decision, truth))
                 bar.advance(task)
         return {
             "registrants": len(items),
             "probes": len(probes),
-            "rank1": float(np.mean(rank1)) if rank1 else None,
+            "rank1": decision_scores(mated, []).rank1 if mated else None,
             "decisions": comparison.to_dict(),
         }
     finally:
@@ -776,10 +776,6 @@ def _meta(
 
 
 # ------------------------------------------------------------------- derived figures
-def ok_configs(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return [c for c in results["configs"] if c.get("status") == "ok"]
-
-
 def _last(config: dict[str, Any]) -> dict[str, Any]:
     return dict(config["points"][-1])
 
@@ -845,10 +841,6 @@ def _fastest_packed(results: dict[str, Any]) -> dict[str, Any] | None:
 
 def _paper(results: dict[str, Any]) -> dict[str, Any] | None:
     return next((c for c in ok_configs(results) if c["label"] == PAPER_METHOD.label), None)
-
-
-def point_at(series: list[dict[str, Any]], n: int) -> dict[str, Any] | None:
-    return next((p for p in series if p["registrants"] == n), None)
 
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
@@ -1002,38 +994,6 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def bulk_rate(config: dict[str, Any]) -> tuple[float, int]:
-    """Registrants/s of the largest enrolment step, and the workers it ran with."""
-    step = max(config["enrolment"], key=lambda s: s["to"] - s["from"])
-    return float(step["per_second"]), int(step.get("workers", 1))
-
-
-def stored_kb(config: dict[str, Any]) -> float:
-    storage = config["storage"]
-    full = storage["stored_bytes_per_registrant_full_blocks"]
-    return float(full if full is not None else storage["stored_bytes_per_registrant"]) / 1000
-
-
-def synthetic_checks(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """A config's decision comparisons on synthetic galleries: every N and the workers run."""
-    checks = [p["decisions"] for p in config.get("points", [])]
-    if "workers_point" in config:
-        checks.append(config["workers_point"]["decisions"])
-    return checks
-
-
-def decision_totals(config: dict[str, Any]) -> tuple[int, int, int, int]:
-    """(synthetic equal, synthetic total, lfw-dev equal, lfw-dev total) for one config."""
-    checks = synthetic_checks(config)
-    lfw = config["lfw"]["decisions"]
-    return (
-        sum(c["equal"] for c in checks),
-        sum(c["total"] for c in checks),
-        lfw["equal"],
-        lfw["total"],
-    )
-
-
 def _decisions_target(results: dict[str, Any]) -> dict[str, Any]:
     equal = total = 0
     at_100k = False
@@ -1064,8 +1024,6 @@ def _save(results: dict[str, Any], options: Options, console: Console) -> None:
     options.docs.mkdir(parents=True, exist_ok=True)
     json_path = options.results / f"bench-he{suffix}.json"
     json_path.write_text(json.dumps(results, indent=2))
-    from frip_engine.bench_he_report import markdown, plot_scale, plot_table_ii
-
     plot = options.docs / f"bench-he{suffix}.png"
     bars = options.docs / f"bench-he-table2{suffix}.png"
     drawn = plot_scale(results, plot) and plot_table_ii(results, bars)
