@@ -136,21 +136,24 @@ def taken(slot: EngineSlot, pixels: np.ndarray) -> str:
     return "already enrolled in this engine"
 
 
-async def linkage_show(service: Service, request: Request) -> Response:
+async def consent(service: Service, request: Request) -> tuple[Context, str, dict[str, Any]]:
+    """The authorised request, the path's subject, and the caller's linkage consent for it
+    (UnknownSubjectError, 404, if it has none)."""
     ctx = await authorise(service, request)
     subject = existing_subject(request.path_params["subject_id"])
     found = service.consents.get(ctx.caller.vendor, subject)
     if found is None:
         raise UnknownSubjectError(f"no linkage for subject '{subject}'")
+    return ctx, subject, found
+
+
+async def linkage_show(service: Service, request: Request) -> Response:
+    _, _, found = await consent(service, request)
     return JSONResponse(found)
 
 
 async def linkage_revoke(service: Service, request: Request) -> Response:
-    ctx = await authorise(service, request)
-    subject = existing_subject(request.path_params["subject_id"])
-    found = service.consents.get(ctx.caller.vendor, subject)
-    if found is None:
-        raise UnknownSubjectError(f"no linkage for subject '{subject}'")
+    ctx, subject, found = await consent(service, request)
     service.consents.mark_revoking(ctx.caller.vendor, subject)
     slots: dict[str, EngineSlot] = {}
     gone: list[str] = []
