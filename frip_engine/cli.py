@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -34,6 +34,10 @@ from frip_engine.errors import (
     SubjectError,
 )
 from frip_engine.kinds import KINDS
+from frip_engine.probe import Probe, VendorTemplate, one_probe
+
+if TYPE_CHECKING:
+    from frip_engine.engine import Engine
 
 
 class _Commands(TyperGroup):
@@ -298,28 +302,31 @@ def enrol_command(
 
 # ---------------------------------------------------------------------------- matching
 def _probe_args(
-    engine: Any,
+    engine: Engine,
     image: Path | None,
     embedding: Path | None,
     template: Path | None,
     adapter: str | None,
-) -> dict[str, Any]:
+) -> Probe:
+    """The probe the command line names: IMAGE, --embedding FILE or --template FILE (with
+    --adapter NAME). Raises ProbeError, InputError or MissingFileError (exit 3)."""
     from frip_engine.embeddings import read_embedding_file
 
-    given = sum(x is not None for x in (image, embedding, template))
-    if given != 1:
-        raise InputError("give exactly one probe: IMAGE, --embedding FILE or --template FILE")
+    one_probe(
+        [image is not None, embedding is not None, template is not None],
+        ("IMAGE", "--embedding FILE", "--template FILE"),
+    )
     if image is not None:
-        return {"image": image}
+        return Probe(image=image)
     if embedding is not None:
-        return {"embedding": read_embedding_file(embedding, engine.parts.extractor.dimension)}
+        dimension = engine.parts.extractor.dimension
+        return Probe(embedding=read_embedding_file(embedding, dimension))
+    assert template is not None
     if adapter is None:
         raise InputError("--template needs --adapter NAME (see frip plugins)")
-    assert template is not None
     if not template.is_file():
         raise MissingFileError(f"template file {template} does not exist")
-    decoded = plugins.create("adapter", adapter).decode(template.read_bytes())
-    return {"embedding": decoded}
+    return Probe(template=VendorTemplate(adapter, template.read_bytes()))
 
 
 def _show_decision(decision: Any, as_json: bool, one_to_one: bool = False) -> None:
@@ -386,9 +393,7 @@ def identify_command(
         fan_out = int(probe_clusters)
     with Engine.open(engine_name, home) as engine:
         probe = _probe_args(engine, image, embedding, template, adapter)
-        decision = engine.identify(
-            top_k=top_k, threshold=threshold, probe_clusters=fan_out, **probe
-        )
+        decision = engine.identify(probe, top_k=top_k, threshold=threshold, probe_clusters=fan_out)
     _show_decision(decision, as_json)
 
 
@@ -409,7 +414,7 @@ def verify_command(
 
     with Engine.open(engine_name, home) as engine:
         probe = _probe_args(engine, image, embedding, template, adapter)
-        decision = engine.verify(subject, threshold=threshold, **probe)
+        decision = engine.verify(subject, probe, threshold=threshold)
     _show_decision(decision, as_json, one_to_one=True)
 
 

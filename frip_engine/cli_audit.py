@@ -2,7 +2,7 @@
 
 Where FRIP_HOME holds an audit log (``audit.sqlite``: the linkage service has run there),
 the CLI brackets each change it makes to an engine as the service does
-(:func:`frip_engine.service.app.audited`): an ``<action>_intent`` row per subject before
+(:func:`frip_engine.service.requests.audited`): an ``<action>_intent`` row per subject before
 the engine commits and the outcome row after, so a subject enrolled or erased from the
 command line is on record too, and a crash in between is settled when the service next
 opens the engine (:meth:`frip_engine.service.audit.AuditLog.reconcile`). Key rotations

@@ -41,6 +41,7 @@ from frip_engine.keyservice import KeyService, he_key_id, he_key_version, wipe
 from frip_engine.parallel import ParallelScorer, WorkerSetup, context_fingerprint, result
 from frip_engine.pemiu import PemiuTemplate, stored_vector
 from frip_engine.private import private_dir
+from frip_engine.probe import ImageSource, Probe
 from frip_engine.profile import (
     Components,
     Profile,
@@ -224,7 +225,7 @@ class Engine:
         return default_threshold(self.profile, self.parts)[0]
 
     # ----------------------------------------------------------------- embeddings
-    def embed_image(self, source: Path | bytes | np.ndarray) -> tuple[np.ndarray, list[str]]:
+    def embed_image(self, source: ImageSource) -> tuple[np.ndarray, list[str]]:
         """Extract and normalise the embedding of the face in one image (a file, its bytes,
         or pixels already decoded by ``load_image``)."""
         extraction = self.parts.extractor.extract(load_image(source))
@@ -464,20 +465,21 @@ class Engine:
         return self._slot_map[1]
 
     def _probe(
-        self, watch: Stopwatch, image: Path | bytes | np.ndarray | None, embedding: object | None
+        self, watch: Stopwatch, probe: Probe
     ) -> tuple[np.ndarray | PemiuTemplate, list[str]]:
-        if (image is None) == (embedding is None):
-            raise SubjectError("give exactly one probe: an image or an embedding")
+        """The probe's unit embedding, prepared by the protection, and the notes on its image."""
         with watch.stage("feature_extraction"):
-            if image is not None:
-                vector, notes = self.embed_image(image)
+            if probe.image is not None:
+                vector, notes = self.embed_image(probe.image)
             else:
-                vector, notes = self.check_embedding(embedding, "probe embedding"), []
+                vector, notes = self.check_embedding(probe.vector(), "probe embedding"), []
             return self.parts.protection.protect_probe(vector), notes
 
     def identify(
         self,
-        image: Path | bytes | np.ndarray | None = None,
+        probe: Probe | ImageSource | None = None,
+        *,
+        image: ImageSource | None = None,
         embedding: object | None = None,
         top_k: int = 1,
         threshold: float | None = None,
@@ -485,15 +487,18 @@ class Engine:
     ) -> Decision:
         """1:N search: the best ``top_k`` registrants and whether the best passes the threshold.
 
-        A routed clusterer searches the ``probe_clusters`` nearest partitions (default: the
-        profile's; "all": every one, identical to exhaustive search).
+        The probe is a :class:`~frip_engine.probe.Probe` or an image (a path, str, bytes or
+        pixels) as the first argument, or ``image=`` or ``embedding=`` (exactly one; else
+        ProbeError). A routed clusterer searches the ``probe_clusters`` nearest partitions
+        (default: the profile's; "all": every one, identical to exhaustive search).
         """
         check_top_k(top_k)
         if threshold is not None:
             check_threshold(threshold)
         fan_out = self._fan_out(probe_clusters)
+        given = Probe.of(probe, image, embedding)
         watch = Stopwatch()
-        probe, notes = self._probe(watch, image, embedding)
+        prepared, notes = self._probe(watch, given)
         with self.gallery_store.snapshot():  # slot map and blocks from one consistent state
             self._follow_keys()
             every = self.gallery_store.blocks()
@@ -501,12 +506,12 @@ class Engine:
             blocks = [b for b in every if occupants.get(b.block_id)]
             current = self.gallery_store.read_routing() if self.parts.clusterer.routed else None
             if current is not None and fan_out is not None:
-                assert isinstance(probe, np.ndarray)  # build refuses routing with pe-miu
+                assert isinstance(prepared, np.ndarray)  # build refuses routing with pe-miu
                 with watch.stage("routing"):
-                    routed = set(self.key_service.route(current[1], probe, fan_out))
+                    routed = set(self.key_service.route(current[1], prepared, fan_out))
                 blocks = [b for b in blocks if b.partition in routed]
             loaded = self._load_blocks(watch, blocks)
-        return self._decide(watch, probe, loaded, occupants, top_k, threshold, notes)
+        return self._decide(watch, prepared, loaded, occupants, top_k, threshold, notes)
 
     def _fan_out(self, probe_clusters: int | str | None) -> int | None:
         if probe_clusters is None:
@@ -524,17 +529,20 @@ class Engine:
     def verify(
         self,
         subject_id: str,
-        image: Path | bytes | np.ndarray | None = None,
+        probe: Probe | ImageSource | None = None,
+        *,
+        image: ImageSource | None = None,
         embedding: object | None = None,
         threshold: float | None = None,
     ) -> Decision:
-        """1:1: is the probe the named subject? Raises UnknownSubjectError (not found) if
-        it is not enrolled."""
+        """1:1: is the probe (given as to :meth:`identify`) the named subject? Raises
+        UnknownSubjectError (not found) if it is not enrolled."""
         check_subject_id(subject_id)
         if threshold is not None:
             check_threshold(threshold)
+        given = Probe.of(probe, image, embedding)
         watch = Stopwatch()
-        probe, notes = self._probe(watch, image, embedding)
+        prepared, notes = self._probe(watch, given)
         with self.gallery_store.snapshot():
             self._follow_keys()
             record = self.gallery_store.subject(subject_id)
@@ -545,7 +553,7 @@ class Engine:
             block = next(b for b in self.gallery_store.blocks() if b.block_id == record.block_id)
             loaded = self._load_blocks(watch, [block])
         occupants = {record.block_id: {record.slot: subject_id}}
-        return self._decide(watch, probe, loaded, occupants, 1, threshold, notes)
+        return self._decide(watch, prepared, loaded, occupants, 1, threshold, notes)
 
     def _load_blocks(
         self, watch: Stopwatch, infos: Sequence[BlockInfo]

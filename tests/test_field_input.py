@@ -249,7 +249,7 @@ def test_printable_subject_ids_are_accepted(plain: Engine) -> None:
 
 def test_the_service_checks_subject_ids_with_the_core_rule() -> None:
     pytest.importorskip("starlette", reason="the service needs the [serve] extra")
-    from frip_engine.service.app import check_subject
+    from frip_engine.service.requests import check_subject
     from frip_engine.validate import check_subject_id
 
     for subject in BAD_IDS:
@@ -309,7 +309,7 @@ def test_exit_codes_follow_the_readme(home: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_subject_is_not_found_for_the_api_and_keeps_its_http_code(plain: Engine) -> None:
-    from frip_engine.errors import http_error
+    from frip_engine.service.errors import http_error
 
     with pytest.raises(UnknownSubjectError) as caught:
         plain.remove("nobody")

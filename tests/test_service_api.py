@@ -19,10 +19,11 @@ from conftest import near, unit_vectors
 from frip_adapter_acme import AcmeV1Adapter
 
 from frip_engine.engine import Engine, EnrolItem
-from frip_engine.errors import HTTP_ERRORS, CorruptionError, InputError, StoreError
+from frip_engine.errors import CorruptionError, InputError, StoreError
 from frip_engine.service.app import ROUTES, ServiceConfig, create_app
 from frip_engine.service.audit import AuditLog, Event
 from frip_engine.service.db import Database
+from frip_engine.service.errors import HTTP_ERRORS
 from frip_engine.service.vendors import Vendors
 
 starlette_testclient = pytest.importorskip("starlette.testclient")
@@ -559,7 +560,7 @@ def test_intents_a_crash_left_open_are_settled_when_the_engine_opens(
 def test_an_unexpected_error_is_a_bare_500_with_its_traceback_in_the_log(
     make_engine: Any, home: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
-    from frip_engine.service import app
+    from frip_engine.service.routes import engines as app
 
     plain(make_engine, "doors")
     key = Vendors(Database(home / "service.sqlite")).create("acme", ["doors"])

@@ -17,9 +17,10 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from frip_engine.errors import BackendError, KeyStoreError, RequestError
+from frip_engine.errors import BackendError, KeyStoreError
 from frip_engine.keyservice import wipe
 from frip_engine.service.db import Database
+from frip_engine.service.errors import RequestError
 
 if TYPE_CHECKING:
     from frip_engine.engine import Engine

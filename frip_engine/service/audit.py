@@ -177,3 +177,8 @@ class AuditLog:
 
     def close(self) -> None:
         self.db.close()
+
+
+def suppressed(row: Event, count: int) -> Event:
+    """A refused attempt's row noting how many before it went unwritten (over budget)."""
+    return replace(row, outcome={**(row.outcome or {}), "suppressed": count})

@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from frip_engine.errors import Base64Error, ImageError
+from frip_engine.errors import ImageError
+from frip_engine.service.errors import Base64Error
 
 # Peak bytes per pixel while load_image decodes and converts an image to 8-bit BGR: Pillow's
 # own buffer, the array copy, and for deep (16/32-bit) modes the float64 rescaling.

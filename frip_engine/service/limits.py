@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
-from frip_engine.errors import PayloadTooLargeError, RateLimitError
+from frip_engine.service.errors import PayloadTooLargeError, RateLimitError
 
 Row = TypeVar("Row")
 

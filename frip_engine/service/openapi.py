@@ -1,19 +1,21 @@
 """The service's OpenAPI 3.1 description, served at /openapi.json.
 
-Written by hand next to the route table it describes (``app.ROUTES``); a test checks the
-two agree, and the error codes are taken from ``errors.HTTP_ERRORS`` so they cannot drift.
+Written by hand beside the route table it describes (``app.ROUTES``, passed in: this
+module imports no handler); a test checks the two agree, and the error codes are taken
+from ``service.errors.HTTP_ERRORS`` so they cannot drift.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from frip_engine import __version__
-from frip_engine.errors import HTTP_ERRORS
 from frip_engine.profile import NAME_PATTERN
 from frip_engine.service.attributes import MAX_ATTRIBUTES, MAX_TEXT
 from frip_engine.service.attributes import NAME as ATTRIBUTE_NAME
+from frip_engine.service.errors import HTTP_ERRORS
 from frip_engine.service.limits import (
     BASE64_PATTERN,
     MAX_DIMENSION,
@@ -26,7 +28,7 @@ from frip_engine.service.replay import ID_PATTERN
 from frip_engine.validate import MAX_SUBJECT_CHARS
 
 if TYPE_CHECKING:
-    from frip_engine.service.app import ServiceConfig
+    from frip_engine.service.state import Route, ServiceConfig
 
 OTHER_CODES = (
     "route_not_found",
@@ -315,15 +317,14 @@ def _bodies(config: ServiceConfig) -> dict[str, dict[str, Any]]:
     return {**BODIES, "enrol": enrol}
 
 
-def describe(config: ServiceConfig) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of a service running with ``config``."""
-    from frip_engine.service.app import ROUTES
-
+def describe(config: ServiceConfig, routes: Sequence[Route]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of a service running with ``config`` and the route table
+    ``routes`` ((path, handler, method) rows; each handler's name is its operation)."""
     codes = sorted({code for _, code in HTTP_ERRORS.values()} | set(OTHER_CODES))
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     bodies = _bodies(config)
     paths: dict[str, dict[str, Any]] = {}
-    for path, handler, method in ROUTES:
+    for path, handler, method in routes:
         name = handler.__name__
         success = "201" if name in ("enrol", "linkage_create") else "200"
         content = (

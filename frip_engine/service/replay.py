@@ -16,8 +16,8 @@ import re
 import sqlite3
 import time
 
-from frip_engine.errors import ReplayError, RequestIdError
 from frip_engine.service.db import Database
+from frip_engine.service.errors import ReplayError, RequestIdError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nonces (

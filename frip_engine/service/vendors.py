@@ -21,15 +21,9 @@ import secrets
 import sqlite3
 from dataclasses import dataclass
 
-from frip_engine.errors import (
-    DuplicateSubjectError,
-    InputError,
-    InvalidKeyError,
-    MissingKeyError,
-    NotFoundError,
-    RevokedKeyError,
-)
+from frip_engine.errors import DuplicateSubjectError, InputError, NotFoundError
 from frip_engine.service.db import Database, now_iso
+from frip_engine.service.errors import InvalidKeyError, MissingKeyError, RevokedKeyError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vendors (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);

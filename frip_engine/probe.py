@@ -1,0 +1,95 @@
+"""A probe: the one face identify and verify compare with the gallery.
+
+A probe is exactly one of an image (a file path, its bytes, or decoded pixels), an
+embedding (a vector from the engine's extractor), or a vendor template (bytes in a vendor's
+format and the name of the adapter that decodes them). The CLI, the service and the
+engine all build a :class:`Probe`, so each rule about probes lives here: exactly one
+kind is given (:func:`one_probe`), and a vendor template becomes an embedding through its
+adapter (:meth:`VendorTemplate.decode`). The embedding itself, given or decoded, is checked
+where every vector enters the engine: :func:`frip_engine.embeddings.normalise` (a 1-d
+real floating-point vector of the engine's dimension, finite, not all zeros).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from frip_engine.errors import ProbeError
+
+# An image: a file path, the file's bytes, or pixels already decoded by ``load_image``.
+ImageSource = Path | str | bytes | np.ndarray
+KINDS: tuple[str, str, str] = ("an image", "an embedding", "a vendor template")
+
+
+def one_probe(given: Sequence[bool], names: Sequence[str] = KINDS) -> int:
+    """The index of the one probe kind given, in the order image, embedding, template.
+
+    ``given``: whether each kind was given; ``names``: how the caller spells each kind
+    (CLI options, JSON fields) for the message. Raises ProbeError unless exactly one was.
+    """
+    if sum(given) != 1:
+        spelled = ", ".join(names[:-1]) + f" or {names[-1]}"
+        raise ProbeError(f"give exactly one probe: {spelled}")
+    return list(given).index(True)
+
+
+@dataclass(frozen=True)
+class VendorTemplate:
+    """A template in a vendor's format: the bytes a vendor's device sent, and the name of
+    the adapter plugin (``frip plugins``) that decodes them."""
+
+    adapter: str
+    data: bytes = field(repr=False)
+
+    def decode(self) -> np.ndarray:
+        """The embedding the adapter decodes, float (d,), not yet normalised.
+
+        Raises PluginError for an unknown adapter and the adapter's own InputError
+        (typically EmbeddingError) for a damaged or foreign template."""
+        from frip_engine import plugins
+
+        return np.asarray(plugins.create("adapter", self.adapter).decode(self.data))
+
+
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value: compared by identity
+class Probe:
+    """Exactly one of ``image``, ``embedding`` or ``template`` (ProbeError otherwise).
+
+    ``embedding`` is any 1-d array or list of real numbers; the engine checks and
+    normalises it against its extractor's dimension."""
+
+    image: ImageSource | None = None
+    embedding: object | None = field(default=None, repr=False)
+    template: VendorTemplate | None = None
+
+    def __post_init__(self) -> None:
+        one_probe([self.image is not None, self.embedding is not None, self.template is not None])
+
+    @classmethod
+    def of(
+        cls,
+        probe: Probe | ImageSource | None = None,
+        image: ImageSource | None = None,
+        embedding: object | None = None,
+    ) -> Probe:
+        """The probe that ``Engine.identify`` and ``Engine.verify`` were given: a Probe, or
+        an image as the first argument (a path, str, bytes or pixels), or ``image=`` or
+        ``embedding=``. Raises ProbeError unless that is exactly one probe."""
+        if isinstance(probe, Probe):
+            if image is not None or embedding is not None:
+                raise ProbeError("give exactly one probe: a Probe, or an image or an embedding")
+            return probe
+        if probe is not None and image is not None:
+            raise ProbeError("give the probe image once: as the first argument or as image=")
+        return cls(image=image if probe is None else probe, embedding=embedding)
+
+    def vector(self) -> object:
+        """The embedding this probe carries, a vendor template decoded by its adapter; None
+        for an image (the engine's extractor makes its embedding)."""
+        if self.template is not None:
+            return self.template.decode()
+        return self.embedding

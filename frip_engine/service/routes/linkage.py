@@ -1,0 +1,196 @@
+"""Opt-in linkage: enrol one consenting registrant's image into several vendors' engines
+(each with its own extractor), show that consent, and revoke it (erase everywhere).
+
+A key may link into engines whose owners granted it linkage, and never reads them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from frip_engine import plugins
+from frip_engine.errors import (
+    DuplicateSubjectError,
+    FripError,
+    NotFoundError,
+    StoreError,
+    UnknownSubjectError,
+)
+from frip_engine.service.errors import ForbiddenError, LinkageError, RequestError
+from frip_engine.service.pool import EngineSlot
+from frip_engine.service.requests import (
+    allow_only,
+    audited,
+    authorise,
+    event,
+    existing_subject,
+    read_json,
+    shown,
+    subject_field,
+)
+from frip_engine.service.state import Context, Service
+
+if TYPE_CHECKING:
+    from frip_engine.engine import Engine
+
+
+async def linkage_create(service: Service, request: Request) -> Response:
+    from frip_engine.engine import list_engines
+
+    ctx = await authorise(service, request)
+    body = await read_json(service, request, ctx)
+    allow_only(body, {"subject_id", "image", "engines"})
+    subject = subject_field(body)
+    linkable = ctx.caller.engines | ctx.caller.linkable
+    names = body.get("engines", sorted(linkable & set(list_engines(service.config.home))))
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise RequestError("'engines' must be a non-empty list of engine names")
+    if len(set(names)) != len(names):
+        raise RequestError("'engines' lists an engine twice")
+    for name in names:
+        if name not in linkable:
+            raise ForbiddenError(f"this API key has no linkage rights to engine {shown(name)}")
+    pixels = await service.decoder.decode(body.get("image"), "image")
+    if service.consents.get(ctx.caller.vendor, subject) is not None:
+        raise DuplicateSubjectError(f"subject '{subject}' already has a linkage")
+    slots = {name: await service.engines().get(name) for name in names}
+    adapters = {
+        name: plugins.create("adapter", adapter)
+        for name in names
+        if (adapter := service.vendors.adapter_of(name)) is not None
+    }
+    result = await run_in_threadpool(link, service, ctx, subject, pixels, slots, adapters)
+    return JSONResponse(result, 201)
+
+
+def link(
+    service: Service,
+    ctx: Context,
+    subject: str,
+    pixels: np.ndarray,
+    slots: dict[str, EngineSlot],
+    adapters: dict[str, Any],
+) -> dict[str, Any]:
+    """Record the consent, enrol everywhere, settle and audit each engine (worker thread)."""
+    from frip_engine.linkage import enrol_everywhere
+
+    vendor = ctx.caller.vendor
+    present = {
+        name: slot.call(partial(slot.engine.gallery_store.subject, subject)) is not None
+        for name, slot in slots.items()
+    }
+    ids = {name: slot.engine.profile.engine_id for name, slot in slots.items()}
+    refused = {n: (ids[n], taken(slots[n], pixels)) for n, p in present.items() if p}
+    pending = {n: ids[n] for n, p in present.items() if not p}
+    service.consents.open(vendor, subject, ctx.request_id, pending, refused)
+    intents = {
+        n: service.audit.intend(event(ctx, "linkage_enrol", n, subject), engine_id)
+        for n, engine_id in pending.items()
+    }
+    failed = {name: why for name, (_, why) in refused.items()}
+    enrolled: dict[str, str] = {}
+    if pending:
+        result = enrol_everywhere(
+            [slots[n].engine for n in pending],
+            subject,
+            pixels,
+            adapters=adapters,
+            call=lambda engine, work: slots[engine.name].call(work),
+        )
+        enrolled, failed = result.enrolled, {**failed, **result.failed}
+    for name in slots:
+        state = "enrolled" if name in enrolled else "failed"
+        detail = enrolled.get(name) or failed.get(name, "")
+        if name in pending:
+            service.consents.settle(vendor, subject, name, state, detail)
+        outcome = {"state": state, "extractor": enrolled[name]} if state == "enrolled" else {}
+        outcome = outcome or {"state": state, "reason": detail}
+        done = event(ctx, "linkage_enrol", name, subject, **outcome)
+        if name in intents:
+            service.audit.settle(intents[name], done)
+        else:
+            service.audit.append(done)
+    if not enrolled:
+        service.consents.delete(vendor, subject)
+        raise LinkageError(f"'{subject}' was enrolled nowhere: {json.dumps(failed)}")
+    return {"subject_id": subject, "enrolled": enrolled, "failed": failed}
+
+
+def taken(slot: EngineSlot, pixels: np.ndarray) -> str:
+    """Why linkage does not enrol into an engine already holding the subject id, worded as
+    it would be for an absent id where the image fails too: the linker may not read that
+    engine, so a face-less or unusable image must not tell it who is enrolled there."""
+    extractor = slot.engine.parts.extractor
+    try:
+        found = slot.call(partial(extractor.extract, pixels))
+    except FripError as exc:
+        return f"{extractor.name}: {exc}"
+    np.asarray(found.embedding).fill(0.0)
+    return "already enrolled in this engine"
+
+
+async def consent(service: Service, request: Request) -> tuple[Context, str, dict[str, Any]]:
+    """The authorised request, the path's subject, and the caller's linkage consent for it
+    (UnknownSubjectError, 404, if it has none)."""
+    ctx = await authorise(service, request)
+    subject = existing_subject(request.path_params["subject_id"])
+    found = service.consents.get(ctx.caller.vendor, subject)
+    if found is None:
+        raise UnknownSubjectError(f"no linkage for subject '{subject}'")
+    return ctx, subject, found
+
+
+async def linkage_show(service: Service, request: Request) -> Response:
+    _, _, found = await consent(service, request)
+    return JSONResponse(found)
+
+
+async def linkage_revoke(service: Service, request: Request) -> Response:
+    ctx, subject, found = await consent(service, request)
+    service.consents.mark_revoking(ctx.caller.vendor, subject)
+    slots: dict[str, EngineSlot] = {}
+    gone: list[str] = []
+    for name, row in found["engines"].items():
+        if row["state"] == "failed":
+            continue  # never enrolled there
+        try:
+            slots[name] = await service.engines().get(name)
+        except NotFoundError:
+            gone.append(name)  # the engine itself was deleted: nothing left to erase
+    result = await run_in_threadpool(unlink, service, ctx, subject, slots)
+    return JSONResponse({**result, "absent": sorted(result["absent"] + gone)})
+
+
+def unlink(
+    service: Service, ctx: Context, subject: str, slots: dict[str, EngineSlot]
+) -> dict[str, Any]:
+    """Erase the subject from every linked engine; drop the consent once all succeeded."""
+    from frip_engine.linkage import remove_everywhere
+
+    def call(engine: Engine, work: Callable[[], Any]) -> Any:
+        def erase_and_drop() -> Any:
+            if not service.consents.holds(ctx.caller.vendor, subject, engine.name):
+                # its owner removed it meanwhile: that id is no longer this consent's
+                detached = event(ctx, "linkage_revoke", engine.name, subject, state="detached")
+                service.audit.append(detached)
+                return False
+            with audited(service, ctx, "linkage_revoke", engine, subject) as outcome:
+                erased = work()
+                outcome["state"] = "removed" if erased else "absent"
+            service.attributes.drop(engine, subject)
+            return erased
+
+        return slots[engine.name].call(erase_and_drop)
+
+    result = remove_everywhere([s.engine for s in slots.values()], subject, call=call)
+    if result.failed:  # each failure is in the audit log (state "failed", with its code)
+        raise StoreError(f"revocation incomplete, ask again: {json.dumps(result.failed)}")
+    service.consents.delete(ctx.caller.vendor, subject)
+    return {"subject_id": subject, "removed": result.removed, "absent": result.absent}
