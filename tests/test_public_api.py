@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,30 @@ def test_enrol_by_path_and_item_and_the_with_block_closes_everything(
     with pytest.raises(RuntimeError), open_engine("faces") as engine:
         assert engine.subjects() == ["adam"]
         raise RuntimeError("a failure inside the block")
+    assert _open_files_under(home) == []
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_leaving_the_with_block_stops_the_worker_processes(home: Path) -> None:
+    vector = unit_vectors(1, seed=5)[0]
+    with open_engine("w", create=True, key_store="memory", workers=2) as engine:
+        engine.enrol("a", embeddings=[vector])
+        assert engine.identify(embedding=vector).subject_id == "a"
+        assert engine._scorer is not None  # the workers scored
+        workers = [pid for pool in engine._scorer._pools for pid in pool._processes]  # type: ignore[union-attr]
+        assert workers and all(map(_running, workers))  # started on first use
+    deadline = time.monotonic() + 10
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, workers))
     assert _open_files_under(home) == []
 
 
