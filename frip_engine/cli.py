@@ -25,12 +25,12 @@ from frip_engine.cli_output import (
     styled,
 )
 from frip_engine.cli_serve import add_serve_commands
+from frip_engine.cli_subjects import add_subject_commands, template_embeddings
 from frip_engine.errors import (
     FripError,
     InputError,
     KeyStoreError,
     MissingFileError,
-    ProfileError,
     SubjectError,
 )
 from frip_engine.kinds import KINDS
@@ -66,6 +66,7 @@ keys_app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 add_serve_commands(app)  # frip serve, frip vendors, frip audit
+add_subject_commands(app)  # frip subjects, frip embed
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 HomeOpt = Annotated[
@@ -162,27 +163,20 @@ def engine_create(
     home: HomeOpt = None,
 ) -> None:
     """Create an engine: validate the profile, generate HE keys, make an empty gallery."""
+    from frip_engine.api import requested_profile
     from frip_engine.engine import Engine
-    from frip_engine.profile import Profile, check_name, read_profile_file
-    from frip_engine.validate import check_threshold
+    from frip_engine.profile import Profile, check_name
 
     check_name(name)
-    if threshold is not None:
-        check_threshold(threshold)
-    data: dict[str, Any] = {}
-    if profile is not None:
-        data = read_profile_file(profile)
-        if not isinstance(data.setdefault("engine", {}), dict):
-            raise ProfileError(f"{profile}: [engine] must be a table")
-        data["engine"].pop("id", None)  # a new engine gets a new id
-    data.setdefault("engine", {})["name"] = name
-    for section, value in (("extractor", extractor), ("he", he), ("key_store", key_store)):
-        if value:
-            data.setdefault(section, {})["plugin"] = value
+    he_table = {"plugin": he} if he else {}
     if preset:
-        data.setdefault("he", {})["preset"] = preset
-    if threshold is not None:
-        data["engine"]["threshold"] = threshold
+        he_table["preset"] = preset
+    sections = {
+        "extractor": extractor or None,
+        "he": he_table or None,
+        "key_store": key_store or None,
+    }
+    data = requested_profile(name, profile, sections, threshold=threshold)
     source = f"{profile} (with the command line's options)" if profile else "command line"
     engine = Engine.create(Profile.from_dict(data, source), home)
     with engine:
@@ -227,13 +221,20 @@ def engine_show(name: str, as_json: JsonOpt = False, home: HomeOpt = None) -> No
 @app.command("enrol")
 def enrol_command(
     engine_name: Annotated[str, typer.Argument(metavar="ENGINE")],
+    subject_id: Annotated[
+        str | None, typer.Argument(metavar="[SUBJECT]", help="Subject id (or --subject).")
+    ] = None,
     subject: Annotated[
-        str | None, typer.Option(help="Subject id (with --image/--embedding).")
+        str | None, typer.Option(help="Subject id (with --image/--embedding/--template).")
     ] = None,
     image: Annotated[
         list[Path] | None, typer.Option(help="Image of the subject (repeatable).")
     ] = None,
     embedding: Annotated[Path | None, typer.Option(help="Embedding file (.npy/.json).")] = None,
+    template: Annotated[
+        list[str] | None,
+        typer.Option(help="Vendor template ADAPTER:FILE, decoded by that adapter (repeatable)."),
+    ] = None,
     folder: Annotated[Path | None, typer.Option(help="Folder of <identity>/<images>.")] = None,
     index: Annotated[Path | None, typer.Option(help="CSV with path,identity columns.")] = None,
     images_per_subject: Annotated[
@@ -245,6 +246,8 @@ def enrol_command(
 ) -> None:
     """Enrol one subject, a folder or an index CSV (one template per subject).
 
+    One subject: ``frip enrol ENGINE SUBJECT`` with images, an embedding file and/or
+    vendor templates (``--template acme-v1:alice.acmt``, decoded by that adapter plugin).
     One subject that fails is one error line (3 for a missing image, else 2); a folder or
     an index enrols every subject it can and exits 2 when any failed, each listed on
     stderr."""
@@ -252,16 +255,20 @@ def enrol_command(
     from frip_engine.embeddings import read_embedding_file
     from frip_engine.engine import Engine, EnrolItem
 
+    if subject_id is not None:
+        if subject is not None:
+            raise InputError("give the subject id once: SUBJECT or --subject")
+        subject = subject_id
     sources = sum(x is not None for x in (subject, folder, index))
     if sources != 1:
-        raise InputError("give exactly one of --subject, --folder or --index")
+        raise InputError("give exactly one of SUBJECT (--subject), --folder or --index")
     if images_per_subject is not None and images_per_subject < 1:
         raise InputError(f"--images-per-subject {images_per_subject} must be at least 1")
     with Engine.open(engine_name, home) as engine:
         items: list[EnrolItem]
         if subject is not None:
-            if not image and embedding is None:
-                raise InputError("--subject needs --image and/or --embedding")
+            if not image and embedding is None and not template:
+                raise InputError("a subject needs --image, --embedding and/or --template")
             for path in image or []:
                 if not path.is_file():
                     raise MissingFileError(f"image {path} does not exist")
@@ -270,8 +277,11 @@ def enrol_command(
                 if embedding
                 else []
             )
+            vectors += template_embeddings(template or [])
             items = [EnrolItem(subject, images=list(image or []), embeddings=vectors)]
         else:
+            if image or embedding is not None or template:
+                raise InputError("--image, --embedding and --template go with one SUBJECT")
             found = folder_identities(folder) if folder else csv_identities(index)  # type: ignore[arg-type]
             items = [EnrolItem(k, images=list(v[:images_per_subject])) for k, v in found.items()]
         if skip_existing:

@@ -22,7 +22,7 @@ import numpy as np
 
 from frip_engine import plugins
 from frip_engine.calibration import engine_threshold, lookup
-from frip_engine.contracts import BlockInfo, NewSubject
+from frip_engine.contracts import BlockInfo, NewSubject, SubjectRecord
 from frip_engine.decision import Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
 from frip_engine.errors import (
@@ -30,6 +30,7 @@ from frip_engine.errors import (
     FripError,
     InputError,
     KeyStoreError,
+    MissingFileError,
     NotFoundError,
     ProfileError,
     StoreError,
@@ -179,6 +180,15 @@ class Engine:
             raise NotFoundError(f"engine '{name}' does not exist (engines: {known})")
         profile = load_profile(directory / PROFILE_FILE)
         parts = build(profile)
+        try:
+            return cls._checked(name, profile, directory, parts)
+        except BaseException:
+            parts.gallery_store.close()  # a refused engine leaves no connection open
+            raise
+
+    @classmethod
+    def _checked(cls, name: str, profile: Profile, directory: Path, parts: Components) -> Engine:
+        """The engine, once its gallery is found to be the one its profile describes."""
         parts.key_store.bind(str(directory))
         parts.gallery_store.bind(str(directory))
         meta = parts.gallery_store.meta()
@@ -202,6 +212,8 @@ class Engine:
         return cls(profile, directory, parts)
 
     def close(self) -> None:
+        """Stop the worker processes, close the gallery store and drop the loaded blocks;
+        closing twice is harmless. ``with`` an engine closes it on leaving the block."""
         if self._scorer is not None:
             self._scorer.close()
             self._scorer = None
@@ -240,7 +252,33 @@ class Engine:
         return normalise(vector, self.parts.extractor.dimension, what)
 
     # ----------------------------------------------------------------- enrolment
-    def enrol(self, item: EnrolItem) -> EnrolReport:
+    def enrol(
+        self,
+        subject: EnrolItem | str,
+        *images: str | Path | bytes,
+        embeddings: Sequence[np.ndarray] = (),
+    ) -> EnrolReport:
+        """Enrol one subject: ``enrol("alice", "a.jpg", "b.jpg")`` (image paths or bytes,
+        and/or ``embeddings=[vector, ...]``), or ``enrol(EnrolItem(...))``.
+
+        The subject's images and embeddings become one template (their mean). Returns the
+        report (notes on the images); raises the subject's own error when it is not
+        enrolled: MissingFileError for an image path that does not exist,
+        DuplicateSubjectError, NotOnePersonError, SubjectError (no usable image), ...
+        """
+        if isinstance(subject, EnrolItem):
+            if images or embeddings:
+                raise InputError("give images and embeddings inside the EnrolItem, not beside it")
+            item = subject
+        else:
+            for image in images:
+                if not isinstance(image, bytes) and not Path(image).is_file():
+                    raise MissingFileError(f"image {image} does not exist")
+            item = EnrolItem(
+                subject,
+                images=[image if isinstance(image, bytes) else Path(image) for image in images],
+                embeddings=list(embeddings),
+            )
         report = self.enrol_many([item])
         if item.subject_id in report.errors:
             raise report.errors[item.subject_id]
@@ -628,6 +666,17 @@ class Engine:
         )
         _emit("frip_identified", engine=self.name, decision=decision)
         return decision
+
+    # ----------------------------------------------------------------- subjects
+    def subjects(self) -> list[str]:
+        """The ids of every enrolled subject, sorted."""
+        return [record.subject_id for record in self.subject_records()]
+
+    def subject_records(self) -> list[SubjectRecord]:
+        """The gallery's record of each enrolled subject, sorted by id: ``subject_id``,
+        ``enrolled_at`` (ISO 8601, UTC), ``images`` (how many images or embeddings made its
+        template), ``block_id`` and ``slot``. Nothing biometric."""
+        return sorted(self.store.subjects(), key=lambda record: record.subject_id)
 
     # ----------------------------------------------------------------- removal and stats
     def remove(self, subject_id: str) -> None:

@@ -1,0 +1,197 @@
+"""The short public API: ``import frip_engine``, ``open_engine``, enrol by path, subjects,
+engines as context managers, and the README's Python example run twice on real faces."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import LFW_DEV, PASSPHRASE, REPO, unit_vectors
+
+import frip_engine
+from frip_engine import EnrolItem, open_engine
+from frip_engine.errors import (
+    DuplicateSubjectError,
+    InputError,
+    MissingFileError,
+    NotFoundError,
+    ProfileError,
+)
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    """This process's open file descriptors on files inside ``folder``."""
+    fds = Path("/proc/self/fd")
+    found = []
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            found.append(target)
+    return found
+
+
+def test_import_loads_no_engine_and_names_everything_a_user_needs() -> None:
+    code = (
+        "import sys, frip_engine;"
+        "loaded = [m for m in ('frip_engine.engine', 'numpy', 'pluggy', 'tenseal', "
+        "'onnxruntime', 'cv2') if m in sys.modules]; print(loaded)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    for name in frip_engine.__all__:
+        assert getattr(frip_engine, name) is not None
+    assert {"open_engine", "Engine", "EnrolItem", "Decision", "ProfileError"} <= set(
+        dir(frip_engine)
+    )
+    assert issubclass(frip_engine.KeyStoreError, frip_engine.FripError)
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        frip_engine.nothing_here  # noqa: B018
+
+
+def test_open_engine_creates_once_then_opens_what_it_created(home: Path) -> None:
+    alice, bob = unit_vectors(2, seed=3)
+    with open_engine("doors", create=True, extractor="arcface", he="tenseal") as engine:
+        assert engine.name == "doors" and engine.subjects() == []
+        engine.enrol("alice", embeddings=[alice])
+        engine.enrol(EnrolItem("bob", embeddings=[bob]))
+        engine_id = engine.profile.engine_id
+    with open_engine("doors", create=True, extractor="arcface", he="tenseal") as again:
+        assert again.profile.engine_id == engine_id  # opened, not made anew
+        assert again.subjects() == ["alice", "bob"]
+        records = again.subject_records()
+        assert [r.subject_id for r in records] == ["alice", "bob"]
+        assert all(r.images == 1 and r.enrolled_at for r in records)
+        decision = again.identify(embedding=bob)
+        assert decision.matched and decision.subject_id == "bob"
+        with pytest.raises(DuplicateSubjectError):
+            again.enrol("alice", embeddings=[alice])
+    with open_engine("doors") as plain:  # no options: opened as it is
+        assert plain.subjects() == ["alice", "bob"]
+    assert frip_engine.list_engines() == ["doors"]
+
+
+def test_an_engine_with_another_profile_is_refused_naming_each_difference(home: Path) -> None:
+    open_engine("doors", create=True, he={"plugin": "tenseal", "preset": "fast"}).close()
+    with pytest.raises(ProfileError) as refused:
+        open_engine("doors", create=True, extractor="sface", he={"preset": "compact"})
+    message = str(refused.value)
+    assert "engine 'doors' exists with a different profile than asked" in message
+    assert "[extractor] plugin is 'arcface', not 'sface'" in message
+    assert "[he] preset is 'fast', not 'compact'" in message
+    with pytest.raises(ProfileError, match=r"\[engine\] threshold is None, not 0.5"):
+        open_engine("doors", threshold=0.5)
+    assert _open_files_under(home) == []  # each refused engine was closed
+
+
+def test_open_engine_errors_are_typed(home: Path, tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError, match="engine 'nowhere' does not exist"):
+        open_engine("nowhere")
+    with pytest.raises(InputError, match="engine name"):
+        open_engine("../up", create=True)
+    with pytest.raises(InputError, match="threshold"):
+        open_engine("t", create=True, threshold=3.0)
+    with pytest.raises(MissingFileError):
+        open_engine("t", create=True, profile=tmp_path / "absent.toml")
+    with pytest.raises(ProfileError, match="unknown section"):
+        open_engine("t", create=True, profile={"extractr": {"plugin": "arcface"}})
+    assert frip_engine.list_engines() == []  # nothing was created by a refused call
+
+
+def test_profile_file_and_options_make_one_profile(home: Path, tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text('[engine]\nname = "other"\nid = "abc"\n[he]\npreset = "compact"\n')
+    with open_engine("p", create=True, profile=path, key_store="memory") as engine:
+        assert engine.profile.engine_id != "abc"  # a new engine gets a new id
+        assert engine.profile.sections["he"] == {"plugin": "tenseal", "preset": "compact"}
+        assert engine.profile.plugin("key_store") == "memory"
+
+
+def test_enrol_by_path_and_item_and_the_with_block_closes_everything(
+    home: Path, tmp_path: Path
+) -> None:
+    faces = LFW_DEV / "Adam_Sandler"
+    with open_engine("faces", create=True) as engine:
+        report = engine.enrol(
+            "adam", faces / "Adam_Sandler_0001.jpg", str(faces / "Adam_Sandler_0002.jpg")
+        )
+        assert report.enrolled == ["adam"]
+        assert engine.subject_records()[0].images == 2
+        with pytest.raises(MissingFileError, match=r"absent\.jpg does not exist"):
+            engine.enrol("ghost", tmp_path / "absent.jpg")
+        with pytest.raises(InputError, match="inside the EnrolItem"):
+            engine.enrol(EnrolItem("x"), "a.jpg")
+        decision = engine.identify(str(faces / "Adam_Sandler_0003.jpg"))
+        assert decision.matched and decision.subject_id == "adam"
+        assert _open_files_under(home)  # the gallery is open inside the block
+    assert _open_files_under(home) == []
+    with pytest.raises(RuntimeError), open_engine("faces") as engine:
+        assert engine.subjects() == ["adam"]
+        raise RuntimeError("a failure inside the block")
+    assert _open_files_under(home) == []
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_leaving_the_with_block_stops_the_worker_processes(home: Path) -> None:
+    vector = unit_vectors(1, seed=5)[0]
+    with open_engine("w", create=True, key_store="memory", workers=2) as engine:
+        engine.enrol("a", embeddings=[vector])
+        assert engine.identify(embedding=vector).subject_id == "a"
+        assert engine._scorer is not None  # the workers scored
+        workers = [pid for pool in engine._scorer._pools for pid in pool._processes]  # type: ignore[union-attr]
+        assert workers and all(map(_running, workers))  # started on first use
+    deadline = time.monotonic() + 10
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, workers))
+    assert _open_files_under(home) == []
+
+
+def _readme_python_example() -> str:
+    """The first Python block of the README's "Python API" section."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Python API\n", 1)[1]
+    found = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert found is not None, "README's Python API section has no python block"
+    return found.group(1)
+
+
+def test_readme_python_example_runs_twice_in_a_row(tmp_path: Path) -> None:
+    """Exactly the README's code, in a fresh FRIP_HOME, on real lfw-dev faces; the second
+    run opens the engine the first created."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "alice.jpg").symlink_to(LFW_DEV / "Adam_Sandler" / "Adam_Sandler_0001.jpg")
+    (work / "probe.jpg").symlink_to(LFW_DEV / "Adam_Sandler" / "Adam_Sandler_0002.jpg")
+    script = work / "example.py"
+    script.write_text(_readme_python_example())
+    environment = {
+        **os.environ,
+        "FRIP_HOME": str(tmp_path / "frip-home"),
+        "FRIP_PASSPHRASE": PASSPHRASE,
+    }
+    outputs = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, str(script)], cwd=work, env=environment, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1]
+    assert "alice True ['alice']" in outputs[0]
+    assert [p.name for p in (tmp_path / "frip-home" / "engines").iterdir()] == ["doors"]
