@@ -676,7 +676,7 @@ class Engine:
         """The gallery's record of each enrolled subject, sorted by id: ``subject_id``,
         ``enrolled_at`` (ISO 8601, UTC), ``images`` (how many images or embeddings made its
         template), ``block_id`` and ``slot``. Nothing biometric."""
-        return sorted(self.store.subjects(), key=lambda record: record.subject_id)
+        return sorted(self.gallery_store.subjects(), key=lambda record: record.subject_id)
 
     # ----------------------------------------------------------------- removal and stats
     def remove(self, subject_id: str) -> None:
