@@ -292,3 +292,97 @@ def combine_parallel(
         n = min(TILE, degree - t0)
         _tile(gallery, c, limb, t0, n, pos_idx, pos_pieces, neg_idx, neg_pieces,
               primes, w, wq, out)  # fmt: skip
+
+
+# ------------------------------------------------------------------- many probes at once
+# Coefficients per task when several constant vectors share a pass: the gallery's
+# d x TILE_MANY tile of one (polynomial, limb) (512 x 256 x 8 B = 1 MB at d = 512) stays
+# in L2 while every vector is summed over it, so each tile comes from memory once per
+# batch instead of once per probe.
+TILE_MANY = 256
+
+
+@_jit()
+def _tile_many(
+    gallery: Any,
+    c: Any,
+    limb: Any,
+    t0: Any,
+    n: Any,
+    pos_idx: Any,
+    pos_count: Any,
+    pos_pieces: Any,
+    neg_idx: Any,
+    neg_count: Any,
+    neg_pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+) -> None:
+    """out[m, c, limb, t0:t0+n] for every constant vector m, over one gallery tile."""
+    p = primes[limb]
+    acc = np.empty((4, n), dtype=np.uint64)
+    rpos = np.empty(n, dtype=np.uint64)
+    rneg = np.empty(n, dtype=np.uint64)
+    for m in range(out.shape[0]):
+        _signed_sum(gallery, c, limb, t0, n, pos_idx[m, : pos_count[m]], pos_pieces[m],
+                    w, wq, p, acc, rpos)  # fmt: skip
+        _signed_sum(gallery, c, limb, t0, n, neg_idx[m, : neg_count[m]], neg_pieces[m],
+                    w, wq, p, acc, rneg)  # fmt: skip
+        for i in range(n):
+            a = rpos[i]
+            b = rneg[i]
+            out[m, c, limb, t0 + i] = a - b if a >= b else a + p - b
+
+
+@_jit()
+def combine_many_serial(
+    gallery: Any,
+    pos_idx: Any,
+    pos_count: Any,
+    pos_pieces: Any,
+    neg_idx: Any,
+    neg_count: Any,
+    neg_pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+) -> None:
+    """One thread over every (polynomial, limb, tile), all constant vectors per tile."""
+    limbs = gallery.shape[2]
+    degree = gallery.shape[3]
+    for c in range(2):
+        for limb in range(limbs):
+            for t0 in range(0, degree, TILE_MANY):
+                n = min(TILE_MANY, degree - t0)
+                _tile_many(gallery, c, limb, t0, n, pos_idx, pos_count, pos_pieces, neg_idx,
+                           neg_count, neg_pieces, primes, w, wq, out)  # fmt: skip
+
+
+@_jit(parallel=True)
+def combine_many_parallel(
+    gallery: Any,
+    pos_idx: Any,
+    pos_count: Any,
+    pos_pieces: Any,
+    neg_idx: Any,
+    neg_count: Any,
+    neg_pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+) -> None:
+    """The (polynomial, limb, tile) tasks of :func:`combine_many_serial` over numba's threads."""
+    limbs = gallery.shape[2]
+    degree = gallery.shape[3]
+    tiles = (degree + TILE_MANY - 1) // TILE_MANY
+    for task in numba.prange(2 * limbs * tiles):
+        c = task // (limbs * tiles)
+        limb = (task // tiles) % limbs
+        t0 = (task % tiles) * TILE_MANY
+        n = min(TILE_MANY, degree - t0)
+        _tile_many(gallery, c, limb, t0, n, pos_idx, pos_count, pos_pieces, neg_idx,
+                   neg_count, neg_pieces, primes, w, wq, out)  # fmt: skip
