@@ -87,9 +87,14 @@ def _check_batch(engine: Engine, probes: list[np.ndarray], top_k: int = 5) -> No
 def test_kernel_for_many_probes_equals_one_probe_at_a_time() -> None:
     """Exact for any int64 constants, zeros, one sign only, two piece groups, many terms,
     several limbs, odd N; serial and parallel."""
-    from frip_plugins.fast_scorer import FLUSH_TERMS, combine_residues, combine_residues_many
+    from frip_plugins.fast_scorer import (
+        FLUSH_TERMS,
+        combine_residues,
+        combine_residues_many,
+        combine_residues_product,
+    )
 
-    primes = [1152921504606830593, 1099511480321, 1125899906826241]  # 60, 40, 50-bit
+    primes = [2305843009213554689, 1099511480321, 1125899906826241]  # 61, 40, 50-bit
     d, degree = FLUSH_TERMS + 21, 301
     rng = np.random.default_rng(5)
     residues = np.empty((d, 2, len(primes), degree), dtype=np.uint64)
@@ -110,6 +115,7 @@ def test_kernel_for_many_probes_equals_one_probe_at_a_time() -> None:
     np.testing.assert_array_equal(
         combine_residues_many(residues, constants, primes, threads=2), got
     )
+    np.testing.assert_array_equal(combine_residues_product(residues, constants, primes), got)
 
 
 def test_kernel_for_many_refuses_bad_constants() -> None:

@@ -386,3 +386,45 @@ def combine_many_parallel(
         n = min(TILE_MANY, degree - t0)
         _tile_many(gallery, c, limb, t0, n, pos_idx, pos_count, pos_pieces, neg_idx,
                    neg_count, neg_pieces, primes, w, wq, out)  # fmt: skip
+
+
+# ------------------------------------------------- many dense vectors: a float64 product
+# Residues are cut into 21-bit pieces and constants into signed 23-bit pieces, so over at
+# most 512 rows every partial sum of piece products is an integer below 2^53: a float64
+# matrix product (BLAS, any summation order, with or without FMA) computes it exactly.
+X_BITS = 21
+_XMASK = np.uint64((1 << X_BITS) - 1)
+
+
+@_jit()
+def split_rows(gallery: Any, c: Any, limb: Any, t0: Any, n: Any, start: Any, x: Any) -> None:
+    """x[r, a * n + i] = 21-bit piece a of gallery[start + r, c, limb, t0 + i], as float64."""
+    for r in range(x.shape[0]):
+        row = gallery[start + r, c, limb, t0 : t0 + n]
+        for i in range(n):
+            value = row[i]
+            x[r, i] = np.float64(np.int64(value & _XMASK))
+            x[r, n + i] = np.float64(np.int64((value >> np.uint64(X_BITS)) & _XMASK))
+            x[r, 2 * n + i] = np.float64(np.int64(value >> np.uint64(2 * X_BITS)))
+
+
+@_jit()
+def fold_products(
+    s: Any, kp: Any, n: Any, p: Any, w: Any, wq: Any, out: Any, c: Any, limb: Any, t0: Any
+) -> None:
+    """out[m, c, limb, t0 + i] += sum over pieces (a, b) of s[b * M + m, a * n + i] times
+    its weight w[a, b] = 2^(21 a + 23 b) mod p, all mod p (s holds exact integers)."""
+    count = out.shape[0]
+    pi = np.int64(p)
+    for m in range(count):
+        for i in range(n):
+            total = out[m, c, limb, t0 + i]
+            for b in range(kp):
+                for a in range(3):
+                    r = np.int64(s[b * count + m, a * n + i]) % pi
+                    if r < 0:
+                        r += pi
+                    total += mulmod_shoup(np.uint64(r), w[a, b], wq[a, b], p)
+                    if total >= p:
+                        total -= p
+            out[m, c, limb, t0 + i] = total

@@ -634,6 +634,70 @@ def combine_residues_many(
     return out
 
 
+PRODUCT_ROWS = 512  # rows per float64 product: 512 x (2^21 - 1) x (2^23 - 1) < 2^53
+PRODUCT_TILE = 512  # coefficients per product (the pieces of 512 x 512 residues: 6 MB)
+K_BITS = 23
+
+
+@lru_cache(maxsize=32)
+def _product_weights(prime: int, kp: int) -> tuple[np.ndarray, np.ndarray]:
+    """w[a, b] = 2^(21 a + 23 b) mod p for residue piece a and constant piece b, and
+    their Shoup quotients."""
+    from frip_plugins.fast_kernels import X_BITS
+
+    w = np.empty((3, kp), dtype=np.uint64)
+    wq = np.empty_like(w)
+    for a in range(3):
+        for b in range(kp):
+            weight = pow(2, X_BITS * a + K_BITS * b, prime)
+            w[a, b] = weight
+            wq[a, b] = (weight << 64) // prime
+    return w, wq
+
+
+def combine_residues_product(
+    residues: np.ndarray, constants: np.ndarray, primes: np.ndarray | Sequence[int]
+) -> np.ndarray:
+    """:func:`combine_residues_many` as float64 matrix products (BLAS, exact): for dense
+    constant vectors (plain probes) the batch costs a few multiply-adds per residue and
+    vector at BLAS speed. Residues are cut into three 21-bit pieces, constants into
+    signed 23-bit pieces; each (tile, up to 512 rows) product's integer sums stay below
+    2^53, are reduced mod p and weighted by 2^(21 a + 23 b) mod p. Bit-identical to
+    :func:`combine_residues` per vector (tests/test_batch.py)."""
+    count = np.asarray(constants).shape[0] if np.ndim(constants) == 2 else -1
+    ks, prime_list = _checked_inputs(residues, constants, primes, 1, count)
+    d, _, limbs, degree = residues.shape
+    magnitudes = np.abs(ks).astype(np.uint64)
+    bits = int(magnitudes.max()).bit_length() if magnitudes.size else 0
+    kp = max(1, -(-bits // K_BITS))
+    sign = np.sign(ks).astype(np.float64)
+    pieces = np.empty((kp * count, d))
+    for b in range(kp):
+        part = (magnitudes >> np.uint64(K_BITS * b)) & np.uint64((1 << K_BITS) - 1)
+        pieces[b * count : (b + 1) * count] = part.astype(np.float64) * sign
+    chunks = [
+        (start, np.ascontiguousarray(pieces[:, start : start + PRODUCT_ROWS]))
+        for start in range(0, d, PRODUCT_ROWS)
+    ]
+    kernels = _kernels()
+    out = np.zeros((count, 2, limbs, degree), dtype=np.uint64)
+    buffers: dict[tuple[int, int], np.ndarray] = {}
+    for limb, prime in enumerate(prime_list):
+        w, wq = _product_weights(prime, kp)
+        for c in range(2):
+            for t0 in range(0, degree, PRODUCT_TILE):
+                n = min(PRODUCT_TILE, degree - t0)
+                for start, chunk in chunks:
+                    rows = chunk.shape[1]
+                    x = buffers.setdefault((rows, n), np.empty((rows, 3 * n)))
+                    kernels.split_rows(residues, c, limb, t0, n, start, x)
+                    products = chunk @ x
+                    kernels.fold_products(
+                        products, kp, n, np.uint64(prime), w, wq, out, c, limb, t0
+                    )
+    return out
+
+
 # ---------------------------------------------------------------------------- block
 class FastBlock:
     """One packed block's residues (d, 2, L, N), decompressed once at load, so scoring a
@@ -696,6 +760,9 @@ class FastBlock:
         if not np.all(np.any(constants, axis=1)):
             raise BackendError("every constant is zero at this scale: nothing to score")
         scale, out = self.codec.scale**2, []
+        if threads == 1 and np.count_nonzero(constants) * 2 > constants.size:  # plain probes
+            residues = combine_residues_product(self.residues, constants, self.codec.primes)
+            return [self.codec.write(r, self.size, scale, self.version) for r in residues]
         for start in range(0, constants.shape[0], PASS_VECTORS):
             chunk = constants[start : start + PASS_VECTORS]
             residues = combine_residues_many(self.residues, chunk, self.codec.primes, threads)
