@@ -9,9 +9,10 @@ scorer holds them (uint64 residues, (512, 2, 1, 8192) per block, 67 MB), with ra
 residues below the prime (the kernel's work does not depend on the values). Unit probes
 are encoded at the preset's scale 2^29 exactly as the engine encodes them. B = 1 is what
 ``Engine.identify`` runs (``combine_residues``, one pass over the gallery per probe);
-B > 1 is ``combine_residues_many`` (one pass for the batch), checked bit-identical to
-B = 1 on the first block before timing. A probe's time is the kernel over every block;
-probes/s = B / (time of one batch over the whole gallery), best of ``--repeats``.
+B > 1 is what ``Engine.identify_many`` runs (``combine_batch``: for plain probes on one
+thread an exact float64 matrix product per gallery tile, one pass for the batch),
+checked bit-identical to B = 1 on the first block before timing. A batch's time is the
+kernel over every block; probes/s = B / (time of one batch over the whole gallery), best of ``--repeats``.
 
 Threads are pinned before numpy and numba start (``NUMBA_NUM_THREADS`` = ``--threads``,
 BLAS pools 1) and the process is bound to ``--threads`` cores. Writes
@@ -67,25 +68,25 @@ def _probes(count: int, seed: int) -> Any:
 
 def _one_pass(gallery: list[Any], constants: Any, primes: list[int], threads: int) -> None:
     """One batch (B = len(constants)) over every block, as the engine scores it."""
-    from frip_plugins.fast_scorer import combine_residues, combine_residues_many
+    from frip_plugins.fast_scorer import combine_batch, combine_residues
 
     for block in gallery:
         if constants.shape[0] == 1:
             combine_residues(block, constants[0], primes, threads)
         else:
-            combine_residues_many(block, constants, primes, threads)
+            combine_batch(block, constants, primes, threads)
 
 
 def bench(registrants: int, sizes: list[int], repeats: int, threads: int) -> dict[str, Any]:
     import numpy as np
-    from frip_plugins.fast_scorer import combine_residues, combine_residues_many, seal_primes
+    from frip_plugins.fast_scorer import combine_batch, combine_residues, seal_primes
 
     primes = seal_primes(DEGREE, [60, 60])[:1]  # the fast preset's data prime
     blocks = math.ceil(registrants / SLOTS)
     gallery = _gallery(blocks, primes[0], seed=1)
     constants = _probes(max(sizes), seed=2)
     first = gallery[0]
-    batch = combine_residues_many(first, constants, primes, threads)
+    batch = combine_batch(first, constants, primes, threads)
     for m in range(constants.shape[0]):  # also compiles (or loads) both kernels
         single = combine_residues(first, constants[m], primes, threads)
         if not np.array_equal(batch[m], single):

@@ -637,6 +637,7 @@ def combine_residues_many(
 PRODUCT_ROWS = 512  # rows per float64 product: 512 x (2^21 - 1) x (2^23 - 1) < 2^53
 PRODUCT_TILE = 512  # coefficients per product (the pieces of 512 x 512 residues: 6 MB)
 K_BITS = 23
+PRODUCT_MIN_VECTORS = 8
 
 
 @lru_cache(maxsize=32)
@@ -696,6 +697,23 @@ def combine_residues_product(
                         products, kp, n, np.uint64(prime), w, wq, out, c, limb, t0
                     )
     return out
+
+
+def combine_batch(
+    residues: np.ndarray,
+    constants: np.ndarray,
+    primes: np.ndarray | Sequence[int],
+    threads: int = 1,
+) -> np.ndarray:
+    """What a batch of constant vectors (probes, d) runs, the same result either way:
+    at least PRODUCT_MIN_VECTORS mostly non-zero ones (plain probes) on one thread as a
+    float64 product (:func:`combine_residues_product`, whose cutting of residues into
+    pieces pays off from about 8 vectors), others (fewer, sparse pe-miu block pairs,
+    several threads) in the numba batch kernel (:func:`combine_residues_many`)."""
+    dense = np.count_nonzero(constants) * 2 > np.size(constants)
+    if threads == 1 and dense and len(constants) >= PRODUCT_MIN_VECTORS:
+        return combine_residues_product(residues, constants, primes)
+    return combine_residues_many(residues, constants, primes, threads)
 
 
 # ---------------------------------------------------------------------------- block
@@ -760,12 +778,9 @@ class FastBlock:
         if not np.all(np.any(constants, axis=1)):
             raise BackendError("every constant is zero at this scale: nothing to score")
         scale, out = self.codec.scale**2, []
-        if threads == 1 and np.count_nonzero(constants) * 2 > constants.size:  # plain probes
-            residues = combine_residues_product(self.residues, constants, self.codec.primes)
-            return [self.codec.write(r, self.size, scale, self.version) for r in residues]
         for start in range(0, constants.shape[0], PASS_VECTORS):
             chunk = constants[start : start + PASS_VECTORS]
-            residues = combine_residues_many(self.residues, chunk, self.codec.primes, threads)
+            residues = combine_batch(self.residues, chunk, self.codec.primes, threads)
             out.extend(self.codec.write(r, self.size, scale, self.version) for r in residues)
         return out
 
