@@ -12,7 +12,8 @@ are encoded at the preset's scale 2^29 exactly as the engine encodes them. B = 1
 B > 1 is what ``Engine.identify_many`` runs (``combine_batch``: for plain probes on one
 thread an exact float64 matrix product per gallery tile, one pass for the batch),
 checked bit-identical to B = 1 on the first block before timing. A batch's time is the
-kernel over every block; probes/s = B / (time of one batch over the whole gallery), best of ``--repeats``.
+kernel over every block; probes/s = B / (time of one batch over the whole gallery), best
+of ``--repeats``.
 
 Threads are pinned before numpy and numba start (``NUMBA_NUM_THREADS`` = ``--threads``,
 BLAS pools 1) and the process is bound to ``--threads`` cores. Writes
