@@ -392,6 +392,10 @@ def identify_command(
     ] = None,
     as_json: JsonOpt = False,
     home: HomeOpt = None,
+    probes: Annotated[
+        Path | None,
+        typer.Option(help="A folder or CSV of probes, identified in batches; one line each."),
+    ] = None,
 ) -> None:
     """1:N: who is this, if anyone enrolled?"""
     from frip_engine.engine import Engine
@@ -401,6 +405,12 @@ def identify_command(
         if not (probe_clusters.isascii() and probe_clusters.isdigit()):
             raise InputError(f"--probe-clusters takes a number or 'all', not {probe_clusters!r}")
         fan_out = int(probe_clusters)
+    if probes is not None:
+        from frip_engine.cli_batch import identify_probes
+
+        single = (image, embedding, template)
+        identify_probes(engine_name, probes, single, top_k, threshold, fan_out, as_json, home)
+        return
     with Engine.open(engine_name, home) as engine:
         probe = _probe_args(engine, image, embedding, template, adapter)
         decision = engine.identify(probe, top_k=top_k, threshold=threshold, probe_clusters=fan_out)

@@ -14,6 +14,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from frip_engine.errors import FripError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -190,6 +192,44 @@ class Matcher(Protocol):
     def dump(self, block: Any) -> bytes: ...
 
     def load(self, data: bytes) -> Any: ...
+
+
+class BatchMatcher(Matcher, Protocol):
+    """A matcher that scores several probes per pass over a block (optional: the engine
+    calls :func:`score_many`, which loops ``score`` for a matcher without it)."""
+
+    def score_many(self, block: Any, prepared_probes: Sequence[Any]) -> list[bytes]:
+        """``[score(block, p) for p in prepared_probes]``, the same bytes, in one pass."""
+        ...
+
+
+def score_many(matcher: Matcher, block: Any, prepared_probes: Sequence[Any]) -> list[bytes]:
+    """The scores of several prepared probes on one block, in order: the matcher's own
+    ``score_many`` where it has one (:class:`BatchMatcher`), else one ``score`` per probe.
+    Errors are the matcher's (a probe it cannot score fails the whole call)."""
+    batch = getattr(matcher, "score_many", None)
+    if batch is None:
+        return [bytes(matcher.score(block, p)) for p in prepared_probes]
+    return [bytes(s) for s in batch(block, prepared_probes)]
+
+
+def score_isolated(
+    matcher: Matcher, block: Any, prepared_probes: Sequence[Any]
+) -> list[bytes | FripError]:
+    """:func:`score_many`, where a probe the matcher cannot score fails alone: after a
+    failed batch each probe is scored on its own, and gets its scores or its error."""
+    try:
+        return list(score_many(matcher, block, prepared_probes))
+    except FripError as exc:
+        if len(prepared_probes) == 1:
+            return [exc]
+    answers: list[bytes | FripError] = []
+    for prepared in prepared_probes:
+        try:
+            answers.append(bytes(matcher.score(block, prepared)))
+        except FripError as exc:
+            answers.append(exc)
+    return answers
 
 
 class Decryptor(Protocol):

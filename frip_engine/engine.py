@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,8 +22,8 @@ import numpy as np
 
 from frip_engine import plugins
 from frip_engine.calibration import engine_threshold, lookup
-from frip_engine.contracts import BlockInfo, NewSubject, SubjectRecord
-from frip_engine.decision import Decision, Stopwatch
+from frip_engine.contracts import BlockInfo, NewSubject, SubjectRecord, score_isolated
+from frip_engine.decision import Candidate, Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
 from frip_engine.errors import (
     DuplicateSubjectError,
@@ -93,6 +93,24 @@ class EnrolReport:
 
 
 Progress = Callable[[str], None]
+# One probe of Engine.identify_many: a Probe, an image as identify takes it, or a mapping
+# {"image": ...} or {"embedding": ...}.
+BatchProbe = Probe | Path | str | bytes | np.ndarray | Mapping[str, Any]
+
+
+def _batch_item(item: object) -> Probe:
+    """The Probe of one item of a batch (InputError for a malformed one)."""
+    if isinstance(item, Mapping):
+        unknown = sorted(set(item) - {"image", "embedding"})
+        if unknown:
+            raise InputError(f"a probe mapping takes 'image' or 'embedding', not {unknown}")
+        return Probe(image=item.get("image"), embedding=item.get("embedding"))
+    if isinstance(item, Probe | Path | str | bytes | np.ndarray):
+        return Probe.of(item)
+    raise InputError(
+        f"a probe is a Probe, an image (path, bytes or pixels) or a mapping, "
+        f"not {type(item).__name__}"
+    )
 
 
 class Engine:
@@ -593,6 +611,136 @@ class Engine:
         occupants = {record.block_id: {record.slot: subject_id}}
         return self._decide(watch, prepared, loaded, occupants, 1, threshold, notes)
 
+    def identify_many(
+        self,
+        probes: Sequence[BatchProbe] | None = None,
+        *,
+        embeddings: Sequence[object] | None = None,
+        top_k: int = 1,
+        threshold: float | None = None,
+        probe_clusters: int | str | None = None,
+    ) -> list[Decision | FripError]:
+        """:meth:`identify` for a batch of probes, scored together: each block is loaded
+        and passed over once for all of them (the fast scorer's batch kernel reads each
+        gallery tile once for the batch), and the key service unwraps the secret key once.
+        Every decision equals the one :meth:`identify` gives for that probe.
+
+        ``probes``: images as :meth:`identify` takes them (a path, its bytes, decoded
+        pixels), or mappings ``{"image": ...}`` / ``{"embedding": ...}``; or else
+        ``embeddings``: raw embedding vectors. Returns one entry per probe, in order: its
+        Decision, or the typed error (a FripError, not raised) of a probe that failed
+        alone (unreadable image, no face, bad embedding, unscorable probe), so a caller
+        answers each probe by its own error class. Bad arguments of the whole call
+        (top_k, threshold, probe_clusters, both or neither of probes/embeddings) raise
+        InputError; a fault of the engine itself (store, key, worker) raises for all.
+        """
+        check_top_k(top_k)
+        if threshold is not None:
+            check_threshold(threshold)
+        fan_out = self._fan_out(probe_clusters)
+        if (probes is None) == (embeddings is None):
+            raise InputError("give exactly one of probes (images) or embeddings")
+        items: list[object] = (
+            list(probes) if probes is not None else [{"embedding": e} for e in embeddings or ()]
+        )
+        results: list[Decision | FripError | None] = [None] * len(items)
+        watches = [Stopwatch() for _ in items]
+        vectors: dict[int, tuple[np.ndarray | PemiuTemplate, list[str]]] = {}
+        for index, item in enumerate(items):
+            try:
+                vectors[index] = self._probe(watches[index], _batch_item(item))
+            except FripError as exc:
+                results[index] = exc
+        if not vectors:
+            return [r for r in results if r is not None]
+        limit = self.threshold if threshold is None else threshold
+        shared = Stopwatch()  # the batch's stages, added to each probe's own
+        with self.gallery_store.snapshot():  # slot map and blocks from one consistent state
+            self._follow_keys()
+            every = self.gallery_store.blocks()
+            occupants = self._occupants(every)
+            blocks = [b for b in every if occupants.get(b.block_id)]
+            wanted = {i: {b.block_id for b in blocks} for i in vectors}
+            current = self.gallery_store.read_routing() if self.parts.clusterer.routed else None
+            if current is not None and fan_out is not None:
+                with shared.stage("routing"):
+                    order = list(vectors)
+                    plain = [v for v in (vectors[i][0] for i in order) if isinstance(v, np.ndarray)]
+                    assert len(plain) == len(order)  # build refuses routing with pe-miu
+                    routes = self.key_service.route_many(current[1], plain, fan_out)
+                for i, routed in zip(order, routes, strict=True):
+                    wanted[i] = {b.block_id for b in blocks if b.partition in set(routed)}
+            needed = set().union(*wanted.values())
+            loaded = self._load_blocks(shared, [b for b in blocks if b.block_id in needed])
+        payloads: dict[int, bytes] = {}
+        for i, (vector, _) in vectors.items():
+            try:
+                with watches[i].stage("probe_encryption"):
+                    payloads[i] = self.matcher.encode_probe(vector)  # what an edge uploads
+            except FripError as exc:
+                results[i] = exc
+        with shared.stage("distance_derivation"):
+            scored = self._score_batch(loaded, payloads, wanted)
+        decided: dict[int, list[tuple[int, bytes]]] = {}
+        for i, entry in scored.items():
+            if isinstance(entry, FripError):
+                results[i] = entry
+            else:
+                decided[i] = entry
+        answers = self.key_service.decide_many(list(decided.values()), occupants, top_k)
+        for i, answer in zip(decided, answers, strict=True):
+            if isinstance(answer, FripError):
+                results[i] = answer
+                continue
+            candidates, timings = answer
+            watches[i].add(shared.seconds)
+            watches[i].add(timings)
+            infos = [info for info, _ in loaded if info.block_id in wanted[i]]
+            results[i] = self._conclude(
+                watches[i], candidates, limit, infos, occupants, len(payloads[i]), vectors[i][1]
+            )
+        return [r for r in results if r is not None]
+
+    def _score_batch(
+        self,
+        blocks: Sequence[tuple[BlockInfo, Any]],
+        payloads: dict[int, bytes],
+        wanted: dict[int, set[int]],
+    ) -> dict[int, list[tuple[int, bytes]] | FripError]:
+        """Each probe's (block id, encrypted scores) over the blocks it wants, every block
+        scored once for all its probes; a probe that cannot be scored gets its error."""
+        scored: dict[int, list[tuple[int, bytes]] | FripError] = {i: [] for i in payloads}
+        jobs = [
+            (info, block, [i for i in payloads if info.block_id in wanted[i]])
+            for info, block in blocks
+        ]
+        jobs = [job for job in jobs if job[2]]
+        if self.profile.workers > 1 and jobs:
+            answers = self._parallel().score_many(
+                [(info, tuple(payloads[i] for i in who)) for info, _, who in jobs]
+            )
+        else:
+            prepared: dict[int, Any] = {}
+            unparsed: dict[int, FripError] = {}
+            for i, payload in payloads.items():
+                try:
+                    prepared[i] = self.matcher.parse_probe(payload)
+                except FripError as exc:
+                    unparsed[i] = exc
+            answers = []
+            for _, block, who in jobs:
+                usable = [i for i in who if i in prepared]
+                got = iter(score_isolated(self.matcher, block, [prepared[i] for i in usable]))
+                answers.append([next(got) if i in prepared else unparsed[i] for i in who])
+        for (info, _, who), per_probe in zip(jobs, answers, strict=True):
+            for i, answer in zip(who, per_probe, strict=True):
+                entry = scored[i]
+                if isinstance(answer, FripError):
+                    scored[i] = answer
+                elif not isinstance(entry, FripError):
+                    entry.append((info.block_id, answer))
+        return scored
+
     def _load_blocks(
         self, watch: Stopwatch, infos: Sequence[BlockInfo]
     ) -> list[tuple[BlockInfo, Any]]:
@@ -649,6 +797,20 @@ class Engine:
             self.key_service.decide(scored, occupants, top_k) if scored else ([], {})
         )
         watch.add(timings)
+        infos = [info for info, _ in blocks]
+        return self._conclude(watch, candidates, limit, infos, occupants, len(payload), notes)
+
+    def _conclude(
+        self,
+        watch: Stopwatch,
+        candidates: list[Candidate],
+        limit: float,
+        blocks: Sequence[BlockInfo],
+        occupants: dict[int, dict[int, str]],
+        probe_bytes: int,
+        notes: list[str],
+    ) -> Decision:
+        """The decision on one probe's candidates (best first), announced to listeners."""
         best = candidates[0] if candidates else None
         matched = best is not None and best.score >= limit
         decision = Decision(
@@ -659,9 +821,9 @@ class Engine:
             threshold=limit,
             candidates=candidates,
             timings=watch.finish(),
-            registrants=sum(len(occupants.get(info.block_id, {})) for info, _ in blocks),
+            registrants=sum(len(occupants.get(info.block_id, {})) for info in blocks),
             blocks_scored=len(blocks),
-            probe_bytes=len(payload),
+            probe_bytes=probe_bytes,
             notes=notes,
         )
         _emit("frip_identified", engine=self.name, decision=decision)

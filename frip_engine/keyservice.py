@@ -18,7 +18,7 @@ import numpy as np
 
 from frip_engine.contracts import Decryptor, HEBackend, KeyStore
 from frip_engine.decision import Candidate
-from frip_engine.errors import BackendError
+from frip_engine.errors import BackendError, FripError
 from frip_engine.pemiu import assigned_scores
 from frip_engine.routing import RouterState
 
@@ -146,10 +146,16 @@ class KeyService:
 
     def route(self, sealed: bytes, probe: np.ndarray, probe_clusters: int | None) -> list[int]:
         """Top-p clusters for a probe; the centroids exist in the clear only inside this call."""
+        return self.route_many(sealed, [probe], probe_clusters)[0]
+
+    def route_many(
+        self, sealed: bytes, probes: Sequence[np.ndarray], probe_clusters: int | None
+    ) -> list[list[int]]:
+        """:meth:`route` for each probe of a batch, opening the sealed centroids once."""
         state = self.open_router(sealed)
         assert state is not None
         try:
-            return state.route(probe, probe_clusters)
+            return [state.route(probe, probe_clusters) for probe in probes]
         finally:
             state.wipe()
 
@@ -160,16 +166,50 @@ class KeyService:
         top_k: int,
     ) -> tuple[list[Candidate], dict[str, float]]:
         """Decrypt each block's scores and return the top-k occupied slots, best first."""
+        with self.unlocked() as decryptor:
+            return self._select(decryptor, scored, occupants, top_k)
+
+    def decide_many(
+        self,
+        batch: Sequence[Sequence[tuple[int, bytes]]],
+        occupants: Mapping[int, Mapping[int, str]],
+        top_k: int,
+    ) -> list[tuple[list[Candidate], dict[str, float]] | FripError]:
+        """:meth:`decide` for each probe of a batch (its scored blocks), under ONE key
+        unwrap; a probe whose scores cannot be decided gets its error (BackendError),
+        the others their candidates. Each probe's timings carry the batch's one unwrap;
+        a probe that scored no block gets ([], {}) and the key is not unwrapped for it."""
+        answers: list[tuple[list[Candidate], dict[str, float]] | FripError] = [
+            ([], {}) for _ in batch
+        ]
+        if not any(batch):
+            return answers
+        with self.unlocked() as decryptor:
+            for index, scored in enumerate(batch):
+                if scored:
+                    try:
+                        answers[index] = self._select(decryptor, scored, occupants, top_k)
+                    except FripError as exc:
+                        answers[index] = exc
+        return answers
+
+    def _select(
+        self,
+        decryptor: Decryptor,
+        scored: Sequence[tuple[int, bytes]],
+        occupants: Mapping[int, Mapping[int, str]],
+        top_k: int,
+    ) -> tuple[list[Candidate], dict[str, float]]:
+        """The top-k occupied slots of one probe's scored blocks, with an unlocked key."""
         timings = {"decryption": 0.0, "minimum_selection": 0.0}
         best: list[tuple[float, str]] = []
-        with self.unlocked() as decryptor:
-            for block_id, blob in scored:
-                start = time.perf_counter()
-                scores = decryptor.decrypt_scores(blob)
-                middle = time.perf_counter()
-                best.extend(self._best_in_block(block_id, scores, occupants[block_id], top_k))
-                timings["decryption"] += middle - start
-                timings["minimum_selection"] += time.perf_counter() - middle
+        for block_id, blob in scored:
+            start = time.perf_counter()
+            scores = decryptor.decrypt_scores(blob)
+            middle = time.perf_counter()
+            best.extend(self._best_in_block(block_id, scores, occupants[block_id], top_k))
+            timings["decryption"] += middle - start
+            timings["minimum_selection"] += time.perf_counter() - middle
         start = time.perf_counter()
         best.sort(key=lambda pair: -pair[0])
         candidates = [Candidate(subject, score) for score, subject in best[:top_k]]

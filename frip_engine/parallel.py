@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from frip_engine.contracts import BlockInfo
+from frip_engine.contracts import BlockInfo, score_isolated
 from frip_engine.errors import FripError, StoreError, WorkerStartError
 
 
@@ -137,18 +137,50 @@ def _check_key(key_version: int) -> None:
         )
 
 
-def _score(key_version: int, block_id: int, revision: int, payload: bytes) -> tuple[int, bytes]:
-    _check_key(key_version)
+def _block(block_id: int, revision: int) -> Any:
+    """This worker's loaded copy of a block at ``revision`` (read from the store once)."""
     matcher, store, blocks = _worker["matcher"], _worker["store"], _worker["blocks"]
-    if _worker.get("payload") != payload:  # parse each probe once per worker
-        _worker.update(payload=payload, prepared=matcher.parse_probe(payload))
     cached = blocks.get(block_id)
     if cached is None or cached[0] != revision:
         found, data = store.read_block(block_id)
         if found != revision:
             raise StoreError(f"block {block_id} changed during this identification; retry")
         blocks[block_id] = cached = (found, matcher.load(data))
-    return block_id, bytes(matcher.score(cached[1], _worker["prepared"]))
+    return cached[1]
+
+
+def _score(key_version: int, block_id: int, revision: int, payload: bytes) -> tuple[int, bytes]:
+    _check_key(key_version)
+    matcher = _worker["matcher"]
+    if _worker.get("payload") != payload:  # parse each probe once per worker
+        _worker.update(payload=payload, prepared=matcher.parse_probe(payload))
+    block = _block(block_id, revision)
+    return block_id, bytes(matcher.score(block, _worker["prepared"]))
+
+
+def _score_many(
+    key_version: int, block_id: int, revision: int, payloads: tuple[bytes, ...]
+) -> list[bytes | FripError]:
+    """Each probe's scores on one block (one pass where the matcher batches), or the
+    error of a probe that cannot be scored; the batch's probes are parsed once per
+    worker while consecutive calls carry the same payloads."""
+    _check_key(key_version)
+    matcher = _worker["matcher"]
+    if _worker.get("batch") != payloads:
+        prepared: list[Any] = []
+        for payload in payloads:
+            try:
+                prepared.append(matcher.parse_probe(payload))
+            except FripError as exc:
+                prepared.append(exc)
+        _worker.update(batch=payloads, batch_prepared=prepared)
+    prepared = _worker["batch_prepared"]
+    good = [i for i, p in enumerate(prepared) if not isinstance(p, FripError)]
+    answers: list[bytes | FripError] = list(prepared)
+    scored = score_isolated(matcher, _block(block_id, revision), [prepared[i] for i in good])
+    for i, answer in zip(good, scored, strict=True):
+        answers[i] = answer
+    return answers
 
 
 def _encrypt(key_version: int, rows: np.ndarray, slots: list[int]) -> tuple[str, bytes]:
@@ -255,6 +287,19 @@ class ParallelScorer:
                 _score, b.key_version, b.block_id, b.revision, payload
             )
             for b in blocks
+        ]
+        return [result(f) for f in futures]
+
+    def score_many(
+        self, jobs: list[tuple[BlockInfo, tuple[bytes, ...]]]
+    ) -> list[list[bytes | FripError]]:
+        """For each (block, probe payloads): each probe's scores on the block, or its own
+        error (a worker that dies fails the whole call with a StoreError)."""
+        futures = [
+            self._pools[b.block_id % len(self._pools)].submit(
+                _score_many, b.key_version, b.block_id, b.revision, payloads
+            )
+            for b, payloads in jobs
         ]
         return [result(f) for f in futures]
 

@@ -160,6 +160,11 @@ class PackedLayout:
             raise BackendError("the probe is zero at this scale")
         return self.ops.dump(self.ops.weighted_sum(block, weights))
 
+    def _weighted_sums(self, block: Any, batch: list[list[tuple[int, float]]]) -> list[bytes]:
+        """:meth:`_weighted_sum` of each weight list (a loop here; one pass in the fast
+        scorer)."""
+        return [self._weighted_sum(block, weights) for weights in batch]
+
     def _ciphertexts(self, block: Any) -> list[Any]:
         return list(block)
 
@@ -179,15 +184,46 @@ class PackedLayout:
 
     def score_pemiu(self, block: Any, probe: np.ndarray, block_size: int) -> bytes:
         """Every (probe block i, gallery block k) inner product, one ciphertext each."""
+        return self.score_many(block, [("pe-miu", (probe, block_size))])[0]
+
+    def _pemiu_weights(
+        self, block: Any, probe: np.ndarray, block_size: int
+    ) -> list[list[tuple[int, float]]]:
+        """The weights of each (probe block i, gallery block k) inner product, i-major."""
         self._check_features(block, probe.size)
         blocks = check_block_size(block_size, probe.size)
         pairs = []
         for i in range(blocks):
-            part = probe[i * block_size : (i + 1) * block_size]
+            part = plain_weights(probe[i * block_size : (i + 1) * block_size], self.scale)
             for k in range(blocks):
-                weights = [(k * block_size + t, w) for t, w in plain_weights(part, self.scale)]
-                pairs.append(self._weighted_sum(block, weights))
-        return frame(SCORE_SET_TAG, [struct.pack("<I", blocks), *pairs])
+                pairs.append([(k * block_size + t, w) for t, w in part])
+        return pairs
+
+    def score_many(self, block: Any, probes: Sequence[tuple[str, Any]]) -> list[bytes]:
+        """The scores of several prepared plain or pe-miu probes (``(mode, probe)`` as
+        :meth:`CKKSMatcher.prepare_probe` gives them): every weighted sum of the batch in
+        one :meth:`_weighted_sums` call; the same bytes as scoring them one by one."""
+        jobs: list[list[tuple[int, float]]] = []
+        counts: list[int | None] = []  # None: a plain probe; else pe-miu blocks per side
+        for mode, probe in probes:
+            if mode == "plain":
+                self._check_features(block, probe.size)
+                jobs.append(plain_weights(probe, self.scale))
+                counts.append(None)
+            else:
+                vector, block_size = probe
+                pairs = self._pemiu_weights(block, vector, block_size)
+                jobs.extend(pairs)
+                counts.append(vector.size // block_size)
+        sums = iter(self._weighted_sums(block, jobs))
+        scores: list[bytes] = []
+        for blocks in counts:
+            if blocks is None:
+                scores.append(next(sums))
+            else:
+                products = [next(sums) for _ in range(blocks * blocks)]
+                scores.append(frame(SCORE_SET_TAG, [struct.pack("<I", blocks), *products]))
+        return scores
 
     def decrypt_scores(self, data: bytes) -> np.ndarray:
         """Scores per slot, or for PE-MIU the (blocks, blocks, slots) inner products."""
@@ -255,6 +291,13 @@ class FastPackedLayout(PackedLayout):
         if not weights:
             raise BackendError("the probe is zero at this scale")
         return bytes(block.fast.weighted_sum(weights, self.threads))
+
+    def _weighted_sums(self, block: Any, batch: list[list[tuple[int, float]]]) -> list[bytes]:
+        if not isinstance(block, ResidueBlock):
+            return super()._weighted_sums(block, batch)
+        if not all(batch):
+            raise BackendError("the probe is zero at this scale")
+        return list(block.fast.weighted_sums(batch, self.threads))
 
 
 @dataclass
@@ -417,6 +460,15 @@ class CKKSMatcher:
                 raise BackendError("plain probe payload is malformed")
             return mode, _read_floats(parts[0], "plain probe")
         return mode, [self.ops.load(part) for part in parts]
+
+    def score_many(self, block: Any, prepared: Sequence[tuple[str, Any]]) -> list[bytes]:
+        """The scores of several prepared probes on one block, in order, each the bytes
+        :meth:`score` gives: plain and pe-miu probes of the packed layout in one pass over
+        the block (the fast scorer's batch kernel), others one by one."""
+        batch = getattr(self.layout, "score_many", None)
+        if batch is None or any(mode == "encrypted" for mode, _ in prepared):
+            return [self.score(block, p) for p in prepared]
+        return list(batch(block, prepared))
 
     def score(self, block: Any, prepared: tuple[str, Any]) -> bytes:
         mode, probe = prepared

@@ -292,3 +292,139 @@ def combine_parallel(
         n = min(TILE, degree - t0)
         _tile(gallery, c, limb, t0, n, pos_idx, pos_pieces, neg_idx, neg_pieces,
               primes, w, wq, out)  # fmt: skip
+
+
+# ------------------------------------------------------------------- many probes at once
+# Coefficients per task when several constant vectors share a pass: the gallery's
+# d x TILE_MANY tile of one (polynomial, limb) (512 x 256 x 8 B = 1 MB at d = 512) stays
+# in L2 while every vector is summed over it, so each tile comes from memory once per
+# batch instead of once per probe.
+TILE_MANY = 256
+
+
+@_jit()
+def _tile_many(
+    gallery: Any,
+    c: Any,
+    limb: Any,
+    t0: Any,
+    n: Any,
+    pos_idx: Any,
+    pos_count: Any,
+    pos_pieces: Any,
+    neg_idx: Any,
+    neg_count: Any,
+    neg_pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+) -> None:
+    """out[m, c, limb, t0:t0+n] for every constant vector m, over one gallery tile."""
+    p = primes[limb]
+    acc = np.empty((4, n), dtype=np.uint64)
+    rpos = np.empty(n, dtype=np.uint64)
+    rneg = np.empty(n, dtype=np.uint64)
+    for m in range(out.shape[0]):
+        _signed_sum(gallery, c, limb, t0, n, pos_idx[m, : pos_count[m]], pos_pieces[m],
+                    w, wq, p, acc, rpos)  # fmt: skip
+        _signed_sum(gallery, c, limb, t0, n, neg_idx[m, : neg_count[m]], neg_pieces[m],
+                    w, wq, p, acc, rneg)  # fmt: skip
+        for i in range(n):
+            a = rpos[i]
+            b = rneg[i]
+            out[m, c, limb, t0 + i] = a - b if a >= b else a + p - b
+
+
+@_jit()
+def combine_many_serial(
+    gallery: Any,
+    pos_idx: Any,
+    pos_count: Any,
+    pos_pieces: Any,
+    neg_idx: Any,
+    neg_count: Any,
+    neg_pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+) -> None:
+    """One thread over every (polynomial, limb, tile), all constant vectors per tile."""
+    limbs = gallery.shape[2]
+    degree = gallery.shape[3]
+    for c in range(2):
+        for limb in range(limbs):
+            for t0 in range(0, degree, TILE_MANY):
+                n = min(TILE_MANY, degree - t0)
+                _tile_many(gallery, c, limb, t0, n, pos_idx, pos_count, pos_pieces, neg_idx,
+                           neg_count, neg_pieces, primes, w, wq, out)  # fmt: skip
+
+
+@_jit(parallel=True)
+def combine_many_parallel(
+    gallery: Any,
+    pos_idx: Any,
+    pos_count: Any,
+    pos_pieces: Any,
+    neg_idx: Any,
+    neg_count: Any,
+    neg_pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+) -> None:
+    """The (polynomial, limb, tile) tasks of :func:`combine_many_serial` over numba's threads."""
+    limbs = gallery.shape[2]
+    degree = gallery.shape[3]
+    tiles = (degree + TILE_MANY - 1) // TILE_MANY
+    for task in numba.prange(2 * limbs * tiles):
+        c = task // (limbs * tiles)
+        limb = (task // tiles) % limbs
+        t0 = (task % tiles) * TILE_MANY
+        n = min(TILE_MANY, degree - t0)
+        _tile_many(gallery, c, limb, t0, n, pos_idx, pos_count, pos_pieces, neg_idx,
+                   neg_count, neg_pieces, primes, w, wq, out)  # fmt: skip
+
+
+# ------------------------------------------------- many dense vectors: a float64 product
+# Residues are cut into 21-bit pieces and constants into signed 23-bit pieces, so over at
+# most 512 rows every partial sum of piece products is an integer below 2^53: a float64
+# matrix product (BLAS, any summation order, with or without FMA) computes it exactly.
+X_BITS = 21
+_XMASK = np.uint64((1 << X_BITS) - 1)
+
+
+@_jit()
+def split_rows(gallery: Any, c: Any, limb: Any, t0: Any, n: Any, start: Any, x: Any) -> None:
+    """x[r, a * n + i] = 21-bit piece a of gallery[start + r, c, limb, t0 + i], as float64."""
+    for r in range(x.shape[0]):
+        row = gallery[start + r, c, limb, t0 : t0 + n]
+        for i in range(n):
+            value = row[i]
+            x[r, i] = np.float64(np.int64(value & _XMASK))
+            x[r, n + i] = np.float64(np.int64((value >> np.uint64(X_BITS)) & _XMASK))
+            x[r, 2 * n + i] = np.float64(np.int64(value >> np.uint64(2 * X_BITS)))
+
+
+@_jit()
+def fold_products(
+    s: Any, kp: Any, n: Any, p: Any, w: Any, wq: Any, out: Any, c: Any, limb: Any, t0: Any
+) -> None:
+    """out[m, c, limb, t0 + i] += sum over pieces (a, b) of s[b * M + m, a * n + i] times
+    its weight w[a, b] = 2^(21 a + 23 b) mod p, all mod p (s holds exact integers)."""
+    count = out.shape[0]
+    pi = np.int64(p)
+    for m in range(count):
+        for i in range(n):
+            total = out[m, c, limb, t0 + i]
+            for b in range(kp):
+                for a in range(3):
+                    r = np.int64(s[b * count + m, a * n + i]) % pi
+                    if r < 0:
+                        r += pi
+                    total += mulmod_shoup(np.uint64(r), w[a, b], wq[a, b], p)
+                    if total >= p:
+                        total -= p
+            out[m, c, limb, t0 + i] = total

@@ -45,6 +45,9 @@ COUNT = struct.Struct("<Q")
 F64 = struct.Struct("<d")
 
 MAX_CONSTANT = 2.0**62  # |q * scale| beyond this does not fit the int64 constants
+# Constant vectors summed in one pass over a block (results: 32 x one ciphertext, 4 MB at
+# N = 8192 and one limb); a pe-miu probe's 256 block pairs take 8 passes.
+PASS_VECTORS = 32
 
 
 # ---------------------------------------------------------------------------- codec
@@ -443,12 +446,12 @@ def seal_primes(degree: int, bit_sizes: Sequence[int]) -> list[int]:
 
 # --------------------------------------------------------------------------- kernel
 @lru_cache(maxsize=1)
-def _kernels() -> tuple[Any, Any]:
-    """The serial and parallel kernels: numba is imported (and the kernels compiled or
-    loaded from its cache) only when a block is first scored."""
+def _kernels() -> Any:
+    """The kernel module: numba is imported (and the kernels compiled or loaded from its
+    cache) only when a block is first scored."""
     from frip_plugins.he_backends import _fast_kernels
 
-    return _fast_kernels.combine_serial, _fast_kernels.combine_parallel
+    return _fast_kernels
 
 
 @lru_cache(maxsize=32)
@@ -489,6 +492,62 @@ def encode_constants(values: np.ndarray | Sequence[float], scale: float) -> np.n
     return k.astype(np.int64)
 
 
+def _checked_inputs(
+    residues: np.ndarray,
+    constants: np.ndarray,
+    primes: np.ndarray | Sequence[int],
+    threads: int,
+    batch: int | None,
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The constants as int64 ((d,), or (probes, d) when ``batch`` is not None) and the
+    primes, after checking every argument of a combination (BackendError)."""
+    if residues.ndim != 4 or residues.shape[1] != 2 or residues.dtype != np.uint64:
+        raise BackendError(f"residues must be uint64 (d, 2, limbs, N), not {residues.shape}")
+    if not residues.flags.c_contiguous:
+        raise BackendError("residues must be C-contiguous")
+    d, limbs = residues.shape[0], residues.shape[2]
+    ks = np.asarray(constants)
+    shape, what = ((d,), f"({d},)") if batch is None else ((batch, d), f"(probes, {d})")
+    if ks.shape != shape or ks.dtype != np.int64:
+        raise BackendError(f"constants must be int64 {what}, not {ks.dtype} {ks.shape}")
+    prime_list = tuple(int(p) for p in primes)
+    if len(prime_list) != limbs or any(not 1 < p < 2**61 for p in prime_list):
+        raise BackendError(f"{limbs} primes below 2^61 expected, got {prime_list}")
+    if threads < 1:
+        raise BackendError("threads must be at least 1")
+    return ks, prime_list
+
+
+def _groups(magnitudes: np.ndarray) -> int:
+    """Piece groups the largest magnitude needs (at least one)."""
+    bits = int(magnitudes.max()).bit_length() if magnitudes.size else 0
+    return max(1, -(-bits // (2 * PIECE_BITS)))
+
+
+def _run(serial: Any, parallel: Any, args: tuple[Any, ...], threads: int) -> None:
+    """One kernel call: serial, or parallel on ``threads`` numba threads (capped by
+    ``NUMBA_NUM_THREADS``)."""
+    if threads == 1:
+        serial(*args)
+        return
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+    try:
+        parallel(*args)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _out(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=np.uint64)
+    if out.shape != shape or out.dtype != np.uint64:
+        raise BackendError(f"out must be uint64 {shape}")
+    return out
+
+
 def combine_residues(
     residues: np.ndarray,
     constants: np.ndarray,
@@ -500,29 +559,14 @@ def combine_residues(
 
     Exact for any int64 constants (zeros are skipped). ``threads`` > 1 runs numba's
     parallel kernel with that many threads (capped by ``NUMBA_NUM_THREADS``)."""
-    if residues.ndim != 4 or residues.shape[1] != 2 or residues.dtype != np.uint64:
-        raise BackendError(f"residues must be uint64 (d, 2, limbs, N), not {residues.shape}")
-    if not residues.flags.c_contiguous:
-        raise BackendError("residues must be C-contiguous")
-    d, _, limbs, degree = residues.shape
-    ks = np.asarray(constants)
-    if ks.shape != (d,) or ks.dtype != np.int64:
-        raise BackendError(f"constants must be int64 ({d},), not {ks.dtype} {ks.shape}")
-    prime_list = tuple(int(p) for p in primes)
-    if len(prime_list) != limbs or any(not 1 < p < 2**61 for p in prime_list):
-        raise BackendError(f"{limbs} primes below 2^61 expected, got {prime_list}")
-    if threads < 1:
-        raise BackendError("threads must be at least 1")
-    if out is None:
-        out = np.empty((2, limbs, degree), dtype=np.uint64)
-    elif out.shape != (2, limbs, degree) or out.dtype != np.uint64:
-        raise BackendError(f"out must be uint64 (2, {limbs}, {degree})")
+    ks, prime_list = _checked_inputs(residues, constants, primes, threads, None)
+    _, _, limbs, degree = residues.shape
+    out = _out(out, (2, limbs, degree))
     pos_idx = np.flatnonzero(ks > 0).astype(np.int64)
     neg_idx = np.flatnonzero(ks < 0).astype(np.int64)
     # |k| as uint64 (negation of int64 min would overflow; encode_constants stays < 2^62)
     magnitudes = np.abs(ks).astype(np.uint64)
-    bits = int(magnitudes.max()).bit_length() if d else 0
-    groups = max(1, -(-bits // (2 * PIECE_BITS)))
+    groups = _groups(magnitudes)
     w, wq = _shoup_tables(prime_list, groups)
     args = (
         residues,
@@ -535,19 +579,138 @@ def combine_residues(
         wq,
         out,
     )
-    serial, parallel = _kernels()
-    if threads == 1:
-        serial(*args)
-        return out
-    import numba
-
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
-    try:
-        parallel(*args)
-    finally:
-        numba.set_num_threads(previous)
+    kernels = _kernels()
+    _run(kernels.combine_serial, kernels.combine_parallel, args, threads)
     return out
+
+
+def _signed_terms(ks: np.ndarray, sign: int, groups: int) -> tuple[np.ndarray, ...]:
+    """For every row of ``ks`` (probes, d), the features whose constant has ``sign``
+    (padded (probes, d) int64, with a count per row) and their |k| in 22-bit pieces
+    (probes, groups, 2, d); the padding is never read."""
+    count, d = ks.shape
+    index = np.zeros((count, d), dtype=np.int64)
+    counts = np.zeros(count, dtype=np.int64)
+    pieces = np.zeros((count, groups, 2, d), dtype=np.uint64)
+    for m, row in enumerate(ks):
+        chosen = np.flatnonzero(row > 0 if sign > 0 else row < 0)
+        index[m, : chosen.size] = chosen
+        counts[m] = chosen.size
+        pieces[m, :, :, : chosen.size] = _split(np.abs(row[chosen]).astype(np.uint64), groups)
+    return index, counts, pieces
+
+
+def combine_residues_many(
+    residues: np.ndarray,
+    constants: np.ndarray,
+    primes: np.ndarray | Sequence[int],
+    threads: int = 1,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`combine_residues` for several constant vectors at once, (probes, d) ->
+    (probes, 2, L, N), bit-identical to combining them one by one, in one pass over the
+    residues: each (polynomial, limb) tile of the gallery is read from memory once and
+    summed with every vector while it sits in cache (a small modular matrix product)."""
+    count = np.asarray(constants).shape[0] if np.ndim(constants) == 2 else -1
+    ks, prime_list = _checked_inputs(residues, constants, primes, threads, count)
+    _, _, limbs, degree = residues.shape
+    out = _out(out, (count, 2, limbs, degree))
+    groups = _groups(np.abs(ks).astype(np.uint64))
+    w, wq = _shoup_tables(prime_list, groups)
+    args = (
+        residues,
+        *_signed_terms(ks, 1, groups),
+        *_signed_terms(ks, -1, groups),
+        np.array(prime_list, dtype=np.uint64),
+        w,
+        wq,
+        out,
+    )
+    kernels = _kernels()
+    _run(kernels.combine_many_serial, kernels.combine_many_parallel, args, threads)
+    return out
+
+
+PRODUCT_ROWS = 512  # rows per float64 product: 512 x (2^21 - 1) x (2^23 - 1) < 2^53
+PRODUCT_TILE = 512  # coefficients per product (the pieces of 512 x 512 residues: 6 MB)
+K_BITS = 23
+PRODUCT_MIN_VECTORS = 8
+
+
+@lru_cache(maxsize=32)
+def _product_weights(prime: int, kp: int) -> tuple[np.ndarray, np.ndarray]:
+    """w[a, b] = 2^(21 a + 23 b) mod p for residue piece a and constant piece b, and
+    their Shoup quotients."""
+    from frip_plugins.fast_kernels import X_BITS
+
+    w = np.empty((3, kp), dtype=np.uint64)
+    wq = np.empty_like(w)
+    for a in range(3):
+        for b in range(kp):
+            weight = pow(2, X_BITS * a + K_BITS * b, prime)
+            w[a, b] = weight
+            wq[a, b] = (weight << 64) // prime
+    return w, wq
+
+
+def combine_residues_product(
+    residues: np.ndarray, constants: np.ndarray, primes: np.ndarray | Sequence[int]
+) -> np.ndarray:
+    """:func:`combine_residues_many` as float64 matrix products (BLAS, exact): for dense
+    constant vectors (plain probes) the batch costs a few multiply-adds per residue and
+    vector at BLAS speed. Residues are cut into three 21-bit pieces, constants into
+    signed 23-bit pieces; each (tile, up to 512 rows) product's integer sums stay below
+    2^53, are reduced mod p and weighted by 2^(21 a + 23 b) mod p. Bit-identical to
+    :func:`combine_residues` per vector (tests/test_batch.py)."""
+    count = np.asarray(constants).shape[0] if np.ndim(constants) == 2 else -1
+    ks, prime_list = _checked_inputs(residues, constants, primes, 1, count)
+    d, _, limbs, degree = residues.shape
+    magnitudes = np.abs(ks).astype(np.uint64)
+    bits = int(magnitudes.max()).bit_length() if magnitudes.size else 0
+    kp = max(1, -(-bits // K_BITS))
+    sign = np.sign(ks).astype(np.float64)
+    pieces = np.empty((kp * count, d))
+    for b in range(kp):
+        part = (magnitudes >> np.uint64(K_BITS * b)) & np.uint64((1 << K_BITS) - 1)
+        pieces[b * count : (b + 1) * count] = part.astype(np.float64) * sign
+    chunks = [
+        (start, np.ascontiguousarray(pieces[:, start : start + PRODUCT_ROWS]))
+        for start in range(0, d, PRODUCT_ROWS)
+    ]
+    kernels = _kernels()
+    out = np.zeros((count, 2, limbs, degree), dtype=np.uint64)
+    buffers: dict[tuple[int, int], np.ndarray] = {}
+    for limb, prime in enumerate(prime_list):
+        w, wq = _product_weights(prime, kp)
+        for c in range(2):
+            for t0 in range(0, degree, PRODUCT_TILE):
+                n = min(PRODUCT_TILE, degree - t0)
+                for start, chunk in chunks:
+                    rows = chunk.shape[1]
+                    x = buffers.setdefault((rows, n), np.empty((rows, 3 * n)))
+                    kernels.split_rows(residues, c, limb, t0, n, start, x)
+                    products = chunk @ x
+                    kernels.fold_products(
+                        products, kp, n, np.uint64(prime), w, wq, out, c, limb, t0
+                    )
+    return out
+
+
+def combine_batch(
+    residues: np.ndarray,
+    constants: np.ndarray,
+    primes: np.ndarray | Sequence[int],
+    threads: int = 1,
+) -> np.ndarray:
+    """What a batch of constant vectors (probes, d) runs, the same result either way:
+    at least PRODUCT_MIN_VECTORS mostly non-zero ones (plain probes) on one thread as a
+    float64 product (:func:`combine_residues_product`, whose cutting of residues into
+    pieces pays off from about 8 vectors), others (fewer, sparse pe-miu block pairs,
+    several threads) in the numba batch kernel (:func:`combine_residues_many`)."""
+    dense = np.count_nonzero(constants) * 2 > np.size(constants)
+    if threads == 1 and dense and len(constants) >= PRODUCT_MIN_VECTORS:
+        return combine_residues_product(residues, constants, primes)
+    return combine_residues_many(residues, constants, primes, threads)
 
 
 # ---------------------------------------------------------------------------- block
@@ -602,8 +765,25 @@ class FastBlock:
         residues = combine_residues(self.residues, constants, self.codec.primes, threads)
         return self.codec.write(residues, self.size, self.codec.scale**2, self.version)
 
-    def weighted_sum(self, weights: Sequence[tuple[int, float]], threads: int = 1) -> bytes:
-        """Same ciphertext as ``TenSEALOps.weighted_sum(block, weights)``, serialised."""
+    def combine_many(self, constants: np.ndarray, threads: int = 1) -> list[bytes]:
+        """:meth:`combine` for each row of ``constants`` (probes, d), in one pass over the
+        block (:func:`combine_residues_many`); the same bytes as one call per row. A row
+        that is all zeros fails the whole call (BackendError): score the rows alone to
+        find it."""
+        if constants.shape[0] == 1:  # one vector: the single kernel's larger tiles
+            return [self.combine(constants[0], threads)]
+        if not np.all(np.any(constants, axis=1)):
+            raise BackendError("every constant is zero at this scale: nothing to score")
+        scale = self.codec.scale**2
+        out: list[bytes] = []
+        for start in range(0, constants.shape[0], PASS_VECTORS):
+            chunk = constants[start : start + PASS_VECTORS]
+            residues = combine_batch(self.residues, chunk, self.codec.primes, threads)
+            out.extend(self.codec.write(r, self.size, scale, self.version) for r in residues)
+        return out
+
+    def _constants(self, weights: Sequence[tuple[int, float]]) -> np.ndarray:
+        """The int64 constants (d,) of (feature, value) pairs, as TenSEAL encodes them."""
         constants = np.zeros(self.features, dtype=np.int64)
         if weights:
             index = np.array([j for j, _ in weights], dtype=np.int64)
@@ -611,7 +791,17 @@ class FastBlock:
                 raise BackendError(f"weight index outside the block's {self.features} features")
             encoded = encode_constants([v for _, v in weights], self.codec.scale)
             np.add.at(constants, index, encoded)  # a repeated feature adds, as in TenSEAL
-        return self.combine(constants, threads)
+        return constants
+
+    def weighted_sum(self, weights: Sequence[tuple[int, float]], threads: int = 1) -> bytes:
+        """Same ciphertext as ``TenSEALOps.weighted_sum(block, weights)``, serialised."""
+        return self.combine(self._constants(weights), threads)
+
+    def weighted_sums(
+        self, batch: Sequence[Sequence[tuple[int, float]]], threads: int = 1
+    ) -> list[bytes]:
+        """:meth:`weighted_sum` of each weight list, in one pass over the block."""
+        return self.combine_many(np.stack([self._constants(w) for w in batch]), threads)
 
     def score_plain(self, probe: np.ndarray, threads: int = 1) -> bytes:
         """The block's scores for a plain probe, one serialised CKKSVector at scale^2."""
