@@ -128,7 +128,7 @@ def test_bulk_enrolment_failures_exit_2_quoted_no_blank_lines(
 
 
 def test_shown_quotes_every_subject_id() -> None:
-    from frip_engine.cli_output import shown
+    from frip_engine.cli.output import shown
 
     assert shown(" pad") == "' pad'"
     assert shown("a\u202eb") == "'a\\u202eb'"

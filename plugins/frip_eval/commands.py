@@ -20,7 +20,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from frip_engine import plugins
-from frip_engine.cli_output import err, out, progress_bar
+from frip_engine.cli.output import err, out, progress_bar
 from frip_engine.errors import InputError, MissingFileError
 from frip_engine.hookspecs import hookimpl
 

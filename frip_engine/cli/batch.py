@@ -19,7 +19,7 @@ from typing import Any
 
 import typer
 
-from frip_engine.cli_output import err, out, shown, styled
+from frip_engine.cli.output import err, out, shown, styled
 from frip_engine.decision import Decision
 from frip_engine.errors import FripError, InputError, MissingFileError
 

@@ -14,8 +14,8 @@ from typer.core import TyperGroup
 
 from frip_engine import plugins
 from frip_engine.ckks import PRESETS
-from frip_engine.cli_audit import audit_key_event, audited_subjects
-from frip_engine.cli_output import (
+from frip_engine.cli.audit import audit_key_event, audited_subjects
+from frip_engine.cli.output import (
     err,
     out,
     progress_bar,
@@ -24,8 +24,8 @@ from frip_engine.cli_output import (
     stdout_closed,
     styled,
 )
-from frip_engine.cli_serve import add_serve_commands
-from frip_engine.cli_subjects import add_subject_commands, template_embeddings
+from frip_engine.cli.serve import add_serve_commands
+from frip_engine.cli.subjects import add_subject_commands, template_embeddings
 from frip_engine.errors import (
     FripError,
     InputError,
@@ -65,8 +65,6 @@ keys_app = typer.Typer(
     help="HE key lifecycle: init, status, rotate-kek, rotate-he.", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
-add_serve_commands(app)  # frip serve, frip vendors, frip audit
-add_subject_commands(app)  # frip subjects, frip embed
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 HomeOpt = Annotated[
@@ -406,7 +404,7 @@ def identify_command(
             raise InputError(f"--probe-clusters takes a number or 'all', not {probe_clusters!r}")
         fan_out = int(probe_clusters)
     if probes is not None:
-        from frip_engine.cli_batch import identify_probes
+        from frip_engine.cli.batch import identify_probes
 
         single = (image, embedding, template)
         identify_probes(engine_name, probes, single, top_k, threshold, fan_out, as_json, home)
@@ -541,6 +539,8 @@ def keys_rotate_he(engine_name: EngineArg, home: HomeOpt = None) -> None:
     out.print(f"{engine_name}: now on HE key version {version}; old key deleted")
 
 
+add_subject_commands(app)  # frip subjects, frip embed
+add_serve_commands(app)  # frip serve, frip vendors, frip audit
 # Plugin commands come last, mounted like any plugin's: frip eval, frip bench and frip demo
 # are frip_eval's (entry point ``eval``); a plugin that fails to load is listed as broken by
 # frip plugins and the rest of the CLI works without it.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from frip_engine.cli_output import err, out, shown, styled
+from frip_engine.cli.output import err, out, shown, styled
 from frip_engine.errors import InputError, MissingFileError
 
 if TYPE_CHECKING:

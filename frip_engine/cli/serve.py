@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from frip_engine.cli_output import err, out, styled
+from frip_engine.cli.output import err, out, styled
 from frip_engine.errors import InputError, MissingFileError
 
 if TYPE_CHECKING:
