@@ -59,7 +59,7 @@ def _gallery(blocks: int, prime: int, seed: int) -> list[Any]:
 
 def _probes(count: int, seed: int) -> Any:
     import numpy as np
-    from frip_plugins.fast_scorer import encode_constants
+    from frip_plugins.he_backends._fast_scorer import encode_constants
 
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((count, FEATURES))
@@ -69,7 +69,7 @@ def _probes(count: int, seed: int) -> Any:
 
 def _one_pass(gallery: list[Any], constants: Any, primes: list[int], threads: int) -> None:
     """One batch (B = len(constants)) over every block, as the engine scores it."""
-    from frip_plugins.fast_scorer import combine_batch, combine_residues
+    from frip_plugins.he_backends._fast_scorer import combine_batch, combine_residues
 
     for block in gallery:
         if constants.shape[0] == 1:
@@ -80,7 +80,7 @@ def _one_pass(gallery: list[Any], constants: Any, primes: list[int], threads: in
 
 def bench(registrants: int, sizes: list[int], repeats: int, threads: int) -> dict[str, Any]:
     import numpy as np
-    from frip_plugins.fast_scorer import combine_batch, combine_residues, seal_primes
+    from frip_plugins.he_backends._fast_scorer import combine_batch, combine_residues, seal_primes
 
     primes = seal_primes(DEGREE, [60, 60])[:1]  # the fast preset's data prime
     blocks = math.ceil(registrants / SLOTS)
@@ -153,7 +153,7 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def _plot(report: dict[str, Any], path: Path) -> bool:
-    from frip_engine.plots import pyplot
+    from frip_eval.plots import pyplot
 
     plt = pyplot()
     if plt is None:

@@ -5,7 +5,8 @@
 
 Each photo is detected once in each of its four quarter turns; for every way the photo
 could have been handed over (as taken, or turned 90, 180, 270 degrees) the extractor's own
-rule (``face_common.upright_rank``, ties to the photo as given) picks a view, exactly as
+rule (``frip_plugins.extractors._common.upright_rank``, ties to the photo as given) picks a
+view, exactly as
 ``FacePipeline.upright`` would (``np.rot90`` is exact, so the views are the same pixels).
 A pick is right when it brings the photo back to how it was taken. Threads are pinned
 (default 1). Writes results/face-orientation.json and prints a Markdown table.

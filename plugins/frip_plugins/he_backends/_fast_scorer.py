@@ -641,7 +641,7 @@ PRODUCT_MIN_VECTORS = 8
 def _product_weights(prime: int, kp: int) -> tuple[np.ndarray, np.ndarray]:
     """w[a, b] = 2^(21 a + 23 b) mod p for residue piece a and constant piece b, and
     their Shoup quotients."""
-    from frip_plugins.fast_kernels import X_BITS
+    from frip_plugins.he_backends._fast_kernels import X_BITS
 
     w = np.empty((3, kp), dtype=np.uint64)
     wq = np.empty_like(w)
