@@ -4,10 +4,12 @@ A probe is exactly one of an image (a file path, its bytes, or decoded pixels), 
 embedding (a vector from the engine's extractor), or a vendor template (bytes in a vendor's
 format and the name of the adapter that decodes them). The CLI, the service and the
 engine all build a :class:`Probe`, so each rule about probes lives here: exactly one
-kind is given (:func:`one_probe`), and a vendor template becomes an embedding through its
-adapter (:meth:`VendorTemplate.decode`). The embedding itself, given or decoded, is checked
-where every vector enters the engine: :func:`frip_engine.embeddings.normalise` (a 1-d
-real floating-point vector of the engine's dimension, finite, not all zeros).
+kind is given (:func:`one_probe`, run once per request in the caller's spelling of each
+kind), a vendor template file is read (:meth:`VendorTemplate.read`) and becomes an
+embedding through its adapter (:meth:`VendorTemplate.decode`). The embedding itself,
+given or decoded, is checked where every vector enters the engine:
+:func:`frip_engine.embeddings.normalise` (a 1-d real floating-point vector of the
+engine's dimension, finite, not all zeros).
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from frip_engine.errors import ProbeError
+from frip_engine.errors import InputError, MissingFileError, ProbeError
 
 # An image: a file path, the file's bytes, or pixels already decoded by ``load_image``.
 ImageSource = Path | str | bytes | np.ndarray
-KINDS: tuple[str, str, str] = ("an image", "an embedding", "a vendor template")
+# The probe kinds, in the order every caller lists them, as the core spells them.
+PROBE_KINDS: tuple[str, str, str] = ("an image", "an embedding", "a vendor template")
+_FIELDS = ("image", "embedding", "template")  # the Probe's field of each kind
 
 
-def one_probe(given: Sequence[bool], names: Sequence[str] = KINDS) -> int:
+def one_probe(given: Sequence[bool], names: Sequence[str] = PROBE_KINDS) -> int:
     """The index of the one probe kind given, in the order image, embedding, template.
 
     ``given``: whether each kind was given; ``names``: how the caller spells each kind
@@ -44,6 +48,18 @@ class VendorTemplate:
 
     adapter: str
     data: bytes = field(repr=False)
+
+    @classmethod
+    def read(cls, adapter: str, path: Path) -> VendorTemplate:
+        """The template in the file at ``path``, in the format of ``adapter``. Raises
+        MissingFileError (no such file) or InputError (unreadable); the adapter itself is
+        looked up when the template is decoded."""
+        if not path.is_file():
+            raise MissingFileError(f"template file {path} does not exist")
+        try:
+            return cls(adapter, path.read_bytes())
+        except OSError as exc:
+            raise InputError(f"template file {path} cannot be read ({exc.strerror})") from None
 
     def decode(self) -> np.ndarray:
         """The embedding the adapter decodes, float (d,), not yet normalised.
@@ -68,6 +84,19 @@ class Probe:
 
     def __post_init__(self) -> None:
         one_probe([self.image is not None, self.embedding is not None, self.template is not None])
+
+    @classmethod
+    def of_kind(cls, kind: int, value: object) -> Probe:
+        """The probe of kind ``kind`` holding ``value``, for a caller that chose the kind
+        with :func:`one_probe` in its own spelling (before decoding the one value it was
+        given), so the rule runs once: 0 an image (ImageSource), 1 an embedding, 2 a
+        :class:`VendorTemplate`. Raises ProbeError for a kind outside 0-2 or a None value."""
+        if kind not in range(len(_FIELDS)) or value is None:
+            raise ProbeError(f"no probe of kind {kind!r} holding {type(value).__name__}")
+        probe = object.__new__(cls)  # one field set by construction: nothing to check
+        for index, name in enumerate(_FIELDS):
+            object.__setattr__(probe, name, value if index == kind else None)
+        return probe
 
     @classmethod
     def of(

@@ -1,5 +1,6 @@
-"""``frip subjects``, ``frip embed`` and ``frip enrol ENGINE SUBJECT --template``: real
-processes, real faces, one error line and the README's exit code for each bad input."""
+"""``frip subjects``, ``frip embed`` and ``frip enrol ENGINE SUBJECT --template FILE
+--adapter NAME``: real processes, real faces, one error line and the README's exit code for
+each bad input."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from conftest import LFW_DEV
 from frip_adapter_acme import AcmeV1Adapter
 
 ADAM = LFW_DEV / "Adam_Sandler"
+ACME = ("--adapter", "acme-v1")  # one spelling for enrol, identify and verify
 
 
 def frip(*args: str, code: int = 0, umask: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -52,7 +54,7 @@ def test_export_an_embedding_then_enrol_it_as_a_vendor_template(home: Path, tmp_
 
     acmt = tmp_path / "adam.acmt"
     acmt.write_bytes(AcmeV1Adapter().encode(vector))
-    frip("enrol", "doors", "adam-acme", "--template", f"acme-v1:{acmt}")
+    frip("enrol", "doors", "adam-acme", "--template", str(acmt), "--adapter", "acme-v1")
     listed = json.loads(frip("subjects", "doors", "--json").stdout)
     assert [row["subject_id"] for row in listed] == ["adam", "adam-acme"]
     assert all(row["images"] == 1 and row["enrolled_at"] for row in listed)
@@ -119,13 +121,14 @@ def test_bad_embed_inputs_are_one_error_line_with_their_exit_code(
 @pytest.mark.parametrize(
     ("args", "code", "says"),
     [
-        (["carol", "--template", "acme-v1"], 2, "ADAPTER:FILE"),
-        (["carol", "--template", "acme-v1:{tmp}/absent.acmt"], 3, "absent.acmt does not exist"),
-        (["carol", "--template", "nope:{tmp}/damaged.acmt"], 4, "nope"),
-        (["carol", "--template", "acme-v1:{tmp}/damaged.acmt"], 2, "ACMT"),
+        (["carol", "--template", "{tmp}/damaged.acmt"], 2, "--template needs --adapter"),
+        (["carol", "--template", "{tmp}/absent.acmt", *ACME], 3, "absent.acmt does not exist"),
+        (["carol", "--template", "{tmp}/damaged.acmt", "--adapter", "nope"], 4, "nope"),
+        (["carol", "--template", "{tmp}/damaged.acmt", *ACME], 2, "ACMT"),
         (["carol", "--subject", "carol", "--image", "x.jpg"], 2, "subject id once"),
         (["carol"], 2, "--image, --embedding and/or --template"),
-        (["--folder", "{tmp}", "--template", "acme-v1:{tmp}/damaged.acmt"], 2, "one SUBJECT"),
+        (["--folder", "{tmp}", "--template", "{tmp}/damaged.acmt", *ACME], 2, "one SUBJECT"),
+        (["--folder", "{tmp}", *ACME], 2, "one SUBJECT"),
     ],
 )
 def test_bad_template_enrolments_exit_with_their_code(

@@ -12,7 +12,7 @@ from frip_adapter_acme import AcmeV1Adapter
 
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import EmbeddingError, MissingFileError, ProbeError
-from frip_engine.probe import Probe, VendorTemplate, one_probe
+from frip_engine.probe import PROBE_KINDS, Probe, VendorTemplate, one_probe
 
 
 @pytest.fixture
@@ -32,6 +32,24 @@ def test_exactly_one_probe_is_one_rule_spelled_by_each_caller() -> None:
         Probe()
     with pytest.raises(ProbeError, match="exactly one probe"):
         Probe(image=b"x", embedding=np.ones(3))
+    assert PROBE_KINDS == ("an image", "an embedding", "a vendor template")
+
+
+def test_a_caller_that_chose_the_kind_builds_that_probe(tmp_path: Path) -> None:
+    vector = np.ones(4)
+    by_kind = Probe.of_kind(one_probe([False, True, False], ["-i", "-e", "-t"]), vector)
+    assert by_kind.embedding is vector and by_kind.image is None and by_kind.template is None
+    assert Probe.of_kind(0, b"jpeg").image == b"jpeg"
+    with pytest.raises(ProbeError):
+        Probe.of_kind(3, vector)
+    with pytest.raises(ProbeError):
+        Probe.of_kind(1, None)
+    (tmp_path / "t.acmt").write_bytes(b"ACMT")
+    template = VendorTemplate.read("acme-v1", tmp_path / "t.acmt")
+    assert template == VendorTemplate("acme-v1", b"ACMT")
+    assert Probe.of_kind(2, template).template is template
+    with pytest.raises(MissingFileError, match=r"absent\.acmt does not exist"):
+        VendorTemplate.read("acme-v1", tmp_path / "absent.acmt")
 
 
 def test_probe_of_takes_every_form_identify_accepts(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from frip_engine.cli.output import (
     styled,
 )
 from frip_engine.cli.serve import add_serve_commands
-from frip_engine.cli.subjects import add_subject_commands, template_embeddings
+from frip_engine.cli.subjects import add_subject_commands
 from frip_engine.errors import (
     FripError,
     InputError,
@@ -216,6 +216,10 @@ def engine_show(name: str, as_json: JsonOpt = False, home: HomeOpt = None) -> No
 
 
 # ---------------------------------------------------------------------------- enrolment
+TemplateOpt = Annotated[Path | None, typer.Option(help="Vendor template file (with --adapter).")]
+AdapterOpt = Annotated[str | None, typer.Option(help="Adapter that decodes --template.")]
+
+
 @app.command("enrol")
 def enrol_command(
     engine_name: Annotated[str, typer.Argument(metavar="ENGINE")],
@@ -230,9 +234,10 @@ def enrol_command(
     ] = None,
     embedding: Annotated[Path | None, typer.Option(help="Embedding file (.npy/.json).")] = None,
     template: Annotated[
-        list[str] | None,
-        typer.Option(help="Vendor template ADAPTER:FILE, decoded by that adapter (repeatable)."),
+        list[Path] | None,
+        typer.Option(help="Vendor template file, decoded by --adapter (repeatable)."),
     ] = None,
+    adapter: AdapterOpt = None,
     folder: Annotated[Path | None, typer.Option(help="Folder of <identity>/<images>.")] = None,
     index: Annotated[Path | None, typer.Option(help="CSV with path,identity columns.")] = None,
     images_per_subject: Annotated[
@@ -245,7 +250,8 @@ def enrol_command(
     """Enrol one subject, a folder or an index CSV (one template per subject).
 
     One subject: ``frip enrol ENGINE SUBJECT`` with images, an embedding file and/or
-    vendor templates (``--template acme-v1:alice.acmt``, decoded by that adapter plugin).
+    vendor template files (``--template alice.acmt --adapter acme-v1``, decoded by that
+    adapter plugin).
     One subject that fails is one error line (3 for a missing image, else 2); a folder or
     an index enrols every subject it can and exits 2 when any failed, each listed on
     stderr."""
@@ -275,11 +281,13 @@ def enrol_command(
                 if embedding
                 else []
             )
-            vectors += template_embeddings(template or [])
+            vectors += [t.decode() for t in _vendor_templates(template or [], adapter)]
             items = [EnrolItem(subject, images=list(image or []), embeddings=vectors)]
         else:
-            if image or embedding is not None or template:
-                raise InputError("--image, --embedding and --template go with one SUBJECT")
+            if image or embedding is not None or template or adapter is not None:
+                raise InputError(
+                    "--image, --embedding, --template and --adapter go with one SUBJECT"
+                )
             found = folder_identities(folder) if folder else csv_identities(index)  # type: ignore[arg-type]
             items = [EnrolItem(k, images=list(v[:images_per_subject])) for k, v in found.items()]
         if skip_existing:
@@ -320,21 +328,29 @@ def _probe_args(
     --adapter NAME). Raises ProbeError, InputError or MissingFileError (exit 3)."""
     from frip_engine.embeddings import read_embedding_file
 
-    one_probe(
+    kind = one_probe(
         [image is not None, embedding is not None, template is not None],
         ("IMAGE", "--embedding FILE", "--template FILE"),
     )
-    if image is not None:
-        return Probe(image=image)
-    if embedding is not None:
+    if kind == 0:
+        return Probe.of_kind(kind, image)
+    if kind == 1:
+        assert embedding is not None
         dimension = engine.parts.extractor.dimension
-        return Probe(embedding=read_embedding_file(embedding, dimension))
+        return Probe.of_kind(kind, read_embedding_file(embedding, dimension))
     assert template is not None
+    return Probe.of_kind(kind, _vendor_templates([template], adapter)[0])
+
+
+def _vendor_templates(files: list[Path], adapter: str | None) -> list[VendorTemplate]:
+    """The vendor templates in ``files`` (``--template FILE``, repeatable where a command
+    takes several), in the format of ``--adapter NAME``. Raises InputError (templates
+    without an adapter) and MissingFileError (exit 3)."""
+    if not files:
+        return []
     if adapter is None:
         raise InputError("--template needs --adapter NAME (see frip plugins)")
-    if not template.is_file():
-        raise MissingFileError(f"template file {template} does not exist")
-    return Probe(template=VendorTemplate(adapter, template.read_bytes()))
+    return [VendorTemplate.read(adapter, path) for path in files]
 
 
 def _show_decision(decision: Any, as_json: bool, one_to_one: bool = False) -> None:
@@ -371,8 +387,6 @@ def _show_decision(decision: Any, as_json: bool, one_to_one: bool = False) -> No
 
 ImageArg = Annotated[Path | None, typer.Argument(help="Probe image.")]
 EmbeddingOpt = Annotated[Path | None, typer.Option(help="Probe embedding file (.npy/.json).")]
-TemplateOpt = Annotated[Path | None, typer.Option(help="Vendor template file (with --adapter).")]
-AdapterOpt = Annotated[str | None, typer.Option(help="Adapter that decodes --template.")]
 ThresholdOpt = Annotated[float | None, typer.Option(help="Override the engine's threshold.")]
 
 

@@ -1,5 +1,4 @@
-"""``frip subjects`` and ``frip embed``, and the vendor templates ``frip enrol --template``
-reads.
+"""``frip subjects`` and ``frip embed``.
 
 Mounted by ``frip_engine.cli`` with ``add_subject_commands``; numpy, the engine and the
 plugins are imported inside the commands.
@@ -133,24 +132,3 @@ def write_clear_template(path: Path, vector: np.ndarray, replace: bool) -> None:
     except OSError as exc:  # a full disk
         path.unlink(missing_ok=True)
         raise InputError(f"cannot write {path}: {exc.strerror}") from None
-
-
-def template_embeddings(specs: list[str]) -> list[np.ndarray]:
-    """The embeddings in vendor template files given as ``ADAPTER:FILE`` (e.g.
-    ``acme-v1:alice.acmt``), each decoded by that adapter plugin. Raises InputError (no
-    ':'), MissingFileError (no such file), PluginError (unknown adapter) and the adapter's
-    EmbeddingError for a template it refuses."""
-    from frip_engine import plugins
-
-    vectors = []
-    for spec in specs:
-        adapter, sep, name = spec.partition(":")
-        if not sep or not adapter or not name:
-            raise InputError(
-                f"--template wants ADAPTER:FILE (e.g. acme-v1:alice.acmt), not {spec!r}"
-            )
-        path = Path(name)
-        if not path.is_file():
-            raise MissingFileError(f"template file {path} does not exist")
-        vectors.append(plugins.create("adapter", adapter).decode(path.read_bytes()))
-    return vectors

@@ -178,11 +178,12 @@ async def read_probe(service: Service, body: dict[str, Any], engine: str) -> Pro
     and decoded by the engine). Raises ProbeError (400) unless exactly one is given, and
     the decoding's Base64Error, ImageError or RequestError."""
     kind = one_probe([name in body for name in PROBE_FIELDS], [f"'{n}'" for n in PROBE_FIELDS])
+    value = body[PROBE_FIELDS[kind]]
     if kind == 0:
-        return Probe(image=await service.decoder.decode(body["image"], "image"))
+        return Probe.of_kind(kind, await service.decoder.decode(value, "image"))
     if kind == 1:
-        return Probe(embedding=decode_vector(body["embedding"], "embedding"))
-    return Probe(template=vendor_template(service, body["template"], engine))
+        return Probe.of_kind(kind, decode_vector(value, "embedding"))
+    return Probe.of_kind(kind, vendor_template(service, value, engine))
 
 
 def vendor_template(service: Service, value: object, engine: str) -> VendorTemplate:
