@@ -6,10 +6,10 @@
         decision = engine.identify("probe.jpg")
 
 Everything a user needs is a name in this package: ``open_engine``, ``Engine``,
-``EnrolItem``, ``EnrolReport``, ``Decision``, ``Candidate``, ``list_engines`` and the
-typed errors (``FripError`` and its subclasses). Importing this package loads nothing
-heavy: the engine's names are imported on first use, plugins and their dependencies
-when an engine needs them.
+``EnrolItem``, ``EnrolReport``, ``Probe``, ``VendorTemplate``, ``Decision``,
+``Candidate``, ``list_engines`` and the typed errors (``FripError`` and its
+subclasses). Importing this package loads nothing heavy: the engine's names are imported
+on first use, plugins and their dependencies when an engine needs them.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from frip_engine.errors import (
 if TYPE_CHECKING:
     from frip_engine.api import open_engine
     from frip_engine.engine import Engine, EnrolItem, EnrolReport, list_engines
+    from frip_engine.probe import Probe, VendorTemplate
 
 __version__ = "0.1.0"
 
@@ -54,6 +55,8 @@ _LAZY = {
     "EnrolItem": "frip_engine.engine",
     "EnrolReport": "frip_engine.engine",
     "list_engines": "frip_engine.engine",
+    "Probe": "frip_engine.probe",
+    "VendorTemplate": "frip_engine.probe",
 }
 __all__ = [
     "BackendError",
@@ -75,11 +78,13 @@ __all__ = [
     "NotFoundError",
     "NotOnePersonError",
     "PluginError",
+    "Probe",
     "ProfileError",
     "SecurityError",
     "StoreError",
     "SubjectError",
     "UnknownSubjectError",
+    "VendorTemplate",
     "WorkerStartError",
     "__version__",
     "list_engines",

@@ -41,8 +41,8 @@ def _open_files_under(folder: Path) -> list[str]:
 def test_import_loads_no_engine_and_names_everything_a_user_needs() -> None:
     code = (
         "import sys, frip_engine;"
-        "loaded = [m for m in ('frip_engine.engine', 'numpy', 'pluggy', 'tenseal', "
-        "'onnxruntime', 'cv2') if m in sys.modules]; print(loaded)"
+        "loaded = [m for m in ('frip_engine.engine', 'frip_engine.probe', 'numpy', 'pluggy', "
+        "'tenseal', 'onnxruntime', 'cv2') if m in sys.modules]; print(loaded)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -51,6 +51,10 @@ def test_import_loads_no_engine_and_names_everything_a_user_needs() -> None:
     assert {"open_engine", "Engine", "EnrolItem", "Decision", "ProfileError"} <= set(
         dir(frip_engine)
     )
+    assert {"Probe", "VendorTemplate"} <= set(dir(frip_engine))
+    from frip_engine.probe import Probe, VendorTemplate
+
+    assert frip_engine.Probe is Probe and frip_engine.VendorTemplate is VendorTemplate
     assert issubclass(frip_engine.KeyStoreError, frip_engine.FripError)
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         frip_engine.nothing_here  # noqa: B018
