@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[variable] = str(args.threads)  # before numpy's BLAS starts its pool
 
     from frip_eval.calibrate import DEFAULT_FPIR, calibrate, write_table
-    from frip_eval.evaluation import Dataset, embed_with
+    from frip_eval.data import Dataset, embed_with
     from rich.progress import Progress
 
     from frip_engine import plugins

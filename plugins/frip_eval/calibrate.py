@@ -41,15 +41,8 @@ import numpy as np
 from frip_engine import pemiu
 from frip_engine.calibration import TABLE_FILE, Calibration, load_table
 from frip_engine.errors import InputError
-from frip_eval.evaluation import (
-    Dataset,
-    Embedded,
-    Protocol,
-    SearchScores,
-    embed_with,
-    identification_protocol,
-    threshold_at_fpir,
-)
+from frip_eval.data import Dataset, Embedded, Protocol, embed_with, identification_protocol
+from frip_eval.evaluation import SearchScores, protocol_searches, threshold_at_fpir
 
 DEFAULT_FPIR = 0.01
 PROTECTIONS = ("none", "pe-miu")
@@ -70,33 +63,27 @@ def search_scores(
     where extraction failed, zero): the cosine for ``none``; for ``pe-miu`` every gallery
     template and every search protected with its own fresh permutation and compared by
     best block assignment (:func:`frip_engine.pemiu.assigned_scores`)."""
-    matrix = embedded.matrix
-    gallery = matrix[protocol.gallery]
-    mated = matrix[protocol.mated]
-    non_mated = matrix[protocol.non_mated]
-    truth = np.asarray(protocol.mated_truth, dtype=int)
-    m = len(truth)
     if protection == "none":
-        plain = mated @ gallery.T
-        mate = plain[np.arange(m), truth]
-        rival = np.where(np.arange(len(gallery)) == truth[:, None], -np.inf, plain).max(axis=1)
-        best = (non_mated @ gallery.T).max(axis=1) if len(non_mated) else np.empty(0)
+        scores = protocol_searches(embedded, protocol)
         if progress:
-            progress(m + len(non_mated))
-    elif protection == "pe-miu":
-        mate, rival, best = _pemiu_searches(
-            gallery, mated, truth, non_mated, block_size, embedded.extractor, progress
-        )
-    else:
+            progress(len(protocol.mated) + len(protocol.non_mated))
+        return scores
+    if protection != "pe-miu":
         raise InputError(
             f"calibration knows protections {', '.join(PROTECTIONS)}, not '{protection}'"
         )
-    hit = ~(rival > mate)
-    failed = ~embedded.ok[protocol.mated]
-    mate[failed] = -np.inf
-    hit[failed] = False
-    best[~embedded.ok[protocol.non_mated]] = -np.inf
-    return SearchScores(mate, hit, best)
+    matrix = embedded.matrix
+    mate, rival, best = _pemiu_searches(
+        matrix[protocol.gallery],
+        matrix[protocol.mated],
+        np.asarray(protocol.mated_truth, dtype=int),
+        matrix[protocol.non_mated],
+        block_size,
+        embedded.extractor,
+        progress,
+    )
+    scores = SearchScores(mate, ~(rival > mate), best)
+    return scores.failed_where(~embedded.ok[protocol.mated], ~embedded.ok[protocol.non_mated])
 
 
 def _pemiu_searches(
@@ -209,7 +196,7 @@ def calibrate(
         fpir_target=fpir,
         fpir=scores.fpir(threshold),
         fnir=scores.fnir(threshold),
-        rank1=float(np.mean(scores.top1_hit)),
+        rank1=scores.rank1,
         max_non_mated=float(finite.max()) if len(finite) else -1.0,
         dataset=dataset,
         identities=len(set(labels)),

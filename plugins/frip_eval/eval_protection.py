@@ -26,7 +26,8 @@ import numpy as np
 
 from frip_engine import pemiu
 from frip_engine.errors import InputError
-from frip_eval.evaluation import Dataset, Embedded, embed_with, verification_metrics
+from frip_eval.data import Dataset, Embedded, embed_with
+from frip_eval.evaluation import verification_metrics
 from frip_eval.plots import pyplot
 
 KERNELS = ("poly", "rbf", "sigmoid")
