@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(args.threads)  # before numpy's BLAS starts its pool
 
-    from frip_eval.data import find_lfw_dev
-    from frip_eval.evaluation import Dataset, benchmark
+    from frip_eval.data import Dataset, find_lfw_dev
+    from frip_eval.evaluation import benchmark
 
     index = args.index
     if index is None and args.folder is None:

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(args.threads)  # before numpy's BLAS starts its pool
 
-    from frip_eval.data import find_lfw_dev
+    from frip_eval.data import Dataset, find_lfw_dev
     from frip_eval.eval_protection import (
         DEFAULT_BLOCK_SIZES,
         markdown,
@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         run_protection,
         write_protection_outputs,
     )
-    from frip_eval.evaluation import Dataset
 
     index = args.index or find_lfw_dev(None) / "index.csv"
     dataset = Dataset.load(None, index).limit(args.identities)

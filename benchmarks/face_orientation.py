@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[variable] = str(args.threads)  # before numpy's BLAS starts its pool
 
     import numpy as np
-    from frip_eval.evaluation import Dataset
+    from frip_eval.data import Dataset
     from frip_plugins.extractors._common import upright_rank
 
     from frip_engine import plugins

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(results, header)
     else:
         import cv2
-        from frip_eval.evaluation import Dataset
+        from frip_eval.data import Dataset
 
         cv2.setNumThreads(args.threads)
         dataset = Dataset.load(index=args.data / "index.csv")

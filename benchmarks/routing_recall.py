@@ -13,11 +13,11 @@ points of exhaustive needs a recall of about 0.995.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from frip_eval.data import distractors, find_lfw_dev, lfw_split
+from frip_eval.data import distractors, lfw_split
+from frip_eval.evaluation import cosine_searches
 from frip_eval.threads import pin_threads
 from rich.console import Console
 from rich.table import Table
@@ -52,9 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     pin_threads()
     console = Console()
-    root = find_lfw_dev(args.data)
-    with tempfile.TemporaryDirectory() as home:
-        lfw = lfw_split(root, Path(home), console)
+    lfw = lfw_split(args.data, console)
     mated = [i for i, who in enumerate(lfw.truth) if who is not None]
     gallery = _unit(
         np.vstack([lfw.gallery, distractors(lfw.everything, args.registrants - len(lfw.ids), 7)])
@@ -62,8 +60,9 @@ def main() -> None:
     probes = _unit(lfw.probes[mated])
     slot = {k: i for i, k in enumerate(lfw.ids)}
     truth = np.array([slot[lfw.truth[i]] for i in mated])
-    right = np.argmax(probes @ gallery.T, axis=1) == truth  # exhaustive rank-1 hits
-    console.print(f"exhaustive rank-1 {right.mean():.4f} over {len(truth)} mated probes")
+    exhaustive = cosine_searches(gallery, probes, truth, probes[:0])
+    console.print(f"exhaustive rank-1 {exhaustive.rank1:.4f} over {len(truth)} mated probes")
+    right = exhaustive.top1_hit
     probes, truth = probes[right], truth[right]
     table = Table(title=f"routing recall at N={args.registrants:,} (exhaustive hits only)")
     for column in ("clusters", "router", *(f"p={p}" for p in FAN_OUTS)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -12,6 +12,9 @@ import pytest
 from frip_engine import plugins
 from frip_engine.engine import Engine
 from frip_engine.profile import Profile
+
+if TYPE_CHECKING:
+    from frip_eval.data import LfwSplit
 
 REPO = Path(__file__).resolve().parents[1]
 LFW_DEV = REPO.parent / "shared" / "data" / "lfw-dev"
@@ -23,6 +26,18 @@ def lfw() -> Path:
     """The real faces; they live beside the repo and are never copied into it."""
     assert (LFW_DEV / "index.csv").is_file(), f"lfw-dev is missing: expected it at {LFW_DEV}"
     return LFW_DEV
+
+
+@pytest.fixture(scope="session")
+def lfw_dev_split() -> LfwSplit:
+    """lfw-dev embedded by the default extractor and split, once per test session (the
+    demo and the benchmarks share it). In memory only: embeddings are biometric data and
+    are never written to disk."""
+    from frip_eval.data import lfw_split
+    from rich.console import Console
+
+    assert (LFW_DEV / "index.csv").is_file(), f"lfw-dev is missing: expected it at {LFW_DEV}"
+    return lfw_split(LFW_DEV, Console(quiet=True))
 
 
 @pytest.fixture

@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 
 from frip_eval.bench_cluster import run
-from frip_eval.data import distractors
+from frip_eval.data import LfwSplit, distractors
 from rich.console import Console
 
 
-def test_small_cluster_benchmark(home: Path, lfw: Path, tmp_path: Path) -> None:
-    results = run([400], [1, "all"], 2, lfw, tmp_path / "bench", "fast", Console(quiet=True))
+def test_small_cluster_benchmark(
+    home: Path, lfw: Path, lfw_dev_split: LfwSplit, tmp_path: Path
+) -> None:
+    console = Console(quiet=True)
+    results = run([400], [1, "all"], 2, lfw, tmp_path / "bench", "fast", console, lfw_dev_split)
     rows = results["scenarios"]
     assert {r["setup"] for r in rows} == {
         "exhaustive",

@@ -14,6 +14,7 @@ from frip_eval.eval_protection import (
     balanced_sample,
     comparison_pairs,
     complexity_distribution,
+    dsys,
     gender_accuracy,
     unlinkability,
     verification_table,
@@ -169,3 +170,17 @@ def test_eval_protection_refuses_a_block_size_not_dividing_the_dimension(
     assert result.returncode == 2, result.stderr
     assert "does not divide" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_dsys_bounds_and_formula() -> None:
+    rng = np.random.default_rng(0)
+    same = rng.normal(0, 1, 20000)
+    assert dsys(same, rng.normal(0, 1, 20000)) < 0.05  # unlinkable
+    assert dsys(rng.normal(5, 0.1, 1000), same) == pytest.approx(1.0)  # fully linkable
+    # two bins: mated 3/4 - 1/4, non-mated 1/4 - 3/4 -> LR 3 in the upper bin only:
+    # D(s) = 2*3/4 - 1 = 0.5 there, D_sys = 3/4 * 0.5
+    mated = np.r_[np.zeros(1), np.ones(3)]
+    non_mated = np.r_[np.zeros(3), np.ones(1)]
+    assert dsys(mated, non_mated, bins=2) == pytest.approx(0.375)
+    with pytest.raises(InputError):
+        dsys(np.empty(0), same)

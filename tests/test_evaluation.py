@@ -10,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frip_eval.data import Dataset, Embedded, identification_protocol
 from frip_eval.evaluation import (
-    Dataset,
-    Embedded,
     comparison_scores,
     identification_metrics,
-    identification_protocol,
     read_pairs,
     verification_metrics,
 )

@@ -8,14 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from frip_eval.evaluation import (
-    Dataset,
-    compare_backends,
-    embed_dataset,
-    identification_metrics,
-    identification_protocol,
-    make_extractor,
-)
+from frip_eval.data import Dataset, embed_dataset, identification_protocol, make_extractor
+from frip_eval.evaluation import compare_backends, identification_metrics
 
 
 @pytest.fixture(scope="module")

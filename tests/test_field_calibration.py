@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import LFW_DEV, REPO, unit_vectors
 from frip_eval.calibrate import calibrate, search_scores, write_profile_threshold
-from frip_eval.evaluation import Embedded, identification_protocol
+from frip_eval.data import Embedded, identification_protocol
 
 from frip_engine import pemiu, plugins
 from frip_engine.calibration import engine_threshold, load_table, lookup

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from frip_eval.data import LfwSplit
 from frip_eval.demo import run_demo
 from rich.console import Console
 
 
 def test_lfw_dev_encrypted_equals_plaintext_and_meets_the_bar(
-    home: Path, lfw: Path, tmp_path: Path
+    home: Path, lfw: Path, lfw_dev_split: LfwSplit, tmp_path: Path
 ) -> None:
-    summary = run_demo(lfw, tmp_path / "demo", "fast", Console(quiet=True))
+    summary = run_demo(lfw, tmp_path / "demo", "fast", Console(quiet=True), lfw_dev_split)
     assert summary["registrants"] == 200
     assert summary["mated_probes"] + len(summary["extraction_failures"]) >= 400
     assert summary["unknown_probes"] == 120

@@ -1,4 +1,4 @@
-"""PE-MIU protection mechanics on synthetic vectors: permutations, comparison, errors, D_sys."""
+"""PE-MIU protection mechanics on synthetic vectors: permutations, comparison, errors."""
 
 from __future__ import annotations
 
@@ -160,17 +160,3 @@ def test_refuses_double_protection_and_foreign_templates() -> None:
         p32.compare(other_model, once)  # type: ignore[attr-defined]
     with pytest.raises(InputError, match="not a PE-MIU"):
         p32.compare(vector, once)  # type: ignore[attr-defined]
-
-
-def test_dsys_bounds_and_formula() -> None:
-    rng = np.random.default_rng(0)
-    same = rng.normal(0, 1, 20000)
-    assert pemiu.dsys(same, rng.normal(0, 1, 20000)) < 0.05  # unlinkable
-    assert pemiu.dsys(rng.normal(5, 0.1, 1000), same) == pytest.approx(1.0)  # fully linkable
-    # two bins: mated 3/4 - 1/4, non-mated 1/4 - 3/4 -> LR 3 in the upper bin only:
-    # D(s) = 2*3/4 - 1 = 0.5 there, D_sys = 3/4 * 0.5
-    mated = np.r_[np.zeros(1), np.ones(3)]
-    non_mated = np.r_[np.zeros(3), np.ones(1)]
-    assert pemiu.dsys(mated, non_mated, bins=2) == pytest.approx(0.375)
-    with pytest.raises(InputError):
-        pemiu.dsys(np.empty(0), same)

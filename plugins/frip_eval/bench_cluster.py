@@ -1,6 +1,7 @@
 """``frip bench cluster``: latency and accuracy of routed search against exhaustive search.
 
-Gallery: lfw-dev's 200 multi-image identities (enrolled from their first image) plus
+Gallery: lfw-dev's 200 multi-image identities (enrolled from their first usable image,
+as every measurement splits lfw-dev: :mod:`frip_eval.data`) plus
 synthetic distractors drawn from a Gaussian fitted to lfw-dev's own embeddings, up to N
 registrants. Probes: the 400 other images of enrolled people (mated) and the 120
 single-image people (unknown). Accuracy is measured over every probe with the plaintext
@@ -24,7 +25,7 @@ from rich.table import Table
 
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.profile import Profile
-from frip_eval.data import distractors, find_lfw_dev, lfw_split
+from frip_eval.data import LfwSplit, distractors, lfw_split
 from frip_eval.evaluation import decision_scores
 from frip_eval.plots import pyplot
 from frip_eval.threads import pin_threads
@@ -53,12 +54,12 @@ def _enrol(engine: Engine, gallery: np.ndarray, console: Console) -> float:
 
 
 def _accuracy(
-    engine: Engine, probes: list[tuple[np.ndarray, str | None]], fan_out: FanOut
+    engine: Engine, probes: list[tuple[np.ndarray, str | None]], fan_out: FanOut, lfw: LfwSplit
 ) -> dict[str, Any]:
     decisions = [engine.identify(embedding=p, probe_clusters=fan_out) for p, _ in probes]
     mated = [(d, t) for d, (_, t) in zip(decisions, probes, strict=True) if t is not None]
     unknown = [d for d, (_, t) in zip(decisions, probes, strict=True) if t is None]
-    scores = decision_scores(mated, unknown)
+    scores = decision_scores(mated, unknown, lfw.failed_mated, lfw.failed_non_mated)
     return {
         "rank1": scores.rank1,
         "fnir": scores.fnir(engine.threshold),
@@ -100,13 +101,17 @@ def run(
     output: Path,
     preset: str,
     console: Console,
+    lfw: LfwSplit | None = None,
 ) -> dict[str, Any]:
+    """Measure every size x clusterer x fan-out; write ``cluster.json``, ``.md`` and
+    ``.png`` to ``output`` and return the results. ``lfw``: lfw-dev already embedded by the
+    default extractor (else it is embedded here, from ``data`` or found)."""
     pin_threads()
-    root = find_lfw_dev(data)
+    if lfw is None:
+        lfw = lfw_split(data, console)
     output.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="frip-bench-"))
     home = work / "home"
-    lfw = lfw_split(root, home, console)
     real, per_image = lfw.everything, lfw.per_image
     subject_of = {k: f"g{i}" for i, k in enumerate(lfw.ids)}  # the gallery's ids
     probes: list[tuple[np.ndarray, str | None]] = [
@@ -148,7 +153,7 @@ def run(
                 sizes_used = sorted((b.used for b in he.gallery_store.blocks()), reverse=True)
                 outs = fan_outs if clusterer["plugin"] != "single" else ["all"]
                 for fan_out in outs:
-                    accuracy = _accuracy(plain, probes, fan_out)
+                    accuracy = _accuracy(plain, probes, fan_out, lfw)
                     top1 = accuracy.pop("top1")
                     if baseline is None:
                         baseline = top1

@@ -60,7 +60,7 @@ from frip_eval.bench_he_results import (
     stored_kb,
     synthetic_checks,
 )
-from frip_eval.data import distractors, find_lfw_dev, lfw_split
+from frip_eval.data import distractors, lfw_split
 from frip_eval.evaluation import decision_scores
 from frip_eval.threads import pin_threads
 
@@ -624,9 +624,7 @@ def run(options: Options, console: Console) -> dict[str, Any]:
     sizes = tuple(sorted(set(table_sizes) | set(sweep)))
     work = Path(tempfile.mkdtemp(prefix="frip-bench-he-"))
     try:
-        lfw = lfw_split(
-            find_lfw_dev(options.data), work / "extract", console, 24 if options.quick else None
-        )
+        lfw = lfw_split(options.data, console, limit=24 if options.quick else None)
         real = lfw.everything
         gallery = synthetic_gallery(real, sizes[-1], options.seed)
         results: dict[str, Any] = {

@@ -1,30 +1,25 @@
-"""Calibrating decision thresholds per (extractor, protection, block size).
+"""How a decision threshold is measured, for one (extractor, protection, block size).
 
-The table the engine reads and its lookup live in :mod:`frip_engine.calibration`.
+Why thresholds are calibrated per combination, and the shipped table the engine reads
+them from: :mod:`frip_engine.calibration`. Here: measuring an entry (``frip eval
+calibrate`` on a user's images, ``benchmarks/calibrate_thresholds.py`` for the shipped
+table, whose report :mod:`frip_eval.calibrate_report` writes) and merging it into a table
+or a profile.
 
-A cosine threshold is only meaningful for the comparison and the population it was
-measured on: PE-MIU's block re-alignment takes the best assignment, which lifts impostor
-scores, and a gallery of thousands has higher best-impostor scores than one of dozens. So
-the engine's default threshold is looked up in a table shipped with the package
-(``frip_engine/calibration.json``, written by ``benchmarks/calibrate_thresholds.py``),
-keyed by the engine's extractor, protection and pe-miu block size, and each entry records
-how it was measured. A combination the table does not have is refused at ``frip create``
-unless the profile sets ``[engine] threshold``; ``frip eval calibrate`` measures one on
-the user's own images.
-
-Calibration is open-set identification (ISO/IEC 19795-1, as in
-:func:`frip_eval.evaluation.identification_protocol`): identities with several images
+Calibration is open-set identification (ISO/IEC 19795-1) on the split every measurement
+uses (:func:`frip_eval.data.identification_protocol`): identities with several images
 enrol their first usable image, their other images are mated searches, identities with
 one image are non-mated searches. The threshold is the smallest score at which at most
 ``floor(FPIR * non-mated searches)`` non-mated searches return a candidate (a candidate is
 returned when the best score is >= the threshold); FNIR is then the share of mated
-searches whose best candidate is not the mate or scores below it. Under pe-miu every
-gallery template and every search is protected with its own fresh permutation and
-compared with :func:`frip_engine.pemiu.compare_many`, as the engine does.
+searches whose best candidate is not the mate or scores below it
+(:class:`frip_eval.evaluation.SearchScores`). Under pe-miu every gallery template and
+every search is protected with its own fresh permutation and compared by best block
+assignment, as the engine does (:func:`frip_engine.pemiu.compare_many`).
 
 Embeddings are held in memory only, never cached on disk (no embedding is ever written
-in the clear): ``benchmarks/calibrate_thresholds.py`` calibrates every protection and block
-size of an extractor from one extraction in one process.
+in the clear): one extraction calibrates every protection and block size of an extractor
+(:func:`combinations`).
 """
 
 from __future__ import annotations
@@ -41,15 +36,9 @@ import numpy as np
 from frip_engine import pemiu
 from frip_engine.calibration import TABLE_FILE, Calibration, load_table
 from frip_engine.errors import InputError
-from frip_eval.evaluation import (
-    Dataset,
-    Embedded,
-    Protocol,
-    SearchScores,
-    embed_with,
-    identification_protocol,
-    threshold_at_fpir,
-)
+from frip_eval.data import Dataset, Embedded, Protocol, embed_with, identification_protocol
+from frip_eval.eval_protection import DEFAULT_BLOCK_SIZES, protect_matrix
+from frip_eval.evaluation import SearchScores, protocol_searches, threshold_at_fpir
 
 DEFAULT_FPIR = 0.01
 PROTECTIONS = ("none", "pe-miu")
@@ -70,33 +59,27 @@ def search_scores(
     where extraction failed, zero): the cosine for ``none``; for ``pe-miu`` every gallery
     template and every search protected with its own fresh permutation and compared by
     best block assignment (:func:`frip_engine.pemiu.assigned_scores`)."""
-    matrix = embedded.matrix
-    gallery = matrix[protocol.gallery]
-    mated = matrix[protocol.mated]
-    non_mated = matrix[protocol.non_mated]
-    truth = np.asarray(protocol.mated_truth, dtype=int)
-    m = len(truth)
     if protection == "none":
-        plain = mated @ gallery.T
-        mate = plain[np.arange(m), truth]
-        rival = np.where(np.arange(len(gallery)) == truth[:, None], -np.inf, plain).max(axis=1)
-        best = (non_mated @ gallery.T).max(axis=1) if len(non_mated) else np.empty(0)
+        scores = protocol_searches(embedded, protocol)
         if progress:
-            progress(m + len(non_mated))
-    elif protection == "pe-miu":
-        mate, rival, best = _pemiu_searches(
-            gallery, mated, truth, non_mated, block_size, embedded.extractor, progress
-        )
-    else:
+            progress(len(protocol.mated) + len(protocol.non_mated))
+        return scores
+    if protection != "pe-miu":
         raise InputError(
             f"calibration knows protections {', '.join(PROTECTIONS)}, not '{protection}'"
         )
-    hit = ~(rival > mate)
-    failed = ~embedded.ok[protocol.mated]
-    mate[failed] = -np.inf
-    hit[failed] = False
-    best[~embedded.ok[protocol.non_mated]] = -np.inf
-    return SearchScores(mate, hit, best)
+    matrix = embedded.matrix
+    mate, rival, best = _pemiu_searches(
+        matrix[protocol.gallery],
+        matrix[protocol.mated],
+        np.asarray(protocol.mated_truth, dtype=int),
+        matrix[protocol.non_mated],
+        block_size,
+        embedded.extractor,
+        progress,
+    )
+    scores = SearchScores(mate, ~(rival > mate), best)
+    return scores.failed_where(~embedded.ok[protocol.mated], ~embedded.ok[protocol.non_mated])
 
 
 def _pemiu_searches(
@@ -114,8 +97,6 @@ def _pemiu_searches(
     Exact, but pruned: the summed row maxima (and column maxima) of a block-product matrix
     bound its best assignment from above, so a registrant whose bound cannot beat the best
     score found so far is never assigned (about 3x fewer Hungarian solves on lfw-large)."""
-    from frip_eval.eval_protection import protect_matrix
-
     if block_size is None:
         raise InputError("pe-miu calibration needs a block size")
     dimension = gallery.shape[1]
@@ -164,6 +145,13 @@ def _pruned_max(pairs: np.ndarray, bound: np.ndarray, floor: float, chunk: int =
     return best
 
 
+def combinations(dimension: int) -> list[tuple[str, int | None]]:
+    """What one extraction of ``dimension``-d templates calibrates: protection ``none``,
+    and pe-miu at every block size of :data:`DEFAULT_BLOCK_SIZES` leaving two blocks."""
+    runs: list[tuple[str, int | None]] = [("none", None)]
+    return runs + [("pe-miu", b) for b in DEFAULT_BLOCK_SIZES if dimension // b >= 2]
+
+
 def check_fpir(fpir: float) -> None:
     """InputError unless the FPIR target is a fraction in (0, 1)."""
     if not 0.0 < fpir < 1.0:
@@ -209,7 +197,7 @@ def calibrate(
         fpir_target=fpir,
         fpir=scores.fpir(threshold),
         fnir=scores.fnir(threshold),
-        rank1=float(np.mean(scores.top1_hit)),
+        rank1=scores.rank1,
         max_non_mated=float(finite.max()) if len(finite) else -1.0,
         dataset=dataset,
         identities=len(set(labels)),

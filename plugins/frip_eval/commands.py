@@ -62,8 +62,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON summary.")
 
 
 def _dataset(folder: Path | None, index: Path | None, identities: int | None) -> Any:
-    from frip_eval.data import find_lfw_dev
-    from frip_eval.evaluation import Dataset
+    from frip_eval.data import Dataset, find_lfw_dev
 
     if folder is None and index is None:
         index = find_lfw_dev(None) / "index.csv"

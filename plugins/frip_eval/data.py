@@ -1,30 +1,38 @@
-"""The data the measurements run on: lfw-dev (found, extracted, split) and synthetic
-distractors fitted to real embeddings.
-
-lfw-dev is read one way for every measurement that runs it through engines (``frip
-demo``, ``frip bench cluster``, ``frip bench he``, ``benchmarks/routing_recall.py``):
-people with several images are enrolled from their first, their other images are mated
-probes, everyone else's images are strangers. ``frip eval`` reads any labelled set
-(lfw-dev by default) as a :class:`frip_eval.evaluation.Dataset`. Embeddings stay in
-memory, never on disk.
+"""The data every measurement runs on, read one way: labelled images (:class:`Dataset`:
+lfw-dev by default, or any folder or index CSV), embedded once per extractor
+(:func:`embed_dataset`, in memory only, never on disk) and split by one open-set rule
+(:func:`identification_protocol`). ``frip eval`` and ``frip eval calibrate`` score the
+split directly; ``frip demo``, ``frip bench cluster``, ``frip bench he`` and
+``benchmarks/routing_recall.py`` run it through engines as an :class:`LfwSplit`. Also:
+synthetic distractors fitted to real embeddings.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress as Bar
 
-from frip_engine.datasets import csv_identities
-from frip_engine.engine import Engine
+from frip_engine import plugins
+from frip_engine.datasets import csv_identities, folder_identities
 from frip_engine.errors import FripError, InputError
-from frip_engine.profile import Profile
+from frip_engine.images import load_image
+from frip_engine.kinds import SECTIONS
+from frip_eval.threads import pin_opencv
+
+CHUNK = 32  # images decoded and extracted together (the extractor batches inside)
+
+Progress = Callable[[int], None]
 
 
+# ----------------------------------------------------------------------------- reading
 def find_lfw_dev(given: Path | None) -> Path:
     """lfw-dev's folder: ``given``, else ``../shared/data/lfw-dev`` from the working
     directory or from the repository. InputError when none of them has an ``index.csv``."""
@@ -44,95 +52,266 @@ def find_lfw_dev(given: Path | None) -> Path:
     )
 
 
-def lfw_identities(root: Path, limit: int | None = None) -> dict[str, list[Path]]:
-    """Identity -> image paths from lfw-dev's ``index.csv`` (the first ``limit`` identities)."""
-    identities = csv_identities(root / "index.csv")
-    if limit is not None:
-        identities = dict(list(identities.items())[:limit])
-    return identities
+@dataclass
+class Dataset:
+    """Labelled images: from a folder of ``<identity>/<images>`` or an index CSV."""
+
+    root: Path
+    paths: list[Path]
+    labels: list[str]
+
+    @classmethod
+    def load(cls, folder: Path | None = None, index: Path | None = None) -> Dataset:
+        if (folder is None) == (index is None):
+            raise InputError("give exactly one of an image folder or an index CSV")
+        if folder is not None:
+            found, root = folder_identities(folder), folder
+        else:
+            assert index is not None
+            found, root = csv_identities(index), index.parent
+        paths = [p for k in sorted(found) for p in found[k]]
+        labels = [k for k in sorted(found) for _ in found[k]]
+        return cls(root, paths, labels)
+
+    def limit(self, identities: int | None) -> Dataset:
+        """The first ``identities`` identities (sorted by name), for quick runs."""
+        if identities is None:
+            return self
+        keep = set(sorted(set(self.labels))[:identities])
+        rows = [(p, k) for p, k in zip(self.paths, self.labels, strict=True) if k in keep]
+        return Dataset(self.root, [p for p, _ in rows], [k for _, k in rows])
 
 
-def plaintext_profile(name: str) -> Profile:
-    """A plaintext reference engine (templates in the clear, memory key store): for
-    extracting embeddings and for the decisions encrypted engines are checked against."""
-    return Profile.from_dict(
-        {
-            "engine": {"name": name, "insecure": True},
-            "he": {"plugin": "plaintext"},
-            "key_store": {"plugin": "memory"},
-        }
+# ----------------------------------------------------------------------------- embedding
+@dataclass
+class Embedded:
+    """One extractor's embeddings of a dataset (in memory only) and what it cost."""
+
+    extractor: str
+    dimension: int
+    threshold: float
+    matrix: np.ndarray  # (n, d) unit rows; zeros where extraction failed
+    ok: np.ndarray  # (n,) bool
+    failures: dict[str, str]
+    seconds: dict[str, float]  # decode, detect, align, embed (when the extractor reports them)
+    total_seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.ok) / self.total_seconds if self.total_seconds else 0.0
+
+
+def make_extractor(name: str, threads: int | None = None, **params: Any) -> Any:
+    """Build an extractor plugin, passing ``threads`` only to factories that take it."""
+    component = plugins.registry().get("extractor", name)
+    if threads is not None and "threads" in inspect.signature(component.factory).parameters:
+        params["threads"] = threads
+    return component.create(**params)
+
+
+def embed_dataset(
+    extractor: Any, paths: Sequence[Path], progress: Progress | None = None
+) -> Embedded:
+    """Decode and extract every image; failures are recorded, never fatal."""
+    load = getattr(extractor, "load", None)
+    if callable(load):
+        load()  # model loading is not part of the throughput
+    stages: dict[str, float] | None = getattr(extractor, "stage_seconds", None)
+    before = dict(stages) if stages is not None else {}
+    matrix = np.zeros((len(paths), int(extractor.dimension)))
+    ok = np.zeros(len(paths), dtype=bool)
+    failures: dict[str, str] = {}
+    decode = 0.0
+    started = time.perf_counter()
+    for start in range(0, len(paths), CHUNK):
+        chunk = list(range(start, min(start + CHUNK, len(paths))))
+        images: list[np.ndarray] = []
+        kept: list[int] = []
+        tick = time.perf_counter()
+        for i in chunk:
+            try:
+                images.append(load_image(paths[i]))
+                kept.append(i)
+            except FripError as exc:
+                failures[str(paths[i])] = str(exc)
+        decode += time.perf_counter() - tick
+        for i, result in zip(kept, _extract_all(extractor, images), strict=True):
+            if isinstance(result, FripError):
+                failures[str(paths[i])] = str(result)
+                continue
+            vector = np.asarray(result.embedding, dtype=np.float64)
+            matrix[i] = vector / np.linalg.norm(vector)
+            ok[i] = True
+        if progress:
+            progress(len(chunk))
+    total = time.perf_counter() - started
+    seconds = {"decode": decode}
+    if stages is not None:
+        seconds.update({k: v - before.get(k, 0.0) for k, v in stages.items()})
+    return Embedded(
+        str(extractor.name),
+        int(extractor.dimension),
+        float(extractor.threshold),
+        matrix,
+        ok,
+        failures,
+        seconds,
+        total,
     )
 
 
-def extract_all(
-    engine: Engine, identities: dict[str, list[Path]], console: Console
-) -> tuple[dict[Path, np.ndarray], dict[str, str], float]:
-    """Every image's embedding through ``engine``'s extractor (models loaded before the
-    clock starts): embeddings by path, failures by path (the reason), seconds per image."""
-    embeddings: dict[Path, np.ndarray] = {}
-    failures: dict[str, str] = {}
-    paths = [p for v in identities.values() for p in v]
-    engine.embed_image(paths[0])  # load the models outside the timed loop
-    started = time.perf_counter()
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("detecting, aligning, embedding", total=len(paths))
-        for path in paths:
-            try:
-                embeddings[path], _notes = engine.embed_image(path)
-            except FripError as exc:
-                failures[str(path)] = str(exc)
-            bar.advance(task)
-    return embeddings, failures, (time.perf_counter() - started) / len(paths)
+def _extract_all(extractor: Any, images: list[np.ndarray]) -> list[Any]:
+    many = getattr(extractor, "extract_many", None)
+    if callable(many):
+        return list(many(images))
+    out: list[Any] = []
+    for image in images:
+        try:
+            out.append(extractor.extract(image))
+        except FripError as exc:
+            out.append(exc)
+    return out
+
+
+def embed_with(
+    name: str, dataset: Dataset, threads: int, progress: Callable[[str, int], None] | None
+) -> Embedded:
+    """The named extractor plugin's embeddings of every image of ``dataset``, in memory
+    (never written to disk), with BLAS/OpenCV pinned to ``threads``; ``progress(name, n)``
+    after each ``n`` images."""
+    pin_opencv(threads)
+    extractor = make_extractor(name, threads=threads)
+    step = (lambda n: progress(name, n)) if progress else None
+    return embed_dataset(extractor, dataset.paths, step)
+
+
+# ----------------------------------------------------------------------------- the split
+@dataclass
+class Protocol:
+    """Who is enrolled (one image each) and who searches, as dataset indices."""
+
+    gallery: list[int]
+    gallery_labels: list[str]
+    mated: list[int]
+    mated_truth: list[int]  # position of the mate in the gallery
+    non_mated: list[int] = field(default_factory=list)
+
+
+def identification_protocol(labels: Sequence[str], ok: np.ndarray) -> Protocol:
+    """Identities with several images: the first extractable one is enrolled, the others
+    search as mated probes; identities with one image search as non-mated probes."""
+    by_identity: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_identity.setdefault(label, []).append(i)
+    protocol = Protocol([], [], [], [])
+    for label in sorted(by_identity):
+        indices = by_identity[label]
+        if len(indices) == 1:
+            protocol.non_mated.append(indices[0])
+            continue
+        usable = [i for i in indices if ok[i]]
+        if not usable:  # nobody to enrol: every image is a failed mated search
+            continue
+        protocol.gallery.append(usable[0])
+        protocol.gallery_labels.append(label)
+        for i in indices:
+            if i != usable[0]:
+                protocol.mated.append(i)
+                protocol.mated_truth.append(len(protocol.gallery) - 1)
+    if not protocol.gallery or not protocol.mated:
+        raise InputError("identification needs identities with at least two usable images")
+    return protocol
 
 
 @dataclass(frozen=True)
 class LfwSplit:
-    """lfw-dev as the measurements use it: people with several images enrolled from their
-    first, their other images as mated probes, everyone else's images as strangers."""
+    """A labelled set split by :func:`identification_protocol`, as engines consume it: the
+    gallery to enrol (one embedding per identity) and the probes to identify, each with the
+    identity it should find (None: a non-mated probe, whose identity is not enrolled).
+    Images whose face could not be extracted cannot be sent to an engine: they are counted
+    (``failed_mated``, ``failed_non_mated``) so that metrics count them as the evaluation
+    does (a missed mated search, a rejected non-mated one)."""
 
-    everything: np.ndarray  # (images, d) every embedding (what distractors are fitted to)
-    ids: list[str]  # enrolled identities, in gallery order
-    gallery: np.ndarray  # (len(ids), d)
-    probes: np.ndarray  # (probes, d)
-    truth: list[str | None]  # each probe's identity, None for a stranger
-    per_image: float  # seconds of extraction per image
-    failures: dict[str, str] = field(default_factory=dict)  # image path -> why no embedding
+    dataset: Dataset
+    embedded: Embedded
+    protocol: Protocol
+
+    @classmethod
+    def of(cls, dataset: Dataset, embedded: Embedded) -> LfwSplit:
+        return cls(dataset, embedded, identification_protocol(dataset.labels, embedded.ok))
+
+    @property
+    def everything(self) -> np.ndarray:
+        """(usable images, d) every embedding (what distractors are fitted to)."""
+        return np.asarray(self.embedded.matrix[self.embedded.ok])
+
+    @property
+    def ids(self) -> list[str]:
+        """The enrolled identities, in gallery order."""
+        return self.protocol.gallery_labels
+
+    @property
+    def gallery(self) -> np.ndarray:
+        """(len(ids), d) each enrolled identity's embedding."""
+        return self.embedded.matrix[self.protocol.gallery]
+
+    @property
+    def _probes(self) -> list[tuple[int, str | None]]:
+        """Usable probes in data set order: (image index, identity to find or None)."""
+        protocol, labels = self.protocol, self.protocol.gallery_labels
+        truth: dict[int, str | None] = dict.fromkeys(protocol.non_mated)
+        pairs = zip(protocol.mated, protocol.mated_truth, strict=True)
+        truth.update((i, labels[t]) for i, t in pairs)
+        return [(i, truth[i]) for i in sorted(truth) if self.embedded.ok[i]]
+
+    @property
+    def probes(self) -> np.ndarray:
+        """(usable probes, d)"""
+        return self.embedded.matrix[[i for i, _ in self._probes]]
+
+    @property
+    def truth(self) -> list[str | None]:
+        """Each probe's identity, None for a non-mated probe."""
+        return [who for _, who in self._probes]
+
+    @property
+    def failed_mated(self) -> int:
+        return int(np.sum(~self.embedded.ok[self.protocol.mated]))
+
+    @property
+    def failed_non_mated(self) -> int:
+        return int(np.sum(~self.embedded.ok[self.protocol.non_mated]))
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Image path -> why it has no embedding."""
+        return self.embedded.failures
+
+    @property
+    def per_image(self) -> float:
+        """Seconds of decoding and extraction per image."""
+        return self.embedded.total_seconds / len(self.dataset.paths)
 
 
-def split_identities(
-    engine: Engine, identities: dict[str, list[Path]], console: Console
+def lfw_split(
+    data: Path | None,
+    console: Console,
+    extractor: Any = None,
+    limit: int | None = None,
 ) -> LfwSplit:
-    """Extract ``identities`` through ``engine`` and split them; a person whose first
-    image fails counts as a stranger, an image that fails is left out."""
-    embeddings, failures, per_image = extract_all(engine, identities, console)
-    enrolled = {k: v[0] for k, v in identities.items() if len(v) > 1 and v[0] in embeddings}
-    probes = [
-        (embeddings[p], k if k in enrolled else None)
-        for k, v in identities.items()
-        for p in (v[1:] if k in enrolled else v)
-        if p in embeddings
-    ]
-    return LfwSplit(
-        np.stack(list(embeddings.values())),
-        list(enrolled),
-        np.stack([embeddings[p] for p in enrolled.values()]),
-        np.stack([p for p, _ in probes]),
-        [t for _, t in probes],
-        per_image,
-        failures,
-    )
+    """lfw-dev (``data``, else found by :func:`find_lfw_dev`; its first ``limit``
+    identities) embedded by ``extractor`` (an extractor plugin instance; default: a fresh
+    instance of the default extractor) and split, with a progress bar on ``console``."""
+    dataset = Dataset.load(index=find_lfw_dev(data) / "index.csv").limit(limit)
+    if extractor is None:
+        extractor = make_extractor(str(SECTIONS["extractor"].default))
+    with Bar(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("detecting, aligning, embedding", total=len(dataset.paths))
+        embedded = embed_dataset(extractor, dataset.paths, lambda n: bar.advance(task, n))
+    return LfwSplit.of(dataset, embedded)
 
 
-def lfw_split(root: Path, home: Path, console: Console, limit: int | None = None) -> LfwSplit:
-    """Extract lfw-dev (the first ``limit`` identities) with a throw-away plaintext engine
-    in ``home`` and split it (:func:`split_identities`)."""
-    extractor = Engine.create(plaintext_profile("extract"), home)
-    try:
-        return split_identities(extractor, lfw_identities(root, limit), console)
-    finally:
-        extractor.close()
-
-
+# ----------------------------------------------------------------------------- distractors
 def distractors(real: np.ndarray, count: int, seed: int) -> np.ndarray:
     """(count, d) unit vectors from a Gaussian with the (n, d) real embeddings' mean and
     covariance: synthetic registrants that look like real ones to a clusterer or a scorer."""

@@ -1,7 +1,10 @@
 """The main job on embedded defaults: lfw-dev through an encrypted engine and its plaintext twin.
 
-200 identities are enrolled from their first image; their other images are mated probes
-and the 120 single-image identities are unknowns. Every encrypted decision is compared
+lfw-dev is read, embedded and split as every measurement does (:mod:`frip_eval.data`):
+its 200 multi-image identities are enrolled from their first usable image, their other
+images are mated probes and the 120 single-image identities are unknowns; rank-1, FNIR
+and FPIR come from :class:`frip_eval.evaluation.SearchScores`, so they are the figures
+``frip eval identify`` gives for the same extractor. Every encrypted decision is compared
 with the plaintext reference on the same embeddings.
 """
 
@@ -22,9 +25,9 @@ from rich.table import Table
 
 from frip_engine.decision import Decision
 from frip_engine.engine import Engine, EnrolItem
-from frip_engine.errors import FripError
+from frip_engine.errors import FripError, InputError
 from frip_engine.profile import Profile
-from frip_eval.data import find_lfw_dev, lfw_identities, plaintext_profile, split_identities
+from frip_eval.data import LfwSplit, find_lfw_dev, lfw_split
 from frip_eval.evaluation import decision_scores
 from frip_eval.plots import pyplot
 
@@ -32,11 +35,19 @@ DEMO_PASSPHRASE = "frip-demo-only-passphrase"
 REJECT_BUDGET = 0.05  # the operating point: at most 5% of mated probes rejected
 
 
-def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> dict[str, Any]:
-    """Run lfw-dev through a fresh encrypted engine and its plaintext twin under
-    ``output/home``; write ``demo.json`` and ``demo.png`` to ``output``, print the tables
-    on ``console`` and return the summary."""
-    root = find_lfw_dev(data)
+def run_demo(
+    data: Path | None,
+    output: Path,
+    preset: str,
+    console: Console,
+    lfw: LfwSplit | None = None,
+) -> dict[str, Any]:
+    """Run lfw-dev (``data``, else found) through a fresh encrypted engine and its
+    plaintext twin under ``output/home``; write ``demo.json`` and ``demo.png`` to
+    ``output``, print the tables on ``console`` and return the summary. ``lfw``: lfw-dev
+    already embedded by the engine's extractor (else the engine's extractor embeds it);
+    InputError when another extractor made it or lfw-dev is not found."""
+    root = find_lfw_dev(data) if lfw is None else lfw.dataset.root
     if "FRIP_PASSPHRASE" not in os.environ:
         os.environ["FRIP_PASSPHRASE"] = DEMO_PASSPHRASE
         console.print(
@@ -48,16 +59,20 @@ def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> 
     encrypted = Engine.create(
         Profile.from_dict({"engine": {"name": "lfw-demo"}, "he": {"preset": preset}}), home
     )
-    reference = Engine.create(
-        plaintext_profile("lfw-demo-plaintext"),
-        home,
-    )
-    identities = lfw_identities(root)
+    reference = Engine.create(_plaintext_profile("lfw-demo-plaintext"), home)
+    extractor = encrypted.parts.extractor
+    if lfw is None:
+        lfw = lfw_split(root, console, extractor)
+    elif lfw.embedded.extractor != extractor.name:
+        raise InputError(
+            f"the demo engine extracts with {extractor.name}, "
+            f"these embeddings are {lfw.embedded.extractor}'s"
+        )
     console.print(
-        f"lfw-dev: {sum(map(len, identities.values()))} images of {len(identities)} identities "
-        f"from {root}\nencrypted engine: {encrypted.parts.he_backend.description}"
+        f"lfw-dev: {len(lfw.dataset.paths)} images of {len(set(lfw.dataset.labels))} "
+        f"identities from {root}\n"
+        f"encrypted engine: {encrypted.parts.he_backend.description}"
     )
-    lfw = split_identities(encrypted, identities, console)
     enrol = [EnrolItem(k, embeddings=[v]) for k, v in zip(lfw.ids, lfw.gallery, strict=True)]
     for engine in (encrypted, reference):
         with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
@@ -81,12 +96,24 @@ def run_demo(data: Path | None, output: Path, preset: str, console: Console) -> 
     stats = encrypted.stats()
     encrypted.close()
     reference.close()
-    summary = _summarise(pairs, lfw.failures, stats)
+    summary = _summarise(pairs, lfw, stats)
     summary["extraction_ms_per_image"] = 1000 * lfw.per_image
     (output / "demo.json").write_text(json.dumps(summary, indent=2))
     plot = _plot(pairs, summary, output)
     _print(summary, console, output, plot)
     return summary
+
+
+def _plaintext_profile(name: str) -> Profile:
+    """The plaintext reference engine (templates in the clear, memory key store) the
+    encrypted decisions are checked against."""
+    return Profile.from_dict(
+        {
+            "engine": {"name": name, "insecure": True},
+            "he": {"plugin": "plaintext"},
+            "key_store": {"plugin": "memory"},
+        }
+    )
 
 
 def _advance(bar: Progress, task: TaskID, _subject: str) -> None:
@@ -95,13 +122,13 @@ def _advance(bar: Progress, task: TaskID, _subject: str) -> None:
 
 def _summarise(
     pairs: list[tuple[str | None, Decision, Decision]],
-    failures: dict[str, str],
+    lfw: LfwSplit,
     stats: dict[str, Any],
 ) -> dict[str, Any]:
     mated = [(e, t) for t, e, _ in pairs if t is not None]
     unknown = [e for t, e, _ in pairs if t is None]
     threshold = pairs[0][1].threshold
-    scores = decision_scores(mated, unknown)
+    scores = decision_scores(mated, unknown, lfw.failed_mated, lfw.failed_non_mated)
     # A mated probe passes at threshold x when its best candidate is right and scores >= x.
     genuine, impostor = scores.mate_score, scores.best_non_mated
     operating = float(np.quantile(genuine, REJECT_BUDGET, method="lower"))
@@ -119,7 +146,7 @@ def _summarise(
         "registrants": len({t for _, t in mated}) and pairs[0][1].registrants,
         "mated_probes": len(mated),
         "unknown_probes": len(unknown),
-        "extraction_failures": failures,
+        "extraction_failures": lfw.failures,
         "threshold": threshold,
         "rank1": scores.rank1,
         "fnir_at_threshold": scores.fnir(threshold),
@@ -139,7 +166,10 @@ def _summarise(
             for stage, v in timings.items()
         },
         "gallery": {k: stats[k] for k in ("he", "subjects", "blocks", "gallery_bytes")},
-        "scores": {"genuine": genuine[np.isfinite(genuine)].tolist(), "unknown": impostor.tolist()},
+        "scores": {
+            "genuine": genuine[np.isfinite(genuine)].tolist(),
+            "unknown": impostor[np.isfinite(impostor)].tolist(),
+        },
     }
 
 

@@ -8,29 +8,38 @@ searches from identities not enrolled. A face that cannot be extracted counts ag
 extractor (a genuine comparison or mated search that fails, an impostor or non-mated
 search that is rejected), so a detector cannot improve its figures by giving up.
 
-Embeddings live in memory only, for one run; the outputs are metrics, curves sampled at a
-few hundred points and plots, never embeddings or per-image scores.
+The data set, its embeddings and the split come from :mod:`frip_eval.data`; every rank-1,
+FNIR and FPIR (here, in calibration, the demo and the benchmarks) is read from one
+:class:`SearchScores`. Embeddings live in memory only, for one run; the outputs are
+metrics, curves sampled at a few hundred points and plots, never embeddings or per-image
+scores.
 """
 
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from frip_engine import plugins
-from frip_engine.datasets import csv_identities, folder_identities
 from frip_engine.decision import Decision
-from frip_engine.errors import FripError, InputError, MissingFileError
+from frip_engine.errors import InputError, MissingFileError
 from frip_engine.images import load_image
+from frip_eval.data import (
+    Dataset,
+    Embedded,
+    Protocol,
+    embed_dataset,
+    embed_with,
+    identification_protocol,
+    make_extractor,
+)
 from frip_eval.plots import pyplot
 from frip_eval.threads import pin_opencv
 
@@ -38,41 +47,7 @@ FMR_TARGETS = (0.01, 0.001)
 FPIR_TARGETS = (0.01, 0.05, 0.1)
 CMC_RANKS = 20
 CURVE_POINTS = 300
-CHUNK = 32  # images decoded and extracted together (the extractor batches inside)
 FAILED = -1.0  # the score a comparison with an unextractable image gets
-
-Progress = Callable[[int], None]
-
-
-# ----------------------------------------------------------------------------- data
-@dataclass
-class Dataset:
-    """Labelled images: from a folder of ``<identity>/<images>`` or an index CSV."""
-
-    root: Path
-    paths: list[Path]
-    labels: list[str]
-
-    @classmethod
-    def load(cls, folder: Path | None = None, index: Path | None = None) -> Dataset:
-        if (folder is None) == (index is None):
-            raise InputError("give exactly one of an image folder or an index CSV")
-        if folder is not None:
-            found, root = folder_identities(folder), folder
-        else:
-            assert index is not None
-            found, root = csv_identities(index), index.parent
-        paths = [p for k in sorted(found) for p in found[k]]
-        labels = [k for k in sorted(found) for _ in found[k]]
-        return cls(root, paths, labels)
-
-    def limit(self, identities: int | None) -> Dataset:
-        """The first ``identities`` identities (sorted by name), for quick runs."""
-        if identities is None:
-            return self
-        keep = set(sorted(set(self.labels))[:identities])
-        rows = [(p, k) for p, k in zip(self.paths, self.labels, strict=True) if k in keep]
-        return Dataset(self.root, [p for p, _ in rows], [k for _, k in rows])
 
 
 def read_pairs(path: Path, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -128,97 +103,6 @@ def _lfw(root: Path, name: str, number: str) -> Path:
         return root / name / f"{name}_{int(number):04d}.jpg"
     except ValueError as exc:
         raise InputError(f"pairs: {number!r} is not an image number") from exc
-
-
-# ----------------------------------------------------------------------------- extraction
-@dataclass
-class Embedded:
-    """One extractor's embeddings of a dataset (in memory only) and what it cost."""
-
-    extractor: str
-    dimension: int
-    threshold: float
-    matrix: np.ndarray  # (n, d) unit rows; zeros where extraction failed
-    ok: np.ndarray  # (n,) bool
-    failures: dict[str, str]
-    seconds: dict[str, float]  # decode, detect, align, embed (when the extractor reports them)
-    total_seconds: float
-
-    @property
-    def images_per_second(self) -> float:
-        return len(self.ok) / self.total_seconds if self.total_seconds else 0.0
-
-
-def make_extractor(name: str, threads: int | None = None, **params: Any) -> Any:
-    """Build an extractor plugin, passing ``threads`` only to factories that take it."""
-    component = plugins.registry().get("extractor", name)
-    if threads is not None and "threads" in inspect.signature(component.factory).parameters:
-        params["threads"] = threads
-    return component.create(**params)
-
-
-def embed_dataset(
-    extractor: Any, paths: Sequence[Path], progress: Progress | None = None
-) -> Embedded:
-    """Decode and extract every image; failures are recorded, never fatal."""
-    load = getattr(extractor, "load", None)
-    if callable(load):
-        load()  # model loading is not part of the throughput
-    stages: dict[str, float] | None = getattr(extractor, "stage_seconds", None)
-    before = dict(stages) if stages is not None else {}
-    matrix = np.zeros((len(paths), int(extractor.dimension)))
-    ok = np.zeros(len(paths), dtype=bool)
-    failures: dict[str, str] = {}
-    decode = 0.0
-    started = time.perf_counter()
-    for start in range(0, len(paths), CHUNK):
-        chunk = list(range(start, min(start + CHUNK, len(paths))))
-        images: list[np.ndarray] = []
-        kept: list[int] = []
-        tick = time.perf_counter()
-        for i in chunk:
-            try:
-                images.append(load_image(paths[i]))
-                kept.append(i)
-            except FripError as exc:
-                failures[str(paths[i])] = str(exc)
-        decode += time.perf_counter() - tick
-        for i, result in zip(kept, _extract_all(extractor, images), strict=True):
-            if isinstance(result, FripError):
-                failures[str(paths[i])] = str(result)
-                continue
-            vector = np.asarray(result.embedding, dtype=np.float64)
-            matrix[i] = vector / np.linalg.norm(vector)
-            ok[i] = True
-        if progress:
-            progress(len(chunk))
-    total = time.perf_counter() - started
-    seconds = {"decode": decode}
-    if stages is not None:
-        seconds.update({k: v - before.get(k, 0.0) for k, v in stages.items()})
-    return Embedded(
-        str(extractor.name),
-        int(extractor.dimension),
-        float(extractor.threshold),
-        matrix,
-        ok,
-        failures,
-        seconds,
-        total,
-    )
-
-
-def _extract_all(extractor: Any, images: list[np.ndarray]) -> list[Any]:
-    many = getattr(extractor, "extract_many", None)
-    if callable(many):
-        return list(many(images))
-    out: list[Any] = []
-    for image in images:
-        try:
-            out.append(extractor.extract(image))
-        except FripError as exc:
-            out.append(exc)
-    return out
 
 
 # ----------------------------------------------------------------------------- verification
@@ -296,58 +180,30 @@ def _sample(fmr: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- identification
-@dataclass
-class Protocol:
-    """Who is enrolled (one image each) and who searches, as dataset indices."""
-
-    gallery: list[int]
-    gallery_labels: list[str]
-    mated: list[int]
-    mated_truth: list[int]  # position of the mate in the gallery
-    non_mated: list[int] = field(default_factory=list)
-
-
-def identification_protocol(labels: Sequence[str], ok: np.ndarray) -> Protocol:
-    """Identities with several images: the first extractable one is enrolled, the others
-    search as mated probes; identities with one image search as non-mated probes."""
-    by_identity: dict[str, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_identity.setdefault(label, []).append(i)
-    protocol = Protocol([], [], [], [])
-    for label in sorted(by_identity):
-        indices = by_identity[label]
-        if len(indices) == 1:
-            protocol.non_mated.append(indices[0])
-            continue
-        usable = [i for i in indices if ok[i]]
-        if not usable:  # nobody to enrol: every image is a failed mated search
-            continue
-        protocol.gallery.append(usable[0])
-        protocol.gallery_labels.append(label)
-        for i in indices:
-            if i != usable[0]:
-                protocol.mated.append(i)
-                protocol.mated_truth.append(len(protocol.gallery) - 1)
-    if not protocol.gallery or not protocol.mated:
-        raise InputError("identification needs identities with at least two usable images")
-    return protocol
-
-
-@dataclass
+@dataclass(frozen=True)
 class SearchScores:
-    """Open-set search outcomes, the one source of rank-1, FNIR and FPIR: per mated search
-    the mate's score (-inf where the face could not be extracted) and whether the mate
-    ranked first; per non-mated search the best score over the gallery (-inf where
-    extraction failed: the search is rejected)."""
+    """Open-set search outcomes, the one source of rank-1, the CMC, FNIR and FPIR: per
+    mated search the mate's score (-inf where the face could not be extracted) and whether
+    the mate ranked first, and where the whole gallery was ranked the mate's rank (inf
+    where extraction failed); per non-mated search the best score over the gallery (-inf
+    where extraction failed: the search is rejected)."""
 
     mate_score: np.ndarray  # (mated,) float64
     top1_hit: np.ndarray  # (mated,) bool
     best_non_mated: np.ndarray  # (non_mated,) float64
+    mate_rank: np.ndarray | None = None  # (mated,) float64, 1 = first; None: rank 1 only
 
     @property
     def rank1(self) -> float:
         """Mated searches whose mate is the first candidate, whatever its score."""
         return float(np.mean(self.top1_hit))
+
+    def cmc(self, ranks: int) -> list[float]:
+        """Mated searches whose mate ranks within 1, 2, ..., ``ranks``. InputError when the
+        searches did not rank the whole gallery."""
+        if self.mate_rank is None:
+            raise InputError("a CMC needs the mate's rank, and these searches know rank 1 only")
+        return [float(np.mean(self.mate_rank <= r)) for r in range(1, ranks + 1)]
 
     def fnir(self, threshold: float) -> float:
         """Mated searches whose mate is not the first candidate at or above ``threshold``."""
@@ -360,44 +216,68 @@ class SearchScores:
             return 0.0
         return float(np.mean(self.best_non_mated >= threshold))
 
+    def failed_where(self, mated: np.ndarray, non_mated: np.ndarray) -> SearchScores:
+        """These outcomes with the searches flagged in the (mated,) and (non_mated,) bool
+        masks failed: a face that could not be extracted misses its mate and is rejected."""
+        mate_score = np.where(mated, -np.inf, self.mate_score)
+        rank = None if self.mate_rank is None else np.where(mated, np.inf, self.mate_rank)
+        best = np.where(non_mated, -np.inf, self.best_non_mated)
+        return SearchScores(mate_score, self.top1_hit & ~mated, best, rank)
+
+
+def cosine_searches(
+    gallery: np.ndarray, mated: np.ndarray, truth: np.ndarray, non_mated: np.ndarray
+) -> SearchScores:
+    """Exhaustive cosine searches of the (g, d) unit-row ``gallery``: the (m, d) ``mated``
+    probes, each with its mate's gallery row in the (m,) ``truth``, and the (n, d)
+    ``non_mated`` probes. A mate ties with a rival at rank 1."""
+    scores = mated @ gallery.T
+    mate_score = scores[np.arange(len(truth)), truth]
+    rank = 1.0 + np.sum(scores > mate_score[:, None], axis=1)
+    best = (non_mated @ gallery.T).max(axis=1) if len(non_mated) else np.empty(0)
+    return SearchScores(mate_score, rank == 1, best, rank)
+
+
+def protocol_searches(embedded: Embedded, protocol: Protocol) -> SearchScores:
+    """The protocol's cosine searches over ``embedded`` (failed extractions count)."""
+    matrix = embedded.matrix
+    scores = cosine_searches(
+        matrix[protocol.gallery],
+        matrix[protocol.mated],
+        np.asarray(protocol.mated_truth, dtype=int),
+        matrix[protocol.non_mated],
+    )
+    return scores.failed_where(~embedded.ok[protocol.mated], ~embedded.ok[protocol.non_mated])
+
 
 def decision_scores(
-    mated: Sequence[tuple[Decision, str]], non_mated: Sequence[Decision]
+    mated: Sequence[tuple[Decision, str]],
+    non_mated: Sequence[Decision],
+    failed_mated: int = 0,
+    failed_non_mated: int = 0,
 ) -> SearchScores:
     """The search outcomes of engine decisions: ``mated`` pairs a decision with the
     subject id it should find. A mate's score is known only where it ranks first; a mate
-    ranked lower gets -inf, which FNIR counts as missed at every threshold, as it is."""
-    hit = np.array([bool(d.candidates) and d.candidates[0].subject_id == t for d, t in mated])
-    mate = np.array(
-        [d.candidates[0].score if ok else -np.inf for (d, _), ok in zip(mated, hit, strict=True)],
-        dtype=np.float64,
+    ranked lower gets -inf, which FNIR counts as missed at every threshold, as it is.
+    ``failed_mated`` and ``failed_non_mated`` searches could not be made (no face was
+    extracted): missed and rejected, as in :func:`protocol_searches`."""
+    hit = [bool(d.candidates) and d.candidates[0].subject_id == t for d, t in mated]
+    mate = [d.candidates[0].score if ok else -np.inf for (d, _), ok in zip(mated, hit, strict=True)]
+    best = [d.candidates[0].score if d.candidates else -np.inf for d in non_mated]
+    return SearchScores(
+        np.array(mate + [-np.inf] * failed_mated, dtype=np.float64),
+        np.array(hit + [False] * failed_mated, dtype=bool),
+        np.array(best + [-np.inf] * failed_non_mated, dtype=np.float64),
     )
-    best = np.array(
-        [d.candidates[0].score if d.candidates else -np.inf for d in non_mated], dtype=np.float64
-    )
-    return SearchScores(mate, hit.astype(bool), best)
 
 
 def identification_metrics(
     embedded: Embedded, protocol: Protocol, threshold: float
 ) -> dict[str, Any]:
     """Rank-1, CMC, FNIR at FPIR targets and at ``threshold`` (rank-1 decisions)."""
-    gallery = embedded.matrix[protocol.gallery]
-    mated = embedded.matrix[protocol.mated] @ gallery.T
-    truth = np.asarray(protocol.mated_truth)
-    mate_score = mated[np.arange(len(truth)), truth]
-    failed = ~embedded.ok[protocol.mated]
-    rank = 1 + np.sum(mated > mate_score[:, None], axis=1)
-    rank[failed] = len(protocol.gallery) + 1  # never found
-    mate_score[failed] = -np.inf
-    ranks = np.arange(1, min(CMC_RANKS, len(protocol.gallery)) + 1)
-    cmc = [float(np.mean(rank <= r)) for r in ranks]
-    if protocol.non_mated:
-        best_non_mated = (embedded.matrix[protocol.non_mated] @ gallery.T).max(axis=1)
-        best_non_mated[~embedded.ok[protocol.non_mated]] = -np.inf
-    else:
-        best_non_mated = np.empty(0)
-    scores = SearchScores(mate_score, rank == 1, best_non_mated)
+    scores = protocol_searches(embedded, protocol)
+    best_non_mated = scores.best_non_mated
+    cmc = scores.cmc(min(CMC_RANKS, len(protocol.gallery)))
     at_fpir: dict[str, dict[str, float]] = {}
     if len(best_non_mated):
         for target in FPIR_TARGETS:
@@ -412,7 +292,7 @@ def identification_metrics(
         "gallery": len(protocol.gallery),
         "mated_searches": len(protocol.mated),
         "non_mated_searches": len(protocol.non_mated),
-        "rank1": cmc[0],
+        "rank1": scores.rank1,
         "cmc": cmc,
         "fnir_at_fpir": at_fpir,
         "at_threshold": {
@@ -560,18 +440,6 @@ def run_identify(
             entry["encrypted_vs_plaintext"] = compare_backends(embedded, protocol, name)
         results[name] = entry
     return _summary("identify", dataset, results, None)
-
-
-def embed_with(
-    name: str, dataset: Dataset, threads: int, progress: Callable[[str, int], None] | None
-) -> Embedded:
-    """The named extractor plugin's embeddings of every image of ``dataset``, in memory
-    (never written to disk), with BLAS/OpenCV pinned to ``threads``; ``progress(name, n)``
-    after each ``n`` images."""
-    pin_opencv(threads)
-    extractor = make_extractor(name, threads=threads)
-    step = (lambda n: progress(name, n)) if progress else None
-    return embed_dataset(extractor, dataset.paths, step)
 
 
 def _summary(
