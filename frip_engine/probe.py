@@ -89,14 +89,11 @@ class Probe:
     def of_kind(cls, kind: int, value: object) -> Probe:
         """The probe of kind ``kind`` holding ``value``, for a caller that chose the kind
         with :func:`one_probe` in its own spelling (before decoding the one value it was
-        given), so the rule runs once: 0 an image (ImageSource), 1 an embedding, 2 a
-        :class:`VendorTemplate`. Raises ProbeError for a kind outside 0-2 or a None value."""
+        given): 0 an image (ImageSource), 1 an embedding, 2 a :class:`VendorTemplate`.
+        Raises ProbeError for a kind outside 0-2 or a None value."""
         if kind not in range(len(_FIELDS)) or value is None:
             raise ProbeError(f"no probe of kind {kind!r} holding {type(value).__name__}")
-        probe = object.__new__(cls)  # one field set by construction: nothing to check
-        for index, name in enumerate(_FIELDS):
-            object.__setattr__(probe, name, value if index == kind else None)
-        return probe
+        return cls(**{_FIELDS[kind]: value})  # type: ignore[arg-type]
 
     @classmethod
     def of(
