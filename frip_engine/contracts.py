@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from frip_engine.errors import FripError
+from frip_engine.errors import FripError, each_or_error
 
 if TYPE_CHECKING:
     import numpy as np
@@ -223,13 +223,7 @@ def score_many(matcher: Matcher, block: Any, parsed_probes: Sequence[Any]) -> li
 def parse_isolated(matcher: Matcher, payloads: Sequence[bytes]) -> list[Any | FripError]:
     """Each probe payload as ``matcher.parse_probe`` parses it, in order, or the error of
     one the matcher refuses (that probe alone fails)."""
-    parsed: list[Any | FripError] = []
-    for payload in payloads:
-        try:
-            parsed.append(matcher.parse_probe(payload))
-        except FripError as exc:
-            parsed.append(exc)
-    return parsed
+    return each_or_error(matcher.parse_probe, payloads)
 
 
 def score_isolated(
@@ -257,13 +251,7 @@ def _score_alone(
     except FripError as exc:
         if len(parsed_probes) == 1:
             return [exc]
-    answers: list[bytes | FripError] = []
-    for parsed in parsed_probes:
-        try:
-            answers.append(bytes(matcher.score(block, parsed)))
-        except FripError as exc:
-            answers.append(exc)
-    return answers
+    return each_or_error(lambda parsed: bytes(matcher.score(block, parsed)), parsed_probes)
 
 
 @runtime_checkable

@@ -53,6 +53,7 @@ from frip_engine.errors import (
     StoreError,
     SubjectError,
     UnknownSubjectError,
+    each_or_error,
 )
 from frip_engine.images import load_image
 from frip_engine.keyservice import KeyService, he_key_id, he_key_version, wipe
@@ -650,13 +651,7 @@ class Engine:
         items: list[object] = (
             list(probes) if probes is not None else [{"embedding": e} for e in embeddings or ()]
         )
-        given: list[Probe | FripError] = []
-        for item in items:
-            try:
-                given.append(_batch_item(item))
-            except FripError as exc:
-                given.append(exc)
-        return self._search(given, scope, top_k, threshold)
+        return self._search(each_or_error(_batch_item, items), scope, top_k, threshold)
 
     def _search(
         self,
