@@ -1,4 +1,6 @@
-"""What each plugin kind must provide. Plugins are duck-typed against these protocols.
+"""What each plugin kind must provide: one protocol per kind. A component is checked
+against its kind's protocol when it is made (:func:`missing_members`, called by
+``plugins.create``), so a plugin missing a member fails at profile load, not mid-way.
 
 The HE contract encodes the trust boundary: a ``Matcher`` is built from the public
 context only (encrypt, add, score, serialise), a ``Decryptor`` from the secret context
@@ -9,12 +11,13 @@ boundary as bytes, so the key service never needs the matcher's objects.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from frip_engine.errors import FripError
+from frip_engine.errors import FripError, each_or_error
 
 if TYPE_CHECKING:
     import numpy as np
@@ -81,6 +84,7 @@ class Extraction:
     notes: list[str] = field(default_factory=list)
 
 
+@runtime_checkable
 class Extractor(Protocol):
     @property
     def name(self) -> str: ...
@@ -104,6 +108,7 @@ class Extractor(Protocol):
     def extract(self, image: np.ndarray) -> Extraction: ...
 
 
+@runtime_checkable
 class Protection(Protocol):
     """``probe_mode`` is what the HE backend must score (``plain`` or ``pe-miu``);
     ``probe_block_size`` the block size of every pe-miu template and probe, else None."""
@@ -133,6 +138,7 @@ class Protection(Protocol):
         ...
 
 
+@runtime_checkable
 class Clusterer(Protocol):
     """Partitions the gallery. ``routed`` clusterers fit centroids on enrolment batches;
     the engine keeps the centroids sealed and routes each probe to ``probe_clusters``
@@ -168,6 +174,7 @@ class Clusterer(Protocol):
         ...
 
 
+@runtime_checkable
 class Matcher(Protocol):
     """Public-key side: can encrypt and score, cannot decrypt.
 
@@ -194,44 +201,60 @@ class Matcher(Protocol):
     def load(self, data: bytes) -> Any: ...
 
 
+@runtime_checkable
 class BatchMatcher(Matcher, Protocol):
     """A matcher that scores several probes per pass over a block (optional: the engine
     calls :func:`score_many`, which loops ``score`` for a matcher without it)."""
 
-    def score_many(self, block: Any, prepared_probes: Sequence[Any]) -> list[bytes]:
-        """``[score(block, p) for p in prepared_probes]``, the same bytes, in one pass."""
+    def score_many(self, block: Any, parsed_probes: Sequence[Any]) -> list[bytes]:
+        """``[score(block, p) for p in parsed_probes]``, the same bytes, in one pass."""
         ...
 
 
-def score_many(matcher: Matcher, block: Any, prepared_probes: Sequence[Any]) -> list[bytes]:
-    """The scores of several prepared probes on one block, in order: the matcher's own
+def score_many(matcher: Matcher, block: Any, parsed_probes: Sequence[Any]) -> list[bytes]:
+    """The scores of several parsed probes on one block, in order: the matcher's own
     ``score_many`` where it has one (:class:`BatchMatcher`), else one ``score`` per probe.
     Errors are the matcher's (a probe it cannot score fails the whole call)."""
-    batch = getattr(matcher, "score_many", None)
-    if batch is None:
-        return [bytes(matcher.score(block, p)) for p in prepared_probes]
-    return [bytes(s) for s in batch(block, prepared_probes)]
+    if isinstance(matcher, BatchMatcher):
+        return [bytes(s) for s in matcher.score_many(block, parsed_probes)]
+    return [bytes(matcher.score(block, p)) for p in parsed_probes]
+
+
+def parse_isolated(matcher: Matcher, payloads: Sequence[bytes]) -> list[Any | FripError]:
+    """Each probe payload as ``matcher.parse_probe`` parses it, in order, or the error of
+    one the matcher refuses (that probe alone fails)."""
+    return each_or_error(matcher.parse_probe, payloads)
 
 
 def score_isolated(
-    matcher: Matcher, block: Any, prepared_probes: Sequence[Any]
+    matcher: Matcher, block: Any, parsed_probes: Sequence[Any | FripError]
 ) -> list[bytes | FripError]:
-    """:func:`score_many`, where a probe the matcher cannot score fails alone: after a
-    failed batch each probe is scored on its own, and gets its scores or its error."""
-    try:
-        return list(score_many(matcher, block, prepared_probes))
-    except FripError as exc:
-        if len(prepared_probes) == 1:
-            return [exc]
-    answers: list[bytes | FripError] = []
-    for prepared in prepared_probes:
-        try:
-            answers.append(bytes(matcher.score(block, prepared)))
-        except FripError as exc:
-            answers.append(exc)
+    """:func:`score_many`, where a probe the matcher cannot score fails alone: a probe
+    that failed to parse (its error, as :func:`parse_isolated` gives it) keeps its error,
+    and after a failed batch each probe is scored on its own and gets its scores or its
+    error. One entry per probe, in order."""
+    answers: list[bytes | FripError] = list(parsed_probes)  # the parsed ones are replaced
+    good = [i for i, p in enumerate(parsed_probes) if not isinstance(p, FripError)]
+    if good:
+        scored = _score_alone(matcher, block, [parsed_probes[i] for i in good])
+        for i, answer in zip(good, scored, strict=True):
+            answers[i] = answer
     return answers
 
 
+def _score_alone(
+    matcher: Matcher, block: Any, parsed_probes: Sequence[Any]
+) -> list[bytes | FripError]:
+    """:func:`score_isolated` for probes that all parsed."""
+    try:
+        return list(score_many(matcher, block, parsed_probes))
+    except FripError as exc:
+        if len(parsed_probes) == 1:
+            return [exc]
+    return each_or_error(lambda parsed: bytes(matcher.score(block, parsed)), parsed_probes)
+
+
+@runtime_checkable
 class Decryptor(Protocol):
     """Secret-key side: lives only inside the key service, for one operation."""
 
@@ -244,6 +267,7 @@ class Decryptor(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
 class HEBackend(Protocol):
     @property
     def name(self) -> str: ...
@@ -282,6 +306,7 @@ class HEBackend(Protocol):
     def decryptor(self, public_context: bytes, secret_context: bytearray) -> Decryptor: ...
 
 
+@runtime_checkable
 class KeyStore(Protocol):
     """Keeps the HE secret key wrapped; hands out a copy the caller must wipe."""
 
@@ -335,6 +360,7 @@ class NewSubject:
     images: int
 
 
+@runtime_checkable
 class GalleryStore(Protocol):
     @property
     def name(self) -> str: ...
@@ -397,6 +423,7 @@ class GalleryStore(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
 class Adapter(Protocol):
     """Translates a vendor's template format to and from the engine's embedding."""
 
@@ -409,3 +436,28 @@ class Adapter(Protocol):
     def decode(self, payload: bytes) -> np.ndarray: ...
 
     def encode(self, embedding: np.ndarray) -> bytes: ...
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """The public members (methods, properties, attributes) a protocol requires, its
+    bases' included, sorted."""
+    names: set[str] = set()
+    for base in protocol.__mro__:
+        if base is not object and base.__module__ != "typing":  # not Protocol, Generic
+            names.update(vars(base))
+            names.update(getattr(base, "__annotations__", {}))
+    return sorted(name for name in names if not name.startswith("_"))
+
+
+def missing_members(component: object, protocol: type) -> list[str]:
+    """The members of ``protocol`` that ``component`` lacks, sorted (empty: it provides
+    them all). Looked up without calling anything (no property is evaluated), except
+    through a ``__getattr__`` of the component's class (a wrapper delegating to another)."""
+    missing = []
+    for name in protocol_members(protocol):
+        try:
+            inspect.getattr_static(component, name)
+        except AttributeError:
+            if not (hasattr(type(component), "__getattr__") and hasattr(component, name)):
+                missing.append(name)
+    return missing

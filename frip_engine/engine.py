@@ -1,13 +1,23 @@
 """The orchestrator: one engine = one profile, one encrypted gallery, one key service.
 
-Enrolment: image -> extractor -> normalise -> protection -> clusterer.assign -> encrypt
-into the partition's open block -> one store transaction (block + slot map) -> the
-plaintext template is dropped. Identification: probe -> protection -> clusterer.route ->
-matcher scores each block (public key only) -> key service decrypts and decides.
+Enrolment: image -> extractor -> normalise -> ``protection.protect`` -> the template's
+partition (one for an unrouted clusterer; for a routed one the nearest centroid of the
+sealed routing state, founded by ``clusterer.fit``, see :mod:`frip_engine.routing`) ->
+encrypted into the partition's open block or a new one (``matcher.add_rows`` /
+``encrypt_rows``) -> one gallery-store transaction (block + slot map) -> the plaintext
+template is dropped.
+
+Identification (and verification, of the subject's one block): probe -> extractor ->
+normalise -> ``protection.protect_probe`` (the template) -> the key service routes it to
+its nearest partitions (a routed clusterer only) -> ``matcher.encode_probe`` (the payload,
+what an edge device uploads) -> ``matcher.parse_probe`` (parsed) -> ``matcher.score``
+on each block, public key only, in worker processes when there are several -> the key
+service decrypts the scores, picks the best occupied slots and decides.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import shutil
 from collections import defaultdict
@@ -15,14 +25,21 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 import numpy as np
 
-from frip_engine import plugins
+from frip_engine import hookspecs, plugins
 from frip_engine.calibration import engine_threshold, lookup
-from frip_engine.contracts import BlockInfo, NewSubject, SubjectRecord, score_isolated
+from frip_engine.contracts import (
+    BlockInfo,
+    NewSubject,
+    SubjectRecord,
+    parse_isolated,
+    score_isolated,
+)
 from frip_engine.decision import Candidate, Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
 from frip_engine.errors import (
@@ -36,6 +53,7 @@ from frip_engine.errors import (
     StoreError,
     SubjectError,
     UnknownSubjectError,
+    each_or_error,
 )
 from frip_engine.images import load_image
 from frip_engine.keyservice import KeyService, he_key_id, he_key_version, wipe
@@ -60,6 +78,7 @@ PROFILE_FILE = "profile.toml"
 # One enrolment step: (partition, open block or None for a new one, free slots, rows).
 Step = tuple[int, BlockInfo | None, list[int], list[int]]
 logger = logging.getLogger("frip_engine")
+P = ParamSpec("P")
 
 
 @dataclass
@@ -93,6 +112,13 @@ class EnrolReport:
 
 
 Progress = Callable[[str], None]
+# A probe's embedding once protected (``protection.protect_probe``), before encoding.
+Template = np.ndarray | PemiuTemplate
+# What a search covers, chosen in one consistent state of the gallery: block -> slot ->
+# subject, the candidate blocks, and each probe's (by index) block ids.
+Searched = tuple[dict[int, dict[int, str]], list[BlockInfo], dict[int, set[int]]]
+# Chooses a search's blocks: given the shared stopwatch and each probe's template.
+Scope = Callable[[Stopwatch, Mapping[int, Template]], Searched]
 # One probe of Engine.identify_many: a Probe, an image as identify takes it, or a mapping
 # {"image": ...} or {"embedding": ...}.
 BatchProbe = Probe | Path | str | bytes | np.ndarray | Mapping[str, Any]
@@ -111,6 +137,14 @@ def _batch_item(item: object) -> Probe:
         f"a probe is a Probe, an image (path, bytes or pixels) or a mapping, "
         f"not {type(item).__name__}"
     )
+
+
+def _only(results: Sequence[Decision | FripError]) -> Decision:
+    """The decision on a search's one probe, or its error raised."""
+    (answer,) = results
+    if isinstance(answer, FripError):
+        raise answer
+    return answer
 
 
 class Engine:
@@ -443,7 +477,7 @@ class Engine:
             for subject in added:
                 report.enrolled.append(subject.subject_id)
                 _emit(
-                    "frip_enrolled",
+                    hookspecs.frip_enrolled,
                     engine=self.name,
                     subject_id=subject.subject_id,
                     block_id=block_id,
@@ -520,10 +554,9 @@ class Engine:
             self._slot_map = (version, table)
         return self._slot_map[1]
 
-    def _probe(
-        self, watch: Stopwatch, probe: Probe
-    ) -> tuple[np.ndarray | PemiuTemplate, list[str]]:
-        """The probe's unit embedding, prepared by the protection, and the notes on its image."""
+    def _template(self, watch: Stopwatch, probe: Probe) -> tuple[Template, list[str]]:
+        """The probe's template (its unit embedding, protected by the protection's
+        ``protect_probe``) and the notes on its image."""
         with watch.stage("feature_extraction"):
             if probe.image is not None:
                 vector, notes = self.embed_image(probe.image)
@@ -551,23 +584,9 @@ class Engine:
         check_top_k(top_k)
         if threshold is not None:
             check_threshold(threshold)
-        fan_out = self._fan_out(probe_clusters)
+        scope = partial(self._gallery_scope, self._fan_out(probe_clusters))
         given = Probe.of(probe, image, embedding)
-        watch = Stopwatch()
-        prepared, notes = self._probe(watch, given)
-        with self.gallery_store.snapshot():  # slot map and blocks from one consistent state
-            self._follow_keys()
-            every = self.gallery_store.blocks()
-            occupants = self._occupants(every)
-            blocks = [b for b in every if occupants.get(b.block_id)]
-            current = self.gallery_store.read_routing() if self.parts.clusterer.routed else None
-            if current is not None and fan_out is not None:
-                assert isinstance(prepared, np.ndarray)  # build refuses routing with pe-miu
-                with watch.stage("routing"):
-                    routed = set(self.key_service.route(current[1], prepared, fan_out))
-                blocks = [b for b in blocks if b.partition in routed]
-            loaded = self._load_blocks(watch, blocks)
-        return self._decide(watch, prepared, loaded, occupants, top_k, threshold, notes)
+        return _only(self._search([given], scope, top_k, threshold))
 
     def _fan_out(self, probe_clusters: int | str | None) -> int | None:
         if probe_clusters is None:
@@ -597,19 +616,8 @@ class Engine:
         if threshold is not None:
             check_threshold(threshold)
         given = Probe.of(probe, image, embedding)
-        watch = Stopwatch()
-        prepared, notes = self._probe(watch, given)
-        with self.gallery_store.snapshot():
-            self._follow_keys()
-            record = self.gallery_store.subject(subject_id)
-            if record is None:
-                raise UnknownSubjectError(
-                    f"subject '{subject_id}' is not enrolled in engine '{self.name}'"
-                )
-            block = next(b for b in self.gallery_store.blocks() if b.block_id == record.block_id)
-            loaded = self._load_blocks(watch, [block])
-        occupants = {record.block_id: {record.slot: subject_id}}
-        return self._decide(watch, prepared, loaded, occupants, 1, threshold, notes)
+        scope = partial(self._subject_scope, subject_id)
+        return _only(self._search([given], scope, 1, threshold))
 
     def identify_many(
         self,
@@ -637,46 +645,56 @@ class Engine:
         check_top_k(top_k)
         if threshold is not None:
             check_threshold(threshold)
-        fan_out = self._fan_out(probe_clusters)
+        scope = partial(self._gallery_scope, self._fan_out(probe_clusters))
         if (probes is None) == (embeddings is None):
             raise InputError("give exactly one of probes (images) or embeddings")
         items: list[object] = (
             list(probes) if probes is not None else [{"embedding": e} for e in embeddings or ()]
         )
-        results: list[Decision | FripError | None] = [None] * len(items)
-        watches = [Stopwatch() for _ in items]
-        vectors: dict[int, tuple[np.ndarray | PemiuTemplate, list[str]]] = {}
-        for index, item in enumerate(items):
-            try:
-                vectors[index] = self._probe(watches[index], _batch_item(item))
-            except FripError as exc:
-                results[index] = exc
-        if not vectors:
+        return self._search(each_or_error(_batch_item, items), scope, top_k, threshold)
+
+    def _search(
+        self,
+        probes: Sequence[Probe | FripError],
+        scope: Scope,
+        top_k: int,
+        threshold: float | None,
+    ) -> list[Decision | FripError]:
+        """The one search path of :meth:`identify`, :meth:`identify_many` and
+        :meth:`verify`. Each probe becomes its template; in one consistent state of the
+        gallery ``scope`` picks each probe's blocks, which are loaded once; each template
+        becomes its payload, every block is scored once for all the probes that want it,
+        and the key service decides them all under one key unwrap.
+
+        Returns one entry per probe, in order: its Decision, or its own error (unchanged
+        for a FripError given in ``probes``). A fault of the engine itself (store, key,
+        worker) or of ``scope`` (an unknown subject) raises for all.
+        """
+        results: list[Decision | FripError | None] = [
+            probe if isinstance(probe, FripError) else None for probe in probes
+        ]
+        watches = [Stopwatch() for _ in probes]
+        templates: dict[int, tuple[Template, list[str]]] = {}
+        for i, probe in enumerate(probes):
+            if isinstance(probe, Probe):
+                try:
+                    templates[i] = self._template(watches[i], probe)
+                except FripError as exc:
+                    results[i] = exc
+        if not templates:
             return [r for r in results if r is not None]
         limit = self.threshold if threshold is None else threshold
-        shared = Stopwatch()  # the batch's stages, added to each probe's own
+        shared = Stopwatch()  # the stages done once for all probes, added to each one's own
         with self.gallery_store.snapshot():  # slot map and blocks from one consistent state
             self._follow_keys()
-            every = self.gallery_store.blocks()
-            occupants = self._occupants(every)
-            blocks = [b for b in every if occupants.get(b.block_id)]
-            wanted = {i: {b.block_id for b in blocks} for i in vectors}
-            current = self.gallery_store.read_routing() if self.parts.clusterer.routed else None
-            if current is not None and fan_out is not None:
-                with shared.stage("routing"):
-                    order = list(vectors)
-                    plain = [v for v in (vectors[i][0] for i in order) if isinstance(v, np.ndarray)]
-                    assert len(plain) == len(order)  # build refuses routing with pe-miu
-                    routes = self.key_service.route_many(current[1], plain, fan_out)
-                for i, routed in zip(order, routes, strict=True):
-                    wanted[i] = {b.block_id for b in blocks if b.partition in set(routed)}
+            occupants, blocks, wanted = scope(shared, {i: t for i, (t, _) in templates.items()})
             needed = set().union(*wanted.values())
             loaded = self._load_blocks(shared, [b for b in blocks if b.block_id in needed])
         payloads: dict[int, bytes] = {}
-        for i, (vector, _) in vectors.items():
+        for i, (template, _) in templates.items():
             try:
                 with watches[i].stage("probe_encryption"):
-                    payloads[i] = self.matcher.encode_probe(vector)  # what an edge uploads
+                    payloads[i] = self.matcher.encode_probe(template)  # what an edge uploads
             except FripError as exc:
                 results[i] = exc
         with shared.stage("distance_derivation"):
@@ -697,9 +715,44 @@ class Engine:
             watches[i].add(timings)
             infos = [info for info, _ in loaded if info.block_id in wanted[i]]
             results[i] = self._conclude(
-                watches[i], candidates, limit, infos, occupants, len(payloads[i]), vectors[i][1]
+                watches[i], candidates, limit, infos, occupants, len(payloads[i]), templates[i][1]
             )
         return [r for r in results if r is not None]
+
+    def _gallery_scope(
+        self, fan_out: int | None, watch: Stopwatch, templates: Mapping[int, Template]
+    ) -> Searched:
+        """What identification searches: every occupied block, and for each template (by
+        probe index) under a routed clusterer only the blocks of its ``fan_out`` nearest
+        partitions (None: every one)."""
+        every = self.gallery_store.blocks()
+        occupants = self._occupants(every)
+        blocks = [b for b in every if occupants.get(b.block_id)]
+        wanted = {i: {b.block_id for b in blocks} for i in templates}
+        current = self.gallery_store.read_routing() if self.parts.clusterer.routed else None
+        if current is not None and fan_out is not None:
+            with watch.stage("routing"):
+                plain = [t for t in templates.values() if isinstance(t, np.ndarray)]
+                assert len(plain) == len(templates)  # build refuses routing with pe-miu
+                routes = self.key_service.route_many(current[1], plain, fan_out)
+            for i, routed in zip(templates, routes, strict=True):
+                partitions = set(routed)
+                wanted[i] = {b.block_id for b in blocks if b.partition in partitions}
+        return occupants, blocks, wanted
+
+    def _subject_scope(
+        self, subject_id: str, watch: Stopwatch, templates: Mapping[int, Template]
+    ) -> Searched:
+        """What verification searches: the subject's block, as holding the subject alone.
+        Raises UnknownSubjectError if it is not enrolled."""
+        record = self.gallery_store.subject(subject_id)
+        if record is None:
+            raise UnknownSubjectError(
+                f"subject '{subject_id}' is not enrolled in engine '{self.name}'"
+            )
+        block = next(b for b in self.gallery_store.blocks() if b.block_id == record.block_id)
+        occupants = {record.block_id: {record.slot: subject_id}}
+        return occupants, [block], {i: {block.block_id} for i in templates}
 
     def _score_batch(
         self,
@@ -708,7 +761,8 @@ class Engine:
         wanted: dict[int, set[int]],
     ) -> dict[int, list[tuple[int, bytes]] | FripError]:
         """Each probe's (block id, encrypted scores) over the blocks it wants, every block
-        scored once for all its probes; a probe that cannot be scored gets its error."""
+        scored once for all its probes (in the worker processes when there are several);
+        a probe that cannot be parsed or scored gets its error."""
         scored: dict[int, list[tuple[int, bytes]] | FripError] = {i: [] for i in payloads}
         jobs = [
             (info, block, [i for i in payloads if info.block_id in wanted[i]])
@@ -720,18 +774,13 @@ class Engine:
                 [(info, tuple(payloads[i] for i in who)) for info, _, who in jobs]
             )
         else:
-            prepared: dict[int, Any] = {}
-            unparsed: dict[int, FripError] = {}
-            for i, payload in payloads.items():
-                try:
-                    prepared[i] = self.matcher.parse_probe(payload)
-                except FripError as exc:
-                    unparsed[i] = exc
-            answers = []
-            for _, block, who in jobs:
-                usable = [i for i in who if i in prepared]
-                got = iter(score_isolated(self.matcher, block, [prepared[i] for i in usable]))
-                answers.append([next(got) if i in prepared else unparsed[i] for i in who])
+            parsed = dict(
+                zip(payloads, parse_isolated(self.matcher, list(payloads.values())), strict=True)
+            )
+            answers = [
+                score_isolated(self.matcher, block, [parsed[i] for i in who])
+                for _, block, who in jobs
+            ]
         for (info, _, who), per_probe in zip(jobs, answers, strict=True):
             for i, answer in zip(who, per_probe, strict=True):
                 entry = scored[i]
@@ -773,33 +822,6 @@ class Engine:
             )
         return self._scorer
 
-    def _decide(
-        self,
-        watch: Stopwatch,
-        probe: np.ndarray | PemiuTemplate,
-        blocks: Sequence[tuple[BlockInfo, Any]],
-        occupants: dict[int, dict[int, str]],
-        top_k: int,
-        threshold: float | None,
-        notes: list[str],
-    ) -> Decision:
-        limit = self.threshold if threshold is None else threshold
-        scored: list[tuple[int, bytes]] = []
-        with watch.stage("probe_encryption"):
-            payload = self.matcher.encode_probe(probe)  # what an edge device uploads
-        with watch.stage("distance_derivation"):
-            if self.profile.workers > 1 and blocks:
-                scored = self._parallel().score([info for info, _ in blocks], payload)
-            else:
-                prepared = self.matcher.parse_probe(payload)
-                scored = [(i.block_id, self.matcher.score(b, prepared)) for i, b in blocks]
-        candidates, timings = (
-            self.key_service.decide(scored, occupants, top_k) if scored else ([], {})
-        )
-        watch.add(timings)
-        infos = [info for info, _ in blocks]
-        return self._conclude(watch, candidates, limit, infos, occupants, len(payload), notes)
-
     def _conclude(
         self,
         watch: Stopwatch,
@@ -826,7 +848,7 @@ class Engine:
             probe_bytes=probe_bytes,
             notes=notes,
         )
-        _emit("frip_identified", engine=self.name, decision=decision)
+        _emit(hookspecs.frip_identified, engine=self.name, decision=decision)
         return decision
 
     # ----------------------------------------------------------------- subjects
@@ -872,7 +894,7 @@ class Engine:
             context_sha256=context_fingerprint(self.key_service.public_context),
         )
         self._blocks.pop(info.block_id, None)
-        _emit("frip_removed", engine=self.name, subject_id=subject_id)
+        _emit(hookspecs.frip_removed, engine=self.name, subject_id=subject_id)
 
     # ----------------------------------------------------------------- key lifecycle
     def rotate_he_keys(self, progress: Progress | None = None) -> int:
@@ -970,16 +992,16 @@ class Engine:
         """Why the current HE secret key is unusable, or None: absent from the key store's
         listing, or failing to unwrap (it is unwrapped once and wiped)."""
         key_id = he_key_id(self.key_version)
-        store, engine_id = self.parts.key_store, self.profile.engine_id
+        key_store, engine_id = self.parts.key_store, self.profile.engine_id
         try:
-            if key_id not in store.status(engine_id).get("sealed_keys", []):
+            if key_id not in key_store.status(engine_id).get("sealed_keys", []):
                 return (
                     f"engine '{self.name}': its HE secret key '{key_id}' is missing from "
-                    f"{store.describe()}; nothing in the gallery can be decrypted without it. "
+                    f"{key_store.describe()}; nothing in the gallery can be decrypted without it. "
                     "Restore the key store (e.g. the key file) from a backup, then check with "
                     f"`frip keys status {self.name}`"
                 )
-            wipe(store.load_secret(engine_id, key_id))
+            wipe(key_store.load_secret(engine_id, key_id))
         except KeyStoreError as exc:
             return f"engine '{self.name}': its HE secret key '{key_id}' is unusable: {exc}"
         return None
@@ -1077,12 +1099,15 @@ class Engine:
         }
 
 
-def _emit(hook_name: str, **kwargs: Any) -> None:
-    """Call an event hook after a committed change; a failing listener cannot undo it."""
+def _emit(event: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
+    """Announce a committed change to every listener of ``event``, an event hook of
+    :mod:`frip_engine.hookspecs` (whose signature types the arguments); a failing
+    listener cannot undo the change."""
     try:
-        getattr(plugins.plugin_manager().hook, hook_name)(**kwargs)
+        arguments = inspect.signature(event).bind(*args, **kwargs).arguments
+        getattr(plugins.plugin_manager().hook, event.__name__)(**arguments)
     except Exception:
-        logger.exception("event hook %s failed; the change it reports stands", hook_name)
+        logger.exception("event hook %s failed; the change it reports stands", event.__name__)
 
 
 def default_threshold(profile: Profile, parts: Components) -> tuple[float, str]:

@@ -8,6 +8,12 @@ limits) and its status codes live in ``frip_engine.service.errors``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
+
 
 class FripError(Exception):
     """Base of every deliberate frip-engine error."""
@@ -110,3 +116,17 @@ class NotOnePersonError(SubjectError):
 
 class DuplicateSubjectError(SubjectError):
     """A subject (or a linkage consent) already exists under that id."""
+
+
+def each_or_error(
+    function: Callable[[Item], Answer], items: Iterable[Item]
+) -> list[Answer | FripError]:
+    """``function`` of each item, in order, or the FripError it raised for that item (the
+    item fails alone; any other exception propagates)."""
+    answers: list[Answer | FripError] = []
+    for item in items:
+        try:
+            answers.append(function(item))
+        except FripError as exc:
+            answers.append(exc)
+    return answers

@@ -48,13 +48,13 @@ def wipe(buffer: bytearray) -> None:
 class KeyService:
     def __init__(
         self,
-        backend: HEBackend,
+        he_backend: HEBackend,
         key_store: KeyStore,
         engine_id: str,
         key_version: int,
         public_context: bytes,
     ) -> None:
-        self._backend = backend
+        self._he_backend = he_backend
         self._key_store = key_store
         self._engine_id = engine_id
         self._key_version = key_version
@@ -63,15 +63,15 @@ class KeyService:
 
     @classmethod
     def generate(
-        cls, backend: HEBackend, key_store: KeyStore, engine_id: str, key_version: int
+        cls, he_backend: HEBackend, key_store: KeyStore, engine_id: str, key_version: int
     ) -> KeyService:
         """Make a fresh HE key pair; the secret goes straight into the key store."""
-        public, secret = backend.keygen()
+        public, secret = he_backend.keygen()
         try:
             key_store.store_secret(engine_id, he_key_id(key_version), secret)
         finally:
             wipe(secret)
-        return cls(backend, key_store, engine_id, key_version, public)
+        return cls(he_backend, key_store, engine_id, key_version, public)
 
     @property
     def public_context(self) -> bytes:
@@ -87,7 +87,7 @@ class KeyService:
         start = time.perf_counter()
         secret = self._key_store.load_secret(self._engine_id, he_key_id(self._key_version))
         try:
-            decryptor = self._backend.decryptor(self._public, secret)
+            decryptor = self._he_backend.decryptor(self._public, secret)
         finally:
             wipe(secret)
         self.last_unwrap_seconds = time.perf_counter() - start
@@ -144,14 +144,11 @@ class KeyService:
     def _router_aad(self) -> bytes:
         return f"frip-engine:{self._engine_id}:routing-state".encode()
 
-    def route(self, sealed: bytes, probe: np.ndarray, probe_clusters: int | None) -> list[int]:
-        """Top-p clusters for a probe; the centroids exist in the clear only inside this call."""
-        return self.route_many(sealed, [probe], probe_clusters)[0]
-
     def route_many(
         self, sealed: bytes, probes: Sequence[np.ndarray], probe_clusters: int | None
     ) -> list[list[int]]:
-        """:meth:`route` for each probe of a batch, opening the sealed centroids once."""
+        """The top ``probe_clusters`` clusters (None: all) of each probe of a batch, opening
+        the sealed centroids once; they exist in the clear only inside this call."""
         state = self.open_router(sealed)
         assert state is not None
         try:
@@ -256,7 +253,7 @@ class KeyService:
         ``forget`` = (sealed routing state, cluster, slot) also takes the erased template
         out of its cluster's centroid sum; the new sealed state is returned with the block.
         """
-        encryptor = self._backend.matcher(public_context or self._public)
+        encryptor = self._he_backend.matcher(public_context or self._public)
         with self.unlocked() as decryptor:
             features = decryptor.decrypt_block(block)  # (dimension, slots), feature-major
         kept = list(keep)

@@ -51,3 +51,5 @@ KINDS: tuple[Kind, ...] = (
 )
 # The kinds an engine's profile chooses, by section, in the order of Components' fields.
 SECTIONS: dict[str, Kind] = {k.section: k for k in KINDS if k.section is not None}
+# Each kind by its name (what the registry and messages are keyed on).
+BY_NAME: dict[str, Kind] = {k.name: k for k in KINDS}

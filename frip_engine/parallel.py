@@ -1,7 +1,7 @@
 """Scoring blocks, and encrypting new ones, in worker processes.
 
 TenSEAL holds the GIL, so parallel scoring means processes. Each worker owns a fixed
-share of the blocks (block id modulo the number of workers), opens the engine's store
+share of the blocks (block id modulo the number of workers), opens the engine's gallery store
 itself and keeps the blocks it has loaded, so a gallery is loaded once per worker, not
 once per probe. Workers get the public context only: they can score and encrypt, not
 decrypt. A bulk enrolment hands them whole new blocks to encrypt: the rows cross a local
@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from frip_engine.contracts import BlockInfo, score_isolated
+from frip_engine.contracts import BlockInfo, parse_isolated, score_isolated
 from frip_engine.errors import FripError, StoreError, WorkerStartError
 
 
@@ -49,10 +49,10 @@ from frip_engine.errors import FripError, StoreError, WorkerStartError
 class WorkerSetup:
     """What a worker needs to rebuild the public side of an engine."""
 
-    backend: str
-    backend_params: dict[str, Any]
-    store: str
-    store_params: dict[str, Any]
+    he_backend: str
+    he_backend_params: dict[str, Any]
+    gallery_store: str
+    gallery_store_params: dict[str, Any]
     engine_dir: str
     public_context: bytes
     pemiu_block_size: int | None  # a pe-miu engine's probe block size
@@ -116,13 +116,15 @@ def _start(setup: WorkerSetup) -> None:
     _watch_owner(setup.owner_pid)
     from frip_engine import plugins
 
-    backend = plugins.create("he_backend", setup.backend, **setup.backend_params)
-    store = plugins.create("gallery_store", setup.store, **setup.store_params)
-    store.bind(setup.engine_dir)
-    matcher = backend.matcher(setup.public_context, setup.pemiu_block_size)
+    he_backend = plugins.create("he_backend", setup.he_backend, **setup.he_backend_params)
+    gallery_store = plugins.create(
+        "gallery_store", setup.gallery_store, **setup.gallery_store_params
+    )
+    gallery_store.bind(setup.engine_dir)
+    matcher = he_backend.matcher(setup.public_context, setup.pemiu_block_size)
     _worker.update(
         matcher=matcher,
-        store=store,
+        gallery_store=gallery_store,
         blocks={},
         key_version=setup.key_version,
         fingerprint=context_fingerprint(setup.public_context),
@@ -139,48 +141,28 @@ def _check_key(key_version: int) -> None:
 
 def _block(block_id: int, revision: int) -> Any:
     """This worker's loaded copy of a block at ``revision`` (read from the store once)."""
-    matcher, store, blocks = _worker["matcher"], _worker["store"], _worker["blocks"]
+    matcher, blocks = _worker["matcher"], _worker["blocks"]
     cached = blocks.get(block_id)
     if cached is None or cached[0] != revision:
-        found, data = store.read_block(block_id)
+        found, data = _worker["gallery_store"].read_block(block_id)
         if found != revision:
             raise StoreError(f"block {block_id} changed during this identification; retry")
         blocks[block_id] = cached = (found, matcher.load(data))
     return cached[1]
 
 
-def _score(key_version: int, block_id: int, revision: int, payload: bytes) -> tuple[int, bytes]:
-    _check_key(key_version)
-    matcher = _worker["matcher"]
-    if _worker.get("payload") != payload:  # parse each probe once per worker
-        _worker.update(payload=payload, prepared=matcher.parse_probe(payload))
-    block = _block(block_id, revision)
-    return block_id, bytes(matcher.score(block, _worker["prepared"]))
-
-
 def _score_many(
     key_version: int, block_id: int, revision: int, payloads: tuple[bytes, ...]
 ) -> list[bytes | FripError]:
     """Each probe's scores on one block (one pass where the matcher batches), or the
-    error of a probe that cannot be scored; the batch's probes are parsed once per
+    error of a probe that cannot be parsed or scored; the probes are parsed once per
     worker while consecutive calls carry the same payloads."""
     _check_key(key_version)
     matcher = _worker["matcher"]
-    if _worker.get("batch") != payloads:
-        prepared: list[Any] = []
-        for payload in payloads:
-            try:
-                prepared.append(matcher.parse_probe(payload))
-            except FripError as exc:
-                prepared.append(exc)
-        _worker.update(batch=payloads, batch_prepared=prepared)
-    prepared = _worker["batch_prepared"]
-    good = [i for i, p in enumerate(prepared) if not isinstance(p, FripError)]
-    answers: list[bytes | FripError] = list(prepared)
-    scored = score_isolated(matcher, _block(block_id, revision), [prepared[i] for i in good])
-    for i, answer in zip(good, scored, strict=True):
-        answers[i] = answer
-    return answers
+    if _worker.get("payloads") != payloads:
+        _worker.update(payloads=payloads, parsed=parse_isolated(matcher, payloads))
+    parsed: list[Any | FripError] = _worker["parsed"]
+    return score_isolated(matcher, _block(block_id, revision), parsed)
 
 
 def _encrypt(key_version: int, rows: np.ndarray, slots: list[int]) -> tuple[str, bytes]:
@@ -280,15 +262,6 @@ class ParallelScorer:
         ]
         self._turn = count()
         self.key_version = setup.key_version
-
-    def score(self, blocks: list[BlockInfo], payload: bytes) -> list[tuple[int, bytes]]:
-        futures: list[Future[tuple[int, bytes]]] = [
-            self._pools[b.block_id % len(self._pools)].submit(
-                _score, b.key_version, b.block_id, b.revision, payload
-            )
-            for b in blocks
-        ]
-        return [result(f) for f in futures]
 
     def score_many(
         self, jobs: list[tuple[BlockInfo, tuple[bytes, ...]]]

@@ -25,9 +25,9 @@ from typing import Any
 import pluggy
 
 from frip_engine import hookspecs
-from frip_engine.contracts import Requirement
+from frip_engine.contracts import Requirement, missing_members
 from frip_engine.errors import PluginError
-from frip_engine.kinds import KINDS
+from frip_engine.kinds import BY_NAME, KINDS
 from frip_engine.param_types import init_chain, wrong_types
 from frip_engine.validate import unknown_keys
 
@@ -48,6 +48,11 @@ class Component:
     plugin: str = ""
     package: str = ""
     version: str = ""
+
+    @property
+    def label(self) -> str:
+        """Its kind and name, for messages: ``he backend 'tenseal'``."""
+        return f"{BY_NAME[self.kind].label} '{self.name}'"
 
     def missing(self) -> list[Requirement]:
         return [r for r in self.requires if not r.present()]
@@ -95,7 +100,7 @@ class Component:
             return
         allowed = ", ".join(sorted(accepted)) or "none besides plugin"
         raise PluginError(
-            f"{self.kind.replace('_', ' ')} '{self.name}' has no parameter "
+            f"{self.label} has no parameter "
             f"{unknown_keys(unknown, accepted)}; it accepts: {allowed}"
         )
 
@@ -112,17 +117,16 @@ class Component:
         self.check_parameters(params)
         problems = wrong_types(self.factory, params)
         if problems:
-            raise PluginError(f"{self.kind.replace('_', ' ')} '{self.name}': {'; '.join(problems)}")
+            raise PluginError(f"{self.label}: {'; '.join(problems)}")
         if not self.available:
             names = ", ".join(r.module for r in self.missing())
             raise PluginError(
-                f"{self.kind} '{self.name}' needs {names}, which is not installed; "
-                f"run: {self.install_hint()}"
+                f"{self.label} needs {names}, which is not installed; run: {self.install_hint()}"
             )
         try:
             return self.factory(**params)
         except TypeError as exc:
-            raise PluginError(f"{self.kind} '{self.name}': bad parameters: {exc}") from exc
+            raise PluginError(f"{self.label}: bad parameters: {exc}") from exc
 
 
 @dataclass
@@ -145,7 +149,7 @@ class Registry:
         found = self.components[kind].get(name)
         if found is None:
             known = ", ".join(sorted(self.components[kind])) or "none"
-            raise PluginError(f"unknown {kind.replace('_', ' ')} '{name}' (known: {known})")
+            raise PluginError(f"unknown {BY_NAME[kind].label} '{name}' (known: {known})")
         return found
 
     def of_kind(self, kind: str) -> list[Component]:
@@ -208,13 +212,6 @@ def register_plugin(module: Any, name: str, package: str = "(in process)") -> No
         _state.pop("registry", None)
 
 
-def unregister_plugin(name: str) -> None:
-    with _LOCK:
-        plugin_manager().unregister(name=name)
-        _state["packages"].pop(name, None)
-        _state.pop("registry", None)
-
-
 def registry() -> Registry:
     """Collect every component from every loaded plugin (cached until plugins change).
 
@@ -250,7 +247,7 @@ def _collect(pm: pluggy.PluginManager) -> Registry:
                 if name in components[_kind]:
                     other = components[_kind][name].plugin
                     print(
-                        f"frip: {_kind} '{name}' from plugin '{_plugin}' ignored: "
+                        f"frip: {BY_NAME[_kind].label} '{name}' from plugin '{_plugin}' ignored: "
                         f"already registered by '{other}'",
                         file=sys.stderr,
                     )
@@ -275,5 +272,17 @@ def reset() -> None:
 
 
 def create(kind: str, name: str, **params: Any) -> Any:
-    """Build a component by kind and name."""
-    return registry().get(kind, name).create(**params)
+    """Build a component by kind and name, checked against its kind's protocol
+    (:mod:`frip_engine.contracts`). Raises PluginError for an unknown name, a parameter or
+    dependency problem (:meth:`Component.create`), or a component lacking a member its
+    kind requires (naming the plugin, the kind and the members)."""
+    component = registry().get(kind, name)
+    made = component.create(**params)
+    missing = missing_members(made, BY_NAME[kind].protocol)
+    if missing:
+        raise PluginError(
+            f"{component.label} from plugin '{component.plugin}' does not provide what a "
+            f"{BY_NAME[kind].label} must ({BY_NAME[kind].protocol.__name__}): it lacks "
+            f"{', '.join(missing)}"
+        )
+    return made

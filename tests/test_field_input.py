@@ -786,6 +786,12 @@ class _Typed:
             raise ValueError(f"count {count} is over 100")
         self.values = (count, ratio, label, flag, sizes, pair, maybe, free)
 
+    # the rest of what a clusterer provides (plugins.create checks it)
+    name, routed, probe_clusters, max_size, fill, clusters = "typed", False, None, None, 1.0, None
+
+    def fit(self, embeddings: Any, k: int) -> Any:
+        raise NotImplementedError
+
 
 class _TypedPlugin:
     @hookimpl

@@ -123,6 +123,61 @@ def test_unknown_plugin_names_the_known_ones(fresh_plugins: None) -> None:
         plugins.create("he_backend", "seal9")
 
 
+class _HalfKeyStore:
+    """A vendor's key store written against an old contract: most members are missing."""
+
+    name = "half"
+
+    def bind(self, engine_dir: str) -> None:
+        pass
+
+    def init(self, engine_id: str) -> None:
+        pass
+
+
+class _HalfAdapter:
+    name = "half-v0"
+
+    def decode(self, payload: bytes) -> Any:
+        raise NotImplementedError
+
+
+class _IncompleteVendor:
+    @hookimpl
+    def register_key_stores(self, register: Any) -> None:
+        register("half", _HalfKeyStore)
+
+    @hookimpl
+    def register_adapters(self, register: Any) -> None:
+        register("half-v0", _HalfAdapter)
+
+
+def test_an_incomplete_plugin_fails_at_profile_load_naming_what_it_lacks(
+    fresh_plugins: None, home: Any
+) -> None:
+    from frip_engine.engine import Engine, list_engines
+    from frip_engine.profile import Profile, build
+
+    plugins.register_plugin(_IncompleteVendor(), "incomplete-vendor")
+    profile = Profile.from_dict({"engine": {"name": "half"}, "key_store": {"plugin": "half"}})
+    lacks = (
+        r"\[key_store\] key store 'half' from plugin 'incomplete-vendor' does not provide what "
+        r"a key store must \(KeyStore\): it lacks delete_secret, describe, load_secret, "
+        r"rotate_kek, status, store_secret$"
+    )
+    with pytest.raises(PluginError, match=lacks):
+        build(profile)
+    with pytest.raises(PluginError, match=lacks):
+        Engine.create(profile, home)
+    assert list_engines(home) == []  # refused before any key or folder was made
+    with pytest.raises(
+        PluginError,
+        match=r"adapter 'half-v0' from plugin 'incomplete-vendor' .*\(Adapter\): "
+        r"it lacks encode, vendor$",
+    ):
+        plugins.create("adapter", "half-v0")
+
+
 def test_frip_plugins_command_lists_everything_and_the_adapter() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "frip_engine", "plugins", "--json"],

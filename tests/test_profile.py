@@ -75,8 +75,17 @@ class _NeedsEncryptedProbes:
     probe_mode = "encrypted"
     probe_block_size = None
 
+    def bind(self, extractor: str, dimension: int) -> None:
+        pass
+
     def output_dimension(self, dimension: int) -> int:
         return dimension
+
+    def protect(self, embedding: Any) -> Any:
+        return embedding
+
+    def protect_probe(self, embedding: Any) -> Any:
+        return embedding
 
 
 class _Plugin:

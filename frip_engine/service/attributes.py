@@ -64,16 +64,16 @@ def _aad(engine: Engine, subject_id: str) -> bytes:
 
 
 def _key(engine: Engine, create: bool) -> bytearray:
-    store, engine_id = engine.parts.key_store, engine.profile.engine_id
+    key_store, engine_id = engine.parts.key_store, engine.profile.engine_id
     try:
-        secret: bytearray = store.load_secret(engine_id, ATTRIBUTES_KEY_ID)
+        secret: bytearray = key_store.load_secret(engine_id, ATTRIBUTES_KEY_ID)
         return secret
     except KeyStoreError:
-        sealed = store.status(engine_id).get("sealed_keys", [])
+        sealed = key_store.status(engine_id).get("sealed_keys", [])
         if not create or ATTRIBUTES_KEY_ID in sealed:
             raise
     key = bytearray(os.urandom(32))
-    store.store_secret(engine_id, ATTRIBUTES_KEY_ID, key)
+    key_store.store_secret(engine_id, ATTRIBUTES_KEY_ID, key)
     return key
 
 

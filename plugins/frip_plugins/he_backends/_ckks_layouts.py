@@ -200,8 +200,8 @@ class PackedLayout:
         return pairs
 
     def score_many(self, block: Any, probes: Sequence[tuple[str, Any]]) -> list[bytes]:
-        """The scores of several prepared plain or pe-miu probes (``(mode, probe)`` as
-        :meth:`CKKSMatcher.prepare_probe` gives them): every weighted sum of the batch in
+        """The scores of several parsed plain or pe-miu probes (``(mode, probe)`` as
+        :meth:`CKKSMatcher.parse_probe` gives them): every weighted sum of the batch in
         one :meth:`_weighted_sums` call; the same bytes as scoring them one by one."""
         jobs: list[list[tuple[int, float]]] = []
         counts: list[int | None] = []  # None: a plain probe; else pe-miu blocks per side
@@ -461,17 +461,17 @@ class CKKSMatcher:
             return mode, _read_floats(parts[0], "plain probe")
         return mode, [self.ops.load(part) for part in parts]
 
-    def score_many(self, block: Any, prepared: Sequence[tuple[str, Any]]) -> list[bytes]:
-        """The scores of several prepared probes on one block, in order, each the bytes
+    def score_many(self, block: Any, parsed: Sequence[tuple[str, Any]]) -> list[bytes]:
+        """The scores of several parsed probes on one block, in order, each the bytes
         :meth:`score` gives: plain and pe-miu probes of the packed layout in one pass over
         the block (the fast scorer's batch kernel), others one by one."""
         batch = getattr(self.layout, "score_many", None)
-        if batch is None or any(mode == "encrypted" for mode, _ in prepared):
-            return [self.score(block, p) for p in prepared]
-        return list(batch(block, prepared))
+        if batch is None or any(mode == "encrypted" for mode, _ in parsed):
+            return [self.score(block, p) for p in parsed]
+        return list(batch(block, parsed))
 
-    def score(self, block: Any, prepared: tuple[str, Any]) -> bytes:
-        mode, probe = prepared
+    def score(self, block: Any, parsed: tuple[str, Any]) -> bytes:
+        mode, probe = parsed
         if mode == "plain":
             return self.layout.score_plain(block, probe)
         if mode == "encrypted":
