@@ -41,8 +41,11 @@ class Stopwatch:
             self.seconds[name] = self.seconds.get(name, 0.0) + value
 
     def finish(self) -> dict[str, float]:
+        """Seconds per stage (every one of STAGES, then any other recorded, e.g.
+        ``batch_wait``), ``other`` (the total beyond them) and ``total``, since creation."""
         total = time.perf_counter() - self.started
         table = {name: self.seconds.get(name, 0.0) for name in STAGES}
+        table.update({k: v for k, v in self.seconds.items() if k not in table})
         table["other"] = max(0.0, total - sum(table.values()))
         table["total"] = total
         return table
@@ -68,6 +71,9 @@ class Decision:
     registrants: int
     blocks_scored: int
     probe_bytes: int = 0  # the probe as uploaded to the matcher, in the engine's probe mode
+    # probes scored together with this one (Engine.identify_many); in a batch of more than
+    # one, timings["batch_wait"] is the time spent on the other probes' own stages
+    batch_size: int = 1
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:

@@ -339,7 +339,15 @@ class Engine:
     def enrol_many(
         self, items: Iterable[EnrolItem], progress: Progress | None = None
     ) -> EnrolReport:
-        """Enrol subjects; each is committed whole or not at all, and failures are reported."""
+        """Enrol subjects; each is committed whole or not at all, and failures are reported.
+        Raises InputError, enrolling nobody, when an item is not an EnrolItem."""
+        items = list(items)
+        for index, item in enumerate(items):
+            if not isinstance(item, EnrolItem):
+                raise InputError(
+                    f"enrol_many takes EnrolItem(subject_id, images=[...], embeddings=[...]) "
+                    f"items; item {index} is {type(item).__name__}: nobody was enrolled"
+                )
         report = EnrolReport()
         templates: dict[str, tuple[np.ndarray, int]] = {}
         existing = {s.subject_id for s in self.gallery_store.subjects()}
@@ -697,6 +705,8 @@ class Engine:
                     payloads[i] = self.matcher.encode_probe(template)  # what an edge uploads
             except FripError as exc:
                 results[i] = exc
+        # each probe's own stages so far (extraction, encryption), done one probe after another
+        own = {i: sum(watch.seconds.values()) for i, watch in enumerate(watches)}
         with shared.stage("distance_derivation"):
             scored = self._score_batch(loaded, payloads, wanted)
         decided: dict[int, list[tuple[int, bytes]]] = {}
@@ -713,9 +723,18 @@ class Engine:
             candidates, timings = answer
             watches[i].add(shared.seconds)
             watches[i].add(timings)
+            if len(templates) > 1:
+                watches[i].add({"batch_wait": sum(own.values()) - own[i]})
             infos = [info for info, _ in loaded if info.block_id in wanted[i]]
             results[i] = self._conclude(
-                watches[i], candidates, limit, infos, occupants, len(payloads[i]), templates[i][1]
+                watches[i],
+                candidates,
+                limit,
+                infos,
+                occupants,
+                len(payloads[i]),
+                templates[i][1],
+                batch_size=len(templates),
             )
         return [r for r in results if r is not None]
 
@@ -831,6 +850,7 @@ class Engine:
         occupants: dict[int, dict[int, str]],
         probe_bytes: int,
         notes: list[str],
+        batch_size: int = 1,
     ) -> Decision:
         """The decision on one probe's candidates (best first), announced to listeners."""
         best = candidates[0] if candidates else None
@@ -847,6 +867,7 @@ class Engine:
             blocks_scored=len(blocks),
             probe_bytes=probe_bytes,
             notes=notes,
+            batch_size=batch_size,
         )
         _emit(hookspecs.frip_identified, engine=self.name, decision=decision)
         return decision

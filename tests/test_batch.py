@@ -204,6 +204,24 @@ def test_batch_of_the_plaintext_reference(make_engine: Any) -> None:
     _check_batch(engine, _probes(gallery))
 
 
+def test_batch_timings_say_what_the_other_probes_cost(make_engine: Any) -> None:
+    """A probe of a batch waits while the others are extracted and encrypted: its timings
+    say so (batch_wait, batch_size) instead of leaving it in "other"."""
+    engine, gallery = _enrolled(
+        make_engine, "ref", 30, he={"plugin": "plaintext"}, engine={"name": "ref", "insecure": True}
+    )
+    probes = _probes(gallery, 4)
+    decisions = engine.identify_many(embeddings=probes)
+    own = [d.timings["feature_extraction"] + d.timings["probe_encryption"] for d in decisions]
+    for i, decision in enumerate(decisions):
+        assert isinstance(decision, Decision) and decision.batch_size == len(probes)
+        assert decision.timings["batch_wait"] == pytest.approx(sum(own) - own[i], abs=1e-9)
+        stages = sum(v for k, v in decision.timings.items() if k not in ("other", "total"))
+        assert stages + decision.timings["other"] == pytest.approx(decision.timings["total"])
+    single = engine.identify(embedding=probes[0])
+    assert single.batch_size == 1 and "batch_wait" not in single.timings
+
+
 def test_key_is_unwrapped_once_per_batch(make_engine: Any, monkeypatch: Any) -> None:
     engine, gallery = _enrolled(make_engine, "once", 12, he=BACKENDS["tenseal-fast"])
     store = engine.parts.key_store
@@ -339,6 +357,20 @@ def test_cli_identifies_a_folder_and_a_csv_as_json_lines(
             c.score for c in decision.candidates
         ]
     assert result.returncode == InputError.exit_code, result.stderr  # one probe failed
+    assert "skipped 1 entries that are not probe files (e.g. notes.txt)" in result.stderr
+    nested = tmp_path / "nested"
+    (nested / "person").mkdir(parents=True)
+    np.save(nested / "person" / "p0.npy", probes[0])
+    for empty in (nested, nested / "person" / "nothing-here"):
+        empty.mkdir(exist_ok=True)
+        refused = _frip("identify", "cli", "--probes", str(empty))
+        assert refused.returncode == InputError.exit_code and not refused.stdout
+        assert "no probe files in this folder" in refused.stderr
+        assert "subfolders are not read" in refused.stderr and "Traceback" not in refused.stderr
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("embedding\n")
+    refused = _frip("identify", "cli", "--probes", str(header_only))
+    assert refused.returncode == InputError.exit_code and "has no rows" in refused.stderr
     csv = tmp_path / "probes.csv"
     csv.write_text("embedding\nprobes/p0.npy\nprobes/p1.npy\n\nprobes/missing.npy\n")
     result = _frip("identify", "cli", "--probes", str(csv), "--json")

@@ -132,6 +132,11 @@ def test_enrol_by_path_and_item_and_the_with_block_closes_everything(
             engine.enrol("ghost", tmp_path / "absent.jpg")
         with pytest.raises(InputError, match="inside the EnrolItem"):
             engine.enrol(EnrolItem("x"), "a.jpg")
+        good = EnrolItem("adam-2", images=[faces / "Adam_Sandler_0002.jpg"])
+        for odd in (..., "bob", {"subject_id": "bob"}, None):
+            with pytest.raises(InputError, match=r"item 1 is .*nobody was enrolled"):
+                engine.enrol_many([good, odd])  # type: ignore[list-item]
+        assert engine.subjects() == ["adam"]  # not even the good item before it
         decision = engine.identify(str(faces / "Adam_Sandler_0003.jpg"))
         assert decision.matched and decision.subject_id == "adam"
         assert _open_files_under(home)  # the gallery is open inside the block

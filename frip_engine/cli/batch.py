@@ -1,6 +1,7 @@
 """``frip identify ENGINE --probes DIR_OR_CSV``: many probes in one process, batched.
 
-The probes are read from a folder (every image and embedding file in it, by name) or a
+The probes are read from a folder (every image and embedding file in it, by name; not
+its subfolders) or a
 CSV file (a header row with an ``image`` or ``embedding`` column, or lfw's ``path``,
 each a file path relative to the CSV's folder) and identified ``BATCH`` at a time with
 :meth:`frip_engine.engine.Engine.identify_many`: one pass over the gallery and one key
@@ -37,10 +38,26 @@ def list_probes(source: Path) -> Iterator[Listed]:
     file, in order. Raises MissingFileError or InputError when ``source`` itself cannot
     be read; a bad row is listed as that probe's error."""
     if source.is_dir():
-        for path in sorted(source.iterdir()):
-            suffix = path.suffix.lower()
-            if path.is_file() and suffix in IMAGE_SUFFIXES | EMBEDDING_SUFFIXES:
-                yield str(path), "embedding" if suffix in EMBEDDING_SUFFIXES else "image", path
+        entries = sorted(source.iterdir())
+        wanted = IMAGE_SUFFIXES | EMBEDDING_SUFFIXES
+        probes = [p for p in entries if p.suffix.lower() in wanted and p.is_file()]
+        if not probes:
+            raise InputError(
+                f"--probes {source}: no probe files in this folder (images "
+                f"{', '.join(sorted(IMAGE_SUFFIXES))}, or embeddings .npy/.json); "
+                "subfolders are not read"
+            )
+        skipped = [p.name for p in entries if p not in probes]
+        if skipped:
+            err.print(
+                styled(
+                    f"frip: --probes {source}: skipped {len(skipped)} entries that are not "
+                    f"probe files (e.g. {skipped[0]}); subfolders are not read"
+                )
+            )
+        for path in probes:
+            kind = "embedding" if path.suffix.lower() in EMBEDDING_SUFFIXES else "image"
+            yield str(path), kind, path
         return
     if not source.is_file():
         raise MissingFileError(f"--probes {source}: no such folder or file")
@@ -53,6 +70,8 @@ def list_probes(source: Path) -> Iterator[Listed]:
             header = [c.strip() for c in reader.fieldnames or []]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"--probes {source}: cannot read it as CSV ({exc})") from None
+    if not rows:
+        raise InputError(f"--probes {source}: the CSV has no rows after its header")
     columns = [c for c in CSV_COLUMNS if c in header]
     if not columns:
         raise InputError(

@@ -188,6 +188,7 @@ DECISION = _open(
         "registrants": {"type": "integer", "minimum": 0},
         "blocks_scored": {"type": "integer", "minimum": 0},
         "probe_bytes": {"type": "integer", "minimum": 0},
+        "batch_size": {"type": "integer", "minimum": 1},
         "notes": {"type": "array", "items": {"type": "string"}},
     },
     ["engine", "matched", "subject_id", "score", "threshold", "candidates", "timings"],
