@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from frip_engine.engine import PROFILE_FILE, Engine
-from frip_engine.errors import ProfileError
+from frip_engine.errors import EngineExistsError, ProfileError
 from frip_engine.profile import Profile, check_name, engine_dir, read_profile_file
 from frip_engine.validate import check_threshold
+from frip_engine.writelock import write_lock
 
 # A section's choice: a plugin name, or a table of the plugin and its parameters.
 Section = str | Mapping[str, Any]
@@ -72,7 +73,10 @@ def open_engine(
     )
     wanted = Profile.from_dict(asked, f"open_engine({name!r})")  # checked before any use
     if create and not (engine_dir(name, home) / PROFILE_FILE).is_file():
-        return Engine.create(wanted, home)
+        try:
+            return Engine.create(wanted, home)
+        except EngineExistsError:
+            _await_creation(name, home)  # another process made it or is making it: open it
     engine = Engine.open(name, home)
     try:
         check_same_profile(engine.profile, wanted, asked)
@@ -80,6 +84,25 @@ def open_engine(
         engine.close()
         raise
     return engine
+
+
+def _await_creation(name: str, home: Path | None) -> None:
+    """Wait while another process creates engine ``name`` (it holds the engine's write lock
+    until the engine is whole). Raises ProfileError when the folder holds no engine once
+    the lock is free: a creation that was interrupted (its folder is left for its owner
+    to remove) or that failed and was removed."""
+    directory = engine_dir(name, home)
+    if directory.is_dir() and not (directory / PROFILE_FILE).is_file():
+        with write_lock(directory, name):
+            pass
+    if (directory / PROFILE_FILE).is_file():
+        return
+    if directory.exists():
+        raise ProfileError(
+            f"{directory} holds no engine: its creation was interrupted; remove that folder "
+            "and create the engine again"
+        )
+    raise ProfileError(f"another process creating engine '{name}' failed; create it again")
 
 
 def requested_profile(

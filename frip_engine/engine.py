@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -44,6 +46,7 @@ from frip_engine.decision import Candidate, Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
 from frip_engine.errors import (
     DuplicateSubjectError,
+    EngineExistsError,
     FripError,
     InputError,
     KeyStoreError,
@@ -187,10 +190,17 @@ class Engine:
     # ----------------------------------------------------------------- lifecycle
     @classmethod
     def create(cls, profile: Profile, home: Path | None = None) -> Engine:
-        """Validate the profile, make the key pair and an empty gallery, then save the profile."""
+        """Validate the profile, make the key pair and an empty gallery, then save the profile.
+
+        The engine is made in a private folder beside its final place, whose write lock is
+        taken first, and renamed into place at once: a folder under its final name always
+        has its creator's lock held until the engine is whole (or the creator died), so
+        another process can wait for it (:func:`frip_engine.api.open_engine`) and nothing
+        another process made is ever deleted here. Raises EngineExistsError when the
+        engine exists or another process got there first."""
         directory = engine_dir(profile.name, home)
         if directory.exists():
-            raise ProfileError(f"engine '{profile.name}' already exists at {directory}")
+            raise EngineExistsError(f"engine '{profile.name}' already exists at {directory}")
         for name, engine_id in engine_ids(home).items():
             if engine_id == profile.engine_id:
                 raise ProfileError(
@@ -200,28 +210,41 @@ class Engine:
                 )
         parts = build(profile)
         default_threshold(profile, parts)  # an uncalibrated combination is refused here
-        private_dir(directory)
-        try:
-            parts.key_store.bind(str(directory))
-            parts.gallery_store.bind(str(directory))
-            parts.key_store.init(profile.engine_id)
-            service = KeyService.generate(parts.he_backend, parts.key_store, profile.engine_id, 1)
-            parts.gallery_store.initialise(
-                {
-                    "engine_id": profile.engine_id,
-                    "name": profile.name,
-                    "dimension": str(parts.dimension),
-                    "he": parts.he_backend.description,
-                    "key_version": "1",
-                    **template_record(parts),
-                }
-            )
-            parts.gallery_store.put_public_context(1, service.public_context)
-            save_profile(profile, directory / PROFILE_FILE)  # its presence marks a whole engine
-        except BaseException:
-            parts.gallery_store.close()
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
+        private_dir(directory.parent)
+        staging = Path(tempfile.mkdtemp(prefix=f".{profile.name}.creating-", dir=directory.parent))
+        with write_lock(staging, profile.name, wait=0):  # the lock moves with the folder
+            try:
+                os.rename(staging, directory)  # atomic; refused when the name is taken
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+                parts.gallery_store.close()
+                raise EngineExistsError(
+                    f"engine '{profile.name}' already exists at {directory} (another process "
+                    "created it first)"
+                ) from None
+            try:
+                parts.key_store.bind(str(directory))
+                parts.gallery_store.bind(str(directory))
+                parts.key_store.init(profile.engine_id)
+                service = KeyService.generate(
+                    parts.he_backend, parts.key_store, profile.engine_id, 1
+                )
+                parts.gallery_store.initialise(
+                    {
+                        "engine_id": profile.engine_id,
+                        "name": profile.name,
+                        "dimension": str(parts.dimension),
+                        "he": parts.he_backend.description,
+                        "key_version": "1",
+                        **template_record(parts),
+                    }
+                )
+                parts.gallery_store.put_public_context(1, service.public_context)
+                save_profile(profile, directory / PROFILE_FILE)  # its presence marks a whole engine
+            except BaseException:
+                parts.gallery_store.close()
+                shutil.rmtree(directory, ignore_errors=True)  # ours: we renamed it into place
+                raise
         return cls(profile, directory, parts)
 
     @classmethod

@@ -64,6 +64,10 @@ class ProfileError(FripError):
     exit_code = 4
 
 
+class EngineExistsError(ProfileError):
+    """An engine of that name exists already (or another process is creating it)."""
+
+
 class PluginError(ProfileError):
     """A plugin is unknown, failed to load, or misses an optional dependency."""
 
