@@ -11,12 +11,16 @@ a terminal; it is never an argument, so it stays out of code, shell history and 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from frip_engine import plugins
 from frip_engine.engine import PROFILE_FILE, Engine
 from frip_engine.errors import EngineExistsError, ProfileError
+from frip_engine.kinds import SECTIONS
+from frip_engine.param_types import init_chain
 from frip_engine.profile import Profile, check_name, engine_dir, read_profile_file
 from frip_engine.validate import check_threshold
 from frip_engine.writelock import write_lock
@@ -137,6 +141,30 @@ def requested_profile(
     return data
 
 
+_UNSET = object()  # a parameter neither the profile nor the factory gives a value
+
+
+def _effective(profile: Profile, section: str, key: str) -> object:
+    """The value ``key`` of ``section`` has in an engine with ``profile``: the profile's,
+    else the plugin's default (its factory's keyword default), else _UNSET."""
+    if key == "plugin":
+        return profile.plugin(section)
+    if key in profile.sections.get(section, {}):
+        return profile.sections[section][key]
+    try:
+        component = plugins.registry().get(SECTIONS[section].name, profile.plugin(section))
+    except ProfileError:
+        return _UNSET
+    for function in init_chain(component.factory):
+        try:
+            parameter = inspect.signature(function).parameters.get(key)
+        except (TypeError, ValueError):
+            return _UNSET
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    return _UNSET
+
+
 def check_same_profile(have: Profile, wanted: Profile, asked: Mapping[str, Any]) -> None:
     """Raise ProfileError naming every value ``asked`` for (tables of a profile, as
     checked into ``wanted``) that the existing engine's profile ``have`` differs in."""
@@ -150,9 +178,9 @@ def check_same_profile(have: Profile, wanted: Profile, asked: Mapping[str, Any])
         if section == "engine":
             continue
         for key in body:
-            mine, theirs = have.sections[section].get(key), wanted.sections[section][key]
+            mine, theirs = _effective(have, section, key), wanted.sections[section][key]
             if mine != theirs:
-                shown = "not set (the plugin's default)" if mine is None else repr(mine)
+                shown = "not set (the plugin's default)" if mine is _UNSET else repr(mine)
                 differences.append(f"[{section}] {key} is {shown}, not {theirs!r}")
     if differences:
         raise ProfileError(

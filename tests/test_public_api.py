@@ -95,6 +95,17 @@ def test_an_engine_with_another_profile_is_refused_naming_each_difference(home: 
     assert _open_files_under(home) == []  # each refused engine was closed
 
 
+def test_asking_for_the_defaults_opens_an_engine_made_with_them(home: Path) -> None:
+    """Spelling out a plugin's default is asking for the same engine, not another one."""
+    open_engine("plain", create=True).close()  # every section at its default
+    with open_engine(
+        "plain", create=True, extractor="arcface", he={"plugin": "tenseal", "preset": "fast"}
+    ) as engine:
+        assert engine.name == "plain"
+    with pytest.raises(ProfileError, match=r"\[he\] preset is 'fast', not 'compact'"):
+        open_engine("plain", he={"preset": "compact"})
+
+
 def test_open_engine_errors_are_typed(home: Path, tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="engine 'nowhere' does not exist"):
         open_engine("nowhere")

@@ -515,7 +515,7 @@ class CKKSBackend:
 
     def __init__(
         self,
-        preset: str | None = None,
+        preset: str = "fast",
         poly_modulus_degree: int | None = None,
         coeff_mod_bit_sizes: list[int] | None = None,
         scale_bits: int | None = None,
