@@ -282,7 +282,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     plt = pyplot()
     if plt is None:
         return False
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
     series: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in report["runs"]:
         key = (row["registrants"], row["probes"], row["writers"], row["batching"])
@@ -299,14 +299,17 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         x = [r["clients"] for r in rows]
         left.plot(x, [r["identify"]["throughput_per_s"] for r in rows], label=label, **style)
         right.plot(x, [r["identify"]["p99_ms"] / 1000 for r in rows], label=label, **style)
+    clients = sorted({row["clients"] for row in report["runs"]})
     for axis, title in ((left, "identify/s"), (right, "identify p99, s")):
         axis.set_xscale("log", base=2)
+        axis.set_xticks(clients, [str(c) for c in clients])
         axis.set_xlabel("identifying clients")
         axis.set_title(title)
         axis.grid(True, alpha=0.3)
     right.set_yscale("log")
-    left.legend(fontsize=7)
-    figure.tight_layout()
+    handles, labels = left.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=2, fontsize=7)
+    figure.tight_layout(rect=(0, 0.04 * (len(series) + 1) / 2 + 0.04, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
