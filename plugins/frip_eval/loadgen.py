@@ -187,7 +187,9 @@ def _writer(
 ) -> None:
     import httpx
 
-    rng = np.random.default_rng(seed)
+    # fresh OS entropy: a seeded stream could repeat a gallery's own synthetic vectors
+    # (or an earlier run's), and a duplicate registrant makes readers' answers ambiguous
+    rng = np.random.default_rng()
     with httpx.Client(base_url=url, timeout=120, verify=verify) as client:
         count = 0
         while time.monotonic() < deadline:
