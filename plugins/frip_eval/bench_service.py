@@ -156,6 +156,8 @@ def _measure(
     try:
         for kind in plan.probes:
             shots = images if kind == "image" else None
+            if kind == "image" and not images:
+                raise RuntimeError(f"no lfw-dev person in {plan.lfw} could be enrolled")
             run_load(
                 url, key, ENGINE, gallery, None, 1, 0, plan.warmup, verify_every=0, images=shots
             )
