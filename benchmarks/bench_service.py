@@ -1,93 +1,67 @@
-"""Load on the linkage service over loopback HTTP: throughput, p50/p95/p99, errors.
+"""The linkage service under load: throughput, p50/p99, errors, batch size, enrolment.
 
-    python benchmarks/bench_service.py                    # 16 clients for 60 s
-    python benchmarks/bench_service.py --clients 8 --seconds 20 --gallery 500
+    python benchmarks/bench_service.py                         # 1,000 registrants, all loads
+    python benchmarks/bench_service.py --probes embedding --clients 1 4 16 32
+    python benchmarks/bench_service.py --large                 # also 100,000 (slow to enrol)
 
-A throw-away home gets two TenSEAL CKKS engines (`fast` preset, file key store): `reads`
-with ``--gallery`` synthetic registrants, and an empty `writes`. ``frip serve`` runs as a
-child process on 127.0.0.1; ``--writers`` clients enrol embeddings into `writes`, the others
-identify and verify (4:1) probes near `reads`' templates. Each engine runs on its own
-thread, so readers queue behind one another on `reads`. Prints the summary and saves it
-to results/bench/service.json.
+For each gallery (1,000 synthetic registrants, and 100,000 with ``--large``; fast preset)
+``frip serve`` runs as a child process on loopback with batching off (``--batch-max 1``)
+and on (``--batch-max``/``--batch-wait-ms`` below), or unbatched only when the served tree
+has no ``--batch-max`` (said in the output). Each client count runs read-only and with
+``--writers`` clients enrolling into the same engine; probes are embeddings near enrolled
+templates and/or lfw-dev face images (``--lfw``, read in place). Threads are pinned to one
+per pool (BLAS, OpenMP, numba) for this process and the server. Prints the Markdown table
+and writes docs/bench-service.json, .md and .png (see ``frip_eval.bench_service``).
+Exits 1 if any request failed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
-import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
+
+LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw-dev"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--writers", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--gallery", type=int, default=200, help="registrants in `reads`")
-    parser.add_argument("--output", type=Path, default=Path("results/bench"))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--registrants", type=int, nargs="+", default=[1000])
+    parser.add_argument("--large", action="store_true", help="also 100,000 registrants")
+    parser.add_argument("--probes", nargs="+", choices=["embedding", "image"], default=None)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32, 64])
+    parser.add_argument("--writers", type=int, default=2, help="0: read-only runs only")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds, per server")
+    parser.add_argument("--batch-max", type=int, default=32, help="batching on")
+    parser.add_argument("--batch-wait-ms", type=float, default=None, help="default: server's")
+    parser.add_argument("--image-people", type=int, default=100, help="lfw-dev people")
+    parser.add_argument("--lfw", type=Path, default=LFW)
+    parser.add_argument("--output", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
+    if min(args.registrants + args.clients) < 1 or args.writers < 0 or args.batch_max < 2:
+        parser.error("sizes and clients must be positive, --writers >= 0, --batch-max >= 2")
 
-    import numpy as np
-    from frip_eval.loadgen import ServerProcess, run_load
+    from frip_eval.bench_service import Plan, pin_threads, run
 
-    from frip_engine.engine import Engine, EnrolItem
-    from frip_engine.profile import Profile
-    from frip_engine.service.db import Database
-    from frip_engine.service.vendors import Vendors
-
-    os.environ.setdefault("FRIP_PASSPHRASE", "bench-passphrase-not-secret")
-    with tempfile.TemporaryDirectory(prefix="frip-bench-service-") as folder:
-        home = Path(folder)
-        rng = np.random.default_rng(0)
-        vectors = rng.standard_normal((args.gallery, 512))
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        gallery = {f"r{i:05d}": vectors[i] for i in range(args.gallery)}
-        for name in ("reads", "writes"):
-            profile = Profile.from_dict({"engine": {"name": name}, "he": {"preset": "fast"}})
-            with Engine.create(profile, home) as engine:
-                if name == "reads":
-                    items = [EnrolItem(s, embeddings=[v]) for s, v in gallery.items()]
-                    engine.enrol_many(items)
-        key = Vendors(Database(home / "service.sqlite")).create("bench", ["reads", "writes"])
-        server = ServerProcess(home, args=("--rate", "0"))
-        url = server.start()
-        try:
-            result = run_load(
-                url, key, "reads", gallery, "writes", args.clients, args.writers, args.seconds
-            )
-        finally:
-            server.stop()
-    result["gallery"] = args.gallery
-    result["machine"] = (
-        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+    pin_threads()  # before numpy loads, here and in the server
+    plan = Plan(
+        registrants=sorted(set(args.registrants + ([100_000] if args.large else []))),
+        probes=args.probes or ["embedding", "image"],
+        clients=sorted(set(args.clients)),
+        writers=args.writers,
+        seconds=args.seconds,
+        batch_max=args.batch_max,
+        batch_wait_ms=args.batch_wait_ms,
+        image_people=args.image_people,
+        lfw=args.lfw,
+        warmup=args.warmup,
     )
-    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    result["command"] = "python benchmarks/bench_service.py " + " ".join(argv or sys.argv[1:])
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / "service.json"
-    path.write_text(json.dumps(result, indent=2))
-    total = result["total"]
-    print(
-        f"{args.clients} clients ({result['writers']} enrolling), {result['seconds']:.1f} s, "
-        f"gallery {args.gallery}"
+    command = "python benchmarks/bench_service.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
     )
-    print("| operation | requests | errors | req/s | p50 ms | p95 ms | p99 ms |")
-    print("|---|---|---|---|---|---|---|")
-    for name, row in [("all", total), *result["by_operation"].items()]:
-        print(
-            f"| {name} | {row['requests']} | {row['errors']} | {row['throughput_per_s']:.2f} | "
-            f"{row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['p99_ms']:.0f} |"
-        )
-    print("\nidentify, mean ms (Table II + service stages):")
-    for stage, ms in result["identify_mean_ms"].items():
-        print(f"  {stage:20s} {ms:9.1f}")
-    print(f"\nsaved {path}")
-    return 0 if total["errors"] == 0 else 1
+    report = run(plan, args.output, command.strip())
+    return 0 if report["errors"] == 0 else 1
 
 
 if __name__ == "__main__":

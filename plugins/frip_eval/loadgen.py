@@ -3,14 +3,18 @@
 Shared by the loopback tests and ``benchmarks/bench_service.py``, so both measure the
 same thing: ``ServerProcess`` starts ``python -m frip_engine serve`` on a free loopback
 port and waits for /v1/health; ``run_load`` drives it with reader clients (identify and
-verify, 4:1, probes near enrolled templates) on one engine and writer clients (embedding
-enrolments) on another, for a fixed time, and reports throughput, latency percentiles,
-errors and the mean Table II breakdown of identify as the client saw it.
+verify, 4:1 by default, or identify only; embedding probes near enrolled templates, or
+face images of enrolled people) on one engine and writer clients (embedding enrolments)
+on another or the same engine, for a fixed time, and reports throughput, latency
+percentiles, errors, the mean batch size the service reported and the mean Table II
+breakdown of identify as the client saw it. ``serve_options`` tells which options the
+``frip serve`` being run accepts (e.g. whether it can batch).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,6 +42,17 @@ def headers(key: str) -> dict[str, str]:
         "X-Request-Id": uuid.uuid4().hex,
         "X-Request-Time": f"{time.time():.3f}",
     }
+
+
+def serve_options() -> set[str]:
+    """The long options (``--batch-max``, ...) that ``frip serve --help`` of the frip_engine
+    importable here lists: a benchmark runs only what the tree it measures can do."""
+    command = [sys.executable, "-m", "frip_engine", "serve", "--help"]
+    env = {**os.environ, "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"}
+    shown = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    if shown.returncode != 0:
+        raise RuntimeError(f"frip serve --help failed: {shown.stderr[-2000:]}")
+    return set(re.findall(r"--[a-z][a-z0-9-]*", shown.stdout))
 
 
 class ServerProcess:
@@ -112,6 +127,7 @@ class Sample:
     status: int
     ok: bool
     timings: dict[str, float] = field(default_factory=dict)
+    batch_size: float | None = None  # probes scored together with this one, as reported
 
 
 def _reader(
@@ -123,18 +139,30 @@ def _reader(
     seed: int,
     samples: list[Sample],
     verify: Any,
+    verify_every: int,
+    images: dict[str, list[str]] | None,
 ) -> None:
+    """Identify (and every ``verify_every``-th request verify, 0: never) until ``deadline``:
+    an embedding near a random subject's template, or one of its ``images`` (base64)."""
     import httpx
 
     rng = np.random.default_rng(seed)
-    names = sorted(gallery)
+    names = sorted(images or gallery)
     with httpx.Client(base_url=url, timeout=120, verify=verify) as client:
         count = 0
         while time.monotonic() < deadline:
             subject = names[int(rng.integers(len(names)))]
-            probe = near(gallery[subject], 0.2, rng).tolist()
-            op = "verify" if count % 5 == 4 else "identify"
-            body: dict[str, Any] = {"embedding": probe}
+            body: dict[str, Any]
+            if images:
+                pictures = images[subject]
+                body = {"image": pictures[int(rng.integers(len(pictures)))]}
+            else:
+                body = {"embedding": near(gallery[subject], 0.2, rng).tolist()}
+            op = (
+                "verify"
+                if verify_every and count % verify_every == verify_every - 1
+                else "identify"
+            )
             if op == "verify":
                 body["subject_id"] = subject
             start = time.perf_counter()
@@ -148,9 +176,9 @@ def _reader(
             seconds = time.perf_counter() - start
             data = response.json() if response.status_code == 200 else {}
             right = data.get("matched") is True and data.get("subject_id") == subject
-            samples.append(
-                Sample(op, seconds, response.status_code, right, data.get("timings", {}))
-            )
+            timings = data.get("timings", {})
+            size = timings.get("batch_size", data.get("batch_size"))
+            samples.append(Sample(op, seconds, response.status_code, right, timings, size))
             count += 1
 
 
@@ -159,12 +187,15 @@ def _writer(
 ) -> None:
     import httpx
 
-    rng = np.random.default_rng(seed)
+    # fresh OS entropy: a seeded stream could repeat a gallery's own synthetic vectors
+    # (or an earlier run's), and a duplicate registrant makes readers' answers ambiguous
+    rng = np.random.default_rng()
     with httpx.Client(base_url=url, timeout=120, verify=verify) as client:
         count = 0
         while time.monotonic() < deadline:
             vector = rng.standard_normal(512)
-            body = {"subject_id": f"w{seed}-{count}", "embeddings": [vector.tolist()]}
+            subject = f"w{seed}-{count}-{uuid.uuid4().hex[:12]}"  # new in every run
+            body = {"subject_id": subject, "embeddings": [vector.tolist()]}
             start = time.perf_counter()
             try:
                 response = client.post(
@@ -193,6 +224,12 @@ def _summary(samples: list[Sample], seconds: float) -> dict[str, Any]:
     }
 
 
+def _mean_batch(samples: list[Sample]) -> float | None:
+    """Mean probes per scoring pass the service reported, None when it reports none."""
+    sizes = [s.batch_size for s in samples if s.batch_size is not None]
+    return float(np.mean(sizes)) if sizes else None
+
+
 def run_load(
     url: str,
     key: str,
@@ -203,9 +240,19 @@ def run_load(
     writers: int = 2,
     seconds: float = 20.0,
     verify: Any = True,
+    *,
+    verify_every: int = 5,
+    images: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """``clients`` concurrent clients for ``seconds``: ``writers`` of them enrol into
-    ``write_engine``, the rest identify/verify against ``read_engine``'s ``gallery``."""
+    ``write_engine`` (which may be ``read_engine``), the rest identify/verify against
+    ``read_engine``'s ``gallery`` (every ``verify_every``-th request a verify, 0: none),
+    with embedding probes, or with ``images`` (subject -> base64 face images) when given.
+
+    Returns the clients, writers, elapsed seconds (with the last requests' tails), the
+    ``total`` and ``by_operation`` summaries (requests, errors = non-2xx or no answer,
+    wrong_decisions, throughput_per_s, p50/p95/p99/max ms), ``identify_batch_size`` (mean
+    reported batch size, or None) and ``identify_mean_ms`` (mean timings per stage)."""
     samples: list[list[Sample]] = [[] for _ in range(clients)]
     writers = writers if write_engine else 0
     deadline = time.monotonic() + seconds
@@ -216,7 +263,18 @@ def run_load(
             args: tuple[Any, ...] = (url, key, write_engine, deadline, i, samples[i], verify)
             threads.append(threading.Thread(target=_writer, args=args))
         else:
-            args = (url, key, read_engine, gallery, deadline, i, samples[i], verify)
+            args = (
+                url,
+                key,
+                read_engine,
+                gallery,
+                deadline,
+                i,
+                samples[i],
+                verify,
+                verify_every,
+                images,
+            )
             threads.append(threading.Thread(target=_reader, args=args))
     started = time.perf_counter()
     for thread in threads:
@@ -229,6 +287,8 @@ def run_load(
     table: dict[str, float] = {}
     if identified:
         for name in identified[0].timings:
+            if name == "batch_size":  # a count, not seconds: identify_batch_size has it
+                continue
             table[name] = float(np.mean([s.timings.get(name, 0.0) for s in identified])) * 1000
         rtt = float(np.mean([s.seconds for s in identified])) * 1000
         table["rtt"] = rtt
@@ -242,5 +302,6 @@ def run_load(
             op: _summary([s for s in flat if s.op == op], elapsed)
             for op in sorted({s.op for s in flat})
         },
+        "identify_batch_size": _mean_batch([s for s in flat if s.op == "identify"]),
         "identify_mean_ms": table,
     }

@@ -1,0 +1,375 @@
+"""The service under load: one sweep over gallery sizes, probe kinds, client counts,
+concurrent enrolment and batching on/off, saved as JSON, a Markdown table and a PNG.
+
+``run`` builds one throw-away home per gallery size: an engine ``bench`` (TenSEAL CKKS,
+``fast`` preset, file key store) holding synthetic unit embeddings enrolled through the
+Python API, plus, for image probes, lfw-dev people enrolled from their first image (their
+other images are the probes; the images are read from where they are, never copied).
+For each batching configuration ``frip serve`` runs as a child process on loopback
+(``--batch-max 1`` is off; a ``frip serve`` without ``--batch-max`` runs unbatched only,
+and the report says so), and ``frip_eval.loadgen.run_load`` puts ``clients`` identifying
+clients on ``bench``, alone and with ``writers`` more clients enrolling embeddings into the
+same engine. Every figure of one report comes from the same run, so compare them as
+ratios (batching on / off, with enrolment / read-only) rather than with other machines.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENGINE = "bench"
+PINNED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+# no rate limit, and room for 64 clients plus writers on one loopback address
+SERVE_ARGS = ("--rate", "0", "--max-connections", "512", "--max-connections-per-client", "256")
+
+
+@dataclass
+class Plan:
+    """What one sweep measures (see the module docstring)."""
+
+    registrants: list[int]
+    probes: list[str]  # "embedding" and/or "image"
+    clients: list[int]
+    writers: int  # 0: read-only runs only; else each client count also runs with them
+    seconds: float  # per run
+    batch_max: int
+    batch_wait_ms: float | None  # None: the server's default
+    image_people: int  # lfw-dev people enrolled (and probed) for image probes
+    lfw: Path
+    warmup: float = 2.0
+
+
+def pin_threads() -> dict[str, str]:
+    """One BLAS/OpenMP/numba thread for this process and the server it starts (call before
+    numpy loads); returns the settings, for the report."""
+    for name in PINNED:
+        os.environ[name] = "1"
+    return {name: os.environ[name] for name in PINNED}
+
+
+def batching_configs(
+    options: set[str], batch_max: int, wait_ms: float | None
+) -> list[tuple[str, tuple[str, ...]]]:
+    """(label, extra ``frip serve`` arguments) per configuration the server can run."""
+    if "--batch-max" not in options:
+        return [("off (server cannot batch)", ())]
+    on: tuple[str, ...] = ("--batch-max", str(batch_max))
+    if wait_ms is not None and "--batch-wait-ms" in options:
+        on += ("--batch-wait-ms", str(wait_ms))
+    return [("off", ("--batch-max", "1")), ("on", on)]
+
+
+def _people(lfw: Path, count: int) -> dict[str, list[Path]]:
+    """The first ``count`` lfw-dev people with 3 images: identity -> image paths."""
+    groups: dict[str, list[Path]] = {}
+    with open(lfw / "index.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            groups.setdefault(row["identity"], []).append(lfw / row["path"])
+    chosen = [name for name in sorted(groups) if len(groups[name]) >= 3][:count]
+    return {name: sorted(groups[name]) for name in chosen}
+
+
+def build_home(
+    home: Path, registrants: int, people: dict[str, list[Path]]
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Create engine ``bench`` in ``home`` with ``registrants`` subjects: the ``people``
+    (from their first image) and synthetic unit embeddings for the rest. Returns the
+    synthetic gallery (id -> vector) and the people's other images (id -> base64 JPEG)."""
+    import numpy as np
+
+    from frip_engine import open_engine
+    from frip_engine.engine import EnrolItem
+
+    rng = np.random.default_rng(0)
+    synthetic = registrants - len(people)
+    vectors = rng.standard_normal((synthetic, 512))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    gallery = {f"r{i:06d}": vectors[i] for i in range(synthetic)}
+    probes: dict[str, list[str]] = {}
+    with open_engine(ENGINE, create=True, home=home, he={"preset": "fast"}) as engine:
+        names = list(gallery)
+        for start in range(0, len(names), 4096):  # one block at a time bounds the memory
+            chunk = names[start : start + 4096]
+            engine.enrol_many([EnrolItem(s, embeddings=[gallery[s]]) for s in chunk])
+        if people:
+            report = engine.enrol_many([EnrolItem(n, images=[p[0]]) for n, p in people.items()])
+            for name, paths in people.items():
+                if name in report.enrolled:
+                    probes[name] = [base64.b64encode(p.read_bytes()).decode() for p in paths[1:]]
+    return gallery, probes
+
+
+def _row(
+    result: dict[str, Any], registrants: int, probes: str, batching: str, clients: int
+) -> dict[str, Any]:
+    ops = result["by_operation"]
+    identify = ops.get("identify", {})
+    enrol = ops.get("enrol")
+    keys = ("requests", "errors", "wrong_decisions", "throughput_per_s", "p50_ms", "p99_ms")
+    return {
+        "registrants": registrants,
+        "probes": probes,
+        "clients": clients,
+        "writers": result["writers"],
+        "batching": batching,
+        "seconds": result["seconds"],
+        "errors": result["total"]["errors"],
+        "identify": {k: identify.get(k, 0) for k in keys},
+        "mean_batch_size": result["identify_batch_size"],
+        "enrol": None
+        if enrol is None
+        else {
+            "requests": enrol["requests"],
+            "errors": enrol["errors"],
+            "ack_p99_ms": enrol["p99_ms"],
+            "per_s": enrol["throughput_per_s"],
+        },
+        "identify_mean_ms": result["identify_mean_ms"],
+    }
+
+
+def _measure(
+    plan: Plan,
+    home: Path,
+    registrants: int,
+    gallery: dict[str, Any],
+    images: dict[str, list[str]],
+    config: tuple[str, tuple[str, ...]],
+    key: str,
+) -> list[dict[str, Any]]:
+    from frip_eval.loadgen import ServerProcess, run_load
+
+    label, extra = config
+    server = ServerProcess(home, args=(*SERVE_ARGS, *extra))
+    url = server.start()
+    rows = []
+    print(f"\n{registrants:,} registrants, batching {label}\n" + "\n".join(HEADER), flush=True)
+    try:
+        for kind in plan.probes:
+            shots = images if kind == "image" else None
+            if kind == "image" and not images:
+                raise RuntimeError(f"no lfw-dev person in {plan.lfw} could be enrolled")
+            run_load(
+                url, key, ENGINE, gallery, None, 1, 0, plan.warmup, verify_every=0, images=shots
+            )
+            for clients in plan.clients:
+                for writers in sorted({0, plan.writers}):
+                    result = run_load(
+                        url,
+                        key,
+                        ENGINE,
+                        gallery,
+                        ENGINE if writers else None,
+                        clients + writers,
+                        writers,
+                        plan.seconds,
+                        verify_every=0,
+                        images=shots,
+                    )
+                    rows.append(_row(result, registrants, kind, label, clients))
+                    print(_line(rows[-1]), flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    """Within-run ratios on each row: throughput and p99 against the same load with
+    batching off, and identify p99 against the same load without enrolment."""
+
+    def same(row: dict[str, Any], **changed: Any) -> dict[str, Any] | None:
+        want = {k: row[k] for k in ("registrants", "probes", "clients", "writers", "batching")}
+        want.update(changed)
+        return next((r for r in rows if all(r[k] == v for k, v in want.items())), None)
+
+    for row in rows:
+        off = same(row, batching="off") if row["batching"] == "on" else None
+        alone = same(row, writers=0) if row["writers"] else None
+        mine = row["identify"]
+        row["throughput_vs_batching_off"] = (
+            mine["throughput_per_s"] / off["identify"]["throughput_per_s"]
+            if off and off["identify"]["throughput_per_s"]
+            else None
+        )
+        row["p99_vs_batching_off"] = (
+            mine["p99_ms"] / off["identify"]["p99_ms"]
+            if off and off["identify"]["p99_ms"]
+            else None
+        )
+        row["p99_vs_read_only"] = (
+            mine["p99_ms"] / alone["identify"]["p99_ms"]
+            if alone and alone["identify"]["p99_ms"]
+            else None
+        )
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def _line(row: dict[str, Any]) -> str:
+    """One Markdown table row (the columns of HEADER)."""
+    identify, enrol = row["identify"], row["enrol"] or {}
+    cells = [
+        f"{row['registrants']:,}",
+        row["probes"],
+        str(row["clients"]),
+        str(row["writers"]),
+        row["batching"],
+        f"{identify['throughput_per_s']:.1f}",
+        f"{identify['p50_ms']:.0f}",
+        f"{identify['p99_ms']:.0f}",
+        str(row["errors"]),
+        str(identify["wrong_decisions"]),
+        _fmt(row["mean_batch_size"], ".2f"),
+        _fmt(enrol.get("ack_p99_ms"), ".0f"),
+        _fmt(enrol.get("per_s"), ".2f"),
+        _fmt(row.get("throughput_vs_batching_off"), ".2f"),
+        _fmt(row.get("p99_vs_batching_off"), ".2f"),
+        _fmt(row.get("p99_vs_read_only"), ".2f"),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = [
+    "| registrants | probes | clients | enrolling | batching | identify/s | p50 ms | p99 ms "
+    "| errors | wrong | mean batch | enrol ack p99 ms | enrol/s | identify/s vs off | p99 vs off "
+    "| p99 vs read-only |",
+    "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: setup, command, the table, and what could not run."""
+    machine = report["machine"]
+    lines = [
+        "# The linkage service under load",
+        "",
+        f"`frip serve` on loopback, engine `{ENGINE}` (TenSEAL CKKS, fast preset), synthetic "
+        "unit-embedding galleries; image probes are lfw-dev faces of people enrolled from "
+        "another image. Each row is one run of "
+        f"{report['plan']['seconds']:g} s; `enrolling` clients enrol embeddings into the "
+        "same engine meanwhile. Errors are non-2xx answers or none. Ratios compare rows "
+        "of this run only; `wrong` counts answers that did not name the probe's person (face "
+        "recognition can miss; synthetic embedding probes should not).",
+        "",
+        f"Machine: {machine['platform']}, {machine['cpus']} CPUs, cores used "
+        f"{machine['cores_used']} (server and clients share them); threads pinned: "
+        + ", ".join(f"{k}={v}" for k, v in report["threads"].items())
+        + f"; load before/after {machine['load']}.",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+    ]
+    if not report["batching_available"]:
+        lines += [f"**{report['batching_note']}**", ""]
+    lines += HEADER + [_line(row) for row in report["runs"]] + [""]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """Throughput and identify p99 against clients, one line per (gallery, probes,
+    enrolling, batching); False when matplotlib is missing."""
+    from frip_eval.plots import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return False
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
+    series: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in report["runs"]:
+        key = (row["registrants"], row["probes"], row["writers"], row["batching"])
+        series.setdefault(key, []).append(row)
+    for (registrants, probes, writers, batching), rows in series.items():
+        rows.sort(key=lambda r: r["clients"])
+        label = f"{registrants:,} {probes}, batching {batching}" + (
+            f", +{writers} enrolling" if writers else ""
+        )
+        style = {
+            "linestyle": "-" if batching == "on" else "--",
+            "marker": "s" if writers else "o",
+        }
+        x = [r["clients"] for r in rows]
+        left.plot(x, [r["identify"]["throughput_per_s"] for r in rows], label=label, **style)
+        right.plot(x, [r["identify"]["p99_ms"] / 1000 for r in rows], label=label, **style)
+    clients = sorted({row["clients"] for row in report["runs"]})
+    for axis, title in ((left, "identify/s"), (right, "identify p99, s")):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(clients, [str(c) for c in clients])
+        axis.set_xlabel("identifying clients")
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+    right.set_yscale("log")
+    handles, labels = left.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=2, fontsize=7)
+    figure.tight_layout(rect=(0, 0.04 * (len(series) + 1) / 2 + 0.04, 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def run(plan: Plan, output: Path, command: str) -> dict[str, Any]:
+    """Measure ``plan`` and write ``output``/bench-service.{json,md,png}; returns the report
+    (its ``runs`` hold one row per run, and ``errors`` their sum)."""
+    from frip_engine.service.db import Database
+    from frip_engine.service.vendors import Vendors
+    from frip_eval.loadgen import serve_options
+
+    threads = pin_threads()
+    os.environ.setdefault("FRIP_PASSPHRASE", "bench-passphrase-not-secret")
+    options = serve_options()
+    configs = batching_configs(options, plan.batch_max, plan.batch_wait_ms)
+    load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    for registrants in plan.registrants:
+        count = min(plan.image_people, registrants) if "image" in plan.probes else 0
+        people = _people(plan.lfw, count) if count else {}
+        with tempfile.TemporaryDirectory(prefix="frip-bench-service-") as folder:
+            home = Path(folder)
+            started = time.perf_counter()
+            gallery, images = build_home(home, registrants, people)
+            print(f"{registrants:,} registrants enrolled in {time.perf_counter() - started:.0f} s")
+            key = Vendors(Database(home / "service.sqlite")).create("bench", [ENGINE])
+            for config in configs:
+                rows += _measure(plan, home, registrants, gallery, images, config, key)
+    _ratios(rows)
+    report: dict[str, Any] = {
+        "benchmark": "linkage service under load",
+        "command": command,
+        "plan": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in plan.__dict__.items()
+            if k != "lfw"
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "cores_used": sorted(os.sched_getaffinity(0)),
+            "load": [list(load_before), list(os.getloadavg())],
+        },
+        "threads": threads,
+        "batching_available": "--batch-max" in options,
+        "batching_note": ""
+        if "--batch-max" in options
+        else "This frip serve has no --batch-max: only the unbatched configuration ran.",
+        "configs": [{"batching": label, "serve_args": list(args)} for label, args in configs],
+        "errors": sum(row["errors"] for row in rows),
+        "runs": rows,
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "bench-service.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (output / "bench-service.md").write_text(table)
+    drawn = plot(report, output / "bench-service.png")
+    print("\n" + table)
+    print(f"wrote {output}/bench-service.json, .md" + (", .png" if drawn else ""))
+    return report

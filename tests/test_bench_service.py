@@ -1,0 +1,68 @@
+"""benchmarks/bench_service.py's sweep at a tiny size: the report's shape and 0 errors,
+never its timings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from frip_eval.bench_service import PINNED, Plan, batching_configs, run
+
+pytest.importorskip("httpx")
+
+
+def test_batching_runs_only_where_the_server_can_batch() -> None:
+    assert batching_configs({"--port"}, 16, 5.0) == [("off (server cannot batch)", ())]
+    both = batching_configs({"--batch-max", "--batch-wait-ms"}, 16, 5.0)
+    assert both == [
+        ("off", ("--batch-max", "1")),
+        ("on", ("--batch-max", "16", "--batch-wait-ms", "5.0")),
+    ]
+    assert batching_configs({"--batch-max"}, 16, None)[1] == ("on", ("--batch-max", "16"))
+
+
+def test_tiny_service_benchmark(
+    home: Path, lfw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in PINNED:  # run() pins them; restore them after the test
+        monkeypatch.setenv(name, "1")
+    plan = Plan(
+        registrants=[50],
+        probes=["embedding"],
+        clients=[2],
+        writers=2,
+        seconds=2.0,
+        batch_max=8,
+        batch_wait_ms=None,
+        image_people=0,
+        lfw=lfw,
+        warmup=0.5,
+    )
+    output = tmp_path / "docs"
+    run(plan, output, "test")
+    saved = json.loads((output / "bench-service.json").read_text())
+    assert saved["errors"] == 0
+    assert saved["threads"] == {name: "1" for name in PINNED}
+    assert saved["machine"]["cores_used"] and saved["machine"]["cpus"] >= 1
+    labels = [c["batching"] for c in saved["configs"]]
+    assert labels == (["off", "on"] if saved["batching_available"] else [labels[0]])
+    runs = saved["runs"]
+    assert {(r["batching"], r["writers"]) for r in runs} == {(b, w) for b in labels for w in (0, 2)}
+    for row in runs:
+        assert row["registrants"] == 50 and row["clients"] == 2 and row["probes"] == "embedding"
+        assert row["errors"] == 0 and row["identify"]["errors"] == 0
+        assert row["identify"]["requests"] > 0 and row["identify"]["wrong_decisions"] == 0
+        assert row["identify"]["p50_ms"] <= row["identify"]["p99_ms"]
+        assert row["mean_batch_size"] is None or row["mean_batch_size"] >= 1
+        if row["writers"]:
+            assert row["enrol"]["requests"] > 0 and row["enrol"]["errors"] == 0
+            assert row["p99_vs_read_only"] is not None
+        else:
+            assert row["enrol"] is None
+        if row["batching"] == "on":
+            assert row["throughput_vs_batching_off"] is not None
+    table = (output / "bench-service.md").read_text()
+    assert table.count("\n| 50 | embedding | 2 |") == len(runs)
+    if not saved["batching_available"]:
+        assert "only the unbatched configuration ran" in table
