@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -86,11 +87,7 @@ def enrol_group(
         for index, enrolment in enumerate(asked):
             held: list[np.ndarray] = []
             try:
-                if enrolment.subject in ready:
-                    raise DuplicateSubjectError(
-                        f"subject '{enrolment.subject}' is already enrolled in '{engine.name}'"
-                    )
-                answers.append(prepare(service, engine, enrolment, held))
+                answers.append(prepare(service, engine, enrolment, held, ready))
                 ready[enrolment.subject] = (index, enrolment, held)
             except Exception as exc:  # this request's own refusal
                 for vector in held:
@@ -107,14 +104,19 @@ def enrol_group(
 
 
 def prepare(
-    service: Service, engine: Engine, enrolment: Enrolment, held: list[np.ndarray]
+    service: Service,
+    engine: Engine,
+    enrolment: Enrolment,
+    held: list[np.ndarray],
+    taken: Container[str],
 ) -> list[str]:
     """Check one enrolment and fill ``held`` with its vectors (the caller zeroes them);
-    stage its attributes. Returns its notes on its images; raises its refusal."""
+    stage its attributes. Returns its notes on its images; raises its refusal (among
+    them DuplicateSubjectError if its subject is enrolled or ``taken`` in its batch)."""
     from frip_engine.embeddings import mean_template
 
     subject = enrolment.subject
-    if engine.gallery_store.subject(subject) is not None:
+    if subject in taken or engine.gallery_store.subject(subject) is not None:
         raise DuplicateSubjectError(f"subject '{subject}' is already enrolled in '{engine.name}'")
     notes: list[str] = []
     labels = [f"embeddings[{i}]" for i in range(enrolment.embeddings)]
