@@ -67,14 +67,25 @@ async def identify(service: Service, request: Request) -> Response:
     slot = await service.engines().get(name)
 
     def work(engine: Engine, asked: list[tuple[Probe, Context]]) -> list[Decision | FripError]:
-        """Every queued request of these options, scored together; each audited alone."""
+        """Every queued request of these options, scored together; each decision audited
+        (its own row, all rows in one transaction)."""
         decisions = engine.identify_many(
             [given for given, _ in asked], top_k=top_k, threshold=threshold, probe_clusters=fan_out
         )
-        for (_, asker), decision in zip(asked, decisions, strict=True):
-            if isinstance(decision, Decision):
-                outcome = {"matched": decision.matched, "score": decision.score, "top_k": top_k}
-                service.audit.append(event(asker, "identify", name, decision.subject_id, **outcome))
+        events = [
+            event(
+                asker,
+                "identify",
+                name,
+                decision.subject_id,
+                matched=decision.matched,
+                score=decision.score,
+                top_k=top_k,
+            )
+            for (_, asker), decision in zip(asked, decisions, strict=True)
+            if isinstance(decision, Decision)
+        ]
+        service.audit.append_many(events)
         return decisions
 
     options = ("identify", top_k, threshold, fan_out)  # a batch shares them
