@@ -186,6 +186,20 @@ def test_a_bad_probe_in_a_batch_fails_alone_with_its_own_4xx(batching: Live) -> 
             assert response.json()["error"]["code"] == "bad_embedding"
 
 
+def test_only_queued_requests_wait_for_a_batch_to_fill(home: tuple[Path, str]) -> None:
+    """A lone request to an idle engine never waits, however long --batch-wait-ms; queued
+    ones wait no longer once --batch-max of them are in."""
+    with live(*home, batch_max=3, batch_wait_ms=10_000.0) as patient:
+        start = time.perf_counter()
+        alone = lone(patient, probes(1, seed=6)[0])
+        assert alone.status_code == 200 and time.perf_counter() - start < 5
+        assert alone.json()["timings"]["queue_wait"] < 1
+        start = time.perf_counter()
+        answered = concurrently(patient, probes(6, seed=6))
+        assert time.perf_counter() - start < 5
+        assert [r.json()["batch_size"] for r in answered] == [3] * 6
+
+
 def test_batch_max_1_turns_batching_off(unbatched: Live) -> None:
     bodies = probes(4, seed=4)
     answered = concurrently(unbatched, bodies)
