@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -278,3 +278,45 @@ def test_frip_serve_refuses_bad_batch_options(tmp_path: Path) -> None:
         result = subprocess.run([*command, *option], capture_output=True, text=True)
         assert result.returncode == 2, result.stderr
         assert option[0] in result.stderr
+
+
+def test_a_slot_answers_each_queued_call_by_its_own_result() -> None:
+    """EngineSlot.batch alone: a caller that gave up while queued is left out of its
+    batch, an item's own exception reaches its caller only, and a fault of the batch's
+    work reaches every caller of that batch."""
+    import asyncio
+
+    from frip_engine.service.pool import EngineSlot
+
+    batches: list[list[int]] = []
+
+    def work(engine: Any, items: list[int]) -> list[int | Exception]:
+        batches.append(items)
+        if -1 in items:
+            raise RuntimeError("the engine failed")
+        return [ValueError(f"bad {i}") if i == 13 else i * 10 for i in items]
+
+    async def scenario() -> list[Any]:
+        executor = ThreadPoolExecutor(max_workers=1)
+        slot = EngineSlot("doors", executor, cast(Engine, object()), batch_max=8)
+        gate = threading.Event()
+        executor.submit(gate.wait)
+        calls = [asyncio.ensure_future(slot.batch("k", i, work)) for i in (1, 13, 2, 3)]
+        other = [asyncio.ensure_future(slot.batch("other", i, work)) for i in (-1, 4)]
+        await asyncio.sleep(0.05)
+        calls[3].cancel()  # the client left while queued
+        await asyncio.sleep(0.05)
+        gate.set()
+        answers = await asyncio.gather(*calls[:3], *other, return_exceptions=True)
+        executor.shutdown(wait=True)
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert batches == [[1, 13, 2], [-1, 4]]
+    assert [a[0] if isinstance(a, tuple) else repr(a) for a in answers] == [
+        10,
+        "ValueError('bad 13')",
+        20,
+        "RuntimeError('the engine failed')",
+        "RuntimeError('the engine failed')",
+    ]
