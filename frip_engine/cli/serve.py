@@ -95,7 +95,8 @@ def serve(
     batch_max: Annotated[
         int,
         typer.Option(
-            help="Identify requests of one engine scored together when they queue (1: off)."
+            help="Queued requests of one engine answered together: identify requests "
+            "scored in one pass, enrolments committed in one transaction (1: off)."
         ),
     ] = 32,
     batch_wait_ms: Annotated[

@@ -19,8 +19,8 @@ Timings added to an identification's Table II breakdown (seconds, all server-sid
 ``network``: from the ASGI app receiving the request (headers parsed) to the handler
 start, plus the time to receive the body; ``request_decoding``: JSON, base64 and field
 checks; ``queue_wait``: waiting for the engine's thread (and for a batch to fill);
-``batch_size``: the probes scored together with this one (identify requests queued for
-one engine are micro-batched, ``ServiceConfig.batch_max``); ``server_total``: receipt to
+``batch_size``: the probes scored together with this one (requests queued for one engine
+are micro-batched, ``ServiceConfig.batch_max``); ``server_total``: receipt to
 response ready. The response's own JSON encoding is in the ``Server-Timing`` header.
 A client's round trip minus ``server_total`` is the wire and client-side time.
 """

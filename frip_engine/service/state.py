@@ -47,7 +47,9 @@ class ServiceConfig:
     max_image_pixels: int = 24_000_000
     max_decode_bytes: int = 384 * 1024 * 1024  # estimated peak memory of one image decode
     access_log: bool = True  # one line per request: route and status, never a path
-    batch_max: int = 32  # identify requests of one engine scored together (1: no batching)
+    # queued requests of one engine answered together: identify requests with equal
+    # options scored in one pass, enrolments committed in one transaction (1: no batching)
+    batch_max: int = 32
     batch_wait_ms: float = 2.0  # longest wait for a batch to fill, once requests queue
 
     def check(self) -> None:
