@@ -147,7 +147,8 @@ def test_load_16_clients_zero_errors(home: Path) -> None:
         assert engine.stats()["subjects"] == result["by_operation"]["enrol"]["requests"]
 
 
-def test_sigkill_during_enrolments_leaves_acknowledged_ones_whole(home: Path) -> None:
+@pytest.mark.parametrize("streams", [1, 4])  # 4: enrolments queue and commit together
+def test_sigkill_during_enrolments_leaves_acknowledged_ones_whole(home: Path, streams: int) -> None:
     _engine(home, "k").close()
     key = Vendors(Database(home / "service.sqlite")).create("acme", ["k"])
     vectors = unit_vectors(40, seed=21)
@@ -157,9 +158,9 @@ def test_sigkill_during_enrolments_leaves_acknowledged_ones_whole(home: Path) ->
     sent: list[int] = []
     stop = threading.Event()
 
-    def stream() -> None:
+    def stream(first: int) -> None:
         with httpx.Client(base_url=url, timeout=120) as client:
-            for i in range(len(vectors)):
+            for i in range(first, len(vectors), streams):
                 if stop.is_set():
                     return
                 sent.append(i)
@@ -177,8 +178,9 @@ def test_sigkill_during_enrolments_leaves_acknowledged_ones_whole(home: Path) ->
                 assert response.status_code == 201, response.text
                 acknowledged.append(i)
 
-    writer = threading.Thread(target=stream)
-    writer.start()
+    writers = [threading.Thread(target=stream, args=(first,)) for first in range(streams)]
+    for writer in writers:
+        writer.start()
     deadline = time.monotonic() + 120
     while len(acknowledged) < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -187,7 +189,7 @@ def test_sigkill_during_enrolments_leaves_acknowledged_ones_whole(home: Path) ->
     # row (written before the response) is not
     audit = sqlite3.connect(f"file:{home / 'audit.sqlite'}?mode=ro", uri=True, timeout=10)
     busy: set[str] = set()
-    while not busy and time.monotonic() < deadline and writer.is_alive():
+    while not busy and time.monotonic() < deadline and any(w.is_alive() for w in writers):
         rows = audit.execute("SELECT a.subject_id FROM intents i JOIN audit a USING (seq)")
         busy = {r[0] for r in rows} - {f"s{i:02d}" for i in acknowledged}
         if not busy:
@@ -195,7 +197,8 @@ def test_sigkill_during_enrolments_leaves_acknowledged_ones_whole(home: Path) ->
     server.kill()
     audit.close()
     stop.set()
-    writer.join(timeout=60)
+    for writer in writers:
+        writer.join(timeout=60)
     in_flight = sorted(set(sent) - set(acknowledged))
     assert busy, "no enrolment was in flight when the server was killed"
     assert busy <= {f"s{i:02d}" for i in in_flight}, (busy, in_flight)  # and none answered

@@ -92,6 +92,20 @@ def serve(
     access_log: Annotated[
         bool, typer.Option(help="Log each request: route, status, time (never a subject id).")
     ] = True,
+    batch_max: Annotated[
+        int,
+        typer.Option(
+            help="Queued requests of one engine answered together: identify requests "
+            "scored in one pass, enrolments committed in one transaction (1: off)."
+        ),
+    ] = 32,
+    batch_wait_ms: Annotated[
+        float,
+        typer.Option(
+            help="Milliseconds to wait for a batch to fill once requests queue (a request "
+            "to an idle engine never waits)."
+        ),
+    ] = 2.0,
     home: HomeOpt = None,
 ) -> None:
     """Run the linkage service: HTTP(S) API over the engines in the home folder."""
@@ -117,7 +131,10 @@ def serve(
         burst=burst,
         replay_window=replay_window,
         access_log=access_log,
+        batch_max=batch_max,
+        batch_wait_ms=batch_wait_ms,
     )
+    config.check()
     tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
     if tls is not None:
         _check_tls(*tls)

@@ -18,7 +18,9 @@ what the handlers share, ``service.requests`` what they do with a request.
 Timings added to an identification's Table II breakdown (seconds, all server-side):
 ``network``: from the ASGI app receiving the request (headers parsed) to the handler
 start, plus the time to receive the body; ``request_decoding``: JSON, base64 and field
-checks; ``queue_wait``: waiting for the engine's thread; ``server_total``: receipt to
+checks; ``queue_wait``: waiting for the engine's thread (and for a batch to fill);
+``batch_size``: the probes scored together with this one (requests queued for one engine
+are micro-batched, ``ServiceConfig.batch_max``); ``server_total``: receipt to
 response ready. The response's own JSON encoding is in the ``Server-Timing`` header.
 A client's round trip minus ``server_total`` is the wire and client-side time.
 """
@@ -254,11 +256,13 @@ def create_app(config: ServiceConfig) -> Starlette:
     """The ASGI app: routes, JSON errors, and a lifespan that opens and closes engines."""
     from starlette.middleware import Middleware
 
+    config.check()
     service = Service(config, ROUTES)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        service.pool = EnginePool(config.home, service.on_open)
+        batching = (config.batch_max, config.batch_wait_ms / 1000)
+        service.pool = EnginePool(config.home, service.on_open, *batching)
         try:
             yield
         finally:

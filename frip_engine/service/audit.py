@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,8 +75,13 @@ class AuditLog:
 
     def append(self, event: Event) -> int:
         """Write one event durably (fsync'd) and return its sequence number."""
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Sequence[Event]) -> list[int]:
+        """Write events durably in one transaction (one fsync, as for a batch of
+        identifications) and return their sequence numbers, in order."""
         with self.db.transaction() as tx:
-            return self._append(tx, event)
+            return [self._append(tx, event) for event in events]
 
     def intend(self, event: Event, engine_id: str) -> int:
         """Before an engine changes: an ``<action>_intent`` row and an open intent."""

@@ -183,7 +183,8 @@ DECISION = _open(
             "type": "object",
             "additionalProperties": {"type": "number"},
             "description": "seconds per stage: Table II's stages plus network, "
-            "request_decoding, queue_wait and server_total",
+            "request_decoding, queue_wait and server_total; batch_size: the probes "
+            "scored together with this one (batch_wait: seconds spent on the others)",
         },
         "registrants": {"type": "integer", "minimum": 0},
         "blocks_scored": {"type": "integer", "minimum": 0},

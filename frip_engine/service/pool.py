@@ -4,30 +4,66 @@ An ``Engine`` is not thread-safe (TenSEAL objects, a SQLite connection bound to 
 thread that opened it), so each engine gets one worker thread that opens it and runs
 every call on it, in arrival order. The event loop only awaits those calls, so it stays
 free for other requests and other engines; an acknowledged call has returned in full.
+
+Micro-batching (``EngineSlot.batch``): calls that can be answered together (identify
+requests with the same options) wait in the engine's queue; the engine's thread takes
+up to ``batch_max`` of one kind at a time and answers them in one call. A call that
+finds the engine idle runs at once, alone; only when others are already queued does the
+thread wait, at most ``batch_wait`` seconds, for the batch to fill.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from frip_engine.engine import Engine
 
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741  (one item of a batch)
+
+# Answers a batch on the engine's thread: one result or exception per item, in order.
+BatchWork = Callable[["Engine", list[I]], Sequence[T | BaseException]]
+
+
+@dataclass(eq=False)
+class Waiting(Generic[I, T]):
+    """One call queued for a batch: its kind (calls of equal ``key`` are answered
+    together, by ``work``), its item, and the future its caller awaits."""
+
+    key: Hashable
+    item: I
+    work: BatchWork[I, T]
+    future: Future[T] = field(default_factory=Future)
+    submitted: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
 
 
 class EngineSlot:
-    """One open engine and the one thread allowed to touch it."""
+    """One open engine, the one thread allowed to touch it, and its batch queue."""
 
-    def __init__(self, name: str, executor: ThreadPoolExecutor, engine: Engine) -> None:
+    def __init__(
+        self,
+        name: str,
+        executor: ThreadPoolExecutor,
+        engine: Engine,
+        batch_max: int = 1,
+        batch_wait: float = 0.0,
+    ) -> None:
         self.name = name
         self.executor = executor
         self.engine = engine
+        self.batch_max = batch_max
+        self.batch_wait = batch_wait  # seconds
+        self._waiting: list[Waiting[Any, Any]] = []
+        self._arrived = threading.Condition()
 
     async def run(self, work: Callable[[Engine], T]) -> tuple[T, float]:
         """Run ``work(engine)`` on the engine's thread; also return how long it queued."""
@@ -41,20 +77,89 @@ class EngineSlot:
         result = await asyncio.get_running_loop().run_in_executor(self.executor, timed)
         return result, started[0] - submitted
 
+    async def batch(self, key: Hashable, item: I, work: BatchWork[I, T]) -> tuple[T, float]:
+        """Answer ``item`` on the engine's thread together with the queued items of the same
+        ``key``: ``work(engine, items)`` gives each its result or its own exception (raised
+        here, to this caller only); an exception of ``work`` itself is raised to all. Also
+        returns how long the item queued (seconds)."""
+        waiting: Waiting[I, T] = Waiting(key, item, work)
+        with self._arrived:
+            self._waiting.append(waiting)
+            self._arrived.notify()
+        self.executor.submit(self._drain)  # one drain per call: none is left behind
+        result = await asyncio.wrap_future(waiting.future)
+        return result, waiting.started - waiting.submitted
+
+    def queued(self) -> int:
+        """How many calls wait for a batch."""
+        with self._arrived:
+            return len(self._waiting)
+
+    def _drain(self) -> None:
+        """On the engine's thread: answer the oldest queued call and up to ``batch_max - 1``
+        more of its key (nothing if earlier drains took them all)."""
+        with self._arrived:
+            if not self._waiting:
+                return
+            key = self._waiting[0].key
+            deadline = time.perf_counter() + self.batch_wait
+            while 1 < self._count(key) < self.batch_max:  # others of its kind wait too
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._arrived.wait(left)
+            chosen = [w for w in self._waiting if w.key == key][: self.batch_max]
+            self._waiting = [w for w in self._waiting if w not in chosen]
+        chosen = [w for w in chosen if w.future.set_running_or_notify_cancel()]
+        if not chosen:
+            return
+        started = time.perf_counter()
+        for waiting in chosen:
+            waiting.started = started
+        try:
+            results = chosen[0].work(self.engine, [w.item for w in chosen])
+        except BaseException as exc:  # the engine's own fault: every caller is told
+            for waiting in chosen:
+                waiting.future.set_exception(exc)
+            return
+        for waiting, result in zip(chosen, results, strict=True):
+            if isinstance(result, BaseException):
+                waiting.future.set_exception(result)
+            else:
+                waiting.future.set_result(result)
+
+    def _count(self, key: Hashable) -> int:
+        return sum(1 for w in self._waiting if w.key == key)
+
     def call(self, work: Callable[[], T]) -> T:
         """Run ``work`` on the engine's thread from another (non-engine) thread and wait."""
         return self.executor.submit(work).result()
 
 
 class EnginePool:
-    def __init__(self, home: Path, on_open: Callable[[Engine], Any]) -> None:
+    """The open engines, by name; each slot batches up to ``batch_max`` calls (1: none),
+    waiting at most ``batch_wait`` seconds to fill a batch once calls queue."""
+
+    def __init__(
+        self,
+        home: Path,
+        on_open: Callable[[Engine], Any],
+        batch_max: int = 1,
+        batch_wait: float = 0.0,
+    ) -> None:
         self.home = home
         self.on_open = on_open
+        self.batch_max = batch_max
+        self.batch_wait = batch_wait
         self._slots: dict[str, EngineSlot] = {}
         self._opening = asyncio.Lock()
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    def opened(self, name: str) -> EngineSlot | None:
+        """The engine's slot if it is open, else None (never opens it)."""
+        return self._slots.get(name)
 
     async def get(self, name: str) -> EngineSlot:
         """The engine's slot, opening it (and settling crash leftovers) on first use."""
@@ -72,8 +177,9 @@ class EnginePool:
             except BaseException:
                 executor.shutdown(wait=False)
                 raise
-            self._slots[name] = EngineSlot(name, executor, engine)
-            return self._slots[name]
+            slot = EngineSlot(name, executor, engine, self.batch_max, self.batch_wait)
+            self._slots[name] = slot
+            return slot
 
     def _open(self, name: str) -> Engine:
         from frip_engine.engine import Engine

@@ -47,6 +47,19 @@ class ServiceConfig:
     max_image_pixels: int = 24_000_000
     max_decode_bytes: int = 384 * 1024 * 1024  # estimated peak memory of one image decode
     access_log: bool = True  # one line per request: route and status, never a path
+    # queued requests of one engine answered together: identify requests with equal
+    # options scored in one pass, enrolments committed in one transaction (1: no batching)
+    batch_max: int = 32
+    batch_wait_ms: float = 2.0  # longest wait for a batch to fill, once requests queue
+
+    def check(self) -> None:
+        """Raise InputError unless the batching limits make sense."""
+        from frip_engine.errors import InputError
+
+        if self.batch_max < 1:
+            raise InputError(f"--batch-max must be >= 1 (1: no batching), not {self.batch_max}")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise InputError(f"--batch-wait-ms must be 0 to 10000, not {self.batch_wait_ms}")
 
 
 @dataclass

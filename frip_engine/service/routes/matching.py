@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from frip_engine.errors import UnknownSubjectError
+from frip_engine.decision import Decision
+from frip_engine.errors import FripError, UnknownSubjectError
 from frip_engine.service.limits import MAX_PROBE_CLUSTERS, MAX_TOP_K
 from frip_engine.service.requests import (
     allow_only,
@@ -25,8 +26,8 @@ from frip_engine.service.requests import (
 from frip_engine.service.state import Context, Service
 
 if TYPE_CHECKING:
-    from frip_engine.decision import Decision
     from frip_engine.engine import Engine
+    from frip_engine.probe import Probe
 
 
 def decision_json(decision: Decision, ctx: Context, queued: float) -> dict[str, Any]:
@@ -35,6 +36,7 @@ def decision_json(decision: Decision, ctx: Context, queued: float) -> dict[str, 
     timings["request_decoding"] = ctx.decoding
     timings["network"] = ctx.network
     timings["queue_wait"] = queued
+    timings["batch_size"] = decision.batch_size
     timings["server_total"] = time.perf_counter() - ctx.received
     data["timings"] = timings
     return data
@@ -64,13 +66,30 @@ async def identify(service: Service, request: Request) -> Response:
     ctx.decoding += time.perf_counter() - start
     slot = await service.engines().get(name)
 
-    def work(engine: Engine) -> Decision:
-        decision = engine.identify(probe, top_k=top_k, threshold=threshold, probe_clusters=fan_out)
-        outcome = {"matched": decision.matched, "score": decision.score, "top_k": top_k}
-        service.audit.append(event(ctx, "identify", name, decision.subject_id, **outcome))
-        return decision
+    def work(engine: Engine, asked: list[tuple[Probe, Context]]) -> list[Decision | FripError]:
+        """Every queued request of these options, scored together; each decision audited
+        (its own row, all rows in one transaction)."""
+        decisions = engine.identify_many(
+            [given for given, _ in asked], top_k=top_k, threshold=threshold, probe_clusters=fan_out
+        )
+        events = [
+            event(
+                asker,
+                "identify",
+                name,
+                decision.subject_id,
+                matched=decision.matched,
+                score=decision.score,
+                top_k=top_k,
+            )
+            for (_, asker), decision in zip(asked, decisions, strict=True)
+            if isinstance(decision, Decision)
+        ]
+        service.audit.append_many(events)
+        return decisions
 
-    decision, queued = await slot.run(work)
+    options = ("identify", top_k, threshold, fan_out)  # a batch shares them
+    decision, queued = await slot.batch(options, (probe, ctx), work)
     return timed_json(decision_json(decision, ctx, queued), ctx)
 
 

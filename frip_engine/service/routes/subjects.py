@@ -3,16 +3,20 @@ show one, remove one; each change bracketed in the audit log."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Container
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from frip_engine.errors import DuplicateSubjectError, UnknownSubjectError
+from frip_engine.errors import DuplicateSubjectError, FripError, UnknownSubjectError
 from frip_engine.service.attributes import check_attributes
-from frip_engine.service.errors import RequestError
+from frip_engine.service.errors import RequestError, http_error
 from frip_engine.service.requests import (
     allow_only,
     audited,
@@ -23,16 +27,25 @@ from frip_engine.service.requests import (
     subject_field,
     vendor_template,
 )
-from frip_engine.service.state import Service
+from frip_engine.service.state import Context, Service
 
 if TYPE_CHECKING:
     from frip_engine.engine import Engine
 
 
-async def enrol(service: Service, request: Request) -> Response:
-    from frip_engine.embeddings import mean_template
-    from frip_engine.engine import EnrolItem
+@dataclass
+class Enrolment:
+    """One enrolment request, checked and decoded, waiting for the engine's thread."""
 
+    ctx: Context
+    subject: str
+    given: list[np.ndarray]  # its embeddings, then the vendor template's vector if sent
+    embeddings: int  # how many of ``given`` are embeddings
+    pictures: list[Any]  # decoded images
+    attributes: dict[str, Any] | None
+
+
+async def enrol(service: Service, request: Request) -> Response:
     name = request.path_params["engine"]
     ctx = await authorise(service, request, name)
     body = await read_json(service, request, ctx)
@@ -56,48 +69,122 @@ async def enrol(service: Service, request: Request) -> Response:
     pictures = [await service.decoder.decode(x, f"images[{i}]") for i, x in enumerate(images)]
     ctx.decoding += time.perf_counter() - start
     slot = await service.engines().get(name)
+    asked = Enrolment(ctx, subject, given, len(vectors), pictures, attributes)
+    notes, _ = await slot.batch(("enrol",), asked, partial(enrol_group, service))
+    return JSONResponse({"engine": name, "subject_id": subject, "notes": notes}, 201)
 
-    def work(engine: Engine) -> list[str]:
-        if engine.gallery_store.subject(subject) is not None:
-            raise DuplicateSubjectError(f"subject '{subject}' is already enrolled in '{name}'")
-        held: list[np.ndarray] = []
-        notes: list[str] = []
-        try:
-            labels = [f"embeddings[{i}]" for i in range(len(vectors))]
-            labels += ["template"] * (len(given) - len(vectors))
-            held += [
-                engine.check_embedding(v, label) for v, label in zip(given, labels, strict=True)
-            ]
-            for i, picture in enumerate(pictures):
-                vector, found = engine.embed_image(picture)  # a typed error names the image
-                held.append(vector)
-                labels.append(f"images[{i}]")
-                notes += [f"images[{i}]: {note}" for note in found]
-            # the engine's own template checks, run first here so that a refusal names the
-            # request's fields (images[i], embeddings[i]) rather than the engine's inputs:
-            # cancelling embeddings are 422 bad_embedding, two people 422 not_one_person
-            mean_template(held, labels, engine.parts.extractor.same_person_floor)
-            if attributes is not None:
-                service.attributes.stage(engine, subject, attributes)
-            counts = {"images": len(pictures), "embeddings": len(given)}
+
+def enrol_group(
+    service: Service, engine: Engine, asked: list[Enrolment]
+) -> list[list[str] | Exception]:
+    """On the engine's thread: the enrolments queued together, committed in one store
+    transaction (``Engine.enrol_many``). Each is checked alone first (a refusal is its own
+    error); then every one left gets its audit intent, all are committed or none, and each
+    is settled by its own outcome. Returns each one's notes on its images, or its error."""
+    answers: list[list[str] | Exception] = []
+    ready: dict[str, tuple[int, Enrolment, list[np.ndarray]]] = {}  # by subject
+    try:
+        for index, enrolment in enumerate(asked):
+            held: list[np.ndarray] = []
             try:
-                with audited(service, ctx, "enrol", engine, subject, **counts) as outcome:
-                    report = engine.enrol_many([EnrolItem(subject, embeddings=list(held))])
-                    if subject in report.errors:
-                        raise report.errors[subject]
-                    outcome["state"] = "enrolled"
-            except BaseException:
-                service.attributes.drop(engine, subject)
-                raise
-        finally:
+                answers.append(prepare(service, engine, enrolment, held, ready))
+                ready[enrolment.subject] = (index, enrolment, held)
+            except Exception as exc:  # this request's own refusal
+                for vector in held:
+                    vector.fill(0.0)
+                answers.append(exc)
+        failed = commit_group(service, engine, [(e, held) for _, e, held in ready.values()])
+    finally:
+        for _, _, held in ready.values():
             for vector in held:
                 vector.fill(0.0)
-        if attributes is not None:  # a crash before this: reconcile commits them at next open
-            service.attributes.commit(engine, subject)
-        return notes
+    for subject, error in failed.items():
+        answers[ready[subject][0]] = error
+    return answers
 
-    notes, _ = await slot.run(work)
-    return JSONResponse({"engine": name, "subject_id": subject, "notes": notes}, 201)
+
+def prepare(
+    service: Service,
+    engine: Engine,
+    enrolment: Enrolment,
+    held: list[np.ndarray],
+    taken: Container[str],
+) -> list[str]:
+    """Check one enrolment and fill ``held`` with its vectors (the caller zeroes them);
+    stage its attributes. Returns its notes on its images; raises its refusal (among
+    them DuplicateSubjectError if its subject is enrolled or ``taken`` in its batch)."""
+    from frip_engine.embeddings import mean_template
+
+    subject = enrolment.subject
+    if subject in taken or engine.gallery_store.subject(subject) is not None:
+        raise DuplicateSubjectError(f"subject '{subject}' is already enrolled in '{engine.name}'")
+    notes: list[str] = []
+    labels = [f"embeddings[{i}]" for i in range(enrolment.embeddings)]
+    labels += ["template"] * (len(enrolment.given) - enrolment.embeddings)
+    held += [
+        engine.check_embedding(v, label) for v, label in zip(enrolment.given, labels, strict=True)
+    ]
+    for i, picture in enumerate(enrolment.pictures):
+        vector, found = engine.embed_image(picture)  # a typed error names the image
+        held.append(vector)
+        labels.append(f"images[{i}]")
+        notes += [f"images[{i}]: {note}" for note in found]
+    # the engine's own template checks, run first here so that a refusal names the
+    # request's fields (images[i], embeddings[i]) rather than the engine's inputs:
+    # cancelling embeddings are 422 bad_embedding, two people 422 not_one_person
+    mean_template(held, labels, engine.parts.extractor.same_person_floor)
+    if enrolment.attributes is not None:
+        service.attributes.stage(engine, subject, enrolment.attributes)
+    return notes
+
+
+def commit_group(
+    service: Service, engine: Engine, ready: list[tuple[Enrolment, list[np.ndarray]]]
+) -> dict[str, FripError]:
+    """Commit the checked enrolments in one store transaction, each bracketed by its own
+    audit intent and outcome; then commit the attributes of those enrolled (a crash
+    before that: reconcile commits them at next open). Returns the subjects the store
+    refused, with their errors; a fault of the commit itself is raised (none enrolled)."""
+    from frip_engine.engine import EnrolItem
+
+    failed: dict[str, FripError] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            outcomes = {
+                enrolment.subject: stack.enter_context(
+                    audited(
+                        service,
+                        enrolment.ctx,
+                        "enrol",
+                        engine,
+                        enrolment.subject,
+                        images=len(enrolment.pictures),
+                        embeddings=len(enrolment.given),
+                    )
+                )
+                for enrolment, _ in ready
+            }
+            if ready:
+                items = [EnrolItem(e.subject, embeddings=list(held)) for e, held in ready]
+                failed = engine.enrol_many(items).errors
+            for subject, outcome in outcomes.items():
+                if subject in failed:  # settled as audited() settles a failure
+                    outcome.clear()
+                    outcome.update(state="failed", reason=http_error(failed[subject])[1])
+                else:
+                    outcome["state"] = "enrolled"
+    except BaseException:
+        for enrolment, _ in ready:
+            service.attributes.drop(engine, enrolment.subject)
+        raise
+    for enrolment, _ in ready:
+        if enrolment.attributes is None:
+            continue
+        if enrolment.subject in failed:
+            service.attributes.drop(engine, enrolment.subject)
+        else:
+            service.attributes.commit(engine, enrolment.subject)
+    return failed
 
 
 async def subject_show(service: Service, request: Request) -> Response:

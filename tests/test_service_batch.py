@@ -1,0 +1,322 @@
+"""Micro-batching in ``frip serve`` (issue 16): identify requests for one engine that queue
+while its thread is busy are scored together with ``Engine.identify_many``; each caller
+gets the decision a lone request gets (or its own 4xx), and ``batch_size`` says how many
+probes were scored together. The engine is made busy deterministically: its thread is
+held until every request of a round is queued."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+from conftest import PASSPHRASE, near, unit_vectors
+from frip_eval.loadgen import free_port, headers
+
+from frip_engine.engine import Engine, EnrolItem
+from frip_engine.profile import Profile
+from frip_engine.service.app import ServiceConfig, create_app
+from frip_engine.service.db import Database
+from frip_engine.service.state import Service
+from frip_engine.service.vendors import Vendors
+
+httpx = pytest.importorskip("httpx")
+
+GALLERY = unit_vectors(12, seed=5)
+SUBJECTS = [f"r{i:02d}" for i in range(len(GALLERY))]
+IDENTIFY = "/v1/engines/doors/identify"
+
+
+@dataclass
+class Live:
+    url: str
+    service: Service
+    key: str
+
+
+@contextmanager
+def live(home: Path, key: str, **config: Any) -> Iterator[Live]:
+    """``frip serve``'s app and server in a thread on a free loopback port."""
+    from frip_engine.service.server import ConnectionLimits, build_server
+
+    app = create_app(ServiceConfig(home, rate=0, access_log=False, **config))
+    port = free_port()
+    server = build_server(app, "127.0.0.1", port, ConnectionLimits(), configure_logging=False)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    try:
+        yield Live(f"http://127.0.0.1:{port}", app.state.service, key)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """One engine, 'doors' (plaintext reference, file key store), and acme's key."""
+    root = tmp_path_factory.mktemp("batch") / "frip-home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FRIP_HOME", str(root))
+        patch.setenv("FRIP_PASSPHRASE", PASSPHRASE)
+        profile = {"engine": {"name": "doors", "insecure": True}, "he": {"plugin": "plaintext"}}
+        with Engine.create(Profile.from_dict(profile), root) as engine:
+            engine.enrol_many(
+                [EnrolItem(s, embeddings=[v]) for s, v in zip(SUBJECTS, GALLERY, strict=True)]
+            )
+        key = Vendors(Database(root / "service.sqlite")).create("acme", ["doors"])
+        yield root, key
+
+
+@pytest.fixture(scope="module")
+def batching(home: tuple[Path, str]) -> Iterator[Live]:
+    with live(*home, batch_max=32, batch_wait_ms=5.0) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def unbatched(home: tuple[Path, str]) -> Iterator[Live]:
+    with live(*home, batch_max=1) as server:
+        yield server
+
+
+def post(server: Live, body: dict[str, Any], path: str = IDENTIFY) -> Any:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        return client.post(path, json=body, headers=headers(server.key))
+
+
+def concurrently(server: Live, bodies: list[dict[str, Any]], path: str = IDENTIFY) -> list[Any]:
+    """Send every body at once while the engine's thread is held, release it once all of
+    them are queued, and return the responses in order."""
+    assert post(server, {"embedding": GALLERY[0].tolist()}).status_code == 200  # opens doors
+    slot = server.service.engines().opened("doors")
+    assert slot is not None
+    gate = threading.Event()
+    held = slot.executor.submit(gate.wait)  # the engine is busy with a slow first call
+    try:
+        with ThreadPoolExecutor(len(bodies)) as senders:
+            sent = [senders.submit(post, server, body, path) for body in bodies]
+            deadline = time.monotonic() + 60
+            while slot.queued() < len(bodies):
+                assert time.monotonic() < deadline, f"only {slot.queued()} queued"
+                time.sleep(0.01)
+            gate.set()
+            return [future.result() for future in sent]
+    finally:
+        gate.set()
+        held.result()
+
+
+def lone(server: Live, body: dict[str, Any]) -> Any:
+    """The unbatched answer: one request on an idle engine."""
+    response = post(server, body)
+    if response.status_code == 200:
+        assert response.json()["batch_size"] == 1
+        assert response.json()["timings"]["batch_size"] == 1
+    return response
+
+
+def same_decision(batched: dict[str, Any], alone: dict[str, Any]) -> None:
+    for field in ("matched", "subject_id", "threshold", "candidates", "registrants"):
+        assert batched[field] == alone[field], field
+    assert batched["score"] == pytest.approx(alone["score"], abs=1e-9)
+
+
+def probes(n: int, seed: int) -> list[dict[str, Any]]:
+    """Near-copies of registrants, and a stranger every third probe."""
+    strangers = unit_vectors(n, seed=seed + 100)
+    return [
+        {"embedding": (strangers[i] if i % 3 == 2 else near(GALLERY[i], 0.2, seed + i)).tolist()}
+        for i in range(n)
+    ]
+
+
+def test_concurrent_identifications_are_scored_together_with_lone_decisions(
+    batching: Live,
+) -> None:
+    bodies = probes(6, seed=1)
+    alone = [lone(batching, body).json() for body in bodies]
+    answered = concurrently(batching, bodies)
+    assert [r.status_code for r in answered] == [200] * 6, [r.text for r in answered]
+    for response, expected in zip(answered, alone, strict=True):
+        data = response.json()
+        same_decision(data, expected)
+        assert data["batch_size"] == 6 and data["timings"]["batch_size"] == 6
+        assert data["timings"]["batch_wait"] >= 0 and data["timings"]["queue_wait"] > 0
+    assert any(r.json()["matched"] for r in answered)
+    assert not all(r.json()["matched"] for r in answered)
+
+
+def test_requests_with_other_options_are_batched_only_with_their_own(batching: Live) -> None:
+    bodies = [{**body, "top_k": 1 + i % 2} for i, body in enumerate(probes(6, seed=2))]
+    bodies[5]["threshold"] = 0.9
+    alone = [lone(batching, body).json() for body in bodies]
+    answered = concurrently(batching, bodies)
+    assert [r.status_code for r in answered] == [200] * 6
+    for response, expected in zip(answered, alone, strict=True):
+        same_decision(response.json(), expected)
+    sizes = [r.json()["batch_size"] for r in answered]
+    assert sizes == [3, 2, 3, 2, 3, 1]  # top_k 1; top_k 2; top_k 2 with threshold 0.9
+
+
+def test_a_bad_probe_in_a_batch_fails_alone_with_its_own_4xx(batching: Live) -> None:
+    good = probes(4, seed=3)
+    bad = [{"embedding": [0.5, 0.25, 0.125]}, {"embedding": [0.0] * 512}]
+    bodies = [good[0], bad[0], good[1], good[2], bad[1], good[3]]
+    alone = [lone(batching, body) for body in bodies]
+    assert [r.status_code for r in alone] == [200, 422, 200, 200, 422, 200]
+    answered = concurrently(batching, bodies)
+    for response, expected in zip(answered, alone, strict=True):
+        assert response.status_code == expected.status_code, response.text
+        if response.status_code == 200:
+            same_decision(response.json(), expected.json())
+            assert response.json()["batch_size"] == 4  # the good probes, scored together
+        else:
+            assert response.json()["error"]["code"] == expected.json()["error"]["code"]
+            assert response.json()["error"]["code"] == "bad_embedding"
+
+
+def test_only_queued_requests_wait_for_a_batch_to_fill(home: tuple[Path, str]) -> None:
+    """A lone request to an idle engine never waits, however long --batch-wait-ms; queued
+    ones wait no longer once --batch-max of them are in."""
+    with live(*home, batch_max=3, batch_wait_ms=10_000.0) as patient:
+        start = time.perf_counter()
+        alone = lone(patient, probes(1, seed=6)[0])
+        assert alone.status_code == 200 and time.perf_counter() - start < 5
+        assert alone.json()["timings"]["queue_wait"] < 1
+        start = time.perf_counter()
+        answered = concurrently(patient, probes(6, seed=6))
+        assert time.perf_counter() - start < 5
+        assert [r.json()["batch_size"] for r in answered] == [3] * 6
+
+
+def test_batch_max_1_turns_batching_off(unbatched: Live) -> None:
+    bodies = probes(4, seed=4)
+    answered = concurrently(unbatched, bodies)
+    assert [r.status_code for r in answered] == [200] * 4
+    assert [r.json()["batch_size"] for r in answered] == [1] * 4
+    assert [r.json()["timings"]["batch_size"] for r in answered] == [1] * 4
+
+
+def test_queued_enrolments_are_committed_together_each_told_its_own_result(
+    batching: Live, home: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frip_engine.service.audit import AuditLog
+
+    assert post(batching, {"embedding": GALLERY[0].tolist()}).status_code == 200
+    slot = batching.service.engines().opened("doors")
+    assert slot is not None
+    committed: list[list[str]] = []
+    enrol_many = slot.engine.enrol_many
+
+    def counted(items: list[EnrolItem]) -> Any:
+        committed.append([item.subject_id for item in items])
+        return enrol_many(items)
+
+    monkeypatch.setattr(slot.engine, "enrol_many", counted)
+    new = unit_vectors(4, seed=50)
+    bodies = [
+        {"subject_id": "n0", "embeddings": [new[0].tolist()], "attributes": {"age": 30}},
+        {"subject_id": "r00", "embeddings": [new[1].tolist()]},  # enrolled already: 409
+        {"subject_id": "n1", "embeddings": [new[1].tolist()]},
+        {"subject_id": "n2", "embeddings": [[0.5, 0.25]]},  # 422, alone
+        {"subject_id": "n1", "embeddings": [new[2].tolist()]},  # twice in the batch: one 409
+        {"subject_id": "n3", "embeddings": [new[3].tolist()]},
+    ]
+    answered = concurrently(batching, bodies, "/v1/engines/doors/subjects")
+    statuses = [r.status_code for r in answered]
+    assert statuses[:2] + statuses[3:4] + statuses[5:] == [201, 409, 422, 201], statuses
+    assert sorted([statuses[2], statuses[4]]) == [201, 409]
+    codes = [r.json()["error"]["code"] for r in answered if r.status_code >= 400]
+    assert sorted(codes) == ["bad_embedding", "subject_exists", "subject_exists"]
+    assert [sorted(c) for c in committed] == [["n0", "n1", "n3"]]  # one store transaction
+    with httpx.Client(base_url=batching.url, timeout=60) as client:
+        shown = client.get("/v1/engines/doors/subjects/n0", headers=headers(batching.key))
+        assert shown.json()["attributes"] == {"age": 30}
+        assert (
+            client.get("/v1/engines/doors/subjects/n2", headers=headers(batching.key)).status_code
+            == 404
+        )
+    kept = new[1] if statuses[2] == 201 else new[2]  # the n1 that was enrolled
+    for subject, vector in (("n3", new[3]), ("n1", kept)):
+        body = {"subject_id": subject, "embedding": near(vector, 0.2, 9).tolist()}
+        checked = post(batching, body, "/v1/engines/doors/verify")
+        assert checked.json()["matched"] is True, checked.text
+    log = AuditLog(home[0])
+    events = log.query(frozenset({"doors"}), "acme", limit=1000)
+    log.close()
+    outcomes = {e["subject_id"]: e["outcome"]["state"] for e in events if e["action"] == "enrol"}
+    assert outcomes == {"n0": "enrolled", "n1": "enrolled", "n3": "enrolled"}
+
+
+def test_batch_options_are_checked() -> None:
+    from frip_engine.errors import InputError
+
+    for wrong in ({"batch_max": 0}, {"batch_wait_ms": -1.0}):
+        with pytest.raises(InputError):
+            ServiceConfig(Path("nowhere"), **wrong).check()
+    assert ServiceConfig(Path("nowhere")).batch_max > 1  # batching is on by default
+    assert np.isfinite(ServiceConfig(Path("nowhere")).batch_wait_ms)
+
+
+def test_frip_serve_refuses_bad_batch_options(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for option in (["--batch-max", "0"], ["--batch-wait-ms", "-1"]):
+        command = [sys.executable, "-m", "frip_engine", "serve", "--home", str(tmp_path)]
+        result = subprocess.run([*command, *option], capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr
+        assert option[0] in result.stderr
+
+
+def test_a_slot_answers_each_queued_call_by_its_own_result() -> None:
+    """EngineSlot.batch alone: a caller that gave up while queued is left out of its
+    batch, an item's own exception reaches its caller only, and a fault of the batch's
+    work reaches every caller of that batch."""
+    import asyncio
+
+    from frip_engine.service.pool import EngineSlot
+
+    batches: list[list[int]] = []
+
+    def work(engine: Any, items: list[int]) -> list[int | Exception]:
+        batches.append(items)
+        if -1 in items:
+            raise RuntimeError("the engine failed")
+        return [ValueError(f"bad {i}") if i == 13 else i * 10 for i in items]
+
+    async def scenario() -> list[Any]:
+        executor = ThreadPoolExecutor(max_workers=1)
+        slot = EngineSlot("doors", executor, cast(Engine, object()), batch_max=8)
+        gate = threading.Event()
+        executor.submit(gate.wait)
+        calls = [asyncio.ensure_future(slot.batch("k", i, work)) for i in (1, 13, 2, 3)]
+        other = [asyncio.ensure_future(slot.batch("other", i, work)) for i in (-1, 4)]
+        await asyncio.sleep(0.05)
+        calls[3].cancel()  # the client left while queued
+        await asyncio.sleep(0.05)
+        gate.set()
+        answers = await asyncio.gather(*calls[:3], *other, return_exceptions=True)
+        executor.shutdown(wait=True)
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert batches == [[1, 13, 2], [-1, 4]]
+    assert [a[0] if isinstance(a, tuple) else repr(a) for a in answers] == [
+        10,
+        "ValueError('bad 13')",
+        20,
+        "RuntimeError('the engine failed')",
+        "RuntimeError('the engine failed')",
+    ]
