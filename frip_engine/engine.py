@@ -134,9 +134,11 @@ BATCH_CHUNK = 64
 def _batch_item(item: object) -> Probe:
     """The Probe of one item of a batch (ProbeError for a malformed one)."""
     if isinstance(item, Mapping):
-        unknown = sorted(set(item) - {"image", "embedding"})
+        unknown = sorted(repr(key) for key in set(item) - {"image", "embedding"})
         if unknown:
-            raise ProbeError(f"a probe mapping takes 'image' or 'embedding', not {unknown}")
+            raise ProbeError(
+                f"a probe mapping takes 'image' or 'embedding', not {', '.join(unknown)}"
+            )
         return Probe(image=item.get("image"), embedding=item.get("embedding"))
     return Probe.of(item)  # type: ignore[arg-type]  # Probe checks the image's type
 
@@ -189,21 +191,23 @@ def _enrol_image(image: object) -> Path | bytes:
 
 
 def _vectors(embeddings: object) -> list[np.ndarray]:
-    """The vectors of ``Engine.enrol``'s ``embeddings=``: a sequence of vectors or a 2-d
+    """The vectors of ``Engine.enrol``'s ``embeddings=``: an iterable of vectors or a 2-d
     matrix (one row each). Raises InputError for one vector (a 1-d array or a list of
     numbers) or anything else."""
-    if isinstance(embeddings, np.ndarray) and embeddings.ndim == 2:
-        return list(embeddings)
-    one = isinstance(embeddings, np.ndarray) or (
-        isinstance(embeddings, Sequence)
-        and any(isinstance(value, int | float | np.number) for value in embeddings)
+    refused = InputError(
+        "embeddings= is a list of vectors (or a 2-d matrix, one row each); for one "
+        f"vector give embeddings=[vector], not {type(embeddings).__name__}"
     )
-    if one or isinstance(embeddings, str | bytes) or not isinstance(embeddings, Sequence):
-        raise InputError(
-            "embeddings= is a list of vectors (or a 2-d matrix, one row each); for one "
-            f"vector give embeddings=[vector], not {type(embeddings).__name__}"
-        )
-    return list(embeddings)
+    if isinstance(embeddings, np.ndarray):
+        if embeddings.ndim != 2:
+            raise refused
+        return list(embeddings)
+    if isinstance(embeddings, str | bytes | Mapping) or not isinstance(embeddings, Iterable):
+        raise refused
+    vectors = list(embeddings)
+    if any(isinstance(value, int | float | np.number) for value in vectors):
+        raise refused
+    return vectors
 
 
 def _only(results: Sequence[Decision | FripError]) -> Decision:
@@ -405,7 +409,7 @@ class Engine:
         DuplicateSubjectError, NotOnePersonError, SubjectError (no usable image), ...
         """
         if isinstance(subject, EnrolItem):
-            if images or len(embeddings):
+            if images or _vectors(embeddings):
                 raise InputError("give images and embeddings inside the EnrolItem, not beside it")
             item = subject
         else:

@@ -327,3 +327,15 @@ def test_template_files_are_read_with_a_cap(tmp_path: Path) -> None:
         VendorTemplate.read("acme", fifo)
     with pytest.raises(MissingFileError, match="does not exist"):
         VendorTemplate.read("acme", tmp_path / "absent")
+
+
+def test_enrol_takes_embeddings_as_any_iterable_or_a_matrix(home: Path) -> None:
+    vectors = unit_vectors(4, seed=12)
+    with open_engine("iter", create=True, key_store="memory") as engine:
+        assert engine.enrol("g", embeddings=(v for v in vectors[:1])).enrolled == ["g"]
+        assert engine.enrol("m", embeddings=vectors[1:2]).enrolled == ["m"]
+        with pytest.raises(InputError, match=r"embeddings=\[vector\], not list"):
+            engine.enrol("f", embeddings=list(vectors[2]))  # one vector's numbers
+        probe = {"image": "a.jpg", 1: 2, "x": 3}
+        (answer,) = engine.identify_many([probe])  # type: ignore[list-item]
+        assert isinstance(answer, InputError) and "not 'x', 1" in str(answer)
