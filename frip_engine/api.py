@@ -18,7 +18,7 @@ from typing import Any
 
 from frip_engine import plugins
 from frip_engine.engine import PROFILE_FILE, Engine
-from frip_engine.errors import EngineExistsError, ProfileError
+from frip_engine.errors import EngineExistsError, InputError, ProfileError
 from frip_engine.kinds import SECTIONS
 from frip_engine.param_types import init_chain
 from frip_engine.profile import Profile, check_name, engine_dir, read_profile_file
@@ -32,9 +32,9 @@ Section = str | Mapping[str, Any]
 def open_engine(
     name: str,
     create: bool = False,
-    home: Path | None = None,
+    home: Path | str | None = None,
     *,
-    profile: Path | Mapping[str, Any] | None = None,
+    profile: Path | str | Mapping[str, Any] | None = None,
     extractor: Section | None = None,
     he: Section | None = None,
     protection: Section | None = None,
@@ -61,6 +61,9 @@ def open_engine(
     KeyStoreError (creating with the file key store and no passphrase).
     """
     check_name(name)
+    if home is not None and not isinstance(home, str | Path):
+        raise InputError(f"home is a folder's path (str or Path), not {type(home).__name__}")
+    home = Path(home) if home is not None else None
     asked = requested_profile(
         name,
         profile,
@@ -111,7 +114,7 @@ def _await_creation(name: str, home: Path | None) -> None:
 
 def requested_profile(
     name: str,
-    profile: Path | Mapping[str, Any] | None,
+    profile: Path | str | Mapping[str, Any] | None,
     sections: Mapping[str, Section | None],
     threshold: float | None = None,
     workers: int | None = None,
@@ -120,9 +123,23 @@ def requested_profile(
     engine id is dropped, a new engine gets a new one), each of ``sections`` given (a
     plugin name, or a table whose keys replace the profile's) and the ``[engine]`` name,
     threshold and workers. Raises MissingFileError or ProfileError for a bad file or
-    table, InputError for a threshold outside [-1, 1]."""
+    table (or a profile or section of another type), InputError for a threshold outside
+    [-1, 1]."""
     if threshold is not None:
         threshold = check_threshold(threshold)
+    if isinstance(profile, str):
+        profile = Path(profile)
+    if profile is not None and not isinstance(profile, Path | Mapping):
+        raise ProfileError(
+            "profile is a TOML file's path (str or Path) or a table of its sections, "
+            f"not {type(profile).__name__}"
+        )
+    for section, choice in sections.items():
+        if choice is not None and not isinstance(choice, str | Mapping):
+            raise ProfileError(
+                f"[{section}] is a plugin name or a table of the plugin and its parameters, "
+                f"not {type(choice).__name__}"
+            )
     source = str(profile) if isinstance(profile, Path) else "profile"
     tables = read_profile_file(profile) if isinstance(profile, Path) else dict(profile or {})
     data = {key: dict(body) if isinstance(body, Mapping) else body for key, body in tables.items()}

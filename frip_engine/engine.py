@@ -46,12 +46,14 @@ from frip_engine.decision import Candidate, Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
 from frip_engine.errors import (
     DuplicateSubjectError,
+    EngineClosedError,
     EngineExistsError,
     FripError,
     InputError,
     KeyStoreError,
     MissingFileError,
     NotFoundError,
+    ProbeError,
     ProfileError,
     StoreError,
     SubjectError,
@@ -127,19 +129,88 @@ Scope = Callable[[Stopwatch, Mapping[int, Template]], Searched]
 BatchProbe = Probe | Path | str | bytes | np.ndarray | Mapping[str, Any]
 
 
+# identify_many's probes pass through _search this many at a time: memory stays bounded
+# however many probes a call has (each chunk is still scored as one batch).
+BATCH_CHUNK = 64
+
+
 def _batch_item(item: object) -> Probe:
-    """The Probe of one item of a batch (InputError for a malformed one)."""
+    """The Probe of one item of a batch (ProbeError for a malformed one)."""
     if isinstance(item, Mapping):
-        unknown = sorted(set(item) - {"image", "embedding"})
+        unknown = sorted(repr(key) for key in set(item) - {"image", "embedding"})
         if unknown:
-            raise InputError(f"a probe mapping takes 'image' or 'embedding', not {unknown}")
+            raise ProbeError(
+                f"a probe mapping takes 'image' or 'embedding', not {', '.join(unknown)}"
+            )
         return Probe(image=item.get("image"), embedding=item.get("embedding"))
-    if isinstance(item, Probe | Path | str | bytes | np.ndarray):
-        return Probe.of(item)
-    raise InputError(
-        f"a probe is a Probe, an image (path, bytes or pixels) or a mapping, "
-        f"not {type(item).__name__}"
+    return Probe.of(item)  # type: ignore[arg-type]  # Probe checks the image's type
+
+
+def _batch_items(probes: object, embeddings: object) -> list[object]:
+    """The items of identify_many: ``probes`` as they are, or each embedding (a row of a 2-d
+    matrix, or an item of a sequence) as ``{"embedding": row}``. Raises InputError for both
+    or neither, or a single probe (str, bytes, Path, mapping, array) given as ``probes``,
+    or a single vector given as ``embeddings``."""
+    if (probes is None) == (embeddings is None):
+        raise InputError("give exactly one of probes (images) or embeddings")
+    single = (str, bytes, bytearray, memoryview, Path, Mapping, np.ndarray, Probe)
+    if probes is not None:
+        if isinstance(probes, single) or not isinstance(probes, Iterable):
+            raise InputError(
+                "identify_many takes a sequence of probes; for one probe use identify "
+                f"(got {type(probes).__name__})"
+            )
+        return list(probes)
+    if isinstance(embeddings, np.ndarray):
+        if embeddings.ndim == 2:
+            return [{"embedding": row} for row in embeddings]
+        raise InputError(
+            "identify_many's embeddings are a 2-d matrix (one row per probe) or a sequence "
+            f"of vectors, not an array of shape {embeddings.shape}; for one probe use identify"
+        )
+    if isinstance(embeddings, single) or not isinstance(embeddings, Iterable):
+        raise InputError(
+            "identify_many's embeddings are a 2-d matrix (one row per probe) or a sequence "
+            f"of vectors, not {type(embeddings).__name__}"
+        )
+    return [{"embedding": vector} for vector in embeddings]
+
+
+def _enrol_image(image: object) -> Path | bytes:
+    """One image given to ``Engine.enrol``: a path (Path or str) that exists, or an image
+    file's bytes (a bytearray or memoryview taken as its bytes). Raises InputError for
+    anything else, MissingFileError for a path that does not exist."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return bytes(image)
+    if not isinstance(image, str | Path):
+        raise InputError(
+            "an image is a path, str or bytes (an image file's) given one per argument, "
+            f"not {type(image).__name__}: enrol('id', 'a.jpg', 'b.jpg'); for pixels or "
+            "vectors give embeddings=[...]"
+        )
+    if not Path(image).is_file():
+        raise MissingFileError(f"image {image} does not exist")
+    return Path(image)
+
+
+def _vectors(embeddings: object) -> list[np.ndarray]:
+    """The vectors of ``Engine.enrol``'s ``embeddings=``: an iterable of vectors or a 2-d
+    matrix (one row each). Raises InputError for one vector (a 1-d array or a list of
+    numbers) or anything else."""
+    refused = InputError(
+        "embeddings= is a list of vectors (or a 2-d matrix, one row each); for one "
+        f"vector give embeddings=[vector], not {type(embeddings).__name__}"
     )
+    if isinstance(embeddings, np.ndarray):
+        if embeddings.ndim != 2:
+            raise refused
+        return list(embeddings)
+    if isinstance(embeddings, str | bytes | Mapping) or not isinstance(embeddings, Iterable):
+        raise refused
+    vectors = list(embeddings)
+    if any(isinstance(value, int | float | np.number) for value in vectors):
+        raise refused
+    return vectors
 
 
 def _only(results: Sequence[Decision | FripError]) -> Decision:
@@ -160,12 +231,24 @@ class Engine:
         self._scorer: ParallelScorer | None = None
         self._slot_map: tuple[tuple[tuple[int, int], ...], dict[int, dict[int, str]]] | None = None
         self.key_version = 0
+        self._closed = False
         self._follow_keys()
+
+    def _check_open(self) -> None:
+        """Raise EngineClosedError after :meth:`close`: a closed engine neither reopens its
+        gallery nor restarts its worker processes."""
+        if self._closed:
+            raise EngineClosedError(
+                f"engine '{self.name}' is closed: open it again (open_engine({self.name!r})) "
+                "to use it"
+            )
 
     def _follow_keys(self) -> None:
         """Use the HE key version the gallery is on. After a rotation (by this object or
         another one, in any process) every object built from the retired key goes: the key
-        service, the matcher, the loaded blocks and the worker processes."""
+        service, the matcher, the loaded blocks and the worker processes. Raises
+        EngineClosedError after :meth:`close`."""
+        self._check_open()
         version = int(self.gallery_store.meta()["key_version"])
         if version == self.key_version:
             return
@@ -288,7 +371,9 @@ class Engine:
 
     def close(self) -> None:
         """Stop the worker processes, close the gallery store and drop the loaded blocks;
-        closing twice is harmless. ``with`` an engine closes it on leaving the block."""
+        closing twice is harmless. ``with`` an engine closes it on leaving the block; every
+        operation after that raises EngineClosedError."""
+        self._closed = True
         if self._scorer is not None:
             self._scorer.close()
             self._scorer = None
@@ -296,6 +381,7 @@ class Engine:
         self._blocks.clear()
 
     def __enter__(self) -> Engine:
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -331,28 +417,27 @@ class Engine:
         self,
         subject: EnrolItem | str,
         *images: str | Path | bytes,
-        embeddings: Sequence[np.ndarray] = (),
+        embeddings: Sequence[np.ndarray] | np.ndarray = (),
     ) -> EnrolReport:
         """Enrol one subject: ``enrol("alice", "a.jpg", "b.jpg")`` (image paths or bytes,
-        and/or ``embeddings=[vector, ...]``), or ``enrol(EnrolItem(...))``.
+        and/or ``embeddings=[vector, ...]`` or a 2-d matrix, one row per vector), or
+        ``enrol(EnrolItem(...))``. A bytearray or memoryview is taken as its bytes; decoded
+        pixels are not enrolled (save them as an image file, or give their embedding).
 
         The subject's images and embeddings become one template (their mean). Returns the
         report (notes on the images); raises the subject's own error when it is not
-        enrolled: MissingFileError for an image path that does not exist,
+        enrolled: InputError for an image that is no path, str or bytes, or embeddings
+        that are one vector instead of a list; MissingFileError for an image path that does
+        not exist,
         DuplicateSubjectError, NotOnePersonError, SubjectError (no usable image), ...
         """
         if isinstance(subject, EnrolItem):
-            if images or embeddings:
+            if images or _vectors(embeddings):
                 raise InputError("give images and embeddings inside the EnrolItem, not beside it")
             item = subject
         else:
-            for image in images:
-                if not isinstance(image, bytes) and not Path(image).is_file():
-                    raise MissingFileError(f"image {image} does not exist")
             item = EnrolItem(
-                subject,
-                images=[image if isinstance(image, bytes) else Path(image) for image in images],
-                embeddings=list(embeddings),
+                subject, images=list(map(_enrol_image, images)), embeddings=_vectors(embeddings)
             )
         report = self.enrol_many([item])
         if item.subject_id in report.errors:
@@ -364,6 +449,7 @@ class Engine:
     ) -> EnrolReport:
         """Enrol subjects; each is committed whole or not at all, and failures are reported.
         Raises InputError, enrolling nobody, when an item is not an EnrolItem."""
+        self._check_open()
         items = list(items)
         for index, item in enumerate(items):
             if not isinstance(item, EnrolItem):
@@ -612,6 +698,7 @@ class Engine:
         ProbeError). A routed clusterer searches the ``probe_clusters`` nearest partitions
         (default: the profile's; "all": every one, identical to exhaustive search).
         """
+        self._check_open()
         check_top_k(top_k)
         if threshold is not None:
             check_threshold(threshold)
@@ -643,6 +730,7 @@ class Engine:
     ) -> Decision:
         """1:1: is the probe (given as to :meth:`identify`) the named subject? Raises
         UnknownSubjectError (not found) if it is not enrolled."""
+        self._check_open()
         check_subject_id(subject_id)
         if threshold is not None:
             check_threshold(threshold)
@@ -654,7 +742,7 @@ class Engine:
         self,
         probes: Sequence[BatchProbe] | None = None,
         *,
-        embeddings: Sequence[object] | None = None,
+        embeddings: Sequence[object] | np.ndarray | None = None,
         top_k: int = 1,
         threshold: float | None = None,
         probe_clusters: int | str | None = None,
@@ -666,23 +754,27 @@ class Engine:
 
         ``probes``: images as :meth:`identify` takes them (a path, its bytes, decoded
         pixels), or mappings ``{"image": ...}`` / ``{"embedding": ...}``; or else
-        ``embeddings``: raw embedding vectors. Returns one entry per probe, in order: its
+        ``embeddings``: raw embedding vectors (a sequence, or a 2-d matrix with one row per
+        probe). Probes are scored :data:`BATCH_CHUNK` at a time. Returns one entry per
+        probe, in order: its
         Decision, or the typed error (a FripError, not raised) of a probe that failed
         alone (unreadable image, no face, bad embedding, unscorable probe), so a caller
         answers each probe by its own error class. Bad arguments of the whole call
-        (top_k, threshold, probe_clusters, both or neither of probes/embeddings) raise
-        InputError; a fault of the engine itself (store, key, worker) raises for all.
+        (top_k, threshold, probe_clusters, both or neither of probes/embeddings, one probe
+        or vector as the batch) raise InputError; a fault of the engine itself (store, key,
+        worker) raises for all.
         """
+        self._check_open()
         check_top_k(top_k)
         if threshold is not None:
             check_threshold(threshold)
         scope = partial(self._gallery_scope, self._fan_out(probe_clusters))
-        if (probes is None) == (embeddings is None):
-            raise InputError("give exactly one of probes (images) or embeddings")
-        items: list[object] = (
-            list(probes) if probes is not None else [{"embedding": e} for e in embeddings or ()]
-        )
-        return self._search(each_or_error(_batch_item, items), scope, top_k, threshold)
+        items = _batch_items(probes, embeddings)
+        answers: list[Decision | FripError] = []
+        for start in range(0, len(items), BATCH_CHUNK):
+            chunk = each_or_error(_batch_item, items[start : start + BATCH_CHUNK])
+            answers.extend(self._search(chunk, scope, top_k, threshold))
+        return answers
 
     def _search(
         self,
@@ -904,11 +996,13 @@ class Engine:
         """The gallery's record of each enrolled subject, sorted by id: ``subject_id``,
         ``enrolled_at`` (ISO 8601, UTC), ``images`` (how many images or embeddings made its
         template), ``block_id`` and ``slot``. Nothing biometric."""
+        self._check_open()
         return sorted(self.gallery_store.subjects(), key=lambda record: record.subject_id)
 
     # ----------------------------------------------------------------- removal and stats
     def remove(self, subject_id: str) -> None:
         """Erase a subject from the ciphertexts (decrypt, zero, re-encrypt) and the slot map."""
+        self._check_open()
         check_subject_id(subject_id)
         with self._writing():
             self._remove(subject_id)
@@ -1058,6 +1152,7 @@ class Engine:
         secret key is gone or cannot be unwrapped by this caller (a lost key, a damaged key
         file, a wrong passphrase or PIN): what it wrote could never be decrypted, or the
         mistake would show only at the next identify. One unwrap per write call (5-16 ms)."""
+        self._check_open()
         with write_lock(self.directory, self.name):
             self._follow_keys()
             problem = self._secret_key_problem()

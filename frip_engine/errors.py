@@ -48,6 +48,11 @@ class ProbeError(InputError):
     vendor template)."""
 
 
+class EngineClosedError(InputError):
+    """An operation on an engine after its ``close()`` (or after leaving its ``with``
+    block): open the engine again to use it."""
+
+
 class NotFoundError(FripError):
     """An engine or another named thing does not exist."""
 

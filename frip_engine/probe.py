@@ -14,6 +14,8 @@ engine's dimension, finite, not all zeros).
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,8 @@ ImageSource = Path | str | bytes | np.ndarray
 # The probe kinds, in the order every caller lists them, as the core spells them.
 PROBE_KINDS: tuple[str, str, str] = ("an image", "an embedding", "a vendor template")
 _FIELDS = ("image", "embedding", "template")  # the Probe's field of each kind
+# The largest vendor template file read, in bytes (templates are a few KiB).
+TEMPLATE_CAP = 1 << 20
 
 
 def one_probe(given: Sequence[bool], names: Sequence[str] = PROBE_KINDS) -> int:
@@ -52,14 +56,27 @@ class VendorTemplate:
     @classmethod
     def read(cls, adapter: str, path: Path) -> VendorTemplate:
         """The template in the file at ``path``, in the format of ``adapter``. Raises
-        MissingFileError (no such file) or InputError (unreadable); the adapter itself is
+        MissingFileError (no such file) or InputError (a folder or another non-regular
+        file, a file over :data:`TEMPLATE_CAP` bytes, unreadable); the adapter itself is
         looked up when the template is decoded."""
-        if not path.is_file():
-            raise MissingFileError(f"template file {path} does not exist")
         try:
-            return cls(adapter, path.read_bytes())
+            # non-blocking: opening a FIFO must not wait for a writer
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                    raise InputError(f"template file {path} is not a regular file")
+                data = file.read(TEMPLATE_CAP + 1)
+        except FileNotFoundError:
+            raise MissingFileError(f"template file {path} does not exist") from None
+        except IsADirectoryError:
+            raise InputError(f"{path} is a folder, not a template file") from None
         except OSError as exc:
             raise InputError(f"template file {path} cannot be read ({exc.strerror})") from None
+        if len(data) > TEMPLATE_CAP:
+            raise InputError(
+                f"template file {path} is larger than the {TEMPLATE_CAP >> 20} MiB a template "
+                "may be: give the vendor's template, not another file"
+            )
+        return cls(adapter, data)
 
     def decode(self) -> np.ndarray:
         """The embedding the adapter decodes, float (d,), not yet normalised.
@@ -84,6 +101,18 @@ class Probe:
 
     def __post_init__(self) -> None:
         one_probe([self.image is not None, self.embedding is not None, self.template is not None])
+        if isinstance(self.image, bytearray | memoryview):  # bytes-like: its bytes
+            object.__setattr__(self, "image", bytes(self.image))
+        if self.image is not None and not isinstance(self.image, Path | str | bytes | np.ndarray):
+            raise ProbeError(
+                "an image is a path, str, bytes or decoded pixels (numpy array), "
+                f"not {type(self.image).__name__}"
+            )
+        if self.template is not None and not isinstance(self.template, VendorTemplate):
+            raise ProbeError(
+                "a template is a VendorTemplate (its adapter's name and the bytes), "
+                f"not {type(self.template).__name__}"
+            )
 
     @classmethod
     def of_kind(cls, kind: int, value: object) -> Probe:

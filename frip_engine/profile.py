@@ -56,13 +56,18 @@ def engines_home() -> Path:
     return Path(base) / "frip"
 
 
-def engine_dir(name: str, home: Path | None = None) -> Path:
+def engine_dir(name: str, home: Path | str | None = None) -> Path:
     check_name(name)
-    return (home or engines_home()) / "engines" / name
+    return (Path(home) if home else engines_home()) / "engines" / name
 
 
 def check_name(name: str) -> None:
     """Raise InputError unless ``name`` is a valid engine name (it names a folder)."""
+    if not isinstance(name, str):
+        raise InputError(
+            f"engine name is a str (1-64 letters, digits, '.', '_' or '-'), "
+            f"not {type(name).__name__}"
+        )
     if not NAME_PATTERN.fullmatch(name):
         raise InputError(
             f"engine name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-'"
@@ -186,6 +191,8 @@ def save_profile(profile: Profile, path: Path) -> None:
 def read_profile_file(path: Path) -> dict[str, Any]:
     """The tables of a TOML profile file. Raises MissingFileError if there is no such file,
     ProfileError if it is not UTF-8 TOML (a binary file, a syntax error)."""
+    if path.is_dir():
+        raise ProfileError(f"{path} is a folder, not a TOML profile file")
     if not path.is_file():
         raise MissingFileError(f"profile {path} does not exist")
     try:

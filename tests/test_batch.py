@@ -385,3 +385,38 @@ def test_cli_identifies_a_folder_and_a_csv_as_json_lines(
     both = _frip("identify", "cli", "--probes", str(csv), str(csv))
     assert both.returncode == InputError.exit_code
     assert "not both" in both.stderr
+
+
+def test_cli_probes_checks_its_options_before_listing_probes(home: Path, tmp_path: Path) -> None:
+    absent = str(tmp_path / "absent")
+    for option, value, message in (
+        ("--top-k", "0", "top_k"),
+        ("--threshold", "3", "threshold"),
+        ("--probe-clusters", "0", "probe-clusters"),
+    ):
+        done = _frip("identify", "nowhere", "--probes", absent, option, value)
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr and "absent" not in done.stderr
+
+
+def test_a_large_batch_is_scored_in_chunks_with_the_same_decisions(
+    make_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import frip_engine.engine as engine_module
+
+    engine, gallery = _enrolled(make_engine, "chunks", 12, he=BACKENDS["tenseal-fast"])
+    probes = _probes(gallery, 4)
+    searched: list[int] = []
+    search = engine._search
+
+    def counted(chunk: Any, *args: Any) -> Any:
+        searched.append(len(chunk))
+        return search(chunk, *args)
+
+    monkeypatch.setattr(engine_module, "BATCH_CHUNK", 3)
+    monkeypatch.setattr(engine, "_search", counted)
+    got = engine.identify_many(embeddings=np.stack(probes), top_k=2)
+    assert searched == [3, 3, 1]
+    for answer, probe in zip(got, probes, strict=True):
+        assert isinstance(answer, Decision)
+        _same(answer, engine.identify(embedding=probe, top_k=2))

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import LFW_DEV, PASSPHRASE, REPO, unit_vectors
 
@@ -21,6 +22,7 @@ from frip_engine.errors import (
     MissingFileError,
     NotFoundError,
     ProfileError,
+    SubjectError,
 )
 
 
@@ -215,3 +217,136 @@ def test_readme_python_example_runs_twice_in_a_row(tmp_path: Path) -> None:
     assert outputs[0] == outputs[1]
     assert "alice True ['alice']" in outputs[0]
     assert [p.name for p in (tmp_path / "frip-home" / "engines").iterdir()] == ["doors"]
+
+
+def test_probe_fields_take_only_their_types() -> None:
+    from frip_engine.errors import ProbeError
+    from frip_engine.probe import Probe
+
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    for odd in (5, [pixels], {"a": 1}, 1.5):
+        with pytest.raises(ProbeError, match="an image is a path, str, bytes or"):
+            Probe(image=odd)  # type: ignore[arg-type]
+    with pytest.raises(ProbeError, match="a template is a VendorTemplate"):
+        Probe(template="acme-v1")  # type: ignore[arg-type]
+    assert Probe(image=bytearray(b"\xff\xd8")).image == b"\xff\xd8"  # bytes-like: its bytes
+    assert Probe(image=memoryview(b"\xff\xd8")).image == b"\xff\xd8"
+
+
+def test_bad_probes_are_typed_errors_alone_in_a_batch(home: Path) -> None:
+    from frip_engine.errors import ProbeError
+
+    vector = unit_vectors(1, seed=7)[0]
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    with open_engine("probes", create=True, key_store="memory") as engine:
+        engine.enrol("a", embeddings=[vector])
+        for odd in ({"image": 5}, {"image": [pixels]}, [pixels]):
+            with pytest.raises(ProbeError):
+                engine.identify(odd)  # type: ignore[arg-type]
+        with pytest.raises(ProbeError):
+            engine.verify("a", {"image": 5})  # type: ignore[arg-type]
+        got = engine.identify_many([{"image": 5}, {"embedding": vector}, [pixels]])  # type: ignore[list-item]
+        assert isinstance(got[0], ProbeError) and isinstance(got[2], ProbeError)
+        assert isinstance(got[1], frip_engine.Decision) and got[1].subject_id == "a"
+        for whole in ("a.jpg", b"\xff\xd8", Path("a.jpg"), {"image": "a.jpg"}, pixels):
+            with pytest.raises(InputError, match="identify_many takes a sequence of probes"):
+                engine.identify_many(whole)  # type: ignore[arg-type]
+        matrix = unit_vectors(3, seed=8)
+        rows = engine.identify_many(embeddings=matrix)
+        assert len(rows) == 3 and all(isinstance(r, frip_engine.Decision) for r in rows)
+        with pytest.raises(InputError, match="one row per probe"):
+            engine.identify_many(embeddings=vector)
+
+
+def test_enrol_refuses_what_it_cannot_take_clearly(home: Path) -> None:
+    vector = unit_vectors(1, seed=9)[0]
+    with open_engine("enrol", create=True, key_store="memory") as engine:
+        with pytest.raises(SubjectError, match="no usable image"):
+            engine.enrol("s", bytearray(b"not an image"))  # bytes-like: read as its bytes
+        for odd in ([Path("a.jpg")], np.zeros((4, 4, 3), dtype=np.uint8), 5):
+            with pytest.raises(InputError, match="an image is a path, str or bytes"):
+                engine.enrol("s", odd)  # type: ignore[arg-type]
+        with pytest.raises(InputError, match=r"embeddings= is a list of vectors.*\[vector\]"):
+            engine.enrol("s", embeddings=vector)
+        assert engine.subjects() == []
+
+
+def test_open_engine_argument_types(home: Path, tmp_path: Path) -> None:
+    for name in (None, 123, b"doors", Path("doors")):
+        with pytest.raises(InputError, match="engine name is a str"):
+            open_engine(name)  # type: ignore[arg-type]
+    for odd in (5, ["arcface"]):
+        with pytest.raises(ProfileError, match=r"\[extractor\] is a plugin name or a table"):
+            open_engine("t", create=True, extractor=odd)  # type: ignore[arg-type]
+    with pytest.raises(
+        ProfileError, match=r"profile is a TOML file.s path \(str or Path\) or a table"
+    ):
+        open_engine("t", create=True, profile=[1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ProfileError, match="is a folder, not a TOML profile"):
+        open_engine("t", create=True, profile=tmp_path)
+    path = tmp_path / "mine.toml"
+    path.write_text('[he]\npreset = "compact"\n')
+    with open_engine("t", create=True, profile=str(path), home=str(home), key_store="memory") as e:  # type: ignore[arg-type]
+        assert e.profile.sections["he"]["preset"] == "compact"
+
+
+def test_a_closed_engine_refuses_every_operation(home: Path) -> None:
+    from frip_engine.errors import EngineClosedError
+
+    vector = unit_vectors(1, seed=11)[0]
+    with open_engine("shut", create=True, key_store="memory") as engine:
+        engine.enrol("a", embeddings=[vector])
+    engine.close()  # twice: harmless
+    with pytest.raises(EngineClosedError):
+        engine.__enter__()
+    assert issubclass(EngineClosedError, InputError)
+    calls = [
+        lambda: engine.enrol("b", embeddings=[vector]),
+        lambda: engine.enrol_many([EnrolItem("b", embeddings=[vector])]),
+        lambda: engine.identify(embedding=vector),
+        lambda: engine.identify_many(embeddings=[vector]),
+        lambda: engine.verify("a", embedding=vector),
+        lambda: engine.remove("a"),
+        engine.subjects,
+        engine.subject_records,
+        engine.stats,
+        engine.key_status,
+        engine.rotate_he_keys,
+        engine.rotate_kek,
+    ]
+    for call in calls:
+        with pytest.raises(EngineClosedError, match="engine 'shut' is closed"):
+            call()
+    assert _open_files_under(home) == []
+
+
+def test_template_files_are_read_with_a_cap(tmp_path: Path) -> None:
+    import os as _os
+
+    from frip_engine.probe import TEMPLATE_CAP, VendorTemplate
+
+    big = tmp_path / "big.tpl"
+    with big.open("wb") as out:
+        out.truncate(TEMPLATE_CAP + 1)
+    with pytest.raises(InputError, match=r"larger than the 1 MiB a template may be"):
+        VendorTemplate.read("acme", big)
+    with pytest.raises(InputError, match="is a folder, not a template file"):
+        VendorTemplate.read("acme", tmp_path)
+    fifo = tmp_path / "fifo"
+    _os.mkfifo(fifo)
+    with pytest.raises(InputError, match="is not a regular file"):
+        VendorTemplate.read("acme", fifo)
+    with pytest.raises(MissingFileError, match="does not exist"):
+        VendorTemplate.read("acme", tmp_path / "absent")
+
+
+def test_enrol_takes_embeddings_as_any_iterable_or_a_matrix(home: Path) -> None:
+    vectors = unit_vectors(4, seed=12)
+    with open_engine("iter", create=True, key_store="memory") as engine:
+        assert engine.enrol("g", embeddings=(v for v in vectors[:1])).enrolled == ["g"]
+        assert engine.enrol("m", embeddings=vectors[1:2]).enrolled == ["m"]
+        with pytest.raises(InputError, match=r"embeddings=\[vector\], not list"):
+            engine.enrol("f", embeddings=list(vectors[2]))  # one vector's numbers
+        probe = {"image": "a.jpg", 1: 2, "x": 3}
+        (answer,) = engine.identify_many([probe])  # type: ignore[list-item]
+        assert isinstance(answer, InputError) and "not 'x', 1" in str(answer)

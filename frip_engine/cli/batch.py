@@ -23,6 +23,7 @@ import typer
 from frip_engine.cli.output import err, out, shown, styled
 from frip_engine.decision import Decision
 from frip_engine.errors import FripError, InputError, MissingFileError
+from frip_engine.validate import check_threshold, check_top_k
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 EMBEDDING_SUFFIXES = frozenset({".npy", ".json"})
@@ -168,6 +169,11 @@ def identify_probes(
 
     if any(value is not None for value in single):
         raise InputError("give --probes or one probe (IMAGE, --embedding, --template), not both")
+    check_top_k(top_k)  # the options first, as the one-probe path checks them
+    if threshold is not None:
+        check_threshold(threshold)
+    if isinstance(probe_clusters, int) and probe_clusters < 1:
+        raise InputError(f"--probe-clusters takes a number >= 1 or 'all', not {probe_clusters}")
     listed = list_probes(source)
     failed: FripError | None = None
     with Engine.open(engine_name, home) as engine:
