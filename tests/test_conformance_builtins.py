@@ -1,5 +1,6 @@
 """Every built-in plugin passes the conformance suite of its kind (frip_engine.testing):
-the suites are tested against real plugins, and the built-ins keep the guarantees."""
+the suites are tested against real plugins, and the built-ins keep the guarantees. (The
+acme adapter runs the adapter suite in its own tests: adapters/frip-adapter-acme/tests.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from conftest import PASSPHRASE, SOFTHSM_PIN
 
 from frip_engine import plugins
 from frip_engine.testing import (
-    AdapterConformance,
     ClustererConformance,
     ExtractorConformance,
     GalleryStoreConformance,
@@ -123,7 +123,3 @@ class TestPkcs11KeyStore(KeyStoreConformance):
 
 class TestSqliteStore(GalleryStoreConformance):
     plugin_name = "sqlite"
-
-
-class TestAcmeAdapter(AdapterConformance):
-    plugin_name = "acme-v1"
