@@ -1,8 +1,8 @@
 """The gallery store suite: a commit is all or nothing, even when the process is killed in
 the middle of one, and a damaged stored block is detected (CorruptionError), never used.
 
-Run as a script (``python -m frip_engine.testing.gallery_store``) it is the child process
-the kill test starts: it commits blocks in a loop until it is killed.
+:func:`_commit_forever` is the child process the kill test starts: it commits blocks in a
+loop until it is killed.
 """
 
 from __future__ import annotations
@@ -182,8 +182,8 @@ class GalleryStoreConformance(Conformance):
         child = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "frip_engine.testing.gallery_store",
+                "-c",
+                "from frip_engine.testing.gallery_store import _commit_forever; _commit_forever()",
                 factory.__module__,
                 factory.__qualname__,
                 json.dumps(self.params),
@@ -223,7 +223,3 @@ class GalleryStoreConformance(Conformance):
             commit_generation(again, info.block_id, generation + 1, self.block_bytes)
         finally:
             again.close()
-
-
-if __name__ == "__main__":
-    _commit_forever()
