@@ -50,5 +50,7 @@ def _failed(pytester: pytest.Pytester, name: str) -> set[str]:
 def test_the_suite_fails_a_plugin_that_breaks_a_guarantee(
     pytester: pytest.Pytester, name: str, failing: list[str]
 ) -> None:
+    if name == "extractor" and not LFW_DEV.is_dir():
+        pytest.skip(f"the extractor suite needs real faces: lfw-dev is missing at {LFW_DEV}")
     failed = _failed(pytester, name)
     assert set(failing) <= failed, f"only {sorted(failed)} failed"

@@ -40,11 +40,9 @@ class _Keyed:
         block = self.matcher.add_rows(block, gallery[half:], self.slots[half:])
         self.blob = bytes(self.matcher.dump(block))
 
-    def decide(
-        self, blob: bytes, probe: np.ndarray, matcher: Any = None
-    ) -> list[tuple[float, str]]:
-        """The top 3 (score, slot) as the engine decides them (load, score, decrypt, check
-        the scores' range: KeyService's own selection); raises what the engine would."""
+    def decide(self, blob: bytes, probe: np.ndarray) -> list[tuple[float, str]]:
+        """The top 3 (score, "s<slot>") as the engine decides them (load, score, decrypt,
+        check the scores' range: KeyService's own selection); raises what the engine would."""
         matcher = self.matcher
         scores = matcher.score(matcher.load(blob), matcher.parse_probe(matcher.encode_probe(probe)))
         decryptor = self.backend.decryptor(self.public, bytearray(self.secret))
