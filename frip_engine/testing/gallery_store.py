@@ -1,5 +1,6 @@
 """The gallery store suite: a commit is all or nothing, even when the process is killed in
-the middle of one, and a damaged stored block is detected (CorruptionError), never used.
+the middle of one; a stale revision or a block under another public context writes
+nothing; a damaged stored block is detected (CorruptionError), never used.
 
 :func:`_commit_forever` is the child process the kill test starts: it commits blocks in a
 loop until it is killed.
@@ -7,6 +8,7 @@ loop until it is killed.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -162,6 +164,19 @@ class GalleryStoreConformance(Conformance):
         assert generation_of(store.read_block(info.block_id)[1], self.block_bytes) == 2
         assert store.subject("s3") is None
         assert before != store.read_block(info.block_id)[1]
+
+    def test_a_block_under_another_public_context_is_refused(self, store: Any) -> None:
+        before = store.blocks()
+        with pytest.raises(StoreError):
+            store.commit_block(
+                None, 0, 0, 1, CAPACITY, block_data(2, 1000), context_sha256="0" * 64
+            )
+        assert store.blocks() == before, "a refused commit wrote a block"
+        recorded = hashlib.sha256(PUBLIC_CONTEXT).hexdigest()
+        new = store.commit_block(
+            None, 0, 1, 1, CAPACITY, block_data(3, 1000), context_sha256=recorded
+        )
+        assert generation_of(store.read_block(new)[1], 1000) == 3
 
     def test_a_corrupted_block_is_detected(self, store: Any, engine_dir: Path) -> None:
         (info,) = store.blocks()
