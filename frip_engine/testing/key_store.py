@@ -1,5 +1,6 @@
-"""The key store suite: the secret never reaches disk in the clear, is bound to its engine
-and key version, outlives the store object, and a tampered store is refused."""
+"""The key store suite: the secret never reaches disk in the clear (and what is written is
+private to its owner), is bound to its engine and key version, outlives the store object,
+and a tampered store is refused."""
 
 from __future__ import annotations
 
@@ -93,6 +94,11 @@ class KeyStoreConformance(Conformance):
         for path, blob in written_files(tmp_path).items():
             found = clear_copies(secret, blob)
             assert not found, f"{path} holds the secret in the clear: {found[:3]}"
+
+    def test_what_it_writes_is_private_to_its_owner(self, stored: Any, tmp_path: Path) -> None:
+        for path in written_files(tmp_path):
+            mode = path.stat().st_mode & 0o777
+            assert not mode & 0o077, f"{path} is readable by others (mode {oct(mode)})"
 
     def test_the_secret_is_bound_to_its_engine_and_key_version(self, stored: Any) -> None:
         with pytest.raises(KeyStoreError):
