@@ -18,7 +18,7 @@ from frip_engine.testing.base import Conformance
 # the fixed gallery: registrants, their dimension, the probes' decision threshold
 REGISTRANTS = 12
 DIMENSION = 32
-THRESHOLD = 0.5
+THRESHOLD = 0.6  # no probe's best score lies near it (0.50 and 0.80 are the nearest)
 
 
 def _near(vector: np.ndarray, noise: float, seed: int) -> np.ndarray:
@@ -95,11 +95,17 @@ class HEBackendConformance(Conformance):
             reference = gallery @ probe
             order = np.argsort(-reference, kind="stable")[:3]
             decided = keyed.decide(keyed.blob, probe)
-            assert [s for _, s in decided] == [f"s{i}" for i in order], "ranking differs"
+            assert decided[0][1] == f"s{order[0]}", "the best candidate differs"
             assert (decided[0][0] >= THRESHOLD) == (reference[order[0]] >= THRESHOLD)
+            # the runners-up may swap only where the plaintext scores are within tolerance
             assert np.allclose(
                 [v for v, _ in decided], reference[order], atol=self.score_tolerance
             ), "scores differ from the plaintext ones"
+            assert np.allclose(
+                [v for v, _ in decided],
+                [reference[int(s[1:])] for _, s in decided],
+                atol=self.score_tolerance,
+            ), "a candidate's score is not its plaintext score"
 
     def test_the_matcher_holds_public_material_only(self, keyed: _Keyed) -> None:
         self._encrypted(keyed)
