@@ -76,7 +76,7 @@ def test_every_code_block_runs(tmp_path: Path) -> None:
 def test_every_hook_and_protocol_member_is_documented() -> None:
     text = DOC.read_text()
     hooks = [name for name in vars(hookspecs) if name.startswith(("register_", "frip_"))]
-    assert len(hooks) == 11
+    assert len(hooks) >= 11  # every hook of hookspecs.py, whoever adds one
     missing = [name for name in hooks if f"`{name}(" not in text]
     for kind in KINDS:
         section = text.split(f"**{kind.protocol.__name__}**", 1)[1].split("\n\n", 1)[0]
