@@ -24,6 +24,7 @@ from frip_engine.cli.output import (
     stdout_closed,
     styled,
 )
+from frip_engine.cli.scaffold import add_scaffold_command
 from frip_engine.cli.serve import add_serve_commands
 from frip_engine.cli.subjects import add_subject_commands
 from frip_engine.errors import (
@@ -101,9 +102,17 @@ def _human(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------- plugins
-@app.command("plugins")
-def plugins_command(as_json: JsonOpt = False) -> None:
-    """List every plugin component by kind, with package, version and availability."""
+plugins_app = typer.Typer(invoke_without_command=True)
+app.add_typer(plugins_app, name="plugins")
+add_scaffold_command(plugins_app)  # frip plugins new KIND NAME
+
+
+@plugins_app.callback()
+def plugins_command(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List every plugin component by kind, with package, version and availability
+    (frip plugins new KIND NAME: scaffold a plugin package)."""
+    if ctx.invoked_subcommand is not None:
+        return
     reg = plugins.registry()
     rows: list[dict[str, Any]] = [
         {

@@ -1,0 +1,218 @@
+"""``frip plugins new KIND NAME``: a new plugin package, ready to install and test.
+
+The package holds a pyproject with the ``frip_engine`` entry point, a module whose class
+has every member of the kind's protocol (:mod:`frip_engine.contracts`, read at run time,
+so a scaffold always matches this engine) as a TODO raising NotImplementedError, a test
+file running the kind's conformance suite (:mod:`frip_engine.testing`) and a README.
+Mounted by ``frip_engine.cli`` with ``add_scaffold_command``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import textwrap
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from frip_engine.cli.output import out
+from frip_engine.contracts import protocol_members
+from frip_engine.errors import InputError
+from frip_engine.kinds import BY_NAME, KINDS, Kind
+
+NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+KIND_NAMES = ", ".join(k.name for k in KINDS)
+# standard-library names a generated module may use in annotations -> their import
+STDLIB = {
+    "Sequence": "from collections.abc import Sequence",
+    "AbstractContextManager": "from contextlib import AbstractContextManager",
+    "Any": "from typing import Any",
+}
+CONTRACT_NAMES = (
+    "BlockInfo",
+    "Decryptor",
+    "Extraction",
+    "Matcher",
+    "ModelFile",
+    "NewSubject",
+    "SubjectRecord",
+)
+
+
+def add_scaffold_command(plugins_app: typer.Typer) -> None:
+    """Mount ``frip plugins new`` on the ``frip plugins`` group."""
+    plugins_app.command("new")(new_command)
+
+
+def new_command(
+    kind: Annotated[str, typer.Argument(help=f"One of: {KIND_NAMES}.")],
+    name: Annotated[str, typer.Argument(help="The component's name, e.g. acme-hsm.")],
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Where to create it (default: ./frip-NAME).")
+    ] = None,
+) -> None:
+    """Scaffold an installable plugin package: entry point, protocol stubs, conformance tests."""
+    target = scaffold(kind, name, directory or Path(f"frip-{name}"))
+    out.print(f"created {target}: pip install -e {target} && pytest {target}")
+
+
+def _kind(kind: str) -> Kind:
+    found = BY_NAME.get(kind.replace("-", "_"))
+    if found is None:
+        raise InputError(f"unknown plugin kind {kind!r}; one of: {KIND_NAMES}")
+    return found
+
+
+def scaffold(kind: str, name: str, directory: Path) -> Path:
+    """Write the package for component ``name`` of ``kind`` into ``directory`` (which must
+    not exist) and return it. Raises InputError for an unknown kind, a name that is not
+    lower-case letters, digits and single hyphens (2-40 characters), or an existing path."""
+    chosen = _kind(kind)
+    if not (2 <= len(name) <= 40 and NAME.fullmatch(name)):
+        raise InputError(
+            f"plugin name {name!r}: use 2-40 lower-case letters, digits and single hyphens, "
+            "starting with a letter (e.g. acme-hsm)"
+        )
+    if directory.exists() or directory.is_symlink():
+        raise InputError(f"{directory} exists; choose a new --dir")
+    module = f"frip_{name.replace('-', '_')}"
+    files = {
+        "pyproject.toml": _pyproject(chosen, name, module),
+        "README.md": _readme(chosen, name, module),
+        f"{module}/__init__.py": _module(chosen, name),
+        f"tests/test_{module}_conformance.py": _tests(chosen, name, module),
+    }
+    for relative, text in files.items():
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return directory
+
+
+def _class_name(name: str, kind: Kind) -> str:
+    return "".join(part.title() for part in name.split("-")) + kind.protocol.__name__
+
+
+def _pyproject(kind: Kind, name: str, module: str) -> str:
+    return f'''[build-system]
+requires = ["setuptools>=70.1"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "frip-{name}"
+version = "0.1.0"
+description = "frip-engine {kind.label} '{name}'"
+requires-python = ">=3.11"
+dependencies = ["frip-engine", "numpy"]
+
+# What connects this package to frip-engine: an entry point in its group.
+[project.entry-points.frip_engine]
+{name} = "{module}"
+
+[tool.setuptools]
+packages = ["{module}"]
+'''
+
+
+def _readme(kind: Kind, name: str, module: str) -> str:
+    return f"""# frip-{name}
+
+A frip-engine {kind.label}: `{name}`, in `{module}/__init__.py`.
+
+```sh
+pip install -e .    # frip-engine finds it through the frip_engine entry point
+frip plugins        # lists {kind.label} {name}
+pytest              # frip-engine's {kind.label} conformance suite
+```
+
+Every member marked TODO raises NotImplementedError until it is implemented; the tests
+fail, naming them, until then. docs/plugins.md in frip-engine describes the protocol, the
+hooks and the checks.
+"""
+
+
+def _tests(kind: Kind, name: str, module: str) -> str:
+    suite = f"{kind.protocol.__name__}Conformance"  # frip_engine.testing.SUITES
+    return f'''"""frip-engine's {kind.label} conformance suite against {name}."""
+
+from frip_engine.testing import {suite}
+
+
+class Test{_class_name(name, kind)}({suite}):
+    plugin_name = "{name}"  # as registered in {module}
+'''
+
+
+def _member(protocol: type, member: str, owner: str) -> str:
+    """One member of ``protocol`` as a stub raising NotImplementedError."""
+    value: Any = inspect.getattr_static(protocol, member)
+    doc = inspect.getdoc(value.fget if isinstance(value, property) else value) or ""
+    todo = f'raise NotImplementedError("TODO: {owner}.{member}")'
+    if isinstance(value, property):
+        returns = value.fget.__annotations__.get("return", "Any") if value.fget else "Any"
+        header = f"@property\ndef {member}(self) -> {returns}:"
+    else:
+        signature = inspect.signature(value)
+        parameters = []
+        for parameter in signature.parameters.values():
+            text = parameter.name
+            if parameter.annotation is not inspect.Parameter.empty:
+                text += f": {parameter.annotation}"
+            if parameter.default is not inspect.Parameter.empty:
+                text += f" = {parameter.default!r}"
+            parameters.append(text)
+        returns = signature.return_annotation
+        header = f"def {member}({', '.join(parameters)}) -> {returns}:"
+        if len(header) > 90:  # one parameter a line, as ruff format writes it
+            listed = "".join(f"\n    {text}," for text in parameters)
+            header = f"def {member}({listed}\n) -> {returns}:"
+    body = (f'"""{doc}"""\n' if doc else "") + todo
+    return header + "\n" + textwrap.indent(body, "    ")
+
+
+def _module(kind: Kind, name: str) -> str:
+    owner = _class_name(name, kind)
+    protocol = kind.protocol
+    members = [m for m in protocol_members(protocol) if m != "name"]
+    stubs = "\n\n".join(
+        textwrap.indent(_member(protocol, m, owner), "    ")
+        for m in members
+        if not hasattr(type(protocol), m)
+    )
+    body = f'''class {owner}:
+    """TODO: what this {kind.label} does (protocol: frip_engine.contracts.{protocol.__name__})."""
+
+    name = "{name}"
+
+{stubs}
+
+
+@hookimpl
+def {kind.hook}(register: Register[{protocol.__name__}]) -> None:
+    register(
+        "{name}",
+        {owner},
+        summary="TODO: one line for frip plugins",
+    )
+'''
+    used = set(re.findall(r"[A-Za-z_]+", body))
+    stdlib = sorted(line for word, line in STDLIB.items() if word in used)
+    contracts = sorted({protocol.__name__, "Register", *(n for n in CONTRACT_NAMES if n in used)})
+    third_party = [
+        *(["import numpy as np"] if "np" in used else []),
+        f"from frip_engine.contracts import {', '.join(contracts)}",
+        "from frip_engine.hookspecs import hookimpl",
+        *(["from frip_engine.pemiu import PemiuTemplate"] if "PemiuTemplate" in used else []),
+    ]
+    header = "\n".join(stdlib) + ("\n\n" if stdlib else "") + "\n".join(third_party)
+    return f'''"""frip-engine {kind.label} '{name}'. Each TODO raises NotImplementedError until
+it is implemented; `pytest` runs frip-engine's conformance suite against it."""
+
+from __future__ import annotations
+
+{header}
+
+
+{body}'''
