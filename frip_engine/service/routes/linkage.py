@@ -60,14 +60,26 @@ async def linkage_create(service: Service, request: Request) -> Response:
     pixels = await service.decoder.decode(body.get("image"), "image")
     if service.consents.get(ctx.caller.vendor, subject) is not None:
         raise DuplicateSubjectError(f"subject '{subject}' already has a linkage")
+    return JSONResponse(await enrol_linked(service, ctx, subject, pixels, names), 201)
+
+
+async def enrol_linked(
+    service: Service,
+    ctx: Context,
+    subject: str,
+    pixels: np.ndarray,
+    names: list[str],
+    extend: bool = False,
+) -> dict[str, Any]:
+    """:func:`link` into the engines ``names`` (each opened, with its vendor's adapter),
+    run off the event loop; the caller has checked its linkage rights to them."""
     slots = {name: await service.engines().get(name) for name in names}
     adapters = {
         name: plugins.create("adapter", adapter)
         for name in names
         if (adapter := service.vendors.adapter_of(name)) is not None
     }
-    result = await run_in_threadpool(link, service, ctx, subject, pixels, slots, adapters)
-    return JSONResponse(result, 201)
+    return await run_in_threadpool(link, service, ctx, subject, pixels, slots, adapters, extend)
 
 
 def link(
@@ -164,18 +176,31 @@ async def linkage_show(service: Service, request: Request) -> Response:
 
 async def linkage_revoke(service: Service, request: Request) -> Response:
     ctx, subject, found = await consent(service, request)
-    service.consents.mark_revoking(ctx.caller.vendor, subject)
+    return JSONResponse(await revoke(service, ctx, subject, found))
+
+
+async def revoke(
+    service: Service,
+    ctx: Context,
+    subject: str,
+    found: dict[str, Any],
+    only: set[str] | None = None,
+) -> dict[str, Any]:
+    """Erase the subject of the consent ``found`` from all its engines (the consent is
+    revoked), or from the engines ``only`` (they leave the consent), off the event loop."""
+    if only is None:
+        service.consents.mark_revoking(ctx.caller.vendor, subject)
     slots: dict[str, EngineSlot] = {}
     gone: list[str] = []
     for name, row in found["engines"].items():
-        if row["state"] == "failed":
-            continue  # never enrolled there
+        if row["state"] == "failed" or (only is not None and name not in only):
+            continue  # never enrolled there, or staying
         try:
             slots[name] = await service.engines().get(name)
         except NotFoundError:
             gone.append(name)  # the engine itself was deleted: nothing left to erase
-    result = await run_in_threadpool(unlink, service, ctx, subject, slots)
-    return JSONResponse({**result, "absent": sorted(result["absent"] + gone)})
+    result = await run_in_threadpool(unlink, service, ctx, subject, slots, only is None)
+    return {**result, "absent": sorted(result["absent"] + gone)}
 
 
 def unlink(
