@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
 from frip_engine.errors import FripError, ImageError
+from frip_engine.service.audit import INTENT
 from frip_engine.service.errors import LinkageError, RateLimitError, http_error
 from frip_engine.service.limits import RateLimiter
 from frip_engine.service.portal.credentials import Operators, Registrants, Sessions
@@ -264,7 +265,10 @@ class Portal:
         if subject is None or self.desk is None:
             return self.signed_out(request)
         found = self.service.consents.get(self.desk, subject) or {"engines": {}}
-        events = self.service.audit.query(frozenset(), self.desk, subject_id=subject, limit=200)
+        found_events = self.service.audit.query(
+            frozenset(), self.desk, subject_id=subject, limit=200
+        )
+        events = [e for e in found_events if not e["action"].endswith(INTENT)]  # outcomes
         since = {
             e["engine"]: e["at"]
             for e in events
