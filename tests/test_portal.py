@@ -118,7 +118,7 @@ def test_register_opt_in_and_withdraw_through_the_linkage(portal: Any, lfw: Path
     assert "<svg" in done.text and "style=" not in done.text.split("<svg")[1].split("</svg>")[0]
     me = portal.post("/portal/manage", data={"code": code.lower(), "csrf": token})
     assert me.status_code == 200 and 'data-engine="doors"' in me.text
-    assert "linkage_enrol" in me.text  # their own audit events
+    assert "<td>registered</td><td>doors</td><td>enrolled</td>" in me.text  # own audit
     more = portal.post("/portal/opt-in", data={"csrf": token, "engine": ["lobby"]}, files=files)
     assert 'class="enrolled" data-engine="lobby"' in more.text
     one = portal.post("/portal/withdraw", data={"csrf": token, "engine": "doors"})
@@ -157,3 +157,23 @@ def test_codes_are_salted_hashes_found_by_their_lookup_id(home: Path) -> None:
     assert len(bytes(stored["salt"])) == 16
     registrants.delete("portal-1")
     assert registrants.find(code) is None
+
+
+def test_frip_portal_operator_key_prints_a_working_key_once(home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from frip_engine.cli import app
+
+    result = CliRunner().invoke(app, ["portal", "operator-key", "ops"])
+    assert result.exit_code == 0, result.output
+    key = result.output.strip().splitlines()[-1]
+    assert Operators(Database(home / "service.sqlite")).check(key) == "ops"
+    assert key not in (home / "service.sqlite").read_bytes().decode("latin-1")
+
+
+def test_a_portal_desk_that_is_no_vendor_is_refused_at_start(home: Path) -> None:
+    from frip_engine.errors import NotFoundError
+    from frip_engine.service.app import ServiceConfig, create_app
+
+    with pytest.raises(NotFoundError, match="vendor 'nobody' does not exist"):
+        create_app(ServiceConfig(home, portal_desk="nobody"))

@@ -126,7 +126,8 @@ def browser() -> Iterator[Any]:
 def page(browser: Any, live: Live) -> Iterator[Any]:
     """A fresh phone-sized browser context (its own cookies), with fresh rate limits."""
     live.portal.attempts._buckets.clear()
-    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True)
+    live.portal.posts._buckets.clear()
+    context = browser.new_context(viewport=PHONE, device_scale_factor=1, is_mobile=True)
     context.set_default_timeout(30_000)
     tab = context.new_page()
     errors: list[str] = []
@@ -205,7 +206,7 @@ def test_register_identify_then_withdraw_from_one_and_from_all(page: Any, live: 
     assert code not in page.url and page.url.endswith("/portal/me")
     held = page.locator(".held li[data-engine]")
     assert sorted(held.evaluate_all("els => els.map(e => e.dataset.engine)")) == ["doors", "lobby"]
-    assert page.locator("table.events td", has_text="linkage_enrol").count() == 2
+    assert page.locator("table.events td", has_text="registered").count() == 2
     shot(page, "phone-my-registration")
     page.click(".held li[data-engine=doors] button")
     page.wait_for_load_state()
@@ -264,6 +265,7 @@ def test_unusable_photos_show_a_clear_message(
     if kind == "not-an-image":  # refused before any engine sees it, next to the field
         assert message in page.inner_text("#photo-error")
         assert page.is_checked("input[name=engine][value=doors]")  # the choices kept
+        assert page.is_checked("input[name=consent]")
         shot(page, "phone-photo-error")
     else:
         outcome = page.inner_text(".outcome")

@@ -222,6 +222,10 @@ class Vendors:
             )
         return result
 
+    def names(self) -> set[str]:
+        """Every vendor's name."""
+        return {str(r["name"]) for r in self.db.query("SELECT name FROM vendors")}
+
     # ------------------------------------------------------------------ requests (service)
     def authenticate(self, authorization: str | None) -> Caller:
         """The caller behind an ``Authorization: Bearer <key>`` header, or an AuthError."""

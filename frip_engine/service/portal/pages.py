@@ -19,12 +19,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
-from frip_engine.errors import FripError, ImageError
+from frip_engine.errors import FripError, ImageError, NotFoundError
 from frip_engine.service.audit import INTENT
-from frip_engine.service.errors import LinkageError, RateLimitError, http_error
+from frip_engine.service.errors import (
+    LinkageError,
+    PayloadTooLargeError,
+    RateLimitError,
+    http_error,
+)
 from frip_engine.service.limits import RateLimiter
 from frip_engine.service.portal.credentials import Operators, Registrants, Sessions
 from frip_engine.service.portal.web import (
+    MAX_FORM_BYTES,
     MAX_PHOTOS,
     PATH,
     SESSION_COOKIE,
@@ -63,6 +69,11 @@ class Portal:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.desk = service.config.portal_desk
+        if self.desk is not None and self.desk not in service.vendors.names():
+            raise NotFoundError(
+                f"--portal-desk: vendor '{self.desk}' does not exist (frip vendors create "
+                f"{self.desk}, then frip vendors link {self.desk} --engine ...)"
+            )
         self.registrants = Registrants(service.db)
         self.operators = Operators(service.db)
         self.sessions = Sessions()
@@ -107,7 +118,10 @@ class Portal:
             page.headers["retry-after"] = str(retry)
             return page
         try:
-            form = await read_form(request, self.service.config.max_body_bytes)
+            form = await read_form(request, MAX_FORM_BYTES)
+        except PayloadTooLargeError:
+            text = f"The photos are over {MAX_FORM_BYTES >> 20} MB together: choose smaller ones."
+            return render(request, "message.html", 413, title="Photos too large", text=text)
         except FripError as exc:
             status, _ = http_error(exc)
             return render(request, "message.html", status, title="Form refused", text=str(exc))
@@ -205,7 +219,12 @@ class Portal:
                 errors["engine"] = (
                     "This portal has no registration desk (frip serve --portal-desk)."
                 )
-            kept = {"engine": names, "age": form.get("age", ""), "gender": form.get("gender", "")}
+            kept = {
+                "engine": names,
+                "age": form.get("age", ""),
+                "gender": form.get("gender", ""),
+                "consent": form.get("consent") == "yes",
+            }
             return render(
                 request,
                 "register.html",

@@ -46,10 +46,18 @@ HEADERS = {
     "permissions-policy": "camera=(self), microphone=(), geolocation=()",
 }
 MAX_PHOTOS = 3
+MAX_FORM_BYTES = 24 * 1024 * 1024  # a form with three phone-camera photos
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(default=True),
 )
+# what a registrant reads for the audit log's actions on their registration
+TEMPLATES.filters["deed"] = lambda action: {
+    "linkage_enrol": "registered",
+    "linkage_revoke": "withdrawn",
+}.get(action, action)
+# an audit time (ISO 8601, UTC) to the minute: "2026-11-30 17:05 UTC"
+TEMPLATES.filters["when"] = lambda at: f"{at[:10]} {at[11:16]} UTC" if at else ""
 
 
 class SecurityHeaders:
