@@ -154,21 +154,25 @@ def upload(name: str, data: bytes, mime: str = "image/jpeg") -> dict[str, Any]:
     return {"name": name, "mimeType": mime, "buffer": data}
 
 
+def submit(tab: Any, button: str) -> None:
+    """Click a form's button and wait for the page it loads (not the one it leaves)."""
+    with tab.expect_navigation():
+        tab.click(button)
+
+
 def register(tab: Any, live: Live, files: list[dict[str, Any]], engines: list[str]) -> None:
     tab.goto(f"{live.url}/portal/")
     tab.check("input[name=consent]")
     tab.set_input_files("#photo", files=files)
     for engine in engines:
         tab.check(f"input[name=engine][value={engine}]")
-    tab.click("button[type=submit]")
-    tab.wait_for_load_state()
+    submit(tab, "button[type=submit]")
 
 
 def sign_in(tab: Any, live: Live, code: str) -> None:
     tab.goto(f"{live.url}/portal/manage")
     tab.fill("#code", code)
-    tab.click("button[type=submit]")
-    tab.wait_for_load_state()
+    submit(tab, "button[type=submit]")
 
 
 def identify(live: Live, engine: str, photo: Path) -> dict[str, Any]:
@@ -208,13 +212,11 @@ def test_register_identify_then_withdraw_from_one_and_from_all(page: Any, live: 
     assert sorted(held.evaluate_all("els => els.map(e => e.dataset.engine)")) == ["doors", "lobby"]
     assert page.locator("table.events td", has_text="registered").count() == 2
     shot(page, "phone-my-registration")
-    page.click(".held li[data-engine=doors] button")
-    page.wait_for_load_state()
+    submit(page, ".held li[data-engine=doors] button")
     assert "You were erased from doors" in page.inner_text(".notice")
     assert not identify(live, "doors", probe)["matched"]
     assert identify(live, "lobby", probe)["matched"]
-    page.click("#withdraw-all")
-    page.wait_for_load_state()
+    submit(page, "#withdraw-all")
     assert "no longer works" in page.inner_text(".message")
     for engine in ("doors", "lobby"):
         assert not identify(live, engine, probe)["matched"], engine
@@ -281,14 +283,12 @@ def test_console_refuses_a_registrant_code_and_a_vendor_key(page: Any, live: Liv
     for wrong in (code, live.keys["acme"]):
         page.goto(f"{live.url}/portal/console/login")
         page.fill("#key", wrong)
-        page.click("button[type=submit]")
-        page.wait_for_load_state()
+        submit(page, "button[type=submit]")
         assert "not an operator key" in page.inner_text("#key-error")
         page.goto(f"{live.url}/portal/console")
         assert page.url.endswith("/portal/console/login")  # still outside
     page.fill("#key", live.keys["operator"])
-    page.click("button[type=submit]")
-    page.wait_for_load_state()
+    submit(page, "button[type=submit]")
     assert page.url.endswith("/portal/console")
     lobby = page.locator("#engines tr[data-engine=lobby] td").all_inner_texts()
     assert lobby[:2] == ["lobby", "1"]  # this registrant

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,27 @@ REASONS = {
     "not_one_person": "your photos do not look like one person",
 }
 GENDERS = ("", "female", "male", "diverse")
+# The two sign-in pages: a registrant's withdrawal code, an operator's key.
+SIGN_IN = {
+    "registrant": {
+        "title": "My registration",
+        "action": f"{PATH}/manage",
+        "field": "code",
+        "label": "Withdrawal code",
+        "button": "Open",
+        "refusal": "This code is not valid. Check it and try again.",
+        "landing": f"{PATH}/me",
+    },
+    "operator": {
+        "title": "Operator console",
+        "action": f"{PATH}/console/login",
+        "field": "key",
+        "label": "Operator key",
+        "button": "Sign in",
+        "refusal": "This is not an operator key.",
+        "landing": f"{PATH}/console",
+    },
+}
 PLOTS = Path(__file__).resolve().parents[3] / "docs"  # a source checkout's benchmark plots
 PLOT_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.png$")
 
@@ -248,21 +270,29 @@ class Portal:
 
     # ------------------------------------------------------------------ a registrant's page
     async def manage(self, request: Request) -> Response:
-        return render(request, "manage.html", errors={})
+        return render(request, "sign_in.html", errors={}, page=SIGN_IN["registrant"])
 
     async def sign_in(self, request: Request) -> Response:
+        return await self.open_session(request, "registrant", self.registrants.find)
+
+    async def open_session(
+        self, request: Request, kind: str, check: Callable[[str], str | None]
+    ) -> Response:
+        """Sign a registrant (by code) or an operator (by key) in: the secret is POSTed,
+        checked in a worker thread (scrypt), and replaced by a session cookie."""
         form = await self.posted(request, attempt=True)
         if isinstance(form, Response):
             return form
-        code = form.get("code")
-        subject = None
-        if isinstance(code, str) and len(code) <= 64:
-            subject = await run_in_threadpool(self.registrants.find, code)
-        if subject is None:
-            errors = {"code": "This code is not valid. Check it and try again."}
-            return render(request, "manage.html", 403, errors=errors)
-        response = RedirectResponse(f"{PATH}/me", 303)
-        set_session(request, response, self.sessions.open("registrant", subject))
+        page = SIGN_IN[kind]
+        secret = form.get(page["field"])
+        who = None
+        if isinstance(secret, str) and len(secret) <= 128:
+            who = await run_in_threadpool(check, secret)
+        if who is None:
+            errors = {page["field"]: page["refusal"]}
+            return render(request, "sign_in.html", 403, errors=errors, page=page)
+        response = RedirectResponse(page["landing"], 303)
+        set_session(request, response, self.sessions.open(kind, who))
         return response
 
     def registrant(self, request: Request) -> str | None:
@@ -270,7 +300,9 @@ class Portal:
 
     def signed_out(self, request: Request) -> Response:
         text = "Your session ended. Enter your withdrawal code again."
-        return render(request, "manage.html", 401, errors={"code": text})
+        return render(
+            request, "sign_in.html", 401, errors={"code": text}, page=SIGN_IN["registrant"]
+        )
 
     async def me(
         self,
@@ -311,15 +343,23 @@ class Portal:
             errors=errors or {},
         )
 
-    async def opt_in(self, request: Request) -> Response:
+    async def registrant_post(self, request: Request) -> tuple[Any, str] | Response:
+        """A signed-in registrant's POST: its form and subject id, or the refusing page."""
         form = await self.posted(request)
         if isinstance(form, Response):
             return form
         subject = self.registrant(request)
         if subject is None or self.desk is None:
             return self.signed_out(request)
+        return form, subject
+
+    async def opt_in(self, request: Request) -> Response:
+        posted = await self.registrant_post(request)
+        if isinstance(posted, Response):
+            return posted
+        (form, subject), desk = posted, str(self.desk)
         errors: dict[str, str] = {}
-        held = (self.service.consents.get(self.desk, subject) or {"engines": {}})["engines"]
+        held = (self.service.consents.get(desk, subject) or {"engines": {}})["engines"]
         allowed = [
             n for n in self.offered() if held.get(n, {}).get("state") not in ("enrolled", "pending")
         ]
@@ -331,14 +371,12 @@ class Portal:
         return await self.me(request, notice="Your new opt-ins:", outcome=outcome)
 
     async def withdraw(self, request: Request) -> Response:
-        form = await self.posted(request)
-        if isinstance(form, Response):
-            return form
-        subject = self.registrant(request)
-        if subject is None or self.desk is None:
-            return self.signed_out(request)
+        posted = await self.registrant_post(request)
+        if isinstance(posted, Response):
+            return posted
+        (form, subject), desk = posted, str(self.desk)
         which = form.get("engine")
-        found = self.service.consents.get(self.desk, subject)
+        found = self.service.consents.get(desk, subject)
         if found is None or not isinstance(which, str):
             return await self.me(request, status=400, notice="Nothing to withdraw.")
         if which != "all" and which not in found["engines"]:
@@ -350,14 +388,14 @@ class Portal:
         except FripError as exc:
             text = f"The withdrawal is incomplete ({http_error(exc)[1]}); ask again."
             return await self.me(request, status=503, notice=text)
-        if which == "all" or self.service.consents.get(self.desk, subject) is None:
+        if which == "all" or self.service.consents.get(desk, subject) is None:
             await run_in_threadpool(self.registrants.delete, subject)
             self.sessions.close_all("registrant", subject)
             response = render(
                 request,
                 "message.html",
                 title="Withdrawn",
-                text=("You were erased from every service. Your withdrawal code no longer works."),
+                text="You were erased from every service. Your withdrawal code no longer works.",
             )
             set_session(request, response, None)
             return response
@@ -377,22 +415,10 @@ class Portal:
         return self.sessions.get(request.cookies.get(SESSION_COOKIE), "operator")
 
     async def console_login(self, request: Request) -> Response:
-        return render(request, "console_login.html", errors={})
+        return render(request, "sign_in.html", errors={}, page=SIGN_IN["operator"])
 
     async def console_sign_in(self, request: Request) -> Response:
-        form = await self.posted(request, attempt=True)
-        if isinstance(form, Response):
-            return form
-        key = form.get("key")
-        name = None
-        if isinstance(key, str) and len(key) <= 128:
-            name = await run_in_threadpool(self.operators.check, key)
-        if name is None:
-            errors = {"key": "This is not an operator key."}
-            return render(request, "console_login.html", 403, errors=errors)
-        response = RedirectResponse(f"{PATH}/console", 303)
-        set_session(request, response, self.sessions.open("operator", name))
-        return response
+        return await self.open_session(request, "operator", self.operators.check)
 
     async def console(self, request: Request) -> Response:
         from frip_engine.engine import list_engines
