@@ -4,6 +4,7 @@ and a registration, opt-in and withdrawal through the linkage operations."""
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from collections.abc import Callable, Iterator
@@ -107,7 +108,10 @@ def test_uploads_stay_in_memory_and_bad_photos_are_named_next_to_the_field(
     assert 'id="consent-error"' not in page.text
 
 
-def test_register_opt_in_and_withdraw_through_the_linkage(portal: Any, lfw: Path) -> None:
+def test_register_opt_in_and_withdraw_through_the_linkage(
+    portal: Any, lfw: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     photo = (lfw / "Adam_Sandler" / "Adam_Sandler_0001.jpg").read_bytes()
     token = csrf_of(portal.get("/portal/").text)
     files = [("photo", ("me.jpg", photo, "image/jpeg"))]
@@ -129,6 +133,7 @@ def test_register_opt_in_and_withdraw_through_the_linkage(portal: Any, lfw: Path
     assert "no longer works" in every.text
     again = portal.post("/portal/manage", data={"code": code, "csrf": token})
     assert again.status_code == 403  # the code died with the registration
+    assert caplog.records and code not in caplog.text and code.replace("-", "") not in caplog.text
 
 
 def test_console_takes_an_operator_key_only(portal: Any) -> None:

@@ -185,8 +185,6 @@ class Portal:
                 result = await enrol_linked(self.service, ctx, subject, pixels, remaining, extend)
             except LinkageError as exc:
                 result = {"enrolled": {}, "codes": exc.codes}
-            finally:
-                pixels.fill(0)
             extend = extend or bool(result["enrolled"])
             for name in remaining:
                 if name in result["enrolled"]:
@@ -236,6 +234,22 @@ class Portal:
         names = self.chosen(form, offered, errors)
         values = read_attributes(form, errors)
         photos = await self.decode(await photos_of(form), errors)
+        try:
+            return await self.registered(request, form, offered, names, values, photos, errors)
+        finally:
+            wipe(photos)
+
+    async def registered(
+        self,
+        request: Request,
+        form: Any,
+        offered: list[str],
+        names: list[str],
+        values: dict[str, Any],
+        photos: list[np.ndarray],
+        errors: dict[str, str],
+    ) -> Response:
+        """The registration's result page, or the form again with its errors."""
         if errors or self.desk is None:
             if self.desk is None:
                 errors["engine"] = (
@@ -365,9 +379,12 @@ class Portal:
         ]
         names = self.chosen(form, allowed, errors)
         photos = await self.decode(await photos_of(form), errors)
-        if errors:
-            return await self.me(request, status=400, errors=errors)
-        outcome = await self.enrol(subject, photos, names, extend=True)
+        try:
+            if errors:
+                return await self.me(request, status=400, errors=errors)
+            outcome = await self.enrol(subject, photos, names, extend=True)
+        finally:
+            wipe(photos)
         return await self.me(request, notice="Your new opt-ins:", outcome=outcome)
 
     async def withdraw(self, request: Request) -> Response:
@@ -452,6 +469,13 @@ class Portal:
         if self.operator(request) is None or name not in plots():
             return render(request, "message.html", 404, title="Not found", text="No such plot.")
         return FileResponse(PLOTS / name, media_type="image/png")
+
+
+def wipe(photos: list[np.ndarray]) -> None:
+    """Overwrite decoded photos with zeros once used (a copy left to the garbage
+    collector could outlive the request in memory)."""
+    for pixels in photos:
+        pixels.fill(0)
 
 
 def plain(exc: FripError) -> str:
