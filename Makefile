@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.frip-installed
 
-.PHONY: demo test lint softhsm clean
+.PHONY: demo test lint softhsm browser clean
 
 $(STAMP): pyproject.toml adapters/frip-adapter-acme/pyproject.toml Makefile scripts/build_pyfhel_wheel.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "frip-engine needs Python 3.11")'
@@ -37,7 +37,16 @@ softhsm:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2; \
 	  else echo "softhsm2 is missing and this is not root: PKCS#11 tests will be skipped"; fi; }
 
-test: lint softhsm
+# The portal's browser tests drive Debian's headless Chromium through Playwright (never a
+# downloaded browser): installed here when missing and run as root; otherwise skipped.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver; \
+	  else echo "chromium is missing and this is not root: browser tests will be skipped"; fi; }
+
+test: lint softhsm browser
 	$(BIN)/python -m pytest
 
 clean:

@@ -53,6 +53,11 @@ class EngineClosedError(InputError):
     block): open the engine again to use it."""
 
 
+class SeveralFacesError(InputError):
+    """An image holds several faces where exactly one is required (an extractor whose
+    face selection policy is ``single``)."""
+
+
 class NotFoundError(FripError):
     """An engine or another named thing does not exist."""
 

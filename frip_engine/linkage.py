@@ -48,6 +48,7 @@ class LinkedEnrolment:
     subject_id: str
     enrolled: dict[str, str] = field(default_factory=dict)  # engine -> extractor
     failed: dict[str, str] = field(default_factory=dict)  # engine -> reason
+    causes: dict[str, type[FripError]] = field(default_factory=dict)  # engine -> error class
     notes: dict[str, list[str]] = field(default_factory=dict)  # engine -> extractor notes
     extractions: int = 0  # how many times a model ran (once per distinct extractor setup)
 
@@ -95,6 +96,7 @@ def enrol_everywhere(
         except FripError as exc:
             for engine in members:
                 result.failed[engine.name] = f"{extractor.name}: {exc}"
+                result.causes[engine.name] = type(exc)
             continue
         result.extractions += 1
         held = [np.asarray(extraction.embedding)]
@@ -111,6 +113,7 @@ def enrol_everywhere(
                     run(engine, partial(engine.enrol, item))
                 except FripError as exc:
                     result.failed[engine.name] = str(exc)
+                    result.causes[engine.name] = type(exc)
                     continue
                 result.enrolled[engine.name] = str(extractor.name)
                 if extraction.notes:

@@ -28,6 +28,7 @@ vendors_app = typer.Typer(
     no_args_is_help=True,
 )
 audit_app = typer.Typer(help="The linkage service's audit log.", no_args_is_help=True)
+portal_app = typer.Typer(help="The registration portal's operator console.", no_args_is_help=True)
 
 HomeOpt = Annotated[
     Path | None,
@@ -106,6 +107,13 @@ def serve(
             "to an idle engine never waits)."
         ),
     ] = 2.0,
+    portal_desk: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve the registration portal (/portal) as this registration-desk vendor: "
+            "people enrol into the engines linked to it (frip vendors link)."
+        ),
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Run the linkage service: HTTP(S) API over the engines in the home folder."""
@@ -133,6 +141,7 @@ def serve(
         access_log=access_log,
         batch_max=batch_max,
         batch_wait_ms=batch_wait_ms,
+        portal_desk=portal_desk,
     )
     config.check()
     tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
@@ -288,6 +297,19 @@ def vendors_revoke(key_id: str, home: HomeOpt = None) -> None:
     out.print(f"revoked key {key_id} of vendor {vendor}")
 
 
+@portal_app.command("operator-key")
+def portal_operator_key(name: str, home: HomeOpt = None) -> None:
+    """A key for the portal's operator console (/portal/console); prints it once."""
+    from frip_engine.service.db import Database
+    from frip_engine.service.portal.credentials import Operators
+
+    root = _home(home)
+    key = Operators(Database(root / "service.sqlite")).create(name)
+    _admin_event(root, "operator_create", operator=name)
+    out.print("operator key (shown once, store it now):")
+    typer.echo(key)
+
+
 @audit_app.command("verify")
 def audit_verify(home: HomeOpt = None) -> None:
     """Recompute the audit log's hash chain; exit 6 naming the first broken row."""
@@ -306,3 +328,4 @@ def add_serve_commands(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.add_typer(vendors_app, name="vendors")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(portal_app, name="portal")

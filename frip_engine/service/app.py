@@ -42,6 +42,7 @@ from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from frip_engine.errors import FripError
+from frip_engine.service import portal
 from frip_engine.service.audit import Event, suppressed
 from frip_engine.service.errors import http_error
 from frip_engine.service.pool import EnginePool
@@ -268,7 +269,7 @@ def create_app(config: ServiceConfig) -> Starlette:
         finally:
             service.close()
 
-    routes = _routes(service)
+    routes = [*_routes(service), portal.mount(service)]  # + the registration portal
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

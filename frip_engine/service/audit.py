@@ -149,9 +149,11 @@ class AuditLog:
         engine: str | None = None,
         after: int = 0,
         limit: int = 100,
+        subject_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Events on the vendor's own engines, and the vendor's own events anywhere (its
-        linkage into engines it does not own), oldest first."""
+        linkage into engines it does not own), oldest first; only those of one subject
+        when ``subject_id`` is given."""
         names = sorted(owned)
         marks = ",".join("?" * len(names))
         where = f"seq > ? AND (engine IN ({marks}) OR actor = ?)"
@@ -159,6 +161,9 @@ class AuditLog:
         if engine is not None:
             where += " AND engine = ?"
             args.append(engine)
+        if subject_id is not None:
+            where += " AND subject_id = ?"
+            args.append(subject_id)
         rows = self.db.query(
             f"SELECT * FROM audit WHERE {where} ORDER BY seq LIMIT ?", (*args, limit)
         )
@@ -166,6 +171,11 @@ class AuditLog:
             {**{f: r[f] for f in FIELDS}, "outcome": json.loads(r["outcome"]), "hash": r["hash"]}
             for r in rows
         ]
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest ``limit`` events of every actor, newest first (the operator's view)."""
+        rows = self.db.query("SELECT * FROM audit ORDER BY seq DESC LIMIT ?", (limit,))
+        return [{**{f: r[f] for f in FIELDS}, "outcome": json.loads(r["outcome"])} for r in rows]
 
     def verify(self) -> int:
         """Recompute the chain from the first row; return the row count or name the break."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from frip_engine.errors import DuplicateSubjectError
+from frip_engine.errors import DuplicateSubjectError, UnknownSubjectError
 from frip_engine.service.db import Database, now_iso
 
 if TYPE_CHECKING:
@@ -45,21 +45,37 @@ class Consents:
         request_id: str | None,
         pending: dict[str, str],
         refused: dict[str, tuple[str, str]],
+        extend: bool = False,
     ) -> None:
-        """Record the opt-in: ``pending`` engine -> engine id, ``refused`` -> (id, reason)."""
+        """Record the opt-in: ``pending`` engine -> engine id, ``refused`` -> (id, reason).
+        ``extend`` adds engines to an existing consent (UnknownSubjectError without one;
+        DuplicateSubjectError for an engine it holds already; a failed or removed row of
+        an engine is replaced)."""
         with self.db.transaction() as tx:
             found = tx.execute(
                 "SELECT 1 FROM consents WHERE vendor = ? AND subject_id = ?", (vendor, subject_id)
             ).fetchone()
-            if found:
+            if found and not extend:
                 raise DuplicateSubjectError(f"subject '{subject_id}' already has a linkage")
-            tx.execute(
-                "INSERT INTO consents VALUES (?, ?, 'active', ?, ?)",
-                (vendor, subject_id, now_iso(), request_id),
-            )
+            if extend and not found:
+                raise UnknownSubjectError(f"no linkage for subject '{subject_id}'")
+            if extend:
+                held = tx.execute(
+                    "SELECT engine FROM consent_engines WHERE vendor = ? AND subject_id = ? "
+                    "AND state IN ('enrolled', 'pending')",
+                    (vendor, subject_id),
+                ).fetchall()
+                twice = sorted({r["engine"] for r in held} & {*pending, *refused})
+                if twice:
+                    raise DuplicateSubjectError(f"the linkage holds engine(s) {twice} already")
+            else:
+                tx.execute(
+                    "INSERT INTO consents VALUES (?, ?, 'active', ?, ?)",
+                    (vendor, subject_id, now_iso(), request_id),
+                )
             rows = [(vendor, subject_id, e, i, "pending", "") for e, i in pending.items()]
             rows += [(vendor, subject_id, e, i, "failed", why) for e, (i, why) in refused.items()]
-            tx.executemany("INSERT INTO consent_engines VALUES (?, ?, ?, ?, ?, ?)", rows)
+            tx.executemany("INSERT OR REPLACE INTO consent_engines VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def settle(self, vendor: str, subject_id: str, engine: str, state: str, detail: str) -> None:
         with self.db.transaction() as tx:
@@ -112,6 +128,26 @@ class Consents:
                 "WHERE engine_id = ? AND subject_id = ? AND state IN ('enrolled', 'pending')",
                 (engine.profile.engine_id, subject_id),
             )
+
+    def drop(self, vendor: str, subject_id: str, engines: list[str]) -> bool:
+        """Forget ``engines`` of a consent (the subject was erased there); the consent
+        itself goes once it holds no engine. Returns whether it still exists."""
+        with self.db.transaction() as tx:
+            tx.executemany(
+                "DELETE FROM consent_engines WHERE vendor = ? AND subject_id = ? AND engine = ?",
+                [(vendor, subject_id, e) for e in engines],
+            )
+            held = tx.execute(
+                "SELECT 1 FROM consent_engines WHERE vendor = ? AND subject_id = ? "
+                "AND state IN ('enrolled', 'pending')",
+                (vendor, subject_id),
+            ).fetchone()
+            if held is None:
+                tx.execute(
+                    "DELETE FROM consents WHERE vendor = ? AND subject_id = ?",
+                    (vendor, subject_id),
+                )
+            return held is not None
 
     def delete(self, vendor: str, subject_id: str) -> None:
         with self.db.transaction() as tx:

@@ -99,10 +99,21 @@ class ImageDecoder:
         """Base64 image text to upright 8-bit BGR pixels (H, W, 3), decoded off the loop.
 
         Raises Base64Error (400) or ImageError (422)."""
+        loop = asyncio.get_running_loop()
+        data, needed = await loop.run_in_executor(self._pool, self._decode, value, field)
+        return await self._load(data, needed)
+
+    async def decode_bytes(self, data: bytes, field: str) -> np.ndarray:
+        """An image file's bytes (a form upload) to pixels, as :meth:`decode`. Raises
+        ImageError (422)."""
+        loop = asyncio.get_running_loop()
+        needed = await loop.run_in_executor(self._pool, self.inspect, data, field)
+        return await self._load(data, needed)
+
+    async def _load(self, data: bytes, needed: int) -> np.ndarray:
         from frip_engine.images import load_image
 
         loop = asyncio.get_running_loop()
-        data, needed = await loop.run_in_executor(self._pool, self._decode, value, field)
         if needed <= self.heavy_bytes:
             return await loop.run_in_executor(self._pool, load_image, data)
         async with self._heavy:

@@ -23,6 +23,7 @@ from frip_engine.errors import (
     ProbeError,
     ProfileError,
     SecurityError,
+    SeveralFacesError,
     StoreError,
     SubjectError,
     UnknownSubjectError,
@@ -30,7 +31,12 @@ from frip_engine.errors import (
 
 
 class LinkageError(InputError):
-    """An opt-in linkage enrolled the subject into none of the engines asked for."""
+    """An opt-in linkage enrolled the subject into none of the engines asked for;
+    ``codes`` maps each engine to the stable code of why not (``HTTP_ERRORS``)."""
+
+    def __init__(self, message: str, codes: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.codes = dict(codes or {})
 
 
 class RequestError(InputError):
@@ -97,6 +103,7 @@ HTTP_ERRORS: dict[type[FripError], tuple[int, str]] = {
     InputError: (400, "invalid_input"),
     ImageError: (422, "bad_image"),
     NoFaceError: (422, "no_face"),
+    SeveralFacesError: (422, "several_faces"),
     EmbeddingError: (422, "bad_embedding"),
     SubjectError: (400, "bad_subject"),
     ProbeError: (400, "bad_request"),  # not exactly one of 'image', 'embedding', 'template'
@@ -127,9 +134,10 @@ HTTP_ERRORS: dict[type[FripError], tuple[int, str]] = {
 }
 
 
-def http_error(exc: FripError) -> tuple[int, str]:
-    """The HTTP status and stable code of an error: its own entry or its nearest base's."""
-    for cls in type(exc).__mro__:
+def http_error(exc: FripError | type[FripError]) -> tuple[int, str]:
+    """The HTTP status and stable code of an error (or error class): its own entry or its
+    nearest base's."""
+    for cls in (exc if isinstance(exc, type) else type(exc)).__mro__:
         if cls in HTTP_ERRORS:
             return HTTP_ERRORS[cls]
     return HTTP_ERRORS[FripError]

@@ -247,8 +247,8 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "identify": DECISION,
     "verify": DECISION,
     "linkage_create": _open(
-        {"subject_id": SUBJECT, "enrolled": BY_ENGINE, "failed": BY_ENGINE},
-        ["subject_id", "enrolled", "failed"],
+        {"subject_id": SUBJECT, "enrolled": BY_ENGINE, "failed": BY_ENGINE, "codes": BY_ENGINE},
+        ["subject_id", "enrolled", "failed", "codes"],
     ),
     "linkage_show": _open(
         {

@@ -51,6 +51,7 @@ class ServiceConfig:
     # options scored in one pass, enrolments committed in one transaction (1: no batching)
     batch_max: int = 32
     batch_wait_ms: float = 2.0  # longest wait for a batch to fill, once requests queue
+    portal_desk: str | None = None  # the vendor the registration portal links as (None: off)
 
     def check(self) -> None:
         """Raise InputError unless the batching limits make sense."""

@@ -222,6 +222,10 @@ class Vendors:
             )
         return result
 
+    def names(self) -> set[str]:
+        """Every vendor's name."""
+        return {str(r["name"]) for r in self.db.query("SELECT name FROM vendors")}
+
     # ------------------------------------------------------------------ requests (service)
     def authenticate(self, authorization: str | None) -> Caller:
         """The caller behind an ``Authorization: Bearer <key>`` header, or an AuthError."""
@@ -241,7 +245,11 @@ class Vendors:
             raise InvalidKeyError("the API key is not valid")
         if rows[0]["revoked_at"] is not None:
             raise RevokedKeyError("the API key was revoked")
-        vendor = str(rows[0]["vendor"])
+        return self.caller(str(rows[0]["vendor"]), key_id)
+
+    def caller(self, vendor: str, key_id: str) -> Caller:
+        """A vendor's rights as a Caller acting under ``key_id`` (a key's id, or the name
+        of an in-process client such as the registration portal, for the audit log)."""
         scope = self.db.query(  # owned engines and linkage grants in one read
             "SELECT engine, 1 AS owned FROM vendor_engines WHERE vendor = ? "
             "UNION ALL SELECT engine, 0 FROM linkage_grants WHERE linker = ?",

@@ -23,7 +23,7 @@ from frip_engine.errors import (
     StoreError,
     UnknownSubjectError,
 )
-from frip_engine.service.errors import ForbiddenError, LinkageError, RequestError
+from frip_engine.service.errors import ForbiddenError, LinkageError, RequestError, http_error
 from frip_engine.service.pool import EngineSlot
 from frip_engine.service.requests import (
     allow_only,
@@ -60,14 +60,26 @@ async def linkage_create(service: Service, request: Request) -> Response:
     pixels = await service.decoder.decode(body.get("image"), "image")
     if service.consents.get(ctx.caller.vendor, subject) is not None:
         raise DuplicateSubjectError(f"subject '{subject}' already has a linkage")
+    return JSONResponse(await enrol_linked(service, ctx, subject, pixels, names), 201)
+
+
+async def enrol_linked(
+    service: Service,
+    ctx: Context,
+    subject: str,
+    pixels: np.ndarray,
+    names: list[str],
+    extend: bool = False,
+) -> dict[str, Any]:
+    """:func:`link` into the engines ``names`` (each opened, with its vendor's adapter),
+    run off the event loop; the caller has checked its linkage rights to them."""
     slots = {name: await service.engines().get(name) for name in names}
     adapters = {
         name: plugins.create("adapter", adapter)
         for name in names
         if (adapter := service.vendors.adapter_of(name)) is not None
     }
-    result = await run_in_threadpool(link, service, ctx, subject, pixels, slots, adapters)
-    return JSONResponse(result, 201)
+    return await run_in_threadpool(link, service, ctx, subject, pixels, slots, adapters, extend)
 
 
 def link(
@@ -77,8 +89,12 @@ def link(
     pixels: np.ndarray,
     slots: dict[str, EngineSlot],
     adapters: dict[str, Any],
+    extend: bool = False,
 ) -> dict[str, Any]:
-    """Record the consent, enrol everywhere, settle and audit each engine (worker thread)."""
+    """Record the consent (or, ``extend``, add engines to it), enrol everywhere, settle and
+    audit each engine (worker thread). The result's ``codes`` map each failed engine to
+    the stable code of why (``HTTP_ERRORS``); LinkageError carries them when enrolled
+    nowhere (a new consent is then dropped, an extended one kept as it was)."""
     from frip_engine.linkage import enrol_everywhere
 
     vendor = ctx.caller.vendor
@@ -87,9 +103,11 @@ def link(
         for name, slot in slots.items()
     }
     ids = {name: slot.engine.profile.engine_id for name, slot in slots.items()}
-    refused = {n: (ids[n], taken(slots[n], pixels)) for n, p in present.items() if p}
+    why_taken = {n: taken(slots[n], pixels) for n, p in present.items() if p}
+    refused = {n: (ids[n], why) for n, (why, _) in why_taken.items()}
+    codes = {n: code for n, (_, code) in why_taken.items()}
     pending = {n: ids[n] for n, p in present.items() if not p}
-    service.consents.open(vendor, subject, ctx.request_id, pending, refused)
+    service.consents.open(vendor, subject, ctx.request_id, pending, refused, extend)
     intents = {
         n: service.audit.intend(event(ctx, "linkage_enrol", n, subject), engine_id)
         for n, engine_id in pending.items()
@@ -105,6 +123,7 @@ def link(
             call=lambda engine, work: slots[engine.name].call(work),
         )
         enrolled, failed = result.enrolled, {**failed, **result.failed}
+        codes |= {n: http_error(cause)[1] for n, cause in result.causes.items()}
     for name in slots:
         state = "enrolled" if name in enrolled else "failed"
         detail = enrolled.get(name) or failed.get(name, "")
@@ -118,22 +137,25 @@ def link(
         else:
             service.audit.append(done)
     if not enrolled:
-        service.consents.delete(vendor, subject)
-        raise LinkageError(f"'{subject}' was enrolled nowhere: {json.dumps(failed)}")
-    return {"subject_id": subject, "enrolled": enrolled, "failed": failed}
+        if not extend:
+            service.consents.delete(vendor, subject)
+        message = f"'{subject}' was enrolled nowhere: {json.dumps(failed)}"
+        raise LinkageError(message, codes)
+    return {"subject_id": subject, "enrolled": enrolled, "failed": failed, "codes": codes}
 
 
-def taken(slot: EngineSlot, pixels: np.ndarray) -> str:
-    """Why linkage does not enrol into an engine already holding the subject id, worded as
-    it would be for an absent id where the image fails too: the linker may not read that
-    engine, so a face-less or unusable image must not tell it who is enrolled there."""
+def taken(slot: EngineSlot, pixels: np.ndarray) -> tuple[str, str]:
+    """Why linkage does not enrol into an engine already holding the subject id, and its
+    code, worded as they would be for an absent id where the image fails too: the linker
+    may not read that engine, so a face-less or unusable image must not tell it who is
+    enrolled there."""
     extractor = slot.engine.parts.extractor
     try:
         found = slot.call(partial(extractor.extract, pixels))
     except FripError as exc:
-        return f"{extractor.name}: {exc}"
+        return f"{extractor.name}: {exc}", http_error(exc)[1]
     np.asarray(found.embedding).fill(0.0)
-    return "already enrolled in this engine"
+    return "already enrolled in this engine", "subject_exists"
 
 
 async def consent(service: Service, request: Request) -> tuple[Context, str, dict[str, Any]]:
@@ -154,24 +176,42 @@ async def linkage_show(service: Service, request: Request) -> Response:
 
 async def linkage_revoke(service: Service, request: Request) -> Response:
     ctx, subject, found = await consent(service, request)
-    service.consents.mark_revoking(ctx.caller.vendor, subject)
+    return JSONResponse(await revoke(service, ctx, subject, found))
+
+
+async def revoke(
+    service: Service,
+    ctx: Context,
+    subject: str,
+    found: dict[str, Any],
+    only: set[str] | None = None,
+) -> dict[str, Any]:
+    """Erase the subject of the consent ``found`` from all its engines (the consent is
+    revoked), or from the engines ``only`` (they leave the consent), off the event loop."""
+    if only is None:
+        service.consents.mark_revoking(ctx.caller.vendor, subject)
     slots: dict[str, EngineSlot] = {}
     gone: list[str] = []
     for name, row in found["engines"].items():
-        if row["state"] == "failed":
-            continue  # never enrolled there
+        if row["state"] == "failed" or (only is not None and name not in only):
+            continue  # never enrolled there, or staying
         try:
             slots[name] = await service.engines().get(name)
         except NotFoundError:
             gone.append(name)  # the engine itself was deleted: nothing left to erase
-    result = await run_in_threadpool(unlink, service, ctx, subject, slots)
-    return JSONResponse({**result, "absent": sorted(result["absent"] + gone)})
+    result = await run_in_threadpool(unlink, service, ctx, subject, slots, only is None)
+    return {**result, "absent": sorted(result["absent"] + gone)}
 
 
 def unlink(
-    service: Service, ctx: Context, subject: str, slots: dict[str, EngineSlot]
+    service: Service,
+    ctx: Context,
+    subject: str,
+    slots: dict[str, EngineSlot],
+    whole: bool = True,
 ) -> dict[str, Any]:
-    """Erase the subject from every linked engine; drop the consent once all succeeded."""
+    """Erase the subject from every engine of ``slots``; once all succeeded, drop the
+    consent (``whole``) or only those engines from it (the consent goes with its last)."""
     from frip_engine.linkage import remove_everywhere
 
     def call(engine: Engine, work: Callable[[], Any]) -> Any:
@@ -192,5 +232,8 @@ def unlink(
     result = remove_everywhere([s.engine for s in slots.values()], subject, call=call)
     if result.failed:  # each failure is in the audit log (state "failed", with its code)
         raise StoreError(f"revocation incomplete, ask again: {json.dumps(result.failed)}")
-    service.consents.delete(ctx.caller.vendor, subject)
+    if whole:
+        service.consents.delete(ctx.caller.vendor, subject)
+    else:
+        service.consents.drop(ctx.caller.vendor, subject, list(slots))
     return {"subject_id": subject, "removed": result.removed, "absent": result.absent}

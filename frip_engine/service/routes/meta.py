@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -11,8 +13,13 @@ from frip_engine.service.state import Service
 
 
 async def health(service: Service, request: Request) -> Response:
+    return JSONResponse(health_of(service))
+
+
+def health_of(service: Service) -> dict[str, Any]:
+    """Liveness: status, version and how many engines are open."""
     engines = len(service.pool) if service.pool is not None else 0
-    return JSONResponse({"status": "ok", "version": __version__, "engines_open": engines})
+    return {"status": "ok", "version": __version__, "engines_open": engines}
 
 
 async def metrics(service: Service, request: Request) -> Response:

@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 
 from frip_engine.contracts import Extraction, ModelFile
-from frip_engine.errors import FripError, InputError, NoFaceError, PluginError, ProfileError
+from frip_engine.errors import (
+    FripError,
+    InputError,
+    NoFaceError,
+    PluginError,
+    ProfileError,
+    SeveralFacesError,
+)
 
 SELECTION_POLICIES = {
     "largest": "the largest box",
@@ -213,7 +220,7 @@ def select_face(
     if len(faces) == 1:
         return faces[0], []
     if policy == "single":
-        raise InputError(
+        raise SeveralFacesError(
             f"{len(faces)} faces found and the extractor's policy is select = 'single': "
             "give an image with one face, or use select = 'largest', 'central' or 'insightface'"
         )

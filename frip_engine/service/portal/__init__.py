@@ -1,0 +1,42 @@
+"""The registration portal (``/portal``): people register their face once, opt into the
+engines linked to the portal's registration desk, and withdraw with a code; operators
+watch the engines from a console. Server-rendered pages (Jinja2), a little local
+JavaScript for photo previews, everything served from here.
+
+``mount(service)`` is the one route ``service.app`` adds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from frip_engine.service.portal.pages import Portal
+from frip_engine.service.portal.web import PATH, SecurityHeaders
+from frip_engine.service.state import Service
+
+__all__ = ["mount"]
+
+
+def mount(service: Service) -> Mount:
+    """The portal's routes under /portal, each response with the portal's security headers."""
+    portal = Portal(service)
+    routes = [
+        Route("/", portal.home, methods=["GET"]),
+        Route("/register", portal.register, methods=["POST"]),
+        Route("/manage", portal.manage, methods=["GET"]),
+        Route("/manage", portal.sign_in, methods=["POST"]),
+        Route("/me", portal.me, methods=["GET"]),
+        Route("/opt-in", portal.opt_in, methods=["POST"]),
+        Route("/withdraw", portal.withdraw, methods=["POST"]),
+        Route("/sign-out", portal.sign_out, methods=["POST"]),
+        Route("/console", portal.console, methods=["GET"]),
+        Route("/console/login", portal.console_login, methods=["GET"]),
+        Route("/console/login", portal.console_sign_in, methods=["POST"]),
+        Route("/console/plots/{name}", portal.plot, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
+    ]
+    return Mount(PATH, routes=routes, middleware=[Middleware(SecurityHeaders)])

@@ -1,0 +1,168 @@
+"""What every portal page shares: security headers, CSRF tokens, in-memory form parsing,
+per-address rate limits, and rendering.
+
+- Content-Security-Policy: ``default-src 'none'``; scripts, styles, images and forms
+  from the portal itself only (images also from ``blob:``, the photo previews); nothing
+  may frame a page. No third-party script, font or stylesheet exists to allow.
+- CSRF: double-submit. Every page sets a random ``frip_csrf`` cookie (HttpOnly,
+  SameSite=Strict, path /portal) and puts the same value in each form; a POST whose field
+  differs from its cookie is refused (403) before anything else is read.
+- Uploads are parsed in memory: the body is read whole under a size cap, and the parser's
+  spooled files may hold that whole body before they would roll over to a temporary
+  file, so a photo is never written to disk.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from frip_engine.service.errors import RequestError
+from frip_engine.service.limits import read_limited
+
+CSRF_COOKIE = "frip_csrf"
+SESSION_COOKIE = "frip_session"
+PATH = "/portal"
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cross-origin-opener-policy": "same-origin",
+    "permissions-policy": "camera=(self), microphone=(), geolocation=()",
+}
+MAX_PHOTOS = 3
+MAX_FORM_BYTES = 24 * 1024 * 1024  # a form with three phone-camera photos
+TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(default=True),
+)
+# what a registrant reads for the audit log's actions on their registration
+TEMPLATES.filters["deed"] = lambda action: {
+    "linkage_enrol": "registered",
+    "linkage_revoke": "withdrawn",
+}.get(action, action)
+# an audit time (ISO 8601, UTC) to the minute: "2026-11-30 17:05 UTC"
+TEMPLATES.filters["when"] = lambda at: f"{at[:10]} {at[11:16]} UTC" if at else ""
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: the headers above on every portal response, and no caching
+    of pages (a code or a key must not linger in a browser's cache)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k.encode(), v.encode()) for k, v in HEADERS.items()]
+                if not scope["path"].startswith(f"{PATH}/static/"):
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = list(message.get("headers", [])) + headers
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+def csrf_token(request: Request) -> str:
+    """The client's CSRF token (its cookie's, or a new one :func:`render` will set)."""
+    token = request.cookies.get(CSRF_COOKIE, "")
+    if len(token) != 43:
+        token = getattr(request.state, "new_csrf", None) or secrets.token_urlsafe(32)
+        request.state.new_csrf = token
+    return token
+
+
+def check_csrf(request: Request, form: FormData) -> bool:
+    """Whether the form's ``csrf`` field equals the client's CSRF cookie."""
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    sent = form.get("csrf")
+    return (
+        isinstance(sent, str)
+        and len(cookie) == 43
+        and hmac.compare_digest(sent.encode(), cookie.encode())
+    )
+
+
+class InMemoryParser(MultiPartParser):
+    """Starlette's multipart parser whose spooled files never roll over to disk: the
+    body it parses is capped below ``spool_max_size``."""
+
+    spool_max_size = 64 * 1024 * 1024
+
+
+async def read_form(request: Request, limit: int) -> FormData:
+    """The request's form (urlencoded or multipart, at most MAX_PHOTOS files), parsed in
+    memory from a body of at most ``limit`` bytes. Raises PayloadTooLargeError (413),
+    RequestError (400) for a malformed body."""
+    assert limit < InMemoryParser.spool_max_size
+    body = await read_limited(request.stream(), request.headers.get("content-length"), limit)
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if media == "multipart/form-data":
+            parser = InMemoryParser(request.headers, stream(), max_files=MAX_PHOTOS, max_fields=50)
+            return await parser.parse()
+        if media == "application/x-www-form-urlencoded":
+            return await FormParser(request.headers, stream()).parse()
+    except MultiPartException as exc:
+        raise RequestError(f"the form could not be read: {exc.message}") from None
+    raise RequestError("send the page's form")
+
+
+async def photos_of(form: FormData, field: str = "photo") -> list[bytes]:
+    """The bytes of the form's chosen files (empty file inputs are skipped), closed after."""
+    found = []
+    for value in form.getlist(field):
+        if isinstance(value, UploadFile):
+            data = await value.read()
+            await value.close()
+            if value.filename or data:
+                found.append(data)
+    return found
+
+
+def render(request: Request, template: str, status: int = 200, **values: Any) -> Response:
+    """A page from ``templates/``, with the CSRF token its forms carry (and its cookie)."""
+    token = csrf_token(request)
+    html = TEMPLATES.get_template(template).render(csrf=token, base=PATH, **values)
+    response = HTMLResponse(html, status)
+    if getattr(request.state, "new_csrf", None) == token:
+        secure = request.url.scheme == "https"
+        response.set_cookie(
+            CSRF_COOKIE, token, path=PATH, httponly=True, samesite="strict", secure=secure
+        )
+    return response
+
+
+def set_session(request: Request, response: Response, token: str | None) -> None:
+    """Set (or, with None, clear) the session cookie on a response."""
+    if token is None:
+        response.delete_cookie(SESSION_COOKIE, path=PATH)
+        return
+    secure = request.url.scheme == "https"
+    response.set_cookie(
+        SESSION_COOKIE, token, path=PATH, httponly=True, samesite="strict", secure=secure
+    )
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "?"

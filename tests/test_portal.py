@@ -1,0 +1,184 @@
+"""The registration portal without a browser (Starlette's TestClient): security headers,
+CSRF, rate limits on codes, uploads kept in memory, withdrawal codes and operator keys,
+and a registration, opt-in and withdrawal through the linkage operations."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from frip_engine.engine import Engine
+from frip_engine.service.db import Database
+from frip_engine.service.portal.credentials import Operators, Registrants, normalise_code
+from frip_engine.service.portal.web import CSP
+from frip_engine.service.vendors import Vendors
+
+starlette_testclient = pytest.importorskip("starlette.testclient")
+pytest.importorskip("jinja2")
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, "the page has no CSRF field"
+    return found[1]
+
+
+@pytest.fixture(name="portal")
+def portal_fixture(make_engine: Callable[..., Engine], home: Path) -> Iterator[Any]:
+    """Engines doors and lobby (plaintext reference, one face per photo) linked to the
+    portal's desk 'desk'; a vendor key and an operator key."""
+    from frip_engine.service.app import ServiceConfig, create_app
+
+    for name in ("doors", "lobby"):
+        make_engine(
+            name,
+            engine={"name": name, "insecure": True},
+            he={"plugin": "plaintext"},
+            extractor={"plugin": "arcface", "select": "single"},
+        )
+    vendors = Vendors(Database(home / "service.sqlite"))
+    vendor_key = vendors.create("acme", ["doors", "lobby"])
+    vendors.create("desk", [])
+    vendors.link("desk", ["doors", "lobby"])
+    operator_key = Operators(Database(home / "service.sqlite")).create("ops")
+    config = ServiceConfig(home, rate=0, portal_desk="desk")
+    with starlette_testclient.TestClient(create_app(config)) as client:
+        client.keys = {"vendor": vendor_key, "operator": operator_key}
+        yield client
+
+
+def test_pages_carry_a_strict_csp_and_no_inline_script(portal: Any) -> None:
+    page = portal.get("/portal/")
+    assert page.status_code == 200
+    assert page.headers["content-security-policy"] == CSP
+    assert "script-src 'self'" in CSP and "unsafe-inline" not in CSP
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["cache-control"] == "no-store"
+    scripts = re.findall(r"<script([^>]*)>", page.text)
+    assert scripts and all('src="/portal/static/' in s for s in scripts)  # no inline code
+    assert "http://" not in page.text and "https://" not in page.text  # nothing third-party
+    assert 'capture="user"' in page.text and 'accept="image/*"' in page.text
+    cookie = page.headers["set-cookie"]
+    assert "frip_csrf=" in cookie and "httponly" in cookie.lower() and "strict" in cookie.lower()
+    assert portal.get("/portal/static/portal.js").status_code == 200
+
+
+def test_every_form_needs_its_csrf_token(portal: Any) -> None:
+    portal.get("/portal/")
+    for path in ("/portal/register", "/portal/manage", "/portal/console/login"):
+        refused = portal.post(path, data={"code": "x", "key": "x", "csrf": "forged"})
+        assert refused.status_code == 403 and "expired or came from another site" in refused.text
+    token = csrf_of(portal.get("/portal/manage").text)
+    portal.cookies.clear()  # a cross-site post carries no cookie of ours
+    assert portal.post("/portal/manage", data={"code": "x", "csrf": token}).status_code == 403
+
+
+def test_code_attempts_are_rate_limited_per_address(portal: Any) -> None:
+    token = csrf_of(portal.get("/portal/manage").text)
+    for _ in range(5):
+        wrong = portal.post("/portal/manage", data={"code": "AAAAA-" * 4 + "AAAAA", "csrf": token})
+        assert wrong.status_code == 403 and "This code is not valid" in wrong.text
+    limited = portal.post("/portal/manage", data={"code": "whatever", "csrf": token})
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert "Too many attempts" in limited.text
+
+
+def test_uploads_stay_in_memory_and_bad_photos_are_named_next_to_the_field(
+    portal: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_disk(self: Any) -> None:
+        raise AssertionError("an upload rolled over to a temporary file")
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", no_disk)
+    token = csrf_of(portal.get("/portal/").text)
+    big = b"not an image" * 300_000  # 3.6 MB: past Starlette's default 1 MiB spool
+    files = [("photo", ("a.jpg", big, "image/jpeg"))]
+    form = {"csrf": token, "consent": "yes", "engine": ["doors"], "age": "200"}
+    page = portal.post("/portal/register", data=form, files=files)
+    assert page.status_code == 400
+    assert 'id="photo-error"' in page.text and "Photo 1 cannot be used" in page.text
+    assert 'id="age-error"' in page.text
+    assert 'id="consent-error"' not in page.text
+
+
+def test_register_opt_in_and_withdraw_through_the_linkage(
+    portal: Any, lfw: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    photo = (lfw / "Adam_Sandler" / "Adam_Sandler_0001.jpg").read_bytes()
+    token = csrf_of(portal.get("/portal/").text)
+    files = [("photo", ("me.jpg", photo, "image/jpeg"))]
+    form = {"csrf": token, "consent": "yes", "engine": ["doors"], "age": "41"}
+    done = portal.post("/portal/register", data=form, files=files)
+    assert done.status_code == 201, done.text
+    code = re.search(r'id="withdrawal-code">([A-Z0-9-]+)<', done.text)[1]  # type: ignore[index]
+    assert "<svg" in done.text and "style=" not in done.text.split("<svg")[1].split("</svg>")[0]
+    me = portal.post("/portal/manage", data={"code": code.lower(), "csrf": token})
+    assert me.status_code == 200 and 'data-engine="doors"' in me.text
+    assert "<td>registered</td><td>doors</td><td>enrolled</td>" in me.text  # own audit
+    more = portal.post("/portal/opt-in", data={"csrf": token, "engine": ["lobby"]}, files=files)
+    assert 'class="enrolled" data-engine="lobby"' in more.text
+    one = portal.post("/portal/withdraw", data={"csrf": token, "engine": "doors"})
+    assert "You were erased from doors" in one.text
+    held = re.findall(r'<li data-engine="(\w+)"', one.text)
+    assert held == ["lobby"]
+    every = portal.post("/portal/withdraw", data={"csrf": token, "engine": "all"})
+    assert "no longer works" in every.text
+    again = portal.post("/portal/manage", data={"code": code, "csrf": token})
+    assert again.status_code == 403  # the code died with the registration
+    assert caplog.records and code not in caplog.text and code.replace("-", "") not in caplog.text
+
+
+def test_console_takes_an_operator_key_only(portal: Any) -> None:
+    assert portal.get("/portal/console", follow_redirects=False).status_code == 303
+    token = csrf_of(portal.get("/portal/console/login").text)
+    login = "/portal/console/login"
+    vendor = portal.post(login, data={"key": portal.keys["vendor"], "csrf": token})
+    assert vendor.status_code == 403 and "not an operator key" in vendor.text
+    op = portal.post(login, data={"key": portal.keys["operator"], "csrf": token})
+    assert op.status_code == 200 and 'data-engine="doors"' in op.text
+    assert "Recent audit events" in op.text
+
+
+def test_codes_are_salted_hashes_found_by_their_lookup_id(home: Path) -> None:
+    db = Database(home / "service.sqlite")
+    registrants = Registrants(db)
+    code = registrants.create("portal-1")
+    assert re.fullmatch(r"([A-Z2-9]{5}-){4}[A-Z2-9]{5}", code)
+    assert registrants.find(code) == "portal-1"
+    assert registrants.find(code.replace("-", " ").lower()) == "portal-1"
+    wrong = code[:-1] + ("A" if code[-1] != "A" else "B")
+    assert registrants.find(wrong) is None and registrants.find("nonsense") is None
+    assert normalise_code("0" * 25) is None  # 0 and O, 1 and I are not in the alphabet
+    stored = db.query("SELECT * FROM portal_registrants")[0]
+    assert code.replace("-", "")[5:].encode() not in bytes(stored["digest"])
+    assert len(bytes(stored["salt"])) == 16
+    registrants.delete("portal-1")
+    assert registrants.find(code) is None
+
+
+def test_frip_portal_operator_key_prints_a_working_key_once(home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from frip_engine.cli import app
+
+    result = CliRunner().invoke(app, ["portal", "operator-key", "ops"])
+    assert result.exit_code == 0, result.output
+    key = result.output.strip().splitlines()[-1]
+    assert Operators(Database(home / "service.sqlite")).check(key) == "ops"
+    assert key not in (home / "service.sqlite").read_bytes().decode("latin-1")
+
+
+def test_a_portal_desk_that_is_no_vendor_is_refused_at_start(home: Path) -> None:
+    from frip_engine.errors import NotFoundError
+    from frip_engine.service.app import ServiceConfig, create_app
+
+    with pytest.raises(NotFoundError, match="vendor 'nobody' does not exist"):
+        create_app(ServiceConfig(home, portal_desk="nobody"))
