@@ -44,7 +44,7 @@ class SqlGalleryStore:
     """The gallery contract over SQL; see the module docstring for what a subclass adds."""
 
     _subject_order: ClassVar[str]
-    _integrity_error: ClassVar[type[Exception]]
+    _integrity_error: type[Exception]
 
     def _where(self) -> str:
         raise NotImplementedError
@@ -204,6 +204,15 @@ class SqlGalleryStore:
             "revision = excluded.revision, data = excluded.data, sha256 = excluded.sha256",
             (expected + 1, data, digest(data)),
         )
+
+    def restore_enrolled_at(self, enrolled_at: dict[str, str]) -> None:
+        """Set subjects' enrolment times (subject id -> ISO 8601 UTC), as recorded in the
+        store an engine was migrated from (``frip engine migrate``)."""
+        with self._transaction() as tx:
+            tx.executemany(
+                "UPDATE subjects SET enrolled_at = ? WHERE subject_id = ?",
+                [(when, subject_id) for subject_id, when in sorted(enrolled_at.items())],
+            )
 
     # ------------------------------------------------------------------ HE key rotation
     def clear_staging(self) -> None:
