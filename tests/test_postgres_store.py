@@ -199,7 +199,7 @@ def test_migrate_moves_an_engine_both_ways_verified(
     run = frip("engine", "migrate", "mig", "--to", "postgres", "--dsn", pg["dsn"], "--json")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["subjects"] == 4
-    assert (home / "mig" / "gallery.sqlite").is_file()  # the old store is kept
+    assert (engine.directory / "gallery.sqlite").is_file()  # the old store is kept
     with Engine.open("mig", home) as moved:
         assert moved.profile.plugin("gallery_store") == "postgres"
         assert {s.subject_id: s.enrolled_at for s in moved.gallery_store.subjects()} == dates
