@@ -211,3 +211,50 @@ def test_migrate_moves_an_engine_both_ways_verified(
         assert again.gallery_store.describe().endswith("gallery-2.sqlite")
         assert {s.subject_id: s.enrolled_at for s in again.gallery_store.subjects()} == dates
         assert again.identify(embedding=v[0]).subject_id == "s0"
+
+
+def test_writers_on_two_hosts_pack_like_one_writer(
+    pg: dict[str, Any], home: Path, tmp_path: Path
+) -> None:
+    """Two engine folders (two hosts: their folder write locks do not see each other) on
+    one PostgreSQL schema: the store's advisory lock alone keeps the packing."""
+    import shutil
+
+    profile = {"engine": {"name": "hosts"}, "gallery_store": pg, **CLI}
+    profile["gallery_store"] = {**pg, "timeout": 20}
+    Engine.create(Profile.from_dict(profile), home).close()
+    other = tmp_path / "other-host"
+    folder = next(p for p in home.rglob("profile.toml")).parent
+    shutil.copytree(folder, other / folder.relative_to(home))
+    v = unit_vectors(6)
+    children = []
+    for i, vector in enumerate(v):
+        np.save(tmp_path / f"{i}.npy", vector)
+        where = home if i % 2 else other
+        children.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "frip_engine",
+                    "enrol",
+                    "hosts",
+                    "--subject",
+                    f"s{i}",
+                    "--embedding",
+                    str(tmp_path / f"{i}.npy"),
+                    "--home",
+                    str(where),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, out + err
+    with Engine.open("hosts", other) as engine:
+        assert [b.used for b in engine.gallery_store.blocks()] == [6]
+        for i in range(6):
+            assert engine.identify(embedding=near(v[i], 0.1, i)).subject_id == f"s{i}"
