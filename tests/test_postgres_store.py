@@ -258,3 +258,28 @@ def test_writers_on_two_hosts_pack_like_one_writer(
         assert [b.used for b in engine.gallery_store.blocks()] == [6]
         for i in range(6):
             assert engine.identify(embedding=near(v[i], 0.1, i)).subject_id == f"s{i}"
+
+
+def test_one_writer_at_a_time_across_store_objects(pg: dict[str, Any], make_engine: Any) -> None:
+    """What keeps writers on several hosts apart: the engine's advisory lock."""
+    import threading
+
+    from frip_plugins.gallery_stores.postgres import PostgresGalleryStore
+
+    engine = make_engine("lock", **PG)
+    other = PostgresGalleryStore(dsn=pg["dsn"])
+    other.bind(str(engine.directory))
+    order: list[str] = []
+
+    def second() -> None:
+        with other.exclusive():
+            order.append("second writer")
+
+    with engine.gallery_store.exclusive():
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.5)
+        order.append("first writer done")
+    thread.join(30)
+    other.close()
+    assert order == ["first writer done", "second writer"]
