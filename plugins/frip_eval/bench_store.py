@@ -122,6 +122,7 @@ def run(
     writers: int,
     writer_subjects: int,
     chunk: int,
+    writer_chunk: int,
     dsn: str | None,
     docs: Path,
     console: Console,
@@ -134,6 +135,7 @@ def run(
         "registrants": registrants,
         "probes": probes,
         "chunk": chunk,
+        "writer_chunk": writer_chunk,
         "writers": writers,
         "writer_subjects": writer_subjects,
         "he": HE,
@@ -157,7 +159,7 @@ def run(
                 name = f"w{count}-{store}"
                 _create(home, name, _store_section(store, dsn, f"w{count}_{tag}")).close()
                 each = writer_subjects // count
-                row[f"writers_{count}_per_s"] = _writers(home, name, count, each, chunk)
+                row[f"writers_{count}_per_s"] = _writers(home, name, count, each, writer_chunk)
             row[f"writers_{writers}_over_1"] = (
                 row[f"writers_{writers}_per_s"] / row["writers_1_per_s"]
             )
@@ -182,7 +184,8 @@ def _write(results: dict[str, Any], docs: Path) -> None:
         "# Gallery stores: sqlite vs postgres",
         "",
         f"`frip bench store --registrants {results['registrants']} --writers {w} "
-        f"--writer-subjects {results['writer_subjects']} --chunk {results['chunk']}`: "
+        f"--writer-subjects {results['writer_subjects']} --chunk {results['chunk']} "
+        f"--writer-chunk {results['writer_chunk']}`: "
         f"TenSEAL fast preset, fast scorer, synthetic unit embeddings, enrol_many in chunks "
         f"of {results['chunk']}, {results['probes']} timed identifies, threads pinned to one; "
         "PostgreSQL 15 on the same machine (loopback TCP).",

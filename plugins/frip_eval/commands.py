@@ -348,7 +348,8 @@ def bench_store_command(
     writer_subjects: Annotated[
         int, typer.Option(help="Subjects enrolled by the writers together, per run.")
     ] = 4096,
-    chunk: Annotated[int, typer.Option(help="Subjects per enrol_many call.")] = 256,
+    chunk: Annotated[int, typer.Option(help="Subjects per enrol_many call filling.")] = 4096,
+    writer_chunk: Annotated[int, typer.Option(help="Subjects per writer's enrol_many call.")] = 256,
     dsn: Annotated[
         str | None, typer.Option(help="PostgreSQL connection string, no password (default: PG*).")
     ] = None,
@@ -358,9 +359,9 @@ def bench_store_command(
     --registrants, and 1 vs --writers concurrent writer processes."""
     from frip_eval.bench_store import run
 
-    if registrants < probes + 1 or probes < 1 or writers < 1 or chunk < 1:
-        raise InputError("--registrants must exceed --probes; --probes, --writers, --chunk >= 1")
-    run(registrants, probes, writers, writer_subjects, chunk, dsn, docs, out)
+    if registrants < probes + 1 or min(probes, writers, chunk, writer_chunk) < 1:
+        raise InputError("--registrants must exceed --probes; the other numbers must be >= 1")
+    run(registrants, probes, writers, writer_subjects, chunk, writer_chunk, dsn, docs, out)
 
 
 @bench_app.command("he")
