@@ -99,13 +99,15 @@ def refuse_password(dsn: str | None) -> None:
 
 
 class _Tx:
-    """A psycopg connection seen as the ``Tx`` the shared statements use (``?`` -> ``%s``)."""
+    """A psycopg connection seen as the ``Tx`` the shared statements use (``?`` -> ``%s``,
+    results in binary format)."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(sql.replace("?", "%s"), args)
+        # binary results: a block's bytea arrives as its bytes, not as hex text to decode
+        return self._conn.execute(sql.replace("?", "%s"), args, binary=True)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         with self._conn.cursor() as cursor:
