@@ -42,14 +42,13 @@ def _psql(sql: str, *args: Any) -> list[Any]:
         return cursor.fetchall() if cursor.description else []
 
 
+pytestmark = pytest.mark.parametrize("store", ["postgres"], indirect=True)
+
+
 @pytest.fixture
 def pg(store: dict[str, Any]) -> dict[str, Any]:
-    if store["plugin"] != "postgres":
-        pytest.skip("postgres only")
+    """The postgres ``[gallery_store]`` section of this module's tests (a fresh database)."""
     return store
-
-
-pytestmark = pytest.mark.parametrize("store", ["postgres"], indirect=True)
 
 
 def test_a_password_in_the_profile_or_dsn_is_refused(pg: dict[str, Any], home: Path) -> None:
@@ -226,7 +225,7 @@ def test_writers_on_two_hosts_pack_like_one_writer(
     other = tmp_path / "other-host"
     folder = next(p for p in home.rglob("profile.toml")).parent
     shutil.copytree(folder, other / folder.relative_to(home))
-    v = unit_vectors(6)
+    v = unit_vectors(4)
     children = []
     for i, vector in enumerate(v):
         np.save(tmp_path / f"{i}.npy", vector)
@@ -255,8 +254,8 @@ def test_writers_on_two_hosts_pack_like_one_writer(
         out, err = child.communicate(timeout=300)
         assert child.returncode == 0, out + err
     with Engine.open("hosts", other) as engine:
-        assert [b.used for b in engine.gallery_store.blocks()] == [6]
-        for i in range(6):
+        assert [b.used for b in engine.gallery_store.blocks()] == [4]
+        for i in range(4):
             assert engine.identify(embedding=near(v[i], 0.1, i)).subject_id == f"s{i}"
 
 
