@@ -37,13 +37,11 @@ def frip(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _file_engine(
-    home: Path, name: str, preset: str = "fast", store: dict[str, Any] = "sqlite"
+    home: Path, name: str, preset: str = "fast", store: dict[str, Any] | None = None
 ) -> Engine:
-    profile = {
-        "engine": {"name": name},
-        "he": {"preset": preset},
-        "gallery_store": {"plugin": store},
-    }
+    profile: dict[str, Any] = {"engine": {"name": name}, "he": {"preset": preset}}
+    if store is not None:
+        profile["gallery_store"] = store
     return Engine.create(Profile.from_dict(profile), home)
 
 
