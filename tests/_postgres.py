@@ -40,6 +40,10 @@ def binaries() -> Path | None:
 
 def unavailable() -> str | None:
     """Why no test server can be started here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None:
+        return 'psycopg is not installed (pip install "frip-engine[postgres]"): postgres tests skip'
     if binaries() is None:
         return (
             "PostgreSQL is not installed (Debian package postgresql; `make test` installs it "
