@@ -5,13 +5,13 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.frip-installed
 
-.PHONY: demo test lint softhsm browser clean
+.PHONY: demo test lint softhsm postgres browser clean
 
 $(STAMP): pyproject.toml adapters/frip-adapter-acme/pyproject.toml Makefile scripts/build_pyfhel_wheel.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "frip-engine needs Python 3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[he,arcface,extractors,pkcs11,cluster,demo,serve,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[he,arcface,extractors,pkcs11,cluster,demo,serve,postgres,dev]"
 	# insightface pins the GUI opencv-python; its real needs are in the arcface extra.
 	$(BIN)/python -m pip install --quiet --no-deps "insightface==2.1"
 	$(BIN)/python -m pip install --quiet -e adapters/frip-adapter-acme
@@ -37,6 +37,15 @@ softhsm:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2; \
 	  else echo "softhsm2 is missing and this is not root: PKCS#11 tests will be skipped"; fi; }
 
+# The postgres gallery-store tests start a throw-away PostgreSQL server (Debian's postgresql
+# package, run as its unprivileged postgres user when root): installed here when missing and
+# run as root; otherwise those tests are skipped and say why.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  else echo "postgresql is missing and this is not root: postgres store tests will be skipped"; fi; }
+
 # The portal's browser tests drive Debian's headless Chromium through Playwright (never a
 # downloaded browser): installed here when missing and run as root; otherwise skipped.
 browser:
@@ -46,7 +55,7 @@ browser:
 	      chromium chromium-driver; \
 	  else echo "chromium is missing and this is not root: browser tests will be skipped"; fi; }
 
-test: lint softhsm browser
+test: lint softhsm postgres browser
 	$(BIN)/python -m pytest
 
 clean:

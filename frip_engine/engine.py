@@ -25,7 +25,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -1147,13 +1147,16 @@ class Engine:
     @contextmanager
     def _writing(self) -> Iterator[None]:
         """Around every write: hold the engine's write lock (one writer at a time, in any
-        thread or process, so slots are allocated from the slot map as it is), follow a
+        thread or process, and on any host when the gallery store has an ``exclusive``
+        lock of its own, so slots are allocated from the slot map as it is), follow a
         key rotation made elsewhere, and refuse to write into an engine whose current HE
         secret key is gone or cannot be unwrapped by this caller (a lost key, a damaged key
         file, a wrong passphrase or PIN): what it wrote could never be decrypted, or the
         mistake would show only at the next identify. One unwrap per write call (5-16 ms)."""
         self._check_open()
-        with write_lock(self.directory, self.name):
+        # a store shared by hosts (postgres) also excludes the writers of other hosts
+        shared = getattr(self.gallery_store, "exclusive", None)
+        with write_lock(self.directory, self.name), shared() if shared else nullcontext():
             self._follow_keys()
             problem = self._secret_key_problem()
             if problem is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,69 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FRIP_HOME", str(root))
     monkeypatch.setenv("FRIP_PASSPHRASE", PASSPHRASE)
     return root
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One throw-away PostgreSQL server for the session (tests/_postgres.py); the tests
+    that need it are skipped, saying why, where it cannot be started."""
+    import _postgres
+
+    reason = _postgres.unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = _postgres.start()
+    yield server
+    _postgres.stop(server)
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The ``[gallery_store]`` section a parametrized test runs on. For ``postgres``: a
+    fresh database on the session's server, named in the section's dsn (worker processes
+    come from a forkserver started with an older environment) and in the PG* environment
+    variables (for the tests' own connections and child processes); the password is in a
+    .pgpass file."""
+    if request.param == "sqlite":
+        return {"plugin": "sqlite"}
+    server = request.getfixturevalue("postgres_server")
+    name = f"frip_test_{next(_databases)}"
+    server.create_database(name)
+    env = server.env(name)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    dsn = (
+        f"host={env['PGHOST']} port={env['PGPORT']} dbname={name} user={env['PGUSER']} "
+        f"passfile={env['PGPASSFILE']}"
+    )
+    return {"plugin": "postgres", "dsn": dsn}
+
+
+def change_blocks_behind_the_engine(engine: Engine, store: dict[str, Any]) -> None:
+    """Flip one byte in the middle of every block's ciphertext, in SQL, as a damaged disk
+    or someone with database access would; the stored SHA-256 is left as it was."""
+    if store["plugin"] == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(engine.directory / "gallery.sqlite") as db:
+            for block_id, data in db.execute("SELECT block_id, data FROM blocks").fetchall():
+                broken = bytearray(data)
+                broken[len(broken) // 2] ^= 0xFF
+                db.execute(
+                    "UPDATE blocks SET data = ? WHERE block_id = ?", (bytes(broken), block_id)
+                )
+        return
+    import psycopg
+
+    schema = engine.gallery_store.schema  # type: ignore[attr-defined]
+    with psycopg.connect(autocommit=True) as conn:  # the PG* environment of ``store``
+        conn.execute(
+            f'UPDATE "{schema}".blocks SET data = '
+            "set_byte(data, length(data) / 2, get_byte(data, length(data) / 2) # 255)"
+        )
 
 
 @pytest.fixture

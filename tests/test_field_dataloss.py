@@ -36,8 +36,12 @@ def frip(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _file_engine(home: Path, name: str, preset: str = "fast") -> Engine:
-    profile = {"engine": {"name": name}, "he": {"preset": preset}}
+def _file_engine(
+    home: Path, name: str, preset: str = "fast", store: dict[str, Any] | None = None
+) -> Engine:
+    profile: dict[str, Any] = {"engine": {"name": name}, "he": {"preset": preset}}
+    if store is not None:
+        profile["gallery_store"] = store
     return Engine.create(Profile.from_dict(profile), home)
 
 
@@ -47,11 +51,11 @@ def _sha(path: Path) -> str:
 
 # ---------------------------------------------------------------- 1. key change vs caches
 def test_rotation_with_workers_stores_new_blocks_under_the_new_key(
-    make_engine: Any, home: Path
+    make_engine: Any, home: Path, store: dict[str, Any]
 ) -> None:
     """The field run: workers started, keys rotated, then a bulk enrolment that the workers
     encrypt (two new blocks). Every block must decrypt under the key it is recorded with."""
-    engine = make_engine("rot", **COMPACT_WORKERS)
+    engine = make_engine("rot", **COMPACT_WORKERS, gallery_store=store)
     first = unit_vectors(10)
     engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(first)])
     assert engine.identify(embedding=first[0]).subject_id == "s0"  # the workers start
@@ -95,8 +99,10 @@ def test_workers_know_their_key_version_and_refuse_others(make_engine: Any) -> N
         scorer.close()
 
 
-def test_store_refuses_a_block_made_under_another_public_key(make_engine: Any) -> None:
-    engine = make_engine("fp")
+def test_store_refuses_a_block_made_under_another_public_key(
+    make_engine: Any, store: dict[str, Any]
+) -> None:
+    engine = make_engine("fp", gallery_store=store)
     block = engine.matcher.dump(engine.matcher.encrypt_rows(unit_vectors(1), [0]))
     with pytest.raises(StoreError, match="another public key"):
         engine.gallery_store.commit_block(
@@ -239,8 +245,8 @@ def _enrol_processes(home: Path, name: str, vectors: np.ndarray, offset: int) ->
         assert child.returncode == 0, out + err
 
 
-def test_concurrent_enrol_processes_pack_like_one_writer(home: Path) -> None:
-    _file_engine(home, "conc", "compact").close()
+def test_concurrent_enrol_processes_pack_like_one_writer(home: Path, store: dict[str, Any]) -> None:
+    _file_engine(home, "conc", "compact", store).close()
     v = unit_vectors(6)
     _enrol_processes(home, "conc", v[:3], 0)  # into an empty engine
     _enrol_processes(home, "conc", v[3:], 3)  # into a non-empty one
@@ -250,8 +256,10 @@ def test_concurrent_enrol_processes_pack_like_one_writer(home: Path) -> None:
             assert engine.identify(embedding=near(v[i], 0.1, i)).subject_id == f"s{i}"
 
 
-def test_concurrent_enrol_threads_pack_like_one_writer(make_engine: Any, home: Path) -> None:
-    make_engine("threads", he={"preset": "compact"})
+def test_concurrent_enrol_threads_pack_like_one_writer(
+    make_engine: Any, home: Path, store: dict[str, Any]
+) -> None:
+    make_engine("threads", he={"preset": "compact"}, gallery_store=store)
     v = unit_vectors(12)
     outcomes: list[Any] = []
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import PASSPHRASE, near, unit_vectors
+from conftest import PASSPHRASE, change_blocks_behind_the_engine, near, unit_vectors
 from frip_plugins.key_stores.file import FileKeyStore
 
 from frip_engine.engine import Engine, EnrolItem
@@ -74,15 +74,11 @@ def test_wrong_passphrase_at_identify_changes_nothing(home: Path, monkeypatch: A
         assert engine.stats()["subjects"] == 3
 
 
-def test_corrupted_block_is_reported_never_used(make_engine: Any) -> None:
-    engine = make_engine("c")
+def test_corrupted_block_is_reported_never_used(make_engine: Any, store: dict[str, Any]) -> None:
+    engine = make_engine("c", gallery_store=store)
     engine.enrol(EnrolItem("a", embeddings=[unit_vectors(1)[0]]))
     engine.gallery_store.close()
-    with sqlite3.connect(engine.directory / "gallery.sqlite") as db:
-        (data,) = db.execute("SELECT data FROM blocks").fetchone()
-        broken = bytearray(data)
-        broken[len(broken) // 2] ^= 0xFF
-        db.execute("UPDATE blocks SET data = ?", (bytes(broken),))
+    change_blocks_behind_the_engine(engine, store)
     engine._blocks.clear()
     with pytest.raises(CorruptionError, match="SHA-256"):
         engine.identify(embedding=unit_vectors(1)[0])
@@ -141,11 +137,12 @@ class _Failing:
 
 
 KILL_SCRIPT = """
-import sys, numpy as np
+import json, sys, numpy as np
 from pathlib import Path
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.profile import Profile
-engine = Engine.create(Profile.from_dict({"engine": {"name": "k"}}), Path(sys.argv[1]))
+profile = {"engine": {"name": "k"}, "gallery_store": json.loads(sys.argv[3])}
+engine = Engine.create(Profile.from_dict(profile), Path(sys.argv[1]))
 rng = np.random.default_rng(0)
 vectors = rng.standard_normal((400, 512))
 np.save(sys.argv[2], vectors)
@@ -155,10 +152,12 @@ for i, v in enumerate(vectors):
 """
 
 
-def test_sigkill_mid_enrolment_leaves_whole_subjects_only(home: Path, tmp_path: Path) -> None:
+def test_sigkill_mid_enrolment_leaves_whole_subjects_only(
+    home: Path, tmp_path: Path, store: dict[str, Any]
+) -> None:
     saved = tmp_path / "vectors.npy"
     child = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, str(home), str(saved)],
+        [sys.executable, "-c", KILL_SCRIPT, str(home), str(saved), json.dumps(store)],
         stdout=subprocess.PIPE,
         text=True,
     )

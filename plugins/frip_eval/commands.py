@@ -338,6 +338,32 @@ def bench_cluster_command(
     run(counts, fans, timed_probes, data, output, preset, out)
 
 
+@bench_app.command("store")
+def bench_store_command(
+    registrants: Annotated[
+        int, typer.Option(help="Gallery size each store is filled to.")
+    ] = 100_000,
+    probes: Annotated[int, typer.Option(help="Timed identifies per store.")] = 20,
+    writers: Annotated[int, typer.Option(help="Concurrent writer processes (vs 1).")] = 4,
+    writer_subjects: Annotated[
+        int, typer.Option(help="Subjects enrolled by the writers together, per run.")
+    ] = 4096,
+    chunk: Annotated[int, typer.Option(help="Subjects per enrol_many call filling.")] = 4096,
+    writer_chunk: Annotated[int, typer.Option(help="Subjects per writer's enrol_many call.")] = 256,
+    dsn: Annotated[
+        str | None, typer.Option(help="PostgreSQL connection string, no password (default: PG*).")
+    ] = None,
+    docs: Annotated[Path, typer.Option(help="Where the JSON, Markdown and PNG go.")] = Path("docs"),
+) -> None:
+    """sqlite vs postgres in one run: enrolment throughput and identify latency at
+    --registrants, and 1 vs --writers concurrent writer processes."""
+    from frip_eval.bench_store import run
+
+    if registrants < probes + 1 or min(probes, writers, chunk, writer_chunk) < 1:
+        raise InputError("--registrants must exceed --probes; the other numbers must be >= 1")
+    run(registrants, probes, writers, writer_subjects, chunk, writer_chunk, dsn, docs, out)
+
+
 @bench_app.command("he")
 def bench_he_command(
     max_n: Annotated[int, typer.Option(help="Largest gallery of the scale sweep.")] = 100_000,

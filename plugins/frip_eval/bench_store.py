@@ -1,0 +1,230 @@
+"""``frip bench store``: the gallery stores side by side, in one run.
+
+For each store (``sqlite``, ``postgres``): enrolment throughput (subjects/s) filling an
+engine with N synthetic unit embeddings through ``enrol_many`` in chunks, then identify
+latency (median and p95 of timed probes, near enrolled subjects) on that gallery; and
+the enrolment throughput of 1 and of W writer processes enrolling into one engine at once
+(each its own chunks of synthetic subjects). Every engine: TenSEAL preset ``fast`` with
+the fast scorer, one worker, threads pinned to one. PostgreSQL is reached through
+``--dsn`` or the PG* environment (its password from PGPASSWORD / .pgpass / PGPASSFILE).
+Writes ``bench-store.json``, ``bench-store.md`` and ``bench-store.png`` under ``docs``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from frip_engine.engine import Engine, EnrolItem
+from frip_engine.profile import Profile
+from frip_eval.plots import pyplot
+from frip_eval.threads import pin_threads
+
+HE = {"plugin": "tenseal", "preset": "fast", "scorer": "fast"}
+DIMENSION = 512
+BENCH_PASSPHRASE = "frip-bench-store-synthetic-only"
+
+
+def _vectors(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIMENSION)).astype(np.float64)
+    unit: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit
+
+
+def _store_section(store: str, dsn: str | None, tag: str) -> dict[str, Any]:
+    if store == "sqlite":
+        return {"plugin": "sqlite"}
+    section: dict[str, Any] = {"plugin": "postgres", "schema": f"frip_bench_{tag}"}
+    if dsn:
+        section["dsn"] = dsn
+    return section
+
+
+def _create(home: Path, name: str, store: dict[str, Any]) -> Engine:
+    profile = {
+        "engine": {"name": name},
+        "he": HE,
+        "key_store": {"plugin": "file", "scrypt_log2_n": 14},
+        "gallery_store": store,
+    }
+    return Engine.create(Profile.from_dict(profile), home)
+
+
+def _enrol(engine: Engine, vectors: np.ndarray, prefix: str, chunk: int) -> float:
+    """Enrol every row in chunks; the elapsed seconds."""
+    start = time.perf_counter()
+    for first in range(0, len(vectors), chunk):
+        rows = vectors[first : first + chunk]
+        items = [EnrolItem(f"{prefix}{first + i}", embeddings=[v]) for i, v in enumerate(rows)]
+        report = engine.enrol_many(items)
+        if report.failed:
+            raise RuntimeError(f"benchmark enrolment failed: {list(report.failed.items())[:2]}")
+    return time.perf_counter() - start
+
+
+def _latency(engine: Engine, vectors: np.ndarray, probes: int) -> dict[str, float]:
+    rng = np.random.default_rng(7)
+    picks = rng.choice(len(vectors), size=probes + 1, replace=False)
+    timings = []
+    for n, index in enumerate(picks):
+        probe = vectors[index] + 0.02 * rng.standard_normal(DIMENSION) / np.sqrt(DIMENSION)
+        start = time.perf_counter()
+        decision = engine.identify(embedding=probe / np.linalg.norm(probe))
+        if n:  # the first identify loads the blocks
+            timings.append((time.perf_counter() - start) * 1000)
+        if decision.subject_id != f"s{index}":
+            raise RuntimeError(f"identify found {decision.subject_id}, expected s{index}")
+    timings.sort()
+    return {
+        "median_ms": statistics.median(timings),
+        "p95_ms": timings[min(len(timings) - 1, int(0.95 * len(timings)))],
+    }
+
+
+def _writer(home: str, name: str, seed: int, count: int, chunk: int) -> None:
+    """One writer process: enrol ``count`` subjects of its own into engine ``name``."""
+    pin_threads()
+    with Engine.open(name, Path(home)) as engine:
+        _enrol(engine, _vectors(count, seed), f"w{seed}-", chunk)
+
+
+def _writers(home: Path, name: str, writers: int, each: int, chunk: int) -> float:
+    """Subjects per second of ``writers`` processes enrolling ``each`` subjects at once."""
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_writer, args=(str(home), name, 100 + w, each, chunk))
+        for w in range(writers)
+    ]
+    start = time.perf_counter()
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+        if process.exitcode != 0:
+            raise RuntimeError(f"a writer process failed (exit {process.exitcode})")
+    return writers * each / (time.perf_counter() - start)
+
+
+def run(
+    registrants: int,
+    probes: int,
+    writers: int,
+    writer_subjects: int,
+    chunk: int,
+    writer_chunk: int,
+    dsn: str | None,
+    docs: Path,
+    console: Console,
+) -> dict[str, Any]:
+    """Measure both stores; write the JSON, Markdown and PNG into ``docs``; return the results."""
+    pin_threads()
+    os.environ.setdefault("FRIP_PASSPHRASE", BENCH_PASSPHRASE)  # synthetic data only
+    home = Path(tempfile.mkdtemp(prefix="frip-bench-store-"))
+    results: dict[str, Any] = {
+        "registrants": registrants,
+        "probes": probes,
+        "chunk": chunk,
+        "writer_chunk": writer_chunk,
+        "writers": writers,
+        "writer_subjects": writer_subjects,
+        "he": HE,
+        "stores": {},
+    }
+    gallery = _vectors(registrants, 0)
+    try:
+        for store in ("sqlite", "postgres"):
+            console.print(f"[bold]{store}[/]: enrolling {registrants:,}")
+            tag = f"{os.getpid()}_{store}"
+            with _create(
+                home, f"fill-{store}", _store_section(store, dsn, f"fill_{tag}")
+            ) as engine:
+                seconds = _enrol(engine, gallery, "s", chunk)
+                row: dict[str, Any] = {
+                    "enrol_per_s": registrants / seconds,
+                    "enrol_seconds": seconds,
+                    **_latency(engine, gallery, probes),
+                }
+            for count in sorted({1, writers}):
+                name = f"w{count}-{store}"
+                _create(home, name, _store_section(store, dsn, f"w{count}_{tag}")).close()
+                each = writer_subjects // count
+                row[f"writers_{count}_per_s"] = _writers(home, name, count, each, writer_chunk)
+            row[f"writers_{writers}_over_1"] = (
+                row[f"writers_{writers}_per_s"] / row["writers_1_per_s"]
+            )
+            results["stores"][store] = row
+            console.print(row)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    sqlite, postgres = results["stores"]["sqlite"], results["stores"]["postgres"]
+    results["postgres_vs_sqlite"] = {
+        "enrol_throughput": postgres["enrol_per_s"] / sqlite["enrol_per_s"],
+        "identify_latency": postgres["median_ms"] / sqlite["median_ms"],
+    }
+    _write(results, docs)
+    return results
+
+
+def _write(results: dict[str, Any], docs: Path) -> None:
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / "bench-store.json").write_text(json.dumps(results, indent=2) + "\n")
+    w = results["writers"]
+    lines = [
+        "# Gallery stores: sqlite vs postgres",
+        "",
+        f"`frip bench store --registrants {results['registrants']} --writers {w} "
+        f"--writer-subjects {results['writer_subjects']} --chunk {results['chunk']} "
+        f"--writer-chunk {results['writer_chunk']}`: "
+        f"TenSEAL fast preset, fast scorer, synthetic unit embeddings, enrol_many in chunks "
+        f"of {results['chunk']}, {results['probes']} timed identifies, threads pinned to one; "
+        "PostgreSQL 15 on the same machine (loopback TCP).",
+        "",
+        f"| store | enrol (subjects/s) | identify median (ms) | identify p95 (ms) | "
+        f"1 writer (subjects/s) | {w} writers (subjects/s) | {w} vs 1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for store, row in results["stores"].items():
+        lines.append(
+            f"| {store} | {row['enrol_per_s']:,.0f} | {row['median_ms']:,.1f} | "
+            f"{row['p95_ms']:,.1f} | {row['writers_1_per_s']:,.0f} | "
+            f"{row[f'writers_{w}_per_s']:,.0f} | {row[f'writers_{w}_over_1']:.2f}x |"
+        )
+    ratio = results["postgres_vs_sqlite"]
+    lines += [
+        "",
+        f"postgres / sqlite: enrolment throughput {ratio['enrol_throughput']:.2f}x, identify "
+        f"latency {ratio['identify_latency']:.2f}x (target: within 1.5x).",
+        "",
+    ]
+    (docs / "bench-store.md").write_text("\n".join(lines))
+    plt = pyplot()
+    if plt is None:  # no matplotlib: the tables only
+        return
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    stores = list(results["stores"])
+    rows = [results["stores"][s] for s in stores]
+    axes[0].bar(stores, [r["enrol_per_s"] for r in rows])
+    axes[0].set_title(f"enrolment, {results['registrants']:,} (subjects/s)")
+    axes[1].bar(stores, [r["median_ms"] for r in rows])
+    axes[1].set_title("identify median (ms)")
+    width = 0.35
+    x = np.arange(len(stores))
+    axes[2].bar(x - width / 2, [r["writers_1_per_s"] for r in rows], width, label="1 writer")
+    axes[2].bar(x + width / 2, [r[f"writers_{w}_per_s"] for r in rows], width, label=f"{w} writers")
+    axes[2].set_xticks(x, stores)
+    axes[2].set_title("concurrent writers (subjects/s)")
+    axes[2].legend()
+    figure.tight_layout()
+    figure.savefig(docs / "bench-store.png", dpi=110)
+    plt.close(figure)
