@@ -23,6 +23,7 @@ from frip_engine.errors import (
     ProbeError,
     ProfileError,
     SecurityError,
+    ShareError,
     StoreError,
     SubjectError,
     UnknownSubjectError,
@@ -124,6 +125,7 @@ HTTP_ERRORS: dict[type[FripError], tuple[int, str]] = {
     RevokedKeyError: (401, "api_key_revoked"),
     ForbiddenError: (403, "engine_forbidden"),
     RateLimitError: (429, "rate_limited"),
+    ShareError: (500, "shared_probe_error"),
 }
 
 
