@@ -27,13 +27,13 @@ import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from frip_engine.contracts import BlockInfo
 from frip_engine.errors import FripError, ShareError
 from frip_engine.framing import frame, unframe
+from frip_engine.parallel import ParallelScorer, WorkerSetup, context_fingerprint
 
 NONCE_BYTES = 16
 PARTIES = (b"A", b"B")
@@ -45,8 +45,6 @@ PAIR_TAG = b"FRIP-SHP"  # what the key service combines: nonce, result A, result
 def fingerprint(public_context: bytes) -> bytes:
     """Which public context (so which key version) a share was scored under: the hex
     SHA-256 the worker processes also stamp new blocks with."""
-    from frip_engine.parallel import context_fingerprint
-
     return context_fingerprint(public_context).encode()
 
 
@@ -166,9 +164,7 @@ class SharedScorer:
     context only, as :class:`~frip_engine.parallel.ParallelScorer` builds them), each
     given only its own share of every probe; both parties score at the same time."""
 
-    def __init__(self, setup: Any, workers_per_party: int) -> None:
-        from frip_engine.parallel import ParallelScorer
-
+    def __init__(self, setup: WorkerSetup, workers_per_party: int) -> None:
         self.parties = (
             ParallelScorer(setup, workers_per_party),
             ParallelScorer(setup, workers_per_party),
