@@ -236,6 +236,9 @@ def test_shared_probes_decide_bit_for_bit_as_plain_ones(make_engine: Any, backen
     _check_bit_identical(engine, probes)
     single = engine.identify(embedding=probes[0], top_k=3)
     assert single.subject_id == "s0000"
+    assert engine.verify("s0005", embedding=probes[1]).matched
+    engine.remove("s0000")  # the matchers reload the re-encrypted block
+    assert "s0000" not in [c.subject_id for c in engine.identify(embedding=probes[0]).candidates]
     # matchers A and B are processes of their own, neither of them this one
     assert engine._sharers is not None
     pids = [
