@@ -122,8 +122,9 @@ def cost(
     repeats: int = 3,
     dimension: int = 512,
 ) -> dict[str, Any]:
-    """Upload bytes and identify latency (seconds, median of ``repeats`` probes at 1,000
-    registrants, one probe beyond) of every probe mode; see the module docstring."""
+    """Upload bytes and identify latency (seconds, median of ``repeats`` probes; one probe
+    for pe-miu and encrypted beyond 1,000 registrants) of every probe mode; see the module
+    docstring."""
     from frip_engine import sharing
 
     plain_backend = _backend("plain")
