@@ -188,9 +188,8 @@ def cost(
             entry: dict[str, Any] = {}
             for n in registrants:
                 blocks = math.ceil(n / plain.slots)
-                runs = [
-                    identify(mode, p, blocks, n) for p in probes[: repeats if n <= 1_000 else 1]
-                ]
+                count = repeats if n <= 1_000 or mode in ("plain", "shared") else 1
+                runs = [identify(mode, p, blocks, n) for p in probes[:count]]
                 entry[str(n)] = float(np.median([seconds for seconds, _ in runs]))
                 entry["upload_bytes"] = runs[0][1]
             out["modes"][mode] = entry
