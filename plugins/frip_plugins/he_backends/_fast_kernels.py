@@ -461,29 +461,46 @@ def _tile_limbs(
 
 @_jit()
 def combine_limbs_serial(
-    gallery: Any, idx: Any, count: Any, pieces: Any, primes: Any, w: Any, wq: Any, out: Any
+    gallery: Any,
+    idx: Any,
+    count: Any,
+    pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+    tile: Any,
 ) -> None:
-    """One thread over every (polynomial, limb, tile), all constant vectors per tile."""
+    """One thread over every (polynomial, limb, tile of ``tile`` coefficients: TILE for one
+    vector, TILE_MANY for several), all constant vectors per tile."""
     limbs = gallery.shape[2]
     degree = gallery.shape[3]
     for c in range(2):
         for limb in range(limbs):
-            for t0 in range(0, degree, TILE_MANY):
-                n = min(TILE_MANY, degree - t0)
+            for t0 in range(0, degree, tile):
+                n = min(tile, degree - t0)
                 _tile_limbs(gallery, c, limb, t0, n, idx, count, pieces, primes, w, wq, out)
 
 
 @_jit(parallel=True)
 def combine_limbs_parallel(
-    gallery: Any, idx: Any, count: Any, pieces: Any, primes: Any, w: Any, wq: Any, out: Any
+    gallery: Any,
+    idx: Any,
+    count: Any,
+    pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+    tile: Any,
 ) -> None:
     """The tasks of :func:`combine_limbs_serial` over numba's threads."""
     limbs = gallery.shape[2]
     degree = gallery.shape[3]
-    tiles = (degree + TILE_MANY - 1) // TILE_MANY
+    tiles = (degree + tile - 1) // tile
     for task in numba.prange(2 * limbs * tiles):
         c = task // (limbs * tiles)
         limb = (task // tiles) % limbs
-        t0 = (task % tiles) * TILE_MANY
-        n = min(TILE_MANY, degree - t0)
+        t0 = (task % tiles) * tile
+        n = min(tile, degree - t0)
         _tile_limbs(gallery, c, limb, t0, n, idx, count, pieces, primes, w, wq, out)

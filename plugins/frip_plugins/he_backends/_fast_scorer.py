@@ -755,8 +755,10 @@ def combine_residues_limbs(
             pieces[m, limb, :, :, : chosen.size] = _split(ks[m, limb, chosen], groups)
     w, wq = _shoup_tables(prime_list, groups)
     out = np.empty((count, 2, limbs, degree), dtype=np.uint64)
-    args = (residues, index, counts, pieces, np.array(prime_list, dtype=np.uint64), w, wq, out)
     kernels = _kernels()
+    tile = kernels.TILE if count == 1 else kernels.TILE_MANY
+    primes_array = np.array(prime_list, dtype=np.uint64)
+    args = (residues, index, counts, pieces, primes_array, w, wq, out, tile)
     _run(kernels.combine_limbs_serial, kernels.combine_limbs_parallel, args, threads)
     return out
 
