@@ -12,7 +12,10 @@ normalise -> ``protection.protect_probe`` (the template) -> the key service rout
 its nearest partitions (a routed clusterer only) -> ``matcher.encode_probe`` (the payload,
 what an edge device uploads) -> ``matcher.parse_probe`` (parsed) -> ``matcher.score``
 on each block, public key only, in worker processes when there are several -> the key
-service decrypts the scores, picks the best occupied slots and decides.
+service decrypts the scores, picks the best occupied slots and decides. In the ``shared``
+probe mode the payload is the edge's two additive shares: each is scored by worker
+processes of its own (matchers A and B) and the key service adds the two results before
+it decrypts (:mod:`frip_engine.sharing`).
 """
 
 from __future__ import annotations
