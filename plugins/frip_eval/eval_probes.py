@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from frip_engine import pemiu
+from frip_engine.parallel import check_main_guard
 from frip_eval.data import Dataset, Embedded
 from frip_eval.eval_protection import DEFAULT_BLOCK_SIZES, balanced_sample, gender_accuracy
 from frip_eval.plots import pyplot
@@ -140,6 +141,7 @@ def cost(
     matchers: dict[str, Any] = {"plain": plain, "encrypted": _backend("encrypted").matcher(public)}
     for b in block_sizes:
         matchers[f"pe-miu-{b}"] = plain_backend.matcher(public, b)
+    check_main_guard()  # the matcher processes run the calling script again
     context = multiprocessing.get_context("forkserver")
     parties = [
         ProcessPoolExecutor(
