@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from frip_engine.pemiu import PemiuTemplate
+    from frip_engine.sharing import SharedProbe
 
 Component = TypeVar("Component", contravariant=True)
 
@@ -209,6 +210,15 @@ class BatchMatcher(Matcher, Protocol):
     def score_many(self, block: Any, parsed_probes: Sequence[Any]) -> list[bytes]:
         """``[score(block, p) for p in parsed_probes]``, the same bytes, in one pass."""
         ...
+
+
+@runtime_checkable
+class SharingMatcher(Matcher, Protocol):
+    """A matcher of the ``shared`` probe mode (:mod:`frip_engine.sharing`): the edge splits
+    each probe into two additive shares, each scored by a matcher process of its own; its
+    ``encode_probe`` is the edge's bundle of both, which no matcher takes."""
+
+    def encode_shares(self, probe: np.ndarray) -> SharedProbe: ...
 
 
 def score_many(matcher: Matcher, block: Any, parsed_probes: Sequence[Any]) -> list[bytes]:

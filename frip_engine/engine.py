@@ -12,7 +12,10 @@ normalise -> ``protection.protect_probe`` (the template) -> the key service rout
 its nearest partitions (a routed clusterer only) -> ``matcher.encode_probe`` (the payload,
 what an edge device uploads) -> ``matcher.parse_probe`` (parsed) -> ``matcher.score``
 on each block, public key only, in worker processes when there are several -> the key
-service decrypts the scores, picks the best occupied slots and decides.
+service decrypts the scores, picks the best occupied slots and decides. In the ``shared``
+probe mode the payload is the edge's two additive shares: each is scored by worker
+processes of its own (matchers A and B) and the key service adds the two results before
+it decrypts (:mod:`frip_engine.sharing`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from frip_engine.calibration import engine_threshold, lookup
 from frip_engine.contracts import (
     BlockInfo,
     NewSubject,
+    SharingMatcher,
     SubjectRecord,
     parse_isolated,
     score_isolated,
@@ -76,6 +80,7 @@ from frip_engine.profile import (
     save_profile,
 )
 from frip_engine.routing import RouterState, plan
+from frip_engine.sharing import SharedProbe, SharedScorer
 from frip_engine.validate import check_subject_id, check_threshold, check_top_k
 from frip_engine.writelock import write_lock
 
@@ -229,6 +234,7 @@ class Engine:
         self.gallery_store = parts.gallery_store
         self._blocks: dict[int, tuple[int, Any]] = {}
         self._scorer: ParallelScorer | None = None
+        self._sharers: SharedScorer | None = None  # the shared probe mode's two matchers
         self._slot_map: tuple[tuple[tuple[int, int], ...], dict[int, dict[int, str]]] | None = None
         self.key_version = 0
         self._closed = False
@@ -269,6 +275,9 @@ class Engine:
         if self._scorer is not None:
             self._scorer.close()
             self._scorer = None
+        if self._sharers is not None:
+            self._sharers.close()
+            self._sharers = None
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -377,6 +386,9 @@ class Engine:
         if self._scorer is not None:
             self._scorer.close()
             self._scorer = None
+        if self._sharers is not None:
+            self._sharers.close()
+            self._sharers = None
         self.gallery_store.close()
         self._blocks.clear()
 
@@ -903,7 +915,18 @@ class Engine:
             for info, block in blocks
         ]
         jobs = [job for job in jobs if job[2]]
-        if self.profile.workers > 1 and jobs:
+        if isinstance(self.matcher, SharingMatcher):  # matchers A and B, one share each
+            answers = (
+                self._shared().score_many(
+                    [
+                        (info, tuple(SharedProbe.from_bytes(payloads[i]) for i in who))
+                        for info, _, who in jobs
+                    ]
+                )
+                if jobs
+                else []
+            )
+        elif self.profile.workers > 1 and jobs:
             answers = self._parallel().score_many(
                 [(info, tuple(payloads[i] for i in who)) for info, _, who in jobs]
             )
@@ -934,26 +957,34 @@ class Engine:
                 f"the gallery's v{self.key_version}; the gallery is inconsistent, refusing to "
                 "score them: restore it from a backup"
             )
-        if self.profile.workers > 1:
+        if self.profile.workers > 1 or isinstance(self.matcher, SharingMatcher):
             return [(info, None) for info in infos]  # the workers load their own share
         with watch.stage("gallery_load"):
             return [(info, self._load_block(info)) for info in infos]
 
+    def _shared(self) -> SharedScorer:
+        """The shared probe mode's matchers A and B, each in worker processes of its own
+        (half the profile's workers each, at least one): a share never enters the other
+        matcher's memory, nor is it scored in this process."""
+        if self._sharers is None:
+            self._sharers = SharedScorer(self._worker_setup(), max(1, self.profile.workers // 2))
+        return self._sharers
+
+    def _worker_setup(self) -> WorkerSetup:
+        return WorkerSetup(
+            self.profile.plugin("he"),
+            self.profile.params("he"),
+            self.profile.plugin("gallery_store"),
+            self.profile.params("gallery_store"),
+            str(self.directory),
+            self.key_service.public_context,
+            self.parts.pemiu_block_size,
+            self.key_version,
+        )
+
     def _parallel(self) -> ParallelScorer:
         if self._scorer is None:
-            self._scorer = ParallelScorer(
-                WorkerSetup(
-                    self.profile.plugin("he"),
-                    self.profile.params("he"),
-                    self.profile.plugin("gallery_store"),
-                    self.profile.params("gallery_store"),
-                    str(self.directory),
-                    self.key_service.public_context,
-                    self.parts.pemiu_block_size,
-                    self.key_version,
-                ),
-                self.profile.workers,
-            )
+            self._scorer = ParallelScorer(self._worker_setup(), self.profile.workers)
         return self._scorer
 
     def _conclude(

@@ -118,6 +118,12 @@ class BackendError(FripError):
     exit_code = 7
 
 
+class ShareError(BackendError):
+    """A secret-shared probe, or the two matchers' scores of it, are malformed,
+    mismatched (another probe's partner share, another key version), or incomplete: the key
+    service never decides from one share."""
+
+
 class UnknownSubjectError(NotFoundError, SubjectError):
     """A named subject is not enrolled (or not linked) where the caller looked: not found
     (exit 3), and still a SubjectError for callers that catch those."""

@@ -13,12 +13,14 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import cached_property
 
 import numpy as np
 
+from frip_engine import sharing
 from frip_engine.contracts import Decryptor, HEBackend, KeyStore
 from frip_engine.decision import Candidate
-from frip_engine.errors import BackendError, FripError
+from frip_engine.errors import BackendError, FripError, ShareError
 from frip_engine.pemiu import assigned_scores
 from frip_engine.routing import RouterState
 
@@ -72,6 +74,10 @@ class KeyService:
         finally:
             wipe(secret)
         return cls(he_backend, key_store, engine_id, key_version, public)
+
+    @cached_property
+    def _fingerprint(self) -> bytes:
+        return sharing.fingerprint(self._public)
 
     @property
     def public_context(self) -> bytes:
@@ -202,7 +208,7 @@ class KeyService:
         best: list[tuple[float, str]] = []
         for block_id, blob in scored:
             start = time.perf_counter()
-            scores = decryptor.decrypt_scores(blob)
+            scores = self._scores(decryptor, blob)
             middle = time.perf_counter()
             best.extend(self._best_in_block(block_id, scores, occupants[block_id], top_k))
             timings["decryption"] += middle - start
@@ -213,6 +219,20 @@ class KeyService:
         timings["minimum_selection"] += time.perf_counter() - start
         timings["key_unwrap"] = self.last_unwrap_seconds
         return candidates, timings
+
+    def _scores(self, decryptor: Decryptor, blob: bytes) -> np.ndarray:
+        """One block's decrypted scores; for a shared probe (a :func:`sharing.pair`) the
+        sum of the two matchers' score ciphertexts, after :func:`sharing.open_pair` has
+        checked that both are there, bound to the probe's nonce and made under this key
+        version (ShareError otherwise)."""
+        if not sharing.is_pair(blob):
+            return decryptor.decrypt_scores(blob)
+        a, b = sharing.open_pair(blob, self._fingerprint)
+        decrypt_sum = getattr(decryptor, "decrypt_sum", None)
+        if decrypt_sum is None:
+            raise ShareError("this HE backend cannot combine the scores of two shares")
+        scores: np.ndarray = decrypt_sum(a, b)
+        return scores
 
     @staticmethod
     def _best_in_block(

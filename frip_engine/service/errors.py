@@ -24,6 +24,7 @@ from frip_engine.errors import (
     ProfileError,
     SecurityError,
     SeveralFacesError,
+    ShareError,
     StoreError,
     SubjectError,
     UnknownSubjectError,
@@ -131,6 +132,7 @@ HTTP_ERRORS: dict[type[FripError], tuple[int, str]] = {
     RevokedKeyError: (401, "api_key_revoked"),
     ForbiddenError: (403, "engine_forbidden"),
     RateLimitError: (429, "rate_limited"),
+    ShareError: (500, "shared_probe_error"),
 }
 
 

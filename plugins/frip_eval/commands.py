@@ -461,6 +461,46 @@ def protection_command(
     out.print("written: " + ", ".join(str(f) for f in files))
 
 
+@eval_app.command("probes")
+def probes_command(
+    index: Annotated[
+        Path | None,
+        typer.Option(help="CSV with path,identity,gender columns (default: lfw-large's)."),
+    ] = None,
+    extractor: Annotated[str, typer.Option(help="Extractor whose embeddings are attacked.")] = (
+        "arcface"
+    ),
+    output: OutputOpt = Path("docs"),
+    threads: ThreadsOpt = 1,
+    cost: Annotated[
+        bool, typer.Option(help="Measure upload and latency at 1,000 and 100,000 registrants.")
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every probe mode (plain, pe-miu 16/32/64/128, encrypted, shared): who holds what,
+    upload, latency, and the attacks a curious matcher can run on what it sees; the WIFS
+    2023 gender table and the reversibility proxy. Writes probes.{json,md,png}."""
+    from frip_eval.data import embed_with
+    from frip_eval.eval_probes import markdown, run_probes, write_outputs
+    from frip_eval.eval_protection import read_genders
+    from frip_eval.threads import pin_threads
+
+    pin_threads()
+    if index is None:
+        index = Path(__file__).resolve().parents[3] / "shared" / "data" / "lfw-large" / "index.csv"
+    dataset = _dataset(None, index, None)
+    genders = read_genders(index, dataset)
+    with progress_bar(as_json) as progress:
+        embedded = embed_with(extractor, dataset, threads, _Bar(progress, len(dataset.paths)))
+    summary = run_probes(dataset, genders, embedded, with_cost=cost)
+    files = write_outputs(summary, output)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    out.print(markdown(summary))
+    out.print("written: " + ", ".join(str(f) for f in files))
+
+
 @eval_app.command("calibrate")
 def calibrate_command(
     extractor: Annotated[

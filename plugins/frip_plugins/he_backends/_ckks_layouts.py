@@ -14,7 +14,11 @@ and a probe mode, chosen by the engine profile:
 - ``encrypted``: the edge encrypts the probe under the public key and the matcher scores
   it without seeing it (ciphertext products, no relinearisation in the packed layout);
 - ``pe-miu``: the edge sends a freshly block-shuffled probe; the matcher computes every
-  block-pair inner product and the key service solves the block assignment.
+  block-pair inner product and the key service solves the block assignment;
+- ``shared`` (packed layout, fast scorer): the edge splits the plain probe's integer
+  constants into two additive shares mod each data prime; two matchers that do not collude
+  score one share each and the key service adds their results and decrypts
+  (:mod:`frip_engine.sharing`; bit-identical to ``plain``).
 
 What crosses from the edge to the matcher is a byte string (``encode_probe``), so its
 size is the upload a device pays per probe.
@@ -22,6 +26,7 @@ size is the upload a device pays per probe.
 
 from __future__ import annotations
 
+import secrets
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,12 +35,20 @@ from typing import Any, Protocol
 import numpy as np
 
 from frip_engine.ckks import CKKSParams, params_from
-from frip_engine.errors import BackendError, ProfileError
+from frip_engine.errors import BackendError, ProfileError, ShareError
 from frip_engine.pemiu import PemiuTemplate, check_block_size
+from frip_engine.sharing import (
+    BUNDLE_TAG,
+    RESULT_TAG,
+    SharedProbe,
+    ShareResult,
+    fingerprint,
+    split,
+)
 from frip_plugins.he_backends._blocks import frame, unframe
 
 LAYOUTS = ("packed", "round-robin")
-PROBES = ("plain", "encrypted")
+PROBES = ("plain", "encrypted", "shared")
 SCORERS = ("library", "fast")
 PROBE_TAG = b"FRIP-PRB"
 SCORE_SET_TAG = b"FRIP-SS1"  # several score ciphertexts: pe-miu pairs, round-robin
@@ -299,6 +312,13 @@ class FastPackedLayout(PackedLayout):
             raise BackendError("the probe is zero at this scale")
         return list(block.fast.weighted_sums(batch, self.threads))
 
+    def score_shares(self, block: ResidueBlock, shares: Sequence[np.ndarray]) -> list[bytes]:
+        """The block's encrypted scores for each share (uint64 (limbs, d) residues), in
+        one pass over the block."""
+        for share in shares:
+            self._check_features(block, share.shape[1])
+        return list(block.fast.combine_limbs(np.stack(shares), self.threads))
+
 
 @dataclass
 class Registrants:
@@ -480,6 +500,106 @@ class CKKSMatcher:
         return self.layout.score_pemiu(block, vector, block_size)
 
 
+@dataclass(frozen=True)
+class ParsedShare:
+    """One matcher's share of a probe: its nonce, party and residues (limbs, d)."""
+
+    nonce: bytes
+    party: bytes
+    residues: np.ndarray
+
+
+class SharedCKKSMatcher(CKKSMatcher):
+    """The ``shared`` probe mode's matcher: takes one additive share of a probe (never a
+    plain probe, never both shares) and answers with its encrypted scores in an envelope
+    that binds them to the probe's nonce, its party and its public context
+    (:class:`frip_engine.sharing.ShareResult`). The edge's side, :meth:`encode_shares`,
+    needs the public parameters only."""
+
+    def __init__(self, backend: CKKSBackend, public_context: bytes) -> None:
+        super().__init__(backend, public_context)
+        self.fingerprint = fingerprint(public_context)
+        layout = self.layout
+        assert isinstance(layout, FastPackedLayout)  # the backend refuses anything else
+        self.fast_layout = layout
+        self.primes = [int(p) for p in layout.codec.primes]
+
+    def encode_shares(self, probe: np.ndarray) -> SharedProbe:
+        """The edge's two shares of a plain probe (d,): its constants k_j as the plain probe
+        mode encodes them, split per limb into a_j uniform in Z_p and b_j = k_j - a_j."""
+        from frip_plugins.he_backends._fast_scorer import encode_constants
+
+        vector = np.asarray(probe, dtype=np.float64)
+        if vector.ndim != 1:
+            raise ShareError(f"a probe is one vector, not an array of shape {vector.shape}")
+        constants = encode_constants(vector, self.fast_layout.codec.scale)
+        if not np.any(constants):
+            raise BackendError("the probe is zero at this scale")
+        a, b = split(constants, self.primes)
+        nonce = secrets.token_bytes(16)
+        return SharedProbe(nonce, self._share(nonce, b"A", a), self._share(nonce, b"B", b))
+
+    def _share(self, nonce: bytes, party: bytes, residues: np.ndarray) -> bytes:
+        primes = np.array(self.primes, dtype="<u8").tobytes()
+        body = np.ascontiguousarray(residues, dtype="<u8").tobytes()
+        return _probe_payload("share", [nonce, party, primes, body])
+
+    def encode_probe(self, probe: np.ndarray | PemiuTemplate) -> bytes:
+        """Both shares, bundled for the edge's own use (:class:`SharedProbe`): the engine
+        sends each to its own matcher; a matcher refuses the bundle."""
+        if isinstance(probe, PemiuTemplate):
+            raise BackendError("the shared probe mode takes plain probes, not pe-miu ones")
+        return self.encode_shares(probe).to_bytes()
+
+    def parse_probe(self, payload: bytes) -> tuple[str, ParsedShare]:
+        """One share, checked: its limbs and moduli are this context's, every residue is
+        below its prime. ShareError for anything else (a plain probe, both shares)."""
+        if bytes(payload[: len(BUNDLE_TAG)]) == BUNDLE_TAG:
+            raise ShareError("a matcher takes one share, never the edge's bundle of both")
+        try:
+            mode, parts = read_probe(payload)
+        except BackendError as exc:
+            raise ShareError(f"not a probe share: {exc}") from exc
+        if mode != "share":
+            raise ShareError(f"this engine takes shared probes, the upload is a {mode} probe")
+        if len(parts) != 4 or len(parts[0]) != 16 or parts[1] not in (b"A", b"B"):
+            raise ShareError("a probe share is a 16-byte nonce, a party, moduli and residues")
+        nonce, party, moduli, body = parts
+        primes = np.frombuffer(moduli, dtype="<u8") if len(moduli) % 8 == 0 else None
+        if primes is None or primes.tolist() != self.primes:
+            raise ShareError(
+                f"the share is modulo {[] if primes is None else primes.tolist()}, this "
+                f"context's data primes are {self.primes}: another parameter set"
+            )
+        limbs = len(self.primes)
+        if len(body) == 0 or len(body) % (8 * limbs):
+            raise ShareError(f"the share's residues do not fill {limbs} limbs: truncated")
+        residues = np.frombuffer(body, dtype="<u8").astype(np.uint64).reshape(limbs, -1)
+        if np.any(residues >= np.array(self.primes, dtype=np.uint64)[:, None]):
+            raise ShareError("the share holds a residue >= its prime: not a share")
+        return "share", ParsedShare(nonce, party, residues)
+
+    def score_many(self, block: Any, parsed: Sequence[Any]) -> list[bytes]:
+        """Each share's :class:`ShareResult` on the block, in one pass over it."""
+        shares = [share for _, share in parsed]
+        if not all(isinstance(share, ParsedShare) for share in shares):
+            raise ShareError("a shared-mode matcher scores probe shares only")
+        for share in shares:
+            if share.residues.shape[1] != self.fast_layout._features(block):
+                raise ShareError(
+                    f"the share has {share.residues.shape[1]} features, the block "
+                    f"{self.fast_layout._features(block)}"
+                )
+        sums = self.fast_layout.score_shares(block, [share.residues for share in shares])
+        return [
+            ShareResult(share.nonce, share.party, self.fingerprint, s).to_bytes()
+            for share, s in zip(shares, sums, strict=True)
+        ]
+
+    def score(self, block: Any, parsed: Any) -> bytes:
+        return self.score_many(block, [parsed])[0]
+
+
 class CKKSDecryptor:
     """Secret context for one operation inside the key service."""
 
@@ -495,7 +615,18 @@ class CKKSDecryptor:
         return self.layout
 
     def decrypt_scores(self, scores: bytes) -> np.ndarray:
+        if scores.startswith(RESULT_TAG):
+            raise ShareError("one matcher's scores of one share decide nothing: refused")
         return self._layout().decrypt_scores(scores)
+
+    def decrypt_sum(self, a: bytes, b: bytes) -> np.ndarray:
+        """The scores of the sum of two score ciphertexts (the two matchers' results of a
+        shared probe): the library adds them (mod q per limb) and decrypts."""
+        layout = self._layout()
+        if not isinstance(layout, PackedLayout):
+            raise ShareError("shared probes are scored on the packed layout only")
+        total = layout.ops.add(layout.ops.load(a), layout.ops.load(b))
+        return layout._slots(layout.ops.decrypt(total))
 
     def decrypt_block(self, data: bytes) -> np.ndarray:
         return self._layout().decrypt_block(unframe(self.tag, data))
@@ -543,6 +674,11 @@ class CKKSBackend:
             )
         if scorer not in SCORERS:
             raise ProfileError(f"{self.name}: scorer must be one of {SCORERS}, not {scorer!r}")
+        if probe == "shared" and (scorer != "fast" or layout != "packed"):
+            raise ProfileError(
+                f"{self.name}: the shared probe mode needs the packed layout and the fast "
+                'scorer (scorer = "fast"), whose kernel takes its residue constants'
+            )
         if scorer == "fast" and (layout != "packed" or not hasattr(self.library, "fast_codec")):
             raise ProfileError(
                 f"{self.name}: the fast scorer works on the packed layout of a library whose "
@@ -598,6 +734,10 @@ class CKKSBackend:
         return self.library.keygen(self.params, evaluation_keys=self.layout == "round-robin")
 
     def matcher(self, public_context: bytes, pemiu_block_size: int | None = None) -> CKKSMatcher:
+        if self.probe == "shared":
+            if pemiu_block_size is not None:
+                raise BackendError(f"{self.description} has no pe-miu probe mode")
+            return SharedCKKSMatcher(self, public_context)
         return CKKSMatcher(self, public_context, pemiu_block_size)
 
     def decryptor(self, public_context: bytes, secret_context: bytearray) -> CKKSDecryptor:

@@ -428,3 +428,79 @@ def fold_products(
                     if total >= p:
                         total -= p
             out[m, c, limb, t0 + i] = total
+
+
+# ------------------------------------------------------- constants of their own per limb
+# A secret-shared probe's constants are residues of Z_p, a different vector per limb (the
+# shares of one integer constant k_j are uniform per limb, so no single integer stands for
+# them): each limb is summed with its own vector, the rest as above.
+@_jit()
+def _tile_limbs(
+    gallery: Any,
+    c: Any,
+    limb: Any,
+    t0: Any,
+    n: Any,
+    idx: Any,
+    count: Any,
+    pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+) -> None:
+    """out[m, c, limb, t0:t0+n] = sum of constants[m, limb, j] x_j mod p for every vector m."""
+    p = primes[limb]
+    acc = np.empty((4, n), dtype=np.uint64)
+    r = np.empty(n, dtype=np.uint64)
+    for m in range(out.shape[0]):
+        _signed_sum(gallery, c, limb, t0, n, idx[m, limb, : count[m, limb]], pieces[m, limb],
+                    w, wq, p, acc, r)  # fmt: skip
+        out[m, c, limb, t0 : t0 + n] = r
+
+
+@_jit()
+def combine_limbs_serial(
+    gallery: Any,
+    idx: Any,
+    count: Any,
+    pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+    tile: Any,
+) -> None:
+    """One thread over every (polynomial, limb, tile of ``tile`` coefficients: TILE for one
+    vector, TILE_MANY for several), all constant vectors per tile."""
+    limbs = gallery.shape[2]
+    degree = gallery.shape[3]
+    for c in range(2):
+        for limb in range(limbs):
+            for t0 in range(0, degree, tile):
+                n = min(tile, degree - t0)
+                _tile_limbs(gallery, c, limb, t0, n, idx, count, pieces, primes, w, wq, out)
+
+
+@_jit(parallel=True)
+def combine_limbs_parallel(
+    gallery: Any,
+    idx: Any,
+    count: Any,
+    pieces: Any,
+    primes: Any,
+    w: Any,
+    wq: Any,
+    out: Any,
+    tile: Any,
+) -> None:
+    """The tasks of :func:`combine_limbs_serial` over numba's threads."""
+    limbs = gallery.shape[2]
+    degree = gallery.shape[3]
+    tiles = (degree + tile - 1) // tile
+    for task in numba.prange(2 * limbs * tiles):
+        c = task // (limbs * tiles)
+        limb = (task // tiles) % limbs
+        t0 = (task % tiles) * tile
+        n = min(tile, degree - t0)
+        _tile_limbs(gallery, c, limb, t0, n, idx, count, pieces, primes, w, wq, out)

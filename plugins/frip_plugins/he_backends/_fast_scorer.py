@@ -713,6 +713,56 @@ def combine_batch(
     return combine_residues_many(residues, constants, primes, threads)
 
 
+def combine_residues_limbs(
+    residues: np.ndarray,
+    constants: np.ndarray,
+    primes: np.ndarray | Sequence[int],
+    threads: int = 1,
+) -> np.ndarray:
+    """``sum_j constants[m, l, j] * residues[j, :, l] mod p_l``: (d, 2, L, N) and uint64
+    (probes, L, d) -> (probes, 2, L, N), each limb with a constant vector of its own.
+
+    The constants are residues, any value of Z_p (0 to p - 1, up to 61 bits: two piece
+    groups), as a secret-shared probe's shares are; a value >= its limb's prime is refused
+    (BackendError), as SEAL refuses one. Exact, by the kernel of :func:`combine_residues`."""
+    if residues.ndim != 4 or residues.shape[1] != 2 or residues.dtype != np.uint64:
+        raise BackendError(f"residues must be uint64 (d, 2, limbs, N), not {residues.shape}")
+    if not residues.flags.c_contiguous:
+        raise BackendError("residues must be C-contiguous")
+    d, _, limbs, degree = residues.shape
+    ks = np.asarray(constants)
+    if ks.ndim != 3 or ks.shape[1:] != (limbs, d) or ks.dtype != np.uint64:
+        raise BackendError(
+            f"constants must be uint64 (probes, {limbs}, {d}), not {ks.dtype} {ks.shape}"
+        )
+    prime_list = tuple(int(p) for p in primes)
+    if len(prime_list) != limbs or any(not 1 < p < 2**61 for p in prime_list):
+        raise BackendError(f"{limbs} primes below 2^61 expected, got {prime_list}")
+    if np.any(ks >= np.array(prime_list, dtype=np.uint64)[None, :, None]):
+        raise BackendError("a constant is >= its limb's prime: not a residue")
+    if threads < 1:
+        raise BackendError("threads must be at least 1")
+    count = ks.shape[0]
+    groups = _groups(ks)
+    index = np.zeros((count, limbs, d), dtype=np.int64)
+    counts = np.zeros((count, limbs), dtype=np.int64)
+    pieces = np.zeros((count, limbs, groups, 2, d), dtype=np.uint64)
+    for m in range(count):
+        for limb in range(limbs):
+            chosen = np.flatnonzero(ks[m, limb])
+            index[m, limb, : chosen.size] = chosen
+            counts[m, limb] = chosen.size
+            pieces[m, limb, :, :, : chosen.size] = _split(ks[m, limb, chosen], groups)
+    w, wq = _shoup_tables(prime_list, groups)
+    out = np.empty((count, 2, limbs, degree), dtype=np.uint64)
+    kernels = _kernels()
+    tile = kernels.TILE if count == 1 else kernels.TILE_MANY
+    primes_array = np.array(prime_list, dtype=np.uint64)
+    args = (residues, index, counts, pieces, primes_array, w, wq, out, tile)
+    _run(kernels.combine_limbs_serial, kernels.combine_limbs_parallel, args, threads)
+    return out
+
+
 # ---------------------------------------------------------------------------- block
 class FastBlock:
     """One packed block's residues (d, 2, L, N), decompressed once at load, so scoring a
@@ -781,6 +831,14 @@ class FastBlock:
             residues = combine_batch(self.residues, chunk, self.codec.primes, threads)
             out.extend(self.codec.write(r, self.size, scale, self.version) for r in residues)
         return out
+
+    def combine_limbs(self, constants: np.ndarray, threads: int = 1) -> list[bytes]:
+        """The serialised CKKSVector of ``sum_j constants[m, l, j] * ct_j`` (limb l's
+        residues by its own constants, any value of Z_p) for each m of uint64 (probes,
+        limbs, d), at scale^2, in one pass over the block (:func:`combine_residues_limbs`)."""
+        residues = combine_residues_limbs(self.residues, constants, self.codec.primes, threads)
+        scale = self.codec.scale**2
+        return [self.codec.write(r, self.size, scale, self.version) for r in residues]
 
     def _constants(self, weights: Sequence[tuple[int, float]]) -> np.ndarray:
         """The int64 constants (d,) of (feature, value) pairs, as TenSEAL encodes them."""
