@@ -56,10 +56,11 @@ class _Keyed:
 
 class HEBackendConformance(Conformance):
     """``params``: a fast instance; ``other_params``: another parameter set (a block made
-    under one must be refused under the other; None skips that check); ``weak_params``:
-    parameters under 128-bit security, which the factory or ``security_check`` must refuse
-    with SecurityError (exit 5). A backend with ``encrypted = False`` (the
-    plaintext reference) is only checked for its decisions and damaged blocks."""
+    under one must be refused under the other); ``weak_params``: parameters under 128-bit
+    security, which the factory or ``security_check`` must refuse with SecurityError (exit
+    5). Both are required of an encrypting backend: left None, their checks fail, saying
+    what to set. A backend with ``encrypted = False`` (the plaintext reference) is only
+    checked for its decisions and damaged blocks."""
 
     kind: ClassVar[str] = "he_backend"
     other_params: ClassVar[dict[str, Any] | None] = None
@@ -129,7 +130,11 @@ class HEBackendConformance(Conformance):
     ) -> None:
         self._encrypted(keyed)
         if self.other_params is None:
-            pytest.skip("other_params is not set: no second parameter set to check against")
+            pytest.fail(
+                f"{type(self).__name__}: set other_params to a second parameter set of "
+                f"{keyed.backend.name} (factory keywords, e.g. {{'preset': 'compact'}}): a "
+                "block made under one must be refused under the other"
+            )
         other = _Keyed(self.make(**self.other_params), gallery)
         with pytest.raises(BackendError):
             keyed.decide(other.blob, gallery[0])
@@ -143,6 +148,19 @@ class HEBackendConformance(Conformance):
 
     def test_parameters_under_128_bit_security_are_refused(self) -> None:
         if self.weak_params is None:
-            pytest.skip("weak_params is not set: no parameters under 128-bit security to try")
-        with pytest.raises(SecurityError):
+            backend = self.make()
+            if not backend.encrypted:
+                pytest.skip(f"{backend.name} does not encrypt (encrypted = False)")
+            pytest.fail(
+                f"{type(self).__name__}: set weak_params to parameters under 128-bit "
+                f"security (factory keywords, e.g. {{'poly_modulus_degree': 1024}}) that "
+                f"{backend.name} must refuse with SecurityError"
+            )
+        try:
             self.make(**self.weak_params).security_check()
+        except SecurityError:
+            return
+        pytest.fail(
+            f"weak_params {self.weak_params} (under 128-bit security) were accepted: the "
+            "factory or security_check() must raise SecurityError"
+        )
