@@ -8,7 +8,6 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import numpy as np
-
 import pytest
 
 from frip_engine import plugins

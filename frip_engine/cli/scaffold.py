@@ -154,10 +154,10 @@ hooks and the checks.
 SUITE_SETTINGS = {
     "he_backend": (
         "    # TODO: parameters under 128-bit security, which make() or security_check() must\n"
-        "    # refuse with SecurityError, e.g. {\"poly_modulus_degree\": 1024}\n"
+        '    # refuse with SecurityError, e.g. {"poly_modulus_degree": 1024}\n'
         "    weak_params: ClassVar[dict[str, Any] | None] = None\n"
         "    # TODO: a second valid parameter set: a block made under one must be refused\n"
-        "    # under the other, e.g. {\"preset\": \"compact\"}\n"
+        '    # under the other, e.g. {"preset": "compact"}\n'
         "    other_params: ClassVar[dict[str, Any] | None] = None\n"
     ),
 }
