@@ -24,6 +24,11 @@ from frip_engine.errors import DestinationError, InputError
 from frip_engine.kinds import BY_NAME, KINDS, Kind
 
 NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+WIDTH = 88  # ruff's default line length: a scaffold is clean under ruff's defaults
+# the TODO value of a property member, by its annotation: a plain class attribute, so
+# the suite reaches (and names) every member left to do; strings say TODO, which the
+# conformance suites refuse
+TODO_VALUES = {"str": '"TODO"', "int": "0", "float": "0.0", "bool": "False"}
 # kinds as the command spells them (key-store); key_store is accepted too
 KIND_NAMES = ", ".join(k.name.replace("_", "-") for k in KINDS)
 # standard-library names a generated module may use in annotations -> their import
@@ -132,6 +137,16 @@ packages = ["{module}"]
 '''
 
 
+# what a kind's README adds: where its suite's inputs come from
+README_EXTRAS = {
+    "extractor": """
+The suite's real face comes from `pytest --frip-faces DIR` (or `$FRIP_TEST_FACES`): a
+folder in the lfw-dev layout, `<person>/<image>.jpg`. Without either it uses lfw-dev
+beside the project when present, else the public-domain face bundled with frip-engine.
+""",
+}
+
+
 def _readme(kind: Kind, name: str, module: str) -> str:
     return f"""# frip-{name}
 
@@ -143,10 +158,10 @@ frip plugins        # lists {kind.label} {name}
 pytest              # frip-engine's {kind.label} conformance suite
 ```
 
-Every member marked TODO raises NotImplementedError until it is implemented; the tests
-fail, naming them, until then. docs/plugins.md in frip-engine describes the protocol, the
-hooks and the checks.
-"""
+Every method marked TODO raises NotImplementedError and every attribute marked TODO
+holds a placeholder until it is implemented; the tests fail, naming them, until then.
+docs/plugins.md in frip-engine describes the protocol, the hooks and the checks.
+{README_EXTRAS.get(kind.name, "")}"""
 
 
 # what a kind's test file must set besides the plugin's name, as TODO values the suite
@@ -174,35 +189,50 @@ def _tests(kind: Kind, name: str, module: str) -> str:
 
 class Test{_class_name(name, kind)}({suite}):
     plugin_name = "{name}"  # as registered in {module}
-    plugin_module = "{module}"  # the suite fails if {name} comes from another plugin
+    # the suite fails if {name} comes from another plugin
+    plugin_module = "{module}"
 {settings}'''
 
 
 def _member(protocol: type, member: str, owner: str) -> str:
-    """One member of ``protocol`` as a stub raising NotImplementedError."""
+    """One member of ``protocol`` as a stub: a property as a class attribute holding a TODO
+    value (:data:`TODO_VALUES`), a method raising NotImplementedError. Lines fit
+    :data:`WIDTH` once indented in the class."""
     value: Any = inspect.getattr_static(protocol, member)
     doc = inspect.getdoc(value.fget if isinstance(value, property) else value) or ""
-    todo = f'raise NotImplementedError("TODO: {owner}.{member}")'
     if isinstance(value, property):
         returns = value.fget.__annotations__.get("return", "Any") if value.fget else "Any"
-        header = f"@property\ndef {member}(self) -> {returns}:"
-    else:
-        signature = inspect.signature(value)
-        parameters = []
-        for parameter in signature.parameters.values():
-            text = parameter.name
-            if parameter.annotation is not inspect.Parameter.empty:
-                text += f": {parameter.annotation}"
-            if parameter.default is not inspect.Parameter.empty:
-                text += f" = {parameter.default!r}"
-            parameters.append(text)
-        returns = signature.return_annotation
-        header = f"def {member}({', '.join(parameters)}) -> {returns}:"
-        if len(header) > 90:  # one parameter a line, as ruff format writes it
-            listed = "".join(f"\n    {text}," for text in parameters)
-            header = f"def {member}({listed}\n) -> {returns}:"
+        words = f"TODO: {doc}" if doc else f"TODO: {owner}.{member}"
+        comment = "\n".join(f"# {line}" for line in textwrap.wrap(words, WIDTH - 6))
+        return f"{comment}\n{member}: {returns} = {TODO_VALUES.get(returns, 'None')}"
+    todo = f'raise NotImplementedError("TODO: {owner}.{member}")'
+    if len(todo) + 8 > WIDTH:  # as ruff format splits it
+        todo = f'raise NotImplementedError(\n    "TODO: {owner}.{member}"\n)'
+    signature = inspect.signature(value)
+    parameters = []
+    for parameter in signature.parameters.values():
+        text = parameter.name
+        if parameter.annotation is not inspect.Parameter.empty:
+            text += f": {parameter.annotation}"
+        if parameter.default is not inspect.Parameter.empty:
+            text += f" = {parameter.default!r}"
+        parameters.append(text)
+    returns = signature.return_annotation
+    header = f"def {member}({', '.join(parameters)}) -> {returns}:"
+    if len(header) + 4 > WIDTH:  # one parameter a line, as ruff format keeps it
+        listed = "".join(f"\n    {text}," for text in parameters)
+        header = f"def {member}({listed}\n) -> {returns}:"
     body = (f'"""{doc}"""\n' if doc else "") + todo
     return header + "\n" + textwrap.indent(body, "    ")
+
+
+def _import(module: str, names: list[str]) -> str:
+    """``from module import names`` as ruff writes it: on one line when it fits
+    :data:`WIDTH`, else one name a line."""
+    line = f"from {module} import {', '.join(names)}"
+    if len(line) <= WIDTH:
+        return line
+    return f"from {module} import (\n" + "".join(f"    {n},\n" for n in names) + ")"
 
 
 def _module(kind: Kind, name: str) -> str:
@@ -235,7 +265,7 @@ def {kind.hook}(register: Register[{protocol.__name__}]) -> None:
     contracts = sorted({protocol.__name__, "Register", *(n for n in CONTRACT_NAMES if n in used)})
     third_party = [
         *(["import numpy as np"] if "np" in used else []),
-        f"from frip_engine.contracts import {', '.join(contracts)}",
+        _import("frip_engine.contracts", contracts),
         "from frip_engine.hookspecs import hookimpl",
         *(["from frip_engine.pemiu import PemiuTemplate"] if "PemiuTemplate" in used else []),
     ]

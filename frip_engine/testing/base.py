@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import pytest
@@ -73,3 +74,17 @@ class Conformance:
         the registry (:meth:`component` checks it is the vendor's)."""
         component = self.component()
         return plugins.create(self.kind, component.name, **{**self.params, **overrides})
+
+    def test_no_member_is_left_todo(self) -> None:
+        """No attribute of the component's class still holds a scaffold's TODO string
+        (``frip plugins new`` writes ``vendor: str = "TODO"``)."""
+        factory = self.component().factory if self.plugin_name else None
+        owner = factory if isinstance(factory, type) else type(self.make())
+        left = [
+            f"{owner.__name__}.{name} = {value!r}"
+            for cls in inspect.getmro(owner)
+            if cls is not object
+            for name, value in vars(cls).items()
+            if not name.startswith("__") and isinstance(value, str) and value.startswith("TODO")
+        ]
+        assert not left, f"members still holding a TODO value: {', '.join(left)}"
