@@ -4,13 +4,15 @@ installed or a plugin that failed to load), never another plugin's component."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
-from frip_engine import plugins
+from frip_engine import plugins, testing
 from frip_engine.hookspecs import hookimpl
 from frip_engine.testing import AdapterConformance, HEBackendConformance, KeyStoreConformance
 
@@ -84,3 +86,16 @@ def test_an_encrypting_backend_without_weak_or_other_params_fails(fresh_plugins:
     keyed: Any = SimpleNamespace(backend=SimpleNamespace(encrypted=True, name="tenseal"))
     with pytest.raises(pytest.fail.Exception, match=r"set other_params to a second parameter"):
         suite.test_a_block_from_another_parameter_set_is_refused(keyed, np.zeros((1, 1)))
+
+
+def test_every_check_of_the_suites_says_what_failed() -> None:
+    """Every assert carries a message and no bare pytest.raises ("DID NOT RAISE") is used:
+    a vendor reads what broke, not ``assert False``."""
+    bare = []
+    for path in sorted(Path(testing.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assert) and node.msg is None:
+                bare.append(f"{path.name}:{node.lineno} assert")
+            if isinstance(node, ast.Attribute) and node.attr == "raises":
+                bare.append(f"{path.name}:{node.lineno} pytest.raises")
+    assert not bare, bare

@@ -45,9 +45,11 @@ class AdapterConformance(Conformance):
     def test_round_trip(self, adapter: Any) -> None:
         for vector in unit_vectors(5, self.dimension):
             decoded = np.asarray(adapter.decode(adapter.encode(vector)))
-            assert decoded.shape == (self.dimension,)
-            assert np.issubdtype(decoded.dtype, np.floating)
-            assert np.all(np.isfinite(decoded))
+            assert decoded.shape == (self.dimension,), (
+                f"decoded shape {decoded.shape}, expected ({self.dimension},)"
+            )
+            assert np.issubdtype(decoded.dtype, np.floating), f"decoded dtype {decoded.dtype}"
+            assert np.all(np.isfinite(decoded)), "the decoded vector has NaN or infinite values"
             cosine = float(decoded @ vector / np.linalg.norm(decoded))
             assert cosine >= self.round_trip_cosine, f"round trip lost too much: {cosine}"
 

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import pytest
 
 from frip_engine import plugins
 from frip_engine.errors import PluginError
+
+
+@contextmanager
+def refused(error: type[BaseException], what: str) -> Iterator[None]:
+    """``pytest.raises(error)`` that says what failed: ``{what} did not raise {error}``
+    when the block raises nothing (another exception propagates as it is)."""
+    try:
+        yield
+    except error:
+        return
+    pytest.fail(f"{what} did not raise {error.__name__}")
 
 
 def _within(module: str, package: str) -> bool:
