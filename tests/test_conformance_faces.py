@@ -4,6 +4,7 @@ bundled face is one the built-in extractor finds."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -41,3 +42,14 @@ def test_the_bundled_face_is_a_face(fresh_plugins: None) -> None:
         pytest.skip(f"{arcface.label} is unavailable: {arcface.install_hint()}")
     extraction = plugins.create("extractor", "arcface", orientation="as-is").extract(image)
     assert extraction.faces_found == 1
+
+
+def test_the_package_ships_its_typing_marker_and_the_face() -> None:
+    """Vendors' mypy sees frip-engine's types (PEP 561) and an installed frip-engine has
+    the bundled face: both are package data."""
+    root = Path(__file__).resolve().parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = data["package-data"]["frip_engine"]
+    assert "py.typed" in shipped and (root / "frip_engine" / "py.typed").is_file()
+    faces = [p for pattern in shipped for p in (root / "frip_engine").glob(pattern)]
+    assert sorted(BUNDLED_FACES.rglob("*.jpg")) == sorted(p for p in faces if p.suffix == ".jpg")
