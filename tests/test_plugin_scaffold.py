@@ -44,6 +44,8 @@ def test_every_kind_scaffolds_a_module_with_the_whole_protocol(kind: str, tmp_pa
     component = getattr(module, _class_name(name, kind_row))()
     assert missing_members(component, kind_row.protocol) == []
     assert component.name == name
+    if kind == "he_backend":  # False would skip the suite's secrecy checks
+        assert component.encrypted is True
     assert hasattr(module, kind_row.hook)
     tests = (folder / "tests" / f"test_{module_name}_conformance.py").read_text()
     assert SUITES[kind].__name__ in tests and f'plugin_name = "{name}"' in tests

@@ -2,8 +2,10 @@
 
 The package holds a pyproject with the ``frip_engine`` entry point, a module whose class
 has every member of the kind's protocol (:mod:`frip_engine.contracts`, read at run time,
-so a scaffold always matches this engine) as a TODO raising NotImplementedError, a test
-file running the kind's conformance suite (:mod:`frip_engine.testing`) and a README.
+so a scaffold always matches this engine) as a TODO (a method raising
+NotImplementedError, an attribute holding a placeholder), a test file running the kind's
+conformance suite (:mod:`frip_engine.testing`) against the vendor's own module, and a
+README. Every file is clean under ruff's default settings.
 Mounted by ``frip_engine.cli`` with ``add_scaffold_command``.
 """
 
@@ -29,6 +31,9 @@ WIDTH = 88  # ruff's default line length: a scaffold is clean under ruff's defau
 # the suite reaches (and names) every member left to do; strings say TODO, which the
 # conformance suites refuse
 TODO_VALUES = {"str": '"TODO"', "int": "0", "float": "0.0", "bool": "False"}
+# members whose TODO value is not their type's: an HE backend encrypts (False would skip
+# the suite's secrecy checks)
+TODO_MEMBER_VALUES = {"encrypted": "True"}
 # kinds as the command spells them (key-store); key_store is accepted too
 KIND_NAMES = ", ".join(k.name.replace("_", "-") for k in KINDS)
 # standard-library names a generated module may use in annotations -> their import
@@ -204,7 +209,8 @@ def _member(protocol: type, member: str, owner: str) -> str:
         returns = value.fget.__annotations__.get("return", "Any") if value.fget else "Any"
         words = f"TODO: {doc}" if doc else f"TODO: {owner}.{member}"
         comment = "\n".join(f"# {line}" for line in textwrap.wrap(words, WIDTH - 6))
-        return f"{comment}\n{member}: {returns} = {TODO_VALUES.get(returns, 'None')}"
+        todo_value = TODO_MEMBER_VALUES.get(member) or TODO_VALUES.get(returns, "None")
+        return f"{comment}\n{member}: {returns} = {todo_value}"
     todo = f'raise NotImplementedError("TODO: {owner}.{member}")'
     if len(todo) + 8 > WIDTH:  # as ruff format splits it
         todo = f'raise NotImplementedError(\n    "TODO: {owner}.{member}"\n)'
@@ -270,8 +276,9 @@ def {kind.hook}(register: Register[{protocol.__name__}]) -> None:
         *(["from frip_engine.pemiu import PemiuTemplate"] if "PemiuTemplate" in used else []),
     ]
     header = "\n".join(stdlib) + ("\n\n" if stdlib else "") + "\n".join(third_party)
-    return f'''"""frip-engine {kind.label} '{name}'. Each TODO raises NotImplementedError until
-it is implemented; `pytest` runs frip-engine's conformance suite against it."""
+    return f'''"""frip-engine {kind.label} '{name}'. Each TODO method raises NotImplementedError
+and each TODO attribute holds a placeholder until it is implemented; `pytest` runs
+frip-engine's conformance suite against it."""
 
 from __future__ import annotations
 
