@@ -48,6 +48,11 @@ class ProbeError(InputError):
     vendor template)."""
 
 
+class DestinationError(InputError):
+    """A file or folder cannot be created where the caller asked (a read-only or virtual
+    file system, a missing permission, a file in the way)."""
+
+
 class EngineClosedError(InputError):
     """An operation on an engine after its ``close()`` (or after leaving its ``with``
     block): open the engine again to use it."""

@@ -131,6 +131,8 @@ class Component:
 
 @dataclass
 class BrokenPlugin:
+    """A plugin (entry point) that failed to import or to register, and why."""
+
     name: str
     package: str
     version: str
@@ -138,19 +140,46 @@ class BrokenPlugin:
 
 
 @dataclass
+class IgnoredComponent:
+    """A component registered under a name its kind already had: the first one kept
+    the name (from plugin ``kept_plugin``), this one (plugin ``plugin`` of distribution
+    ``package``) was dropped."""
+
+    kind: str
+    name: str
+    plugin: str
+    package: str
+    kept_plugin: str
+
+
+@dataclass
 class Registry:
-    """What the loaded plugins offer, by kind and name."""
+    """What the loaded plugins offer, by kind and name; ``ignored`` lists the components
+    dropped because another plugin had registered their name first."""
 
     components: dict[str, dict[str, Component]]
     broken: list[BrokenPlugin]
     plugin_packages: dict[str, tuple[str, str]]
+    ignored: list[IgnoredComponent] = field(default_factory=list)
 
     def get(self, kind: str, name: str) -> Component:
+        """The component ``name`` of ``kind``. Raises PluginError for an unknown name,
+        listing the known ones and every plugin that failed to load, with its reason (the
+        missing component may be in one of them)."""
         found = self.components[kind].get(name)
         if found is None:
             known = ", ".join(sorted(self.components[kind])) or "none"
-            raise PluginError(f"unknown {BY_NAME[kind].label} '{name}' (known: {known})")
+            failed = "".join(
+                f"; plugin '{b.name}' ({b.package} {b.version}".rstrip()
+                + f") failed to load: {b.error}"
+                for b in self.broken
+            )
+            raise PluginError(f"unknown {BY_NAME[kind].label} '{name}' (known: {known}){failed}")
         return found
+
+    def ignored_as(self, kind: str, name: str) -> list[IgnoredComponent]:
+        """The components of ``kind`` dropped because ``name`` was already registered."""
+        return [i for i in self.ignored if i.kind == kind and i.name == name]
 
     def of_kind(self, kind: str) -> list[Component]:
         return sorted(self.components[kind].values(), key=lambda c: c.name)
@@ -228,6 +257,7 @@ def _collect(pm: pluggy.PluginManager) -> Registry:
     packages: dict[str, tuple[str, str]] = _state["packages"]
     broken: list[BrokenPlugin] = list(_state["broken"])
     components: dict[str, dict[str, Component]] = {kind.name: {} for kind in KINDS}
+    ignored: list[IgnoredComponent] = []
     for kind in KINDS:
         for impl in getattr(pm.hook, kind.hook).get_hookimpls():
             package, version = packages.get(impl.plugin_name, ("?", "?"))
@@ -251,6 +281,7 @@ def _collect(pm: pluggy.PluginManager) -> Registry:
                         f"already registered by '{other}'",
                         file=sys.stderr,
                     )
+                    ignored.append(IgnoredComponent(_kind, name, _plugin, _package, other))
                     return
                 components[_kind][name] = Component(
                     _kind, name, factory, summary, requires, info, _plugin, _package, _version
@@ -262,7 +293,7 @@ def _collect(pm: pluggy.PluginManager) -> Registry:
                 broken.append(
                     BrokenPlugin(impl.plugin_name, package, version, f"{kind.hook}: {exc}")
                 )
-    return Registry(components, broken, dict(packages))
+    return Registry(components, broken, dict(packages), ignored)
 
 
 def reset() -> None:

@@ -66,6 +66,8 @@ class TestTenseal(HEBackendConformance):
 class TestTensealFastScorer(HEBackendConformance):
     plugin_name = "tenseal"
     params: ClassVar[dict[str, Any]] = {"scorer": "fast"}
+    other_params: ClassVar[dict[str, Any] | None] = {"preset": "compact", "scorer": "fast"}
+    weak_params: ClassVar[dict[str, Any] | None] = {**WEAK, "scorer": "fast"}
 
 
 @_available("he_backend", "pyfhel")

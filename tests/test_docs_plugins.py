@@ -16,6 +16,7 @@ from pathlib import Path
 from frip_engine import hookspecs
 from frip_engine.contracts import protocol_members
 from frip_engine.kinds import KINDS
+from frip_engine.testing import AdapterConformance
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "plugins.md"
@@ -90,3 +91,33 @@ def test_every_hook_and_protocol_member_is_documented() -> None:
 
 def test_the_readme_links_the_plugin_guide() -> None:
     assert "(docs/plugins.md)" in (ROOT / "README.md").read_text()
+
+
+def test_the_tutorial_key_store_declares_what_it_imports() -> None:
+    (pyproject,) = [body for _, path, body in _blocks() if path == "frip-zeta-vault/pyproject.toml"]
+    dependencies = re.search(r"^dependencies = \[(.*)\]$", pyproject, re.MULTILINE)
+    assert dependencies is not None and '"cryptography' in dependencies.group(1), pyproject
+
+
+def test_a_profile_chooses_the_kinds_engine_create_has_no_flag_for() -> None:
+    text = DOC.read_text()
+    profiles = [body for language, _, body in _blocks() if language == "toml"]
+    for section in ("[protection]", "[clusterer]", "[gallery_store]"):
+        assert any(section in body for body in profiles), section
+    assert "--profile" in text and "(../README.md#engine-profiles)" in text
+
+
+def test_the_adapter_integrity_requirement_is_stated() -> None:
+    text = " ".join(DOC.read_text().split())
+    docstring = " ".join((AdapterConformance.__doc__ or "").split())
+    for where in (text, docstring):
+        assert "integrity data (a checksum or a MAC)" in where
+        assert "never enrol a wrong face" in where
+    assert "the engine normalises" in text
+
+
+def test_kinds_are_spelled_as_the_command_spells_them() -> None:
+    text = DOC.read_text()
+    for kind in KINDS:
+        if "_" in kind.name:
+            assert f"| {kind.name} |" not in text and f"| {kind.name.replace('_', '-')} |" in text

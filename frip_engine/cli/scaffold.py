@@ -2,8 +2,10 @@
 
 The package holds a pyproject with the ``frip_engine`` entry point, a module whose class
 has every member of the kind's protocol (:mod:`frip_engine.contracts`, read at run time,
-so a scaffold always matches this engine) as a TODO raising NotImplementedError, a test
-file running the kind's conformance suite (:mod:`frip_engine.testing`) and a README.
+so a scaffold always matches this engine) as a TODO (a method raising
+NotImplementedError, an attribute holding a placeholder), a test file running the kind's
+conformance suite (:mod:`frip_engine.testing`) against the vendor's own module, and a
+README. Every file is clean under ruff's default settings.
 Mounted by ``frip_engine.cli`` with ``add_scaffold_command``.
 """
 
@@ -17,13 +19,23 @@ from typing import Annotated, Any
 
 import typer
 
+from frip_engine import plugins
 from frip_engine.cli.output import out
 from frip_engine.contracts import protocol_members
-from frip_engine.errors import InputError
+from frip_engine.errors import DestinationError, InputError
 from frip_engine.kinds import BY_NAME, KINDS, Kind
 
 NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
-KIND_NAMES = ", ".join(k.name for k in KINDS)
+WIDTH = 88  # ruff's default line length: a scaffold is clean under ruff's defaults
+# the TODO value of a property member, by its annotation: a plain class attribute, so
+# the suite reaches (and names) every member left to do; strings say TODO, which the
+# conformance suites refuse
+TODO_VALUES = {"str": '"TODO"', "int": "0", "float": "0.0", "bool": "False"}
+# members whose TODO value is not their type's: an HE backend encrypts (False would skip
+# the suite's secrecy checks)
+TODO_MEMBER_VALUES = {"encrypted": "True"}
+# kinds as the command spells them (key-store); key_store is accepted too
+KIND_NAMES = ", ".join(k.name.replace("_", "-") for k in KINDS)
 # standard-library names a generated module may use in annotations -> their import
 STDLIB = {
     "Sequence": "from collections.abc import Sequence",
@@ -55,7 +67,9 @@ def new_command(
 ) -> None:
     """Scaffold an installable plugin package: entry point, protocol stubs, conformance tests."""
     target = scaffold(kind, name, directory or Path(f"frip-{name}"))
-    out.print(f"created {target}: pip install -e {target} && pytest {target}")
+    out.print(f"created {target}; next, install it and run its tests:", soft_wrap=True)
+    for command in (f"pip install -e {target}", f"pytest {target}"):
+        out.print(f"  {command}", soft_wrap=True)  # whole, however narrow the output
 
 
 def _kind(kind: str) -> Kind:
@@ -68,12 +82,21 @@ def _kind(kind: str) -> Kind:
 def scaffold(kind: str, name: str, directory: Path) -> Path:
     """Write the package for component ``name`` of ``kind`` into ``directory`` (which must
     not exist) and return it. Raises InputError for an unknown kind, a name that is not
-    lower-case letters, digits and single hyphens (2-40 characters), or an existing path."""
+    lower-case letters, digits and single hyphens (2-40 characters), a name a plugin
+    already registered for the kind (the conformance suite would check that plugin's
+    component) or an existing path; DestinationError (an InputError) when the folder
+    cannot be created or written."""
     chosen = _kind(kind)
     if not (2 <= len(name) <= 40 and NAME.fullmatch(name)):
         raise InputError(
             f"plugin name {name!r}: use 2-40 lower-case letters, digits and single hyphens, "
             "starting with a letter (e.g. acme-hsm)"
+        )
+    taken = plugins.registry().components[chosen.name].get(name)
+    if taken is not None:
+        raise InputError(
+            f"{chosen.name.replace('_', '-')} '{name}' is already registered by plugin "
+            f"'{taken.plugin}' ({taken.package}); choose another name"
         )
     if directory.exists() or directory.is_symlink():
         raise InputError(f"{directory} exists; choose a new --dir")
@@ -84,10 +107,13 @@ def scaffold(kind: str, name: str, directory: Path) -> Path:
         f"{module}/__init__.py": _module(chosen, name),
         f"tests/test_{module}_conformance.py": _tests(chosen, name, module),
     }
-    for relative, text in files.items():
-        path = directory / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    try:
+        for relative, text in files.items():
+            path = directory / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    except OSError as exc:
+        raise DestinationError(f"cannot create {directory}: {exc.strerror or exc}") from exc
     return directory
 
 
@@ -116,6 +142,16 @@ packages = ["{module}"]
 '''
 
 
+# what a kind's README adds: where its suite's inputs come from
+README_EXTRAS = {
+    "extractor": """
+The suite's real face comes from `pytest --frip-faces DIR` (or `$FRIP_TEST_FACES`): a
+folder in the lfw-dev layout, `<person>/<image>.jpg`. Without either it uses lfw-dev
+beside the project when present, else the public-domain face bundled with frip-engine.
+""",
+}
+
+
 def _readme(kind: Kind, name: str, module: str) -> str:
     return f"""# frip-{name}
 
@@ -127,49 +163,82 @@ frip plugins        # lists {kind.label} {name}
 pytest              # frip-engine's {kind.label} conformance suite
 ```
 
-Every member marked TODO raises NotImplementedError until it is implemented; the tests
-fail, naming them, until then. docs/plugins.md in frip-engine describes the protocol, the
-hooks and the checks.
-"""
+Every method marked TODO raises NotImplementedError and every attribute marked TODO
+holds a placeholder until it is implemented; the tests fail, naming them, until then.
+docs/plugins.md in frip-engine describes the protocol, the hooks and the checks.
+{README_EXTRAS.get(kind.name, "")}"""
+
+
+# what a kind's test file must set besides the plugin's name, as TODO values the suite
+# refuses until they are filled
+SUITE_SETTINGS = {
+    "he_backend": (
+        "    # TODO: parameters under 128-bit security, which make() or security_check() must\n"
+        '    # refuse with SecurityError, e.g. {"poly_modulus_degree": 1024}\n'
+        "    weak_params: ClassVar[dict[str, Any] | None] = None\n"
+        "    # TODO: a second valid parameter set: a block made under one must be refused\n"
+        '    # under the other, e.g. {"preset": "compact"}\n'
+        "    other_params: ClassVar[dict[str, Any] | None] = None\n"
+    ),
+}
 
 
 def _tests(kind: Kind, name: str, module: str) -> str:
     suite = f"{kind.protocol.__name__}Conformance"  # frip_engine.testing.SUITES
+    settings = SUITE_SETTINGS.get(kind.name, "")
+    imports = "from typing import Any, ClassVar\n\n" if settings else ""
     return f'''"""frip-engine's {kind.label} conformance suite against {name}."""
 
-from frip_engine.testing import {suite}
+{imports}from frip_engine.testing import {suite}
 
 
 class Test{_class_name(name, kind)}({suite}):
     plugin_name = "{name}"  # as registered in {module}
-'''
+    # the suite fails if {name} comes from another plugin
+    plugin_module = "{module}"
+{settings}'''
 
 
 def _member(protocol: type, member: str, owner: str) -> str:
-    """One member of ``protocol`` as a stub raising NotImplementedError."""
+    """One member of ``protocol`` as a stub: a property as a class attribute holding a TODO
+    value (:data:`TODO_VALUES`), a method raising NotImplementedError. Lines fit
+    :data:`WIDTH` once indented in the class."""
     value: Any = inspect.getattr_static(protocol, member)
     doc = inspect.getdoc(value.fget if isinstance(value, property) else value) or ""
-    todo = f'raise NotImplementedError("TODO: {owner}.{member}")'
     if isinstance(value, property):
         returns = value.fget.__annotations__.get("return", "Any") if value.fget else "Any"
-        header = f"@property\ndef {member}(self) -> {returns}:"
-    else:
-        signature = inspect.signature(value)
-        parameters = []
-        for parameter in signature.parameters.values():
-            text = parameter.name
-            if parameter.annotation is not inspect.Parameter.empty:
-                text += f": {parameter.annotation}"
-            if parameter.default is not inspect.Parameter.empty:
-                text += f" = {parameter.default!r}"
-            parameters.append(text)
-        returns = signature.return_annotation
-        header = f"def {member}({', '.join(parameters)}) -> {returns}:"
-        if len(header) > 90:  # one parameter a line, as ruff format writes it
-            listed = "".join(f"\n    {text}," for text in parameters)
-            header = f"def {member}({listed}\n) -> {returns}:"
+        words = f"TODO: {doc}" if doc else f"TODO: {owner}.{member}"
+        comment = "\n".join(f"# {line}" for line in textwrap.wrap(words, WIDTH - 6))
+        todo_value = TODO_MEMBER_VALUES.get(member) or TODO_VALUES.get(returns, "None")
+        return f"{comment}\n{member}: {returns} = {todo_value}"
+    todo = f'raise NotImplementedError("TODO: {owner}.{member}")'
+    if len(todo) + 8 > WIDTH:  # as ruff format splits it
+        todo = f'raise NotImplementedError(\n    "TODO: {owner}.{member}"\n)'
+    signature = inspect.signature(value)
+    parameters = []
+    for parameter in signature.parameters.values():
+        text = parameter.name
+        if parameter.annotation is not inspect.Parameter.empty:
+            text += f": {parameter.annotation}"
+        if parameter.default is not inspect.Parameter.empty:
+            text += f" = {parameter.default!r}"
+        parameters.append(text)
+    returns = signature.return_annotation
+    header = f"def {member}({', '.join(parameters)}) -> {returns}:"
+    if len(header) + 4 > WIDTH:  # one parameter a line, as ruff format keeps it
+        listed = "".join(f"\n    {text}," for text in parameters)
+        header = f"def {member}({listed}\n) -> {returns}:"
     body = (f'"""{doc}"""\n' if doc else "") + todo
     return header + "\n" + textwrap.indent(body, "    ")
+
+
+def _import(module: str, names: list[str]) -> str:
+    """``from module import names`` as ruff writes it: on one line when it fits
+    :data:`WIDTH`, else one name a line."""
+    line = f"from {module} import {', '.join(names)}"
+    if len(line) <= WIDTH:
+        return line
+    return f"from {module} import (\n" + "".join(f"    {n},\n" for n in names) + ")"
 
 
 def _module(kind: Kind, name: str) -> str:
@@ -202,13 +271,14 @@ def {kind.hook}(register: Register[{protocol.__name__}]) -> None:
     contracts = sorted({protocol.__name__, "Register", *(n for n in CONTRACT_NAMES if n in used)})
     third_party = [
         *(["import numpy as np"] if "np" in used else []),
-        f"from frip_engine.contracts import {', '.join(contracts)}",
+        _import("frip_engine.contracts", contracts),
         "from frip_engine.hookspecs import hookimpl",
         *(["from frip_engine.pemiu import PemiuTemplate"] if "PemiuTemplate" in used else []),
     ]
     header = "\n".join(stdlib) + ("\n\n" if stdlib else "") + "\n".join(third_party)
-    return f'''"""frip-engine {kind.label} '{name}'. Each TODO raises NotImplementedError until
-it is implemented; `pytest` runs frip-engine's conformance suite against it."""
+    return f'''"""frip-engine {kind.label} '{name}'. Each TODO method raises NotImplementedError
+and each TODO attribute holds a placeholder until it is implemented; `pytest` runs
+frip-engine's conformance suite against it."""
 
 from __future__ import annotations
 

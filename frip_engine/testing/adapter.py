@@ -23,7 +23,12 @@ class AdapterConformance(Conformance):
     """``decode(encode(v))`` is ``v`` up to the format's precision (cosine at least
     ``round_trip_cosine``) as a finite float vector of ``dimension``; a truncated, padded,
     bit-flipped, random or empty payload raises an InputError (the engine's exit 2, a
-    4xx in the service), never another exception and never a vector."""
+    4xx in the service), never another exception and never a vector.
+
+    So a template format must carry integrity data (a checksum or a MAC): a damaged
+    template that still decodes is another vector, and a damaged template must never
+    enrol a wrong face or identify as someone else. The vector need not be of unit
+    length: the engine normalises what ``decode`` returns."""
 
     kind: ClassVar[str] = "adapter"
     dimension: ClassVar[int] = 512
@@ -45,9 +50,11 @@ class AdapterConformance(Conformance):
     def test_round_trip(self, adapter: Any) -> None:
         for vector in unit_vectors(5, self.dimension):
             decoded = np.asarray(adapter.decode(adapter.encode(vector)))
-            assert decoded.shape == (self.dimension,)
-            assert np.issubdtype(decoded.dtype, np.floating)
-            assert np.all(np.isfinite(decoded))
+            assert decoded.shape == (self.dimension,), (
+                f"decoded shape {decoded.shape}, expected ({self.dimension},)"
+            )
+            assert np.issubdtype(decoded.dtype, np.floating), f"decoded dtype {decoded.dtype}"
+            assert np.all(np.isfinite(decoded)), "the decoded vector has NaN or infinite values"
             cosine = float(decoded @ vector / np.linalg.norm(decoded))
             assert cosine >= self.round_trip_cosine, f"round trip lost too much: {cosine}"
 

@@ -9,7 +9,7 @@ import pytest
 
 from frip_engine.contracts import Extraction, Extractor
 from frip_engine.errors import NoFaceError
-from frip_engine.testing.base import Conformance
+from frip_engine.testing.base import Conformance, refused
 
 
 class ExtractorConformance(Conformance):
@@ -29,16 +29,23 @@ class ExtractorConformance(Conformance):
         return made
 
     def test_declares_a_dimension_and_thresholds(self, extractor: Any) -> None:
-        assert isinstance(extractor.dimension, int) and extractor.dimension > 0
-        assert -1.0 <= float(extractor.threshold) <= 1.0
-        assert -1.0 <= float(extractor.same_person_floor) <= 1.0
-        assert isinstance(extractor.models(), list)
+        dimension = extractor.dimension
+        assert isinstance(dimension, int) and dimension > 0, (
+            f"dimension {dimension!r}: a positive int"
+        )
+        threshold, floor = float(extractor.threshold), float(extractor.same_person_floor)
+        assert -1.0 <= threshold <= 1.0, f"threshold {threshold}: a cosine in [-1, 1]"
+        assert -1.0 <= floor <= 1.0, f"same_person_floor {floor}: a cosine in [-1, 1]"
+        models = extractor.models()
+        assert isinstance(models, list), f"models() returned {type(models).__name__}, not a list"
 
     def test_a_face_gives_a_finite_unit_vector_of_its_dimension(
         self, extractor: Any, frip_face_image: np.ndarray
     ) -> None:
         extraction = extractor.extract(frip_face_image.copy())
-        assert isinstance(extraction, Extraction)
+        assert isinstance(extraction, Extraction), (
+            f"extract returned {type(extraction).__name__}, not an Extraction"
+        )
         vector = np.asarray(extraction.embedding)
         assert vector.shape == (extractor.dimension,), (
             f"embedding shape {vector.shape}, declared dimension {extractor.dimension}"
@@ -47,7 +54,7 @@ class ExtractorConformance(Conformance):
         assert np.all(np.isfinite(vector)), "the embedding has NaN or infinite values"
         norm = float(np.linalg.norm(vector))
         assert abs(norm - 1.0) <= self.unit_tolerance, f"embedding norm {norm}, not 1"
-        assert extraction.faces_found >= 1
+        assert extraction.faces_found >= 1, f"faces_found {extraction.faces_found} for a face"
 
     def test_extraction_is_deterministic(self, extractor: Any, frip_face_image: np.ndarray) -> None:
         first = np.asarray(extractor.extract(frip_face_image.copy()).embedding)
@@ -57,5 +64,5 @@ class ExtractorConformance(Conformance):
     def test_an_image_without_a_face_is_refused_with_no_face_error(
         self, extractor: Any, frip_blank_image: np.ndarray
     ) -> None:
-        with pytest.raises(NoFaceError):
+        with refused(NoFaceError, "extracting from a blank grey image"):
             extractor.extract(frip_blank_image.copy())

@@ -25,7 +25,7 @@ import pytest
 
 from frip_engine.contracts import GalleryStore, NewSubject
 from frip_engine.errors import CorruptionError, StoreError
-from frip_engine.testing.base import Conformance
+from frip_engine.testing.base import Conformance, refused
 
 CAPACITY = 4096
 PUBLIC_CONTEXT = b"conformance public context"
@@ -137,13 +137,20 @@ class GalleryStoreConformance(Conformance):
         store.close()
         again = self.open_store(engine_dir)
         try:
-            assert again.meta()["engine_id"] == META["engine_id"]
-            assert again.public_context(1) == PUBLIC_CONTEXT
+            meta = again.meta()
+            assert meta["engine_id"] == META["engine_id"], f"after a reopen, meta() is {meta}"
+            assert again.public_context(1) == PUBLIC_CONTEXT, (
+                "after a reopen, public_context(1) is not what put_public_context stored"
+            )
             _, data = again.read_block(info.block_id)
-            assert generation_of(data, self.block_bytes) == 2
-            assert sorted(s.subject_id for s in again.subjects()) == ["s1", "s2"]
+            generation = generation_of(data, self.block_bytes)
+            assert generation == 2, f"after a reopen, the block is commit {generation}, not 2"
+            subjects = sorted(s.subject_id for s in again.subjects())
+            assert subjects == ["s1", "s2"], f"after a reopen, the subjects are {subjects}"
             found = again.subject("s2")
-            assert found is not None and found.block_id == info.block_id
+            assert found is not None and found.block_id == info.block_id, (
+                f"after a reopen, subject('s2') is {found}, expected in block {info.block_id}"
+            )
         finally:
             again.close()
 
@@ -151,7 +158,7 @@ class GalleryStoreConformance(Conformance):
         (info,) = store.blocks()
         revision, before = store.read_block(info.block_id)
         commit_generation(store, info.block_id, 2, self.block_bytes)
-        with pytest.raises(StoreError):
+        with refused(StoreError, "a commit with a stale expected_revision"):
             store.commit_block(
                 info.block_id,
                 revision,  # what the block was before the last commit
@@ -161,13 +168,14 @@ class GalleryStoreConformance(Conformance):
                 block_data(3, self.block_bytes),
                 added=[NewSubject("s3", 3, 1)],
             )
-        assert generation_of(store.read_block(info.block_id)[1], self.block_bytes) == 2
-        assert store.subject("s3") is None
-        assert before != store.read_block(info.block_id)[1]
+        generation = generation_of(store.read_block(info.block_id)[1], self.block_bytes)
+        assert generation == 2, f"after a refused commit the block is commit {generation}, not 2"
+        assert store.subject("s3") is None, "a refused commit added its subject"
+        assert before != store.read_block(info.block_id)[1], "the accepted commit was not kept"
 
     def test_a_block_under_another_public_context_is_refused(self, store: Any) -> None:
         before = store.blocks()
-        with pytest.raises(StoreError):
+        with refused(StoreError, "a block under another public context (context_sha256)"):
             store.commit_block(
                 None, 0, 0, 1, CAPACITY, block_data(2, 1000), context_sha256="0" * 64
             )
@@ -176,14 +184,15 @@ class GalleryStoreConformance(Conformance):
         new = store.commit_block(
             None, 0, 1, 1, CAPACITY, block_data(3, 1000), context_sha256=recorded
         )
-        assert generation_of(store.read_block(new)[1], 1000) == 3
+        generation = generation_of(store.read_block(new)[1], 1000)
+        assert generation == 3, f"the new block reads as commit {generation}, not 3"
 
     def test_a_corrupted_block_is_detected(self, store: Any, engine_dir: Path) -> None:
         (info,) = store.blocks()
         self.corrupt_block(store, engine_dir, info.block_id)
         again = self.open_store(engine_dir)
         try:
-            with pytest.raises(CorruptionError):
+            with refused(CorruptionError, "reading a block with one byte changed"):
                 again.read_block(info.block_id)
         finally:
             again.close()
@@ -209,7 +218,7 @@ class GalleryStoreConformance(Conformance):
             text=True,
             env=environment,
         )
-        assert child.stdout is not None
+        assert child.stdout is not None, "the child process has no stdout pipe"
         acknowledged, stamps = 1, list[float]()
         deadline = time.monotonic() + 60
         while len(stamps) < 4 and time.monotonic() < deadline:

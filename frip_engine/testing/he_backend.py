@@ -13,7 +13,7 @@ from frip_engine.contracts import Decryptor, HEBackend
 from frip_engine.errors import BackendError, FripError, SecurityError
 from frip_engine.keyservice import KeyService
 from frip_engine.testing.adapter import unit_vectors
-from frip_engine.testing.base import Conformance
+from frip_engine.testing.base import Conformance, refused
 
 # the fixed gallery: registrants, their dimension, the probes' decision threshold
 REGISTRANTS = 12
@@ -56,10 +56,11 @@ class _Keyed:
 
 class HEBackendConformance(Conformance):
     """``params``: a fast instance; ``other_params``: another parameter set (a block made
-    under one must be refused under the other; None skips that check); ``weak_params``:
-    parameters under 128-bit security, which the factory or ``security_check`` must refuse
-    with SecurityError (exit 5). A backend with ``encrypted = False`` (the
-    plaintext reference) is only checked for its decisions and damaged blocks."""
+    under one must be refused under the other); ``weak_params``: parameters under 128-bit
+    security, which the factory or ``security_check`` must refuse with SecurityError (exit
+    5). Both are required of an encrypting backend: left None, their checks fail, saying
+    what to set. A backend with ``encrypted = False`` (the plaintext reference) is only
+    checked for its decisions and damaged blocks."""
 
     kind: ClassVar[str] = "he_backend"
     other_params: ClassVar[dict[str, Any] | None] = None
@@ -79,7 +80,9 @@ class HEBackendConformance(Conformance):
         backend = cls().make()
         assert isinstance(backend, HEBackend), "the component does not satisfy HEBackend"
         backend.security_check()
-        assert backend.slots() >= REGISTRANTS
+        assert backend.slots() >= REGISTRANTS, (
+            f"slots() is {backend.slots()}: the suite's gallery needs {REGISTRANTS}"
+        )
         yield _Keyed(backend, gallery)
 
     def _encrypted(self, keyed: _Keyed) -> None:
@@ -96,7 +99,10 @@ class HEBackendConformance(Conformance):
             order = np.argsort(-reference, kind="stable")[:3]
             decided = keyed.decide(keyed.blob, probe)
             assert decided[0][1] == f"s{order[0]}", "the best candidate differs"
-            assert (decided[0][0] >= THRESHOLD) == (reference[order[0]] >= THRESHOLD)
+            assert (decided[0][0] >= THRESHOLD) == (reference[order[0]] >= THRESHOLD), (
+                f"the decision differs: best score {decided[0][0]}, plaintext "
+                f"{reference[order[0]]}, threshold {THRESHOLD}"
+            )
             # the runners-up may swap only where the plaintext scores are within tolerance
             assert np.allclose(
                 [v for v, _ in decided], reference[order], atol=self.score_tolerance
@@ -111,17 +117,17 @@ class HEBackendConformance(Conformance):
         self._encrypted(keyed)
         assert not isinstance(keyed.matcher, Decryptor), "the matcher can decrypt"
         secret = bytes(keyed.secret)
-        assert secret != keyed.public
+        assert secret != keyed.public, "keygen returned the secret as the public context"
         # past a leading parameter header, no piece of the secret is in the public material
         for start in range(min(256, len(secret) // 2), len(secret) - 32, 251):
             assert secret[start : start + 32] not in keyed.public, "secret bytes in public"
-        with pytest.raises(FripError):
+        with refused(FripError, "a decryptor made from the public context"):
             keyed.backend.decryptor(keyed.public, bytearray(keyed.public))
 
     def test_a_block_from_another_key_is_refused(self, keyed: _Keyed, gallery: np.ndarray) -> None:
         self._encrypted(keyed)
         other = _Keyed(self.make(), gallery)
-        with pytest.raises(BackendError):
+        with refused(BackendError, "scoring a block encrypted under another key"):
             keyed.decide(other.blob, gallery[0])
 
     def test_a_block_from_another_parameter_set_is_refused(
@@ -129,20 +135,37 @@ class HEBackendConformance(Conformance):
     ) -> None:
         self._encrypted(keyed)
         if self.other_params is None:
-            pytest.skip("other_params is not set: no second parameter set to check against")
+            pytest.fail(
+                f"{type(self).__name__}: set other_params to a second parameter set of "
+                f"{keyed.backend.name} (factory keywords, e.g. {{'preset': 'compact'}}): a "
+                "block made under one must be refused under the other"
+            )
         other = _Keyed(self.make(**self.other_params), gallery)
-        with pytest.raises(BackendError):
+        with refused(BackendError, "a block made under other_params, scored under params"):
             keyed.decide(other.blob, gallery[0])
-        with pytest.raises(BackendError):
+        with refused(BackendError, "a block made under params, scored under other_params"):
             other.decide(keyed.blob, gallery[0])
 
     def test_damaged_blocks_are_refused(self, keyed: _Keyed, gallery: np.ndarray) -> None:
         for damaged in (keyed.blob[: len(keyed.blob) // 2], keyed.blob[:16], b""):
-            with pytest.raises(BackendError):
+            with refused(BackendError, f"a block cut to {len(damaged)} bytes"):
                 keyed.decide(damaged, gallery[0])
 
     def test_parameters_under_128_bit_security_are_refused(self) -> None:
         if self.weak_params is None:
-            pytest.skip("weak_params is not set: no parameters under 128-bit security to try")
-        with pytest.raises(SecurityError):
+            backend = self.make()
+            if not backend.encrypted:
+                pytest.skip(f"{backend.name} does not encrypt (encrypted = False)")
+            pytest.fail(
+                f"{type(self).__name__}: set weak_params to parameters under 128-bit "
+                f"security (factory keywords, e.g. {{'poly_modulus_degree': 1024}}) that "
+                f"{backend.name} must refuse with SecurityError"
+            )
+        try:
             self.make(**self.weak_params).security_check()
+        except SecurityError:
+            return
+        pytest.fail(
+            f"weak_params {self.weak_params} (under 128-bit security) were accepted: the "
+            "factory or security_check() must raise SecurityError"
+        )

@@ -14,7 +14,7 @@ import pytest
 
 from frip_engine.contracts import KeyStore
 from frip_engine.errors import KeyStoreError
-from frip_engine.testing.base import Conformance
+from frip_engine.testing.base import Conformance, refused
 
 ENGINE_ID = "conformance-engine"
 KEY_ID = "he-secret-v1"
@@ -81,10 +81,12 @@ class KeyStoreConformance(Conformance):
     ) -> None:
         loaded = stored.load_secret(ENGINE_ID, KEY_ID)
         assert isinstance(loaded, bytearray), "load_secret returns a bytearray (wiped after use)"
-        assert bytes(loaded) == secret
-        assert bytes(self.open_store(engine_dir).load_secret(ENGINE_ID, KEY_ID)) == secret
-        assert KEY_ID in stored.status(ENGINE_ID)["sealed_keys"]
-        assert isinstance(stored.describe(), str)
+        assert bytes(loaded) == secret, "load_secret returned other bytes than were stored"
+        again = self.open_store(engine_dir).load_secret(ENGINE_ID, KEY_ID)
+        assert bytes(again) == secret, "a new store object loaded other bytes than were stored"
+        status = stored.status(ENGINE_ID)
+        assert KEY_ID in status["sealed_keys"], f"status()['sealed_keys'] lacks {KEY_ID}: {status}"
+        assert isinstance(stored.describe(), str), "describe() returns no str"
 
     def test_the_secret_is_never_written_in_the_clear(
         self, stored: Any, tmp_path: Path, secret: bytes
@@ -101,9 +103,9 @@ class KeyStoreConformance(Conformance):
             assert not mode & 0o077, f"{path} is readable by others (mode {oct(mode)})"
 
     def test_the_secret_is_bound_to_its_engine_and_key_version(self, stored: Any) -> None:
-        with pytest.raises(KeyStoreError):
+        with refused(KeyStoreError, "loading another engine's key"):
             stored.load_secret("another-engine", KEY_ID)
-        with pytest.raises(KeyStoreError):
+        with refused(KeyStoreError, "loading a key version never stored"):
             stored.load_secret(ENGINE_ID, "he-secret-v2")
 
     def test_a_tampered_store_is_refused(

@@ -29,16 +29,25 @@ class ProtectionConformance(Conformance):
         return made
 
     def test_templates_are_finite_and_of_the_output_dimension(self, protection: Any) -> None:
-        assert protection.probe_mode in ("plain", "pe-miu")
+        assert protection.probe_mode in ("plain", "pe-miu"), (
+            f"probe_mode {protection.probe_mode!r}: 'plain' or 'pe-miu'"
+        )
         size = protection.output_dimension(self.dimension)
         for vector in unit_vectors(3, self.dimension):
             for made in (protection.protect(vector), protection.protect_probe(vector)):
                 values = made.vector if isinstance(made, PemiuTemplate) else np.asarray(made)
-                assert values.shape == (size,)
-                assert np.all(np.isfinite(values))
+                assert values.shape == (size,), (
+                    f"template shape {values.shape}, output_dimension {size}"
+                )
+                assert np.all(np.isfinite(values)), "the template has NaN or infinite values"
                 if protection.probe_mode == "pe-miu":
-                    assert isinstance(made, PemiuTemplate)
-                    assert made.block_size == protection.probe_block_size
+                    assert isinstance(made, PemiuTemplate), (
+                        f"probe_mode pe-miu, but a {type(made).__name__}, not a PemiuTemplate"
+                    )
+                    assert made.block_size == protection.probe_block_size, (
+                        f"template block size {made.block_size}, probe_block_size "
+                        f"{protection.probe_block_size}"
+                    )
 
 
 class ClustererConformance(Conformance):
@@ -50,10 +59,14 @@ class ClustererConformance(Conformance):
     def test_declared_sizes_are_sensible(self) -> None:
         clusterer = self.make()
         assert isinstance(clusterer, Clusterer), "the component does not satisfy Clusterer"
-        assert isinstance(clusterer.routed, bool)
-        assert clusterer.max_size is None or clusterer.max_size >= 1
-        assert 0.0 < float(clusterer.fill) <= 1.0
-        assert clusterer.probe_clusters is None or clusterer.probe_clusters >= 1
+        assert isinstance(clusterer.routed, bool), f"routed {clusterer.routed!r}: a bool"
+        assert clusterer.max_size is None or clusterer.max_size >= 1, (
+            f"max_size {clusterer.max_size!r}: None or at least 1"
+        )
+        assert 0.0 < float(clusterer.fill) <= 1.0, f"fill {clusterer.fill!r}: in (0, 1]"
+        assert clusterer.probe_clusters is None or clusterer.probe_clusters >= 1, (
+            f"probe_clusters {clusterer.probe_clusters!r}: None or at least 1"
+        )
 
     def test_a_routed_clusterer_fits_k_finite_centroids(self) -> None:
         clusterer = self.make()
@@ -61,5 +74,5 @@ class ClustererConformance(Conformance):
             pytest.skip(f"{clusterer.name} is not routed: the engine never calls fit")
         templates = unit_vectors(60, 32, seed=4)
         centroids = np.asarray(clusterer.fit(templates, 3))
-        assert centroids.shape == (3, 32)
-        assert np.all(np.isfinite(centroids))
+        assert centroids.shape == (3, 32), f"fit(60 x 32 templates, 3) gave {centroids.shape}"
+        assert np.all(np.isfinite(centroids)), "the centroids have NaN or infinite values"
