@@ -124,11 +124,13 @@ async def frip_error(service: Service, request: Request, exc: Exception) -> Resp
         await run_in_threadpool(audit_refusal, service, request, code)
     await run_in_threadpool(release_request_id, service, request)
     message = str(exc)
+    retry = getattr(exc, "retry_after", None)
     if status >= 500:  # the detail (paths, internals) stays in the server's log
         logger.error("%s %s -> %s: %s", request.method, route_of(request.scope), code, exc)
         message = f"the service failed ({code}); the server log has the detail"
+        if retry is not None:  # nothing was done: the same request may be sent again
+            message += f"; nothing was done, retry in {max(1, round(retry))} s"
     response = error_response(code, message, status, request)
-    retry = getattr(exc, "retry_after", None)
     if retry is not None:
         response.headers["Retry-After"] = str(max(1, round(retry)))
     return response

@@ -26,6 +26,7 @@ from frip_engine.errors import (
     StoreError,
     SubjectError,
     UnknownSubjectError,
+    WorkerLostError,
 )
 
 
@@ -124,6 +125,7 @@ HTTP_ERRORS: dict[type[FripError], tuple[int, str]] = {
     RevokedKeyError: (401, "api_key_revoked"),
     ForbiddenError: (403, "engine_forbidden"),
     RateLimitError: (429, "rate_limited"),
+    WorkerLostError: (503, "worker_lost"),
 }
 
 
