@@ -18,7 +18,9 @@ what the handlers share, ``service.requests`` what they do with a request.
 Timings added to an identification's Table II breakdown (seconds, all server-side):
 ``network``: from the ASGI app receiving the request (headers parsed) to the handler
 start, plus the time to receive the body; ``request_decoding``: JSON, base64 and field
-checks; ``queue_wait``: waiting for the engine's thread (and for a batch to fill);
+checks; an image probe's ``feature_extraction`` is its decoding and embedding in an
+edge worker process (``service.edge``), before the engine's queue; ``queue_wait``:
+waiting for the engine's thread (and for a batch to fill);
 ``batch_size``: the probes scored together with this one (requests queued for one engine
 are micro-batched, ``ServiceConfig.batch_max``); ``server_total``: receipt to
 response ready. The response's own JSON encoding is in the ``Server-Timing`` header.
