@@ -158,18 +158,20 @@ class EdgePool:
         Raises the image's own error (ImageError, NoFaceError, ... from the extractor), or
         WorkerLostError when its worker died on both tries."""
         loop = asyncio.get_running_loop()
+        lost: BrokenProcessPool | None = None
         for _ in range(2):
             pool = self.pool(spec)
             try:
                 vector, notes, seconds = await loop.run_in_executor(pool, _embed, data, field)
-            except BrokenProcessPool:
+            except BrokenProcessPool as exc:  # killed, out of memory, or its start failed
+                lost = exc
                 self._replace(spec, pool)
                 continue
             return Embedded(vector, notes, seconds)
         raise WorkerLostError(
-            f"the worker process embedding '{field}' ended before answering, twice; "
+            f"the worker process embedding '{field}' ended before answering, twice ({lost}); "
             "nothing was decided for this request: retry"
-        )
+        ) from lost
 
     def close(self) -> None:
         """Stop every pool's workers."""
