@@ -113,7 +113,11 @@ def enrol_group(
         try:
             items = [EnrolItem(s, embeddings=list(own)) for s, (_, _, own) in ready.items()]
             prepared = engine.prepare_enrolment(items)
-            pending = engine.encrypt_enrolment(prepared)
+            try:
+                pending = engine.encrypt_enrolment(prepared)
+            except BaseException:
+                prepared.discard()
+                raise
         except BaseException as exc:
             settle_group(service, engine, group, intents, {}, exc)
             raise
