@@ -62,6 +62,7 @@ from frip_engine.errors import (
     StoreError,
     SubjectError,
     UnknownSubjectError,
+    WorkerLostError,
     each_or_error,
 )
 from frip_engine.images import load_image
@@ -119,6 +120,31 @@ class EnrolReport:
     def summary(self) -> dict[str, Any]:
         """enrolled, failed and notes, JSON-able."""
         return {"enrolled": self.enrolled, "failed": self.failed, "notes": self.notes}
+
+
+@dataclass
+class EnrolPlan:
+    """An enrolment prepared under the write lock (``Engine.prepare_enrolment``): the
+    templates, one row of ``matrix`` (float64 (n, dimension), wiped by :meth:`discard`)
+    per id, with their vector counts; the allocation ``steps`` (partition, open block or
+    None for a new one, slots, rows), the opened routing state and its revision for a
+    routed clusterer, and the HE key version it was planned under. ``report`` already
+    holds the subjects refused while planning."""
+
+    report: EnrolReport
+    ids: list[str]
+    counts: list[int]
+    matrix: np.ndarray = field(repr=False)
+    steps: list[Step]
+    router: RouterState | None
+    revision: int
+    key_version: int
+
+    def discard(self) -> None:
+        """Wipe the plaintext templates and the routing state."""
+        self.matrix.fill(0.0)
+        if self.router is not None:
+            self.router.wipe()
 
 
 Progress = Callable[[str], None]
@@ -235,6 +261,7 @@ class Engine:
         self._blocks: dict[int, tuple[int, Any]] = {}
         self._scorer: ParallelScorer | None = None
         self._sharers: SharedScorer | None = None  # the shared probe mode's two matchers
+        self._encryptor: ParallelScorer | None = None  # prepared enrolments' encryption
         self._slot_map: tuple[tuple[tuple[int, int], ...], dict[int, dict[int, str]]] | None = None
         self.key_version = 0
         self._closed = False
@@ -272,12 +299,13 @@ class Engine:
             service.public_context, self.parts.pemiu_block_size
         )
         self._blocks.clear()
-        if self._scorer is not None:
-            self._scorer.close()
-            self._scorer = None
-        if self._sharers is not None:
-            self._sharers.close()
-            self._sharers = None
+        self._stop_workers()
+
+    def _stop_workers(self) -> None:
+        for pool in (self._scorer, self._encryptor, self._sharers):
+            if pool is not None:
+                pool.close()
+        self._scorer = self._encryptor = self._sharers = None
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
@@ -383,12 +411,7 @@ class Engine:
         closing twice is harmless. ``with`` an engine closes it on leaving the block; every
         operation after that raises EngineClosedError."""
         self._closed = True
-        if self._scorer is not None:
-            self._scorer.close()
-            self._scorer = None
-        if self._sharers is not None:
-            self._sharers.close()
-            self._sharers = None
+        self._stop_workers()
         self.gallery_store.close()
         self._blocks.clear()
 
@@ -462,6 +485,92 @@ class Engine:
         """Enrol subjects; each is committed whole or not at all, and failures are reported.
         Raises InputError, enrolling nobody, when an item is not an EnrolItem."""
         self._check_open()
+        report, templates = self._templates(items, progress)
+        if templates:
+            with self._writing():
+                prepared = self._plan(report, templates)
+                try:
+                    blocks = self._encrypted_blocks(prepared.matrix, prepared.steps)
+                    self._commit_plan(prepared, blocks)
+                finally:
+                    prepared.discard()
+        return report
+
+    def prepare_enrolment(self, items: Iterable[EnrolItem]) -> EnrolPlan:
+        """The first of the three steps of an enrolment whose encryption runs off this
+        thread (the service's group commit): check and protect each item's template and
+        allocate slots under the write lock, which is released on return. Then
+        :meth:`encrypt_enrolment` (worker process) and :meth:`commit_enrolment` (this
+        thread again). Meanwhile the engine keeps answering from the committed blocks;
+        a write to the same blocks in between makes the commit refuse them (retry).
+        Raises InputError for an item that is no EnrolItem, KeyStoreError (nothing
+        planned)."""
+        self._check_open()
+        report, templates = self._templates(items, None)
+        with self._writing():
+            return self._plan(report, templates)
+
+    def encrypt_enrolment(self, prepared: EnrolPlan) -> Future[list[tuple[str, bytes]]]:
+        """Each step's block of ``prepared``, encrypted in a worker process that holds the
+        public context only (an open block is read from the store there, its rows added):
+        (fingerprint of the public context used, serialised block) per step. Safe to
+        wait for on any thread; a dead worker fails the future."""
+        if not prepared.steps:
+            nothing: Future[list[tuple[str, bytes]]] = Future()
+            nothing.set_result([])
+            return nothing
+        if self._encryptor is not None and self._encryptor.key_version != self.key_version:
+            self._encryptor.close()
+            self._encryptor = None
+        if self._encryptor is None:
+            self._encryptor = ParallelScorer(self._worker_setup(), 1)
+        jobs = [
+            (
+                None if info is None else (info.block_id, info.revision),
+                prepared.matrix[rows],
+                slots,
+            )
+            for _, info, slots, rows in prepared.steps
+        ]
+        return self._encryptor.encrypt_steps(jobs, prepared.key_version)
+
+    def commit_enrolment(
+        self, prepared: EnrolPlan, blocks: Future[list[tuple[str, bytes]]]
+    ) -> EnrolReport:
+        """On the engine's thread: commit the encrypted ``blocks`` of ``prepared``, each
+        block with its slot-map rows in one store transaction; a block the store refuses
+        (changed meanwhile, keys rotated) leaves its subjects absent and failed in the
+        report, as does a failed encryption for all of them. Wipes the plan."""
+        try:
+            try:
+                encrypted = blocks.result()
+            except Exception as exc:
+                error = exc if isinstance(exc, FripError) else self._lost_encryptor(exc)
+                for subject in prepared.ids:
+                    prepared.report.fail(subject, error, f"not stored: {error}")
+                return prepared.report
+            with self._writing():
+                self._commit_plan(prepared, encrypted)
+            return prepared.report
+        finally:
+            prepared.discard()
+
+    def _lost_encryptor(self, exc: Exception) -> WorkerLostError:
+        """The encryption worker died (``exc``): drop its pool, so that the next prepared
+        enrolment starts a new one, and say so as the error of the enrolments it held."""
+        if self._encryptor is not None:
+            self._encryptor.close()
+            self._encryptor = None
+        return WorkerLostError(
+            f"the worker process encrypting this enrolment ended ({type(exc).__name__}) "
+            "before it was committed; nothing was stored: retry"
+        )
+
+    def _templates(
+        self, items: Iterable[EnrolItem], progress: Progress | None
+    ) -> tuple[EnrolReport, dict[str, tuple[np.ndarray, int]]]:
+        """Each new subject's stored template and vector count; the report of those
+        refused. Raises InputError, enrolling nobody, when an item is not an EnrolItem."""
         items = list(items)
         for index, item in enumerate(items):
             if not isinstance(item, EnrolItem):
@@ -487,20 +596,7 @@ class Engine:
                 templates[item.subject_id] = (stored_vector(template), len(vectors))
             except FripError as exc:
                 report.fail(item.subject_id, exc)
-        if templates:
-            with self._writing():
-                # enrolled by another writer meanwhile
-                for subject in self.gallery_store.subjects():
-                    if templates.pop(subject.subject_id, None) is not None:
-                        report.fail(
-                            subject.subject_id,
-                            DuplicateSubjectError(
-                                f"subject '{subject.subject_id}' is already enrolled"
-                            ),
-                        )
-                if templates:
-                    self._commit_templates(templates, report)
-        return report
+        return report, templates
 
     def _template_inputs(self, item: EnrolItem) -> tuple[list[np.ndarray], list[str], list[str]]:
         """The subject's unit vectors, a label for each, and the notes on its images."""
@@ -527,20 +623,31 @@ class Engine:
             )
         return vectors, labels, notes
 
-    def _commit_templates(
-        self, templates: dict[str, tuple[np.ndarray, int]], report: EnrolReport
-    ) -> None:
+    def _plan(self, report: EnrolReport, templates: dict[str, tuple[np.ndarray, int]]) -> EnrolPlan:
+        """Under the write lock: drop the subjects another writer enrolled meanwhile, choose
+        each template's partition and allocate slots (open blocks first, then new ones)."""
+        for subject in self.gallery_store.subjects():
+            if templates.pop(subject.subject_id, None) is not None:
+                report.fail(
+                    subject.subject_id,
+                    DuplicateSubjectError(f"subject '{subject.subject_id}' is already enrolled"),
+                )
         ids = list(templates)
+        if not ids:
+            nothing = np.zeros((0, self.parts.dimension))
+            return EnrolPlan(report, [], [], nothing, [], None, 0, self.key_version)
         matrix = np.stack([templates[s][0] for s in ids])
         router, revision, partitions = self._plan_partitions(matrix)
         by_partition: dict[int, list[int]] = defaultdict(list)
         for row, partition in enumerate(partitions.tolist()):
             by_partition[int(partition)].append(row)
-        try:
-            self._commit_partitions(ids, templates, matrix, by_partition, router, revision, report)
-        finally:
-            if router is not None:
-                router.wipe()
+        steps = [
+            (partition, info, slots, chunk)
+            for partition, rows in by_partition.items()
+            for info, slots, chunk in self._allocate(partition, rows)
+        ]
+        counts = [templates[s][1] for s in ids]
+        return EnrolPlan(report, ids, counts, matrix, steps, router, revision, self.key_version)
 
     def _plan_partitions(self, matrix: np.ndarray) -> tuple[RouterState | None, int, np.ndarray]:
         """Each template's partition; for routed clusterers also the opened routing state."""
@@ -555,29 +662,17 @@ class Engine:
         router, partitions = plan(router, matrix, clusterer, size, self.parts.extractor.name)
         return router, current[0] if current else 0, partitions
 
-    def _commit_partitions(
-        self,
-        ids: list[str],
-        templates: dict[str, tuple[np.ndarray, int]],
-        matrix: np.ndarray,
-        by_partition: dict[int, list[int]],
-        router: RouterState | None,
-        revision: int,
-        report: EnrolReport,
-    ) -> None:
-        steps = [
-            (partition, info, slots, chunk)
-            for partition, rows in by_partition.items()
-            for info, slots, chunk in self._allocate(partition, rows)
-        ]
-        blocks = self._encrypted_blocks(matrix, steps)
+    def _commit_plan(self, prepared: EnrolPlan, blocks: Iterable[tuple[str, bytes]]) -> None:
+        """Commit each step of ``prepared`` with its block from ``blocks`` (in step order),
+        block and slot-map rows in one store transaction per block; a block the store
+        refuses leaves its subjects absent and failed in the report, the others stand."""
+        ids, router, revision = prepared.ids, prepared.router, prepared.revision
         for (partition, info, slots, chunk), (fingerprint, encrypted) in zip(
-            steps, blocks, strict=True
+            prepared.steps, blocks, strict=True
         ):
-            data = matrix[chunk]
+            data = prepared.matrix[chunk]
             added = [
-                NewSubject(ids[r], s, templates[ids[r]][1])
-                for r, s in zip(chunk, slots, strict=True)
+                NewSubject(ids[r], s, prepared.counts[r]) for r, s in zip(chunk, slots, strict=True)
             ]
             routing = None
             if router is not None:
@@ -597,14 +692,14 @@ class Engine:
                 )
             except FripError as exc:  # this chunk is absent; the others stand
                 for subject in added:
-                    report.fail(subject.subject_id, exc, f"not stored: {exc}")
+                    prepared.report.fail(subject.subject_id, exc, f"not stored: {exc}")
                 if router is not None:
                     router.add(partition, data, sign=-1)
                 continue
             revision += routing is not None
             self._blocks.pop(block_id, None)
             for subject in added:
-                report.enrolled.append(subject.subject_id)
+                prepared.report.enrolled.append(subject.subject_id)
                 _emit(
                     hookspecs.frip_enrolled,
                     engine=self.name,
@@ -970,7 +1065,13 @@ class Engine:
             self._sharers = SharedScorer(self._worker_setup(), max(1, self.profile.workers // 2))
         return self._sharers
 
+    def _parallel(self) -> ParallelScorer:
+        if self._scorer is None:
+            self._scorer = ParallelScorer(self._worker_setup(), self.profile.workers)
+        return self._scorer
+
     def _worker_setup(self) -> WorkerSetup:
+        """What a worker process needs to score and encrypt for this engine: no secret."""
         return WorkerSetup(
             self.profile.plugin("he"),
             self.profile.params("he"),
@@ -981,11 +1082,6 @@ class Engine:
             self.parts.pemiu_block_size,
             self.key_version,
         )
-
-    def _parallel(self) -> ParallelScorer:
-        if self._scorer is None:
-            self._scorer = ParallelScorer(self._worker_setup(), self.profile.workers)
-        return self._scorer
 
     def _conclude(
         self,

@@ -92,6 +92,16 @@ class WorkerStartError(FripError):
     ``if __name__ == "__main__":`` guard)."""
 
 
+class WorkerLostError(FripError):
+    """A worker process (image embedding, encryption) ended before answering (killed, out
+    of memory); nothing was decided or stored for the request: retry after
+    ``retry_after`` seconds (a new worker takes its place)."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class SecurityError(FripError):
     """A security property would be broken (weak HE parameters, secret in the wrong place)."""
 

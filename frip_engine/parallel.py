@@ -171,6 +171,28 @@ def _encrypt(key_version: int, rows: np.ndarray, slots: list[int]) -> tuple[str,
     return _worker["fingerprint"], bytes(matcher.dump(matcher.encrypt_rows(rows, slots)))
 
 
+# One block of a prepared enrolment: the open block to add to, as (block id, revision), or
+# None for a new block; then the rows (float64 (n, d)) and their slots.
+EncryptJob = tuple[tuple[int, int] | None, np.ndarray, list[int]]
+
+
+def _encrypt_jobs(key_version: int, jobs: list[EncryptJob]) -> list[tuple[str, bytes]]:
+    """Each job's block, serialised, with the fingerprint of the public context used: an
+    open block read from the store at its revision (StoreError if it moved) with the rows
+    added, or a new block of the rows."""
+    _check_key(key_version)
+    matcher = _worker["matcher"]
+    done = []
+    for where, rows, slots in jobs:
+        if where is None:
+            block = matcher.encrypt_rows(rows, slots)
+        else:
+            block = matcher.add_rows(_block(*where), rows, slots)
+            _worker["blocks"].pop(where[0], None)  # its next revision is another block
+        done.append((_worker["fingerprint"], bytes(matcher.dump(block))))
+    return done
+
+
 def result(future: Future[T]) -> T:
     """A worker's answer; a dead or failed worker becomes a StoreError."""
     try:
@@ -283,6 +305,14 @@ class ParallelScorer:
         worker in turn: (fingerprint of the public context used, serialised block)."""
         pool = self._pools[next(self._turn) % len(self._pools)]
         return pool.submit(_encrypt, key_version, rows, slots)
+
+    def encrypt_steps(
+        self, jobs: list[EncryptJob], key_version: int
+    ) -> Future[list[tuple[str, bytes]]]:
+        """Every job's block under HE key ``key_version``, in order, from the next worker
+        in turn: (fingerprint of the public context used, serialised block) per job."""
+        pool = self._pools[next(self._turn) % len(self._pools)]
+        return pool.submit(_encrypt_jobs, key_version, jobs)
 
     def close(self) -> None:
         for pool in self._pools:

@@ -430,15 +430,15 @@ def test_after_a_5xx_the_same_request_id_may_be_retried(
     s, key = setup, setup.keys["acme"]
     request_id = uuid.uuid4().hex
     body = {"subject_id": "alice", "embeddings": [unit_vectors(1)[0].tolist()]}
-    enrol_many = Engine.enrol_many
+    commit = Engine.commit_enrolment  # the service's enrolments commit here
 
     def full_disk(engine: Engine, *args: Any, **kwargs: Any) -> Any:
         raise StoreError("the disk is full")
 
-    monkeypatch.setattr(Engine, "enrol_many", full_disk)
+    monkeypatch.setattr(Engine, "commit_enrolment", full_disk)
     failed = s.client.post("/v1/engines/doors/subjects", json=body, headers=auth(key, request_id))
     assert error_of(failed) == (500, "store_error")
-    monkeypatch.setattr(Engine, "enrol_many", enrol_many)
+    monkeypatch.setattr(Engine, "commit_enrolment", commit)
     again = s.client.post("/v1/engines/doors/subjects", json=body, headers=auth(key, request_id))
     assert again.status_code == 201, again.text
     replay = s.client.post("/v1/engines/doors/subjects", json=body, headers=auth(key, request_id))

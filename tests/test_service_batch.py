@@ -6,6 +6,8 @@ held until every request of a round is queued."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -217,13 +219,13 @@ def test_queued_enrolments_are_committed_together_each_told_its_own_result(
     slot = batching.service.engines().opened("doors")
     assert slot is not None
     committed: list[list[str]] = []
-    enrol_many = slot.engine.enrol_many
+    prepare = slot.engine.prepare_enrolment  # planned together, then committed together
 
     def counted(items: list[EnrolItem]) -> Any:
         committed.append([item.subject_id for item in items])
-        return enrol_many(items)
+        return prepare(items)
 
-    monkeypatch.setattr(slot.engine, "enrol_many", counted)
+    monkeypatch.setattr(slot.engine, "prepare_enrolment", counted)
     new = unit_vectors(4, seed=50)
     bodies = [
         {"subject_id": "n0", "embeddings": [new[0].tolist()], "attributes": {"age": 30}},
@@ -320,3 +322,83 @@ def test_a_slot_answers_each_queued_call_by_its_own_result() -> None:
         "RuntimeError('the engine failed')",
         "RuntimeError('the engine failed')",
     ]
+
+
+ENROL = "/v1/engines/doors/subjects"
+
+
+def encryptor_held(server: Live, seconds: float) -> tuple[Any, int]:
+    """Enrol one subject (which starts the engine's encryption worker), then occupy that
+    worker for ``seconds``: the next enrolment's encryption waits behind it. Returns the
+    engine's slot and the worker's pid."""
+    first = {
+        "subject_id": f"w{time.monotonic_ns()}",
+        "embeddings": [unit_vectors(1, seed=77)[0].tolist()],
+    }
+    assert post(server, first, ENROL).status_code == 201
+    slot = server.service.engines().opened("doors")
+    assert slot is not None
+    encryptor = slot.engine._encryptor
+    assert encryptor is not None
+    (pool,) = encryptor._pools
+    pool.submit(time.sleep, seconds)
+    return slot, next(iter(pool._processes))
+
+
+def until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_identify_is_answered_while_an_enrolment_is_encrypted(batching: Live) -> None:
+    """Enrolment encryption is off the read path: with an enrolment planned and waiting
+    for its encryption (in a worker process), identify requests are answered from the
+    committed blocks at once; the enrolment is acknowledged after its commit, and then
+    found."""
+    slot, _ = encryptor_held(batching, 3.0)
+    vector = unit_vectors(1, seed=78)[0]
+    with ThreadPoolExecutor(1) as sender:
+        enrolling = sender.submit(
+            post, batching, {"subject_id": "later", "embeddings": [vector.tolist()]}, ENROL
+        )
+        until(lambda: slot.answering_later() == 1, "the enrolment was not handed off")
+        for body in probes(3, seed=8):
+            start = time.perf_counter()
+            answered = post(batching, body)
+            assert answered.status_code == 200 and time.perf_counter() - start < 2
+        probe = {"embedding": near(vector, 0.2, 3).tolist()}
+        assert post(batching, probe).json()["subject_id"] != "later"  # not committed yet
+        assert not enrolling.done()  # acknowledged only after the commit
+        assert enrolling.result().status_code == 201
+    assert post(batching, probe).json()["subject_id"] == "later"
+
+
+def test_an_enrolment_group_whose_encryption_worker_dies_is_absent_and_told_to_retry(
+    batching: Live,
+) -> None:
+    """SIGKILL the encryption worker while a group of enrolments waits for it: every
+    caller of the group gets 503 worker_lost (retry), none is stored, and a new worker
+    enrols the retry."""
+    slot, pid = encryptor_held(batching, 30.0)
+    vectors = unit_vectors(2, seed=79)
+    bodies = [{"subject_id": f"lost{i}", "embeddings": [v.tolist()]} for i, v in enumerate(vectors)]
+    gate = threading.Event()
+    held = slot.executor.submit(gate.wait)  # both queue, then are planned as one group
+    with ThreadPoolExecutor(len(bodies)) as senders:
+        sent = [senders.submit(post, batching, body, ENROL) for body in bodies]
+        until(lambda: slot.queued() == len(bodies), "the enrolments did not queue")
+        gate.set()
+        held.result()
+        until(lambda: slot.answering_later() == 1, "the group was not handed off")
+        os.kill(pid, signal.SIGKILL)
+        answers = [future.result() for future in sent]
+    assert [a.status_code for a in answers] == [503, 503], [a.text for a in answers]
+    assert {a.json()["error"]["code"] for a in answers} == {"worker_lost"}
+    assert all("retry" in a.json()["error"]["message"] for a in answers)
+    for body in bodies:
+        path = f"{ENROL}/{body['subject_id']}"
+        with httpx.Client(base_url=batching.url, timeout=60) as client:
+            assert client.get(path, headers=headers(batching.key)).status_code == 404
+    assert post(batching, bodies[0], ENROL).status_code == 201

@@ -147,8 +147,37 @@ def test_load_16_clients_zero_errors(home: Path) -> None:
         assert engine.stats()["subjects"] == result["by_operation"]["enrol"]["requests"]
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (its workers, their forkserver), from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 @pytest.mark.parametrize("streams", [1, 4])  # 4: enrolments queue and commit together
 def test_sigkill_during_enrolments_leaves_acknowledged_ones_whole(home: Path, streams: int) -> None:
+    """SIGKILL while an enrolment group is in flight (planned, its intent written, being
+    encrypted in the worker process or committed): every acknowledged enrolment is whole
+    after a restart, every other one whole or absent, and the killed server's worker
+    processes (encryption) end with it, so none can write after the kill."""
     _engine(home, "k").close()
     key = Vendors(Database(home / "service.sqlite")).create("acme", ["k"])
     vectors = unit_vectors(40, seed=21)
@@ -194,6 +223,8 @@ def test_sigkill_during_enrolments_leaves_acknowledged_ones_whole(home: Path, st
         busy = {r[0] for r in rows} - {f"s{i:02d}" for i in acknowledged}
         if not busy:
             time.sleep(0.002)
+    assert server.process is not None
+    workers = descendants(server.process.pid)
     server.kill()
     audit.close()
     stop.set()
@@ -201,6 +232,11 @@ def test_sigkill_during_enrolments_leaves_acknowledged_ones_whole(home: Path, st
         writer.join(timeout=60)
     in_flight = sorted(set(sent) - set(acknowledged))
     assert busy, "no enrolment was in flight when the server was killed"
+    assert workers, "the server had no worker process encrypting"
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived the killed server"
+        time.sleep(0.05)
     assert busy <= {f"s{i:02d}" for i in in_flight}, (busy, in_flight)  # and none answered
     restarted = ServerProcess(home)
     url = restarted.start()

@@ -18,7 +18,9 @@ what the handlers share, ``service.requests`` what they do with a request.
 Timings added to an identification's Table II breakdown (seconds, all server-side):
 ``network``: from the ASGI app receiving the request (headers parsed) to the handler
 start, plus the time to receive the body; ``request_decoding``: JSON, base64 and field
-checks; ``queue_wait``: waiting for the engine's thread (and for a batch to fill);
+checks; an image probe's ``feature_extraction`` is its decoding and embedding in an
+edge worker process (``service.edge``), before the engine's queue; ``queue_wait``:
+waiting for the engine's thread (and for a batch to fill);
 ``batch_size``: the probes scored together with this one (requests queued for one engine
 are micro-batched, ``ServiceConfig.batch_max``); ``server_total``: receipt to
 response ready. The response's own JSON encoding is in the ``Server-Timing`` header.
@@ -125,11 +127,13 @@ async def frip_error(service: Service, request: Request, exc: Exception) -> Resp
         await run_in_threadpool(audit_refusal, service, request, code)
     await run_in_threadpool(release_request_id, service, request)
     message = str(exc)
+    retry = getattr(exc, "retry_after", None)
     if status >= 500:  # the detail (paths, internals) stays in the server's log
         logger.error("%s %s -> %s: %s", request.method, route_of(request.scope), code, exc)
         message = f"the service failed ({code}); the server log has the detail"
+        if retry is not None:  # nothing was done: the same request may be sent again
+            message += f"; nothing was done, retry in {max(1, round(retry))} s"
     response = error_response(code, message, status, request)
-    retry = getattr(exc, "retry_after", None)
     if retry is not None:
         response.headers["Retry-After"] = str(max(1, round(retry)))
     return response

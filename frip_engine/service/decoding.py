@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
 from concurrent.futures import ThreadPoolExecutor
 
@@ -95,12 +96,24 @@ class ImageDecoder:
         data = decode_b64(value, field)
         return data, self.inspect(data, field)
 
+    async def checked(self, value: object, field: str) -> tuple[bytes, int]:
+        """Base64 image text to the file's bytes, its header checked off the loop (pixels
+        not decoded); also its estimated peak decode bytes. Raises Base64Error (400) or
+        ImageError (422)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._decode, value, field
+        )
+
+    def ration(self, needed: int) -> contextlib.AbstractAsyncContextManager[object]:
+        """Where an image of ``needed`` peak decode bytes is decoded: a heavy one holds one
+        of the ``heavy_slots`` places meanwhile, a light one goes at once."""
+        return self._heavy if needed > self.heavy_bytes else contextlib.nullcontext()
+
     async def decode(self, value: object, field: str) -> np.ndarray:
         """Base64 image text to upright 8-bit BGR pixels (H, W, 3), decoded off the loop.
 
         Raises Base64Error (400) or ImageError (422)."""
-        loop = asyncio.get_running_loop()
-        data, needed = await loop.run_in_executor(self._pool, self._decode, value, field)
+        data, needed = await self.checked(value, field)
         return await self._load(data, needed)
 
     async def decode_bytes(self, data: bytes, field: str) -> np.ndarray:
@@ -113,11 +126,8 @@ class ImageDecoder:
     async def _load(self, data: bytes, needed: int) -> np.ndarray:
         from frip_engine.images import load_image
 
-        loop = asyncio.get_running_loop()
-        if needed <= self.heavy_bytes:
-            return await loop.run_in_executor(self._pool, load_image, data)
-        async with self._heavy:
-            return await loop.run_in_executor(self._pool, load_image, data)
+        async with self.ration(needed):
+            return await asyncio.get_running_loop().run_in_executor(self._pool, load_image, data)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

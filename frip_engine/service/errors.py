@@ -28,6 +28,7 @@ from frip_engine.errors import (
     StoreError,
     SubjectError,
     UnknownSubjectError,
+    WorkerLostError,
 )
 
 
@@ -133,6 +134,7 @@ HTTP_ERRORS: dict[type[FripError], tuple[int, str]] = {
     ForbiddenError: (403, "engine_forbidden"),
     RateLimitError: (429, "rate_limited"),
     ShareError: (500, "shared_probe_error"),
+    WorkerLostError: (503, "worker_lost"),
 }
 
 

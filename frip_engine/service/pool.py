@@ -10,6 +10,12 @@ requests with the same options) wait in the engine's queue; the engine's thread 
 up to ``batch_max`` of one kind at a time and answers them in one call. A call that
 finds the engine idle runs at once, alone; only when others are already queued does the
 thread wait, at most ``batch_wait`` seconds, for the batch to fill.
+
+A batch may answer :class:`Later` (a group of enrolments: planned on the engine's
+thread, encrypted in a worker process, committed on the engine's thread): the engine's
+thread is free meanwhile and answers other kinds (identify from the committed blocks);
+no other batch of that kind starts until it is finished, so such batches run one at a
+time, in order.
 """
 
 from __future__ import annotations
@@ -29,8 +35,20 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741  (one item of a batch)
 
-# Answers a batch on the engine's thread: one result or exception per item, in order.
-BatchWork = Callable[["Engine", list[I]], Sequence[T | BaseException]]
+
+@dataclass(eq=False)
+class Later(Generic[T]):
+    """A batch's answer that comes later: once ``pending`` is done (off the engine's
+    thread), ``finish(pending)`` runs on the engine's thread and gives each item its
+    result or its own exception, in order."""
+
+    pending: Future[Any]
+    finish: Callable[[Future[Any]], Sequence[T | BaseException]]
+
+
+# Answers a batch on the engine's thread: one result or exception per item, in order,
+# now or Later.
+BatchWork = Callable[["Engine", list[I]], "Sequence[T | BaseException] | Later[T]"]
 
 
 @dataclass(eq=False)
@@ -64,6 +82,7 @@ class EngineSlot:
         self.batch_wait = batch_wait  # seconds
         self._waiting: list[Waiting[Any, Any]] = []
         self._arrived = threading.Condition()
+        self._later: set[Hashable] = set()  # kinds with a batch answering Later
 
     async def run(self, work: Callable[[Engine], T]) -> tuple[T, float]:
         """Run ``work(engine)`` on the engine's thread; also return how long it queued."""
@@ -95,13 +114,20 @@ class EngineSlot:
         with self._arrived:
             return len(self._waiting)
 
-    def _drain(self) -> None:
-        """On the engine's thread: answer the oldest queued call and up to ``batch_max - 1``
-        more of its key (nothing if earlier drains took them all)."""
+    def answering_later(self) -> int:
+        """How many batches were handed off (Later) and are not yet finished."""
         with self._arrived:
-            if not self._waiting:
+            return len(self._later)
+
+    def _drain(self) -> None:
+        """On the engine's thread: answer the oldest queued call whose kind has no batch
+        answering Later, with up to ``batch_max - 1`` more of its kind (nothing if
+        earlier drains took them all)."""
+        with self._arrived:
+            ready = [w for w in self._waiting if w.key not in self._later]
+            if not ready:
                 return
-            key = self._waiting[0].key
+            key = ready[0].key
             deadline = time.perf_counter() + self.batch_wait
             while 1 < self._count(key) < self.batch_max:  # others of its kind wait too
                 left = deadline - time.perf_counter()
@@ -119,8 +145,42 @@ class EngineSlot:
         try:
             results = chosen[0].work(self.engine, [w.item for w in chosen])
         except BaseException as exc:  # the engine's own fault: every caller is told
+            self._answer(chosen, exc)
+            return
+        if isinstance(results, Later):
+            with self._arrived:
+                self._later.add(key)
+            results.pending.add_done_callback(lambda _: self._resume(key, chosen, results))
+            return
+        self._answer(chosen, results)
+
+    def _resume(self, key: Hashable, chosen: list[Waiting[Any, Any]], later: Later[Any]) -> None:
+        """Once a Later batch's work is done (any thread): finish it on the engine's thread,
+        then let its kind's queued calls in."""
+
+        def finish() -> None:
+            try:
+                self._answer(chosen, later.finish(later.pending))
+            except BaseException as exc:  # the engine's own fault: every caller is told
+                self._answer(chosen, exc)
+            finally:
+                with self._arrived:
+                    self._later.discard(key)
+                    queued = self._count(key)
+                for _ in range(queued):  # the drains these calls submitted found them held
+                    self.executor.submit(self._drain)
+
+        try:
+            self.executor.submit(finish)
+        except RuntimeError as exc:  # the engine is closing: nothing is committed
+            self._answer(chosen, exc)
+
+    @staticmethod
+    def _answer(chosen: list[Waiting[Any, Any]], results: Sequence[Any] | BaseException) -> None:
+        """Give each chosen call its result or exception (one exception: to all)."""
+        if isinstance(results, BaseException):
             for waiting in chosen:
-                waiting.future.set_exception(exc)
+                waiting.future.set_exception(results)
             return
         for waiting, result in zip(chosen, results, strict=True):
             if isinstance(result, BaseException):

@@ -24,6 +24,7 @@ from frip_engine.errors import (
 from frip_engine.probe import Probe, VendorTemplate, one_probe
 from frip_engine.service.audit import Event
 from frip_engine.service.decoding import decode_b64
+from frip_engine.service.edge import Embedded, ExtractorSpec
 from frip_engine.service.errors import (
     AuthError,
     ForbiddenError,
@@ -173,17 +174,32 @@ def decode_vector(value: object, field: str) -> np.ndarray:
     return vector
 
 
-async def read_probe(service: Service, body: dict[str, Any], engine: str) -> Probe:
-    """The body's one probe: 'image' (decoded here), 'embedding' or 'template' (both checked
+async def read_probe(
+    service: Service, body: dict[str, Any], engine: str
+) -> tuple[Probe, Embedded | None]:
+    """The body's one probe: 'image' (embedded here, in an edge worker, so the probe the
+    engine gets is its embedding; also returned), 'embedding' or 'template' (both checked
     and decoded by the engine). Raises ProbeError (400) unless exactly one is given, and
-    the decoding's Base64Error, ImageError or RequestError."""
+    the image's Base64Error, ImageError, NoFaceError, ... or RequestError."""
     kind = one_probe([name in body for name in PROBE_FIELDS], [f"'{n}'" for n in PROBE_FIELDS])
     value = body[PROBE_FIELDS[kind]]
     if kind == 0:
-        return Probe.of_kind(kind, await service.decoder.decode(value, "image"))
+        found = await embed_upload(service, value, "image", engine)
+        return Probe(embedding=found.vector), found
     if kind == 1:
-        return Probe.of_kind(kind, decode_vector(value, "embedding"))
-    return Probe.of_kind(kind, vendor_template(service, value, engine))
+        return Probe.of_kind(kind, decode_vector(value, "embedding")), None
+    return Probe.of_kind(kind, vendor_template(service, value, engine)), None
+
+
+async def embed_upload(service: Service, value: object, field: str, engine: str) -> Embedded:
+    """The embedding of the face in a base64 image for ``engine``: its header checked on a
+    thread, then decoded and embedded by the engine's extractor in an edge worker process
+    (``service.edge``), never on the event loop or the engine's thread. Raises
+    Base64Error (400), ImageError or NoFaceError (422), WorkerLostError (503, retry)."""
+    data, needed = await service.decoder.checked(value, field)
+    spec = ExtractorSpec.of((await service.engines().get(engine)).engine)
+    async with service.decoder.ration(needed):
+        return await service.edge.embed(spec, data, field)
 
 
 def vendor_template(service: Service, value: object, engine: str) -> VendorTemplate:

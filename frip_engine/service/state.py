@@ -14,6 +14,7 @@ from frip_engine.service.audit import AuditLog, Event, suppressed
 from frip_engine.service.consents import Consents
 from frip_engine.service.db import Database
 from frip_engine.service.decoding import ImageDecoder
+from frip_engine.service.edge import EdgePool
 from frip_engine.service.limits import MAX_EMBEDDINGS, MAX_IMAGES, RateLimiter, RefusalBudget
 from frip_engine.service.metrics import Metrics
 from frip_engine.service.pool import EnginePool
@@ -92,6 +93,7 @@ class Service:
         self.limiter = RateLimiter(config.rate, config.burst)
         self.refusals: RefusalBudget[Event] = RefusalBudget()
         self.decoder = ImageDecoder(config.max_image_pixels, config.max_decode_bytes)
+        self.edge = EdgePool()  # image embedding, in worker processes (started on first use)
         self.metrics = Metrics()
         self.pool: EnginePool | None = None
 
@@ -108,6 +110,7 @@ class Service:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+        self.edge.close()
         self.decoder.close()
         for row, count in self.refusals.drain():
             self.audit.append(suppressed(row, count))

@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from frip_engine.decision import Decision
 from frip_engine.errors import FripError, UnknownSubjectError
+from frip_engine.service.edge import Embedded
 from frip_engine.service.limits import MAX_PROBE_CLUSTERS, MAX_TOP_K
 from frip_engine.service.requests import (
     allow_only,
@@ -30,9 +31,16 @@ if TYPE_CHECKING:
     from frip_engine.probe import Probe
 
 
-def decision_json(decision: Decision, ctx: Context, queued: float) -> dict[str, Any]:
+def decision_json(
+    decision: Decision, ctx: Context, queued: float, embedded: Embedded | None
+) -> dict[str, Any]:
+    """The decision's JSON; an image probe's extraction (``embedded``, made in an edge
+    worker before the engine saw the probe) counts in its feature_extraction and notes."""
     data = decision.to_dict()
     timings = dict(decision.timings)
+    if embedded is not None:
+        timings["feature_extraction"] = timings.get("feature_extraction", 0.0) + embedded.seconds
+        data["notes"] = [*embedded.notes, *decision.notes]
     timings["request_decoding"] = ctx.decoding
     timings["network"] = ctx.network
     timings["queue_wait"] = queued
@@ -62,8 +70,8 @@ async def identify(service: Service, request: Request) -> Response:
     if fan_out is not None and fan_out != "all":
         fan_out = whole_number(fan_out, "probe_clusters", 1, MAX_PROBE_CLUSTERS)
     threshold = threshold_field(body)
-    probe = await read_probe(service, body, name)
-    ctx.decoding += time.perf_counter() - start
+    probe, embedded = await read_probe(service, body, name)
+    ctx.decoding += time.perf_counter() - start - (embedded.seconds if embedded else 0.0)
     slot = await service.engines().get(name)
 
     def work(engine: Engine, asked: list[tuple[Probe, Context]]) -> list[Decision | FripError]:
@@ -90,7 +98,7 @@ async def identify(service: Service, request: Request) -> Response:
 
     options = ("identify", top_k, threshold, fan_out)  # a batch shares them
     decision, queued = await slot.batch(options, (probe, ctx), work)
-    return timed_json(decision_json(decision, ctx, queued), ctx)
+    return timed_json(decision_json(decision, ctx, queued, embedded), ctx)
 
 
 async def verify(service: Service, request: Request) -> Response:
@@ -101,8 +109,8 @@ async def verify(service: Service, request: Request) -> Response:
     allow_only(body, {"subject_id", "image", "embedding", "template", "threshold"})
     subject = subject_field(body, existing=True)
     threshold = threshold_field(body)
-    probe = await read_probe(service, body, name)
-    ctx.decoding += time.perf_counter() - start
+    probe, embedded = await read_probe(service, body, name)
+    ctx.decoding += time.perf_counter() - start - (embedded.seconds if embedded else 0.0)
     slot = await service.engines().get(name)
 
     def work(engine: Engine) -> Decision:
@@ -114,4 +122,4 @@ async def verify(service: Service, request: Request) -> Response:
         return decision
 
     decision, queued = await slot.run(work)
-    return timed_json(decision_json(decision, ctx, queued), ctx)
+    return timed_json(decision_json(decision, ctx, queued, embedded), ctx)

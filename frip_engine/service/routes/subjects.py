@@ -3,9 +3,10 @@ show one, remove one; each change bracketed in the audit log."""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import time
 from collections.abc import Container
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -16,12 +17,16 @@ from starlette.responses import JSONResponse, Response
 
 from frip_engine.errors import DuplicateSubjectError, FripError, UnknownSubjectError
 from frip_engine.service.attributes import check_attributes
+from frip_engine.service.edge import Embedded
 from frip_engine.service.errors import RequestError, http_error
+from frip_engine.service.pool import Later
 from frip_engine.service.requests import (
     allow_only,
     audited,
     authorise,
     decode_vector,
+    embed_upload,
+    event,
     existing_subject,
     read_json,
     subject_field,
@@ -41,7 +46,7 @@ class Enrolment:
     subject: str
     given: list[np.ndarray]  # its embeddings, then the vendor template's vector if sent
     embeddings: int  # how many of ``given`` are embeddings
-    pictures: list[Any]  # decoded images
+    images: list[Embedded]  # its images, embedded in edge workers
     attributes: dict[str, Any] | None
 
 
@@ -66,41 +71,110 @@ async def enrol(service: Service, request: Request) -> Response:
     if "template" in body:
         given.append(vendor_template(service, body["template"], name).decode())
     attributes = check_attributes(body["attributes"]) if "attributes" in body else None
-    pictures = [await service.decoder.decode(x, f"images[{i}]") for i, x in enumerate(images)]
+    embedded = await asyncio.gather(
+        *(embed_upload(service, x, f"images[{i}]", name) for i, x in enumerate(images))
+    )
     ctx.decoding += time.perf_counter() - start
     slot = await service.engines().get(name)
-    asked = Enrolment(ctx, subject, given, len(vectors), pictures, attributes)
+    asked = Enrolment(ctx, subject, given, len(vectors), list(embedded), attributes)
     notes, _ = await slot.batch(("enrol",), asked, partial(enrol_group, service))
     return JSONResponse({"engine": name, "subject_id": subject, "notes": notes}, 201)
 
 
 def enrol_group(
     service: Service, engine: Engine, asked: list[Enrolment]
-) -> list[list[str] | Exception]:
-    """On the engine's thread: the enrolments queued together, committed in one store
-    transaction (``Engine.enrol_many``). Each is checked alone first (a refusal is its own
-    error); then every one left gets its audit intent, all are committed or none, and each
-    is settled by its own outcome. Returns each one's notes on its images, or its error."""
+) -> list[list[str] | Exception] | Later[list[str]]:
+    """On the engine's thread: the enrolments queued together. Each is checked alone
+    first (a refusal is its own error); every one left gets its audit intent and the
+    group is planned (``Engine.prepare_enrolment``) and handed to a worker process to
+    encrypt; the engine's thread is free meanwhile. Later, on the engine's thread again,
+    the encrypted blocks are committed (one store transaction per block: the usual group,
+    which fills one block, is all committed or all absent) and each enrolment is settled
+    by its own outcome. Returns (Later) each one's notes on its images, or its error."""
+    from frip_engine.engine import EnrolItem
+
     answers: list[list[str] | Exception] = []
     ready: dict[str, tuple[int, Enrolment, list[np.ndarray]]] = {}  # by subject
+    held: list[np.ndarray] = []  # every vector checked, zeroed once planned
     try:
         for index, enrolment in enumerate(asked):
-            held: list[np.ndarray] = []
+            own: list[np.ndarray] = []
             try:
-                answers.append(prepare(service, engine, enrolment, held, ready))
-                ready[enrolment.subject] = (index, enrolment, held)
+                answers.append(prepare(service, engine, enrolment, own, ready))
+                ready[enrolment.subject] = (index, enrolment, own)
             except Exception as exc:  # this request's own refusal
-                for vector in held:
-                    vector.fill(0.0)
                 answers.append(exc)
-        failed = commit_group(service, engine, [(e, held) for _, e, held in ready.values()])
+            finally:
+                held += own
+        if not ready:
+            return answers
+        group = [enrolment for _, enrolment, _ in ready.values()]
+        intents = {e.subject: intend(service, engine, e) for e in group}
+        try:
+            items = [EnrolItem(s, embeddings=list(own)) for s, (_, _, own) in ready.items()]
+            prepared = engine.prepare_enrolment(items)
+            try:
+                pending = engine.encrypt_enrolment(prepared)
+            except BaseException:
+                prepared.discard()
+                raise
+        except BaseException as exc:
+            settle_group(service, engine, group, intents, {}, exc)
+            raise
     finally:
-        for _, _, held in ready.values():
-            for vector in held:
-                vector.fill(0.0)
-    for subject, error in failed.items():
-        answers[ready[subject][0]] = error
-    return answers
+        for vector in held:
+            vector.fill(0.0)
+
+    def finish(done: Future[Any]) -> list[list[str] | Exception]:
+        try:
+            failed = engine.commit_enrolment(prepared, done).errors
+        except BaseException as exc:
+            settle_group(service, engine, group, intents, {}, exc)
+            raise
+        settle_group(service, engine, group, intents, failed, None)
+        for subject, error in failed.items():
+            if subject in ready:
+                answers[ready[subject][0]] = error
+        return answers
+
+    return Later(pending, finish)
+
+
+def intend(service: Service, engine: Engine, enrolment: Enrolment) -> int:
+    """The audit intent row of one enrolment about to be committed."""
+    asked = {"images": len(enrolment.images), "embeddings": len(enrolment.given)}
+    opened = event(enrolment.ctx, "enrol", engine.name, enrolment.subject, **asked)
+    return service.audit.intend(opened, engine.profile.engine_id)
+
+
+def settle_group(
+    service: Service,
+    engine: Engine,
+    group: list[Enrolment],
+    intents: dict[str, int],
+    failed: dict[str, FripError],
+    fault: BaseException | None,
+) -> None:
+    """Close each enrolment's audit intent with its outcome (enrolled; failed: its own
+    error from ``failed``, or the group's ``fault``) and commit or drop its staged
+    attributes (a crash before that: reconcile settles both at next open)."""
+    for enrolment in group:
+        subject = enrolment.subject
+        error = failed.get(subject, fault)
+        if error is None:
+            asked = {"images": len(enrolment.images), "embeddings": len(enrolment.given)}
+            outcome = {**asked, "state": "enrolled"}
+        else:
+            code = http_error(error)[1] if isinstance(error, FripError) else "internal_error"
+            outcome = {"state": "failed", "reason": code}
+        done = event(enrolment.ctx, "enrol", engine.name, subject, **outcome)
+        service.audit.settle(intents[subject], done)
+        if enrolment.attributes is None:
+            continue
+        if error is None:
+            service.attributes.commit(engine, subject)
+        else:
+            service.attributes.drop(engine, subject)
 
 
 def prepare(
@@ -124,11 +198,11 @@ def prepare(
     held += [
         engine.check_embedding(v, label) for v, label in zip(enrolment.given, labels, strict=True)
     ]
-    for i, picture in enumerate(enrolment.pictures):
-        vector, found = engine.embed_image(picture)  # a typed error names the image
-        held.append(vector)
+    for i, image in enumerate(enrolment.images):
+        held.append(engine.check_embedding(image.vector, f"images[{i}]"))
+        image.vector.fill(0.0)
         labels.append(f"images[{i}]")
-        notes += [f"images[{i}]: {note}" for note in found]
+        notes += [f"images[{i}]: {note}" for note in image.notes]
     # the engine's own template checks, run first here so that a refusal names the
     # request's fields (images[i], embeddings[i]) rather than the engine's inputs:
     # cancelling embeddings are 422 bad_embedding, two people 422 not_one_person
@@ -136,55 +210,6 @@ def prepare(
     if enrolment.attributes is not None:
         service.attributes.stage(engine, subject, enrolment.attributes)
     return notes
-
-
-def commit_group(
-    service: Service, engine: Engine, ready: list[tuple[Enrolment, list[np.ndarray]]]
-) -> dict[str, FripError]:
-    """Commit the checked enrolments in one store transaction, each bracketed by its own
-    audit intent and outcome; then commit the attributes of those enrolled (a crash
-    before that: reconcile commits them at next open). Returns the subjects the store
-    refused, with their errors; a fault of the commit itself is raised (none enrolled)."""
-    from frip_engine.engine import EnrolItem
-
-    failed: dict[str, FripError] = {}
-    try:
-        with contextlib.ExitStack() as stack:
-            outcomes = {
-                enrolment.subject: stack.enter_context(
-                    audited(
-                        service,
-                        enrolment.ctx,
-                        "enrol",
-                        engine,
-                        enrolment.subject,
-                        images=len(enrolment.pictures),
-                        embeddings=len(enrolment.given),
-                    )
-                )
-                for enrolment, _ in ready
-            }
-            if ready:
-                items = [EnrolItem(e.subject, embeddings=list(held)) for e, held in ready]
-                failed = engine.enrol_many(items).errors
-            for subject, outcome in outcomes.items():
-                if subject in failed:  # settled as audited() settles a failure
-                    outcome.clear()
-                    outcome.update(state="failed", reason=http_error(failed[subject])[1])
-                else:
-                    outcome["state"] = "enrolled"
-    except BaseException:
-        for enrolment, _ in ready:
-            service.attributes.drop(engine, enrolment.subject)
-        raise
-    for enrolment, _ in ready:
-        if enrolment.attributes is None:
-            continue
-        if enrolment.subject in failed:
-            service.attributes.drop(engine, enrolment.subject)
-        else:
-            service.attributes.commit(engine, enrolment.subject)
-    return failed
 
 
 async def subject_show(service: Service, request: Request) -> Response:
