@@ -30,12 +30,9 @@ def csrf_of(page: str) -> str:
     return found[1]
 
 
-@pytest.fixture(name="portal")
-def portal_fixture(make_engine: Callable[..., Engine], home: Path) -> Iterator[Any]:
+def desk_engines(make_engine: Callable[..., Engine], home: Path) -> dict[str, str]:
     """Engines doors and lobby (plaintext reference, one face per photo) linked to the
-    portal's desk 'desk'; a vendor key and an operator key."""
-    from frip_engine.service.app import ServiceConfig, create_app
-
+    portal's desk 'desk'; returns a vendor key and an operator key."""
     for name in ("doors", "lobby"):
         make_engine(
             name,
@@ -48,10 +45,85 @@ def portal_fixture(make_engine: Callable[..., Engine], home: Path) -> Iterator[A
     vendors.create("desk", [])
     vendors.link("desk", ["doors", "lobby"])
     operator_key = Operators(Database(home / "service.sqlite")).create("ops")
+    return {"vendor": vendor_key, "operator": operator_key}
+
+
+def portal_client(home: Path, **options: Any) -> Any:
+    from frip_engine.service.app import ServiceConfig, create_app
+
     config = ServiceConfig(home, rate=0, portal_desk="desk")
-    with starlette_testclient.TestClient(create_app(config)) as client:
-        client.keys = {"vendor": vendor_key, "operator": operator_key}
+    return starlette_testclient.TestClient(create_app(config), **options)
+
+
+@pytest.fixture(name="portal")
+def portal_fixture(make_engine: Callable[..., Engine], home: Path) -> Iterator[Any]:
+    """A portal client over :func:`desk_engines`, with its keys as ``client.keys``."""
+    keys = desk_engines(make_engine, home)
+    with portal_client(home) as client:
+        client.keys = keys
         yield client
+
+
+def registration(client: Any, lfw: Path, engines: tuple[str, ...] = ("doors",)) -> Any:
+    """POST one registration (Adam Sandler's photo) into ``engines``."""
+    photo = (lfw / "Adam_Sandler" / "Adam_Sandler_0001.jpg").read_bytes()
+    token = csrf_of(client.get("/portal/").text)
+    files = [("photo", ("me.jpg", photo, "image/jpeg"))]
+    form = {"csrf": token, "consent": "yes", "engine": list(engines), "age": "41"}
+    return client.post("/portal/register", data=form, files=files)
+
+
+def enrolled_anywhere(home: Path) -> list[Any]:
+    """Every trace of a registration: consents, consent rows, codes, gallery subjects."""
+    db = Database(home / "service.sqlite")
+    found = [tuple(r) for r in db.query("SELECT subject_id FROM consents")]
+    found += [tuple(r) for r in db.query("SELECT subject_id FROM portal_registrants")]
+    for name in ("doors", "lobby"):
+        with Engine.open(name, home) as engine:
+            found += [(name, s) for s in engine.subjects()]
+    return found
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_registration_failing_after_enrolment_is_erased(
+    portal: Any, lfw: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frip_engine.service.portal.pages import Portal
+
+    async def crash(*args: Any) -> None:
+        raise Crash("after enrolment")
+
+    monkeypatch.setattr(Portal, "attributes", crash)
+    with pytest.raises(Crash):
+        registration(portal, lfw, ("doors", "lobby"))
+    portal.__exit__(None, None, None)
+    assert enrolled_anywhere(home) == []
+
+
+def test_a_registration_killed_after_enrolment_is_erased_at_restart(
+    make_engine: Callable[..., Engine], lfw: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frip_engine.service.portal.pages import Portal
+
+    async def killed(*args: Any) -> None:
+        raise Crash("kill -9")  # nothing after this line runs, not even the clean-up
+
+    async def no_cleanup(self: Any, subject: str) -> None:
+        pass
+
+    desk_engines(make_engine, home)
+    with monkeypatch.context() as patch, portal_client(home) as client:
+        patch.setattr(Portal, "attributes", killed)
+        patch.setattr(Portal, "forget", no_cleanup)
+        with pytest.raises(Crash):
+            registration(client, lfw, ("doors", "lobby"))
+    assert enrolled_anywhere(home)  # what the kill left
+    with portal_client(home):
+        pass  # a restart
+    assert enrolled_anywhere(home) == []
 
 
 def test_pages_carry_a_strict_csp_and_no_inline_script(portal: Any) -> None:
@@ -152,6 +224,8 @@ def test_codes_are_salted_hashes_found_by_their_lookup_id(home: Path) -> None:
     registrants = Registrants(db)
     code = registrants.create("portal-1")
     assert re.fullmatch(r"([A-Z2-9]{5}-){4}[A-Z2-9]{5}", code)
+    assert registrants.find(code) is None  # "issuing": the registration is not complete
+    registrants.issued("portal-1")
     assert registrants.find(code) == "portal-1"
     assert registrants.find(code.replace("-", " ").lower()) == "portal-1"
     wrong = code[:-1] + ("A" if code[-1] != "A" else "B")

@@ -259,17 +259,19 @@ def create_app(config: ServiceConfig) -> Starlette:
 
     config.check()
     service = Service(config, ROUTES)
+    registration = portal.Portal(service)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         batching = (config.batch_max, config.batch_wait_ms / 1000)
         service.pool = EnginePool(config.home, service.on_open, *batching)
         try:
+            await registration.recover()  # registrations a crash interrupted
             yield
         finally:
             service.close()
 
-    routes = [*_routes(service), portal.mount(service)]  # + the registration portal
+    routes = [*_routes(service), portal.mount(registration)]  # + the registration portal
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

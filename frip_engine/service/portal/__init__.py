@@ -3,7 +3,8 @@ engines linked to the portal's registration desk, and withdraw with a code; oper
 watch the engines from a console. Server-rendered pages (Jinja2), a little local
 JavaScript for photo previews, everything served from here.
 
-``mount(service)`` is the one route ``service.app`` adds.
+``mount(portal)`` is the one route ``service.app`` adds; its lifespan runs
+``Portal.recover`` at start.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ from starlette.staticfiles import StaticFiles
 
 from frip_engine.service.portal.pages import Portal
 from frip_engine.service.portal.web import PATH, SecurityHeaders
-from frip_engine.service.state import Service
 
-__all__ = ["mount"]
+__all__ = ["Portal", "mount"]
 
 
-def mount(service: Service) -> Mount:
+def mount(portal: Portal) -> Mount:
     """The portal's routes under /portal, each response with the portal's security headers."""
-    portal = Portal(service)
     routes = [
         Route("/", portal.home, methods=["GET"]),
         Route("/register", portal.register, methods=["POST"]),

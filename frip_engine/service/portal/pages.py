@@ -272,15 +272,44 @@ class Portal:
                 desk=self.desk,
             )
         subject = "portal-" + secrets.token_hex(12)
-        outcome = await self.enrol(subject, photos, names, extend=False)
-        enrolled = [n for n, o in outcome.items() if o["state"] == "enrolled"]
-        code = qr = None
-        if enrolled:
-            code = await run_in_threadpool(self.registrants.create, subject)
-            qr = qr_svg(code)
-            await self.attributes(subject, values, enrolled)
-        status = 201 if enrolled else 422
-        return render(request, "result.html", status, outcome=outcome, code=code, qr=qr)
+        code = await run_in_threadpool(self.registrants.create, subject)  # "issuing"
+        try:
+            outcome = await self.enrol(subject, photos, names, extend=False)
+            enrolled = [n for n, o in outcome.items() if o["state"] == "enrolled"]
+            if enrolled:
+                await self.attributes(subject, values, enrolled)
+                await run_in_threadpool(self.registrants.issued, subject)
+        except Exception:
+            await self.forget(subject)
+            raise
+        if not enrolled:
+            await run_in_threadpool(self.registrants.delete, subject)
+            return render(request, "result.html", 422, outcome=outcome, code=None, qr=None)
+        return render(request, "result.html", 201, outcome=outcome, code=code, qr=qr_svg(code))
+
+    async def forget(self, subject: str) -> None:
+        """Erase a registration that did not complete (through the linkage revocation:
+        every engine it reached, its consent, its attributes) and its code."""
+        found = self.service.consents.get(str(self.desk), subject)
+        if found is not None:
+            await revoke(self.service, self.context(), subject, found)
+        await run_in_threadpool(self.registrants.delete, subject)
+
+    async def recover(self) -> list[str]:
+        """At start: erase the desk's registrations a crash left without a shown code
+        (a row still "issuing", or a portal consent with no code). Returns their ids."""
+        if self.desk is None:
+            return []
+        holders = self.registrants.holders()
+        orphans = [
+            s
+            for s in self.service.consents.subjects(self.desk)
+            if s.startswith("portal-") and s not in holders
+        ]
+        stale = sorted({*self.registrants.issuing(), *orphans})
+        for subject in stale:
+            await self.forget(subject)
+        return stale
 
     # ------------------------------------------------------------------ a registrant's page
     async def manage(self, request: Request) -> Response:
