@@ -256,3 +256,79 @@ def test_a_portal_desk_that_is_no_vendor_is_refused_at_start(home: Path) -> None
 
     with pytest.raises(NotFoundError, match="vendor 'nobody' does not exist"):
         create_app(ServiceConfig(home, portal_desk="nobody"))
+
+
+def test_forwarded_headers_are_ignored_unless_a_proxy_is_trusted() -> None:
+    from frip_engine.service.server import ConnectionLimits, build_server
+
+    limits = ConnectionLimits(8, 2, 10.0, 60.0, 5.0)
+    direct = build_server(lambda *a: None, "127.0.0.1", 1, limits, configure_logging=False)  # type: ignore[arg-type, return-value]
+    assert direct.config.proxy_headers is False  # a forged X-Forwarded-For is no address
+    proxied = build_server(
+        lambda *a: None,  # type: ignore[arg-type, return-value]
+        "127.0.0.1",
+        1,
+        limits,
+        configure_logging=False,
+        trusted_proxy="10.0.0.7",
+    )
+    assert proxied.config.proxy_headers is True
+    assert proxied.config.forwarded_allow_ips == "10.0.0.7"
+
+
+def test_ipv6_clients_share_a_bucket_per_64() -> None:
+    from starlette.requests import Request
+
+    from frip_engine.service.portal.web import client_address
+
+    def address(host: str) -> str:
+        return client_address(Request({"type": "http", "client": (host, 1), "headers": []}))
+
+    assert address("2001:db8:1:2::1") == address("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert address("2001:db8:1:3::1") != address("2001:db8:1:2::1")
+    assert address("192.0.2.1") == "192.0.2.1"
+
+
+def test_wrong_codes_do_not_lock_operators_out(portal: Any) -> None:
+    token = csrf_of(portal.get("/portal/manage").text)
+    for _ in range(6):
+        portal.post("/portal/manage", data={"code": "AAAAA-" * 4 + "AAAAA", "csrf": token})
+    login = "/portal/console/login"
+    op = portal.post(login, data={"key": portal.keys["operator"], "csrf": token})
+    assert op.status_code == 200 and "Recent audit events" in op.text
+
+
+def test_scrypt_checks_run_at_most_two_at_once(
+    portal: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time as clock
+
+    from frip_engine.service.portal import credentials
+
+    running, most, lock = [0], [0], threading.Lock()
+    real = credentials._hash
+
+    def counted(salt: bytes, secret: str) -> bytes:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        clock.sleep(0.05)
+        try:
+            return real(salt, secret)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(credentials, "_hash", counted)
+    token = csrf_of(portal.get("/portal/manage").text)
+
+    def attempt() -> None:
+        portal.post("/portal/manage", data={"code": "x", "csrf": token})
+
+    threads = [threading.Thread(target=attempt) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert 1 <= most[0] <= credentials.SCRYPT_AT_ONCE == 2

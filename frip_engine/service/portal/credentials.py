@@ -37,6 +37,7 @@ ID_LENGTH, SECRET_LENGTH = 5, 20  # 25 bits of lookup id, 100 bits of secret
 CODE_INPUT = re.compile(rf"^[{ALPHABET}]{{{ID_LENGTH + SECRET_LENGTH}}}$")
 OPERATOR_KEY = re.compile(r"^fripop_([0-9a-f]{10})_([A-Za-z0-9_-]{43})$")
 SESSION_SECONDS = 15 * 60
+SCRYPT_AT_ONCE = 2  # scrypt runs at once, over all clients (each takes ~16 MiB, a core)
 
 
 def _hash(salt: bytes, secret: str) -> bytes:

@@ -8,12 +8,13 @@ vendor, so the consents, the audit log and each vendor's isolation are the API's
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -29,7 +30,12 @@ from frip_engine.service.errors import (
     http_error,
 )
 from frip_engine.service.limits import RateLimiter
-from frip_engine.service.portal.credentials import Operators, Registrants, Sessions
+from frip_engine.service.portal.credentials import (
+    SCRYPT_AT_ONCE,
+    Operators,
+    Registrants,
+    Sessions,
+)
 from frip_engine.service.portal.web import (
     MAX_FORM_BYTES,
     MAX_PHOTOS,
@@ -76,6 +82,7 @@ SIGN_IN = {
         "landing": f"{PATH}/console",
     },
 }
+T = TypeVar("T")
 PLOTS = Path(__file__).resolve().parents[3] / "docs"  # a source checkout's benchmark plots
 PLOT_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.png$")
 
@@ -86,7 +93,7 @@ def reason(code: str) -> str:
 
 class Portal:
     """The pages' shared state: the service, the desk the portal links as, its secrets,
-    and two rate limits per client address (pages, and code or key attempts)."""
+    rate limits per client address (pages; code attempts; key attempts)."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -100,7 +107,14 @@ class Portal:
         self.operators = Operators(service.db)
         self.sessions = Sessions()
         self.posts = RateLimiter(rate=1.0, burst=30)  # any form, per address
-        self.attempts = RateLimiter(rate=1 / 60, burst=5)  # codes and keys, per address
+        # codes and keys, per address, apart: wrong codes must not lock operators out
+        self.attempts = {kind: RateLimiter(rate=1 / 60, burst=5) for kind in SIGN_IN}
+        self.scrypt = asyncio.Semaphore(SCRYPT_AT_ONCE)  # over all clients
+
+    async def hashing(self, work: Callable[[str], T], value: str) -> T:
+        """``work(value)``, which runs scrypt, in a worker thread once a slot is free."""
+        async with self.scrypt:
+            return await run_in_threadpool(work, value)
 
     # ------------------------------------------------------------------ shared
     def context(self) -> Context:
@@ -120,14 +134,14 @@ class Portal:
         existing = set(list_engines(self.service.config.home))
         return sorted((caller.engines | caller.linkable) & existing)
 
-    async def posted(self, request: Request, attempt: bool = False) -> Any:
+    async def posted(self, request: Request, attempt: str | None = None) -> Any:
         """The form of a POST after the rate limits and the CSRF check; a Response to
         send instead when one refuses it."""
         address = client_address(request)
         try:
             self.posts.take(address)
-            if attempt:
-                self.attempts.take(address)
+            if attempt is not None:
+                self.attempts[attempt].take(address)
         except RateLimitError as exc:
             retry = max(1, round(exc.retry_after))
             page = render(
@@ -272,7 +286,7 @@ class Portal:
                 desk=self.desk,
             )
         subject = "portal-" + secrets.token_hex(12)
-        code = await run_in_threadpool(self.registrants.create, subject)  # "issuing"
+        code = await self.hashing(self.registrants.create, subject)  # "issuing"
         try:
             outcome = await self.enrol(subject, photos, names, extend=False)
             enrolled = [n for n, o in outcome.items() if o["state"] == "enrolled"]
@@ -323,14 +337,14 @@ class Portal:
     ) -> Response:
         """Sign a registrant (by code) or an operator (by key) in: the secret is POSTed,
         checked in a worker thread (scrypt), and replaced by a session cookie."""
-        form = await self.posted(request, attempt=True)
+        form = await self.posted(request, attempt=kind)
         if isinstance(form, Response):
             return form
         page = SIGN_IN[kind]
         secret = form.get(page["field"])
         who = None
         if isinstance(secret, str) and len(secret) <= 128:
-            who = await run_in_threadpool(check, secret)
+            who = await self.hashing(check, secret)
         if who is None:
             errors = {page["field"]: page["refusal"]}
             return render(request, "sign_in.html", 403, errors=errors, page=page)

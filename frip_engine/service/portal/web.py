@@ -15,6 +15,7 @@ per-address rate limits, and rendering.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -165,4 +166,15 @@ def set_session(request: Request, response: Response, token: str | None) -> None
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "?"
+    """The key of a client's rate limits: its IPv4 address, or its IPv6 /64 (one host
+    commonly holds a whole /64, and could otherwise take a fresh address per attempt)."""
+    host = request.client.host if request.client else "?"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
