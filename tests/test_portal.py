@@ -332,3 +332,12 @@ def test_scrypt_checks_run_at_most_two_at_once(
     for thread in threads:
         thread.join()
     assert 1 <= most[0] <= credentials.SCRYPT_AT_ONCE == 2
+
+
+@pytest.mark.parametrize("age", ["²", "٤٢", "9" * 5000, "-1", "131", " 4"])
+def test_odd_ages_are_named_next_to_the_field(portal: Any, age: str) -> None:
+    token = csrf_of(portal.get("/portal/").text)
+    form = {"csrf": token, "consent": "yes", "engine": ["doors"], "age": age}
+    page = portal.post("/portal/register", data=form)
+    assert page.status_code == 400
+    assert 'id="age-error"' in page.text

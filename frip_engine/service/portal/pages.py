@@ -531,7 +531,8 @@ def read_attributes(form: Any, errors: dict[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     age = form.get("age") or ""
     if age:
-        if not (isinstance(age, str) and age.isdigit() and int(age) <= 130):
+        # ASCII digits only: str.isdigit also passes "²" (int() fails) and other scripts'
+        if not (isinstance(age, str) and re.fullmatch(r"[0-9]{1,3}", age) and int(age) <= 130):
             errors["age"] = "Give your age as a whole number from 0 to 130, or leave it empty."
         else:
             values["age"] = int(age)
