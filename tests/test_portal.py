@@ -61,6 +61,7 @@ def portal_fixture(make_engine: Callable[..., Engine], home: Path) -> Iterator[A
     keys = desk_engines(make_engine, home)
     with portal_client(home) as client:
         client.keys = keys
+        client.app_home = home
         yield client
 
 
@@ -341,3 +342,76 @@ def test_odd_ages_are_named_next_to_the_field(portal: Any, age: str) -> None:
     page = portal.post("/portal/register", data=form)
     assert page.status_code == 400
     assert 'id="age-error"' in page.text
+
+
+def secured_html(page: Any) -> None:
+    assert page.headers["content-security-policy"] == CSP
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["cache-control"] == "no-store"
+
+
+def test_portal_errors_are_its_own_pages_with_its_headers(
+    portal: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frip_engine.service.portal.pages import Portal
+
+    missing = portal.get("/portal/nothing-here")
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+    secured_html(missing)
+    wrong = portal.delete("/portal/register")
+    assert wrong.status_code == 405 and "<h1>" in wrong.text and wrong.headers["allow"]
+    secured_html(wrong)
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Portal, "home", broken)
+    with portal_client(portal.app_home, raise_server_exceptions=False) as client:
+        failed = client.get("/portal/")
+    assert failed.status_code == 500 and "a bug" not in failed.text
+    secured_html(failed)
+    assert portal.get("/api/v1/nothing").headers["content-type"] == "application/json"
+
+
+def test_the_bare_portal_path_redirects_without_the_host_header(portal: Any) -> None:
+    moved = portal.get("/portal", headers={"host": "evil.example"}, follow_redirects=False)
+    assert moved.status_code in (307, 308) and moved.headers["location"] == "/portal/"
+    secured_html(moved)
+
+
+def signed_in(client: Any, lfw: Path) -> str:
+    """Register into doors and sign in with the code; returns the CSRF token."""
+    done = registration(client, lfw)
+    assert done.status_code == 201, done.text
+    code = re.search(r'id="withdrawal-code">([A-Z0-9-]+)<', done.text)[1]  # type: ignore[index]
+    token = csrf_of(client.get("/portal/manage").text)
+    assert client.post("/portal/manage", data={"code": code, "csrf": token}).status_code == 200
+    return token
+
+
+def at_once(count: int, work: Callable[[], Any]) -> list[Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: work(), range(count)))
+
+
+def test_concurrent_opt_ins_and_withdrawals_act_once(portal: Any, lfw: Path, home: Path) -> None:
+    token = signed_in(portal, lfw)
+    photo = (lfw / "Adam_Sandler" / "Adam_Sandler_0001.jpg").read_bytes()
+    files = [("photo", ("me.jpg", photo, "image/jpeg"))]
+    form = {"csrf": token, "engine": ["lobby"]}
+    opted = at_once(2, lambda: portal.post("/portal/opt-in", data=form, files=files))
+    assert sorted(p.status_code for p in opted) == [200, 400], [p.text for p in opted]
+    assert all(p.headers["content-type"].startswith("text/html") for p in opted)
+    left = at_once(
+        3, lambda: portal.post("/portal/withdraw", data={"csrf": token, "engine": "all"})
+    )
+    texts = [p.text for p in left]
+    assert sum("no longer works" in t for t in texts) == 1
+    assert sum("already withdrawn" in t for t in texts) == 2
+    rows = Database(home / "audit.sqlite").query(
+        "SELECT engine FROM audit WHERE action = 'linkage_revoke'"
+    )
+    assert sorted(r["engine"] for r in rows) == ["doors", "lobby"]

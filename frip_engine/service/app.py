@@ -46,6 +46,7 @@ from frip_engine.service import portal
 from frip_engine.service.audit import Event, suppressed
 from frip_engine.service.errors import http_error
 from frip_engine.service.pool import EnginePool
+from frip_engine.service.portal.web import error_page, in_portal
 from frip_engine.service.replay import ID_PATTERN
 from frip_engine.service.routes import audit, engines, linkage, matching, meta, subjects
 from frip_engine.service.state import Handler, Route, Service, ServiceConfig
@@ -64,8 +65,11 @@ def error_response(
     status: int,
     request: Request,
     headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    """The one JSON error shape; the message is cut to MAX_MESSAGE characters."""
+) -> Response:
+    """The one JSON error shape; the message is cut to MAX_MESSAGE characters. Under
+    the portal, its HTML error page instead."""
+    if in_portal(request.url.path):
+        return error_page(request, status, message, headers)
     request_id = request.headers.get("x-request-id")
     if request_id is not None and not ID_PATTERN.fullmatch(request_id):
         request_id = None  # echo a well-formed id only
@@ -271,7 +275,7 @@ def create_app(config: ServiceConfig) -> Starlette:
         finally:
             service.close()
 
-    routes = [*_routes(service), portal.mount(registration)]  # + the registration portal
+    routes = [*_routes(service), *portal.mount(registration)]  # + the registration portal
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

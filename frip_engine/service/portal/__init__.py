@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.middleware import Middleware
-from starlette.routing import Mount, Route
+from starlette.responses import RedirectResponse
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from frip_engine.service.portal.pages import Portal
@@ -21,8 +22,10 @@ from frip_engine.service.portal.web import PATH, SecurityHeaders
 __all__ = ["Portal", "mount"]
 
 
-def mount(portal: Portal) -> Mount:
-    """The portal's routes under /portal, each response with the portal's security headers."""
+def mount(portal: Portal) -> list[BaseRoute]:
+    """The portal's routes under /portal, each response with the portal's security
+    headers; /portal itself redirects to /portal/ (a relative Location: no Host header
+    goes into it)."""
     routes = [
         Route("/", portal.home, methods=["GET"]),
         Route("/register", portal.register, methods=["POST"]),
@@ -38,4 +41,8 @@ def mount(portal: Portal) -> Mount:
         Route("/console/plots/{name}", portal.plot, methods=["GET"]),
         Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
     ]
-    return Mount(PATH, routes=routes, middleware=[Middleware(SecurityHeaders)])
+    bare = SecurityHeaders(RedirectResponse(f"{PATH}/", 307))
+    return [
+        Route(PATH, bare),
+        Mount(PATH, routes=routes, middleware=[Middleware(SecurityHeaders)]),
+    ]

@@ -12,6 +12,7 @@ import asyncio
 import re
 import secrets
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,6 +111,15 @@ class Portal:
         # codes and keys, per address, apart: wrong codes must not lock operators out
         self.attempts = {kind: RateLimiter(rate=1 / 60, burst=5) for kind in SIGN_IN}
         self.scrypt = asyncio.Semaphore(SCRYPT_AT_ONCE)  # over all clients
+        self.locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def lock(self, subject: str) -> asyncio.Lock:
+        """The lock one registrant's opt-ins and withdrawals take in turn (each reads the
+        consent, then changes it)."""
+        found = self.locks.get(subject)
+        if found is None:
+            found = self.locks[subject] = asyncio.Lock()
+        return found
 
     async def hashing(self, work: Callable[[str], T], value: str) -> T:
         """``work(value)``, which runs scrypt, in a worker thread once a slot is free."""
@@ -199,6 +209,8 @@ class Portal:
                 result = await enrol_linked(self.service, ctx, subject, pixels, remaining, extend)
             except LinkageError as exc:
                 result = {"enrolled": {}, "codes": exc.codes}
+            except FripError as exc:  # e.g. a consent another request changed meanwhile
+                result = {"enrolled": {}, "codes": dict.fromkeys(remaining, http_error(exc)[1])}
             extend = extend or bool(result["enrolled"])
             for name in remaining:
                 if name in result["enrolled"]:
@@ -414,9 +426,15 @@ class Portal:
         posted = await self.registrant_post(request)
         if isinstance(posted, Response):
             return posted
-        (form, subject), desk = posted, str(self.desk)
+        form, subject = posted
+        async with self.lock(subject):
+            if self.registrant(request) != subject:
+                return self.signed_out(request)  # it withdrew meanwhile
+            return await self.opted_in(request, form, subject)
+
+    async def opted_in(self, request: Request, form: Any, subject: str) -> Response:
         errors: dict[str, str] = {}
-        held = (self.service.consents.get(desk, subject) or {"engines": {}})["engines"]
+        held = (self.service.consents.get(str(self.desk), subject) or {"engines": {}})["engines"]
         allowed = [
             n for n in self.offered() if held.get(n, {}).get("state") not in ("enrolled", "pending")
         ]
@@ -434,7 +452,15 @@ class Portal:
         posted = await self.registrant_post(request)
         if isinstance(posted, Response):
             return posted
-        (form, subject), desk = posted, str(self.desk)
+        form, subject = posted
+        async with self.lock(subject):
+            if self.registrant(request) != subject:
+                text = "You were already withdrawn from every service."
+                return render(request, "message.html", title="Withdrawn", text=text)
+            return await self.withdrawn(request, form, subject)
+
+    async def withdrawn(self, request: Request, form: Any, subject: str) -> Response:
+        desk = str(self.desk)
         which = form.get("engine")
         found = self.service.consents.get(desk, subject)
         if found is None or not isinstance(which, str):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import secrets
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,22 @@ def render(request: Request, template: str, status: int = 200, **values: Any) ->
             CSRF_COOKIE, token, path=PATH, httponly=True, samesite="strict", secure=secure
         )
     return response
+
+
+def error_page(
+    request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """The portal's page for an error the service's handlers answer (404, 405, 413, a
+    500...): HTML with the portal's security headers, in place of the API's JSON."""
+    texts = {404: "There is no such page.", 405: "This page does not take that request."}
+    title = "Something went wrong" if status >= 500 else "Not found" if status == 404 else "Refused"
+    page = render(request, "message.html", status, title=title, text=texts.get(status, message))
+    page.headers.update({**(headers or {}), **HEADERS, "cache-control": "no-store"})
+    return page
+
+
+def in_portal(path: str) -> bool:
+    return path == PATH or path.startswith(f"{PATH}/")
 
 
 def set_session(request: Request, response: Response, token: str | None) -> None:
