@@ -415,3 +415,51 @@ def test_concurrent_opt_ins_and_withdrawals_act_once(portal: Any, lfw: Path, hom
         "SELECT engine FROM audit WHERE action = 'linkage_revoke'"
     )
     assert sorted(r["engine"] for r in rows) == ["doors", "lobby"]
+
+
+def test_forms_without_their_cookie_or_type_are_refused_unread(
+    portal: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frip_engine.service.portal import web
+
+    token = csrf_of(portal.get("/portal/manage").text)
+
+    async def unread(*args: Any) -> bytes:
+        raise AssertionError("the body was read")
+
+    monkeypatch.setattr(web, "read_limited", unread)
+    plain = portal.post("/portal/manage", content=b"code=x", headers={"content-type": "text/plain"})
+    assert plain.status_code == 415 and "<h1>" in plain.text
+    portal.cookies.clear()
+    cookieless = portal.post("/portal/manage", data={"code": "x", "csrf": token})
+    assert cookieless.status_code == 403
+    portal.cookies.set("frip_csrf", "short", path="/portal")
+    assert portal.post("/portal/manage", data={"code": "x", "csrf": "short"}).status_code == 403
+
+
+def test_at_most_four_form_bodies_are_read_at_once(
+    portal: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    from frip_engine.service.portal import web
+
+    running, most, lock = [0], [0], threading.Lock()
+    real = web.read_limited
+
+    async def counted(*args: Any) -> bytes:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        await asyncio.sleep(0.05)
+        try:
+            return await real(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(web, "read_limited", counted)
+    token = csrf_of(portal.get("/portal/").text)
+    at_once(8, lambda: portal.post("/portal/register", data={"csrf": token}))
+    assert 1 <= most[0] <= web.READS_AT_ONCE == 4

@@ -41,9 +41,11 @@ from frip_engine.service.portal.web import (
     MAX_FORM_BYTES,
     MAX_PHOTOS,
     PATH,
+    READS_AT_ONCE,
     SESSION_COOKIE,
     check_csrf,
     client_address,
+    has_csrf_cookie,
     photos_of,
     read_form,
     render,
@@ -111,6 +113,7 @@ class Portal:
         # codes and keys, per address, apart: wrong codes must not lock operators out
         self.attempts = {kind: RateLimiter(rate=1 / 60, burst=5) for kind in SIGN_IN}
         self.scrypt = asyncio.Semaphore(SCRYPT_AT_ONCE)  # over all clients
+        self.reads = asyncio.Semaphore(READS_AT_ONCE)  # form bodies, over all clients
         self.locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def lock(self, subject: str) -> asyncio.Lock:
@@ -163,18 +166,22 @@ class Portal:
             )
             page.headers["retry-after"] = str(retry)
             return page
+        if not has_csrf_cookie(request):
+            return self.expired(request)
         try:
-            form = await read_form(request, MAX_FORM_BYTES)
+            async with self.reads:
+                form = await read_form(request, MAX_FORM_BYTES)
         except PayloadTooLargeError:
             text = f"The photos are over {MAX_FORM_BYTES >> 20} MB together: choose smaller ones."
             return render(request, "message.html", 413, title="Photos too large", text=text)
         except FripError as exc:
             status, _ = http_error(exc)
             return render(request, "message.html", status, title="Form refused", text=str(exc))
-        if not check_csrf(request, form):
-            text = "The form expired or came from another site. Reload the page and try again."
-            return render(request, "message.html", 403, title="Form refused", text=text)
-        return form
+        return form if check_csrf(request, form) else self.expired(request)
+
+    def expired(self, request: Request) -> Response:
+        text = "The form expired or came from another site. Reload the page and try again."
+        return render(request, "message.html", 403, title="Form refused", text=text)
 
     async def decode(self, photos: list[bytes], errors: dict[str, str]) -> list[np.ndarray]:
         """The photos as pixels; a message under ``errors['photo']`` for the first bad one."""

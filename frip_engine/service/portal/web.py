@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from frip_engine.service.errors import RequestError
+from frip_engine.service.errors import MediaTypeError, RequestError
 from frip_engine.service.limits import read_limited
 
 CSRF_COOKIE = "frip_csrf"
@@ -47,6 +47,8 @@ HEADERS = {
     "permissions-policy": "camera=(self), microphone=(), geolocation=()",
 }
 MAX_PHOTOS = 3
+READS_AT_ONCE = 4  # form bodies read at once over all clients (each up to MAX_FORM_BYTES)
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 MAX_FORM_BYTES = 24 * 1024 * 1024  # a form with three phone-camera photos
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -89,13 +91,19 @@ def csrf_token(request: Request) -> str:
     return token
 
 
+def has_csrf_cookie(request: Request) -> bool:
+    """Whether the client holds a CSRF cookie of the right size (a POST without one is
+    refused before its body is read)."""
+    return len(request.cookies.get(CSRF_COOKIE, "")) == 43
+
+
 def check_csrf(request: Request, form: FormData) -> bool:
     """Whether the form's ``csrf`` field equals the client's CSRF cookie."""
     cookie = request.cookies.get(CSRF_COOKIE, "")
     sent = form.get("csrf")
     return (
         isinstance(sent, str)
-        and len(cookie) == 43
+        and has_csrf_cookie(request)
         and hmac.compare_digest(sent.encode(), cookie.encode())
     )
 
@@ -112,21 +120,21 @@ async def read_form(request: Request, limit: int) -> FormData:
     memory from a body of at most ``limit`` bytes. Raises PayloadTooLargeError (413),
     RequestError (400) for a malformed body."""
     assert limit < InMemoryParser.spool_max_size
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in FORM_TYPES:  # refused before its body is read
+        raise MediaTypeError("send the page's form")
     body = await read_limited(request.stream(), request.headers.get("content-length"), limit)
 
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         if media == "multipart/form-data":
             parser = InMemoryParser(request.headers, stream(), max_files=MAX_PHOTOS, max_fields=50)
             return await parser.parse()
-        if media == "application/x-www-form-urlencoded":
-            return await FormParser(request.headers, stream()).parse()
     except MultiPartException as exc:
         raise RequestError(f"the form could not be read: {exc.message}") from None
-    raise RequestError("send the page's form")
+    return await FormParser(request.headers, stream()).parse()
 
 
 async def photos_of(form: FormData, field: str = "photo") -> list[bytes]:
