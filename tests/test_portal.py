@@ -195,6 +195,7 @@ def test_register_opt_in_and_withdraw_through_the_linkage(
     assert "<svg" in done.text and "style=" not in done.text.split("<svg")[1].split("</svg>")[0]
     me = portal.post("/portal/manage", data={"code": code.lower(), "csrf": token})
     assert me.status_code == 200 and 'data-engine="doors"' in me.text
+    token = csrf_of(me.text)  # a new token with the session
     assert "<td>registered</td><td>doors</td><td>enrolled</td>" in me.text  # own audit
     more = portal.post("/portal/opt-in", data={"csrf": token, "engine": ["lobby"]}, files=files)
     assert 'class="enrolled" data-engine="lobby"' in more.text
@@ -386,8 +387,9 @@ def signed_in(client: Any, lfw: Path) -> str:
     assert done.status_code == 201, done.text
     code = re.search(r'id="withdrawal-code">([A-Z0-9-]+)<', done.text)[1]  # type: ignore[index]
     token = csrf_of(client.get("/portal/manage").text)
-    assert client.post("/portal/manage", data={"code": code, "csrf": token}).status_code == 200
-    return token
+    me = client.post("/portal/manage", data={"code": code, "csrf": token})
+    assert me.status_code == 200
+    return csrf_of(me.text)
 
 
 def at_once(count: int, work: Callable[[], Any]) -> list[Any]:
@@ -463,3 +465,43 @@ def test_at_most_four_form_bodies_are_read_at_once(
     token = csrf_of(portal.get("/portal/").text)
     at_once(8, lambda: portal.post("/portal/register", data={"csrf": token}))
     assert 1 <= most[0] <= web.READS_AT_ONCE == 4
+
+
+def test_csrf_tokens_are_bound_to_the_session_and_a_new_sign_in_ends_the_old(
+    portal: Any, lfw: Path
+) -> None:
+    before = csrf_of(portal.get("/portal/manage").text)
+    token = signed_in(portal, lfw)
+    assert token != before
+    stale = portal.post("/portal/withdraw", data={"csrf": before, "engine": "doors"})
+    assert stale.status_code == 403  # a token of the signed-out page
+    old_session = portal.cookies.get("frip_session")
+    code = portal.post("/portal/sign-out", data={"csrf": token})
+    assert code.status_code == 200  # followed to the start page
+    assert csrf_of(code.text) not in (token, before)
+    page = portal.get("/portal/manage")
+    portal.cookies.set("frip_session", old_session, path="/portal")
+    assert portal.get("/portal/me").status_code == 401
+    assert csrf_of(page.text)
+
+
+def test_signing_in_again_closes_the_previous_session(portal: Any, lfw: Path) -> None:
+    done = registration(portal, lfw)
+    code = re.search(r'id="withdrawal-code">([A-Z0-9-]+)<', done.text)[1]  # type: ignore[index]
+    token = csrf_of(portal.get("/portal/manage").text)
+    me = portal.post("/portal/manage", data={"code": code, "csrf": token})
+    first = portal.cookies.get("frip_session")
+    again = portal.post("/portal/manage", data={"code": code, "csrf": csrf_of(me.text)})
+    assert again.status_code == 200 and portal.cookies.get("frip_session") != first
+    portal.cookies.set("frip_session", first, path="/portal")
+    assert portal.get("/portal/me").status_code == 401
+
+
+def test_cookies_over_https_carry_the_host_prefix(home: Path, portal: Any) -> None:
+    client = starlette_testclient.TestClient(portal.app, base_url="https://testserver")
+    page = client.get("/portal/manage")
+    cookie = page.headers["set-cookie"]
+    assert cookie.startswith("__Host-frip_csrf=") and "Path=/;" in cookie and "Secure" in cookie
+    token = csrf_of(page.text)
+    refused = client.post("/portal/manage", data={"code": "x", "csrf": token})
+    assert refused.status_code == 403 and "This code is not valid" in refused.text

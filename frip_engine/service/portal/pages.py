@@ -45,6 +45,7 @@ from frip_engine.service.portal.web import (
     SESSION_COOKIE,
     check_csrf,
     client_address,
+    cookie,
     has_csrf_cookie,
     photos_of,
     read_form,
@@ -367,12 +368,13 @@ class Portal:
         if who is None:
             errors = {page["field"]: page["refusal"]}
             return render(request, "sign_in.html", 403, errors=errors, page=page)
+        self.sessions.close(cookie(request, SESSION_COOKIE))  # this browser's previous one
         response = RedirectResponse(page["landing"], 303)
         set_session(request, response, self.sessions.open(kind, who))
         return response
 
     def registrant(self, request: Request) -> str | None:
-        return self.sessions.get(request.cookies.get(SESSION_COOKIE), "registrant")
+        return self.sessions.get(cookie(request, SESSION_COOKIE), "registrant")
 
     def signed_out(self, request: Request) -> Response:
         text = "Your session ended. Enter your withdrawal code again."
@@ -498,14 +500,14 @@ class Portal:
         form = await self.posted(request)
         if isinstance(form, Response):
             return form
-        self.sessions.close(request.cookies.get(SESSION_COOKIE))
+        self.sessions.close(cookie(request, SESSION_COOKIE))
         response = RedirectResponse(f"{PATH}/", 303)
         set_session(request, response, None)
         return response
 
     # ------------------------------------------------------------------ operator console
     def operator(self, request: Request) -> str | None:
-        return self.sessions.get(request.cookies.get(SESSION_COOKIE), "operator")
+        return self.sessions.get(cookie(request, SESSION_COOKIE), "operator")
 
     async def console_login(self, request: Request) -> Response:
         return render(request, "sign_in.html", errors={}, page=SIGN_IN["operator"])
