@@ -341,6 +341,9 @@ class Portal:
             if s.startswith("portal-") and s not in holders
         ]
         stale = sorted({*self.registrants.issuing(), *orphans})
+        if stale:
+            for name in self.offered():  # opening settles what the crash left pending
+                await self.service.engines().get(name)
         for subject in stale:
             await self.forget(subject)
         return stale
