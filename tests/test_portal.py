@@ -107,6 +107,8 @@ def test_a_registration_failing_after_enrolment_is_erased(
 def test_a_registration_killed_after_enrolment_is_erased_at_restart(
     make_engine: Callable[..., Engine], lfw: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from frip_engine.errors import StoreError
+    from frip_engine.service.portal import pages
     from frip_engine.service.portal.pages import Portal
 
     async def killed(*args: Any) -> None:
@@ -115,13 +117,22 @@ def test_a_registration_killed_after_enrolment_is_erased_at_restart(
     async def no_cleanup(self: Any, subject: str) -> None:
         pass
 
+    async def failing(*args: Any) -> None:
+        raise StoreError("a disk error")
+
     desk_engines(make_engine, home)
     with monkeypatch.context() as patch, portal_client(home) as client:
         patch.setattr(Portal, "attributes", killed)
         patch.setattr(Portal, "forget", no_cleanup)
         with pytest.raises(Crash):
             registration(client, lfw, ("doors", "lobby"))
-    assert enrolled_anywhere(home)  # what the kill left
+    left = enrolled_anywhere(home)  # what the kill left
+    assert left
+    with monkeypatch.context() as patch:
+        patch.setattr(pages, "revoke", failing)
+        with portal_client(home) as client:  # a start whose erasure fails still serves
+            assert client.get("/portal/").status_code == 200
+    assert enrolled_anywhere(home) == left  # ... and leaves it for the next start
     with portal_client(home):
         pass  # a restart
     assert enrolled_anywhere(home) == []

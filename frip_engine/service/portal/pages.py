@@ -9,6 +9,7 @@ vendor, so the consents, the audit log and each vendor's isolation are the API's
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 import time
@@ -87,6 +88,7 @@ SIGN_IN = {
     },
 }
 T = TypeVar("T")
+logger = logging.getLogger("frip_engine.service.portal")
 PLOTS = Path(__file__).resolve().parents[3] / "docs"  # a source checkout's benchmark plots
 PLOT_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.png$")
 
@@ -331,7 +333,8 @@ class Portal:
 
     async def recover(self) -> list[str]:
         """At start: erase the desk's registrations a crash left without a shown code
-        (a row still "issuing", or a portal consent with no code). Returns their ids."""
+        (a row still "issuing", or a portal consent with no code). Returns their ids. An
+        erasure that fails is logged (its code, no id) and left for the next start."""
         if self.desk is None:
             return []
         holders = self.registrants.holders()
@@ -341,11 +344,14 @@ class Portal:
             if s.startswith("portal-") and s not in holders
         ]
         stale = sorted({*self.registrants.issuing(), *orphans})
-        if stale:
-            for name in self.offered():  # opening settles what the crash left pending
-                await self.service.engines().get(name)
-        for subject in stale:
-            await self.forget(subject)
+        try:
+            if stale:
+                for name in self.offered():  # opening settles what the crash left pending
+                    await self.service.engines().get(name)
+            for subject in stale:
+                await self.forget(subject)
+        except FripError as exc:  # the service still starts; the next start tries again
+            logger.error("portal: interrupted registrations not erased: %s", http_error(exc)[1])
         return stale
 
     # ------------------------------------------------------------------ a registrant's page
