@@ -114,6 +114,13 @@ def serve(
             "people enrol into the engines linked to it (frip vendors link)."
         ),
     ] = None,
+    trusted_proxy: Annotated[
+        str | None,
+        typer.Option(
+            help="Address of a reverse proxy whose X-Forwarded-For and X-Forwarded-Proto "
+            "headers name the client and scheme (without it, they are ignored)."
+        ),
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Run the linkage service: HTTP(S) API over the engines in the home folder."""
@@ -151,7 +158,8 @@ def serve(
     if tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
         warning = f": serving on {host} without TLS; API keys travel in clear"
         err.print(styled(("warning", "yellow"), warning))
-    build_server(create_app(config), host, port, limits, tls).run()
+    server = build_server(create_app(config), host, port, limits, tls, trusted_proxy=trusted_proxy)
+    server.run()
 
 
 def _check_tls(cert: Path, key: Path) -> None:

@@ -48,6 +48,7 @@ from frip_engine.service import portal
 from frip_engine.service.audit import Event, suppressed
 from frip_engine.service.errors import http_error
 from frip_engine.service.pool import EnginePool
+from frip_engine.service.portal.web import error_page, in_portal
 from frip_engine.service.replay import ID_PATTERN
 from frip_engine.service.routes import audit, engines, linkage, matching, meta, subjects
 from frip_engine.service.state import Handler, Route, Service, ServiceConfig
@@ -66,8 +67,11 @@ def error_response(
     status: int,
     request: Request,
     headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    """The one JSON error shape; the message is cut to MAX_MESSAGE characters."""
+) -> Response:
+    """The one JSON error shape; the message is cut to MAX_MESSAGE characters. Under
+    the portal, its HTML error page instead."""
+    if in_portal(request.url.path):
+        return error_page(request, status, message, headers)
     request_id = request.headers.get("x-request-id")
     if request_id is not None and not ID_PATTERN.fullmatch(request_id):
         request_id = None  # echo a well-formed id only
@@ -263,17 +267,19 @@ def create_app(config: ServiceConfig) -> Starlette:
 
     config.check()
     service = Service(config, ROUTES)
+    registration = portal.Portal(service)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         batching = (config.batch_max, config.batch_wait_ms / 1000)
         service.pool = EnginePool(config.home, service.on_open, *batching)
         try:
+            await registration.recover()  # registrations a crash interrupted
             yield
         finally:
             service.close()
 
-    routes = [*_routes(service), portal.mount(service)]  # + the registration portal
+    routes = [*_routes(service), *portal.mount(registration)]  # + the registration portal
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

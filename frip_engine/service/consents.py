@@ -104,6 +104,11 @@ class Consents:
             "engines": {r["engine"]: {"state": r["state"], "detail": r["detail"]} for r in engines},
         }
 
+    def subjects(self, vendor: str) -> list[str]:
+        """The subject ids of the vendor's consents."""
+        rows = self.db.query("SELECT subject_id FROM consents WHERE vendor = ?", (vendor,))
+        return [str(r["subject_id"]) for r in rows]
+
     def mark_revoking(self, vendor: str, subject_id: str) -> None:
         with self.db.transaction() as tx:
             tx.execute(

@@ -166,17 +166,23 @@ def build_server(
     limits: ConnectionLimits,
     tls: tuple[Path, Path] | None = None,
     configure_logging: bool = True,
+    trusted_proxy: str | None = None,
 ) -> uvicorn.Server:
     """A uvicorn server for ``app`` with the guarded protocol. Access lines are the app's
     own (``frip_engine.service.access``: routes, never paths), so uvicorn's are off; with
     ``configure_logging`` (a process of its own) uvicorn's and the service's loggers print
-    to stderr, else the caller's logging is left alone (a server in a test's thread)."""
+    to stderr, else the caller's logging is left alone (a server in a test's thread).
+    X-Forwarded-For/-Proto are read only from ``trusted_proxy`` (an address, or a
+    comma-separated list): uvicorn's default trusts any local peer, so a client's forged
+    header would choose the address its rate limits count against."""
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"proxy_headers": trusted_proxy is not None}
+    if trusted_proxy is not None:
+        options["forwarded_allow_ips"] = trusted_proxy
     if tls is not None:
-        options = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])}
+        options |= {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])}
     logs = copy.deepcopy(LOGGING_CONFIG)  # uvicorn's, plus the service's own loggers
     logs["loggers"]["frip_engine.service"] = {"handlers": ["default"], "level": "INFO"}
     config = uvicorn.Config(

@@ -3,7 +3,8 @@ engines linked to the portal's registration desk, and withdraw with a code; oper
 watch the engines from a console. Server-rendered pages (Jinja2), a little local
 JavaScript for photo previews, everything served from here.
 
-``mount(service)`` is the one route ``service.app`` adds.
+``mount(portal)`` is the one route ``service.app`` adds; its lifespan runs
+``Portal.recover`` at start.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.middleware import Middleware
-from starlette.routing import Mount, Route
+from starlette.responses import RedirectResponse
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from frip_engine.service.portal.pages import Portal
 from frip_engine.service.portal.web import PATH, SecurityHeaders
-from frip_engine.service.state import Service
 
-__all__ = ["mount"]
+__all__ = ["Portal", "mount"]
 
 
-def mount(service: Service) -> Mount:
-    """The portal's routes under /portal, each response with the portal's security headers."""
-    portal = Portal(service)
+def mount(portal: Portal) -> list[BaseRoute]:
+    """The portal's routes under /portal, each response with the portal's security
+    headers; /portal itself redirects to /portal/ (a relative Location: no Host header
+    goes into it)."""
     routes = [
         Route("/", portal.home, methods=["GET"]),
         Route("/register", portal.register, methods=["POST"]),
@@ -39,4 +41,8 @@ def mount(service: Service) -> Mount:
         Route("/console/plots/{name}", portal.plot, methods=["GET"]),
         Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
     ]
-    return Mount(PATH, routes=routes, middleware=[Middleware(SecurityHeaders)])
+    bare = SecurityHeaders(RedirectResponse(f"{PATH}/", 307))
+    return [
+        Route(PATH, bare),
+        Mount(PATH, routes=routes, middleware=[Middleware(SecurityHeaders)]),
+    ]

@@ -26,7 +26,8 @@ from frip_engine.service.db import Database, now_iso
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS portal_registrants (
     code_id TEXT PRIMARY KEY, subject_id TEXT NOT NULL UNIQUE,
-    salt BLOB NOT NULL, digest BLOB NOT NULL, created_at TEXT NOT NULL);
+    salt BLOB NOT NULL, digest BLOB NOT NULL, created_at TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'issuing');
 CREATE TABLE IF NOT EXISTS portal_operators (
     key_id TEXT PRIMARY KEY, name TEXT NOT NULL,
     salt BLOB NOT NULL, digest BLOB NOT NULL, created_at TEXT NOT NULL);
@@ -36,6 +37,7 @@ ID_LENGTH, SECRET_LENGTH = 5, 20  # 25 bits of lookup id, 100 bits of secret
 CODE_INPUT = re.compile(rf"^[{ALPHABET}]{{{ID_LENGTH + SECRET_LENGTH}}}$")
 OPERATOR_KEY = re.compile(r"^fripop_([0-9a-f]{10})_([A-Za-z0-9_-]{43})$")
 SESSION_SECONDS = 15 * 60
+SCRYPT_AT_ONCE = 2  # scrypt runs at once, over all clients (each takes ~16 MiB, a core)
 
 
 def _hash(salt: bytes, secret: str) -> bytes:
@@ -62,14 +64,19 @@ def grouped(code: str) -> str:
 
 
 class Registrants:
-    """Portal registrants: a subject id of the portal's desk per withdrawal code."""
+    """Portal registrants: a subject id of the portal's desk per withdrawal code.
+
+    A code's row is written ``issuing`` before the person is enrolled anywhere and marked
+    ``issued`` once the registration is complete; a row still ``issuing`` after a crash
+    names a registration to erase (``Portal.recover``), and its code opens nothing."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         db.ensure(SCHEMA)
 
     def create(self, subject_id: str) -> str:
-        """A new withdrawal code for ``subject_id`` (grouped); only its hash is stored."""
+        """A new withdrawal code for ``subject_id`` (grouped), its row ``issuing``; only
+        its hash is stored."""
         salt = secrets.token_bytes(16)
         secret = "".join(secrets.choice(ALPHABET) for _ in range(SECRET_LENGTH))
         with self.db.transaction() as tx:
@@ -81,7 +88,7 @@ class Registrants:
                 if not taken:
                     break
             tx.execute(
-                "INSERT INTO portal_registrants VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO portal_registrants VALUES (?, ?, ?, ?, ?, 'issuing')",
                 (code_id, subject_id, salt, _hash(salt, secret), now_iso()),
             )
         return grouped(code_id + secret)
@@ -93,14 +100,35 @@ class Registrants:
             _matches(None, code)  # the same work as a check
             return None
         rows = self.db.query(
-            "SELECT subject_id, salt, digest FROM portal_registrants WHERE code_id = ?",
+            "SELECT subject_id, salt, digest FROM portal_registrants "
+            "WHERE code_id = ? AND state = 'issued'",
             (compact[:ID_LENGTH],),
         )
         row = dict(rows[0]) if rows else None
         return str(row["subject_id"]) if row and _matches(row, compact[ID_LENGTH:]) else None
 
+    def issued(self, subject_id: str) -> None:
+        """The registration is complete: its code may be shown and used."""
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE portal_registrants SET state = 'issued' WHERE subject_id = ?",
+                (subject_id,),
+            )
+
+    def issuing(self) -> list[str]:
+        """The subject ids of registrations a crash interrupted (codes never shown)."""
+        rows = self.db.query("SELECT subject_id FROM portal_registrants WHERE state != 'issued'")
+        return [str(r["subject_id"]) for r in rows]
+
+    def holders(self) -> set[str]:
+        """The subject ids holding a code (issued or not)."""
+        return {
+            str(r["subject_id"]) for r in self.db.query("SELECT subject_id FROM portal_registrants")
+        }
+
     def delete(self, subject_id: str) -> None:
-        """Forget a registrant's code (it withdrew from every engine)."""
+        """Forget a registrant's code (it withdrew from every engine, or its registration
+        failed)."""
         with self.db.transaction() as tx:
             tx.execute("DELETE FROM portal_registrants WHERE subject_id = ?", (subject_id,))
 

@@ -8,12 +8,15 @@ vendor, so the consents, the audit log and each vendor's isolation are the API's
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import secrets
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -29,14 +32,22 @@ from frip_engine.service.errors import (
     http_error,
 )
 from frip_engine.service.limits import RateLimiter
-from frip_engine.service.portal.credentials import Operators, Registrants, Sessions
+from frip_engine.service.portal.credentials import (
+    SCRYPT_AT_ONCE,
+    Operators,
+    Registrants,
+    Sessions,
+)
 from frip_engine.service.portal.web import (
     MAX_FORM_BYTES,
     MAX_PHOTOS,
     PATH,
+    READS_AT_ONCE,
     SESSION_COOKIE,
     check_csrf,
     client_address,
+    cookie,
+    has_csrf_cookie,
     photos_of,
     read_form,
     render,
@@ -76,6 +87,8 @@ SIGN_IN = {
         "landing": f"{PATH}/console",
     },
 }
+T = TypeVar("T")
+logger = logging.getLogger("frip_engine.service.portal")
 PLOTS = Path(__file__).resolve().parents[3] / "docs"  # a source checkout's benchmark plots
 PLOT_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.png$")
 
@@ -86,7 +99,7 @@ def reason(code: str) -> str:
 
 class Portal:
     """The pages' shared state: the service, the desk the portal links as, its secrets,
-    and two rate limits per client address (pages, and code or key attempts)."""
+    rate limits per client address (pages; code attempts; key attempts)."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -100,7 +113,24 @@ class Portal:
         self.operators = Operators(service.db)
         self.sessions = Sessions()
         self.posts = RateLimiter(rate=1.0, burst=30)  # any form, per address
-        self.attempts = RateLimiter(rate=1 / 60, burst=5)  # codes and keys, per address
+        # codes and keys, per address, apart: wrong codes must not lock operators out
+        self.attempts = {kind: RateLimiter(rate=1 / 60, burst=5) for kind in SIGN_IN}
+        self.scrypt = asyncio.Semaphore(SCRYPT_AT_ONCE)  # over all clients
+        self.reads = asyncio.Semaphore(READS_AT_ONCE)  # form bodies, over all clients
+        self.locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def lock(self, subject: str) -> asyncio.Lock:
+        """The lock one registrant's opt-ins and withdrawals take in turn (each reads the
+        consent, then changes it)."""
+        found = self.locks.get(subject)
+        if found is None:
+            found = self.locks[subject] = asyncio.Lock()
+        return found
+
+    async def hashing(self, work: Callable[[str], T], value: str) -> T:
+        """``work(value)``, which runs scrypt, in a worker thread once a slot is free."""
+        async with self.scrypt:
+            return await run_in_threadpool(work, value)
 
     # ------------------------------------------------------------------ shared
     def context(self) -> Context:
@@ -120,14 +150,14 @@ class Portal:
         existing = set(list_engines(self.service.config.home))
         return sorted((caller.engines | caller.linkable) & existing)
 
-    async def posted(self, request: Request, attempt: bool = False) -> Any:
+    async def posted(self, request: Request, attempt: str | None = None) -> Any:
         """The form of a POST after the rate limits and the CSRF check; a Response to
         send instead when one refuses it."""
         address = client_address(request)
         try:
             self.posts.take(address)
-            if attempt:
-                self.attempts.take(address)
+            if attempt is not None:
+                self.attempts[attempt].take(address)
         except RateLimitError as exc:
             retry = max(1, round(exc.retry_after))
             page = render(
@@ -139,18 +169,22 @@ class Portal:
             )
             page.headers["retry-after"] = str(retry)
             return page
+        if not has_csrf_cookie(request):
+            return self.expired(request)
         try:
-            form = await read_form(request, MAX_FORM_BYTES)
+            async with self.reads:
+                form = await read_form(request, MAX_FORM_BYTES)
         except PayloadTooLargeError:
             text = f"The photos are over {MAX_FORM_BYTES >> 20} MB together: choose smaller ones."
             return render(request, "message.html", 413, title="Photos too large", text=text)
         except FripError as exc:
             status, _ = http_error(exc)
             return render(request, "message.html", status, title="Form refused", text=str(exc))
-        if not check_csrf(request, form):
-            text = "The form expired or came from another site. Reload the page and try again."
-            return render(request, "message.html", 403, title="Form refused", text=text)
-        return form
+        return form if check_csrf(request, form) else self.expired(request)
+
+    def expired(self, request: Request) -> Response:
+        text = "The form expired or came from another site. Reload the page and try again."
+        return render(request, "message.html", 403, title="Form refused", text=text)
 
     async def decode(self, photos: list[bytes], errors: dict[str, str]) -> list[np.ndarray]:
         """The photos as pixels; a message under ``errors['photo']`` for the first bad one."""
@@ -185,6 +219,8 @@ class Portal:
                 result = await enrol_linked(self.service, ctx, subject, pixels, remaining, extend)
             except LinkageError as exc:
                 result = {"enrolled": {}, "codes": exc.codes}
+            except FripError as exc:  # e.g. a consent another request changed meanwhile
+                result = {"enrolled": {}, "codes": dict.fromkeys(remaining, http_error(exc)[1])}
             extend = extend or bool(result["enrolled"])
             for name in remaining:
                 if name in result["enrolled"]:
@@ -272,15 +308,51 @@ class Portal:
                 desk=self.desk,
             )
         subject = "portal-" + secrets.token_hex(12)
-        outcome = await self.enrol(subject, photos, names, extend=False)
-        enrolled = [n for n, o in outcome.items() if o["state"] == "enrolled"]
-        code = qr = None
-        if enrolled:
-            code = await run_in_threadpool(self.registrants.create, subject)
-            qr = qr_svg(code)
-            await self.attributes(subject, values, enrolled)
-        status = 201 if enrolled else 422
-        return render(request, "result.html", status, outcome=outcome, code=code, qr=qr)
+        code = await self.hashing(self.registrants.create, subject)  # "issuing"
+        try:
+            outcome = await self.enrol(subject, photos, names, extend=False)
+            enrolled = [n for n, o in outcome.items() if o["state"] == "enrolled"]
+            if enrolled:
+                await self.attributes(subject, values, enrolled)
+                await run_in_threadpool(self.registrants.issued, subject)
+        except Exception:
+            await self.forget(subject)
+            raise
+        if not enrolled:
+            await run_in_threadpool(self.registrants.delete, subject)
+            return render(request, "result.html", 422, outcome=outcome, code=None, qr=None)
+        return render(request, "result.html", 201, outcome=outcome, code=code, qr=qr_svg(code))
+
+    async def forget(self, subject: str) -> None:
+        """Erase a registration that did not complete (through the linkage revocation:
+        every engine it reached, its consent, its attributes) and its code."""
+        found = self.service.consents.get(str(self.desk), subject)
+        if found is not None:
+            await revoke(self.service, self.context(), subject, found)
+        await run_in_threadpool(self.registrants.delete, subject)
+
+    async def recover(self) -> list[str]:
+        """At start: erase the desk's registrations a crash left without a shown code
+        (a row still "issuing", or a portal consent with no code). Returns their ids. An
+        erasure that fails is logged (its code, no id) and left for the next start."""
+        if self.desk is None:
+            return []
+        holders = self.registrants.holders()
+        orphans = [
+            s
+            for s in self.service.consents.subjects(self.desk)
+            if s.startswith("portal-") and s not in holders
+        ]
+        stale = sorted({*self.registrants.issuing(), *orphans})
+        try:
+            if stale:
+                for name in self.offered():  # opening settles what the crash left pending
+                    await self.service.engines().get(name)
+            for subject in stale:
+                await self.forget(subject)
+        except FripError as exc:  # the service still starts; the next start tries again
+            logger.error("portal: interrupted registrations not erased: %s", http_error(exc)[1])
+        return stale
 
     # ------------------------------------------------------------------ a registrant's page
     async def manage(self, request: Request) -> Response:
@@ -294,23 +366,24 @@ class Portal:
     ) -> Response:
         """Sign a registrant (by code) or an operator (by key) in: the secret is POSTed,
         checked in a worker thread (scrypt), and replaced by a session cookie."""
-        form = await self.posted(request, attempt=True)
+        form = await self.posted(request, attempt=kind)
         if isinstance(form, Response):
             return form
         page = SIGN_IN[kind]
         secret = form.get(page["field"])
         who = None
         if isinstance(secret, str) and len(secret) <= 128:
-            who = await run_in_threadpool(check, secret)
+            who = await self.hashing(check, secret)
         if who is None:
             errors = {page["field"]: page["refusal"]}
             return render(request, "sign_in.html", 403, errors=errors, page=page)
+        self.sessions.close(cookie(request, SESSION_COOKIE))  # this browser's previous one
         response = RedirectResponse(page["landing"], 303)
         set_session(request, response, self.sessions.open(kind, who))
         return response
 
     def registrant(self, request: Request) -> str | None:
-        return self.sessions.get(request.cookies.get(SESSION_COOKIE), "registrant")
+        return self.sessions.get(cookie(request, SESSION_COOKIE), "registrant")
 
     def signed_out(self, request: Request) -> Response:
         text = "Your session ended. Enter your withdrawal code again."
@@ -371,9 +444,15 @@ class Portal:
         posted = await self.registrant_post(request)
         if isinstance(posted, Response):
             return posted
-        (form, subject), desk = posted, str(self.desk)
+        form, subject = posted
+        async with self.lock(subject):
+            if self.registrant(request) != subject:
+                return self.signed_out(request)  # it withdrew meanwhile
+            return await self.opted_in(request, form, subject)
+
+    async def opted_in(self, request: Request, form: Any, subject: str) -> Response:
         errors: dict[str, str] = {}
-        held = (self.service.consents.get(desk, subject) or {"engines": {}})["engines"]
+        held = (self.service.consents.get(str(self.desk), subject) or {"engines": {}})["engines"]
         allowed = [
             n for n in self.offered() if held.get(n, {}).get("state") not in ("enrolled", "pending")
         ]
@@ -391,7 +470,15 @@ class Portal:
         posted = await self.registrant_post(request)
         if isinstance(posted, Response):
             return posted
-        (form, subject), desk = posted, str(self.desk)
+        form, subject = posted
+        async with self.lock(subject):
+            if self.registrant(request) != subject:
+                text = "You were already withdrawn from every service."
+                return render(request, "message.html", title="Withdrawn", text=text)
+            return await self.withdrawn(request, form, subject)
+
+    async def withdrawn(self, request: Request, form: Any, subject: str) -> Response:
+        desk = str(self.desk)
         which = form.get("engine")
         found = self.service.consents.get(desk, subject)
         if found is None or not isinstance(which, str):
@@ -422,14 +509,14 @@ class Portal:
         form = await self.posted(request)
         if isinstance(form, Response):
             return form
-        self.sessions.close(request.cookies.get(SESSION_COOKIE))
+        self.sessions.close(cookie(request, SESSION_COOKIE))
         response = RedirectResponse(f"{PATH}/", 303)
         set_session(request, response, None)
         return response
 
     # ------------------------------------------------------------------ operator console
     def operator(self, request: Request) -> str | None:
-        return self.sessions.get(request.cookies.get(SESSION_COOKIE), "operator")
+        return self.sessions.get(cookie(request, SESSION_COOKIE), "operator")
 
     async def console_login(self, request: Request) -> Response:
         return render(request, "sign_in.html", errors={}, page=SIGN_IN["operator"])
@@ -488,7 +575,8 @@ def read_attributes(form: Any, errors: dict[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     age = form.get("age") or ""
     if age:
-        if not (isinstance(age, str) and age.isdigit() and int(age) <= 130):
+        # ASCII digits only: str.isdigit also passes "²" (int() fails) and other scripts'
+        if not (isinstance(age, str) and re.fullmatch(r"[0-9]{1,3}", age) and int(age) <= 130):
             errors["age"] = "Give your age as a whole number from 0 to 130, or leave it empty."
         else:
             values["age"] = int(age)

@@ -4,9 +4,11 @@ per-address rate limits, and rendering.
 - Content-Security-Policy: ``default-src 'none'``; scripts, styles, images and forms
   from the portal itself only (images also from ``blob:``, the photo previews); nothing
   may frame a page. No third-party script, font or stylesheet exists to allow.
-- CSRF: double-submit. Every page sets a random ``frip_csrf`` cookie (HttpOnly,
-  SameSite=Strict, path /portal) and puts the same value in each form; a POST whose field
-  differs from its cookie is refused (403) before anything else is read.
+- CSRF: double-submit, bound to the session. Every page sets a random ``frip_csrf``
+  cookie (HttpOnly, SameSite=Strict, path /portal; over https ``__Host-frip_csrf``,
+  Secure, path /) and puts HMAC(per-process key, that nonce | the session cookie) in each
+  form; a POST without the cookie is refused (403) before its body is read, one whose
+  field is not that token after. Signing in or out sets a new nonce and session.
 - Uploads are parsed in memory: the body is read whole under a size cap, and the parser's
   spooled files may hold that whole body before they would roll over to a temporary
   file, so a photo is never written to disk.
@@ -14,9 +16,11 @@ per-address rate limits, and rendering.
 
 from __future__ import annotations
 
+import base64
 import hmac
+import ipaddress
 import secrets
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +31,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from frip_engine.service.errors import RequestError
+from frip_engine.service.errors import MediaTypeError, RequestError
 from frip_engine.service.limits import read_limited
 
 CSRF_COOKIE = "frip_csrf"
 SESSION_COOKIE = "frip_session"
+CSRF_KEY = secrets.token_bytes(32)  # binds CSRF tokens to sessions; per process, as they are
 PATH = "/portal"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
@@ -46,6 +51,8 @@ HEADERS = {
     "permissions-policy": "camera=(self), microphone=(), geolocation=()",
 }
 MAX_PHOTOS = 3
+READS_AT_ONCE = 4  # form bodies read at once over all clients (each up to MAX_FORM_BYTES)
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 MAX_FORM_BYTES = 24 * 1024 * 1024  # a form with three phone-camera photos
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -80,22 +87,32 @@ class SecurityHeaders:
 
 
 def csrf_token(request: Request) -> str:
-    """The client's CSRF token (its cookie's, or a new one :func:`render` will set)."""
-    token = request.cookies.get(CSRF_COOKIE, "")
-    if len(token) != 43:
-        token = getattr(request.state, "new_csrf", None) or secrets.token_urlsafe(32)
-        request.state.new_csrf = token
-    return token
+    """The token the client's forms carry: HMAC(CSRF_KEY, its CSRF cookie's nonce | its
+    session cookie), 43 characters; a new nonce (its cookie set by :func:`render`) when it
+    has none. Signing in or out changes the session, so every older page's token dies."""
+    nonce = cookie(request, CSRF_COOKIE)
+    if len(nonce) != 43:
+        nonce = getattr(request.state, "new_csrf", None) or secrets.token_urlsafe(32)
+        request.state.new_csrf = nonce
+    bound = f"{nonce}|{cookie(request, SESSION_COOKIE)}".encode()
+    mac = hmac.digest(CSRF_KEY, bound, "sha256")
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def has_csrf_cookie(request: Request) -> bool:
+    """Whether the client holds a CSRF cookie of the right size (a POST without one is
+    refused before its body is read)."""
+    return len(cookie(request, CSRF_COOKIE)) == 43
 
 
 def check_csrf(request: Request, form: FormData) -> bool:
-    """Whether the form's ``csrf`` field equals the client's CSRF cookie."""
-    cookie = request.cookies.get(CSRF_COOKIE, "")
+    """Whether the form's ``csrf`` field is the token of the client's CSRF cookie and
+    session."""
     sent = form.get("csrf")
     return (
         isinstance(sent, str)
-        and len(cookie) == 43
-        and hmac.compare_digest(sent.encode(), cookie.encode())
+        and has_csrf_cookie(request)
+        and hmac.compare_digest(sent.encode(), csrf_token(request).encode())
     )
 
 
@@ -111,21 +128,21 @@ async def read_form(request: Request, limit: int) -> FormData:
     memory from a body of at most ``limit`` bytes. Raises PayloadTooLargeError (413),
     RequestError (400) for a malformed body."""
     assert limit < InMemoryParser.spool_max_size
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in FORM_TYPES:  # refused before its body is read
+        raise MediaTypeError("send the page's form")
     body = await read_limited(request.stream(), request.headers.get("content-length"), limit)
 
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         if media == "multipart/form-data":
             parser = InMemoryParser(request.headers, stream(), max_files=MAX_PHOTOS, max_fields=50)
             return await parser.parse()
-        if media == "application/x-www-form-urlencoded":
-            return await FormParser(request.headers, stream()).parse()
     except MultiPartException as exc:
         raise RequestError(f"the form could not be read: {exc.message}") from None
-    raise RequestError("send the page's form")
+    return await FormParser(request.headers, stream()).parse()
 
 
 async def photos_of(form: FormData, field: str = "photo") -> list[bytes]:
@@ -145,24 +162,69 @@ def render(request: Request, template: str, status: int = 200, **values: Any) ->
     token = csrf_token(request)
     html = TEMPLATES.get_template(template).render(csrf=token, base=PATH, **values)
     response = HTMLResponse(html, status)
-    if getattr(request.state, "new_csrf", None) == token:
-        secure = request.url.scheme == "https"
-        response.set_cookie(
-            CSRF_COOKIE, token, path=PATH, httponly=True, samesite="strict", secure=secure
-        )
+    nonce = getattr(request.state, "new_csrf", None)
+    if nonce is not None:
+        set_cookie(request, response, CSRF_COOKIE, nonce)
     return response
 
 
-def set_session(request: Request, response: Response, token: str | None) -> None:
-    """Set (or, with None, clear) the session cookie on a response."""
-    if token is None:
-        response.delete_cookie(SESSION_COOKIE, path=PATH)
-        return
+def error_page(
+    request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """The portal's page for an error the service's handlers answer (404, 405, 413, a
+    500...): HTML with the portal's security headers, in place of the API's JSON."""
+    texts = {404: "There is no such page.", 405: "This page does not take that request."}
+    title = "Something went wrong" if status >= 500 else "Not found" if status == 404 else "Refused"
+    page = render(request, "message.html", status, title=title, text=texts.get(status, message))
+    page.headers.update({**(headers or {}), **HEADERS, "cache-control": "no-store"})
+    return page
+
+
+def in_portal(path: str) -> bool:
+    return path == PATH or path.startswith(f"{PATH}/")
+
+
+def cookie_name(request: Request, name: str) -> tuple[str, str]:
+    """A cookie's name and path: over https ``__Host-<name>`` on path / (a browser keeps
+    such a cookie only from https, for this host alone), else ``<name>`` on /portal."""
+    if request.url.scheme == "https":
+        return f"__Host-{name}", "/"
+    return name, PATH
+
+
+def cookie(request: Request, name: str) -> str:
+    """The value of the portal's cookie ``name`` ("" when absent)."""
+    return request.cookies.get(cookie_name(request, name)[0], "")
+
+
+def set_cookie(request: Request, response: Response, name: str, value: str | None) -> None:
+    """Set (or, with None, delete) one of the portal's cookies: HttpOnly, SameSite=Strict,
+    Secure over https."""
+    key, path = cookie_name(request, name)
     secure = request.url.scheme == "https"
-    response.set_cookie(
-        SESSION_COOKIE, token, path=PATH, httponly=True, samesite="strict", secure=secure
-    )
+    if value is None:
+        response.delete_cookie(key, path=path, secure=secure, httponly=True, samesite="strict")
+        return
+    response.set_cookie(key, value, path=path, httponly=True, samesite="strict", secure=secure)
+
+
+def set_session(request: Request, response: Response, token: str | None) -> None:
+    """Set (or, with None, clear) the session cookie on a response, with a new CSRF
+    nonce: the session's pages have tokens of their own."""
+    set_cookie(request, response, SESSION_COOKIE, token)
+    set_cookie(request, response, CSRF_COOKIE, secrets.token_urlsafe(32))
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "?"
+    """The key of a client's rate limits: its IPv4 address, or its IPv6 /64 (one host
+    commonly holds a whole /64, and could otherwise take a fresh address per attempt)."""
+    host = request.client.host if request.client else "?"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
