@@ -191,16 +191,38 @@ _LOCK = threading.RLock()
 _state: dict[str, Any] = {}
 
 
+_loading = threading.local()  # set while this thread imports the plugins' modules
+_when_loaded: list[Callable[[pluggy.PluginManager], None]] = []
+
+
 def plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, with entry points loaded on first use (thread-safe)."""
     with _LOCK:
         if "pm" not in _state:
             pm = pluggy.PluginManager(GROUP)
             pm.add_hookspecs(hookspecs)
-            packages, broken = _load_entry_points(pm)
+            outer, _loading.active = getattr(_loading, "active", False), True
+            try:
+                packages, broken = _load_entry_points(pm)
+            finally:
+                _loading.active = outer
             _state.update(pm=pm, packages=packages, broken=broken)
+            while _when_loaded:
+                _when_loaded.pop(0)(pm)
         pm_: pluggy.PluginManager = _state["pm"]
         return pm_
+
+
+def when_loaded(callback: Callable[[pluggy.PluginManager], None]) -> None:
+    """Call ``callback(plugin_manager())`` once every plugin is loaded: now, or, when a
+    plugin's own import is what brought the caller in (a plugin module importing
+    ``frip_engine.cli``'s helpers), right after the load in progress completes, so the
+    callback never sees a half-loaded set of plugins."""
+    with _LOCK:
+        if getattr(_loading, "active", False):
+            _when_loaded.append(callback)
+            return
+    callback(plugin_manager())
 
 
 def _selected(ep: importlib.metadata.EntryPoint) -> bool:

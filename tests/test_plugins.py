@@ -286,3 +286,21 @@ def test_plugins_can_add_cli_commands(fresh_plugins: None) -> None:
     plugins.plugin_manager().hook.register_commands(cli=app)
     result = CliRunner().invoke(app, ["hello-frip"])
     assert result.exit_code == 0 and "hello from a plugin command" in result.output
+
+
+def test_plugin_commands_are_mounted_whichever_loads_first() -> None:
+    """A plugin module that imports the CLI's helpers (frip_eval does) while the plugin
+    manager loads it must still get its commands mounted: loading plugins before the CLI
+    is imported (as a test or an embedding application does) used to leave `frip eval`
+    out of the app."""
+    script = (
+        "from frip_engine import plugins\n"
+        "plugins.plugin_manager()\n"
+        "import typer.main\n"
+        "from frip_engine.cli import app\n"
+        "print(sorted(typer.main.get_command(app).commands))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert "'eval'" in result.stdout and "'bench'" in result.stdout, result.stdout

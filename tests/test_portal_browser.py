@@ -67,7 +67,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """Engines doors (acme's: TenSEAL CKKS, fast preset and scorer) and lobby (globex's:
     the plaintext reference, to keep the session short), both with ArcFace refusing photos
@@ -117,7 +117,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             thread.join(timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])

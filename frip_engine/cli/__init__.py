@@ -569,7 +569,7 @@ add_migrate_command(engine_app)  # frip engine migrate
 # Plugin commands come last, mounted like any plugin's: frip eval, frip bench and frip demo
 # are frip_eval's (entry point ``eval``); a plugin that fails to load is listed as broken by
 # frip plugins and the rest of the CLI works without it.
-plugins.plugin_manager().hook.register_commands(cli=app)
+plugins.when_loaded(lambda pm: pm.hook.register_commands(cli=app))
 
 
 def main() -> None:
