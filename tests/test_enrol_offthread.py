@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+import pytest
 from conftest import near, unit_vectors
 
 from frip_engine.engine import Engine, EnrolItem
@@ -36,3 +38,29 @@ def test_a_group_is_committed_whole_or_refused_whole_when_its_block_moved(
     report = engine.commit_enrolment(prepared, engine.encrypt_enrolment(prepared))
     assert sorted(report.enrolled) == ["c", "d"] and not report.failed
     assert engine.identify(embedding=near(vectors[3], 0.2, 2)).subject_id == "d"
+
+
+def test_a_committed_group_refreshes_the_cached_block_to_what_a_reload_gives(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine("c", engine={"name": "c", "insecure": True}, he={"plugin": "plaintext"})
+    vectors = unit_vectors(3, seed=37)
+    engine.enrol_many([EnrolItem("a", embeddings=[vectors[0]])])
+    assert engine.identify(embedding=near(vectors[0], 0.2, 1)).subject_id == "a"  # cached
+
+    prepared = engine.prepare_enrolment(
+        [EnrolItem(s, embeddings=[vectors[i + 1]]) for i, s in enumerate("bc")]
+    )
+    report = engine.commit_enrolment(prepared, engine.encrypt_enrolment(prepared))
+    assert sorted(report.enrolled) == ["b", "c"]
+    (info,) = engine.gallery_store.blocks()
+    revision, data = engine.gallery_store.read_block(info.block_id)
+    cached_revision, cached = engine._blocks[info.block_id]
+    assert cached_revision == revision == info.revision
+    assert np.array_equal(cached, engine.matcher.load(data))  # exactly the stored block
+
+    def no_reload(block_id: int) -> tuple[int, bytes]:
+        raise AssertionError("the block just committed was read back")
+
+    monkeypatch.setattr(engine.gallery_store, "read_block", no_reload)
+    assert engine.identify(embedding=near(vectors[2], 0.2, 2)).subject_id == "c"
