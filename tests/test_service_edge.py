@@ -71,8 +71,8 @@ def test_workers_killed_mid_batch_are_replaced_and_never_answer_wrongly() -> Non
             asyncio.ensure_future(edge.embed(spec, data, f"images[{i}]"))
             for i, data in enumerate(images)
         ]
-        if kill:
-            await asyncio.sleep(0.3)  # the first images are being embedded
+        if kill:  # as soon as one image is answered, the others are in flight or queued
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             os.kill(edge.pids(spec)[0], signal.SIGKILL)
         return await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -95,6 +95,29 @@ def test_workers_killed_mid_batch_are_replaced_and_never_answer_wrongly() -> Non
             np.testing.assert_allclose(again.vector, quiet[0].vector, atol=1e-6)
             with pytest.raises(NoFaceError):
                 await edge.embed(spec, noise_png(), "image")
+        finally:
+            edge.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_died_while_idle_is_replaced_at_the_next_call() -> None:
+    """A worker killed between requests breaks its pool unseen: the next warm-up and the
+    next image start a new pool instead of failing."""
+    spec = ExtractorSpec("arcface", "{}")
+
+    async def scenario() -> None:
+        edge = EdgePool(workers=1)
+        try:
+            before = await edge.warm(spec)
+            os.kill(before[0], signal.SIGKILL)
+            await asyncio.sleep(0.5)  # the pool's manager notices the death
+            after = await edge.warm(spec)
+            assert after != before
+            os.kill(after[0], signal.SIGKILL)
+            await asyncio.sleep(0.5)
+            got = await edge.embed(spec, face(PEOPLE[0], 1), "image")
+            assert got.vector.shape == (512,)
         finally:
             edge.close()
 

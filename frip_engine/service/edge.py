@@ -146,11 +146,23 @@ class EdgePool:
         return sorted(processes)
 
     async def warm(self, spec: ExtractorSpec) -> list[int]:
-        """Start ``spec``'s workers and wait until each has loaded its models; their pids."""
-        pool = self.pool(spec)
+        """Start ``spec``'s workers and wait until each has loaded its models; their pids.
+
+        A pool a worker of which died while idle is replaced once; raises WorkerLostError
+        when the new one fails to start too."""
         loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(pool, _ready) for _ in range(self.workers)]
-        return sorted(set(await asyncio.gather(*futures)))
+        lost: BrokenProcessPool | None = None
+        for _ in range(2):
+            pool = self.pool(spec)
+            try:
+                futures = [loop.run_in_executor(pool, _ready) for _ in range(self.workers)]
+                return sorted(set(await asyncio.gather(*futures)))
+            except BrokenProcessPool as exc:
+                lost = exc
+                self._replace(spec, pool)
+        raise WorkerLostError(
+            f"the {spec.plugin} worker processes ended while starting, twice ({lost}): retry"
+        ) from lost
 
     async def embed(self, spec: ExtractorSpec, data: bytes, field: str) -> Embedded:
         """The embedding of the one face in ``data``, made in a worker process.
