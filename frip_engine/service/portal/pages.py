@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -440,15 +440,25 @@ class Portal:
             return self.signed_out(request)
         return form, subject
 
-    async def opt_in(self, request: Request) -> Response:
+    async def locked_post(
+        self,
+        request: Request,
+        handler: Callable[[Request, Any, str], Awaitable[Response]],
+        gone: Callable[[Request], Response],
+    ) -> Response:
+        """A registrant's POST answered by ``handler`` under that registrant's lock; ``gone``
+        answers when a concurrent request withdrew them meanwhile."""
         posted = await self.registrant_post(request)
         if isinstance(posted, Response):
             return posted
         form, subject = posted
         async with self.lock(subject):
             if self.registrant(request) != subject:
-                return self.signed_out(request)  # it withdrew meanwhile
-            return await self.opted_in(request, form, subject)
+                return gone(request)
+            return await handler(request, form, subject)
+
+    async def opt_in(self, request: Request) -> Response:
+        return await self.locked_post(request, self.opted_in, self.signed_out)
 
     async def opted_in(self, request: Request, form: Any, subject: str) -> Response:
         errors: dict[str, str] = {}
@@ -467,15 +477,11 @@ class Portal:
         return await self.me(request, notice="Your new opt-ins:", outcome=outcome)
 
     async def withdraw(self, request: Request) -> Response:
-        posted = await self.registrant_post(request)
-        if isinstance(posted, Response):
-            return posted
-        form, subject = posted
-        async with self.lock(subject):
-            if self.registrant(request) != subject:
-                text = "You were already withdrawn from every service."
-                return render(request, "message.html", title="Withdrawn", text=text)
-            return await self.withdrawn(request, form, subject)
+        def already(request: Request) -> Response:
+            text = "You were already withdrawn from every service."
+            return render(request, "message.html", title="Withdrawn", text=text)
+
+        return await self.locked_post(request, self.withdrawn, already)
 
     async def withdrawn(self, request: Request, form: Any, subject: str) -> Response:
         desk = str(self.desk)
