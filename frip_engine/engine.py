@@ -66,7 +66,7 @@ from frip_engine.errors import (
     each_or_error,
 )
 from frip_engine.images import load_image
-from frip_engine.keyservice import KeyService, he_key_id, he_key_version, wipe
+from frip_engine.keyservice import KeyService, Occupants, he_key_id, he_key_version, wipe
 from frip_engine.parallel import ParallelScorer, WorkerSetup, context_fingerprint, result
 from frip_engine.pemiu import PemiuTemplate, stored_vector
 from frip_engine.private import private_dir
@@ -262,7 +262,7 @@ class Engine:
         self._scorer: ParallelScorer | None = None
         self._sharers: SharedScorer | None = None  # the shared probe mode's two matchers
         self._encryptor: ParallelScorer | None = None  # prepared enrolments' encryption
-        self._slot_map: tuple[tuple[tuple[int, int], ...], dict[int, dict[int, str]]] | None = None
+        self._slot_map: tuple[tuple[tuple[int, int], ...], Occupants] | None = None
         self.key_version = 0
         self._closed = False
         self._follow_keys()
@@ -778,15 +778,17 @@ class Engine:
         self._blocks[info.block_id] = (revision, block)
         return block
 
-    def _occupants(self, blocks: Sequence[BlockInfo] | None = None) -> dict[int, dict[int, str]]:
-        """Block -> slot -> subject. Every slot-map change bumps its block's revision, so
-        the map is re-read only when some block's revision moved."""
+    def _occupants(self, blocks: Sequence[BlockInfo] | None = None) -> Occupants:
+        """Block -> slot -> subject, with each block's slot arrays for the key service's
+        selection. Every slot-map change (enrolment, erasure) and every re-keying bumps
+        its block's revision, so the map (and its arrays) is re-read only when some
+        block's revision moved, in this process or another; never mutate it."""
         version = tuple((b.block_id, b.revision) for b in blocks or self.gallery_store.blocks())
         if self._slot_map is None or self._slot_map[0] != version:
             table: dict[int, dict[int, str]] = defaultdict(dict)
             for subject in self.gallery_store.subjects():
                 table[subject.block_id][subject.slot] = subject.subject_id
-            self._slot_map = (version, table)
+            self._slot_map = (version, Occupants(table))
         return self._slot_map[1]
 
     def _template(self, watch: Stopwatch, probe: Probe) -> tuple[Template, list[str]]:

@@ -169,8 +169,10 @@ class KeyService:
         top_k: int,
     ) -> tuple[list[Candidate], dict[str, float]]:
         """Decrypt each block's scores and return the top-k occupied slots, best first."""
-        with self.unlocked() as decryptor:
-            return self._select(decryptor, scored, occupants, top_k)
+        (answer,) = self.decide_many([scored], occupants, top_k)
+        if isinstance(answer, FripError):
+            raise answer
+        return answer
 
     def decide_many(
         self,
@@ -178,47 +180,64 @@ class KeyService:
         occupants: Mapping[int, Mapping[int, str]],
         top_k: int,
     ) -> list[tuple[list[Candidate], dict[str, float]] | FripError]:
-        """:meth:`decide` for each probe of a batch (its scored blocks), under ONE key
-        unwrap; a probe whose scores cannot be decided gets its error (BackendError),
-        the others their candidates. Each probe's timings carry the batch's one unwrap;
-        a probe that scored no block gets ([], {}) and the key is not unwrapped for it."""
+        """:meth:`decide` for each probe of a batch (its scored blocks: (block id, score
+        ciphertext) pairs), under ONE key unwrap; a probe whose scores cannot be decided
+        gets its error (BackendError: the first of its blocks, in its order, that fails),
+        the others their candidates. Each probe's timings carry the batch's one unwrap,
+        its own decryptions and its share of the selections; a probe that scored no block
+        gets ([], {}) and the key is not unwrapped for it.
+
+        The selection is vectorised per block over the probes that scored it (occupied
+        slots from ``occupants``, or :meth:`Occupants.arrays` when it is one); every
+        answer equals selecting that probe alone (:meth:`_best_in_block`)."""
         answers: list[tuple[list[Candidate], dict[str, float]] | FripError] = [
             ([], {}) for _ in batch
         ]
         if not any(batch):
             return answers
+        timings = [{"decryption": 0.0, "minimum_selection": 0.0} for _ in batch]
+        failed: dict[int, tuple[int, FripError]] = {}  # probe -> (position, its first error)
+        rows: dict[int, list[tuple[int, int, np.ndarray]]] = {}  # block -> (probe, pos, scores)
         with self.unlocked() as decryptor:
             for index, scored in enumerate(batch):
-                if scored:
+                for position, (block_id, blob) in enumerate(scored):
+                    start = time.perf_counter()
                     try:
-                        answers[index] = self._select(decryptor, scored, occupants, top_k)
+                        scores = self._scores(decryptor, blob)
                     except FripError as exc:
-                        answers[index] = exc
-        return answers
-
-    def _select(
-        self,
-        decryptor: Decryptor,
-        scored: Sequence[tuple[int, bytes]],
-        occupants: Mapping[int, Mapping[int, str]],
-        top_k: int,
-    ) -> tuple[list[Candidate], dict[str, float]]:
-        """The top-k occupied slots of one probe's scored blocks, with an unlocked key."""
-        timings = {"decryption": 0.0, "minimum_selection": 0.0}
-        best: list[tuple[float, str]] = []
-        for block_id, blob in scored:
+                        failed[index] = (position, exc)
+                        break
+                    finally:
+                        timings[index]["decryption"] += time.perf_counter() - start
+                    rows.setdefault(block_id, []).append((index, position, scores))
+        best: dict[int, dict[int, list[tuple[float, str]]]] = {i: {} for i in range(len(batch))}
+        for block_id, block_rows in rows.items():
             start = time.perf_counter()
-            scores = self._scores(decryptor, blob)
-            middle = time.perf_counter()
-            best.extend(self._best_in_block(block_id, scores, occupants[block_id], top_k))
-            timings["decryption"] += middle - start
-            timings["minimum_selection"] += time.perf_counter() - middle
-        start = time.perf_counter()
-        best.sort(key=lambda pair: -pair[0])
-        candidates = [Candidate(subject, score) for score, subject in best[:top_k]]
-        timings["minimum_selection"] += time.perf_counter() - start
-        timings["key_unwrap"] = self.last_unwrap_seconds
-        return candidates, timings
+            slots, ids = _occupied(occupants, block_id)
+            matrix = np.stack([scores for _, _, scores in block_rows])
+            for (index, position, _), picked in zip(
+                block_rows, _best_rows(block_id, matrix, slots, ids, top_k), strict=True
+            ):
+                if isinstance(picked, FripError):
+                    if index not in failed or position < failed[index][0]:
+                        failed[index] = (position, picked)
+                else:
+                    best[index][position] = picked
+            share = (time.perf_counter() - start) / len(block_rows)
+            for index, _, _ in block_rows:
+                timings[index]["minimum_selection"] += share
+        for index, scored in enumerate(batch):
+            if index in failed:
+                answers[index] = failed[index][1]
+            elif scored:
+                start = time.perf_counter()
+                found = [pair for position in sorted(best[index]) for pair in best[index][position]]
+                found.sort(key=lambda pair: -pair[0])
+                candidates = [Candidate(subject, score) for score, subject in found[:top_k]]
+                timings[index]["minimum_selection"] += time.perf_counter() - start
+                timings[index]["key_unwrap"] = self.last_unwrap_seconds
+                answers[index] = (candidates, timings[index])
+        return answers
 
     def _scores(self, decryptor: Decryptor, blob: bytes) -> np.ndarray:
         """One block's decrypted scores; for a shared probe (a :func:`sharing.pair`) the
@@ -238,24 +257,13 @@ class KeyService:
     def _best_in_block(
         block_id: int, scores: np.ndarray, occupants: Mapping[int, str], top_k: int
     ) -> list[tuple[float, str]]:
-        slots = np.fromiter(occupants.keys(), dtype=np.int64, count=len(occupants))
-        if slots.size == 0:
-            return []
-        if scores.ndim == 3:  # pe-miu: block-pair inner products, assigned per registrant
-            values = assigned_scores(np.moveaxis(scores[:, :, slots], 2, 0))
-        else:
-            values = scores[slots]
-        if not np.all(np.abs(values) <= SCORE_BOUND):
-            raise BackendError(
-                f"block {block_id} decrypted to scores outside [-1, 1]: its ciphertexts were "
-                "made under another key or parameter set, or are damaged; refusing to decide"
-            )
-        if top_k < values.size:  # the top k without sorting the whole block
-            top = np.argpartition(-values, top_k - 1)[:top_k]
-        else:
-            top = np.arange(values.size)
-        order = top[np.argsort(-values[top], kind="stable")]
-        return [(float(values[i]), occupants[int(slots[i])]) for i in order]
+        """The top-k (score, subject) of one probe's decrypted block scores, best first;
+        BackendError if an occupied slot's score is outside [-1, 1] (another key)."""
+        slots, ids = block_arrays(occupants)
+        (picked,) = _best_rows(block_id, scores[None], slots, ids, top_k)
+        if isinstance(picked, FripError):
+            raise picked
+        return picked
 
     def rebuild_block(
         self,
@@ -291,3 +299,67 @@ class KeyService:
         finally:
             features.fill(0.0)
             rows.fill(0.0)
+
+
+class Occupants(dict[int, dict[int, str]]):
+    """Block -> slot -> subject, as the engine reads it from its store, keeping each
+    block's occupied slots as arrays (:func:`block_arrays`) once built, so a batch's
+    selections do not rebuild them per probe. Hold one only while the slot map it was
+    read from is current (the engine replaces it when a block's revision moves)."""
+
+    def __init__(self, table: Mapping[int, dict[int, str]]) -> None:
+        super().__init__(table)
+        self._arrays: dict[int, tuple[np.ndarray, list[str]]] = {}
+
+    def arrays(self, block_id: int) -> tuple[np.ndarray, list[str]]:
+        """The block's occupied slots (int64 (n,)) and their subjects, in slot-map order."""
+        found = self._arrays.get(block_id)
+        if found is None:
+            found = self._arrays[block_id] = block_arrays(self.get(block_id, {}))
+        return found
+
+
+def block_arrays(occupants: Mapping[int, str]) -> tuple[np.ndarray, list[str]]:
+    """One block's occupied slots as int64 (n,) and their subjects, in the mapping's order."""
+    slots = np.fromiter(occupants.keys(), dtype=np.int64, count=len(occupants))
+    return slots, list(occupants.values())
+
+
+def _occupied(
+    occupants: Mapping[int, Mapping[int, str]], block_id: int
+) -> tuple[np.ndarray, list[str]]:
+    if isinstance(occupants, Occupants):
+        return occupants.arrays(block_id)
+    return block_arrays(occupants[block_id])
+
+
+def _best_rows(
+    block_id: int, scores: np.ndarray, slots: np.ndarray, ids: Sequence[str], top_k: int
+) -> list[list[tuple[float, str]] | FripError]:
+    """For each probe's decrypted scores of one block (rows of ``scores``: (probes, slots),
+    or (probes, blocks, blocks, slots) block-pair products for pe-miu), its top-k occupied
+    slots as (score, subject), best first (ties in slot-map order), or its BackendError
+    when an occupied slot's score is outside [-1, 1]. Row by row the same as one probe."""
+    if slots.size == 0:
+        return [[] for _ in scores]
+    if scores.ndim == 4:  # pe-miu: block-pair inner products, assigned per registrant
+        picked = np.moveaxis(scores[..., slots], 3, 1)  # (probes, n, blocks, blocks)
+        values = assigned_scores(picked.reshape(-1, *picked.shape[2:])).reshape(len(scores), -1)
+    else:
+        values = scores[:, slots]
+    bounded = np.all(np.abs(values) <= SCORE_BOUND, axis=1)
+    answers: list[list[tuple[float, str]] | FripError] = []
+    for row, inside in zip(values, bounded, strict=True):
+        if not inside:
+            answers.append(
+                BackendError(
+                    f"block {block_id} decrypted to scores outside [-1, 1]: its ciphertexts were "
+                    "made under another key or parameter set, or are damaged; refusing to decide"
+                )
+            )
+            continue
+        # the top k without sorting the whole block
+        top = np.argpartition(-row, top_k - 1)[:top_k] if top_k < row.size else np.arange(row.size)
+        order = top[np.argsort(-row[top], kind="stable")]
+        answers.append([(float(row[i]), ids[i]) for i in order])
+    return answers
