@@ -124,6 +124,24 @@ def test_a_worker_that_died_while_idle_is_replaced_at_the_next_call() -> None:
     asyncio.run(scenario())
 
 
+def test_the_first_image_starts_every_worker() -> None:
+    """A pool starts all its workers when it is made, not one per busy moment (Python's
+    pool spawns lazily): the second concurrent image never waits for a worker to load
+    its models while the service is under load."""
+    spec = ExtractorSpec("arcface", "{}")
+
+    async def scenario() -> None:
+        edge = EdgePool(workers=2)
+        try:
+            got = await edge.embed(spec, face(PEOPLE[0], 1), "image")
+            assert got.vector.shape == (512,)
+            assert len(edge.pids(spec)) == 2
+        finally:
+            edge.close()
+
+    asyncio.run(scenario())
+
+
 def noise_png() -> bytes:
     import io
 

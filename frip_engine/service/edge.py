@@ -115,7 +115,9 @@ class EdgePool:
         self._closed = False
 
     def pool(self, spec: ExtractorSpec) -> ProcessPoolExecutor:
-        """The live pool for ``spec``, started on first use."""
+        """The live pool for ``spec``, started on first use with all its workers at once
+        (Python's pool would start one more only when a task finds none idle, so under
+        load images would wait for a worker loading its models)."""
         with self._lock:
             if self._closed:
                 raise WorkerLostError("the service is shutting down; retry")
@@ -127,6 +129,8 @@ class EdgePool:
                     initializer=_start,
                     initargs=(spec, os.getpid()),
                 )
+                for _ in range(self.workers):  # each submission finding no idle worker starts one
+                    pool.submit(_ready)
                 self._pools[spec] = pool
             return pool
 
