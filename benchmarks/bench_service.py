@@ -3,13 +3,17 @@
     python benchmarks/bench_service.py                         # 1,000 registrants, all loads
     python benchmarks/bench_service.py --probes embedding --clients 1 4 16 32
     python benchmarks/bench_service.py --large                 # also 100,000 (slow to enrol)
+    python benchmarks/bench_service.py --registrants 100000 --cache /tmp/frip-galleries
 
 For each gallery (1,000 synthetic registrants, and 100,000 with ``--large``; fast preset)
 ``frip serve`` runs as a child process on loopback with batching off (``--batch-max 1``)
 and on (``--batch-max``/``--batch-wait-ms`` below), or unbatched only when the served tree
 has no ``--batch-max`` (said in the output). Each client count runs read-only and with
 ``--writers`` clients enrolling into the same engine; probes are embeddings near enrolled
-templates and/or lfw-dev face images (``--lfw``, read in place). Threads are pinned to one
+templates and/or lfw-dev face images (``--lfw``, read in place). ``--cache DIR`` builds each
+gallery once into DIR and copies it for every later run; ``--workers N`` gives the engine N
+scoring processes. The engine alone (in-process identify and identify_many on the same
+gallery) is timed before each server starts, for comparison. Threads are pinned to one
 per pool (BLAS, OpenMP, numba) for this process and the server. Prints the Markdown table
 and writes docs/bench-service.json, .md and .png (see ``frip_eval.bench_service``).
 Exits 1 if any request failed.
@@ -37,10 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-wait-ms", type=float, default=None, help="default: server's")
     parser.add_argument("--image-people", type=int, default=100, help="lfw-dev people")
     parser.add_argument("--lfw", type=Path, default=LFW)
+    parser.add_argument("--workers", type=int, default=1, help="engine scoring processes")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="keep built galleries here, copy them per run"
+    )
     parser.add_argument("--output", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
-    if min(args.registrants + args.clients) < 1 or args.writers < 0 or args.batch_max < 2:
-        parser.error("sizes and clients must be positive, --writers >= 0, --batch-max >= 2")
+    if min(args.registrants + args.clients + [args.workers]) < 1 or args.writers < 0:
+        parser.error("sizes, clients and workers must be positive, --writers >= 0")
+    if args.batch_max < 2:
+        parser.error("--batch-max must be >= 2")
 
     from frip_eval.bench_service import Plan, pin_threads, run
 
@@ -56,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         image_people=args.image_people,
         lfw=args.lfw,
         warmup=args.warmup,
+        workers=args.workers,
+        cache=args.cache,
     )
     command = "python benchmarks/bench_service.py " + " ".join(
         sys.argv[1:] if argv is None else argv

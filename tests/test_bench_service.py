@@ -38,11 +38,16 @@ def test_tiny_service_benchmark(
         image_people=0,
         lfw=lfw,
         warmup=0.5,
+        cache=tmp_path / "cache",
     )
     output = tmp_path / "docs"
     run(plan, output, "test")
     saved = json.loads((output / "bench-service.json").read_text())
     assert saved["errors"] == 0
+    (engine,) = saved["engines"]  # built into the cache, timed alone in this process
+    assert engine["registrants"] == 50 and engine["reused"] is False
+    assert engine["alone"]["identify_ms"] > 0 and engine["alone"]["batch"] == 8
+    assert engine["alone"]["identify_many_per_s"] > 0
     assert saved["threads"] == {name: "1" for name in PINNED}
     assert saved["machine"]["cores_used"] and saved["machine"]["cpus"] >= 1
     labels = [c["batching"] for c in saved["configs"]]
@@ -64,5 +69,14 @@ def test_tiny_service_benchmark(
             assert row["throughput_vs_batching_off"] is not None
     table = (output / "bench-service.md").read_text()
     assert table.count("\n| 50 | embedding | 2 |") == len(runs)
+    assert "The engine alone" in table
     if not saved["batching_available"]:
         assert "only the unbatched configuration ran" in table
+
+    # again from the cache: the gallery is copied, not enrolled again (the writers of the
+    # first run enrolled into their copy only)
+    plan.writers, plan.seconds, plan.warmup = 0, 0.5, 0.2
+    run(plan, output, "test")
+    again = json.loads((output / "bench-service.json").read_text())
+    assert again["errors"] == 0 and again["engines"][0]["reused"] is True
+    assert all(r["identify"]["wrong_decisions"] == 0 for r in again["runs"])

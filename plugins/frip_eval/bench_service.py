@@ -20,6 +20,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ class Plan:
     image_people: int  # lfw-dev people enrolled (and probed) for image probes
     lfw: Path
     warmup: float = 2.0
+    workers: int = 1  # the engine's scoring processes ([engine] workers)
+    cache: Path | None = None  # built galleries kept here and copied per run (None: rebuilt)
 
 
 def pin_threads() -> dict[str, str]:
@@ -94,35 +97,108 @@ def extraction_rate(lfw: Path, images: int = 20) -> float:
     return (len(paths) - 1) / (time.perf_counter() - started)
 
 
-def build_home(
-    home: Path, registrants: int, people: dict[str, list[Path]]
-) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """Create engine ``bench`` in ``home`` with ``registrants`` subjects: the ``people``
-    (from their first image) and synthetic unit embeddings for the rest. Returns the
-    synthetic gallery (id -> vector) and the people's other images (id -> base64 JPEG)."""
+def synthetic_gallery(count: int) -> dict[str, Any]:
+    """``count`` synthetic unit embeddings (d = 512, seed 0): id -> float64 (512,)."""
     import numpy as np
 
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((count, 512))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return {f"r{i:06d}": vectors[i] for i in range(count)}
+
+
+def _probe_images(people: dict[str, list[Path]], enrolled: list[str]) -> dict[str, list[str]]:
+    """The enrolled people's other images: id -> base64 JPEGs."""
+    return {
+        name: [base64.b64encode(p.read_bytes()).decode() for p in people[name][1:]]
+        for name in enrolled
+    }
+
+
+def build_home(
+    home: Path, registrants: int, people: dict[str, list[Path]], workers: int = 1
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Create engine ``bench`` (``workers`` scoring processes) in ``home`` with
+    ``registrants`` subjects: the ``people`` (from their first image) and synthetic unit
+    embeddings for the rest. Returns the synthetic gallery (id -> vector) and the people's
+    other images (id -> base64 JPEG)."""
     from frip_engine import open_engine
     from frip_engine.engine import EnrolItem
 
-    rng = np.random.default_rng(0)
-    synthetic = registrants - len(people)
-    vectors = rng.standard_normal((synthetic, 512))
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    gallery = {f"r{i:06d}": vectors[i] for i in range(synthetic)}
-    probes: dict[str, list[str]] = {}
+    gallery = synthetic_gallery(registrants - len(people))
+    enrolled: list[str] = []
     he = {"preset": "fast", "scorer": "fast"}  # the fast scorer: the issue's serving setup
-    with open_engine(ENGINE, create=True, home=home, he=he) as engine:
+    with open_engine(ENGINE, create=True, home=home, he=he, workers=workers) as engine:
         names = list(gallery)
         for start in range(0, len(names), 4096):  # one block at a time bounds the memory
             chunk = names[start : start + 4096]
             engine.enrol_many([EnrolItem(s, embeddings=[gallery[s]]) for s in chunk])
         if people:
             report = engine.enrol_many([EnrolItem(n, images=[p[0]]) for n, p in people.items()])
-            for name, paths in people.items():
-                if name in report.enrolled:
-                    probes[name] = [base64.b64encode(p.read_bytes()).decode() for p in paths[1:]]
-    return gallery, probes
+            enrolled = [name for name in people if name in report.enrolled]
+    return gallery, _probe_images(people, enrolled)
+
+
+def gallery_home(
+    plan: Plan, folder: Path, registrants: int, people: dict[str, list[Path]]
+) -> tuple[Path, dict[str, Any], dict[str, list[str]], bool]:
+    """A home in ``folder`` holding engine ``bench`` as :func:`build_home` makes it, the
+    synthetic gallery, the probe images, and whether it came from ``plan.cache``. With a
+    cache, a gallery is built once per (registrants, people, workers) into the cache and
+    copied for each run (runs with writers enrol into their copy); a cache entry without
+    its ``built.json`` (an interrupted build) is built again."""
+    home = folder / "home"
+    if plan.cache is None:
+        gallery, images = build_home(home, registrants, people, plan.workers)
+        return home, gallery, images, False
+    cached = plan.cache / f"{registrants}-people{len(people)}-workers{plan.workers}"
+    done = cached / "built.json"
+    reused = done.exists()
+    if not reused:
+        shutil.rmtree(cached, ignore_errors=True)
+        _, images = build_home(cached, registrants, people, plan.workers)
+        done.write_text(json.dumps({"enrolled": sorted(images)}))
+    shutil.copytree(cached, home, ignore=shutil.ignore_patterns("built.json"))
+    enrolled = json.loads(done.read_text())["enrolled"]
+    return (
+        home,
+        synthetic_gallery(registrants - len(people)),
+        _probe_images(people, enrolled),
+        reused,
+    )
+
+
+def in_process(home: Path, gallery: dict[str, Any], batch: int, repeats: int = 5) -> dict[str, Any]:
+    """The engine alone, in this process, on the benchmark's gallery (what the service adds
+    is the rest): mean ms of ``repeats`` identify calls after one warm-up (blocks loaded),
+    and one ``identify_many`` of ``batch`` probes (ms and probes/s). Probes are the
+    gallery's own vectors with noise, as the load generator sends them."""
+    import numpy as np
+
+    from frip_engine import open_engine
+    from frip_eval.loadgen import near
+
+    rng = np.random.default_rng(7)
+    names = sorted(gallery)
+    probes = [
+        near(gallery[names[int(rng.integers(len(names)))]], 0.2, rng)
+        for _ in range(batch + repeats + 1)
+    ]
+    with open_engine(ENGINE, home=home) as engine:
+        engine.identify(embedding=probes[0])
+        started = time.perf_counter()
+        for probe in probes[1 : repeats + 1]:
+            engine.identify(embedding=probe)
+        one = (time.perf_counter() - started) / repeats
+        started = time.perf_counter()
+        engine.identify_many(embeddings=probes[repeats + 1 :])
+        many = time.perf_counter() - started
+    return {
+        "identify_ms": one * 1000,
+        "batch": batch,
+        "identify_many_ms": many * 1000,
+        "identify_many_per_s": batch / many,
+    }
 
 
 def _row(
@@ -272,7 +348,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# The linkage service under load",
         "",
         f"`frip serve` on loopback, engine `{ENGINE}` (TenSEAL CKKS, fast preset and "
-        "scorer), synthetic "
+        f"scorer, {report['plan'].get('workers', 1)} scoring process(es)), synthetic "
         "unit-embedding galleries; image probes are lfw-dev faces of people enrolled from "
         "another image. Each row is one run of "
         f"{report['plan']['seconds']:g} s; `enrolling` clients enrol embeddings into the "
@@ -299,6 +375,17 @@ def markdown(report: dict[str, Any]) -> str:
             "second per core the edge workers get.",
             "",
         ]
+    for engine in report.get("engines", []):
+        alone = engine["alone"]
+        if alone:
+            lines += [
+                f"The engine alone, in the benchmark's process on the same gallery of "
+                f"{engine['registrants']:,} before its server started (`in_process`): identify "
+                f"{alone['identify_ms']:.0f} ms; identify_many of {alone['batch']} probes "
+                f"{alone['identify_many_ms']:.0f} ms ({alone['identify_many_per_s']:.1f} "
+                "probes/s). What the service adds is the rest of each row's latency.",
+                "",
+            ]
     if not report["batching_available"]:
         lines += [f"**{report['batching_note']}**", ""]
     lines += HEADER + [_line(row) for row in report["runs"]] + [""]
@@ -360,14 +447,17 @@ def run(plan: Plan, output: Path, command: str) -> dict[str, Any]:
     configs = batching_configs(options, plan.batch_max, plan.batch_wait_ms)
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
+    engines: list[dict[str, Any]] = []
     for registrants in plan.registrants:
         count = min(plan.image_people, registrants) if "image" in plan.probes else 0
         people = _people(plan.lfw, count) if count else {}
         with tempfile.TemporaryDirectory(prefix="frip-bench-service-") as folder:
-            home = Path(folder)
             started = time.perf_counter()
-            gallery, images = build_home(home, registrants, people)
-            print(f"{registrants:,} registrants enrolled in {time.perf_counter() - started:.0f} s")
+            home, gallery, images, reused = gallery_home(plan, Path(folder), registrants, people)
+            how = "copied from the cache" if reused else "enrolled"
+            print(f"{registrants:,} registrants {how} in {time.perf_counter() - started:.0f} s")
+            engine_alone = in_process(home, gallery, plan.batch_max) if gallery else None
+            engines.append({"registrants": registrants, "reused": reused, "alone": engine_alone})
             key = Vendors(Database(home / "service.sqlite")).create("bench", [ENGINE])
             for config in configs:
                 rows += _measure(plan, home, registrants, gallery, images, config, key)
@@ -378,7 +468,7 @@ def run(plan: Plan, output: Path, command: str) -> dict[str, Any]:
         "plan": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in plan.__dict__.items()
-            if k != "lfw"
+            if k not in ("lfw", "cache")
         },
         "machine": {
             "platform": platform.platform(),
@@ -394,6 +484,7 @@ def run(plan: Plan, output: Path, command: str) -> dict[str, Any]:
         else "This frip serve has no --batch-max: only the unbatched configuration ran.",
         "configs": [{"batching": label, "serve_args": list(args)} for label, args in configs],
         "errors": sum(row["errors"] for row in rows),
+        "engines": engines,
         "runs": rows,
     }
     output.mkdir(parents=True, exist_ok=True)
