@@ -940,7 +940,7 @@ class Engine:
                     payloads[i] = self.matcher.encode_probe(template)  # what an edge uploads
             except FripError as exc:
                 results[i] = exc
-        # each probe's own stages so far (extraction, encryption), done one probe after another
+        # each probe's own stages (extraction, encryption; then decryption and selection)
         own = {i: sum(watch.seconds.values()) for i, watch in enumerate(watches)}
         with shared.stage("distance_derivation"):
             scored = self._score_batch(loaded, payloads, wanted)
@@ -951,6 +951,9 @@ class Engine:
             else:
                 decided[i] = entry
         answers = self.key_service.decide_many(list(decided.values()), occupants, top_k)
+        for i, answer in zip(decided, answers, strict=True):  # and the key service's stages
+            if not isinstance(answer, FripError):
+                own[i] += answer[1].get("decryption", 0.0) + answer[1].get("minimum_selection", 0.0)
         for i, answer in zip(decided, answers, strict=True):
             if isinstance(answer, FripError):
                 results[i] = answer
@@ -958,7 +961,7 @@ class Engine:
             candidates, timings = answer
             watches[i].add(shared.seconds)
             watches[i].add(timings)
-            if len(templates) > 1:
+            if len(templates) > 1:  # the other probes' own stages, done one after another
                 watches[i].add({"batch_wait": sum(own.values()) - own[i]})
             infos = [info for info, _ in loaded if info.block_id in wanted[i]]
             results[i] = self._conclude(
