@@ -158,7 +158,8 @@ def gallery_home(
         shutil.rmtree(cached, ignore_errors=True)
         _, images = build_home(cached, registrants, people, plan.workers)
         done.write_text(json.dumps({"enrolled": sorted(images)}))
-    shutil.copytree(cached, home, ignore=shutil.ignore_patterns("built.json"))
+    leave = shutil.ignore_patterns("built.json", "service.sqlite*", "audit.sqlite*", "server-*.log")
+    shutil.copytree(cached, home, ignore=leave)  # the gallery only: no vendor, no log
     enrolled = json.loads(done.read_text())["enrolled"]
     return (
         home,
