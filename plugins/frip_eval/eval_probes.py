@@ -589,7 +589,7 @@ READING = {
     ),
     "latency": (
         "- **Latency** at {n:,} registrants: shared {shared:.3f} s against plain "
-        "{plain:.3f} s, {ratio:.2f}x (range {lo:.2f}-{hi:.2f}x over {rounds} rounds; target "
+        "{plain:.3f} s, {ratio:.2f}x (range {lo:.2f}-{hi:.2f}x over {rounds}; target "
         "<= 2x: {met}). Each matcher runs the same kernel as a plain probe at about the "
         "same cost: every constant is cut into three 22-bit pieces in one pass over the "
         "gallery, whether it is a plain probe's 29-bit integer or a share's 60-bit residue "
@@ -633,6 +633,10 @@ READING = {
 
 def _met(ok: bool) -> str:
     return "met" if ok else "**not met in this run**"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _span(values: Sequence[float]) -> str:
@@ -679,7 +683,7 @@ def _reading_lines(summary: dict[str, Any]) -> list[str]:
                 ratio=cost_["shared"]["x_plain"][n],
                 lo=lo,
                 hi=hi,
-                rounds=len(cost_["shared"]["runs"][n]),
+                rounds=_count(len(cost_["shared"]["runs"][n]), "round"),
                 met=_met(cost_["shared"]["x_plain"][n] <= 2.0),
             )
         )
@@ -721,7 +725,7 @@ def _reading_lines(summary: dict[str, Any]) -> list[str]:
         out.append(
             READING["reversibility"].format(
                 three_quarters=_span(quarter),
-                all_moved="never" if max(full) == 0 else f"{_span(full)} still",
+                all_moved="never" if max(full) == 0 else f"at most {max(full):.1%} of them",
             )
         )
     if "encrypted" in cost_:
