@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -144,9 +145,31 @@ def test_the_page_is_whole_the_command_and_the_reading_included(
     assert "target <= 16 KB: met" in text and "**Reversibility proxy**" in text
     summary["cost"]["modes"]["shared"] = _cost_entry(plain, [0.5, 0.7, 0.9], 8356)
     assert "target <= 2x: **not met in this run**" in markdown(summary)
+    summary["reused"] = {"path": "docs/probes.json", "date": "2026-11-29 10:00 UTC"}
+    summary["run"]["full_command"] = "frip eval probes --output docs --repeats 5"
+    text = markdown(summary)
+    assert "are those of `docs/probes.json` (run of 2026-11-29 10:00 UTC)" in text
+    assert "frip eval probes --output docs --repeats 5\n```" in text
     del summary["attacks"], summary["reversibility"]  # a --cost-only run
     text = markdown(summary)
     assert "**Latency**" in text and "curious matcher learns" not in text
+
+
+def test_figures_are_reused_only_from_a_full_probes_summary(tmp_path: Path) -> None:
+    from frip_eval.eval_probes import run_reusing
+
+    from frip_engine.errors import InputError
+
+    bad = tmp_path / "probes.json"
+    for text, message in (
+        ("not json", "cannot read"),
+        ('{"mode": "probes", "attacks": {}}', "not a full"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(InputError, match=message):
+            run_reusing(bad)
+    with pytest.raises(InputError, match="cannot read"):
+        run_reusing(tmp_path / "absent.json")
 
 
 def test_cost_times_plain_and_shared_in_rounds() -> None:

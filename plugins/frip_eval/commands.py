@@ -490,6 +490,14 @@ def probes_command(
     repeats: Annotated[
         int, typer.Option(min=1, help="Rounds of the latency measurement (one probe each).")
     ] = 3,
+    reuse_attacks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Take the attack, WIFS and reversibility figures from an earlier run's "
+            "probes.json (figures only; they do not depend on the scorer) instead of "
+            "embedding the data set again, and measure the cost afresh: for a busy machine."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Every probe mode (plain, pe-miu 16/32/64/128, encrypted, shared): who holds what,
@@ -503,6 +511,7 @@ def probes_command(
         modes,
         run_cost_only,
         run_probes,
+        run_reusing,
         write_outputs,
     )
     from frip_eval.eval_protection import DEFAULT_BLOCK_SIZES, read_genders
@@ -524,6 +533,10 @@ def probes_command(
     started, run = time.monotonic(), machine()
     if cost_only:
         summary = run_cost_only(only=mode or None, repeats=repeats)
+    elif reuse_attacks is not None:
+        summary = run_reusing(reuse_attacks, only=mode or None, repeats=repeats)
+        run["full_command"] = " ".join(command)
+        command.append(f"--reuse-attacks {reuse_attacks}")
     else:
         if index is None:
             root = Path(__file__).resolve().parents[3]

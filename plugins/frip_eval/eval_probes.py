@@ -442,6 +442,28 @@ def run_cost_only(
     }
 
 
+REUSED = ("extractor", "dataset", "block_sizes", "attacks", "published_gender", "reversibility")
+
+
+def run_reusing(path: Path, only: Sequence[str] | None = None, repeats: int = 3) -> dict[str, Any]:
+    """The attack, WIFS and reversibility figures of an earlier run's probes.json (figures
+    only: no embedding is stored there) with the cost measured afresh; where the figures
+    came from is kept under ``reused``. InputError for a file that is not such a run."""
+    from frip_engine.errors import InputError
+
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the earlier figures {path}: {exc}") from exc
+    missing = [key for key in REUSED if key not in earlier] if isinstance(earlier, dict) else []
+    if not isinstance(earlier, dict) or earlier.get("mode") != "probes" or missing:
+        raise InputError(f"{path} is not a full 'frip eval probes' summary (missing {missing})")
+    summary = {"mode": "probes", "holdings": HOLDINGS} | {key: earlier[key] for key in REUSED}
+    summary["reused"] = {"path": str(path), "date": earlier.get("run", {}).get("date")}
+    summary["cost"] = cost(summary["block_sizes"], repeats=repeats, only=only)
+    return summary
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on: the date (UTC), the cores and the load average."""
     return {
@@ -567,6 +589,20 @@ def _produced_lines(summary: dict[str, Any]) -> list[str]:
         + " The machine's other work moves the seconds; the ratios to plain, taken within "
         "each round, move less: rerun the command on a quiet machine for final figures.",
     ]
+    reused = summary.get("reused")
+    if reused is not None:
+        when = f" (run of {reused['date']})" if reused.get("date") else ""
+        lines += [
+            "",
+            f"The attack, WIFS 2023 and reversibility figures are those of `{reused['path']}`"
+            f"{when}, reused as figures: they do not depend on the scorer, and embedding the "
+            "data set again did not fit this busy machine's time. The cost was measured in "
+            "this run. The whole page from scratch:",
+            "",
+            "```sh",
+            run.get("full_command", "frip eval probes --output docs"),
+            "```",
+        ]
     return lines
 
 
