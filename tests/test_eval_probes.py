@@ -134,6 +134,7 @@ def test_the_page_is_whole_the_command_and_the_reading_included(
             "load": [1.0, 1.0, 1.0],
             "load_after": [2.0, 2.0, 2.0],
             "minutes": 30.0,
+            "embedded": 160,
         },
     }
     text = markdown(summary)
@@ -150,6 +151,7 @@ def test_the_page_is_whole_the_command_and_the_reading_included(
     text = markdown(summary)
     assert "are those of `docs/probes.json` (run of 2026-11-29 10:00 UTC)" in text
     assert "frip eval probes --output docs --repeats 5\n```" in text
+    assert "the embeddings stay in memory" in text
     del summary["attacks"], summary["reversibility"]  # a --cost-only run
     text = markdown(summary)
     assert "**Latency**" in text and "curious matcher learns" not in text

@@ -547,6 +547,7 @@ def probes_command(
             bar = _Bar(progress, len(dataset.paths))
             embedded = embed_with(extractor, dataset, threads, bar)
         summary = run_probes(dataset, genders, embedded, with_cost=cost, repeats=repeats)
+        run["embedded"] = len(dataset.paths)
     run.update(
         command=" ".join(command),
         load_after=machine()["load"],

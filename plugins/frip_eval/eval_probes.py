@@ -459,7 +459,9 @@ def run_reusing(path: Path, only: Sequence[str] | None = None, repeats: int = 3)
     if not isinstance(earlier, dict) or earlier.get("mode") != "probes" or missing:
         raise InputError(f"{path} is not a full 'frip eval probes' summary (missing {missing})")
     summary = {"mode": "probes", "holdings": HOLDINGS} | {key: earlier[key] for key in REUSED}
-    summary["reused"] = {"path": str(path), "date": earlier.get("run", {}).get("date")}
+    # figures reused again keep the run they came from
+    origin = {"path": str(path), "date": earlier.get("run", {}).get("date")}
+    summary["reused"] = earlier.get("reused", origin)
     summary["cost"] = cost(summary["block_sizes"], repeats=repeats, only=only)
     return summary
 
@@ -585,7 +587,7 @@ def _produced_lines(summary: dict[str, Any]) -> list[str]:
         f"{run['load'][0]} at the start, {run['load_after'][0]} at the end; "
         f"{run['minutes']:.1f} min). The whole page (tables, this section and the next) is "
         "what the command writes"
-        + ("; the embeddings stay in memory." if "attacks" in summary else ".")
+        + ("; the embeddings stay in memory." if "embedded" in run else ".")
         + " The machine's other work moves the seconds; the ratios to plain, taken within "
         "each round, move less: rerun the command on a quiet machine for final figures.",
     ]
