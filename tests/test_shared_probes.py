@@ -118,10 +118,10 @@ def _seal_blob(ct: Any) -> bytes:
         os.unlink(path)
 
 
-@pytest.mark.parametrize("preset", ["fast", "paper"])
-def test_kernel_takes_any_residue_and_equals_seals_own_arithmetic(preset: str) -> None:
+def _seal_gallery(preset: str, count: int, seed: int) -> tuple[Any, Any, list[Any], np.ndarray]:
+    """A TenSEAL context of ``preset``, its codec, ``count`` encrypted vectors and their
+    residues (count, 2, limbs, N)."""
     import tenseal as ts
-    import tenseal.sealapi as sealapi
     from frip_plugins.he_backends._fast_scorer import TenSEALCodec
 
     params = PRESETS[preset]
@@ -130,28 +130,48 @@ def test_kernel_takes_any_residue_and_equals_seals_own_arithmetic(preset: str) -
     )
     ctx.global_scale = 2.0**params.scale_bits
     codec = TenSEALCodec.from_context(ctx)
-    primes = [int(p) for p in codec.primes]
-    rng = np.random.default_rng(3)
-    vectors = [ts.ckks_vector(ctx, rng.standard_normal(64).tolist()) for _ in range(6)]
-    gallery = np.stack([codec.read(v.serialize())[0] for v in vectors])
-    # SEAL takes an integer constant exactly up to 2^53 (it encodes through a double); the
-    # same integer reduced by each limb's prime is that limb's constant
-    ks = [1, 2, 2**53 - 1, *rng.integers(1, 2**53, size=3).tolist()]  # SEAL refuses a 0 product
-    encoder = sealapi.CKKSEncoder(ctx.seal_context().data)
+    rng = np.random.default_rng(seed)
+    vectors = [ts.ckks_vector(ctx, rng.standard_normal(64).tolist()) for _ in range(count)]
+    return ctx, codec, vectors, np.stack([codec.read(v.serialize())[0] for v in vectors])
+
+
+def _seal_sum(ctx: Any, codec: Any, vectors: list[Any], plaintext: Any) -> np.ndarray:
+    """SEAL's own sum of ``plaintext(j, ct_j) * ct_j`` (multiply_plain, add_inplace), as
+    residues (2, limbs, N)."""
+    import tenseal.sealapi as sealapi
+
     evaluator = sealapi.Evaluator(ctx.seal_context().data)
     total = None
-    for vector, k in zip(vectors, ks, strict=True):
+    for j, vector in enumerate(vectors):
         ct = vector.ciphertext()[0]
-        plain = sealapi.Plaintext()
-        encoder.encode(int(k), ct.parms_id(), 1.0, plain)
         term = sealapi.Ciphertext()
-        evaluator.multiply_plain(ct, plain, term)
+        evaluator.multiply_plain(ct, plaintext(j, ct), term)
         if total is None:
             total = term
         else:
             evaluator.add_inplace(total, term)
     assert total is not None
-    seal, _, _ = codec.read_seal(_seal_blob(total), scale=total.scale)
+    return codec.read_seal(_seal_blob(total), scale=total.scale)[0]
+
+
+@pytest.mark.parametrize("preset", ["fast", "paper"])
+def test_kernel_takes_any_residue_and_equals_seals_own_arithmetic(preset: str) -> None:
+    import tenseal.sealapi as sealapi
+
+    ctx, codec, vectors, gallery = _seal_gallery(preset, 6, seed=3)
+    primes = [int(p) for p in codec.primes]
+    rng = np.random.default_rng(3)
+    # SEAL takes an integer constant exactly up to 2^53 (it encodes through a double); the
+    # same integer reduced by each limb's prime is that limb's constant
+    ks = [1, 2, 2**53 - 1, *rng.integers(1, 2**53, size=3).tolist()]  # SEAL refuses a 0 product
+    encoder = sealapi.CKKSEncoder(ctx.seal_context().data)
+
+    def encoded(j: int, ct: Any) -> Any:
+        plain = sealapi.Plaintext()
+        encoder.encode(int(ks[j]), ct.parms_id(), 1.0, plain)
+        return plain
+
+    seal = _seal_sum(ctx, codec, vectors, encoded)
     constants = np.array([[int(k) % p for k in ks] for p in primes], dtype=np.uint64)
     assert np.array_equal(combine_residues_limbs(gallery, constants[None], primes)[0], seal)
     # beyond what SEAL takes: every limb its own residues, up to p - 1, against Python's
@@ -208,20 +228,10 @@ def _seal_constant_plaintext(
 def test_kernel_equals_seal_on_constants_at_the_edges_of_z_p(preset: str) -> None:
     """Constants 1, p - 1, (p - 1) / 2, p - 2 and random full-width residues, each limb its
     own: the kernel's sum equals SEAL's own multiply_plain and add on the same constants."""
-    import tenseal as ts
-    import tenseal.sealapi as sealapi
-    from frip_plugins.he_backends._fast_scorer import TenSEALCodec
 
-    params = PRESETS[preset]
-    ctx = ts.context(
-        ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree, -1, list(params.coeff_mod_bit_sizes)
-    )
-    ctx.global_scale = 2.0**params.scale_bits
-    codec = TenSEALCodec.from_context(ctx)
+    ctx, codec, vectors, gallery = _seal_gallery(preset, 7, seed=11)
     primes = [int(p) for p in codec.primes]
     rng = np.random.default_rng(11)
-    vectors = [ts.ckks_vector(ctx, rng.standard_normal(64).tolist()) for _ in range(7)]
-    gallery = np.stack([codec.read(v.serialize())[0] for v in vectors])
     version = codec.read(vectors[0].serialize())[1].version
     constants = np.stack(
         [
@@ -229,20 +239,14 @@ def test_kernel_equals_seal_on_constants_at_the_edges_of_z_p(preset: str) -> Non
             for p in primes
         ]
     ).astype(np.uint64)
-    evaluator = sealapi.Evaluator(ctx.seal_context().data)
-    total = None
-    for j, vector in enumerate(vectors):
-        ct = vector.ciphertext()[0]
-        residues = [int(k) for k in constants[:, j]]
-        plain = _seal_constant_plaintext(ctx, ct.parms_id(), residues, version)
-        term = sealapi.Ciphertext()
-        evaluator.multiply_plain(ct, plain, term)
-        if total is None:
-            total = term
-        else:
-            evaluator.add_inplace(total, term)
-    assert total is not None
-    seal, _, _ = codec.read_seal(_seal_blob(total), scale=total.scale)
+    seal = _seal_sum(
+        ctx,
+        codec,
+        vectors,
+        lambda j, ct: _seal_constant_plaintext(
+            ctx, ct.parms_id(), [int(k) for k in constants[:, j]], version
+        ),
+    )
     assert np.array_equal(combine_residues_limbs(gallery, constants[None], primes)[0], seal)
     assert np.array_equal(combine_residues_limbs(gallery, constants[None], primes, 2)[0], seal)
 
