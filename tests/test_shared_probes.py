@@ -118,10 +118,10 @@ def _seal_blob(ct: Any) -> bytes:
         os.unlink(path)
 
 
-@pytest.mark.parametrize("preset", ["fast", "paper"])
-def test_kernel_takes_any_residue_and_equals_seals_own_arithmetic(preset: str) -> None:
+def _seal_gallery(preset: str, count: int, seed: int) -> tuple[Any, Any, list[Any], np.ndarray]:
+    """A TenSEAL context of ``preset``, its codec, ``count`` encrypted vectors and their
+    residues (count, 2, limbs, N)."""
     import tenseal as ts
-    import tenseal.sealapi as sealapi
     from frip_plugins.he_backends._fast_scorer import TenSEALCodec
 
     params = PRESETS[preset]
@@ -130,28 +130,48 @@ def test_kernel_takes_any_residue_and_equals_seals_own_arithmetic(preset: str) -
     )
     ctx.global_scale = 2.0**params.scale_bits
     codec = TenSEALCodec.from_context(ctx)
-    primes = [int(p) for p in codec.primes]
-    rng = np.random.default_rng(3)
-    vectors = [ts.ckks_vector(ctx, rng.standard_normal(64).tolist()) for _ in range(6)]
-    gallery = np.stack([codec.read(v.serialize())[0] for v in vectors])
-    # SEAL takes an integer constant exactly up to 2^53 (it encodes through a double); the
-    # same integer reduced by each limb's prime is that limb's constant
-    ks = [1, 2, 2**53 - 1, *rng.integers(1, 2**53, size=3).tolist()]  # SEAL refuses a 0 product
-    encoder = sealapi.CKKSEncoder(ctx.seal_context().data)
+    rng = np.random.default_rng(seed)
+    vectors = [ts.ckks_vector(ctx, rng.standard_normal(64).tolist()) for _ in range(count)]
+    return ctx, codec, vectors, np.stack([codec.read(v.serialize())[0] for v in vectors])
+
+
+def _seal_sum(ctx: Any, codec: Any, vectors: list[Any], plaintext: Any) -> np.ndarray:
+    """SEAL's own sum of ``plaintext(j, ct_j) * ct_j`` (multiply_plain, add_inplace), as
+    residues (2, limbs, N)."""
+    import tenseal.sealapi as sealapi
+
     evaluator = sealapi.Evaluator(ctx.seal_context().data)
     total = None
-    for vector, k in zip(vectors, ks, strict=True):
+    for j, vector in enumerate(vectors):
         ct = vector.ciphertext()[0]
-        plain = sealapi.Plaintext()
-        encoder.encode(int(k), ct.parms_id(), 1.0, plain)
         term = sealapi.Ciphertext()
-        evaluator.multiply_plain(ct, plain, term)
+        evaluator.multiply_plain(ct, plaintext(j, ct), term)
         if total is None:
             total = term
         else:
             evaluator.add_inplace(total, term)
     assert total is not None
-    seal, _, _ = codec.read_seal(_seal_blob(total), scale=total.scale)
+    return codec.read_seal(_seal_blob(total), scale=total.scale)[0]
+
+
+@pytest.mark.parametrize("preset", ["fast", "paper"])
+def test_kernel_takes_any_residue_and_equals_seals_own_arithmetic(preset: str) -> None:
+    import tenseal.sealapi as sealapi
+
+    ctx, codec, vectors, gallery = _seal_gallery(preset, 6, seed=3)
+    primes = [int(p) for p in codec.primes]
+    rng = np.random.default_rng(3)
+    # SEAL takes an integer constant exactly up to 2^53 (it encodes through a double); the
+    # same integer reduced by each limb's prime is that limb's constant
+    ks = [1, 2, 2**53 - 1, *rng.integers(1, 2**53, size=3).tolist()]  # SEAL refuses a 0 product
+    encoder = sealapi.CKKSEncoder(ctx.seal_context().data)
+
+    def encoded(j: int, ct: Any) -> Any:
+        plain = sealapi.Plaintext()
+        encoder.encode(int(ks[j]), ct.parms_id(), 1.0, plain)
+        return plain
+
+    seal = _seal_sum(ctx, codec, vectors, encoded)
     constants = np.array([[int(k) % p for k in ks] for p in primes], dtype=np.uint64)
     assert np.array_equal(combine_residues_limbs(gallery, constants[None], primes)[0], seal)
     # beyond what SEAL takes: every limb its own residues, up to p - 1, against Python's
@@ -170,6 +190,104 @@ def test_kernel_takes_any_residue_and_equals_seals_own_arithmetic(preset: str) -
         expected[:, limb] %= p
     assert np.array_equal(got[0].astype(object), expected)
     assert np.array_equal(got[1], combine_residues_limbs(gallery, batch[1:], primes)[0])
+
+
+def _seal_constant_plaintext(
+    ctx: Any, parms_id: list[int], residues: list[int], version: tuple[int, int]
+) -> Any:
+    """A SEAL plaintext in NTT form holding ``residues[l]`` at every coefficient of limb l:
+    the NTT of a constant polynomial, any value of Z_p (SEAL's encoder takes integers up
+    to 2^53 only), loaded by SEAL itself, which checks each value is below its prime."""
+    import struct
+
+    import tenseal.sealapi as sealapi
+    from frip_plugins.he_backends._fast_scorer import COUNT, SEAL_HEADER, SEAL_MAGIC
+
+    degree = ctx.seal_context().data.first_context_data().parms().poly_modulus_degree()
+    major, minor = version  # SEAL's serialisation version, as its ciphertexts carry it
+    data = np.repeat(np.array(residues, dtype="<u8"), degree).tobytes()
+    values = degree * len(residues)
+    array = SEAL_HEADER.size + COUNT.size + len(data)
+    inner = SEAL_HEADER.pack(SEAL_MAGIC, SEAL_HEADER.size, major, minor, 0, 0, array)
+    members = struct.pack("<4QQd", *parms_id, values, 1.0) + inner + COUNT.pack(values) + data
+    outer = SEAL_HEADER.pack(
+        SEAL_MAGIC, SEAL_HEADER.size, major, minor, 0, 0, SEAL_HEADER.size + len(members)
+    )
+    handle, path = tempfile.mkstemp()
+    try:
+        os.write(handle, outer + members)
+        os.close(handle)
+        plain = sealapi.Plaintext()
+        plain.load(ctx.seal_context().data, path)
+    finally:
+        os.unlink(path)
+    return plain
+
+
+@pytest.mark.parametrize("preset", ["fast", "paper"])
+def test_kernel_equals_seal_on_constants_at_the_edges_of_z_p(preset: str) -> None:
+    """Constants 1, p - 1, (p - 1) / 2, p - 2 and random full-width residues, each limb its
+    own: the kernel's sum equals SEAL's own multiply_plain and add on the same constants."""
+
+    ctx, codec, vectors, gallery = _seal_gallery(preset, 7, seed=11)
+    primes = [int(p) for p in codec.primes]
+    rng = np.random.default_rng(11)
+    version = codec.read(vectors[0].serialize())[1].version
+    constants = np.stack(
+        [
+            [1, p - 1, (p - 1) // 2, p - 2, *rng.integers(1, p, size=3, dtype=np.uint64).tolist()]
+            for p in primes
+        ]
+    ).astype(np.uint64)
+    seal = _seal_sum(
+        ctx,
+        codec,
+        vectors,
+        lambda j, ct: _seal_constant_plaintext(
+            ctx, ct.parms_id(), [int(k) for k in constants[:, j]], version
+        ),
+    )
+    assert np.array_equal(combine_residues_limbs(gallery, constants[None], primes)[0], seal)
+    assert np.array_equal(combine_residues_limbs(gallery, constants[None], primes, 2)[0], seal)
+
+
+def test_kernel_equals_python_integers_at_the_edges() -> None:
+    """What SEAL refuses to multiply (a zero constant: a transparent product) or has no
+    room for: 0, 1, p - 1 and random full-width residues over more terms than an
+    accumulator takes before a flush, residues at p - 1, three limbs up to 61 bits; and
+    the plain kernel's int64 extremes. Against Python's integers."""
+    from frip_plugins.he_backends._fast_scorer import combine_residues
+    from frip_plugins.he_backends._pieces import FLUSH_TERMS
+
+    primes = [2305843009213554689, 1099511480321, FAST_PRIME]  # 61, 40 and 60 bits
+    d, degree = FLUSH_TERMS + 7, 9
+    rng = np.random.default_rng(12)
+    gallery = np.empty((d, 2, len(primes), degree), dtype=np.uint64)
+    for limb, p in enumerate(primes):
+        gallery[:, :, limb] = rng.integers(0, p, size=(d, 2, degree), dtype=np.uint64)
+        gallery[: d // 2, :, limb, 0] = p - 1  # the largest terms, in one column
+    top = np.array(primes, dtype=np.uint64)[:, None]
+    constants = np.zeros((5, len(primes), d), dtype=np.uint64)
+    constants[0] = top - np.uint64(1)  # every constant p - 1
+    constants[1] = 1
+    for limb, p in enumerate(primes):
+        constants[2, limb] = rng.integers(0, p, size=d, dtype=np.uint64)
+    constants[2, :, ::3] = 0
+    constants[2, :, 1::5] = top - np.uint64(1)
+    constants[3, :, 5] = 1  # one term; row 4 stays all zeros
+    got = combine_residues_limbs(gallery, constants, primes)
+    big = gallery.astype(object)
+    for m in range(len(constants)):
+        for limb, p in enumerate(primes):
+            want = np.tensordot(constants[m, limb].astype(object), big[:, :, limb], axes=1) % p
+            assert np.array_equal(got[m, :, limb].astype(object), want), (m, limb)
+    assert np.array_equal(combine_residues_limbs(gallery, constants, primes, threads=2), got)
+    ints = rng.integers(-(2**63), 2**63 - 1, size=d, dtype=np.int64, endpoint=True)
+    ints[:4] = [-(2**63), 2**63 - 1, -1, 0]
+    plain = combine_residues(gallery, ints, primes)
+    for limb, p in enumerate(primes):
+        want = np.tensordot(ints.astype(object), big[:, :, limb], axes=1) % p
+        assert np.array_equal(plain[:, limb].astype(object), want), limb
 
 
 def test_kernel_refuses_residues_at_or_above_the_prime_and_bad_shapes() -> None:

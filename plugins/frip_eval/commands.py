@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -475,24 +476,84 @@ def probes_command(
     cost: Annotated[
         bool, typer.Option(help="Measure upload and latency at 1,000 and 100,000 registrants.")
     ] = True,
+    cost_only: Annotated[
+        bool,
+        typer.Option(
+            help="Only the cost (no data set, no attacks): the latency benchmark of the probe "
+            "modes; writes probes-cost.{json,md,png}."
+        ),
+    ] = False,
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(help="Probe modes to time (repeatable; plain always): e.g. shared."),
+    ] = None,
+    repeats: Annotated[
+        int, typer.Option(min=1, help="Rounds of the latency measurement (one probe each).")
+    ] = 3,
+    reuse_attacks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Take the attack, WIFS and reversibility figures from an earlier run's "
+            "probes.json (figures only; they do not depend on the scorer) instead of "
+            "embedding the data set again, and measure the cost afresh: for a busy machine."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Every probe mode (plain, pe-miu 16/32/64/128, encrypted, shared): who holds what,
     upload, latency, and the attacks a curious matcher can run on what it sees; the WIFS
-    2023 gender table and the reversibility proxy. Writes probes.{json,md,png}."""
+    2023 gender table and the reversibility proxy. Writes probes.{json,md,png}: the whole
+    page, with the command that made it."""
     from frip_eval.data import embed_with
-    from frip_eval.eval_probes import markdown, run_probes, write_outputs
-    from frip_eval.eval_protection import read_genders
+    from frip_eval.eval_probes import (
+        machine,
+        markdown,
+        modes,
+        run_cost_only,
+        run_probes,
+        run_reusing,
+        write_outputs,
+    )
+    from frip_eval.eval_protection import DEFAULT_BLOCK_SIZES, read_genders
     from frip_eval.threads import pin_threads
 
     pin_threads()
-    if index is None:
-        index = Path(__file__).resolve().parents[3] / "shared" / "data" / "lfw-large" / "index.csv"
-    dataset = _dataset(None, index, None)
-    genders = read_genders(index, dataset)
-    with progress_bar(as_json) as progress:
-        embedded = embed_with(extractor, dataset, threads, _Bar(progress, len(dataset.paths)))
-    summary = run_probes(dataset, genders, embedded, with_cost=cost)
+    known = modes(DEFAULT_BLOCK_SIZES)
+    unknown = sorted(set(mode or []) - set(known))
+    if unknown:
+        raise InputError(f"unknown probe mode {', '.join(unknown)} (known: {', '.join(known)})")
+    command = ["frip eval probes"]
+    command += [f"--index {index}"] if index else []
+    command += [f"--extractor {extractor}"] if extractor != "arcface" else []
+    command += [f"--output {output}"]
+    command += ["--no-cost"] if not cost else []
+    command += ["--cost-only"] if cost_only else []
+    command += [f"--mode {m}" for m in mode or []]
+    command += [f"--repeats {repeats}"] if repeats != 3 else []
+    started, run = time.monotonic(), machine()
+    if cost_only:
+        summary = run_cost_only(only=mode or None, repeats=repeats)
+    elif reuse_attacks is not None:
+        summary = run_reusing(reuse_attacks, only=mode or None, repeats=repeats)
+        run["full_command"] = " ".join(command)
+        command.append(f"--reuse-attacks {reuse_attacks}")
+    else:
+        if index is None:
+            root = Path(__file__).resolve().parents[3]
+            index = root / "shared" / "data" / "lfw-large" / "index.csv"
+        dataset = _dataset(None, index, None)
+        genders = read_genders(index, dataset)
+        with progress_bar(as_json) as progress:
+            bar = _Bar(progress, len(dataset.paths))
+            embedded = embed_with(extractor, dataset, threads, bar)
+        summary = run_probes(dataset, genders, embedded, with_cost=cost, repeats=repeats)
+        run["embedded"] = len(dataset.paths)
+    run.update(
+        command=" ".join(command),
+        load_after=machine()["load"],
+        minutes=(time.monotonic() - started) / 60,
+    )
+    summary["run"] = run
     files = write_outputs(summary, output)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -122,12 +123,18 @@ def cost(
     registrants: Sequence[int] = REGISTRANTS,
     repeats: int = 3,
     dimension: int = 512,
+    only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Upload bytes and identify latency (seconds, median of ``repeats`` probes; one probe
-    for pe-miu and encrypted beyond 1,000 registrants) of every probe mode; see the module
-    docstring."""
+    """Upload bytes and identify latency (seconds) of every probe mode (or those named in
+    ``only``; plain always), see the module docstring.
+
+    The modes are timed in rounds: each of ``repeats`` rounds runs one probe through every
+    mode in turn (pe-miu and encrypted beyond 1,000 registrants in the first round only),
+    so a mode's ratio to plain is taken within a round, on the same probe and the same
+    machine load, and reported as the median over rounds with its range."""
     from frip_engine import sharing
 
+    chosen = [m for m in modes(block_sizes) if only is None or m == "plain" or m in only]
     plain_backend = _backend("plain")
     public, secret = plain_backend.keygen()
     rng = np.random.default_rng(0)
@@ -138,7 +145,9 @@ def cost(
     probes = rng.standard_normal((repeats, dimension))
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
     decryptor = plain_backend.decryptor(public, bytearray(secret))
-    matchers: dict[str, Any] = {"plain": plain, "encrypted": _backend("encrypted").matcher(public)}
+    matchers: dict[str, Any] = {"plain": plain}
+    if "encrypted" in chosen:
+        matchers["encrypted"] = _backend("encrypted").matcher(public)
     for b in block_sizes:
         matchers[f"pe-miu-{b}"] = plain_backend.matcher(public, b)
     check_main_guard()  # the matcher processes run the calling script again
@@ -147,11 +156,11 @@ def cost(
         ProcessPoolExecutor(
             1, mp_context=context, initializer=_party_start, initargs=(public, data)
         )
-        for _ in range(2)
+        for _ in range(2 if "shared" in chosen else 0)
     ]
     edge = _backend("shared").matcher(public)
     fingerprint = sharing.fingerprint(public)
-    out: dict[str, Any] = {"preset": PRESET, "slots": plain.slots, "modes": {}}
+    loaded: dict[str, Any] = {}
 
     def identify(mode: str, probe: np.ndarray, blocks: int, registrants: int) -> tuple[float, int]:
         """Seconds of one identification over ``blocks`` blocks, and the upload bytes."""
@@ -180,29 +189,38 @@ def cost(
             _decide(decryptor.decrypt_scores(matcher.score(block, parsed)), occupants)
         return time.perf_counter() - start, len(payload)
 
-    loaded: dict[str, Any] = {}
+    runs: dict[str, dict[str, list[float]]] = {mode: {} for mode in chosen}
+    upload: dict[str, int] = {}
     try:
-        warm = edge.encode_shares(probes[0])  # start both processes, load their kernels
-        for party, share in zip(parties, (warm.share_a, warm.share_b), strict=True):
-            party.submit(_party_score, share, 1).result()
-        for mode in modes(block_sizes):
+        if parties:
+            warm = edge.encode_shares(probes[0])  # start both processes, load their kernels
+            for party, share in zip(parties, (warm.share_a, warm.share_b), strict=True):
+                party.submit(_party_score, share, 1).result()
+        for mode in chosen:
             identify(mode, probes[0], 1, plain.slots)  # compiled kernels, loaded block
-            entry: dict[str, Any] = {}
-            for n in registrants:
-                blocks = math.ceil(n / plain.slots)
-                count = repeats if n <= 1_000 or mode in ("plain", "shared") else 1
-                runs = [identify(mode, p, blocks, n) for p in probes[:count]]
-                entry[str(n)] = float(np.median([seconds for seconds, _ in runs]))
-                entry["upload_bytes"] = runs[0][1]
-            out["modes"][mode] = entry
-            loaded.clear()
+        for n in registrants:
+            blocks = math.ceil(n / plain.slots)
+            for round_, probe in enumerate(probes):
+                for mode in chosen:
+                    if round_ and n > 1_000 and mode not in ("plain", "shared"):
+                        continue
+                    seconds, upload[mode] = identify(mode, probe, blocks, n)
+                    runs[mode].setdefault(str(n), []).append(seconds)
     finally:
         for party in parties:
             party.shutdown()
         decryptor.close()
-    plain_cost = out["modes"]["plain"]
-    for entry in out["modes"].values():
-        entry["x_plain"] = {str(n): entry[str(n)] / plain_cost[str(n)] for n in registrants}
+    out: dict[str, Any] = {"preset": PRESET, "slots": plain.slots, "repeats": repeats}
+    out["modes"] = {}
+    for mode in chosen:
+        entry: dict[str, Any] = {"upload_bytes": upload[mode], "runs": runs[mode]}
+        entry["x_plain"], entry["x_plain_range"] = {}, {}
+        for size, times in runs[mode].items():
+            ratios = [s / p for s, p in zip(times, runs["plain"][size], strict=False)]
+            entry[size] = float(np.median(times))
+            entry["x_plain"][size] = float(np.median(ratios))
+            entry["x_plain_range"][size] = [min(ratios), max(ratios)]
+        out["modes"][mode] = entry
     return out
 
 
@@ -377,6 +395,7 @@ def run_probes(
     block_sizes: Sequence[int] = DEFAULT_BLOCK_SIZES,
     with_cost: bool = True,
     progress: Callable[[str], None] | None = None,
+    repeats: int = 3,
 ) -> dict[str, Any]:
     """Every table of the report (see the module docstring) for one extractor's
     embeddings of ``dataset`` (``genders`` aligned with its images)."""
@@ -404,8 +423,56 @@ def run_probes(
     summary["reversibility"] = reversibility(matrix, labels, block_sizes)
     if with_cost:
         say("cost")
-        summary["cost"] = cost(block_sizes)
+        summary["cost"] = cost(block_sizes, repeats=repeats)
     return summary
+
+
+def run_cost_only(
+    block_sizes: Sequence[int] = DEFAULT_BLOCK_SIZES,
+    only: Sequence[str] | None = None,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """The cost section alone (no data set, no attacks): the benchmark of the probe
+    modes' latency, e.g. shared against plain at 1,000 and 100,000 registrants."""
+    return {
+        "mode": "probes",
+        "block_sizes": list(block_sizes),
+        "holdings": HOLDINGS,
+        "cost": cost(block_sizes, repeats=repeats, only=only),
+    }
+
+
+REUSED = ("extractor", "dataset", "block_sizes", "attacks", "published_gender", "reversibility")
+
+
+def run_reusing(path: Path, only: Sequence[str] | None = None, repeats: int = 3) -> dict[str, Any]:
+    """The attack, WIFS and reversibility figures of an earlier run's probes.json (figures
+    only: no embedding is stored there) with the cost measured afresh; where the figures
+    came from is kept under ``reused``. InputError for a file that is not such a run."""
+    from frip_engine.errors import InputError
+
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the earlier figures {path}: {exc}") from exc
+    missing = [key for key in REUSED if key not in earlier] if isinstance(earlier, dict) else []
+    if not isinstance(earlier, dict) or earlier.get("mode") != "probes" or missing:
+        raise InputError(f"{path} is not a full 'frip eval probes' summary (missing {missing})")
+    summary = {"mode": "probes", "holdings": HOLDINGS} | {key: earlier[key] for key in REUSED}
+    # figures reused again keep the run they came from
+    origin = {"path": str(path), "date": earlier.get("run", {}).get("date")}
+    summary["reused"] = earlier.get("reused", origin)
+    summary["cost"] = cost(summary["block_sizes"], repeats=repeats, only=only)
+    return summary
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: the date (UTC), the cores and the load average."""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "load": [round(x, 1) for x in os.getloadavg()],
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -413,39 +480,37 @@ def _f(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    block_sizes = summary["block_sizes"]
+def _ratio(entry: dict[str, Any], n: str) -> str:
+    """``x plain`` of one cell: the median ratio over rounds, with its range if it varied."""
+    lo, hi = entry["x_plain_range"][n]
+    spread = f" ({lo:.1f}-{hi:.1f})" if len(entry["runs"][n]) > 1 else ""
+    return f"{entry['x_plain'][n]:.1f}{spread}"
+
+
+def _cost_lines(cost_: dict[str, Any]) -> list[str]:
+    sizes = list(cost_["modes"]["plain"]["runs"])
+    head = " | ".join(f"{int(n):,} registrants | x plain (range)" for n in sizes)
     lines = [
-        f"# Probe modes: parties, cost and a curious matcher ({summary['extractor']}, "
-        f"{summary['dataset']['used']} images of {summary['dataset']['identities']} people)",
         "",
-        "| probe mode | edge | each matcher | key service | store |",
-        "|---|---|---|---|---|",
+        f"Cost (TenSEAL `{cost_['preset']}`, fast scorer, one thread per matcher; a "
+        f"{cost_['slots']}-slot block scored once per block of the gallery; seconds per "
+        f"identification, median of {cost_['repeats']} rounds for plain and shared, one "
+        "probe per mode and round: a mode's ratio to plain is taken within a round, then "
+        "its median and range over rounds):",
+        "",
+        f"| probe mode | upload per 512-d probe | {head} |",
+        "|---|---|" + "---|---|" * len(sizes),
     ]
-    for family, held in summary["holdings"].items():
-        lines.append(
-            f"| {family} | {held['edge']} | {held['matcher']} | {held['key service']} | "
-            f"{held['store']} |"
-        )
-    if "cost" in summary:
-        cost_ = summary["cost"]
-        lines += [
-            "",
-            f"Cost (TenSEAL `{cost_['preset']}`, fast scorer, one thread; a {cost_['slots']}-slot "
-            "block scored once per block of the gallery; seconds per identification):",
-            "",
-            "| probe mode | upload per 512-d probe | 1,000 registrants | x plain | "
-            "100,000 registrants | x plain |",
-            "|---|---|---|---|---|---|",
-        ]
-        for mode, entry in cost_["modes"].items():
-            x = entry["x_plain"]
-            lines.append(
-                f"| {mode} | {entry['upload_bytes']:,} B | {entry['1000']:.3f} | "
-                f"{x['1000']:.1f} | {entry['100000']:.3f} | {x['100000']:.1f} |"
-            )
+    for mode, entry in cost_["modes"].items():
+        cells = " | ".join(f"{entry[n]:.3f} | {_ratio(entry, n)}" for n in sizes)
+        lines.append(f"| {mode} | {entry['upload_bytes']:,} B | {cells} |")
+    return lines
+
+
+def _attack_lines(summary: dict[str, Any]) -> list[str]:
+    block_sizes = summary["block_sizes"]
     attack = summary["attacks"]
-    lines += [
+    lines = [
         "",
         f"What one curious matcher learns from what it sees (gender: {attack['gender_samples']} "
         f"balanced images of {attack['gender_people']} people, 5 identity-disjoint folds, "
@@ -503,33 +568,273 @@ def markdown(summary: dict[str, Any]) -> str:
     for size, table in rev["block_sizes"].items():
         cells = ", ".join(f"{m}: {v['1%']:.2f} / {v['0.1%']:.2f}" for m, v in table.items())
         lines.append(f"| {size} | {cells} |")
+    return lines
+
+
+def _produced_lines(summary: dict[str, Any]) -> list[str]:
+    run = summary.get("run")
+    if run is None:
+        return []
+    lines = [
+        "",
+        "## How these figures were produced",
+        "",
+        "```sh",
+        run["command"],
+        "```",
+        "",
+        f"Run of {run['date']} on a {run['cpus']}-core machine (load average "
+        f"{run['load'][0]} at the start, {run['load_after'][0]} at the end; "
+        f"{run['minutes']:.1f} min). The whole page (tables, this section and the next) is "
+        "what the command writes"
+        + ("; the embeddings stay in memory." if "embedded" in run else ".")
+        + " The machine's other work moves the seconds; the ratios to plain, taken within "
+        "each round, move less: rerun the command on a quiet machine for final figures.",
+    ]
+    reused = summary.get("reused")
+    if reused is not None:
+        when = f" (run of {reused['date']})" if reused.get("date") else ""
+        lines += [
+            "",
+            f"The attack, WIFS 2023 and reversibility figures are those of `{reused['path']}`"
+            f"{when}, reused as figures: they do not depend on the scorer, and embedding the "
+            "data set again did not fit this busy machine's time. The cost was measured in "
+            "this run. The whole page from scratch:",
+            "",
+            "```sh",
+            run.get("full_command", "frip eval probes --output docs"),
+            "```",
+        ]
+    return lines
+
+
+# The explanatory text of the page; each paragraph is filled from the run's own figures
+# and left out where the run did not measure them (``--cost-only``, ``--no-cost``).
+READING = {
+    "shared_view": (
+        "- **Shared probes hide the probe from each matcher.** On what one matcher sees (its "
+        "share, lifted to (-p/2, p/2] and divided by p) the gender SVMs score {gender} "
+        "(chance 0.5; target within 0.02: {gender_met}), re-identification is at chance "
+        "(rank-1 {rank1:.3f} cosine, {rank1_inv:.3f} order-invariant; chance {chance:.3f}), "
+        "and the order-invariant attacker gets {gender_inv:.3f}. This is what the "
+        "construction promises: a share is uniform in Z_p^d whatever the probe "
+        "(`tests/test_shared_probes.py` also checks a chi-square and a KS test per share, "
+        "and that the same test fails for a share drawn from a narrow range)."
+    ),
+    "upload": (
+        "- **Upload**: {shared:,} B per 512-d probe for both shares (target <= 16 KB: "
+        "{met}), against {plain:,} B plain{encrypted}."
+    ),
+    "latency": (
+        "- **Latency** at {n:,} registrants: shared {shared:.3f} s against plain "
+        "{plain:.3f} s, {ratio:.2f}x (range {lo:.2f}-{hi:.2f}x over {rounds}; target "
+        "<= 2x: {met}). Each matcher runs the same kernel as a plain probe at about the "
+        "same cost: every constant is cut into three 22-bit pieces in one pass over the "
+        "gallery, whether it is a plain probe's 29-bit integer or a share's 60-bit residue "
+        "(32 x 32-bit vector multiplies; the pass is bound by memory traffic). The two "
+        "matchers run at the same time in processes of their own, so with a free core each "
+        "the latency is about one plain probe plus the key service's additions; on a machine "
+        "whose cores are busy the two matchers share them, and the ratio moves towards 2x "
+        "(the range above)."
+    ),
+    "pemiu": (
+        "- **PE-MIU**: the matcher's view (a shuffled probe) resists the cosine and SVM "
+        "attackers at small blocks (gender {small}) and less so at larger ones ({large}), "
+        "where each block keeps more of the face's structure. But the PE-MIU comparator "
+        "itself re-identifies {comparator} of the shuffled probes against known embeddings: "
+        "the shuffle does not stop linking a probe to a known face, only tools built for "
+        "unprotected templates. The order-invariant attacker (sorted values, sorted block "
+        "norms, block statistics) gets gender {invariant} and rank-1 <= {invariant_rank1:.3f}."
+    ),
+    "wifs": (
+        "- **WIFS 2023 reproduced**: with {people:,} people the unprotected {extractor} "
+        "gender accuracy is {plain:.3f} (RBF), against the published ~{published:.2f}; "
+        "PE-MIU brings it to {blocks} (RBF), against the published ~{published_pemiu:.2f} "
+        "(the paper's summary does not separate block sizes)."
+    ),
+    "reversibility": (
+        "- **Reversibility proxy**: a protected template still matches its own unprotected "
+        "original by plain cosine while at most 3/4 of its blocks moved ({three_quarters} "
+        "at FMR 1%), and {all_moved} once every block moved. The engine's default "
+        "(`min_complexity` = all blocks, a derangement) is therefore the setting that "
+        "matters. Limits: this ignores the shuffle rather than inverting it; no face "
+        "generator is trained here, so image reconstruction (the paper's attack) is not "
+        "reproduced."
+    ),
+    "encrypted": (
+        "- **Encrypted probes**: the matcher sees RLWE ciphertexts (IND-CPA), so no attack "
+        "is run; the price is {mb:,.0f} MB per probe and {ratio:.1f}x plain at {n:,} "
+        "registrants."
+    ),
+}
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**not met in this run**"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _span(values: Sequence[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def _reading_lines(summary: dict[str, Any]) -> list[str]:
+    """The "Reading the figures" section: :data:`READING`, filled from ``summary``."""
+    out: list[str] = []
+    attack = summary.get("attacks", {}).get("modes", {})
+    cost_ = summary.get("cost", {}).get("modes", {})
+    if "shared" in attack:
+        seen = attack["shared"]
+        g = seen["gender"]
+        out.append(
+            READING["shared_view"].format(
+                gender=" / ".join(f"{g[k]:.3f}" for k in ("poly", "rbf", "sigmoid")),
+                gender_met=_met(max(abs(v - CHANCE) for v in g.values()) <= 0.02),
+                rank1=seen["rank1_cosine"],
+                rank1_inv=seen["rank1_invariant"],
+                chance=1 / summary["attacks"]["reid_probes"],
+                gender_inv=max(seen["gender_invariant"].values()),
+            )
+        )
+    if "shared" in cost_:
+        encrypted = cost_.get("encrypted")
+        out.append(
+            READING["upload"].format(
+                shared=cost_["shared"]["upload_bytes"],
+                met=_met(cost_["shared"]["upload_bytes"] <= 16 * 1024),
+                plain=cost_["plain"]["upload_bytes"],
+                encrypted=""
+                if encrypted is None
+                else f" and {encrypted['upload_bytes'] / 1e6:,.0f} MB encrypted",
+            )
+        )
+        n = max(cost_["shared"]["runs"], key=int)
+        lo, hi = cost_["shared"]["x_plain_range"][n]
+        out.append(
+            READING["latency"].format(
+                n=int(n),
+                shared=cost_["shared"][n],
+                plain=cost_["plain"][n],
+                ratio=cost_["shared"]["x_plain"][n],
+                lo=lo,
+                hi=hi,
+                rounds=_count(len(cost_["shared"]["runs"][n]), "round"),
+                met=_met(cost_["shared"]["x_plain"][n] <= 2.0),
+            )
+        )
+    sizes = summary.get("block_sizes", [])
+    pemiu_modes = [attack[f"pe-miu-{b}"] for b in sizes if f"pe-miu-{b}" in attack]
+    if pemiu_modes:
+        best = [max(m["gender"].values()) for m in pemiu_modes]
+        half = max(1, len(best) // 2)
+        out.append(
+            READING["pemiu"].format(
+                small=_span(best[:half]),
+                large=_span(best[half:] or best[-1:]),
+                comparator=_span([m["rank1_pemiu_comparator"] for m in pemiu_modes]),
+                invariant=_span([max(m["gender_invariant"].values()) for m in pemiu_modes]),
+                invariant_rank1=max(m["rank1_invariant"] for m in pemiu_modes),
+            )
+        )
+        published = summary["published_gender"]
+        blocks = ", ".join(
+            f"{m['gender']['rbf']:.3f} (block {b})" for b, m in zip(sizes, pemiu_modes, strict=True)
+        )
+        out.append(
+            READING["wifs"].format(
+                people=summary["attacks"]["gender_people"],
+                extractor=summary["extractor"],
+                plain=attack["plain"]["gender"]["rbf"],
+                published=published["unprotected"],
+                blocks=blocks,
+                published_pemiu=published["pe-miu"],
+            )
+        )
+    rev = summary.get("reversibility", {}).get("block_sizes", {})
+    if rev:
+        quarter, full = [], []
+        for table in rev.values():
+            blocks_ = max(int(moved) for moved in table)  # every block moved
+            quarter.append(table[str(3 * blocks_ // 4)]["1%"])
+            full.append(table[str(blocks_)]["1%"])
+        out.append(
+            READING["reversibility"].format(
+                three_quarters=_span(quarter),
+                all_moved="never" if max(full) == 0 else f"at most {max(full):.1%} of them",
+            )
+        )
+    if "encrypted" in cost_:
+        n = max(cost_["encrypted"]["runs"], key=int)
+        out.append(
+            READING["encrypted"].format(
+                mb=cost_["encrypted"]["upload_bytes"] / 1e6,
+                ratio=cost_["encrypted"]["x_plain"][n],
+                n=int(n),
+            )
+        )
+    return ["", "## Reading the figures", "", *out] if out else []
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The whole page: tables, how the figures were produced and how to read them."""
+    if "attacks" in summary:
+        title = (
+            f"# Probe modes: parties, cost and a curious matcher ({summary['extractor']}, "
+            f"{summary['dataset']['used']} images of {summary['dataset']['identities']} people)"
+        )
+    else:
+        title = "# Probe modes: parties and cost"
+    lines = [
+        title,
+        "",
+        "| probe mode | edge | each matcher | key service | store |",
+        "|---|---|---|---|---|",
+    ]
+    for family, held in summary["holdings"].items():
+        lines.append(
+            f"| {family} | {held['edge']} | {held['matcher']} | {held['key service']} | "
+            f"{held['store']} |"
+        )
+    if "cost" in summary:
+        lines += _cost_lines(summary["cost"])
+    if "attacks" in summary:
+        lines += _attack_lines(summary)
+    lines += _produced_lines(summary)
+    lines += _reading_lines(summary)
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path | None:
-    """Gender accuracy (best kernel) and rank-1 per probe mode, and, with the cost, the
-    latency at 100,000 registrants."""
+    """Gender accuracy (best kernel) and rank-1 per probe mode where the attacks ran, and
+    the latency at the largest gallery where the cost was measured."""
     plt = pyplot()
     if plt is None:
         return None
-    attack = summary["attacks"]["modes"]
-    names = [m for m, e in attack.items() if "gender" in e]
-    fig, axes = plt.subplots(1, 2 if "cost" in summary else 1, figsize=(12, 4), squeeze=False)
-    ax = axes[0][0]
-    xs = np.arange(len(names))
-    ax.bar(xs - 0.2, [max(attack[m]["gender"].values()) for m in names], 0.4, label="gender SVM")
-    ax.bar(xs + 0.2, [attack[m]["rank1_cosine"] for m in names], 0.4, label="rank-1 cosine")
-    ax.axhline(CHANCE, color="grey", linestyle="--", linewidth=1)
-    ax.set_xticks(xs, names, rotation=30, ha="right")
-    ax.set_title("what one matcher learns")
-    ax.legend()
-    if "cost" in summary:
-        cost_ = summary["cost"]["modes"]
-        ax = axes[0][1]
-        ax.bar(list(cost_), [e["100000"] for e in cost_.values()])
-        ax.set_yscale("log")
-        ax.set_ylabel("seconds per identification, 100,000 registrants")
-        ax.tick_params(axis="x", rotation=30)
+    panels = [key for key in ("attacks", "cost") if key in summary]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, key in zip(axes[0], panels, strict=True):
+        if key == "attacks":
+            attack = summary["attacks"]["modes"]
+            names = [m for m, e in attack.items() if "gender" in e]
+            xs = np.arange(len(names))
+            best = [max(attack[m]["gender"].values()) for m in names]
+            ax.bar(xs - 0.2, best, 0.4, label="gender SVM")
+            rank1 = [attack[m]["rank1_cosine"] for m in names]
+            ax.bar(xs + 0.2, rank1, 0.4, label="rank-1 cosine")
+            ax.axhline(CHANCE, color="grey", linestyle="--", linewidth=1)
+            ax.set_xticks(xs, names, rotation=30, ha="right")
+            ax.set_title("what one matcher learns")
+            ax.legend()
+        else:
+            cost_ = summary["cost"]["modes"]
+            n = max(cost_["plain"]["runs"], key=int)
+            ax.bar(list(cost_), [e[n] for e in cost_.values()])
+            ax.set_yscale("log")
+            ax.set_ylabel(f"seconds per identification, {int(n):,} registrants")
+            ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -537,9 +842,12 @@ def plot(summary: dict[str, Any], path: Path) -> Path | None:
 
 
 def write_outputs(summary: dict[str, Any], output: Path) -> list[Path]:
+    """probes.{json,md,png} in ``output`` (probes-cost.* for a cost-only run, which
+    leaves a full report beside it alone)."""
     output.mkdir(parents=True, exist_ok=True)
-    written = [output / "probes.json", output / "probes.md"]
+    stem = "probes" if "attacks" in summary else "probes-cost"
+    written = [output / f"{stem}.json", output / f"{stem}.md"]
     written[0].write_text(json.dumps(summary, indent=2))
     written[1].write_text(markdown(summary))
-    png = plot(summary, output / "probes.png")
+    png = plot(summary, output / f"{stem}.png")
     return written + ([png] if png else [])

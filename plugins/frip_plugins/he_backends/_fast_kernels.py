@@ -1,13 +1,15 @@
 """numba kernels of :mod:`frip_plugins.he_backends._fast_scorer`: exact ``sum_j k_j * x_j mod p``.
 
-Each residue x (< p < 2^61) is split into 32-bit halves and each |k| into 22-bit pieces,
-so every product is below 2^54 and an accumulator takes 1024 terms before it could
-overflow 64 bits. Positive and negative constants are summed separately (magnitudes stay
-small and the same pieces serve every limb). Pieces come in groups of two (one group
-covers |k| < 2^44, e.g. unit probes at scale 2^40): four accumulators per group, four
-gallery rows per pass over a tile, vectorised by LLVM. Each accumulator is folded in once
-per 1024 terms with a Shoup multiplication by its weight 2^(22 v + 32 h) mod p, which takes
-any 64-bit input, so the only reduction mod p happens at the end.
+Each residue x (< p < 2^61) is split into 32-bit halves and each |k| into three 22-bit
+pieces (66 bits: any constant below 2^64, so a plain probe's int64 constants and a
+secret-shared probe's full-width residues of Z_p alike), so every product is a 32 x
+32-bit one below 2^54 and an accumulator takes 1024 terms before it could overflow 64
+bits. Positive and negative constants are summed separately (magnitudes stay small).
+Six accumulators (piece x half), four gallery rows per pass over a tile, one pass over
+the gallery whatever the constants' width, vectorised by LLVM (the pieces are uint32, so
+the products compile to 32 x 32-bit vector multiplies). Each accumulator is folded in
+once per 1024 terms with a Shoup multiplication by its weight 2^(22 v + 32 h) mod p,
+which takes any 64-bit input, so the only reduction mod p happens at the end.
 
 Compiled code is cached on disk (numba ``cache=True``: ``NUMBA_CACHE_DIR`` if set, else
 this package's ``__pycache__``, else numba's user-wide cache directory), so worker
@@ -20,15 +22,21 @@ or a crash) is a cache miss: the kernel is compiled again and the entry rewritte
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numba
 import numpy as np
 
-from frip_plugins.he_backends._pieces import FLUSH_TERMS
+from frip_plugins.he_backends._pieces import ACCUMULATORS, FLUSH_TERMS
 
-TILE = 1024  # coefficients per task: the four accumulators (32 KB) stay in L1
+TILE = 2048  # coefficients per task for one vector: long runs of each row for the prefetcher
+# Coefficients per task when several constant vectors share a pass: the gallery's
+# d x TILE_MANY tile of one (polynomial, limb) (512 x 256 x 8 B = 1 MB at d = 512) stays
+# in L2 while every vector is summed over it, so each tile comes from memory once per
+# batch instead of once per probe.
+TILE_MANY = 256
 _M32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
 
@@ -120,63 +128,9 @@ def mulmod_shoup(a: Any, w: Any, wq: Any, p: Any) -> Any:
 
 
 @_jit()
-def _accumulate(
-    gallery: Any,
-    c: Any,
-    limb: Any,
-    t0: Any,
-    n: Any,
-    idx: Any,
-    k0: Any,
-    k1: Any,
-    start: Any,
-    stop: Any,
-    acc: Any,
-) -> None:
-    """acc = (sum lo32(x) k0, sum hi32(x) k0, sum lo32(x) k1, sum hi32(x) k1) over rows
-    idx[start:stop] of tile [t0, t0 + n); four rows per pass keep acc traffic low."""
-    a0 = acc[0, :n]
-    a1 = acc[1, :n]
-    a2 = acc[2, :n]
-    a3 = acc[3, :n]
-    a0[:] = 0
-    a1[:] = 0
-    a2[:] = 0
-    a3[:] = 0
-    jj = start
-    while jj + 4 <= stop:
-        s0 = gallery[idx[jj], c, limb, t0 : t0 + n]
-        s1 = gallery[idx[jj + 1], c, limb, t0 : t0 + n]
-        s2 = gallery[idx[jj + 2], c, limb, t0 : t0 + n]
-        s3 = gallery[idx[jj + 3], c, limb, t0 : t0 + n]
-        p0, p1, p2, p3 = k0[jj], k0[jj + 1], k0[jj + 2], k0[jj + 3]
-        q0, q1, q2, q3 = k1[jj], k1[jj + 1], k1[jj + 2], k1[jj + 3]
-        for i in range(n):
-            x0 = s0[i]
-            x1 = s1[i]
-            x2 = s2[i]
-            x3 = s3[i]
-            l0, h0 = x0 & _M32, x0 >> _S32
-            l1, h1 = x1 & _M32, x1 >> _S32
-            l2, h2 = x2 & _M32, x2 >> _S32
-            l3, h3 = x3 & _M32, x3 >> _S32
-            a0[i] += l0 * p0 + l1 * p1 + l2 * p2 + l3 * p3
-            a1[i] += h0 * p0 + h1 * p1 + h2 * p2 + h3 * p3
-            a2[i] += l0 * q0 + l1 * q1 + l2 * q2 + l3 * q3
-            a3[i] += h0 * q0 + h1 * q1 + h2 * q2 + h3 * q3
-        jj += 4
-    while jj < stop:
-        s0 = gallery[idx[jj], c, limb, t0 : t0 + n]
-        p0 = k0[jj]
-        q0 = k1[jj]
-        for i in range(n):
-            x0 = s0[i]
-            l0, h0 = x0 & _M32, x0 >> _S32
-            a0[i] += l0 * p0
-            a1[i] += h0 * p0
-            a2[i] += l0 * q0
-            a3[i] += h0 * q0
-        jj += 1
+def _piece(pieces: Any, v: Any, j: Any, stop: Any) -> Any:
+    """Piece v of term j as uint64, or 0 past the last term (a four-row pass's padding)."""
+    return np.uint64(pieces[v, j]) if j < stop else np.uint64(0)
 
 
 @_jit()
@@ -184,7 +138,7 @@ def _fold(acc: Any, n: Any, w: Any, wq: Any, p: Any, result: Any) -> None:
     """result += sum_a acc[a] * w[a] mod p (w[a] is accumulator a's weight mod p)."""
     for i in range(n):
         s = result[i]
-        for a in range(4):
+        for a in range(ACCUMULATORS):
             s += mulmod_shoup(acc[a, i], w[a], wq[a], p)
             if s >= p:
                 s -= p
@@ -192,7 +146,7 @@ def _fold(acc: Any, n: Any, w: Any, wq: Any, p: Any, result: Any) -> None:
 
 
 @_jit()
-def _signed_sum(
+def _sum_terms(
     gallery: Any,
     c: Any,
     limb: Any,
@@ -200,192 +154,123 @@ def _signed_sum(
     n: Any,
     idx: Any,
     pieces: Any,
+    start: Any,
+    stop: Any,
     w: Any,
     wq: Any,
     p: Any,
     acc: Any,
     result: Any,
 ) -> None:
-    """result = sum over idx of |k| x mod p, |k| given as (groups, 2, d) 22-bit pieces."""
-    result[:] = 0
-    for start in range(0, idx.size, FLUSH_TERMS):
-        stop = min(start + FLUSH_TERMS, idx.size)
-        for group in range(pieces.shape[0]):
-            k0 = pieces[group, 0]
-            k1 = pieces[group, 1]
-            _accumulate(gallery, c, limb, t0, n, idx, k0, k1, start, stop, acc)
-            _fold(acc, n, w[limb, group], wq[limb, group], p, result)
+    """result[:n] = sum over terms j in [start, stop) of |k_j| gallery[idx[j], c, limb,
+    t0:t0+n] mod p, |k_j| given as ``pieces`` (3, terms) uint32.
+
+    Accumulator acc[2 v + h] sums half h (low, high 32 bits) of each residue times piece
+    v: 32 x 32-bit products, which LLVM vectorises as such. Four rows per pass keep the
+    accumulators' traffic low (a last pass short of four rows repeats its last row with
+    zero pieces); every FLUSH_TERMS terms the accumulators are folded into the result."""
+    a0 = acc[0, :n]
+    a1 = acc[1, :n]
+    a2 = acc[2, :n]
+    a3 = acc[3, :n]
+    a4 = acc[4, :n]
+    a5 = acc[5, :n]
+    result[:n] = 0
+    last = stop - 1
+    for first in range(start, stop, FLUSH_TERMS):  # FLUSH_TERMS is a multiple of 4
+        acc[:, :n] = 0
+        for jj in range(first, min(first + FLUSH_TERMS, stop), 4):
+            s0 = gallery[idx[jj], c, limb, t0 : t0 + n]
+            s1 = gallery[idx[min(jj + 1, last)], c, limb, t0 : t0 + n]
+            s2 = gallery[idx[min(jj + 2, last)], c, limb, t0 : t0 + n]
+            s3 = gallery[idx[min(jj + 3, last)], c, limb, t0 : t0 + n]
+            p0, p1 = _piece(pieces, 0, jj, stop), _piece(pieces, 0, jj + 1, stop)
+            p2, p3 = _piece(pieces, 0, jj + 2, stop), _piece(pieces, 0, jj + 3, stop)
+            q0, q1 = _piece(pieces, 1, jj, stop), _piece(pieces, 1, jj + 1, stop)
+            q2, q3 = _piece(pieces, 1, jj + 2, stop), _piece(pieces, 1, jj + 3, stop)
+            r0, r1 = _piece(pieces, 2, jj, stop), _piece(pieces, 2, jj + 1, stop)
+            r2, r3 = _piece(pieces, 2, jj + 2, stop), _piece(pieces, 2, jj + 3, stop)
+            for i in range(n):
+                x0 = s0[i]
+                x1 = s1[i]
+                x2 = s2[i]
+                x3 = s3[i]
+                l0, h0 = x0 & _M32, x0 >> _S32
+                l1, h1 = x1 & _M32, x1 >> _S32
+                l2, h2 = x2 & _M32, x2 >> _S32
+                l3, h3 = x3 & _M32, x3 >> _S32
+                a0[i] += l0 * p0 + l1 * p1 + l2 * p2 + l3 * p3
+                a1[i] += h0 * p0 + h1 * p1 + h2 * p2 + h3 * p3
+                a2[i] += l0 * q0 + l1 * q1 + l2 * q2 + l3 * q3
+                a3[i] += h0 * q0 + h1 * q1 + h2 * q2 + h3 * q3
+                a4[i] += l0 * r0 + l1 * r1 + l2 * r2 + l3 * r3
+                a5[i] += h0 * r0 + h1 * r1 + h2 * r2 + h3 * r3
+        _fold(acc, n, w[limb], wq[limb], p, result)
 
 
 @_jit()
-def _tile(
-    gallery: Any,
-    c: Any,
-    limb: Any,
-    t0: Any,
-    n: Any,
-    pos_idx: Any,
-    pos_pieces: Any,
-    neg_idx: Any,
-    neg_pieces: Any,
-    primes: Any,
-    w: Any,
-    wq: Any,
-    out: Any,
-) -> None:
-    """out[c, limb, t0:t0+n] = (sum over positive k - sum over negative |k|) mod p."""
-    p = primes[limb]
-    acc = np.empty((4, n), dtype=np.uint64)
-    rpos = np.empty(n, dtype=np.uint64)
-    rneg = np.empty(n, dtype=np.uint64)
-    _signed_sum(gallery, c, limb, t0, n, pos_idx, pos_pieces, w, wq, p, acc, rpos)
-    _signed_sum(gallery, c, limb, t0, n, neg_idx, neg_pieces, w, wq, p, acc, rneg)
-    for i in range(n):
-        a = rpos[i]
-        b = rneg[i]
-        out[c, limb, t0 + i] = a - b if a >= b else a + p - b
-
-
-@_jit()
-def combine_serial(
-    gallery: Any,
-    pos_idx: Any,
-    pos_pieces: Any,
-    neg_idx: Any,
-    neg_pieces: Any,
-    primes: Any,
-    w: Any,
-    wq: Any,
-    out: Any,
-) -> None:
-    """One thread over every (polynomial, limb, tile)."""
+def _task(task: Any, tile: Any, work: Any) -> None:
+    """Task number ``task`` = (polynomial, limb, tile of ``tile`` coefficients) of a
+    :func:`_combine`: out[m, c, limb, t0:t0+n] for every constant vector m, the sum over
+    its positive constants minus the sum over its negative ones mod p. A vector's
+    constants are its limb's own where ``idx`` has a row per limb, else one row serves
+    every limb."""
+    gallery, idx, positive, negative, pieces, primes, w, wq, out = work
     limbs = gallery.shape[2]
-    degree = gallery.shape[3]
-    for c in range(2):
-        for limb in range(limbs):
-            for t0 in range(0, degree, TILE):
-                n = min(TILE, degree - t0)
-                _tile(gallery, c, limb, t0, n, pos_idx, pos_pieces, neg_idx, neg_pieces,
-                      primes, w, wq, out)  # fmt: skip
-
-
-@_jit(parallel=True)
-def combine_parallel(
-    gallery: Any,
-    pos_idx: Any,
-    pos_pieces: Any,
-    neg_idx: Any,
-    neg_pieces: Any,
-    primes: Any,
-    w: Any,
-    wq: Any,
-    out: Any,
-) -> None:
-    """The (polynomial, limb, tile) tasks spread over numba's threads (independent outputs)."""
-    limbs = gallery.shape[2]
-    degree = gallery.shape[3]
-    tiles = (degree + TILE - 1) // TILE
-    for task in numba.prange(2 * limbs * tiles):
-        c = task // (limbs * tiles)
-        limb = (task // tiles) % limbs
-        t0 = (task % tiles) * TILE
-        n = min(TILE, degree - t0)
-        _tile(gallery, c, limb, t0, n, pos_idx, pos_pieces, neg_idx, neg_pieces,
-              primes, w, wq, out)  # fmt: skip
-
-
-# ------------------------------------------------------------------- many probes at once
-# Coefficients per task when several constant vectors share a pass: the gallery's
-# d x TILE_MANY tile of one (polynomial, limb) (512 x 256 x 8 B = 1 MB at d = 512) stays
-# in L2 while every vector is summed over it, so each tile comes from memory once per
-# batch instead of once per probe.
-TILE_MANY = 256
-
-
-@_jit()
-def _tile_many(
-    gallery: Any,
-    c: Any,
-    limb: Any,
-    t0: Any,
-    n: Any,
-    pos_idx: Any,
-    pos_count: Any,
-    pos_pieces: Any,
-    neg_idx: Any,
-    neg_count: Any,
-    neg_pieces: Any,
-    primes: Any,
-    w: Any,
-    wq: Any,
-    out: Any,
-) -> None:
-    """out[m, c, limb, t0:t0+n] for every constant vector m, over one gallery tile."""
+    tiles = (gallery.shape[3] + tile - 1) // tile
+    c = task // (limbs * tiles)
+    limb = (task // tiles) % limbs
+    t0 = (task % tiles) * tile
+    n = min(tile, gallery.shape[3] - t0)
+    own = limb if idx.shape[1] > 1 else 0
     p = primes[limb]
-    acc = np.empty((4, n), dtype=np.uint64)
+    acc = np.empty((ACCUMULATORS, n), dtype=np.uint64)
     rpos = np.empty(n, dtype=np.uint64)
     rneg = np.empty(n, dtype=np.uint64)
     for m in range(out.shape[0]):
-        _signed_sum(gallery, c, limb, t0, n, pos_idx[m, : pos_count[m]], pos_pieces[m],
-                    w, wq, p, acc, rpos)  # fmt: skip
-        _signed_sum(gallery, c, limb, t0, n, neg_idx[m, : neg_count[m]], neg_pieces[m],
-                    w, wq, p, acc, rneg)  # fmt: skip
+        split = positive[m, own]
+        terms = split + negative[m, own]
+        _sum_terms(gallery, c, limb, t0, n, idx[m, own], pieces[m, own], 0, split, w, wq, p,
+                   acc, rpos)  # fmt: skip
+        _sum_terms(gallery, c, limb, t0, n, idx[m, own], pieces[m, own], split, terms, w, wq,
+                   p, acc, rneg)  # fmt: skip
         for i in range(n):
             a = rpos[i]
             b = rneg[i]
             out[m, c, limb, t0 + i] = a - b if a >= b else a + p - b
 
 
-@_jit()
-def combine_many_serial(
-    gallery: Any,
-    pos_idx: Any,
-    pos_count: Any,
-    pos_pieces: Any,
-    neg_idx: Any,
-    neg_count: Any,
-    neg_pieces: Any,
-    primes: Any,
-    w: Any,
-    wq: Any,
-    out: Any,
-) -> None:
-    """One thread over every (polynomial, limb, tile), all constant vectors per tile."""
-    limbs = gallery.shape[2]
-    degree = gallery.shape[3]
-    for c in range(2):
-        for limb in range(limbs):
-            for t0 in range(0, degree, TILE_MANY):
-                n = min(TILE_MANY, degree - t0)
-                _tile_many(gallery, c, limb, t0, n, pos_idx, pos_count, pos_pieces, neg_idx,
-                           neg_count, neg_pieces, primes, w, wq, out)  # fmt: skip
+def _combine(work: Any, tile: Any) -> None:
+    """out[m] = sum_j k[m, j] gallery[j] mod p per limb, for every constant vector m.
+
+    ``work`` = (gallery, idx, positive, negative, pieces, primes, w, wq, out): the
+    residues (d, 2, limbs, N) uint64; ``idx`` (vectors, 1 or limbs, d) int64 lists each
+    vector's terms, its ``positive`` count first (k > 0), then its ``negative`` ones (k <
+    0) (both (vectors, 1 or limbs) int64); ``pieces`` (vectors, 1 or limbs, 3, d) uint32
+    their |k| in 22-bit pieces; ``primes`` (limbs,) uint64; ``w``/``wq`` (limbs,
+    ACCUMULATORS) uint64 the accumulators' weights mod p and their Shoup quotients; out
+    (vectors, 2, limbs, N) uint64. Runs every (polynomial, limb, tile) task, all vectors
+    per tile; the tasks' outputs are disjoint."""
+    gallery = work[0]
+    tasks = 2 * gallery.shape[2] * ((gallery.shape[3] + tile - 1) // tile)
+    for task in numba.prange(tasks):
+        _task(task, tile, work)
 
 
-@_jit(parallel=True)
-def combine_many_parallel(
-    gallery: Any,
-    pos_idx: Any,
-    pos_count: Any,
-    pos_pieces: Any,
-    neg_idx: Any,
-    neg_count: Any,
-    neg_pieces: Any,
-    primes: Any,
-    w: Any,
-    wq: Any,
-    out: Any,
-) -> None:
-    """The (polynomial, limb, tile) tasks of :func:`combine_many_serial` over numba's threads."""
-    limbs = gallery.shape[2]
-    degree = gallery.shape[3]
-    tiles = (degree + TILE_MANY - 1) // TILE_MANY
-    for task in numba.prange(2 * limbs * tiles):
-        c = task // (limbs * tiles)
-        limb = (task // tiles) % limbs
-        t0 = (task % tiles) * TILE_MANY
-        n = min(TILE_MANY, degree - t0)
-        _tile_many(gallery, c, limb, t0, n, pos_idx, pos_count, pos_pieces, neg_idx,
-                   neg_count, neg_pieces, primes, w, wq, out)  # fmt: skip
+def _serial_and_parallel(fn: F, name: str) -> tuple[F, F]:
+    """``fn`` compiled twice: on the calling thread (``numba.prange`` runs as ``range``)
+    and over numba's threads, as ``<name>_serial`` and ``<name>_parallel`` (each its own
+    name, so their entries in numba's on-disk cache stay apart)."""
+    compiled = []
+    for kind, parallel in (("serial", False), ("parallel", True)):
+        copy = types.FunctionType(fn.__code__, fn.__globals__, f"{name}_{kind}")
+        copy.__qualname__ = copy.__name__
+        copy.__doc__ = fn.__doc__
+        compiled.append(cast(F, _jit(parallel=parallel)(copy)))
+    return compiled[0], compiled[1]
+
+
+combine_serial, combine_parallel = _serial_and_parallel(_combine, "combine")
 
 
 # ------------------------------------------------- many dense vectors: a float64 product
@@ -428,79 +313,3 @@ def fold_products(
                     if total >= p:
                         total -= p
             out[m, c, limb, t0 + i] = total
-
-
-# ------------------------------------------------------- constants of their own per limb
-# A secret-shared probe's constants are residues of Z_p, a different vector per limb (the
-# shares of one integer constant k_j are uniform per limb, so no single integer stands for
-# them): each limb is summed with its own vector, the rest as above.
-@_jit()
-def _tile_limbs(
-    gallery: Any,
-    c: Any,
-    limb: Any,
-    t0: Any,
-    n: Any,
-    idx: Any,
-    count: Any,
-    pieces: Any,
-    primes: Any,
-    w: Any,
-    wq: Any,
-    out: Any,
-) -> None:
-    """out[m, c, limb, t0:t0+n] = sum of constants[m, limb, j] x_j mod p for every vector m."""
-    p = primes[limb]
-    acc = np.empty((4, n), dtype=np.uint64)
-    r = np.empty(n, dtype=np.uint64)
-    for m in range(out.shape[0]):
-        _signed_sum(gallery, c, limb, t0, n, idx[m, limb, : count[m, limb]], pieces[m, limb],
-                    w, wq, p, acc, r)  # fmt: skip
-        out[m, c, limb, t0 : t0 + n] = r
-
-
-@_jit()
-def combine_limbs_serial(
-    gallery: Any,
-    idx: Any,
-    count: Any,
-    pieces: Any,
-    primes: Any,
-    w: Any,
-    wq: Any,
-    out: Any,
-    tile: Any,
-) -> None:
-    """One thread over every (polynomial, limb, tile of ``tile`` coefficients: TILE for one
-    vector, TILE_MANY for several), all constant vectors per tile."""
-    limbs = gallery.shape[2]
-    degree = gallery.shape[3]
-    for c in range(2):
-        for limb in range(limbs):
-            for t0 in range(0, degree, tile):
-                n = min(tile, degree - t0)
-                _tile_limbs(gallery, c, limb, t0, n, idx, count, pieces, primes, w, wq, out)
-
-
-@_jit(parallel=True)
-def combine_limbs_parallel(
-    gallery: Any,
-    idx: Any,
-    count: Any,
-    pieces: Any,
-    primes: Any,
-    w: Any,
-    wq: Any,
-    out: Any,
-    tile: Any,
-) -> None:
-    """The tasks of :func:`combine_limbs_serial` over numba's threads."""
-    limbs = gallery.shape[2]
-    degree = gallery.shape[3]
-    tiles = (degree + tile - 1) // tile
-    for task in numba.prange(2 * limbs * tiles):
-        c = task // (limbs * tiles)
-        limb = (task // tiles) % limbs
-        t0 = (task % tiles) * tile
-        n = min(tile, degree - t0)
-        _tile_limbs(gallery, c, limb, t0, n, idx, count, pieces, primes, w, wq, out)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from frip_engine.errors import BackendError
-from frip_plugins.he_backends._pieces import PIECE_BITS, PIECE_MASK
+from frip_plugins.he_backends._pieces import ACCUMULATORS, PIECE_BITS, PIECE_MASK, PIECES
 
 SEAL_MAGIC = 0xA15E
 SEAL_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr, reserved, size
@@ -455,27 +455,17 @@ def _kernels() -> Any:
 
 
 @lru_cache(maxsize=32)
-def _shoup_tables(primes: tuple[int, ...], groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per limb and piece group, the weights 2^(22 v + 32 h) mod p of the four accumulators
-    (v = 2 * group + a // 2, h = a % 2) and their Shoup quotients floor(w * 2^64 / p)."""
-    w = np.empty((len(primes), groups, 4), dtype=np.uint64)
+def _shoup_tables(primes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per limb, the weights 2^(22 v + 32 h) mod p of the six accumulators (a = 2 v + h:
+    constant piece v, residue half h) and their Shoup quotients floor(w * 2^64 / p)."""
+    w = np.empty((len(primes), ACCUMULATORS), dtype=np.uint64)
     wq = np.empty_like(w)
     for limb, p in enumerate(primes):
-        for group in range(groups):
-            for a in range(4):
-                weight = pow(2, PIECE_BITS * (2 * group + a // 2) + 32 * (a % 2), p)
-                w[limb, group, a] = weight
-                wq[limb, group, a] = (weight << 64) // p
+        for a in range(ACCUMULATORS):
+            weight = pow(2, PIECE_BITS * (a // 2) + 32 * (a % 2), p)
+            w[limb, a] = weight
+            wq[limb, a] = (weight << 64) // p
     return w, wq
-
-
-def _split(magnitudes: np.ndarray, groups: int) -> np.ndarray:
-    """|k| as (groups, 2, n) contiguous 22-bit pieces, least significant first."""
-    out = np.empty((groups, 2, magnitudes.size), dtype=np.uint64)
-    for v in range(2 * groups):
-        shifted = magnitudes >> np.uint64(PIECE_BITS * v)
-        out[v // 2, v % 2] = shifted & np.uint64(PIECE_MASK)
-    return out
 
 
 def encode_constants(values: np.ndarray | Sequence[float], scale: float) -> np.ndarray:
@@ -492,36 +482,76 @@ def encode_constants(values: np.ndarray | Sequence[float], scale: float) -> np.n
     return k.astype(np.int64)
 
 
-def _checked_inputs(
-    residues: np.ndarray,
-    constants: np.ndarray,
-    primes: np.ndarray | Sequence[int],
-    threads: int,
-    batch: int | None,
-) -> tuple[np.ndarray, tuple[int, ...]]:
-    """The constants as int64 ((d,), or (probes, d) when ``batch`` is not None) and the
-    primes, after checking every argument of a combination (BackendError)."""
+def _checked(
+    residues: np.ndarray, primes: np.ndarray | Sequence[int], threads: int
+) -> tuple[int, ...]:
+    """The primes, after checking the residues (uint64 (d, 2, limbs, N), C-contiguous),
+    one prime below 2^61 per limb and the thread count (BackendError)."""
     if residues.ndim != 4 or residues.shape[1] != 2 or residues.dtype != np.uint64:
         raise BackendError(f"residues must be uint64 (d, 2, limbs, N), not {residues.shape}")
     if not residues.flags.c_contiguous:
         raise BackendError("residues must be C-contiguous")
-    d, limbs = residues.shape[0], residues.shape[2]
-    ks = np.asarray(constants)
-    shape, what = ((d,), f"({d},)") if batch is None else ((batch, d), f"(probes, {d})")
-    if ks.shape != shape or ks.dtype != np.int64:
-        raise BackendError(f"constants must be int64 {what}, not {ks.dtype} {ks.shape}")
+    limbs = residues.shape[2]
     prime_list = tuple(int(p) for p in primes)
     if len(prime_list) != limbs or any(not 1 < p < 2**61 for p in prime_list):
         raise BackendError(f"{limbs} primes below 2^61 expected, got {prime_list}")
     if threads < 1:
         raise BackendError("threads must be at least 1")
-    return ks, prime_list
+    return prime_list
 
 
-def _groups(magnitudes: np.ndarray) -> int:
-    """Piece groups the largest magnitude needs (at least one)."""
-    bits = int(magnitudes.max()).bit_length() if magnitudes.size else 0
-    return max(1, -(-bits // (2 * PIECE_BITS)))
+def _int_constants(residues: np.ndarray, constants: np.ndarray, batch: bool) -> np.ndarray:
+    """Integer constants as int64 (probes, d): ``constants`` must be int64 (d,), or
+    (probes, d) for a ``batch`` (BackendError)."""
+    d = residues.shape[0]
+    ks = np.asarray(constants)
+    shape, what = ((*ks.shape[:1], d), f"(probes, {d})") if batch else ((d,), f"({d},)")
+    if ks.ndim != len(shape) or ks.shape != shape or ks.dtype != np.int64:
+        raise BackendError(f"constants must be int64 {what}, not {ks.dtype} {ks.shape}")
+    return ks.reshape(-1, d)
+
+
+def _terms(magnitudes: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The kernel's view of constant vectors given as |k| (uint64 (vectors, rows, d), a
+    row for every limb or one for all) and their signs (bool, same shape): per (vector,
+    row) the features whose k is not 0, positive ones first (int64 (vectors, rows, d);
+    the tail is never read), how many are positive and how many negative (int64
+    (vectors, rows)), and their |k| in three 22-bit pieces (uint32 (vectors, rows, 3, d)),
+    least significant first."""
+    kind = np.where(magnitudes == 0, 2, negative.astype(np.int8))  # 0: k > 0, 1: k < 0
+    idx = np.argsort(kind, axis=-1, kind="stable").astype(np.int64)
+    positive = np.count_nonzero(kind == 0, axis=-1).astype(np.int64)
+    negatives = np.count_nonzero(kind == 1, axis=-1).astype(np.int64)
+    ordered = np.take_along_axis(magnitudes, idx, axis=-1)
+    pieces = np.empty((*magnitudes.shape[:-1], PIECES, magnitudes.shape[-1]), dtype=np.uint32)
+    for v in range(PIECES):
+        pieces[..., v, :] = (ordered >> np.uint64(PIECE_BITS * v)) & np.uint64(PIECE_MASK)
+    return idx, positive, negatives, pieces
+
+
+def _combine(
+    residues: np.ndarray,
+    magnitudes: np.ndarray,
+    negative: np.ndarray,
+    primes: tuple[int, ...],
+    threads: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """``sum_j (-1)^negative * magnitudes[m, l, j] * residues[j, :, l] mod p_l`` for each
+    vector m: (vectors, 2, L, N) uint64, by the one kernel every combination runs (a
+    row of ``magnitudes`` per limb, or one for every limb; any value below 2^64)."""
+    _, _, limbs, degree = residues.shape
+    shape = (magnitudes.shape[0], 2, limbs, degree)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint64)
+    elif out.shape != shape or out.dtype != np.uint64 or not out.flags.c_contiguous:
+        raise BackendError(f"out must be C-contiguous uint64 {shape[1:]}")
+    kernels = _kernels()
+    tile = kernels.TILE if shape[0] == 1 else kernels.TILE_MANY
+    w, wq = _shoup_tables(primes)
+    work = (residues, *_terms(magnitudes, negative), np.array(primes, dtype=np.uint64), w, wq, out)
+    _run(kernels.combine_serial, kernels.combine_parallel, (work, tile), threads)
+    return out
 
 
 def _run(serial: Any, parallel: Any, args: tuple[Any, ...], threads: int) -> None:
@@ -540,14 +570,6 @@ def _run(serial: Any, parallel: Any, args: tuple[Any, ...], threads: int) -> Non
         numba.set_num_threads(previous)
 
 
-def _out(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
-    if out is None:
-        return np.empty(shape, dtype=np.uint64)
-    if out.shape != shape or out.dtype != np.uint64:
-        raise BackendError(f"out must be uint64 {shape}")
-    return out
-
-
 def combine_residues(
     residues: np.ndarray,
     constants: np.ndarray,
@@ -559,45 +581,13 @@ def combine_residues(
 
     Exact for any int64 constants (zeros are skipped). ``threads`` > 1 runs numba's
     parallel kernel with that many threads (capped by ``NUMBA_NUM_THREADS``)."""
-    ks, prime_list = _checked_inputs(residues, constants, primes, threads, None)
-    _, _, limbs, degree = residues.shape
-    out = _out(out, (2, limbs, degree))
-    pos_idx = np.flatnonzero(ks > 0).astype(np.int64)
-    neg_idx = np.flatnonzero(ks < 0).astype(np.int64)
-    # |k| as uint64 (negation of int64 min would overflow; encode_constants stays < 2^62)
-    magnitudes = np.abs(ks).astype(np.uint64)
-    groups = _groups(magnitudes)
-    w, wq = _shoup_tables(prime_list, groups)
-    args = (
-        residues,
-        pos_idx,
-        _split(magnitudes[pos_idx], groups),
-        neg_idx,
-        _split(magnitudes[neg_idx], groups),
-        np.array(prime_list, dtype=np.uint64),
-        w,
-        wq,
-        out,
-    )
-    kernels = _kernels()
-    _run(kernels.combine_serial, kernels.combine_parallel, args, threads)
-    return out
-
-
-def _signed_terms(ks: np.ndarray, sign: int, groups: int) -> tuple[np.ndarray, ...]:
-    """For every row of ``ks`` (probes, d), the features whose constant has ``sign``
-    (padded (probes, d) int64, with a count per row) and their |k| in 22-bit pieces
-    (probes, groups, 2, d); the padding is never read."""
-    count, d = ks.shape
-    index = np.zeros((count, d), dtype=np.int64)
-    counts = np.zeros(count, dtype=np.int64)
-    pieces = np.zeros((count, groups, 2, d), dtype=np.uint64)
-    for m, row in enumerate(ks):
-        chosen = np.flatnonzero(row > 0 if sign > 0 else row < 0)
-        index[m, : chosen.size] = chosen
-        counts[m] = chosen.size
-        pieces[m, :, :, : chosen.size] = _split(np.abs(row[chosen]).astype(np.uint64), groups)
-    return index, counts, pieces
+    prime_list = _checked(residues, primes, threads)
+    ks = _int_constants(residues, constants, batch=False)
+    target = None if out is None else out[None]
+    # |k| as uint64: the absolute value of int64's minimum wraps to 2^63, its magnitude
+    result = _combine(residues, np.abs(ks).astype(np.uint64)[:, None], ks[:, None] < 0,
+                      prime_list, threads, target)  # fmt: skip
+    return result.reshape(result.shape[1:])
 
 
 def combine_residues_many(
@@ -605,30 +595,15 @@ def combine_residues_many(
     constants: np.ndarray,
     primes: np.ndarray | Sequence[int],
     threads: int = 1,
-    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`combine_residues` for several constant vectors at once, (probes, d) ->
     (probes, 2, L, N), bit-identical to combining them one by one, in one pass over the
     residues: each (polynomial, limb) tile of the gallery is read from memory once and
     summed with every vector while it sits in cache (a small modular matrix product)."""
-    count = np.asarray(constants).shape[0] if np.ndim(constants) == 2 else -1
-    ks, prime_list = _checked_inputs(residues, constants, primes, threads, count)
-    _, _, limbs, degree = residues.shape
-    out = _out(out, (count, 2, limbs, degree))
-    groups = _groups(np.abs(ks).astype(np.uint64))
-    w, wq = _shoup_tables(prime_list, groups)
-    args = (
-        residues,
-        *_signed_terms(ks, 1, groups),
-        *_signed_terms(ks, -1, groups),
-        np.array(prime_list, dtype=np.uint64),
-        w,
-        wq,
-        out,
-    )
-    kernels = _kernels()
-    _run(kernels.combine_many_serial, kernels.combine_many_parallel, args, threads)
-    return out
+    prime_list = _checked(residues, primes, threads)
+    ks = _int_constants(residues, constants, batch=True)
+    return _combine(residues, np.abs(ks).astype(np.uint64)[:, None], ks[:, None] < 0,
+                    prime_list, threads)  # fmt: skip
 
 
 PRODUCT_ROWS = 512  # rows per float64 product: 512 x (2^21 - 1) x (2^23 - 1) < 2^53
@@ -662,8 +637,9 @@ def combine_residues_product(
     signed 23-bit pieces; each (tile, up to 512 rows) product's integer sums stay below
     2^53, are reduced mod p and weighted by 2^(21 a + 23 b) mod p. Bit-identical to
     :func:`combine_residues` per vector (tests/test_batch.py)."""
-    count = np.asarray(constants).shape[0] if np.ndim(constants) == 2 else -1
-    ks, prime_list = _checked_inputs(residues, constants, primes, 1, count)
+    prime_list = _checked(residues, primes, 1)
+    ks = _int_constants(residues, constants, batch=True)
+    count = ks.shape[0]
     d, _, limbs, degree = residues.shape
     magnitudes = np.abs(ks).astype(np.uint64)
     bits = int(magnitudes.max()).bit_length() if magnitudes.size else 0
@@ -719,48 +695,23 @@ def combine_residues_limbs(
     primes: np.ndarray | Sequence[int],
     threads: int = 1,
 ) -> np.ndarray:
-    """``sum_j constants[m, l, j] * residues[j, :, l] mod p_l``: (d, 2, L, N) and uint64
+    """``sum_j constants[m, l, j] * residues[j, :, l] mod p``: (d, 2, L, N) and uint64
     (probes, L, d) -> (probes, 2, L, N), each limb with a constant vector of its own.
 
-    The constants are residues, any value of Z_p (0 to p - 1, up to 61 bits: two piece
-    groups), as a secret-shared probe's shares are; a value >= its limb's prime is refused
-    (BackendError), as SEAL refuses one. Exact, by the kernel of :func:`combine_residues`."""
-    if residues.ndim != 4 or residues.shape[1] != 2 or residues.dtype != np.uint64:
-        raise BackendError(f"residues must be uint64 (d, 2, limbs, N), not {residues.shape}")
-    if not residues.flags.c_contiguous:
-        raise BackendError("residues must be C-contiguous")
-    d, _, limbs, degree = residues.shape
+    The constants are residues, any value of Z_p (0 to p - 1, up to 61 bits), as a
+    secret-shared probe's shares are; a value >= its limb's prime is refused
+    (BackendError), as SEAL refuses one. Exact, by the kernel of :func:`combine_residues`
+    and at its cost: one pass over the residues, three pieces per constant either way."""
+    prime_list = _checked(residues, primes, threads)
+    d, _, limbs, _ = residues.shape
     ks = np.asarray(constants)
     if ks.ndim != 3 or ks.shape[1:] != (limbs, d) or ks.dtype != np.uint64:
         raise BackendError(
             f"constants must be uint64 (probes, {limbs}, {d}), not {ks.dtype} {ks.shape}"
         )
-    prime_list = tuple(int(p) for p in primes)
-    if len(prime_list) != limbs or any(not 1 < p < 2**61 for p in prime_list):
-        raise BackendError(f"{limbs} primes below 2^61 expected, got {prime_list}")
     if np.any(ks >= np.array(prime_list, dtype=np.uint64)[None, :, None]):
         raise BackendError("a constant is >= its limb's prime: not a residue")
-    if threads < 1:
-        raise BackendError("threads must be at least 1")
-    count = ks.shape[0]
-    groups = _groups(ks)
-    index = np.zeros((count, limbs, d), dtype=np.int64)
-    counts = np.zeros((count, limbs), dtype=np.int64)
-    pieces = np.zeros((count, limbs, groups, 2, d), dtype=np.uint64)
-    for m in range(count):
-        for limb in range(limbs):
-            chosen = np.flatnonzero(ks[m, limb])
-            index[m, limb, : chosen.size] = chosen
-            counts[m, limb] = chosen.size
-            pieces[m, limb, :, :, : chosen.size] = _split(ks[m, limb, chosen], groups)
-    w, wq = _shoup_tables(prime_list, groups)
-    out = np.empty((count, 2, limbs, degree), dtype=np.uint64)
-    kernels = _kernels()
-    tile = kernels.TILE if count == 1 else kernels.TILE_MANY
-    primes_array = np.array(prime_list, dtype=np.uint64)
-    args = (residues, index, counts, pieces, primes_array, w, wq, out, tile)
-    _run(kernels.combine_limbs_serial, kernels.combine_limbs_parallel, args, threads)
-    return out
+    return _combine(residues, ks, np.zeros(ks.shape, dtype=bool), prime_list, threads)
 
 
 # ---------------------------------------------------------------------------- block
