@@ -492,16 +492,25 @@ class Engine:
         self, items: Iterable[EnrolItem], progress: Progress | None = None
     ) -> EnrolReport:
         """Enrol subjects; each is committed whole or not at all, and failures are reported.
-        Raises InputError, enrolling nobody, when an item is not an EnrolItem."""
+        Raises InputError, enrolling nobody, when an item is not an EnrolItem.
+
+        Where the HE backend adds rows as deltas (packed CKKS) and the subjects fit in
+        open blocks, only planning (slots reserved) and each commit hold the write lock;
+        the encryption runs outside it, so writers in several threads, processes or
+        hosts encrypt at once. A new block is encrypted and committed under the lock."""
         self._check_open()
         report, templates = self._templates(items, progress)
         if not templates:
             return report
         with self._writing():
             prepared = self._plan(report, templates)
-            if not prepared.deltas:  # the whole write under the lock, as one writer
+            # a new block is made by one writer at a time, under the lock, so that writers
+            # pack as one would: the next sees it and fills its free slots
+            if not prepared.deltas or any(info is None for _, info, _, _ in prepared.steps):
                 try:
-                    blocks = self._encrypted_blocks(prepared.matrix, prepared.steps)
+                    blocks = self._encrypted_blocks(
+                        prepared.matrix, prepared.steps, prepared.deltas
+                    )
                     self._commit_plan(prepared, blocks)
                 finally:
                     prepared.discard()
@@ -518,8 +527,12 @@ class Engine:
         thread (the service's group commit): check and protect each item's template and
         allocate slots under the write lock, which is released on return. Then
         :meth:`encrypt_enrolment` (worker process) and :meth:`commit_enrolment` (this
-        thread again). Meanwhile the engine keeps answering from the committed blocks;
-        a write to the same blocks in between makes the commit refuse them (retry).
+        thread again). Meanwhile the engine keeps answering from the committed blocks.
+        Where the HE backend adds rows as deltas (packed CKKS) the plan's slots are
+        reserved until it is committed or discarded, and its rows are added to each
+        block's latest revision at commit, so other writes in between do not refuse it;
+        otherwise a write to the same blocks in between makes the commit refuse them
+        (retry).
         Raises InputError for an item that is no EnrolItem, KeyStoreError (nothing
         planned)."""
         self._check_open()
@@ -714,12 +727,20 @@ class Engine:
             if router is not None:
                 router.add(partition, data)
                 routing = (revision, self.key_service.seal_router(router))
-            loaded = None
-            try:
-                with self._writing() if lock else nullcontext():
-                    expected = 0 if info is None else info.revision
-                    if prepared.deltas and info is not None:
-                        expected, loaded, encrypted = self._with_delta(info, encrypted)
+            with self._writing() if lock else nullcontext():
+                expected, loaded, moved = 0 if info is None else info.revision, None, None
+                if prepared.deltas and info is not None:
+                    merged = self._with_delta(info, encrypted)  # a damaged block raises
+                    if merged is None:
+                        moved = StoreError(
+                            f"block {info.block_id} was removed or re-encrypted while this "
+                            "enrolment was encrypted; nothing was written, retry"
+                        )
+                    else:
+                        expected, loaded, encrypted = merged
+                try:
+                    if moved is not None:
+                        raise moved
                     block_id = self.gallery_store.commit_block(
                         None if info is None else info.block_id,
                         expected,
@@ -731,13 +752,13 @@ class Engine:
                         routing=routing,
                         context_sha256=fingerprint,
                     )
-                    self._recache(block_id, encrypted, loaded)
-            except FripError as exc:  # this chunk is absent; the others stand
-                for subject in added:
-                    prepared.report.fail(subject.subject_id, exc, f"not stored: {exc}")
-                if router is not None:
-                    router.add(partition, data, sign=-1)
-                continue
+                except FripError as exc:  # this chunk is absent; the others stand
+                    for subject in added:
+                        prepared.report.fail(subject.subject_id, exc, f"not stored: {exc}")
+                    if router is not None:
+                        router.add(partition, data, sign=-1)
+                    continue
+                self._recache(block_id, encrypted, loaded)
             revision += routing is not None
             for subject in added:
                 prepared.report.enrolled.append(subject.subject_id)
@@ -776,19 +797,17 @@ class Engine:
                 block = self.matcher.add_rows(self._load_block(info), matrix[chunk], slots)
                 yield mine, self.matcher.dump(block)
 
-    def _with_delta(self, info: BlockInfo, delta: bytes) -> tuple[int, Any, bytes]:
+    def _with_delta(self, info: BlockInfo, delta: bytes) -> tuple[int, Any, bytes] | None:
         """Under the write lock: block ``info.block_id`` at its latest revision with the
         rows of ``delta`` (a block of those rows alone, in slots reserved for them)
-        added, as (that revision, the loaded sum, the sum serialised). The addition
-        commutes, so deltas encrypted in parallel may land in any order; the slots were
-        reserved, so the rows of two writers never meet in one slot. StoreError when the
-        block is gone or moved to another HE key (nothing written)."""
+        added, as (that revision, the loaded sum, the sum serialised); None when the
+        block is gone or moved to another HE key meanwhile. The addition commutes, so
+        deltas encrypted in parallel may land in any order; the slots were reserved, so
+        the rows of two writers never meet in one slot. A block that cannot be read
+        (damaged) raises its StoreError/CorruptionError."""
         latest = next((b for b in self.gallery_store.blocks() if b.block_id == info.block_id), None)
         if latest is None or latest.key_version != self.key_version:
-            raise StoreError(
-                f"block {info.block_id} was removed or re-encrypted while this enrolment "
-                "was encrypted; nothing was written, retry"
-            )
+            return None
         adder = delta_matcher(self.matcher)
         if adder is None:
             raise StoreError(f"{self.parts.he_backend.description} adds no enrolment deltas")
@@ -821,6 +840,8 @@ class Engine:
                 return
             if info.partition != partition or info.key_version != self.key_version:
                 continue
+            if len(occupied[info.block_id]) >= info.capacity:
+                continue  # full: no need to ask for its reservations
             taken = occupied[info.block_id] | self._reserved.taken(info.block_id)
             free = [s for s in range(info.capacity) if s not in taken]
             if free:

@@ -131,7 +131,8 @@ class ZeroStock:
 
     ``make(n)`` encrypts n zeros (the matcher's ``encrypt_zeros``); the refill thread
     makes them ``batch`` at a time up to ``capacity``, and only while :meth:`busy` is not
-    held (a task runs), so it never slows a task by more than one batch."""
+    held (a task runs): a task waits for at most one batch, and never shares the matcher
+    with the refill."""
 
     def __init__(self, make: Callable[[int], list[Any]], capacity: int, batch: int = 16) -> None:
         self._make = make
@@ -141,6 +142,7 @@ class ZeroStock:
         self._lock = threading.Lock()
         self._idle = threading.Event()
         self._idle.set()
+        self._making = threading.Lock()  # held while a batch is made
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -171,7 +173,10 @@ class ZeroStock:
             if len(self._stock) >= self._capacity:
                 self._stop.wait(0.05)
                 continue
-            made = self._make(self._batch)
+            with self._making:
+                if not self._idle.is_set():
+                    continue
+                made = self._make(self._batch)
             with self._lock:
                 self._stock.extend(made[: self._capacity - len(self._stock)])
 
@@ -183,8 +188,11 @@ class ZeroStock:
 
     @contextmanager
     def busy(self) -> Iterator[None]:
-        """Pause the refill for the ``with`` block (a task has the core)."""
+        """Pause the refill for the ``with`` block (a task has the core, and the
+        matcher: the batch being made is finished first, never made alongside)."""
         self._idle.clear()
+        with self._making:
+            pass
         try:
             yield
         finally:
