@@ -50,7 +50,7 @@ def _enrol_in_two(engine: Engine, gallery: np.ndarray) -> None:
 # costly part, and the enrolment path it checks is the scorer-independent delta)
 CASES = [(backend, "plain") for backend in BACKENDS] + [
     ("tenseal-fast", "pe-miu"),
-    ("pyfhel-library", "pe-miu"),
+    ("pyfhel-fast", "pe-miu"),
 ]
 
 
