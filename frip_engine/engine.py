@@ -88,6 +88,7 @@ from frip_engine.profile import (
 )
 from frip_engine.routing import RouterState, plan
 from frip_engine.sharing import SharedProbe, SharedScorer
+from frip_engine.slots import Reservations, delta_matcher
 from frip_engine.validate import check_subject_id, check_threshold, check_top_k
 from frip_engine.writelock import write_lock
 
@@ -146,12 +147,19 @@ class EnrolPlan:
     router: RouterState | None
     revision: int
     key_version: int
+    # whether each step's rows are encrypted alone and added to the block's latest
+    # revision at commit (a delta, see Engine._commit_plan), and the releases of the
+    # slots reserved for it (frip_engine.slots)
+    deltas: bool = False
+    releases: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def discard(self) -> None:
-        """Wipe the plaintext templates and the routing state."""
+        """Wipe the plaintext templates and the routing state; release the reserved slots."""
         self.matrix.fill(0.0)
         if self.router is not None:
             self.router.wipe()
+        while self.releases:
+            self.releases.pop()()
 
 
 Progress = Callable[[str], None]
@@ -270,6 +278,7 @@ class Engine:
         self._sharers: SharedScorer | None = None  # the shared probe mode's two matchers
         # prepared enrolments' encryption, when the executor scores in this process
         self._encryptor: ParallelScorer | None = None
+        self._reserved = Reservations(self.gallery_store)  # slots of enrolments in flight
         self._slot_map: tuple[tuple[tuple[int, int], ...], Occupants] | None = None
         self.key_version = 0
         self._closed = False
@@ -491,17 +500,34 @@ class Engine:
         self, items: Iterable[EnrolItem], progress: Progress | None = None
     ) -> EnrolReport:
         """Enrol subjects; each is committed whole or not at all, and failures are reported.
-        Raises InputError, enrolling nobody, when an item is not an EnrolItem."""
+        Raises InputError, enrolling nobody, when an item is not an EnrolItem.
+
+        Where the HE backend adds rows as deltas (packed CKKS) and the subjects fit in
+        open blocks, only planning (slots reserved) and each commit hold the write lock;
+        the encryption runs outside it, so writers in several threads, processes or
+        hosts encrypt at once. A new block is encrypted and committed under the lock."""
         self._check_open()
         report, templates = self._templates(items, progress)
-        if templates:
-            with self._writing():
-                prepared = self._plan(report, templates)
+        if not templates:
+            return report
+        with self._writing():
+            prepared = self._plan(report, templates)
+            # a new block is made by one writer at a time, under the lock, so that writers
+            # pack as one would: the next sees it and fills its free slots
+            if not prepared.deltas or any(info is None for _, info, _, _ in prepared.steps):
                 try:
-                    blocks = self._encrypted_blocks(prepared.matrix, prepared.steps)
+                    blocks = self._encrypted_blocks(
+                        prepared.matrix, prepared.steps, prepared.deltas
+                    )
                     self._commit_plan(prepared, blocks)
                 finally:
                     prepared.discard()
+                return report
+        try:  # slots reserved: encrypt outside the lock, commit each block under it
+            blocks = self._encrypted_blocks(prepared.matrix, prepared.steps, deltas=True)
+            self._commit_plan(prepared, blocks, lock=True)
+        finally:
+            prepared.discard()
         return report
 
     def prepare_enrolment(self, items: Iterable[EnrolItem]) -> EnrolPlan:
@@ -509,8 +535,12 @@ class Engine:
         thread (the service's group commit): check and protect each item's template and
         allocate slots under the write lock, which is released on return. Then
         :meth:`encrypt_enrolment` (worker process) and :meth:`commit_enrolment` (this
-        thread again). Meanwhile the engine keeps answering from the committed blocks;
-        a write to the same blocks in between makes the commit refuse them (retry).
+        thread again). Meanwhile the engine keeps answering from the committed blocks.
+        Where the HE backend adds rows as deltas (packed CKKS) the plan's slots are
+        reserved until it is committed or discarded, and its rows are added to each
+        block's latest revision at commit, so other writes in between do not refuse it;
+        otherwise a write to the same blocks in between makes the commit refuse them
+        (retry).
         Raises InputError for an item that is no EnrolItem, KeyStoreError (nothing
         planned)."""
         self._check_open()
@@ -530,7 +560,7 @@ class Engine:
         encryptor = self._encrypting()
         jobs = [
             (
-                None if info is None else (info.block_id, info.revision),
+                None if info is None or prepared.deltas else (info.block_id, info.revision),
                 prepared.matrix[rows],
                 slots,
             )
@@ -543,8 +573,10 @@ class Engine:
     ) -> EnrolReport:
         """On the engine's thread: commit the encrypted ``blocks`` of ``prepared``, each
         block with its slot-map rows in one store transaction; a block the store refuses
-        (changed meanwhile, keys rotated) leaves its subjects absent and failed in the
-        report, as does a failed encryption for all of them. Wipes the plan."""
+        (changed meanwhile where the plan is no delta, keys rotated) leaves its subjects
+        absent and failed in the report, as does a failed encryption for all of them. A
+        delta plan's rows are added to each block's latest revision, so writes made
+        meanwhile do not refuse it. Wipes the plan and releases its slots."""
         try:
             try:
                 encrypted = blocks.result()
@@ -645,13 +677,22 @@ class Engine:
         by_partition: dict[int, list[int]] = defaultdict(list)
         for row, partition in enumerate(partitions.tolist()):
             by_partition[int(partition)].append(row)
-        steps = [
-            (partition, info, slots, chunk)
-            for partition, rows in by_partition.items()
-            for info, slots, chunk in self._allocate(partition, rows)
-        ]
-        counts = [templates[s][1] for s in ids]
-        return EnrolPlan(report, ids, counts, matrix, steps, router, revision, self.key_version)
+        # a routed plan commits a routing revision of its own: it stays one whole write
+        deltas = delta_matcher(self.matcher) is not None and router is None
+        prepared = EnrolPlan(
+            report, ids, [], matrix, [], router, revision, self.key_version, deltas
+        )
+        try:
+            for partition, rows in by_partition.items():
+                for info, slots, chunk in self._allocate(partition, rows):
+                    prepared.steps.append((partition, info, slots, chunk))
+                    if info is not None:
+                        prepared.releases.append(self._reserved.hold(info.block_id, slots))
+        except BaseException:
+            prepared.discard()
+            raise
+        prepared.counts = [templates[s][1] for s in ids]
+        return prepared
 
     def _plan_partitions(self, matrix: np.ndarray) -> tuple[RouterState | None, int, np.ndarray]:
         """Each template's partition; for routed clusterers also the opened routing state."""
@@ -666,10 +707,18 @@ class Engine:
         router, partitions = plan(router, matrix, clusterer, size, self.parts.extractor.name)
         return router, current[0] if current else 0, partitions
 
-    def _commit_plan(self, prepared: EnrolPlan, blocks: Iterable[tuple[str, bytes]]) -> None:
+    def _commit_plan(
+        self, prepared: EnrolPlan, blocks: Iterable[tuple[str, bytes]], lock: bool = False
+    ) -> None:
         """Commit each step of ``prepared`` with its block from ``blocks`` (in step order),
         block and slot-map rows in one store transaction per block; a block the store
-        refuses leaves its subjects absent and failed in the report, the others stand."""
+        refuses leaves its subjects absent and failed in the report, the others stand.
+        With ``lock`` each commit takes the write lock itself (the blocks are encrypted
+        outside it); else the caller holds it.
+
+        A delta plan's block of an open block's step holds the new rows alone (zero in
+        every other slot): it is added to the block's latest revision, read under the
+        lock, and that sum is committed (:meth:`_with_delta`)."""
         ids, router, revision = prepared.ids, prepared.router, prepared.revision
         for (partition, info, slots, chunk), (fingerprint, encrypted) in zip(
             prepared.steps, blocks, strict=True
@@ -682,26 +731,39 @@ class Engine:
             if router is not None:
                 router.add(partition, data)
                 routing = (revision, self.key_service.seal_router(router))
-            try:
-                block_id = self.gallery_store.commit_block(
-                    None if info is None else info.block_id,
-                    0 if info is None else info.revision,
-                    partition,
-                    self.key_version,
-                    self.matcher.slots,
-                    encrypted,
-                    added=added,
-                    routing=routing,
-                    context_sha256=fingerprint,
-                )
-            except FripError as exc:  # this chunk is absent; the others stand
-                for subject in added:
-                    prepared.report.fail(subject.subject_id, exc, f"not stored: {exc}")
-                if router is not None:
-                    router.add(partition, data, sign=-1)
-                continue
+            with self._writing() if lock else nullcontext():
+                expected, loaded, moved = 0 if info is None else info.revision, None, None
+                if prepared.deltas and info is not None:
+                    merged = self._with_delta(info, encrypted)  # a damaged block raises
+                    if merged is None:
+                        moved = StoreError(
+                            f"block {info.block_id} was removed or re-encrypted while this "
+                            "enrolment was encrypted; nothing was written, retry"
+                        )
+                    else:
+                        expected, loaded, encrypted = merged
+                try:
+                    if moved is not None:
+                        raise moved
+                    block_id = self.gallery_store.commit_block(
+                        None if info is None else info.block_id,
+                        expected,
+                        partition,
+                        self.key_version,
+                        self.matcher.slots,
+                        encrypted,
+                        added=added,
+                        routing=routing,
+                        context_sha256=fingerprint,
+                    )
+                except FripError as exc:  # this chunk is absent; the others stand
+                    for subject in added:
+                        prepared.report.fail(subject.subject_id, exc, f"not stored: {exc}")
+                    if router is not None:
+                        router.add(partition, data, sign=-1)
+                    continue
+                self._recache(block_id, encrypted, loaded)
             revision += routing is not None
-            self._recache(block_id, encrypted)
             for subject in added:
                 prepared.report.enrolled.append(subject.subject_id)
                 _emit(
@@ -713,13 +775,14 @@ class Engine:
                 )
 
     def _encrypted_blocks(
-        self, matrix: np.ndarray, steps: Sequence[Step]
+        self, matrix: np.ndarray, steps: Sequence[Step], deltas: bool = False
     ) -> Iterator[tuple[str, bytes]]:
         """Each step's block in order, as (fingerprint of the public context that encrypted
-        it, serialised block): an open block with its rows added, or a new block. With
-        several workers the new blocks of a bulk enrolment are encrypted in the worker
+        it, serialised block): an open block with its rows added, or a new block; with
+        ``deltas`` every step's rows alone (the delta its commit adds). With several
+        workers the new blocks of a bulk enrolment are encrypted in the worker
         processes, a few ahead, while this process commits the earlier ones."""
-        fresh = [i for i, (_, info, _, _) in enumerate(steps) if info is None]
+        fresh = [i for i, (_, info, _, _) in enumerate(steps) if info is None or deltas]
         scorer = self._parallel() if self._workers() > 1 and len(fresh) > 1 else None
         mine = context_fingerprint(self.key_service.public_context)
         ahead: dict[int, Future[tuple[str, bytes]]] = {}
@@ -732,22 +795,41 @@ class Engine:
                 ahead[j] = scorer.encrypt(matrix[steps[j][3]], steps[j][2], self.key_version)
             if i in ahead:
                 yield result(ahead.pop(i))
-            elif info is None:
+            elif info is None or deltas:
                 yield mine, self.matcher.dump(self.matcher.encrypt_rows(matrix[chunk], slots))
             else:
                 block = self.matcher.add_rows(self._load_block(info), matrix[chunk], slots)
                 yield mine, self.matcher.dump(block)
 
-    def _recache(self, block_id: int, committed: bytes) -> None:
+    def _with_delta(self, info: BlockInfo, delta: bytes) -> tuple[int, Any, bytes] | None:
+        """Under the write lock: block ``info.block_id`` at its latest revision with the
+        rows of ``delta`` (a block of those rows alone, in slots reserved for them)
+        added, as (that revision, the loaded sum, the sum serialised); None when the
+        block is gone or moved to another HE key meanwhile. The addition commutes, so
+        deltas encrypted in parallel may land in any order; the slots were reserved, so
+        the rows of two writers never meet in one slot. A block that cannot be read
+        (damaged) raises its StoreError/CorruptionError."""
+        latest = next((b for b in self.gallery_store.blocks() if b.block_id == info.block_id), None)
+        if latest is None or latest.key_version != self.key_version:
+            return None
+        adder = delta_matcher(self.matcher)
+        if adder is None:
+            raise StoreError(f"{self.parts.he_backend.description} adds no enrolment deltas")
+        merged = adder.add_delta(self._load_block(latest), self.matcher.load(delta))
+        return latest.revision, merged, self.matcher.dump(merged)
+
+    def _recache(self, block_id: int, committed: bytes, loaded: Any = None) -> None:
         """Under the write lock, right after this engine committed ``committed`` as block
         ``block_id``: a block this process holds in its cache is replaced by the committed
-        bytes, loaded, at the revision the store now records (what a reload would read,
-        without reading 67 MB back); a block it does not hold stays out (no memory grows)."""
+        bytes, loaded (or ``loaded``, the block they serialise), at the revision the store
+        now records (what a reload would read, without reading 67 MB back); a block it
+        does not hold stays out (no memory grows)."""
         if self._blocks.pop(block_id, None) is None:
             return
         info = next((b for b in self.gallery_store.blocks() if b.block_id == block_id), None)
         if info is not None:
-            self._blocks[block_id] = (info.revision, self.matcher.load(committed))
+            block = self.matcher.load(committed) if loaded is None else loaded
+            self._blocks[block_id] = (info.revision, block)
 
     def _allocate(
         self, partition: int, rows: list[int]
@@ -762,7 +844,10 @@ class Engine:
                 return
             if info.partition != partition or info.key_version != self.key_version:
                 continue
-            free = [s for s in range(info.capacity) if s not in occupied[info.block_id]]
+            if len(occupied[info.block_id]) >= info.capacity:
+                continue  # full: no need to ask for its reservations
+            taken = occupied[info.block_id] | self._reserved.taken(info.block_id)
+            free = [s for s in range(info.capacity) if s not in taken]
             if free:
                 take = pending[: len(free)]
                 pending = pending[len(take) :]

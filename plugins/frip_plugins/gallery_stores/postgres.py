@@ -7,8 +7,11 @@ checked on each read; ``snapshot`` reads one consistent state (REPEATABLE READ);
 schema version is the highest row of ``schema_migrations``.
 
 Writers: every write transaction takes ``pg_advisory_xact_lock`` on the engine, and an
-engine's whole write (read the slot map, pick slots, encrypt, commit) holds the session
-advisory lock (``exclusive``), so writers on any host pack subjects as one writer would.
+engine's write holds the session advisory lock (``exclusive``) while it reads the slot
+map and picks slots, and again while it commits, so writers on any host pack subjects as
+one writer would. In between, an enrolment encrypts its rows with no lock held, its slots
+reserved by session advisory locks of their own (``reserve_slots``), which the server
+drops with the session of a writer that dies.
 
 Erasure: PostgreSQL keeps the old version of an updated row in the table's files until
 it is vacuumed, and plain VACUUM only marks the space free. After a removal or a key
@@ -46,6 +49,9 @@ SCHEMA_VERSION = 1
 # PostgreSQL's limit on one bytea value is 1 GB; a block is stored as one.
 MAX_BLOB_BYTES = (1 << 30) - 1
 WAIT_SECONDS = 600  # how long a writer waits for another's advisory lock
+# slot reservations: advisory lock (engine key, block * SLOT_SPAN + slot); int4 keys, so
+# block ids below 2^31 / SLOT_SPAN = 131072
+SLOT_SPAN = 1 << 14
 MIGRATIONS: dict[int, tuple[str, str]] = {
     1: (
         "the gallery: meta, public contexts, blocks, slot map, routing, staged rotation",
@@ -152,6 +158,8 @@ class PostgresGalleryStore(SqlGalleryStore):
         self._pool: ConnectionPool[Any] | None = None
         self._pinned = threading.local()
         self._checked = False
+        self._reserving: psycopg.Connection[Any] | None = None
+        self._reserve_lock = threading.Lock()
 
     @property
     def max_blob_bytes(self) -> int:
@@ -368,10 +376,80 @@ class PostgresGalleryStore(SqlGalleryStore):
         except self._operational as exc:
             raise self._failed(exc, wrote=True) from exc
 
+    # --------------------------------------------- reservations of enrolments in flight
+    def _slot_key(self) -> int:
+        """The first key of this engine's slot reservations (31 bits of the schema's
+        SHA-256, so that ``pg_locks.classid``, an oid, reads it back unchanged)."""
+        return self._lock_key() & 0x7FFFFFFF
+
+    def _reserver(self) -> psycopg.Connection[Any]:
+        """The connection whose session holds this process's reservations (not pooled:
+        the server drops its locks when this process, and so the session, ends)."""
+        if self._reserving is None or self._reserving.closed:
+            import psycopg
+
+            try:
+                self._reserving = psycopg.connect(self._conninfo(), autocommit=True)
+            except self._operational as exc:
+                raise self._failed(exc, wrote=False) from exc
+        return self._reserving
+
+    def _slot_locks(self, call: str, block_id: int, slots: list[int]) -> list[bool]:
+        keys = [block_id * SLOT_SPAN + slot for slot in slots]
+        with self._reserve_lock:
+            try:
+                rows = (
+                    self._reserver()
+                    .execute(
+                        f"SELECT {call}(%s, k) FROM unnest(%s::int[]) AS k",
+                        (self._slot_key(), keys),
+                    )
+                    .fetchall()
+                )
+            except self._operational as exc:
+                raise self._failed(exc, wrote=False) from exc
+        return [bool(row[0]) for row in rows]
+
+    def reserve_slots(self, block_id: int, slots: list[int]) -> None:
+        """Reserve ``slots`` of ``block_id`` for an enrolment in flight, on any host, until
+        :meth:`release_slots` or this process's session ends: session advisory locks
+        (engine key, block * SLOT_SPAN + slot) on a connection of its own. StoreError if
+        another writer holds one (nothing is then held)."""
+        got = self._slot_locks("pg_try_advisory_lock", block_id, slots)
+        if not all(got):
+            self.release_slots(block_id, [s for s, ok in zip(slots, got, strict=True) if ok])
+            raise StoreError(
+                f"{self._where()}: slots of block {block_id} are reserved by another writer; retry"
+            )
+
+    def release_slots(self, block_id: int, slots: list[int]) -> None:
+        if slots and self._reserving is not None and not self._reserving.closed:
+            self._slot_locks("pg_advisory_unlock", block_id, slots)
+
+    def reserved_slots(self, block_id: int) -> set[int]:
+        """The slots of ``block_id`` that enrolments in flight (any process, any host)
+        reserved."""
+        rows = self._raw_query(
+            "SELECT objid::bigint - %s FROM pg_locks WHERE locktype = 'advisory' "
+            "AND objsubid = 2 AND classid = %s::bigint::oid AND objid::bigint >= %s "
+            "AND objid::bigint < %s AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())",
+            (
+                block_id * SLOT_SPAN,
+                self._slot_key(),
+                block_id * SLOT_SPAN,
+                (block_id + 1) * SLOT_SPAN,
+            ),
+        )
+        return {int(row[0]) for row in rows}
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        if self._reserving is not None:
+            self._reserving.close()  # the server drops the session's reservations
+            self._reserving = None
         self._checked = False
 
 

@@ -19,6 +19,7 @@ from frip_engine.contracts import GalleryStore, Register
 from frip_engine.errors import StoreError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.private import engine_file, private_file
+from frip_plugins.gallery_stores._slot_locks import SlotLocks
 from frip_plugins.gallery_stores._sql import SqlGalleryStore
 
 SCHEMA_VERSION = 1
@@ -57,6 +58,7 @@ class SQLiteGalleryStore(SqlGalleryStore):
         self._placed = path  # bind() resolves it against the engine folder
         self.path = Path(path) if path else None  # as given until bound
         self._db: sqlite3.Connection | None = None
+        self._slots: SlotLocks | None = None
         self._engine = "?"
 
     @property
@@ -176,10 +178,32 @@ class SQLiteGalleryStore(SqlGalleryStore):
             tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             tx.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
 
+    # --------------------------------------------- reservations of enrolments in flight
+    def _slot_locks(self) -> SlotLocks:
+        if self._slots is None:
+            if self.path is None:
+                raise StoreError("sqlite gallery store is not bound to an engine directory")
+            self._slots = SlotLocks(self.path.with_name(self.path.name + ".slots"))
+        return self._slots
+
+    def reserve_slots(self, block_id: int, slots: list[int]) -> None:
+        """Reserve ``slots`` of ``block_id`` for an enrolment in flight, across processes,
+        until :meth:`release_slots` or this process ends (``frip_engine.slots``)."""
+        self._slot_locks().reserve(block_id, slots)
+
+    def release_slots(self, block_id: int, slots: list[int]) -> None:
+        self._slot_locks().release(block_id, slots)
+
+    def reserved_slots(self, block_id: int) -> set[int]:
+        """The slots of ``block_id`` that enrolments in flight (any process) reserved."""
+        return self._slot_locks().taken(block_id)
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._slots is not None:
+            self._slots.close()
 
 
 @hookimpl

@@ -79,6 +79,13 @@ class PyfhelOps:
         with _seal_errors("Pyfhel cannot add these ciphertexts"):
             return self.he.add(a, b, in_new_ctxt=True)
 
+    def add_plain(self, ct: Any, values: np.ndarray) -> Any:
+        with _seal_errors("Pyfhel cannot add this plaintext"):
+            plain = self.he.encodeFrac(
+                np.ascontiguousarray(values, dtype=np.float64), scale=ct.scale
+            )
+            return self.he.add_plain(ct, plain, in_new_ctxt=False)
+
     def _constant(self, value: float) -> Any:
         """The constant in every slot at the initial scale, or None when it encodes to 0
         (SEAL refuses a product with a zero plaintext: transparent ciphertext)."""

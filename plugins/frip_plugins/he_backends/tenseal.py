@@ -38,6 +38,10 @@ class TenSEALOps:
     def add(self, a: Any, b: Any) -> Any:
         return a + b
 
+    def add_plain(self, ct: Any, values: np.ndarray) -> Any:
+        # CKKSVector.add_plain encodes at the ciphertext's level (parms_id) and scale
+        return ct + np.asarray(values, dtype=np.float64).tolist()
+
     def weighted_sum(self, cts: Sequence[Any], weights: Sequence[tuple[int, float]]) -> Any:
         (first, weight), rest = weights[0], weights[1:]
         total = cts[first] * weight
