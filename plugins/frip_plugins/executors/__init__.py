@@ -1,0 +1,1 @@
+"""Executors that score the encrypted gallery and encrypt new blocks (``[executor]``)."""
