@@ -20,8 +20,11 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from frip_engine.errors import FripError, each_or_error
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import numpy as np
 
+    from frip_engine.parallel import EncryptJob
     from frip_engine.pemiu import PemiuTemplate
     from frip_engine.sharing import SharedProbe
 
@@ -446,6 +449,92 @@ class Adapter(Protocol):
     def decode(self, payload: bytes) -> np.ndarray: ...
 
     def encode(self, embedding: np.ndarray) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    """One worker or shard of an executor, as ``frip cluster status`` shows it.
+
+    ``name``: the shard's name within its executor (``worker-0``, ``shard-3``);
+    ``node``: where it runs (a host name, a Ray node id; ``local`` for this process);
+    ``blocks``: the ids of the gallery blocks it holds loaded now, ascending (a block
+    not yet scored since the shard started is not listed: shards load lazily);
+    ``bytes_held``: the serialised size in bytes of those blocks (what a reload from
+    the store reads; the loaded objects take about as much memory);
+    ``healthy``: whether it answers; ``why``: when it does not, why, in one sentence
+    (empty when healthy). Public facts only: no key, score or subject id.
+    """
+
+    name: str
+    node: str
+    blocks: tuple[int, ...]
+    bytes_held: int
+    healthy: bool
+    why: str = ""
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where an engine's encrypted gallery is scored and its new blocks encrypted: in the
+    engine's process (``local``), in worker processes on this machine (``processes``), on
+    a cluster (``ray``), or anywhere a vendor's plugin runs them.
+
+    The factory a plugin registers is called as ``factory(setup, **params)``: ``setup``
+    is a :class:`~frip_engine.parallel.WorkerSetup` (the HE backend and gallery store
+    plugins with their parameters, the engine folder, the public context of one HE key
+    version), ``params`` the profile's ``[executor]`` keys besides ``plugin``. An
+    executor holds public material only: the public context, the gallery's encrypted
+    blocks and probe payloads (encrypted or shared, as the matcher takes them); never
+    the secret key, a decrypted score, an embedding or a subject id. It serves the key
+    version of its setup only; the engine closes it and builds a new one after a key
+    rotation. Its methods are called from one thread at a time.
+    """
+
+    @property
+    def name(self) -> str:
+        """The executor's registered name (``local``, ``processes``, ``ray``)."""
+        ...
+
+    def score_many(
+        self, jobs: list[tuple[BlockInfo, tuple[bytes, ...]]]
+    ) -> list[list[bytes | FripError]]:
+        """Score probes on blocks. ``jobs``: (block, probe payloads) per block, the
+        payloads as the matcher's ``encode_probe`` made them. Returns, per job in order,
+        one entry per payload in order: that probe's score ciphertext on the block
+        (``matcher.score``'s bytes), or the probe's own FripError (a payload the matcher
+        cannot parse or score fails alone, as :func:`score_isolated` does).
+
+        The executor loads each block itself, by ``block_id``, from the gallery store or
+        its own cache, and never scores a revision other than ``BlockInfo.revision``.
+        Raises (for the whole call, never a partial answer): StoreError when a block's
+        revision moved in the store (retry) or a job names another key version than the
+        setup's; WorkerLostError (503 ``worker_lost``, retry) when a worker or shard
+        ended before answering."""
+        ...
+
+    def encrypt_steps(
+        self, jobs: list[EncryptJob], key_version: int
+    ) -> Future[list[tuple[str, bytes]]]:
+        """Encrypt the blocks of one enrolment off the caller's thread. ``jobs``: per
+        block, the open block to add to as (block id, revision), or None for a new block,
+        then the rows (float64, shape (n, dimension)) and their slots; ``key_version``
+        must be the setup's (else the future fails with StoreError). The future gives,
+        per job in order, (SHA-256 hex of the public context that encrypted it,
+        serialised block); it fails with StoreError when an open block moved, with
+        another exception when the worker doing it died (the engine reports that as
+        WorkerLostError). The rows are dropped once encrypted."""
+        ...
+
+    def status(self) -> list[ShardStatus]:
+        """One :class:`ShardStatus` per worker or shard, in a stable order; every block
+        a shard holds is listed by exactly one shard. Never raises for an unhealthy
+        shard: it is listed with ``healthy=False`` and why."""
+        ...
+
+    def close(self) -> None:
+        """Stop the workers or shards and drop the blocks held; closing twice is
+        harmless. A closed executor is not used again (the engine builds a new one)."""
+        ...
 
 
 def protocol_members(protocol: type) -> list[str]:

@@ -40,11 +40,10 @@ from frip_engine import hookspecs, plugins
 from frip_engine.calibration import engine_threshold, lookup
 from frip_engine.contracts import (
     BlockInfo,
+    Executor,
     NewSubject,
     SharingMatcher,
     SubjectRecord,
-    parse_isolated,
-    score_isolated,
 )
 from frip_engine.decision import Candidate, Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
@@ -67,7 +66,13 @@ from frip_engine.errors import (
 )
 from frip_engine.images import load_image
 from frip_engine.keyservice import KeyService, he_key_id, he_key_version, wipe
-from frip_engine.parallel import ParallelScorer, WorkerSetup, context_fingerprint, result
+from frip_engine.parallel import (
+    InProcess,
+    ParallelScorer,
+    WorkerSetup,
+    context_fingerprint,
+    result,
+)
 from frip_engine.pemiu import PemiuTemplate, stored_vector
 from frip_engine.private import private_dir
 from frip_engine.probe import ImageSource, Probe
@@ -86,6 +91,7 @@ from frip_engine.validate import check_subject_id, check_threshold, check_top_k
 from frip_engine.writelock import write_lock
 
 PROFILE_FILE = "profile.toml"
+IN_PROCESS = "local"  # the executor that scores in this process, on this engine's blocks
 # One enrolment step: (partition, open block or None for a new one, free slots, rows).
 Step = tuple[int, BlockInfo | None, list[int], list[int]]
 logger = logging.getLogger("frip_engine")
@@ -259,9 +265,10 @@ class Engine:
         self.parts = parts
         self.gallery_store = parts.gallery_store
         self._blocks: dict[int, tuple[int, Any]] = {}
-        self._scorer: ParallelScorer | None = None
+        self._scorer: Executor | None = None  # scores the gallery ([executor], built lazily)
         self._sharers: SharedScorer | None = None  # the shared probe mode's two matchers
-        self._encryptor: ParallelScorer | None = None  # prepared enrolments' encryption
+        # prepared enrolments' encryption, when the executor scores in this process
+        self._encryptor: ParallelScorer | None = None
         self._slot_map: tuple[tuple[tuple[int, int], ...], dict[int, dict[int, str]]] | None = None
         self.key_version = 0
         self._closed = False
@@ -519,11 +526,7 @@ class Engine:
             nothing: Future[list[tuple[str, bytes]]] = Future()
             nothing.set_result([])
             return nothing
-        if self._encryptor is not None and self._encryptor.key_version != self.key_version:
-            self._encryptor.close()
-            self._encryptor = None
-        if self._encryptor is None:
-            self._encryptor = ParallelScorer(self._worker_setup(), 1)
+        encryptor = self._encrypting()
         jobs = [
             (
                 None if info is None else (info.block_id, info.revision),
@@ -532,7 +535,7 @@ class Engine:
             )
             for _, info, slots, rows in prepared.steps
         ]
-        return self._encryptor.encrypt_steps(jobs, prepared.key_version)
+        return encryptor.encrypt_steps(jobs, prepared.key_version)
 
     def commit_enrolment(
         self, prepared: EnrolPlan, blocks: Future[list[tuple[str, bytes]]]
@@ -716,12 +719,12 @@ class Engine:
         several workers the new blocks of a bulk enrolment are encrypted in the worker
         processes, a few ahead, while this process commits the earlier ones."""
         fresh = [i for i, (_, info, _, _) in enumerate(steps) if info is None]
-        scorer = self._parallel() if self.profile.workers > 1 and len(fresh) > 1 else None
+        scorer = self._parallel() if self._workers() > 1 and len(fresh) > 1 else None
         mine = context_fingerprint(self.key_service.public_context)
         ahead: dict[int, Future[tuple[str, bytes]]] = {}
         queue = iter(fresh if scorer else ())
         for i, (_, info, slots, chunk) in enumerate(steps):
-            while scorer and len(ahead) < 2 * self.profile.workers:
+            while scorer and len(ahead) < 2 * self._workers():
                 j = next(queue, None)
                 if j is None:
                     break
@@ -770,12 +773,19 @@ class Engine:
 
     # ----------------------------------------------------------------- matching
     def _load_block(self, info: BlockInfo) -> Any:
-        cached = self._blocks.get(info.block_id)
-        if cached is not None and cached[0] == info.revision:
+        return self._block_at(info.block_id, info.revision)
+
+    def _block_at(self, block_id: int, revision: int) -> Any:
+        """Block ``block_id`` at ``revision``, loaded, from this process's cache or the
+        store. Raises StoreError if the store holds another revision (it moved: retry)."""
+        cached = self._blocks.get(block_id)
+        if cached is not None and cached[0] == revision:
             return cached[1]
-        revision, data = self.gallery_store.read_block(info.block_id)
+        found, data = self.gallery_store.read_block(block_id)
+        if found != revision:
+            raise StoreError(f"block {block_id} changed during this identification; retry")
         block = self.matcher.load(data)
-        self._blocks[info.block_id] = (revision, block)
+        self._blocks[block_id] = (found, block)
         return block
 
     def _occupants(self, blocks: Sequence[BlockInfo] | None = None) -> dict[int, dict[int, str]]:
@@ -1013,38 +1023,26 @@ class Engine:
         wanted: dict[int, set[int]],
     ) -> dict[int, list[tuple[int, bytes]] | FripError]:
         """Each probe's (block id, encrypted scores) over the blocks it wants, every block
-        scored once for all its probes (in the worker processes when there are several);
-        a probe that cannot be parsed or scored gets its error."""
+        scored once for all its probes by the engine's executor (in this process, worker
+        processes, a cluster: ``[executor]``); a probe that cannot be parsed or scored
+        gets its error. The shared probe mode scores each share in worker processes of
+        its own (:meth:`_shared`), whatever the executor."""
         scored: dict[int, list[tuple[int, bytes]] | FripError] = {i: [] for i in payloads}
-        jobs = [
-            (info, block, [i for i in payloads if info.block_id in wanted[i]])
-            for info, block in blocks
-        ]
-        jobs = [job for job in jobs if job[2]]
-        if isinstance(self.matcher, SharingMatcher):  # matchers A and B, one share each
-            answers = (
-                self._shared().score_many(
-                    [
-                        (info, tuple(SharedProbe.from_bytes(payloads[i]) for i in who))
-                        for info, _, who in jobs
-                    ]
-                )
-                if jobs
-                else []
+        jobs = [(info, [i for i in payloads if info.block_id in wanted[i]]) for info, _ in blocks]
+        jobs = [job for job in jobs if job[1]]
+        answers: list[list[bytes | FripError]] = []
+        if jobs and isinstance(self.matcher, SharingMatcher):  # matchers A and B, one share each
+            answers = self._shared().score_many(
+                [
+                    (info, tuple(SharedProbe.from_bytes(payloads[i]) for i in who))
+                    for info, who in jobs
+                ]
             )
-        elif self.profile.workers > 1 and jobs:
-            answers = self._parallel().score_many(
-                [(info, tuple(payloads[i] for i in who)) for info, _, who in jobs]
+        elif jobs:
+            answers = self._executor().score_many(
+                [(info, tuple(payloads[i] for i in who)) for info, who in jobs]
             )
-        else:
-            parsed = dict(
-                zip(payloads, parse_isolated(self.matcher, list(payloads.values())), strict=True)
-            )
-            answers = [
-                score_isolated(self.matcher, block, [parsed[i] for i in who])
-                for _, block, who in jobs
-            ]
-        for (info, _, who), per_probe in zip(jobs, answers, strict=True):
+        for (info, who), per_probe in zip(jobs, answers, strict=True):
             for i, answer in zip(who, per_probe, strict=True):
                 entry = scored[i]
                 if isinstance(answer, FripError):
@@ -1063,26 +1061,75 @@ class Engine:
                 f"the gallery's v{self.key_version}; the gallery is inconsistent, refusing to "
                 "score them: restore it from a backup"
             )
-        if self.profile.workers > 1 or isinstance(self.matcher, SharingMatcher):
-            return [(info, None) for info in infos]  # the workers load their own share
-        with watch.stage("gallery_load"):
+        if self.profile.executor()[0] != IN_PROCESS or isinstance(self.matcher, SharingMatcher):
+            return [(info, None) for info in infos]  # the executor loads its own share
+        with watch.stage("gallery_load"):  # in this snapshot, for the local executor
             return [(info, self._load_block(info)) for info in infos]
 
     def _shared(self) -> SharedScorer:
         """The shared probe mode's matchers A and B, each in worker processes of its own
-        (half the profile's workers each, at least one): a share never enters the other
-        matcher's memory, nor is it scored in this process."""
+        (half the processes executor's workers each, at least one), whatever the
+        executor: a share never enters the other matcher's memory, nor is it scored in
+        this process, and no executor holds both shares of a probe."""
         if self._sharers is None:
-            self._sharers = SharedScorer(self._worker_setup(), max(1, self.profile.workers // 2))
+            self._sharers = SharedScorer(self._worker_setup(), max(1, self._workers() // 2))
         return self._sharers
 
-    def _parallel(self) -> ParallelScorer:
+    def _executor(self) -> Executor:
+        """The engine's executor (``[executor]``), built through the plugin registry on
+        first use and after a key rotation. Raises PluginError (a ProfileError) when the
+        plugin cannot be built, WorkerStartError when its workers cannot start."""
         if self._scorer is None:
-            self._scorer = ParallelScorer(self._worker_setup(), self.profile.workers)
+            name, params = self.profile.executor()
+            in_process = self._in_process() if name == IN_PROCESS else None
+            try:
+                self._scorer = plugins.create(
+                    "executor", name, setup=self._worker_setup(in_process), **params
+                )
+            except ProfileError as exc:
+                raise type(exc)(f"engine '{self.name}': [executor] {exc}") from exc
         return self._scorer
 
-    def _worker_setup(self) -> WorkerSetup:
-        """What a worker process needs to score and encrypt for this engine: no secret."""
+    def _in_process(self) -> InProcess:
+        """This engine's matcher and block cache, lent to the local executor."""
+
+        def held() -> dict[int, int]:
+            every = self.gallery_store.blocks()
+            return {b.block_id: b.size_bytes for b in every if b.block_id in self._blocks}
+
+        def forget(block_id: int) -> None:
+            self._blocks.pop(block_id, None)
+
+        return InProcess(self.matcher, self._block_at, forget, held)
+
+    def _workers(self) -> int:
+        """How many worker processes the processes executor has (1 for another one)."""
+        name, params = self.profile.executor()
+        return int(params.get("workers", 2)) if name == "processes" else 1
+
+    def _parallel(self) -> ParallelScorer:
+        """The processes executor, whose workers encrypt a bulk enrolment's new blocks."""
+        executor = self._executor()
+        assert isinstance(executor, ParallelScorer)  # _workers() > 1: the processes executor
+        return executor
+
+    def _encrypting(self) -> Executor | ParallelScorer:
+        """The executor a prepared enrolment is encrypted by, off this thread: the engine's
+        own, or for the local executor (which would encrypt on this very thread) one
+        worker process of its own (the processes executor with one worker)."""
+        if self.profile.executor()[0] != IN_PROCESS:
+            return self._executor()
+        if self._encryptor is not None and self._encryptor.key_version != self.key_version:
+            self._encryptor.close()
+            self._encryptor = None
+        if self._encryptor is None:
+            made = plugins.create("executor", "processes", setup=self._worker_setup(), workers=1)
+            assert isinstance(made, ParallelScorer)
+            self._encryptor = made
+        return self._encryptor
+
+    def _worker_setup(self, in_process: InProcess | None = None) -> WorkerSetup:
+        """What an executor needs to score and encrypt for this engine: no secret."""
         return WorkerSetup(
             self.profile.plugin("he"),
             self.profile.params("he"),
@@ -1092,6 +1139,7 @@ class Engine:
             self.key_service.public_context,
             self.parts.pemiu_block_size,
             self.key_version,
+            in_process=in_process,
         )
 
     def _conclude(
@@ -1371,7 +1419,10 @@ class Engine:
             "threshold": threshold,
             "threshold_source": source,
             "key_version": self.key_version,
-            "plugins": {s: self.profile.plugin(s) for s in self.profile.sections},
+            "plugins": {
+                **{s: self.profile.plugin(s) for s in self.profile.sections},
+                "executor": self.profile.executor()[0],
+            },
             "he": self.parts.he_backend.description,
             "key_store": self.parts.key_store.describe(),
             "gallery_store": self.parts.gallery_store.describe(),

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from frip_engine.contracts import (
         Adapter,
         Clusterer,
+        Executor,
         Extractor,
         GalleryStore,
         HEBackend,
@@ -65,6 +66,13 @@ def register_gallery_stores(register: Register[GalleryStore]) -> None:
 @hookspec
 def register_adapters(register: Register[Adapter]) -> None:
     """Register vendor adapters that translate vendor templates to embeddings."""
+
+
+@hookspec
+def register_executors(register: Register[Executor]) -> None:
+    """Register executors that score the encrypted gallery and encrypt new blocks (in the
+    engine's process, in worker processes, on a cluster); built as ``factory(setup,
+    **params)`` (:class:`~frip_engine.contracts.Executor`)."""
 
 
 @hookspec

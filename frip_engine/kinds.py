@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from frip_engine.contracts import (
     Adapter,
     Clusterer,
+    Executor,
     Extractor,
     GalleryStore,
     HEBackend,
@@ -48,8 +49,11 @@ KINDS: tuple[Kind, ...] = (
     Kind("key_store", "key_store", "register_key_stores", KeyStore, "file"),
     Kind("gallery_store", "gallery_store", "register_gallery_stores", GalleryStore, "sqlite"),
     Kind("adapter", None, "register_adapters", Adapter, None),
+    Kind("executor", "executor", "register_executors", Executor, "local"),
 )
-# The kinds an engine's profile chooses, by section, in the order of Components' fields.
+# The kinds an engine's profile chooses, by section: Components' fields in order, then the
+# executor, which the engine builds itself once its keys are known (it needs the public
+# context: :meth:`frip_engine.engine.Engine._executor`).
 SECTIONS: dict[str, Kind] = {k.section: k for k in KINDS if k.section is not None}
 # Each kind by its name (what the registry and messages are keyed on).
 BY_NAME: dict[str, Kind] = {k.name: k for k in KINDS}

@@ -32,8 +32,9 @@ import sys
 import threading
 import time
 import tokenize
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, fields
 from itertools import count
 from pathlib import Path
 from types import FrameType, ModuleType
@@ -42,12 +43,28 @@ from typing import Any, TypeVar
 import numpy as np
 
 from frip_engine.contracts import BlockInfo, parse_isolated, score_isolated
-from frip_engine.errors import FripError, StoreError, WorkerStartError
+from frip_engine.errors import FripError, StoreError, WorkerLostError, WorkerStartError
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """The engine's own matcher and loaded blocks, lent to an executor that scores in the
+    engine's process (the ``local`` executor), so a block is held once, and a block the
+    engine just committed is scored without reading it back. Public material only."""
+
+    matcher: Any  # the engine's Matcher (public context)
+    # (block id, revision) -> the block loaded, from the cache or the store (StoreError if
+    # the store holds another revision: it moved, retry)
+    load_block: Callable[[int, int], Any]
+    forget: Callable[[int], None]  # drop a block from the cache (it is being changed)
+    held: Callable[[], dict[int, int]]  # block id -> serialised bytes, of the blocks held
 
 
 @dataclass(frozen=True)
 class WorkerSetup:
-    """What a worker needs to rebuild the public side of an engine."""
+    """What a worker needs to rebuild the public side of an engine. ``in_process`` lends
+    an executor in the engine's own process the engine's matcher and block cache; it never
+    crosses a process boundary (a pickled setup leaves it out)."""
 
     he_backend: str
     he_backend_params: dict[str, Any]
@@ -58,6 +75,15 @@ class WorkerSetup:
     pemiu_block_size: int | None  # a pe-miu engine's probe block size
     key_version: int  # the HE key version of public_context
     owner_pid: int = field(default_factory=os.getpid)  # the engine process (made there)
+    in_process: InProcess | None = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling sends to another process: every field but ``in_process``."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "in_process"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in {**state, "in_process": None}.items():
+            object.__setattr__(self, name, value)
 
 
 def context_fingerprint(public_context: bytes) -> str:
@@ -126,6 +152,7 @@ def _start(setup: WorkerSetup) -> None:
         matcher=matcher,
         gallery_store=gallery_store,
         blocks={},
+        sizes={},
         key_version=setup.key_version,
         fingerprint=context_fingerprint(setup.public_context),
     )
@@ -148,7 +175,14 @@ def _block(block_id: int, revision: int) -> Any:
         if found != revision:
             raise StoreError(f"block {block_id} changed during this identification; retry")
         blocks[block_id] = cached = (found, matcher.load(data))
+        _worker["sizes"][block_id] = len(data)
     return cached[1]
+
+
+def _held() -> tuple[int, dict[int, int]]:
+    """This worker's process id and the blocks it holds: block id -> serialised bytes."""
+    sizes: dict[int, int] = _worker["sizes"]
+    return os.getpid(), {b: sizes.get(b, 0) for b in sorted(_worker["blocks"])}
 
 
 def _score_many(
@@ -194,12 +228,18 @@ def _encrypt_jobs(key_version: int, jobs: list[EncryptJob]) -> list[tuple[str, b
 
 
 def result(future: Future[T]) -> T:
-    """A worker's answer; a dead or failed worker becomes a StoreError."""
+    """A worker's answer; a worker that died (killed, out of memory) becomes a
+    WorkerLostError (retry), one that failed otherwise a StoreError."""
     try:
         return future.result()
     except FripError:
         raise
-    except Exception as exc:  # a worker died or failed to start
+    except BrokenExecutor as exc:
+        raise WorkerLostError(
+            f"a worker process ended before answering ({type(exc).__name__}); nothing was "
+            "decided: retry (a new worker takes its place)"
+        ) from exc
+    except Exception as exc:  # a worker failed to start or raised
         raise StoreError(f"a worker process failed: {type(exc).__name__}: {exc}") from exc
 
 
@@ -275,21 +315,36 @@ def check_main_guard() -> None:
 
 
 class ParallelScorer:
+    """Worker processes, one pool of one process each; worker ``i`` holds the blocks whose
+    id is ``i`` modulo their number. A worker that died is replaced at the next call."""
+
     def __init__(self, setup: WorkerSetup, workers: int) -> None:
         check_main_guard()
-        context = multiprocessing.get_context("forkserver")
-        self._pools = [
-            ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(setup,))
-            for _ in range(workers)
-        ]
+        self._setup = setup
+        self._pools = [self._pool() for _ in range(workers)]
         self._turn = count()
         self.key_version = setup.key_version
+
+    def _pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("forkserver")
+        return ProcessPoolExecutor(
+            1, mp_context=context, initializer=_start, initargs=(self._setup,)
+        )
+
+    def _heal(self) -> None:
+        """Replace each pool whose worker died (a broken pool refuses every task)."""
+        for i, pool in enumerate(self._pools):
+            if getattr(pool, "_broken", False):
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pools[i] = self._pool()
 
     def score_many(
         self, jobs: list[tuple[BlockInfo, tuple[bytes, ...]]]
     ) -> list[list[bytes | FripError]]:
         """For each (block, probe payloads): each probe's scores on the block, or its own
-        error (a worker that dies fails the whole call with a StoreError)."""
+        error. A worker that dies fails the whole call with a WorkerLostError (its
+        replacement starts at the next call), never a partial answer."""
+        self._heal()
         futures = [
             self._pools[b.block_id % len(self._pools)].submit(
                 _score_many, b.key_version, b.block_id, b.revision, payloads
@@ -298,11 +353,24 @@ class ParallelScorer:
         ]
         return [result(f) for f in futures]
 
+    def held(self, timeout: float) -> list[tuple[int, dict[int, int]] | Exception]:
+        """Per worker in order: (its process id, block id -> serialised bytes held), or
+        why it did not answer within ``timeout`` seconds (it died, or is busy)."""
+        futures = [pool.submit(_held) for pool in self._pools]
+        answers: list[tuple[int, dict[int, int]] | Exception] = []
+        for future in futures:
+            try:
+                answers.append(future.result(timeout=timeout))
+            except Exception as exc:  # a dead worker, or one busy for longer than timeout
+                answers.append(exc)
+        return answers
+
     def encrypt(
         self, rows: np.ndarray, slots: list[int], key_version: int
     ) -> Future[tuple[str, bytes]]:
         """A new block of ``rows`` in ``slots`` under HE key ``key_version``, from the next
         worker in turn: (fingerprint of the public context used, serialised block)."""
+        self._heal()
         pool = self._pools[next(self._turn) % len(self._pools)]
         return pool.submit(_encrypt, key_version, rows, slots)
 
@@ -311,6 +379,7 @@ class ParallelScorer:
     ) -> Future[list[tuple[str, bytes]]]:
         """Every job's block under HE key ``key_version``, in order, from the next worker
         in turn: (fingerprint of the public context used, serialised block) per job."""
+        self._heal()
         pool = self._pools[next(self._turn) % len(self._pools)]
         return pool.submit(_encrypt_jobs, key_version, jobs)
 

@@ -110,10 +110,10 @@ class Component:
             return ""
         return "; ".join(f"pip install {r.install}" for r in missing)
 
-    def create(self, **params: Any) -> Any:
-        """Build the component; an unknown parameter, a value that does not fit the
-        factory's annotation or a missing dependency is a PluginError saying what to
-        change or install."""
+    def check(self, params: dict[str, Any]) -> None:
+        """Raise PluginError for an unknown parameter, a value that does not fit the
+        factory's annotation or a missing dependency, saying what to change or install
+        (what :meth:`create` checks before building)."""
         self.check_parameters(params)
         problems = wrong_types(self.factory, params)
         if problems:
@@ -123,6 +123,11 @@ class Component:
             raise PluginError(
                 f"{self.label} needs {names}, which is not installed; run: {self.install_hint()}"
             )
+
+    def create(self, **params: Any) -> Any:
+        """Build the component after :meth:`check`; a factory refusing its arguments'
+        number or names is a PluginError too."""
+        self.check(params)
         try:
             return self.factory(**params)
         except TypeError as exc:

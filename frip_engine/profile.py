@@ -82,7 +82,7 @@ class Profile:
     threshold: float | None = None
     insecure: bool = False
     dimension: int | None = None
-    workers: int = 1  # scoring processes; >1 scores blocks in parallel workers
+    workers: int = 1  # the old spelling of [executor] plugin = "processes", workers = N
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def plugin(self, section: str) -> str:
@@ -90,6 +90,13 @@ class Profile:
 
     def params(self, section: str) -> dict[str, Any]:
         return {k: v for k, v in self.sections.get(section, {}).items() if k != "plugin"}
+
+    def executor(self) -> tuple[str, dict[str, Any]]:
+        """The executor plugin and its parameters: ``[engine] workers = N`` (N > 1, the old
+        spelling) means ``processes`` with N workers, else the ``[executor]`` section."""
+        if self.workers > 1:
+            return "processes", {"workers": self.workers}
+        return self.plugin("executor"), self.params("executor")
 
     @classmethod
     def from_toml(cls, text: str, source: str = "profile") -> Profile:
@@ -140,6 +147,11 @@ class Profile:
         workers = engine.get("workers", 1)
         if not _whole(workers) or not 1 <= workers <= 64:
             raise ProfileError(f"{source}: [engine] workers must be an integer from 1 to 64")
+        if workers > 1 and "executor" in data:
+            raise ProfileError(
+                f"{source}: [engine] workers = {workers} is the old spelling of [executor] "
+                f'plugin = "processes", workers = {workers}; keep the [executor] section only'
+            )
         dimension = engine.get("dimension")
         if dimension is not None and (not _whole(dimension) or dimension < 1):
             raise ProfileError(f"{source}: [engine] dimension must be a positive integer")
@@ -176,7 +188,10 @@ class Profile:
             engine["dimension"] = self.dimension
         if self.workers != 1:
             engine["workers"] = self.workers
-        return tomli_w.dumps({"engine": engine, **self.sections})
+        sections = dict(self.sections)
+        if sections.get("executor") == {"plugin": SECTIONS["executor"].default}:
+            del sections["executor"]  # the default (and [engine] workers may choose it)
+        return tomli_w.dumps({"engine": engine, **sections})
 
 
 def save_profile(profile: Profile, path: Path) -> None:
@@ -216,7 +231,9 @@ def load_profile(path: Path) -> Profile:
 @dataclass
 class Components:
     """The live plugin instances of one engine, checked to fit together: one field per
-    kind a profile chooses, named after the kind (:data:`frip_engine.kinds.SECTIONS`)."""
+    kind a profile chooses, named after the kind (:data:`frip_engine.kinds.SECTIONS`),
+    but the executor, which the engine builds once its keys are known (``build`` checks
+    its section)."""
 
     extractor: Extractor
     he_backend: HEBackend
@@ -241,7 +258,10 @@ def build(profile: Profile) -> Components:
     """Instantiate every plugin the profile names and check the combination. Raises
     ProfileError naming the section (and plugin) for any value a plugin refuses."""
     made: dict[str, Any] = {}
+    check_executor(profile)
     for section, kind in SECTIONS.items():
+        if kind.name == "executor":
+            continue
         name = profile.plugin(section)
         try:
             made[kind.name] = plugins.create(kind.name, name, **profile.params(section))
@@ -279,6 +299,18 @@ def build(profile: Profile) -> Components:
         raise ProfileError(f"[protection] {exc}") from exc
     check_capacity(parts)
     return parts
+
+
+def check_executor(profile: Profile) -> None:
+    """Raise ProfileError (PluginError) for an ``[executor]`` section whose plugin is
+    unknown or not installed, or whose keys its factory does not take."""
+    name, params = profile.executor()
+    try:
+        if "setup" in params:
+            raise ProfileError("'setup' is not a key a profile sets (the engine gives it)")
+        plugins.registry().get("executor", name).check(params)
+    except ProfileError as exc:
+        raise type(exc)(f"[executor] {exc}") from exc
 
 
 # An enrolment holds a block several times over: the library's ciphertext objects, their

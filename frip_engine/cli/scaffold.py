@@ -40,6 +40,7 @@ KIND_NAMES = ", ".join(k.name.replace("_", "-") for k in KINDS)
 STDLIB = {
     "Sequence": "from collections.abc import Sequence",
     "AbstractContextManager": "from contextlib import AbstractContextManager",
+    "Future": "from concurrent.futures import Future",
     "Any": "from typing import Any",
 }
 CONTRACT_NAMES = (
@@ -49,6 +50,7 @@ CONTRACT_NAMES = (
     "Matcher",
     "ModelFile",
     "NewSubject",
+    "ShardStatus",
     "SubjectRecord",
 )
 
@@ -272,7 +274,9 @@ def {kind.hook}(register: Register[{protocol.__name__}]) -> None:
     third_party = [
         *(["import numpy as np"] if "np" in used else []),
         _import("frip_engine.contracts", contracts),
+        *(["from frip_engine.errors import FripError"] if "FripError" in used else []),
         "from frip_engine.hookspecs import hookimpl",
+        *(["from frip_engine.parallel import EncryptJob"] if "EncryptJob" in used else []),
         *(["from frip_engine.pemiu import PemiuTemplate"] if "PemiuTemplate" in used else []),
     ]
     header = "\n".join(stdlib) + ("\n\n" if stdlib else "") + "\n".join(third_party)

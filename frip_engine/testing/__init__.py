@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from frip_engine.testing.adapter import AdapterConformance
 from frip_engine.testing.base import Conformance
+from frip_engine.testing.executor import ExecutorConformance
 from frip_engine.testing.extractor import ExtractorConformance
 from frip_engine.testing.gallery_store import GalleryStoreConformance
 from frip_engine.testing.he_backend import HEBackendConformance
@@ -36,6 +37,7 @@ SUITES: dict[str, type[Conformance]] = {
     "key_store": KeyStoreConformance,
     "gallery_store": GalleryStoreConformance,
     "adapter": AdapterConformance,
+    "executor": ExecutorConformance,
 }
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "AdapterConformance",
     "ClustererConformance",
     "Conformance",
+    "ExecutorConformance",
     "ExtractorConformance",
     "GalleryStoreConformance",
     "HEBackendConformance",
