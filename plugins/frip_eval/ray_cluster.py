@@ -74,7 +74,7 @@ class Cluster:
         import ray
 
         deadline = time.monotonic() + START_SECONDS
-        while len([n for n in ray.nodes() if n["Alive"]]) < count:
+        while len([n for n in ray.nodes() if n["Alive"]]) < count:  # type: ignore[no-untyped-call]
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the Ray test cluster has not {count} nodes")
             time.sleep(0.2)

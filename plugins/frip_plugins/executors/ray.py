@@ -62,6 +62,7 @@ import os
 import socket
 from collections.abc import Sequence
 from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import replace
 from itertools import count
 from typing import Any
@@ -83,6 +84,7 @@ MAX_SHARDS = 256
 PLACEMENT_SHARE = 0.001  # of a node's custom resource per shard: many shards fit on a node
 CONNECT_SECONDS = 5.0  # how long a "host:port" address may take to accept a connection
 STATUS_SECONDS = 5.0  # how long status() waits for a shard before calling it unhealthy
+_joined: str | None = None  # the address this process joined its Ray cluster at
 
 
 def owner(block_id: int, shards: Sequence[str]) -> str:
@@ -111,8 +113,9 @@ class Shard:
             # ends with the coordinator that owns it), so the watch is pointed at itself
             parallel._start(replace(setup, owner_pid=os.getpid()))
             store = parallel._worker["gallery_store"]
-            if context_fingerprint(store.public_context(setup.key_version)) != (
-                parallel._worker["fingerprint"]
+            if (
+                context_fingerprint(store.public_context(setup.key_version))
+                != (parallel._worker["fingerprint"])
             ):
                 raise StoreError(
                     f"the gallery store this shard opened ({store.describe()}) has another "
@@ -127,19 +130,19 @@ class Shard:
 
     def score(
         self,
-        key_version: int,
-        blocks: list[tuple[int, int]],
+        blocks: list[tuple[int, int, int]],
         groups: list[tuple[bytes, ...]],
         which: list[int],
     ) -> list[list[bytes | FripError]] | FripError:
-        """Each (block id, revision)'s scores for the probe payloads ``groups[which[i]]``,
-        or the FripError that fails the whole call (a moved block, another key version)."""
+        """Each (block id, revision, key version)'s scores for the probe payloads
+        ``groups[which[i]]``, or the FripError that fails the whole call (a block that
+        moved in the store, a key version not this shard's)."""
         if self._broken is not None:
             return self._broken
         try:
             return [
                 parallel._score_many(key_version, block_id, revision, groups[group])
-                for (block_id, revision), group in zip(blocks, which, strict=True)
+                for (block_id, revision, key_version), group in zip(blocks, which, strict=True)
             ]
         except FripError as exc:
             return exc
@@ -150,11 +153,8 @@ class Shard:
             return self._broken
         import ray
 
-        context = ray.get_runtime_context()
-        blocks: dict[int, Any] = parallel._worker["blocks"]
-        sizes: dict[int, int] = parallel._worker.get("sizes", {})
-        held = {b: sizes.get(b, 0) for b in sorted(blocks)}
-        return context.get_node_id(), ray.util.get_node_ip_address(), os.getpid(), held
+        pid, held = parallel._held()
+        return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), pid, held  # type: ignore[no-untyped-call]
 
 
 def _check_address(address: str) -> None:
@@ -164,8 +164,7 @@ def _check_address(address: str) -> None:
     host, _, port = where.rpartition(":")
     if not host or not port.isdigit():
         raise ProfileError(
-            f'[executor] address must be "auto", "host:port" or "ray://host:port", not '
-            f"{address!r}"
+            f'[executor] address must be "auto", "host:port" or "ray://host:port", not {address!r}'
         )
     try:
         socket.create_connection((host.strip("[]"), int(port)), CONNECT_SECONDS).close()
@@ -181,10 +180,16 @@ def _connect(address: str) -> None:
     process; later engines share the connection). ExecutorConnectError if it cannot."""
     import ray
 
-    if ray.is_initialized():
-        return
+    global _joined
     if address != "auto":
         _check_address(address)
+    if ray.is_initialized():
+        if address not in ("auto", _joined):
+            raise ExecutorConnectError(
+                f"this process has joined the Ray cluster at {_joined or 'auto'} already and "
+                f"cannot join {address} too: one process, one Ray cluster"
+            )
+        return
     try:
         ray.init(
             address=address,
@@ -199,6 +204,7 @@ def _connect(address: str) -> None:
             f"cannot join the Ray cluster at {address!r}: {first} (the cluster must run "
             f"the same Ray and Python versions as this process: Ray {ray.__version__})"
         ) from exc
+    _joined = address
 
 
 class RayExecutor:
@@ -229,7 +235,7 @@ class RayExecutor:
 
         _connect(address)
         if placement:
-            offered = ray.cluster_resources()
+            offered = ray.cluster_resources()  # type: ignore[no-untyped-call]
             missing = sorted({p for p in placement if p not in offered})
             if missing:
                 raise ProfileError(
@@ -239,11 +245,11 @@ class RayExecutor:
         self._setup = setup
         self._timeout = float(timeout)
         self._names = [f"shard-{i}" for i in range(shards)]
-        remote = ray.remote(Shard)
+        remote: Any = ray.remote(Shard)
         # the setup (the public context: MBs) is put once and kept referenced here, so a
         # shard restarted later still finds its constructor's argument (ray#53727)
         self._setup_ref = ray.put(setup)
-        self._actors = []
+        self._actors: list[Any] = []
         for i, shard in enumerate(self._names):
             options: dict[str, Any] = {
                 "num_cpus": num_cpus,
@@ -274,16 +280,14 @@ class RayExecutor:
             answers = ray.get(refs, timeout=self._timeout)
         except RayError as exc:
             for ref in refs:
-                try:
+                with suppress(Exception):  # already finished or gone: nothing to cancel
                     ray.cancel(ref)
-                except Exception:  # already finished or gone: nothing to cancel
-                    pass
             if isinstance(exc, RayTaskError):
                 raise StoreError(f"a shard failed to {what}: {exc.cause!r}") from exc
             if isinstance(exc, RayActorError) and exc.actor_init_failed:
-                lines = [line for line in str(exc).splitlines() if "Error" in line]
+                lines = [line.strip() for line in str(exc).splitlines() if "Error" in line]
                 raise ExecutorConnectError(
-                    f"a Ray shard could not start on its node ({lines[-1].strip() if lines else exc}): "
+                    f"a Ray shard could not start on its node ({lines[-1] if lines else exc}): "
                     "every node needs the engine's Python, frip-engine and its plugins, in "
                     "the same versions"
                 ) from exc
@@ -319,8 +323,7 @@ class RayExecutor:
         sent = ray.put(list(groups))
         refs = [
             self._actors[s].score.remote(
-                self._setup.key_version,
-                [(jobs[j][0].block_id, jobs[j][0].revision) for j in js],
+                [(jobs[j][0].block_id, jobs[j][0].revision, jobs[j][0].key_version) for j in js],
                 sent,
                 [groups[jobs[j][1]] for j in js],
             )
@@ -366,9 +369,7 @@ class RayExecutor:
                 continue
             node_id, ip, pid, held = answer
             node = f"{node_id[:16]} {ip} pid {pid}"
-            shards.append(
-                ShardStatus(name, node, tuple(sorted(held)), sum(held.values()), True)
-            )
+            shards.append(ShardStatus(name, node, tuple(sorted(held)), sum(held.values()), True))
         return shards
 
     def close(self) -> None:
@@ -379,10 +380,8 @@ class RayExecutor:
         import ray
 
         for actor in self._actors:
-            try:
+            with suppress(Exception):  # the cluster is gone already: nothing left to stop
                 ray.kill(actor, no_restart=True)
-            except Exception:  # the cluster is gone already: nothing left to stop
-                pass
         if self._encryptor is not None:
             self._encryptor.close()
 
@@ -393,5 +392,5 @@ def register_executors(register: Register[Executor]) -> None:
         "ray",
         RayExecutor,
         summary="shard actors on a Ray cluster (shards = N, address, placement)",
-        requires=(Requirement("ray", "ray[default]"),),
+        requires=(Requirement("ray", "'frip-engine[ray]'"),),
     )
