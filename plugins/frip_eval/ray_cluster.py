@@ -80,12 +80,12 @@ class Cluster:
             time.sleep(0.2)
 
 
-def _start(temp_dir: Path, args: list[str], log: str) -> subprocess.Popen[bytes]:
+def _start(temp_dir: Path, args: list[str], log: str, num_cpus: int = 1) -> subprocess.Popen[bytes]:
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     with open(temp_dir / f"{log}.log", "wb") as out:
         return subprocess.Popen(
             [
-                _ray(), "start", "--block", "--disable-usage-stats", "--num-cpus", "1",
+                _ray(), "start", "--block", "--disable-usage-stats", "--num-cpus", str(num_cpus),
                 "--object-store-memory", str(OBJECT_STORE_BYTES), *args,
             ],
             stdout=out,
@@ -117,14 +117,16 @@ def _kill(process: subprocess.Popen[bytes], sig: int) -> None:
         process.wait(10)
 
 
-def start(resources: tuple[str, ...]) -> Cluster:
-    """A head node (no custom resource) and one worker node per name in ``resources``."""
+def start(resources: tuple[str, ...], head_cpus: int = 1) -> Cluster:
+    """A head node (no custom resource, ``head_cpus`` CPUs) and one worker node (one CPU)
+    per name in ``resources``."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))  # short: socket paths
     port = _free_port()
     head = _start(
         temp_dir,
         ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"],
         "head",
+        head_cpus,
     )
     cluster = Cluster(f"127.0.0.1:{port}", temp_dir, head)
     try:
