@@ -174,7 +174,7 @@ def on_ray(
     local.close()
     profile_path = local.directory / "profile.toml"
     profile = load_profile(profile_path)
-    profile.sections["executor"] = _ray_section(cluster, timeout=30)
+    profile.sections["executor"] = _ray_section(cluster, timeout=10)
     save_profile(profile, profile_path)
     engine = Engine.open("onray", home)
     try:
@@ -186,11 +186,11 @@ def on_ray(
 def _stream(
     engine: Engine, probes: np.ndarray, expected: list[Decision], until: threading.Event
 ) -> tuple[int, int]:
-    """Identify the probes one by one until ``until`` is set, then once more round; every
+    """Identify the probes one by one until ``until`` is set, then one round more; every
     answer must be the expected decision or WorkerLostError. (right, lost)."""
     right = lost = 0
     rounds_after = 0
-    while rounds_after < 2:
+    while rounds_after < 1:
         if until.is_set():
             rounds_after += 1
         for probe, want in zip(probes, expected, strict=True):

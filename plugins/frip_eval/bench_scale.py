@@ -212,7 +212,7 @@ def _write(results: dict[str, Any], output: Path) -> None:
         "# Executors at scale: local, processes, ray",
         "",
         f"`frip bench scale --registrants {results['registrants']} --probes "
-        f"{results['probes']} --shards {shards.replace(' ', ' --shards ')}`: "
+        f"{results['probes']} --shards {shards.replace(' ', ' --shards ')} --output docs`: "
         f"{results['dimension']}-d synthetic unit embeddings (sface), TenSEAL `fast` preset, "
         f"fast scorer, {results['blocks']} blocks ({results['gallery_bytes'] / 1e9:.2f} GB), "
         f"Ray cluster {results['cluster']}; threads pinned to one per process.",

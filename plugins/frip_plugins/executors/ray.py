@@ -14,11 +14,12 @@ What runs where (docs/scale.md has the whole table):
 
 - A shard actor (one per shard, any node) holds PUBLIC material only: the engine's public
   context and the encrypted blocks it owns, loaded into the HE backend's matcher. It never
-  sees the secret key, a decrypted score, an embedding or a subject id: it gets probe
-  payloads (encrypted probes) and answers score ciphertexts, which only the coordinator's
-  key service can decrypt. The scoring itself is :mod:`frip_engine.parallel`'s worker code
-  (``_score_many``: every probe of a batch scored in one pass per block), run in the
-  actor's process.
+  sees the secret key, a decrypted score, an enrolled embedding or a subject id: it gets
+  probe payloads (as the engine's probe mode makes them: the probe template in ``plain``
+  mode, a ciphertext in ``encrypted`` mode) and answers score ciphertexts, which only the
+  coordinator's key service can decrypt. The scoring itself is the worker code of
+  :mod:`frip_engine.parallel` (``_score_many``: every probe of a batch scored in one
+  pass per block), run in the actor's process.
 - Blocks are placed on shards by rendezvous (highest-random-weight) hashing of the block
   id over the shard names (:func:`owner`): deterministic, so a restarted shard knows its
   blocks without asking anyone, and adding or removing a shard moves only the blocks that
