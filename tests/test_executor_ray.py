@@ -131,6 +131,8 @@ def test_bad_parameters_are_profile_errors(make_engine: Callable[..., Engine]) -
         plugins.create("executor", "ray", setup=setup, shards=2, placement=["a"])
     with pytest.raises(ProfileError, match="shards must be"):
         plugins.create("executor", "ray", setup=setup, shards=0)
+    with pytest.raises(ProfileError, match="encrypt_workers must be"):
+        plugins.create("executor", "ray", setup=setup, encrypt_workers=0)
 
 
 def test_an_address_that_does_not_answer_is_a_clear_error(

@@ -65,7 +65,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import replace
-from itertools import count
 from typing import Any
 
 from frip_engine import parallel
@@ -84,6 +83,7 @@ NAMESPACE = "frip"
 MAX_SHARDS = 256
 PLACEMENT_SHARE = 0.001  # of a node's custom resource per shard: many shards fit on a node
 CONNECT_SECONDS = 5.0  # how long a "host:port" address may take to accept a connection
+START_SECONDS = 600.0  # how long a new executor waits for its shards to load their blocks
 STATUS_SECONDS = 5.0  # how long status() waits for a shard before calling it unhealthy
 _joined: str | None = None  # the address this process joined its Ray cluster at
 
@@ -197,7 +197,6 @@ def _connect(address: str) -> None:
             namespace=NAMESPACE,
             log_to_driver=False,
             logging_level=logging.WARNING,
-            include_dashboard=False if address == "local" else None,
         )
     except Exception as exc:  # ConnectionError, a version mismatch (RuntimeError), ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -232,6 +231,8 @@ class RayExecutor:
             )
         if not num_cpus > 0 or not timeout > 0:
             raise ProfileError("[executor] num_cpus and timeout must be positive")
+        if isinstance(encrypt_workers, bool) or not 1 <= encrypt_workers <= 64:
+            raise ProfileError("[executor] encrypt_workers must be an integer from 1 to 64")
         import ray
 
         _connect(address)
@@ -266,19 +267,23 @@ class RayExecutor:
             )
         self._encryptor: ParallelScorer | None = None
         self._encrypt_workers = encrypt_workers
-        self._turn = count()
         self._closed = False
-        self._wait([actor.held.remote() for actor in self._actors], "start")
+        try:  # every shard up, its blocks loaded (a shard that cannot start: a clear error)
+            self._wait([actor.held.remote() for actor in self._actors], "start", START_SECONDS)
+        except FripError:
+            self.close()
+            raise
 
-    def _wait(self, refs: list[Any], what: str) -> list[Any]:
+    def _wait(self, refs: list[Any], what: str, seconds: float | None = None) -> list[Any]:
         """Every ref's value, in order; WorkerLostError (retry) if a shard died or did not
-        answer within the timeout (the calls still queued are cancelled), StoreError if a
-        shard failed otherwise; a FripError a shard answered is raised."""
+        answer within ``seconds`` (default: the timeout; the calls still queued are
+        cancelled), StoreError if a shard failed otherwise; a FripError a shard answered
+        is raised."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
         try:
-            answers = ray.get(refs, timeout=self._timeout)
+            answers = ray.get(refs, timeout=seconds or self._timeout)
         except RayError as exc:
             for ref in refs:
                 with suppress(Exception):  # already finished or gone: nothing to cancel
@@ -293,7 +298,7 @@ class RayExecutor:
                     "the same versions"
                 ) from exc
             why = (
-                f"no answer within {self._timeout:g} s"
+                f"no answer within {seconds or self._timeout:g} s"
                 if isinstance(exc, GetTimeoutError)
                 else type(exc).__name__
             )
