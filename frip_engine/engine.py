@@ -42,6 +42,7 @@ from frip_engine.contracts import (
     BlockInfo,
     Executor,
     NewSubject,
+    ShardStatus,
     SharingMatcher,
     SubjectRecord,
 )
@@ -1387,6 +1388,13 @@ class Engine:
         )
         for key_id in key_ids:
             old.delete_secret(engine_id, key_id)
+
+    def shards(self) -> tuple[str, list[ShardStatus]]:
+        """The executor's name and its workers or shards (``frip cluster status``), the
+        executor built if it was not yet. Raises what building it raises (PluginError,
+        WorkerStartError), EngineClosedError after :meth:`close`."""
+        self._follow_keys()
+        return self.profile.executor()[0], self._executor().status()
 
     def stats(self) -> dict[str, Any]:
         self._follow_keys()

@@ -4,9 +4,12 @@ WorkerLostError, never a partial answer, and is replaced."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +20,7 @@ from conftest import unit_vectors
 
 from frip_engine import plugins
 from frip_engine.engine import EnrolItem
-from frip_engine.errors import PluginError, ProfileError, WorkerLostError
+from frip_engine.errors import NotFoundError, PluginError, ProfileError, WorkerLostError
 from frip_engine.parallel import WorkerSetup
 from frip_engine.profile import Profile, build
 from frip_engine.testing import ExecutorConformance
@@ -134,3 +137,27 @@ def test_an_unavailable_executor_says_what_to_install(fresh_plugins: None) -> No
     plugins.register_plugin(Missing, "missing-executor")
     with pytest.raises(PluginError, match=r"pip install 'frip-engine\[far\]'"):
         build(Profile.from_dict({"engine": {"name": "p"}, "executor": {"plugin": "far"}}))
+
+
+def _frip(*arguments: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "frip_engine", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+def test_cluster_status_lists_the_shards(make_engine: Any, home: Path) -> None:
+    make_engine("sharded", executor={"plugin": "processes", "workers": 2}).close()
+    shown = _frip("cluster", "status", "sharded", "--json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["engine"] == "sharded" and status["executor"] == "processes"
+    assert [s["name"] for s in status["shards"]] == ["worker-0", "worker-1"]
+    assert all(s["healthy"] and s["blocks"] == [] for s in status["shards"]), status
+    assert set(status["shards"][0]) == {"name", "node", "blocks", "bytes_held", "healthy", "why"}
+    table = _frip("cluster", "status", "sharded")
+    assert table.returncode == 0 and "worker-1" in table.stdout and "ok" in table.stdout
+
+
+def test_cluster_status_of_an_unknown_engine_is_not_found(home: Path) -> None:
+    shown = _frip("cluster", "status", "nowhere")
+    assert shown.returncode == NotFoundError.exit_code, shown
+    assert shown.stderr.strip() == "error: engine 'nowhere' does not exist (engines: none)"

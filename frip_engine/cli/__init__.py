@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 from frip_engine import plugins
 from frip_engine.ckks import PRESETS
 from frip_engine.cli.audit import audit_key_event, audited_subjects
+from frip_engine.cli.cluster import add_cluster_commands
 from frip_engine.cli.migrate import add_migrate_command
 from frip_engine.cli.output import (
     err,
@@ -566,6 +567,7 @@ def keys_rotate_he(engine_name: EngineArg, home: HomeOpt = None) -> None:
 add_subject_commands(app)  # frip subjects, frip embed
 add_serve_commands(app)  # frip serve, frip vendors, frip audit
 add_migrate_command(engine_app)  # frip engine migrate
+add_cluster_commands(app)  # frip cluster status
 # Plugin commands come last, mounted like any plugin's: frip eval, frip bench and frip demo
 # are frip_eval's (entry point ``eval``); a plugin that fails to load is listed as broken by
 # frip plugins and the rest of the CLI works without it.

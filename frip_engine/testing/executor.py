@@ -3,9 +3,9 @@ fails alone, a block of another key version is refused, new blocks come back und
 setup's public context, ``status`` lists every block it holds exactly once and ``close``
 can be called twice.
 
-The suite builds one small synthetic gallery per test class: an engine (TenSEAL, a key
-store in memory, a k-means clusterer making several blocks) in a temporary FRIP_HOME,
-whose public setup (:class:`~frip_engine.parallel.WorkerSetup`, no secret) builds the
+The suite builds one small synthetic gallery per test class: an engine (TenSEAL's
+``compact`` preset, a key store in memory, a k-means clusterer making several blocks) in
+a temporary FRIP_HOME, whose public setup (:class:`~frip_engine.parallel.WorkerSetup`, no secret) builds the
 executor under test.
 """
 
@@ -28,8 +28,8 @@ from frip_engine.errors import FripError, StoreError
 from frip_engine.testing.adapter import unit_vectors
 from frip_engine.testing.base import Conformance, refused
 
-REGISTRANTS = 12  # in groups of at most GROUP_SIZE: several blocks
-GROUP_SIZE = 4
+REGISTRANTS = 8  # in groups of at most GROUP_SIZE: several blocks
+GROUP_SIZE = 6
 
 
 class ExecutorConformance(Conformance):
@@ -41,7 +41,7 @@ class ExecutorConformance(Conformance):
     kind: ClassVar[str] = "executor"
     gallery_profile: ClassVar[dict[str, Any]] = {
         "engine": {"name": "executor-suite"},
-        "he": {"plugin": "tenseal"},
+        "he": {"plugin": "tenseal", "preset": "compact"},
         "clusterer": {"plugin": "kmeans", "max_size": GROUP_SIZE},
         "key_store": {"plugin": "memory"},
     }

@@ -1,0 +1,59 @@
+"""``frip cluster status ENGINE``: the engine's executor, shard by shard.
+
+Generic over executors (:class:`~frip_engine.contracts.Executor`): it prints what
+``status()`` says of each worker or shard: name, node, blocks held, bytes held, health.
+The executor is the engine's ``[executor]``, built in this command's process: an executor
+whose shards outlive the process that started them (``ray``) shows the cluster's; the
+``local`` and ``processes`` executors show this process's own, which hold no block until
+they have scored. Mounted by ``frip_engine.cli`` with ``add_cluster_commands``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from frip_engine.cli.output import out, styled
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", envvar="FRIP_HOME", help="Where engines live (default: $FRIP_HOME)."),
+]
+
+
+def add_cluster_commands(app: typer.Typer) -> None:
+    """Mount ``frip cluster status`` on the top command group."""
+    cluster_app = typer.Typer(help="The executor's workers or shards.", no_args_is_help=True)
+    cluster_app.command("status")(status_command)
+    app.add_typer(cluster_app, name="cluster")
+
+
+def status_command(
+    engine_name: Annotated[str, typer.Argument(metavar="ENGINE")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Show the engine's executor shard by shard: name, node, blocks, bytes held, health."""
+    from frip_engine.engine import Engine
+
+    with Engine.open(engine_name, home) as engine:
+        executor, shards = engine.shards()
+    if as_json:
+        rows = [{**asdict(s), "blocks": list(s.blocks)} for s in shards]
+        typer.echo(json.dumps({"engine": engine_name, "executor": executor, "shards": rows}))
+        return
+    table = Table(title=f"{engine_name}: executor {executor}", box=box.SIMPLE_HEAD)
+    for column in ("shard", "node", "blocks", "bytes held", "health"):
+        table.add_column(column, overflow="fold")
+    for s in shards:
+        health = ("ok", "green") if s.healthy else (f"down: {s.why}", "red")
+        blocks = ", ".join(map(str, s.blocks)) or "none loaded"
+        cells = (s.name, s.node, blocks, f"{s.bytes_held:,}")
+        table.add_row(*map(styled, cells), styled(health))  # no text is read as markup
+    out.print(table)
