@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,10 +71,6 @@ def _ray_section(cluster: ray_cluster.Cluster, **more: Any) -> dict[str, Any]:
 class TestRay(ExecutorConformance):
     plugin_name = "ray"
     plugin_module = "frip_plugins.executors.ray"
-    gallery_profile: ClassVar[dict[str, Any]] = {
-        **ExecutorConformance.gallery_profile,
-        "he": {"plugin": "tenseal", "preset": "compact"},
-    }
 
     @pytest.fixture
     def executor(self, gallery: Any, cluster: ray_cluster.Cluster) -> Iterator[Any]:
@@ -233,8 +229,8 @@ def test_shards_on_two_nodes_decide_as_the_local_executor(
         _same(got, want)
         assert got.registrants == REGISTRANTS  # every shard's registrants were covered
     assert sum(d.subject_id == f"s{i}" for i, d in enumerate(expected[:6])) == 6
-    shards = engine._executor().status()
-    assert [s.name for s in shards] == ["shard-0", "shard-1"]
+    executor, shards = engine.shards()  # what frip cluster status prints
+    assert executor == "ray" and [s.name for s in shards] == ["shard-0", "shard-1"]
     assert all(s.healthy for s in shards), shards
     assert len({s.node.split()[0] for s in shards}) == 2, shards  # two Ray nodes
     held = sorted(b for s in shards for b in s.blocks)
