@@ -1101,7 +1101,7 @@ class Engine:
         def forget(block_id: int) -> None:
             self._blocks.pop(block_id, None)
 
-        return InProcess(self.matcher, self._block_at, forget, held)
+        return InProcess(lambda: self.matcher, self._block_at, forget, held)
 
     def _workers(self) -> int:
         """How many worker processes the processes executor has (1 for another one)."""

@@ -52,7 +52,7 @@ class InProcess:
     engine's process (the ``local`` executor), so a block is held once, and a block the
     engine just committed is scored without reading it back. Public material only."""
 
-    matcher: Any  # the engine's Matcher (public context)
+    matcher: Callable[[], Any]  # the engine's Matcher now (public context)
     # (block id, revision) -> the block loaded, from the cache or the store (StoreError if
     # the store holds another revision: it moved, retry)
     load_block: Callable[[int, int], Any]

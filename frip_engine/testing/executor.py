@@ -5,8 +5,8 @@ can be called twice.
 
 The suite builds one small synthetic gallery per test class: an engine (TenSEAL's
 ``compact`` preset, a key store in memory, a k-means clusterer making several blocks) in
-a temporary FRIP_HOME, whose public setup (:class:`~frip_engine.parallel.WorkerSetup`, no secret) builds the
-executor under test.
+a temporary FRIP_HOME, whose public setup (:class:`~frip_engine.parallel.WorkerSetup`,
+no secret) builds the executor under test.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def _own_blocks(setup: WorkerSetup) -> InProcess:
     def held() -> dict[int, int]:
         return {block_id: entry[1] for block_id, entry in cache.items()}
 
-    return InProcess(matcher, load_block, forget, held)
+    return InProcess(lambda: matcher, load_block, forget, held)
 
 
 class LocalExecutor:
@@ -81,11 +81,12 @@ class LocalExecutor:
         host = self._host()
         for info, _ in jobs:
             self._check_key(info.key_version)
+        matcher = host.matcher()
         distinct = list(dict.fromkeys(p for _, payloads in jobs for p in payloads))
-        parsed = dict(zip(distinct, parse_isolated(host.matcher, distinct), strict=True))
+        parsed = dict(zip(distinct, parse_isolated(matcher, distinct), strict=True))
         return [
             score_isolated(
-                host.matcher,
+                matcher,
                 host.load_block(info.block_id, info.revision),
                 [parsed[p] for p in payloads],
             )
@@ -107,13 +108,14 @@ class LocalExecutor:
 
     def _encrypt(self, job: EncryptJob) -> tuple[str, bytes]:
         host = self._host()
+        matcher = host.matcher()
         where, rows, slots = job
         if where is None:
-            block = host.matcher.encrypt_rows(rows, slots)
+            block = matcher.encrypt_rows(rows, slots)
         else:
-            block = host.matcher.add_rows(host.load_block(*where), rows, slots)
+            block = matcher.add_rows(host.load_block(*where), rows, slots)
             host.forget(where[0])  # its next revision is another block
-        return self._fingerprint, bytes(host.matcher.dump(block))
+        return self._fingerprint, bytes(matcher.dump(block))
 
     def status(self) -> list[ShardStatus]:
         held = {} if self._blocks is None else self._blocks.held()
