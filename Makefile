@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml adapters/frip-adapter-acme/pyproject.toml Makefile scri
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "frip-engine needs Python 3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[he,arcface,extractors,pkcs11,cluster,demo,serve,postgres,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[he,arcface,extractors,pkcs11,cluster,demo,serve,postgres,ray,dev]"
 	# insightface pins the GUI opencv-python; its real needs are in the arcface extra.
 	$(BIN)/python -m pip install --quiet --no-deps "insightface==2.1"
 	$(BIN)/python -m pip install --quiet -e adapters/frip-adapter-acme

@@ -87,6 +87,11 @@ class PluginError(ProfileError):
     """A plugin is unknown, failed to load, or misses an optional dependency."""
 
 
+class ExecutorConnectError(ProfileError):
+    """The cluster an executor is configured for cannot be joined: its address does not
+    answer, or it runs another version of the cluster software (Ray, Python)."""
+
+
 class WorkerStartError(FripError):
     """Worker processes cannot start from where the engine is used (a script without an
     ``if __name__ == "__main__":`` guard)."""

@@ -365,6 +365,33 @@ def bench_store_command(
     run(registrants, probes, writers, writer_subjects, chunk, writer_chunk, dsn, docs, out)
 
 
+@bench_app.command("scale")
+def bench_scale_command(
+    registrants: Annotated[int, typer.Option(help="Gallery size (128-d, fast).")] = 100_000,
+    probes: Annotated[int, typer.Option(help="Timed identifies per executor.")] = 50,
+    shards: Annotated[
+        list[int] | None, typer.Option(help="Ray shard counts to measure (repeat).")
+    ] = None,
+    chunk: Annotated[int, typer.Option(help="Subjects per enrol_many call.")] = 4096,
+    address: Annotated[
+        str | None, typer.Option(help="A Ray cluster to use (default: start one here).")
+    ] = None,
+    cpus: Annotated[int, typer.Option(help="CPUs of the Ray head started here.")] = 2,
+    output: Annotated[Path, typer.Option(help="Where the JSON, Markdown and PNG go.")] = Path(
+        "docs"
+    ),
+) -> None:
+    """local vs processes vs ray (1/2/4 shards) on one gallery: identify p50/p99, Ray's
+    overhead per identify, enrolment rate, a killed shard's restart time (needs the ray
+    extra)."""
+    from frip_eval.bench_scale import run
+
+    counts = shards or [1, 2, 4]
+    if registrants < probes + 1 or min([probes, chunk, cpus, *counts]) < 1:
+        raise InputError("--registrants must exceed --probes; the other numbers must be >= 1")
+    run(registrants, probes, counts, chunk, address, cpus, output, out)
+
+
 @bench_app.command("he")
 def bench_he_command(
     max_n: Annotated[int, typer.Option(help="Largest gallery of the scale sweep.")] = 100_000,

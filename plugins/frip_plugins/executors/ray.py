@@ -1,0 +1,402 @@
+"""Executor ``ray``: score the encrypted gallery in shard actors on a Ray cluster.
+
+``[executor] plugin = "ray"``, ``shards = N`` (default 2), ``address`` (``"auto"``: the
+cluster this machine belongs to, from ``RAY_ADDRESS`` or the last ``ray start``;
+``"host:port"``: a head node's GCS; ``"ray://host:port"``: Ray Client), and optionally
+``placement``: one Ray custom resource name per shard (a node started with
+``ray start --resources '{"shard_node_a": 1}'`` offers ``shard_node_a``), which pins the
+shard to the nodes offering it; without it the shards are spread over the cluster.
+``num_cpus`` (default 0.5) is what each shard reserves in Ray's scheduler,
+``timeout`` (seconds, default 60) how long a call waits for a shard, and
+``encrypt_workers`` (default 1) the local encryption processes.
+
+What runs where (docs/scale.md has the whole table):
+
+- A shard actor (one per shard, any node) holds PUBLIC material only: the engine's public
+  context and the encrypted blocks it owns, loaded into the HE backend's matcher. It never
+  sees the secret key, a decrypted score, an enrolled embedding or a subject id: it gets
+  probe payloads (as the engine's probe mode makes them: the probe template in ``plain``
+  mode, a ciphertext in ``encrypted`` mode) and answers score ciphertexts, which only the
+  coordinator's key service can decrypt. The scoring itself is the worker code of
+  :mod:`frip_engine.parallel` (``_score_many``: every probe of a batch scored in one
+  pass per block), run in the actor's process.
+- Blocks are placed on shards by rendezvous (highest-random-weight) hashing of the block
+  id over the shard names (:func:`owner`): deterministic, so a restarted shard knows its
+  blocks without asking anyone, and adding or removing a shard moves only the blocks that
+  the added shard wins or the removed one held (about 1/N of them).
+- Shards read their blocks from the GALLERY STORE themselves, as the ``processes``
+  workers do, not through Ray's object store from the coordinator. Why: a block is tens of
+  MB (67 MB for a full 4,096-slot 512-d block), so shipping every block from the
+  coordinator would make the coordinator's network link the bottleneck of every start and
+  every restart, and would make a restart depend on the coordinator; read from the store,
+  a restarted shard reloads on its own, in parallel with the others, and the store's
+  revision and checksum checks are the same as everywhere else. A node must therefore
+  reach the gallery store: the ``postgres`` store across machines (or a ``sqlite`` file
+  on a filesystem the nodes share); a shard that cannot open it fails every call with
+  that StoreError (a clear error, not a retry loop).
+- Each shard caches its blocks by (block id, revision) under the single HE key version
+  it was started for, so by (block id, revision, key version): it refuses a job of
+  another key version (StoreError), refuses a store whose public context is not its own
+  (another engine or key: StoreError), and never scores a revision other than the one the
+  coordinator's BlockInfo names: a newer revision in the cache or the store is reloaded,
+  a moved one fails the call with StoreError (retry), never an older answer.
+- Encryption of new blocks (enrolment) does NOT go to the shards: the rows are embeddings
+  in the clear, which must not cross the network or land in Ray's object store (which
+  spills to disk). They are encrypted in ``encrypt_workers`` local processes
+  (:class:`~frip_engine.parallel.ParallelScorer`, the ``processes`` executor's
+  mechanics); only ciphertext reaches the store, and the shards read it from there.
+
+Faults: a shard that dies (killed, out of memory, its node lost) fails the call in
+flight with WorkerLostError (503 ``worker_lost``, retry): the coordinator never answers
+from the shards that did answer. Ray restarts the actor (``max_restarts = -1``), which
+loads its blocks from the store again in its constructor and serves the next call; a
+shard pinned to a lost node comes back when a node offering its resource joins. A call
+that waits longer than ``timeout`` for a shard fails alike. A cluster that does not
+answer, or runs another Ray or Python version, is an ExecutorConnectError (exit 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from concurrent.futures import Future
+from contextlib import suppress
+from dataclasses import replace
+from typing import Any
+
+from frip_engine import parallel
+from frip_engine.contracts import BlockInfo, Executor, Register, Requirement, ShardStatus
+from frip_engine.errors import (
+    ExecutorConnectError,
+    FripError,
+    ProfileError,
+    StoreError,
+    WorkerLostError,
+)
+from frip_engine.hookspecs import hookimpl
+from frip_engine.parallel import EncryptJob, ParallelScorer, WorkerSetup, context_fingerprint
+
+NAMESPACE = "frip"
+MAX_SHARDS = 256
+PLACEMENT_SHARE = 0.001  # of a node's custom resource per shard: many shards fit on a node
+CONNECT_SECONDS = 5.0  # how long a "host:port" address may take to accept a connection
+START_SECONDS = 600.0  # how long a new executor waits for its shards to load their blocks
+STATUS_SECONDS = 5.0  # how long status() waits for a shard before calling it unhealthy
+_joined: str | None = None  # the address this process joined its Ray cluster at
+
+
+def owner(block_id: int, shards: Sequence[str]) -> str:
+    """The shard that holds block ``block_id``: the one of ``shards`` (names) with the
+    highest weight SHA-256(name, block id) (rendezvous hashing). The same on every
+    process; removing a shard moves only its own blocks, adding one only those it wins."""
+
+    def weight(name: str) -> bytes:
+        return hashlib.sha256(f"{name}\x00{block_id}".encode()).digest()
+
+    return max(shards, key=weight)
+
+
+class Shard:
+    """One shard: a Ray actor process holding the public context and its blocks.
+
+    Built (and rebuilt after a crash) as ``Shard(setup, name, shards)``: it opens the
+    gallery store, checks that the store's public context of ``setup.key_version`` is the
+    setup's (else every call answers StoreError), then loads every block it owns
+    (:func:`owner`) so it serves at full speed from its first call."""
+
+    def __init__(self, setup: WorkerSetup, name: str, shards: list[str]) -> None:
+        self._broken: FripError | None = None
+        try:
+            # parallel's worker state, without its owner watch: a shard's life is Ray's (it
+            # ends with the coordinator that owns it), so the watch is pointed at itself
+            parallel._start(replace(setup, owner_pid=os.getpid()))
+            store = parallel._worker["gallery_store"]
+            if (
+                context_fingerprint(store.public_context(setup.key_version))
+                != (parallel._worker["fingerprint"])
+            ):
+                raise StoreError(
+                    f"the gallery store this shard opened ({store.describe()}) has another "
+                    f"public context for HE key v{setup.key_version} than the engine's: it "
+                    "belongs to another engine or key; refusing its blocks"
+                )
+            for info in store.blocks():
+                if info.key_version == setup.key_version and owner(info.block_id, shards) == name:
+                    parallel._block(info.block_id, info.revision)
+        except FripError as exc:
+            self._broken = exc
+
+    def score(
+        self,
+        blocks: list[tuple[int, int, int]],
+        groups: list[tuple[bytes, ...]],
+        which: list[int],
+    ) -> list[list[bytes | FripError]] | FripError:
+        """Each (block id, revision, key version)'s scores for the probe payloads
+        ``groups[which[i]]``, or the FripError that fails the whole call (a block that
+        moved in the store, a key version not this shard's)."""
+        if self._broken is not None:
+            return self._broken
+        try:
+            return [
+                parallel._score_many(key_version, block_id, revision, groups[group])
+                for (block_id, revision, key_version), group in zip(blocks, which, strict=True)
+            ]
+        except FripError as exc:
+            return exc
+
+    def held(self) -> tuple[str, str, int, dict[int, int]] | FripError:
+        """(Ray node id, node IP, process id, block id -> serialised bytes held)."""
+        if self._broken is not None:
+            return self._broken
+        import ray
+
+        pid, held = parallel._held()
+        return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), pid, held  # type: ignore[no-untyped-call]
+
+
+def _check_address(address: str) -> None:
+    """Raise ExecutorConnectError unless ``address`` ("host:port" or "ray://host:port")
+    accepts a TCP connection within CONNECT_SECONDS (Ray itself would wait minutes)."""
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise ProfileError(
+            f'[executor] address must be "auto", "host:port" or "ray://host:port", not {address!r}'
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise ExecutorConnectError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one "
+            "(ray start --head) or fix [executor] address"
+        ) from exc
+
+
+def _connect(address: str) -> None:
+    """Join the Ray cluster at ``address`` as a driver in namespace NAMESPACE (once per
+    process; later engines share the connection). ExecutorConnectError if it cannot."""
+    import ray
+
+    global _joined
+    if address != "auto":
+        _check_address(address)
+    if ray.is_initialized():
+        if address not in ("auto", _joined):
+            raise ExecutorConnectError(
+                f"this process has joined the Ray cluster at {_joined or 'auto'} already and "
+                f"cannot join {address} too: one process, one Ray cluster"
+            )
+        return
+    try:
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    except Exception as exc:  # ConnectionError, a version mismatch (RuntimeError), ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExecutorConnectError(
+            f"cannot join the Ray cluster at {address!r}: {first} (the cluster must run "
+            f"the same Ray and Python versions as this process: Ray {ray.__version__})"
+        ) from exc
+    _joined = address
+
+
+class RayExecutor:
+    """Shard actors on a Ray cluster; see the module's docstring."""
+
+    name = "ray"
+
+    def __init__(
+        self,
+        setup: WorkerSetup,
+        shards: int = 2,
+        address: str = "auto",
+        placement: list[str] | None = None,
+        num_cpus: float = 0.5,
+        timeout: float = 60.0,
+        encrypt_workers: int = 1,
+    ) -> None:
+        if isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
+            raise ProfileError(f"[executor] shards must be an integer from 1 to {MAX_SHARDS}")
+        if placement is not None and len(placement) != shards:
+            raise ProfileError(
+                f"[executor] placement names {len(placement)} resources for {shards} shards: "
+                "give one Ray custom resource name per shard"
+            )
+        if not num_cpus > 0 or not timeout > 0:
+            raise ProfileError("[executor] num_cpus and timeout must be positive")
+        if isinstance(encrypt_workers, bool) or not 1 <= encrypt_workers <= 64:
+            raise ProfileError("[executor] encrypt_workers must be an integer from 1 to 64")
+        import ray
+
+        _connect(address)
+        if placement:
+            offered = ray.cluster_resources()  # type: ignore[no-untyped-call]
+            missing = sorted({p for p in placement if p not in offered})
+            if missing:
+                raise ProfileError(
+                    f"[executor] placement names {missing}, which no node of the Ray cluster "
+                    "offers (ray start --resources '{\"NAME\": 1}')"
+                )
+        self._setup = setup
+        self._timeout = float(timeout)
+        self._names = [f"shard-{i}" for i in range(shards)]
+        remote: Any = ray.remote(Shard)
+        # the setup (the public context: MBs) is put once and kept referenced here, so a
+        # shard restarted later still finds its constructor's argument (ray#53727)
+        self._setup_ref = ray.put(setup)
+        self._actors: list[Any] = []
+        for i, shard in enumerate(self._names):
+            options: dict[str, Any] = {
+                "num_cpus": num_cpus,
+                "max_restarts": -1,  # a dead shard is started again, and reloads its blocks
+                "max_task_retries": 0,  # a call it was running fails: never answered twice
+            }
+            if placement:
+                options["resources"] = {placement[i]: PLACEMENT_SHARE}
+            else:
+                options["scheduling_strategy"] = "SPREAD"
+            self._actors.append(
+                remote.options(**options).remote(self._setup_ref, shard, self._names)
+            )
+        self._encryptor: ParallelScorer | None = None
+        self._encrypt_workers = encrypt_workers
+        self._closed = False
+        try:  # every shard up, its blocks loaded (a shard that cannot start: a clear error)
+            self._wait([actor.held.remote() for actor in self._actors], "start", START_SECONDS)
+        except FripError:
+            self.close()
+            raise
+
+    def _wait(self, refs: list[Any], what: str, seconds: float | None = None) -> list[Any]:
+        """Every ref's value, in order; WorkerLostError (retry) if a shard died or did not
+        answer within ``seconds`` (default: the timeout; the calls still queued are
+        cancelled), StoreError if a shard failed otherwise; a FripError a shard answered
+        is raised."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+
+        try:
+            answers = ray.get(refs, timeout=seconds or self._timeout)
+        except RayError as exc:
+            for ref in refs:
+                with suppress(Exception):  # already finished or gone: nothing to cancel
+                    ray.cancel(ref)
+            if isinstance(exc, RayTaskError):
+                raise StoreError(f"a shard failed to {what}: {exc.cause!r}") from exc
+            if isinstance(exc, RayActorError) and exc.actor_init_failed:
+                lines = [line.strip() for line in str(exc).splitlines() if "Error" in line]
+                raise ExecutorConnectError(
+                    f"a Ray shard could not start on its node ({lines[-1] if lines else exc}): "
+                    "every node needs the engine's Python, frip-engine and its plugins, in "
+                    "the same versions"
+                ) from exc
+            why = (
+                f"no answer within {seconds or self._timeout:g} s"
+                if isinstance(exc, GetTimeoutError)
+                else type(exc).__name__
+            )
+            raise WorkerLostError(
+                f"a Ray shard did not {what} ({why}); nothing was decided: retry (Ray restarts "
+                "the shard, which reloads its blocks from the store)"
+            ) from exc
+        for answer in answers:
+            if isinstance(answer, FripError):
+                raise answer
+        return list(answers)
+
+    def score_many(
+        self, jobs: list[tuple[BlockInfo, tuple[bytes, ...]]]
+    ) -> list[list[bytes | FripError]]:
+        """Each job's per-probe scores (see :class:`~frip_engine.contracts.Executor`): one
+        call per shard holding any of the blocks, the distinct payload tuples sent once
+        through Ray's object store; the whole call fails if any shard fails."""
+        if not jobs:
+            return []
+        import ray
+
+        groups: dict[tuple[bytes, ...], int] = {}
+        mine: dict[int, list[int]] = {}  # shard index -> job indices
+        for j, (info, payloads) in enumerate(jobs):
+            groups.setdefault(payloads, len(groups))
+            mine.setdefault(self._names.index(owner(info.block_id, self._names)), []).append(j)
+        sent = ray.put(list(groups))
+        refs = [
+            self._actors[s].score.remote(
+                [(jobs[j][0].block_id, jobs[j][0].revision, jobs[j][0].key_version) for j in js],
+                sent,
+                [groups[jobs[j][1]] for j in js],
+            )
+            for s, js in mine.items()
+        ]
+        answers: list[list[bytes | FripError]] = [[] for _ in jobs]
+        for js, scored in zip(mine.values(), self._wait(refs, "score"), strict=True):
+            for j, per_probe in zip(js, scored, strict=True):
+                answers[j] = per_probe
+        return answers
+
+    def encrypt_steps(
+        self, jobs: list[EncryptJob], key_version: int
+    ) -> Future[list[tuple[str, bytes]]]:
+        """Every job's block, encrypted in a local process (never on a shard: the rows are
+        embeddings in the clear)."""
+        if self._encryptor is None:
+            self._encryptor = ParallelScorer(self._setup, self._encrypt_workers)
+        return self._encryptor.encrypt_steps(jobs, key_version)
+
+    def status(self) -> list[ShardStatus]:
+        """Each shard's node (Ray node id and IP, process id), blocks and bytes held;
+        unhealthy with why when it is restarting, dead or busy past STATUS_SECONDS."""
+        import ray
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayError
+
+        shards = []
+        for name, actor in zip(self._names, self._actors, strict=True):
+            if self._closed:
+                shards.append(ShardStatus(name, "", (), 0, False, "closed"))
+                continue
+            try:
+                answer = ray.get(actor.held.remote(), timeout=STATUS_SECONDS)
+            except RayError as exc:
+                why = {
+                    ActorUnavailableError: "restarting (Ray is starting it again)",
+                    GetTimeoutError: f"busy or restarting: no answer within {STATUS_SECONDS:g} s",
+                }.get(type(exc), f"lost: {type(exc).__name__}")
+                shards.append(ShardStatus(name, "", (), 0, False, why))
+                continue
+            if isinstance(answer, FripError):
+                shards.append(ShardStatus(name, "", (), 0, False, str(answer)))
+                continue
+            node_id, ip, pid, held = answer
+            node = f"{node_id[:16]} {ip} pid {pid}"
+            shards.append(ShardStatus(name, node, tuple(sorted(held)), sum(held.values()), True))
+        return shards
+
+    def close(self) -> None:
+        """Kill the shard actors (no restart) and the local encryption workers."""
+        if self._closed:
+            return
+        self._closed = True
+        import ray
+
+        for actor in self._actors:
+            with suppress(Exception):  # the cluster is gone already: nothing left to stop
+                ray.kill(actor, no_restart=True)
+        if self._encryptor is not None:
+            self._encryptor.close()
+
+
+@hookimpl
+def register_executors(register: Register[Executor]) -> None:
+    register(
+        "ray",
+        RayExecutor,
+        summary="shard actors on a Ray cluster (shards = N, address, placement)",
+        requires=(Requirement("ray", "'frip-engine[ray]'"),),
+    )

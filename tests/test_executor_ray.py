@@ -1,0 +1,293 @@
+"""The ``ray`` executor on a real multi-node Ray cluster started on this machine (a head
+and two worker nodes offering the custom resources ``shard_node_a`` and ``shard_node_b``,
+once per session): it passes the executor suite, pins its shards to different nodes,
+decides as the local executor does, and a shard actor or a whole worker node killed in
+the middle of a stream of identifies gives, for every probe, the right decision over the
+whole gallery or an explicit WorkerLostError (retry), then serves again on its own.
+Skipped, saying why, where Ray is not installed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import unit_vectors
+from frip_eval import ray_cluster
+from frip_plugins.executors.ray import Shard, owner
+
+from frip_engine import plugins
+from frip_engine.decision import Decision
+from frip_engine.engine import Engine, EnrolItem
+from frip_engine.errors import ExecutorConnectError, ProfileError, StoreError, WorkerLostError
+from frip_engine.parallel import context_fingerprint
+from frip_engine.profile import load_profile, save_profile
+from frip_engine.testing import ExecutorConformance
+
+NODES = ("shard_node_a", "shard_node_b")
+# a small gallery of several blocks (one per k-means partition), 128-d (sface)
+GALLERY = {
+    "extractor": {"plugin": "sface"},
+    "he": {"plugin": "tenseal", "preset": "compact", "scorer": "fast"},
+    "clusterer": {"plugin": "kmeans", "clusters": 4, "probe_clusters": 4},
+}
+REGISTRANTS = 40
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ray_cluster.Cluster]:
+    reason = ray_cluster.unavailable()
+    if reason:
+        pytest.skip(reason)
+    import ray
+    from frip_plugins.executors.ray import _connect
+
+    started = ray_cluster.start(NODES)
+    try:
+        _connect(started.address)
+        started.wait_nodes(1 + len(NODES))
+        yield started
+    finally:
+        ray.shutdown()  # before the cluster goes: a driver left connected would be ended
+        ray_cluster.stop(started)
+
+
+def _ray_section(cluster: ray_cluster.Cluster, **more: Any) -> dict[str, Any]:
+    return {
+        "plugin": "ray",
+        "shards": 2,
+        "address": cluster.address,
+        "placement": list(NODES),
+        **more,
+    }
+
+
+class TestRay(ExecutorConformance):
+    plugin_name = "ray"
+    plugin_module = "frip_plugins.executors.ray"
+
+    @pytest.fixture
+    def executor(self, gallery: Any, cluster: ray_cluster.Cluster) -> Iterator[Any]:
+        section = _ray_section(cluster)
+        del section["plugin"]
+        made = self.make(setup=gallery._worker_setup(), **section)
+        try:
+            yield made
+        finally:
+            made.close()
+
+
+# ------------------------------------------------------------------------ without Ray
+def test_rendezvous_placement_moves_only_the_blocks_it_must() -> None:
+    blocks = range(2000)
+    four = [f"shard-{i}" for i in range(4)]
+    before = {b: owner(b, four) for b in blocks}
+    assert before == {b: owner(b, list(reversed(four))) for b in blocks}  # order-free
+    counts = [list(before.values()).count(s) for s in four]
+    assert min(counts) > 400, counts  # about a quarter each
+    after = {b: owner(b, [*four, "shard-4"]) for b in blocks}
+    moved = [b for b in blocks if after[b] != before[b]]
+    assert all(after[b] == "shard-4" for b in moved)  # only to the new shard
+    assert 300 < len(moved) < 500, len(moved)  # about a fifth
+    fewer = {b: owner(b, four[1:]) for b in blocks}
+    assert all(fewer[b] == before[b] for b in blocks if before[b] != "shard-0")
+
+
+def test_a_shard_refuses_the_store_of_another_engine(make_engine: Callable[..., Engine]) -> None:
+    mine, other = make_engine("mine", **GALLERY), make_engine("other", **GALLERY)
+    vectors = unit_vectors(3, 128, seed=5)
+    mine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
+    info = mine.gallery_store.blocks()[0]
+    setup = mine._worker_setup()
+    crossed = type(setup)(
+        setup.he_backend,
+        setup.he_backend_params,
+        setup.gallery_store,
+        setup.gallery_store_params,
+        setup.engine_dir,
+        other.key_service.public_context,  # another engine's public key, this engine's store
+        setup.pemiu_block_size,
+        setup.key_version,
+    )
+    assert context_fingerprint(crossed.public_context) != context_fingerprint(setup.public_context)
+    shard = Shard(crossed, "shard-0", ["shard-0"])
+    refused = shard.score([(info.block_id, info.revision, info.key_version)], [()], [0])
+    assert isinstance(refused, StoreError) and "another engine" in str(refused)
+
+
+def test_bad_parameters_are_profile_errors(make_engine: Callable[..., Engine]) -> None:
+    setup = make_engine("params")._worker_setup()
+    with pytest.raises(ProfileError, match="one Ray custom resource name per shard"):
+        plugins.create("executor", "ray", setup=setup, shards=2, placement=["a"])
+    with pytest.raises(ProfileError, match="shards must be"):
+        plugins.create("executor", "ray", setup=setup, shards=0)
+    with pytest.raises(ProfileError, match="encrypt_workers must be"):
+        plugins.create("executor", "ray", setup=setup, encrypt_workers=0)
+
+
+def test_an_address_that_does_not_answer_is_a_clear_error(
+    make_engine: Callable[..., Engine],
+) -> None:
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    setup = make_engine("nowhere")._worker_setup()
+    started = time.monotonic()
+    with pytest.raises(ExecutorConnectError, match=r"no Ray cluster answers at 127\.0\.0\.1:1"):
+        plugins.create("executor", "ray", setup=setup, address="127.0.0.1:1")
+    assert time.monotonic() - started < 10
+    with pytest.raises(ProfileError, match="address must be"):
+        plugins.create("executor", "ray", setup=setup, address="no port")
+
+
+# --------------------------------------------------------------------------- on the cluster
+def _same(a: Decision, b: Decision) -> None:
+    assert (a.matched, a.subject_id, a.score, a.registrants, a.blocks_scored) == (
+        b.matched,
+        b.subject_id,
+        b.score,
+        b.registrants,
+        b.blocks_scored,
+    )
+    assert a.candidates == b.candidates
+
+
+@pytest.fixture
+def on_ray(
+    make_engine: Callable[..., Engine], home: Path, cluster: ray_cluster.Cluster
+) -> Iterator[tuple[Engine, np.ndarray, list[Decision]]]:
+    """An engine enrolled and decided on the local executor, then reopened on the ray
+    executor (its profile's [executor] changed, as an operator would): (engine on Ray,
+    probes, the local decisions)."""
+    local = make_engine("onray", **GALLERY)
+    vectors = unit_vectors(REGISTRANTS, 128, seed=1)
+    report = local.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
+    assert not report.failed and len(local.gallery_store.blocks()) == 4
+    probes = np.vstack([vectors[:6], unit_vectors(2, 128, seed=99)])  # 6 mated, 2 unknown
+    expected = local.identify_many(embeddings=list(probes), top_k=3)
+    local.close()
+    profile_path = local.directory / "profile.toml"
+    profile = load_profile(profile_path)
+    profile.sections["executor"] = _ray_section(cluster, timeout=10)
+    save_profile(profile, profile_path)
+    engine = Engine.open("onray", home)
+    try:
+        yield engine, probes, [d for d in expected if isinstance(d, Decision)]
+    finally:
+        engine.close()
+
+
+def _stream(
+    engine: Engine, probes: np.ndarray, expected: list[Decision], until: threading.Event
+) -> tuple[int, int]:
+    """Identify the probes one by one until ``until`` is set, then one round more; every
+    answer must be the expected decision or WorkerLostError. (right, lost)."""
+    right = lost = 0
+    rounds_after = 0
+    while rounds_after < 1:
+        if until.is_set():
+            rounds_after += 1
+        for probe, want in zip(probes, expected, strict=True):
+            try:
+                got = engine.identify(embedding=probe, top_k=3)
+            except WorkerLostError as exc:
+                assert "retry" in str(exc)
+                lost += 1
+                continue
+            _same(got, want)
+            right += 1
+    return right, lost
+
+
+def _serves_again(engine: Engine, probes: np.ndarray, expected: list[Decision]) -> float:
+    """Seconds until the engine answers every probe again (retrying on WorkerLostError)."""
+    started = time.monotonic()
+    while True:
+        try:
+            answers = engine.identify_many(embeddings=list(probes), top_k=3)
+        except WorkerLostError:
+            assert time.monotonic() - started < 120, "the shard did not come back"
+            time.sleep(0.5)
+            continue
+        for got, want in zip(answers, expected, strict=True):
+            assert isinstance(got, Decision), got
+            _same(got, want)
+        return time.monotonic() - started
+
+
+def test_shards_on_two_nodes_decide_as_the_local_executor(
+    on_ray: tuple[Engine, np.ndarray, list[Decision]],
+) -> None:
+    engine, probes, expected = on_ray
+    answers = engine.identify_many(embeddings=list(probes), top_k=3)
+    for got, want in zip(answers, expected, strict=True):
+        assert isinstance(got, Decision), got
+        _same(got, want)
+        assert got.registrants == REGISTRANTS  # every shard's registrants were covered
+    assert sum(d.subject_id == f"s{i}" for i, d in enumerate(expected[:6])) == 6
+    executor, shards = engine.shards()  # what frip cluster status prints
+    assert executor == "ray" and [s.name for s in shards] == ["shard-0", "shard-1"]
+    assert all(s.healthy for s in shards), shards
+    assert len({s.node.split()[0] for s in shards}) == 2, shards  # two Ray nodes
+    held = sorted(b for s in shards for b in s.blocks)
+    assert held == sorted(b.block_id for b in engine.gallery_store.blocks())
+    assert all(s.bytes_held > 0 for s in shards if s.blocks)
+
+
+def _killed_mid_stream(
+    engine: Engine, probes: np.ndarray, expected: list[Decision], kill: Callable[[], None]
+) -> tuple[int, int]:
+    """Run the stream of identifies here (the engine is this thread's) and ``kill`` from
+    another thread in the middle of it."""
+    done = threading.Event()
+
+    def killer() -> None:
+        time.sleep(1.0)
+        try:
+            kill()
+        finally:
+            done.set()
+
+    killing = threading.Thread(target=killer)
+    killing.start()
+    try:
+        return _stream(engine, probes, expected, done)
+    finally:
+        killing.join()
+
+
+def test_a_shard_killed_mid_stream_is_retry_then_serves_again(
+    on_ray: tuple[Engine, np.ndarray, list[Decision]],
+) -> None:
+    engine, probes, expected = on_ray
+    _serves_again(engine, probes, expected)
+    executor = engine._executor()
+    import ray
+
+    _, _, pid, _ = ray.get(executor._actors[0].held.remote())
+
+    right, _ = _killed_mid_stream(engine, probes, expected, lambda: os.kill(pid, signal.SIGKILL))
+    assert right > 0
+    _serves_again(engine, probes, expected)  # restarted by Ray, reloaded from the store
+    shards = executor.status()
+    assert all(s.healthy for s in shards) and f"pid {pid}" not in shards[0].node, shards
+
+
+def test_a_worker_node_killed_mid_stream_is_retry_then_serves_again(
+    on_ray: tuple[Engine, np.ndarray, list[Decision]], cluster: ray_cluster.Cluster
+) -> None:
+    engine, probes, expected = on_ray
+    _serves_again(engine, probes, expected)
+    try:
+        right, _ = _killed_mid_stream(
+            engine, probes, expected, lambda: cluster.kill_worker("shard_node_b")
+        )
+        assert right > 0
+    finally:
+        cluster.start_worker("shard_node_b")  # the machine comes back (an operator, a VM)
+    _serves_again(engine, probes, expected)  # the pinned shard restarted on it by itself
+    assert all(s.healthy for s in engine._executor().status())
