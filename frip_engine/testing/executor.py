@@ -123,8 +123,10 @@ class ExecutorConformance(Conformance):
         fingerprint, data = executor.encrypt_steps(
             [(None, rows, [0, 1])], gallery.key_version
         ).result(timeout=300)[0]
-        assert fingerprint == hashlib.sha256(gallery.key_service.public_context).hexdigest()
-        assert gallery.matcher.load(data) is not None
+        assert fingerprint == hashlib.sha256(gallery.key_service.public_context).hexdigest(), (
+            "a new block came back stamped with another public context than the setup's"
+        )
+        assert gallery.matcher.load(data) is not None, "a new block does not load"
         wrong = executor.encrypt_steps([(None, rows, [0, 1])], gallery.key_version + 1)
         with refused(StoreError, "encrypting under another HE key version"):
             wrong.result(timeout=300)
