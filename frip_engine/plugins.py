@@ -98,7 +98,8 @@ class Component:
         unknown = sorted(set(params) - accepted)
         if not unknown:
             return
-        allowed = ", ".join(sorted(accepted)) or "none besides plugin"
+        given = {"setup"} if self.kind == "executor" else set()  # the engine gives it
+        allowed = ", ".join(sorted(accepted - given)) or "none besides plugin"
         raise PluginError(
             f"{self.label} has no parameter "
             f"{unknown_keys(unknown, accepted)}; it accepts: {allowed}"

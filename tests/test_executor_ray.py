@@ -1,6 +1,6 @@
 """The ``ray`` executor on a real multi-node Ray cluster started on this machine (a head
 and two worker nodes offering the custom resources ``shard_node_a`` and ``shard_node_b``,
-once per session): it passes the executor suite, pins its shards to different nodes,
+once for this module): it passes the executor suite, pins its shards to different nodes,
 decides as the local executor does, and a shard actor or a whole worker node killed in
 the middle of a stream of identifies gives, for every probe, the right decision over the
 whole gallery or an explicit WorkerLostError (retry), then serves again on its own.
@@ -40,7 +40,7 @@ GALLERY = {
 REGISTRANTS = 40
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[ray_cluster.Cluster]:
     reason = ray_cluster.unavailable()
     if reason:
@@ -142,6 +142,30 @@ def test_an_address_that_does_not_answer_is_a_clear_error(
     assert time.monotonic() - started < 10
     with pytest.raises(ProfileError, match="address must be"):
         plugins.create("executor", "ray", setup=setup, address="no port")
+
+
+def test_auto_joins_only_the_cluster_ray_start_recorded_never_another_found_running(
+    make_engine: Callable[..., Engine],
+    cluster: ray_cluster.Cluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``address = "auto"`` is RAY_ADDRESS or the cluster the last ``ray start`` here
+    recorded; when that one is gone, a clear error, not Ray's legacy fallback of joining
+    whatever cluster runs on the machine (the session's test cluster runs meanwhile)."""
+    from frip_plugins.executors import ray as ray_executor
+    from ray._private import utils
+
+    setup = make_engine("auto")._worker_setup()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(utils, "read_ray_address", lambda temp_dir=None: "127.0.0.1:1")
+    with pytest.raises(ExecutorConnectError, match=r"no Ray cluster answers at 127\.0\.0\.1:1"):
+        plugins.create("executor", "ray", setup=setup, address="auto")
+    monkeypatch.setattr(utils, "read_ray_address", lambda temp_dir=None: None)
+    with pytest.raises(ExecutorConnectError, match="no Ray cluster was started on this machine"):
+        plugins.create("executor", "ray", setup=setup, address="auto")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:2")
+    assert ray_executor.resolve_address("auto") == "127.0.0.1:2"
+    assert ray_executor.resolve_address("10.0.0.1:6379") == "10.0.0.1:6379"
 
 
 # --------------------------------------------------------------------------- on the cluster

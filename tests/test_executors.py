@@ -90,7 +90,7 @@ def test_the_profile_chooses_the_executor() -> None:
         ),
         (
             {"engine": {"name": "p"}, "executor": {"plugin": "processes", "shards": 2}},
-            "no parameter",
+            r"no parameter 'shards'; it accepts: workers$",  # not 'setup': the engine gives it
         ),
         ({"engine": {"name": "p"}, "executor": {"plugin": "processes", "workers": "2"}}, "workers"),
         ({"engine": {"name": "p"}, "executor": {"setup": 1}}, "the engine gives it"),

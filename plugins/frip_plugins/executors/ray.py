@@ -176,24 +176,47 @@ def _check_address(address: str) -> None:
         ) from exc
 
 
-def _connect(address: str) -> None:
-    """Join the Ray cluster at ``address`` as a driver in namespace NAMESPACE (once per
-    process; later engines share the connection). ExecutorConnectError if it cannot."""
+def resolve_address(address: str) -> str:
+    """The cluster ``address`` names: itself, or for ``"auto"`` the ``RAY_ADDRESS``
+    environment variable, else the cluster the last ``ray start`` on this machine recorded
+    (Ray's ``ray_current_cluster`` file). Never Ray's legacy ``auto`` fallback, which joins
+    any cluster found running on the machine (another user's, a test's) and would send it
+    probe payloads. Raises ExecutorConnectError when ``auto`` finds no recorded cluster."""
+    if address != "auto":
+        return address
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    from ray._private import utils  # Ray's own reader of what `ray start` recorded
+
+    recorded = utils.read_ray_address()  # type: ignore[no-untyped-call]
+    if not recorded:
+        raise ExecutorConnectError(
+            '[executor] address = "auto", but no Ray cluster was started on this machine '
+            "(no RAY_ADDRESS, nothing recorded by `ray start --head`): start one, or name "
+            'its head in [executor] address = "host:port"'
+        )
+    return str(recorded)
+
+
+def _connect(address: str) -> str:
+    """Join the Ray cluster at ``address`` (see :func:`resolve_address`) as a driver in
+    namespace NAMESPACE (once per process; later engines share the connection) and return
+    the address joined. ExecutorConnectError if it cannot."""
     import ray
 
     global _joined
-    if address != "auto":
-        _check_address(address)
+    where = resolve_address(address)
+    _check_address(where)
     if ray.is_initialized():
-        if address not in ("auto", _joined):
+        if where != _joined:
             raise ExecutorConnectError(
-                f"this process has joined the Ray cluster at {_joined or 'auto'} already and "
-                f"cannot join {address} too: one process, one Ray cluster"
+                f"this process has joined the Ray cluster at {_joined} already and "
+                f"cannot join {where} too: one process, one Ray cluster"
             )
-        return
+        return where
     try:
         ray.init(
-            address=address,
+            address=where,
             namespace=NAMESPACE,
             log_to_driver=False,
             logging_level=logging.WARNING,
@@ -201,10 +224,11 @@ def _connect(address: str) -> None:
     except Exception as exc:  # ConnectionError, a version mismatch (RuntimeError), ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExecutorConnectError(
-            f"cannot join the Ray cluster at {address!r}: {first} (the cluster must run "
+            f"cannot join the Ray cluster at {where!r}: {first} (the cluster must run "
             f"the same Ray and Python versions as this process: Ray {ray.__version__})"
         ) from exc
-    _joined = address
+    _joined = where
+    return where
 
 
 class RayExecutor:
@@ -223,16 +247,16 @@ class RayExecutor:
         encrypt_workers: int = 1,
     ) -> None:
         if isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
-            raise ProfileError(f"[executor] shards must be an integer from 1 to {MAX_SHARDS}")
+            raise ProfileError(f"shards must be an integer from 1 to {MAX_SHARDS}")
         if placement is not None and len(placement) != shards:
             raise ProfileError(
-                f"[executor] placement names {len(placement)} resources for {shards} shards: "
+                f"placement names {len(placement)} resources for {shards} shards: "
                 "give one Ray custom resource name per shard"
             )
         if not num_cpus > 0 or not timeout > 0:
-            raise ProfileError("[executor] num_cpus and timeout must be positive")
+            raise ProfileError("num_cpus and timeout must be positive")
         if isinstance(encrypt_workers, bool) or not 1 <= encrypt_workers <= 64:
-            raise ProfileError("[executor] encrypt_workers must be an integer from 1 to 64")
+            raise ProfileError("encrypt_workers must be an integer from 1 to 64")
         import ray
 
         _connect(address)
@@ -241,7 +265,7 @@ class RayExecutor:
             missing = sorted({p for p in placement if p not in offered})
             if missing:
                 raise ProfileError(
-                    f"[executor] placement names {missing}, which no node of the Ray cluster "
+                    f"placement names {missing}, which no node of the Ray cluster "
                     "offers (ray start --resources '{\"NAME\": 1}')"
                 )
         self._setup = setup
