@@ -188,7 +188,7 @@ def resolve_address(address: str) -> str:
         return os.environ["RAY_ADDRESS"]
     from ray._private import utils  # Ray's own reader of what `ray start` recorded
 
-    recorded = utils.read_ray_address()  # type: ignore[no-untyped-call]
+    recorded = utils.read_ray_address()
     if not recorded:
         raise ExecutorConnectError(
             '[executor] address = "auto", but no Ray cluster was started on this machine '
