@@ -29,7 +29,7 @@ class ProcessesExecutor(ParallelScorer):
     def __init__(self, setup: WorkerSetup, workers: int = 2) -> None:
         if isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
             raise ProfileError(
-                f"[executor] workers must be an integer from 1 to {MAX_WORKERS}, not {workers!r}"
+                f"workers must be an integer from 1 to {MAX_WORKERS}, not {workers!r}"
             )
         super().__init__(setup, workers)
         self._closed = False

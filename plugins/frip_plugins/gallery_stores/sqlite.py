@@ -16,7 +16,7 @@ from typing import Any
 
 from frip_engine import sqlite_tx
 from frip_engine.contracts import GalleryStore, Register
-from frip_engine.errors import StoreError
+from frip_engine.errors import InputError, StoreError
 from frip_engine.hookspecs import hookimpl
 from frip_engine.private import engine_file, private_file
 from frip_plugins.gallery_stores._slot_locks import SlotLocks
@@ -131,9 +131,17 @@ class SQLiteGalleryStore(SqlGalleryStore):
                 "restore it from a backup (nothing was changed)"
             )
 
-    def _failed(self, exc: sqlite3.Error, wrote: bool) -> StoreError:
-        """SQLite's error as a StoreError naming the engine, the file and what to do."""
+    def _failed(self, exc: sqlite3.Error, wrote: bool) -> StoreError | InputError:
+        """SQLite's error as a StoreError naming the engine, the file and what to do; an
+        engine used from a thread other than the one that opened it is the caller's
+        mistake (an InputError), not a damaged file."""
         advice = "nothing was written; " if wrote else ""
+        if isinstance(exc, sqlite3.ProgrammingError) and "thread" in str(exc):
+            return InputError(
+                f"{self._where()}: this engine was opened in another thread, and an engine "
+                f"is used by the thread that opened it; {advice}open one engine per thread "
+                "(README, Python API)"
+            )
         if "malformed" in str(exc):
             advice += "the file is damaged: restore it from a backup"
         elif "locked" in str(exc) or "busy" in str(exc):

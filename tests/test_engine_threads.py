@@ -1,5 +1,6 @@
-"""Attack tests for the s16 features (delta enrolment, executors): concurrent identify
-while another thread enrols into the same block, and CKKS noise after many deltas."""
+"""Engines and threads: identify from threads (an engine each) while another thread
+enrols deltas into their block; an engine used from a thread other than its own is told
+so (an InputError), not sent to check a healthy disk."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from conftest import near, unit_vectors
 
 import frip_engine
 from frip_engine.engine import Engine, EnrolItem
-from frip_engine.errors import FripError
+from frip_engine.errors import FripError, InputError
 
 HE = {"plugin": "tenseal", "preset": "compact", "scorer": "fast"}
 
@@ -57,7 +58,7 @@ def test_identify_from_threads_while_another_thread_enrols_into_the_block(
 def test_an_engine_used_from_another_thread_is_not_reported_as_a_damaged_disk(
     make_engine: Callable[..., Engine],
 ) -> None:
-    """REPRODUCTION (fails now): engines are not thread-safe (README), but using one from
+    """Engines are not thread-safe (README), but using one from
     another thread raises StoreError "gallery file ...: SQLite objects created in a thread
     can only be used in that same thread ...; check the disk and the file, then retry"
     (exit 6, 'store unreadable or corrupted'), sending the user to check a healthy disk.
@@ -75,5 +76,6 @@ def test_an_engine_used_from_another_thread_is_not_reported_as_a_damaged_disk(
     thread = threading.Thread(target=other)
     thread.start()
     thread.join()
-    if caught:
-        assert "check the disk" not in str(caught[0]), repr(caught[0])
+    assert len(caught) == 1 and isinstance(caught[0], InputError), caught
+    assert "opened in another thread" in str(caught[0]), repr(caught[0])
+    assert "check the disk" not in str(caught[0]), repr(caught[0])
