@@ -193,3 +193,19 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             capture_output=True,
         )
     return {"conf": str(conf), "tokens": str(root / "tokens")}
+
+
+# The HE backends the backend-parametrized tests run on (compact preset: small and fast).
+PEMIU = {"plugin": "pe-miu", "block_size": 32}
+BACKENDS = {
+    "tenseal-fast": {"plugin": "tenseal", "preset": "compact", "scorer": "fast"},
+    "tenseal-library": {"plugin": "tenseal", "preset": "compact"},
+    "pyfhel-fast": {"plugin": "pyfhel", "preset": "compact", "scorer": "fast"},
+    "pyfhel-library": {"plugin": "pyfhel", "preset": "compact"},
+}
+
+
+def needs(he: dict[str, Any]) -> None:
+    """Skip, saying why, where ``he`` names a library that is not installed."""
+    if he.get("plugin") == "pyfhel":
+        pytest.importorskip("Pyfhel", reason="Pyfhel is not installed (make builds it)")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import near, unit_vectors
+from conftest import BACKENDS, PEMIU, near, needs, unit_vectors
 
 from frip_engine.contracts import score_isolated, score_many
 from frip_engine.decision import Decision
@@ -22,19 +22,6 @@ from frip_engine.errors import (
     MissingFileError,
 )
 from frip_engine.keyservice import he_key_id
-
-PEMIU = {"plugin": "pe-miu", "block_size": 32}
-BACKENDS = {
-    "tenseal-fast": {"plugin": "tenseal", "preset": "compact", "scorer": "fast"},
-    "tenseal-library": {"plugin": "tenseal", "preset": "compact"},
-    "pyfhel-fast": {"plugin": "pyfhel", "preset": "compact", "scorer": "fast"},
-    "pyfhel-library": {"plugin": "pyfhel", "preset": "compact"},
-}
-
-
-def _needs(he: dict[str, Any]) -> None:
-    if he.get("plugin") == "pyfhel":
-        pytest.importorskip("Pyfhel", reason="Pyfhel is not installed (make builds it)")
 
 
 def _enrolled(
@@ -134,7 +121,7 @@ def test_kernel_for_many_refuses_bad_constants() -> None:
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_matcher_batch_scores_are_the_single_scores(make_engine: Any, backend: str) -> None:
     he = BACKENDS[backend]
-    _needs(he)
+    needs(he)
     engine, gallery = _enrolled(make_engine, "m", 12, he=he)
     block = engine._load_block(engine.gallery_store.blocks()[0])
     prepared = [
@@ -174,7 +161,7 @@ def test_a_matcher_without_score_many_is_looped(make_engine: Any) -> None:
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_batch_decisions_equal_one_by_one_plain_probes(make_engine: Any, backend: str) -> None:
     he = BACKENDS[backend]
-    _needs(he)
+    needs(he)
     engine, gallery = _enrolled(make_engine, "plain", 30, he=he)
     _check_batch(engine, _probes(gallery))
 
@@ -182,7 +169,7 @@ def test_batch_decisions_equal_one_by_one_plain_probes(make_engine: Any, backend
 @pytest.mark.parametrize("backend", ["tenseal-fast", "tenseal-library", "pyfhel-fast"])
 def test_batch_decisions_equal_one_by_one_pemiu_probes(make_engine: Any, backend: str) -> None:
     he = BACKENDS[backend]
-    _needs(he)
+    needs(he)
     engine, gallery = _enrolled(make_engine, "pemiu", 12, he=he, protection=PEMIU)
     # a probe's permutation is fresh per call: pin it per probe so both paths score the
     # same shuffled template (else the block assignment's float sums differ in the last bit)

@@ -14,26 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import near, unit_vectors
+from conftest import BACKENDS, PEMIU, near, needs, unit_vectors
 from frip_plugins.he_backends._ckks_layouts import CKKSMatcher
 
 from frip_engine import parallel
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.parallel import ZeroStock
 
-PEMIU = {"plugin": "pe-miu", "block_size": 32}
 FAST_KEYS = {"plugin": "file", "scrypt_log2_n": 14}  # each write unwraps the key once
-BACKENDS = {
-    "tenseal-fast": {"plugin": "tenseal", "preset": "compact", "scorer": "fast"},
-    "tenseal-library": {"plugin": "tenseal", "preset": "compact"},
-    "pyfhel-fast": {"plugin": "pyfhel", "preset": "compact", "scorer": "fast"},
-    "pyfhel-library": {"plugin": "pyfhel", "preset": "compact"},
-}
-
-
-def _needs(he: dict[str, Any]) -> None:
-    if he.get("plugin") == "pyfhel":
-        pytest.importorskip("Pyfhel", reason="Pyfhel is not installed (make builds it)")
 
 
 def _enrol_in_two(engine: Engine, gallery: np.ndarray) -> None:
@@ -62,7 +50,7 @@ def test_delta_enrolment_decides_as_full_reencryption(
     probe: str,
 ) -> None:
     he = BACKENDS[backend]
-    _needs(he)
+    needs(he)
     sections: dict[str, Any] = {"he": he}
     if probe == "pe-miu":
         sections["protection"] = PEMIU
