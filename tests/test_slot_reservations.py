@@ -5,6 +5,7 @@ session ends."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ def test_reservations_hold_for_every_block_id(
             assert mine.reserved_slots(block_id) == set(), block_id
         other.reserve_slots(BLOCK_IDS[-1], [7])
         other.close()  # the writer's session (process) ends: its reservations go with it
+        deadline = time.monotonic() + 10  # once the server has ended the session's backend
+        while mine.reserved_slots(BLOCK_IDS[-1]) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert mine.reserved_slots(BLOCK_IDS[-1]) == set()
     finally:
         other.close()
