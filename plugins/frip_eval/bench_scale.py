@@ -67,17 +67,20 @@ def _probes(gallery: np.ndarray, count: int) -> tuple[list[int], np.ndarray]:
     return picks, noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
 
 
-def _enrol(engine: Engine, vectors: np.ndarray, chunk: int, console: Console) -> float:
-    """Enrol every row in chunks of ``chunk``; the elapsed seconds."""
+def _enrol(
+    engine: Engine, vectors: np.ndarray, chunk: int, console: Console, offset: int = 0
+) -> float:
+    """Enrol every row in chunks of ``chunk``, row ``i`` as subject ``s{offset + i}``; the
+    elapsed seconds."""
     start = time.perf_counter()
     for first in range(0, len(vectors), chunk):
         rows = vectors[first : first + chunk]
         report = engine.enrol_many(
-            [EnrolItem(f"s{first + i}", embeddings=[v]) for i, v in enumerate(rows)]
+            [EnrolItem(f"s{offset + first + i}", embeddings=[v]) for i, v in enumerate(rows)]
         )
         if report.failed:
             raise RuntimeError(f"benchmark enrolment failed: {list(report.failed.items())[:2]}")
-        console.print(f"  enrolled {first + len(rows):,}")
+        console.print(f"  enrolled {offset + first + len(rows):,}")
     return time.perf_counter() - start
 
 
