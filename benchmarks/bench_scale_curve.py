@@ -89,11 +89,11 @@ def run(per_node: int, probes: int, nodes: list[int], output: Path) -> dict[str,
             }
             results["points"].append(point)
             console.print(point)
+            _write(results, output)  # each point as it is measured
     finally:
         ray.shutdown()
         ray_cluster.stop(cluster)
         shutil.rmtree(home, ignore_errors=True)
-    _write(results, output)
     return results
 
 
