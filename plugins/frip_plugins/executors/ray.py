@@ -61,7 +61,7 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import replace
@@ -236,6 +236,25 @@ class RayExecutor:
 
     name = "ray"
 
+    @staticmethod
+    def check_params(params: Mapping[str, Any]) -> None:
+        """Raise ProfileError for a value out of range (the profile's loader calls this, so
+        that a bad section fails when the engine is created or opened, before any Ray)."""
+        shards = params.get("shards", 2)
+        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+            raise ProfileError(f"shards must be an integer from 1 to {MAX_SHARDS}, not {shards!r}")
+        placement = params.get("placement")
+        if placement is not None and len(placement) != shards:
+            raise ProfileError(
+                f"placement names {len(placement)} resources for {shards} shards: "
+                "give one Ray custom resource name per shard"
+            )
+        if not params.get("num_cpus", 0.5) > 0 or not params.get("timeout", 60.0) > 0:
+            raise ProfileError("num_cpus and timeout must be positive")
+        workers = params.get("encrypt_workers", 1)
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
+            raise ProfileError(f"encrypt_workers must be an integer from 1 to 64, not {workers!r}")
+
     def __init__(
         self,
         setup: WorkerSetup,
@@ -246,17 +265,15 @@ class RayExecutor:
         timeout: float = 60.0,
         encrypt_workers: int = 1,
     ) -> None:
-        if isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
-            raise ProfileError(f"shards must be an integer from 1 to {MAX_SHARDS}")
-        if placement is not None and len(placement) != shards:
-            raise ProfileError(
-                f"placement names {len(placement)} resources for {shards} shards: "
-                "give one Ray custom resource name per shard"
-            )
-        if not num_cpus > 0 or not timeout > 0:
-            raise ProfileError("num_cpus and timeout must be positive")
-        if isinstance(encrypt_workers, bool) or not 1 <= encrypt_workers <= 64:
-            raise ProfileError("encrypt_workers must be an integer from 1 to 64")
+        self.check_params(
+            {
+                "shards": shards,
+                "placement": placement,
+                "num_cpus": num_cpus,
+                "timeout": timeout,
+                "encrypt_workers": encrypt_workers,
+            }
+        )
         import ray
 
         _connect(address)
