@@ -67,8 +67,18 @@ from contextlib import suppress
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from frip_engine import parallel
-from frip_engine.contracts import BlockInfo, Executor, Register, Requirement, ShardStatus
+from frip_engine.contracts import (
+    BlockInfo,
+    Executor,
+    KeyAccess,
+    Register,
+    Requirement,
+    ShardStatus,
+    Shortlist,
+)
 from frip_engine.errors import (
     ExecutorConnectError,
     FripError,
@@ -78,6 +88,8 @@ from frip_engine.errors import (
 )
 from frip_engine.hookspecs import hookimpl
 from frip_engine.parallel import EncryptJob, ParallelScorer, WorkerSetup, context_fingerprint
+from frip_plugins.executors._ray_keyservice import Job, NodeKeyService, merge
+from frip_plugins.executors._ray_keyservice import options as key_service_options
 
 NAMESPACE = "frip"
 MAX_SHARDS = 256
@@ -292,11 +304,20 @@ class RayExecutor:
         self._encryptor: ParallelScorer | None = None
         self._encrypt_workers = encrypt_workers
         self._closed = False
+        self._placed = bool(placement)
+        self._deciders: dict[str, Any] | None = None  # node group -> its key-service actor
+        self._access: KeyAccess | None = None
+        self._slots_for: Any = None  # the slot arrays last sent, and their ref
+        self._slots_ref: Any = None
         try:  # every shard up, its blocks loaded (a shard that cannot start: a clear error)
-            self._wait([actor.held.remote() for actor in self._actors], "start", START_SECONDS)
+            started = self._wait(
+                [actor.held.remote() for actor in self._actors], "start", START_SECONDS
+            )
         except FripError:
             self.close()
             raise
+        # each shard's node group: its placement resource, else the Ray node it started on
+        self._groups = list(placement) if placement else [node for node, *_ in started]
 
     def _wait(self, refs: list[Any], what: str, seconds: float | None = None) -> list[Any]:
         """Every ref's value, in order; WorkerLostError (retry) if a shard died or did not
@@ -312,7 +333,7 @@ class RayExecutor:
             for ref in refs:
                 with suppress(Exception):  # already finished or gone: nothing to cancel
                     ray.cancel(ref)
-            if isinstance(exc, RayTaskError):
+            if isinstance(exc, RayTaskError) and not isinstance(exc.cause, RayActorError):
                 raise StoreError(f"a shard failed to {what}: {exc.cause!r}") from exc
             if isinstance(exc, RayActorError) and exc.actor_init_failed:
                 lines = [line.strip() for line in str(exc).splitlines() if "Error" in line]
@@ -335,14 +356,12 @@ class RayExecutor:
                 raise answer
         return list(answers)
 
-    def score_many(
+    def _score_calls(
         self, jobs: list[tuple[BlockInfo, tuple[bytes, ...]]]
-    ) -> list[list[bytes | FripError]]:
-        """Each job's per-probe scores (see :class:`~frip_engine.contracts.Executor`): one
-        call per shard holding any of the blocks, the distinct payload tuples sent once
-        through Ray's object store; the whole call fails if any shard fails."""
-        if not jobs:
-            return []
+    ) -> tuple[dict[int, list[int]], list[Any]]:
+        """One ``Shard.score`` call per shard holding any of the jobs' blocks, the distinct
+        payload tuples sent once through Ray's object store: (shard index -> its job
+        indices, in job order; the calls' refs, in the same order)."""
         import ray
 
         groups: dict[tuple[bytes, ...], int] = {}
@@ -359,11 +378,83 @@ class RayExecutor:
             )
             for s, js in mine.items()
         ]
+        return mine, refs
+
+    def score_many(
+        self, jobs: list[tuple[BlockInfo, tuple[bytes, ...]]]
+    ) -> list[list[bytes | FripError]]:
+        """Each job's per-probe scores (see :class:`~frip_engine.contracts.Executor`): one
+        call per shard holding any of the blocks; the whole call fails if any shard fails."""
+        if not jobs:
+            return []
+        mine, refs = self._score_calls(jobs)
         answers: list[list[bytes | FripError]] = [[] for _ in jobs]
         for js, scored in zip(mine.values(), self._wait(refs, "score"), strict=True):
             for j, per_probe in zip(js, scored, strict=True):
                 answers[j] = per_probe
         return answers
+
+    def decide_many(
+        self,
+        payloads: list[bytes],
+        jobs: list[tuple[BlockInfo, list[int]]],
+        slots: Any,
+        top_k: int,
+        access: KeyAccess,
+    ) -> list[Shortlist | FripError]:
+        """Score and decide on the nodes (:class:`~frip_engine.contracts.DecidingExecutor`):
+        each shard scores its blocks, its node's key-service actor
+        (:class:`~frip_plugins.executors._ray_keyservice.NodeKeyService`) decrypts them
+        there (the ciphertexts stay in that node's object store) and answers top-k lists,
+        merged here. One key-service call per node per batch; the whole call fails if any
+        shard or key-service actor fails (WorkerLostError: retry)."""
+        if not jobs:
+            return [([], {}) for _ in payloads]
+        import ray
+
+        deciders = self._key_services(access)
+        if self._slots_for is not slots:  # a new slot map: sent to the object store once
+            self._slots_ref = ray.put({b: np.asarray(a, dtype=np.int64) for b, a in slots.items()})
+            self._slots_for = slots
+        mine, refs = self._score_calls(
+            [(info, tuple(payloads[p] for p in who)) for info, who in jobs]
+        )
+        nodes: dict[str, list[tuple[list[Job], Any]]] = {}
+        for (s, js), ref in zip(mine.items(), refs, strict=True):
+            shard_jobs = [(j, jobs[j][0].block_id, jobs[j][1]) for j in js]
+            nodes.setdefault(self._groups[s], []).append((shard_jobs, ref))
+        decided = [
+            deciders[group].decide.remote(
+                [shard_jobs for shard_jobs, _ in calls],
+                len(payloads),
+                self._slots_ref,
+                top_k,
+                *[ref for _, ref in calls],
+            )
+            for group, calls in nodes.items()
+        ]
+        position = {info.block_id: j for j, (info, _) in enumerate(jobs)}
+        return merge(self._wait(decided, "decide"), position, len(payloads), top_k)
+
+    def _key_services(self, access: KeyAccess) -> dict[str, Any]:
+        """The key-service actor of each node group of the shards (started on first use,
+        with ``access``; the same access afterwards: it is the engine's)."""
+        if self._deciders is None or self._access != access:
+            import ray
+
+            remote: Any = ray.remote(NodeKeyService)
+            self._deciders = {
+                group: remote.options(
+                    **key_service_options(
+                        group if self._placed else None,
+                        None if self._placed else group,
+                        PLACEMENT_SHARE,
+                    )
+                ).remote(self._setup_ref, access)
+                for group in dict.fromkeys(self._groups)
+            }
+            self._access = access
+        return self._deciders
 
     def encrypt_steps(
         self, jobs: list[EncryptJob], key_version: int
@@ -409,7 +500,7 @@ class RayExecutor:
         self._closed = True
         import ray
 
-        for actor in self._actors:
+        for actor in [*self._actors, *(self._deciders or {}).values()]:
             with suppress(Exception):  # the cluster is gone already: nothing left to stop
                 ray.kill(actor, no_restart=True)
         if self._encryptor is not None:
