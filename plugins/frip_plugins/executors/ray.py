@@ -16,8 +16,10 @@ What runs where (docs/scale.md has the whole table):
   context and the encrypted blocks it owns, loaded into the HE backend's matcher. It never
   sees the secret key, a decrypted score, an enrolled embedding or a subject id: it gets
   probe payloads (as the engine's probe mode makes them: the probe template in ``plain``
-  mode, a ciphertext in ``encrypted`` mode) and answers score ciphertexts, which only the
-  coordinator's key service can decrypt. The scoring itself is the worker code of
+  mode, a ciphertext in ``encrypted`` mode) and answers score ciphertexts, which only a
+  key service can decrypt: its node's key-service actor
+  (:mod:`~frip_plugins.executors._ray_keyservice`, :meth:`RayExecutor.decide_many`) when
+  the engine's key store is reachable from the nodes, else the coordinator's. The scoring itself is the worker code of
   :mod:`frip_engine.parallel` (``_score_many``: every probe of a batch scored in one
   pass per block), run in the actor's process.
 - Blocks are placed on shards by rendezvous (highest-random-weight) hashing of the block
