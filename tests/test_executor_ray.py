@@ -23,6 +23,7 @@ from frip_eval import ray_cluster
 from frip_plugins.executors.ray import Shard, owner
 
 from frip_engine import plugins
+from frip_engine.contracts import KeyAccess
 from frip_engine.decision import Decision
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import ExecutorConnectError, ProfileError, StoreError, WorkerLostError
@@ -422,3 +423,29 @@ def test_a_key_service_actor_killed_mid_stream_is_retry_then_serves_again(
     assert right > 0
     _serves_again(engine, probes, expected)  # restarted by Ray, on its node
     assert pid not in _pids(list(executor._deciders.values()), "pid")
+
+
+def test_actors_take_no_constructor_argument_from_the_object_store(
+    make_engine: Callable[..., Engine],
+    cluster: ray_cluster.Cluster,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The public context (MBs) is read by each actor from the gallery store, so Ray
+    passes the constructor arguments inline: a restarted actor depends on no object, and
+    Ray prints no warning about it (ray#53727) on every command."""
+    engine = make_engine("lean", **GALLERY, key_store={"plugin": "file"})
+    engine.enrol_many([EnrolItem("s0", embeddings=[unit_vectors(1, 128, seed=3)[0]])])
+    section = _ray_section(cluster)
+    del section["plugin"]
+    executor = plugins.create("executor", "ray", setup=engine._worker_setup(), **section)
+    try:
+        (info,) = engine.gallery_store.blocks()
+        payload = engine.matcher.encode_probe(unit_vectors(1, 128, seed=3)[0])
+        access = KeyAccess("file", {}, engine.profile.engine_id)
+        (answer,) = executor.decide_many(
+            [payload], [(info, [0])], {info.block_id: np.array([0])}, 1, access
+        )
+        assert not isinstance(answer, Exception) and answer[0][0][1] == (info.block_id, 0)
+    finally:
+        executor.close()
+    assert "constructor arguments in the object store" not in capfd.readouterr().err

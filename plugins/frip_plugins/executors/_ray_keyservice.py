@@ -27,17 +27,21 @@ Job = tuple[int, int, list[int]]
 
 
 class NodeKeyService:
-    """A trusted key-service actor: ``NodeKeyService(setup, access)`` builds the engine's
-    HE backend and key store (bound to ``setup.engine_dir``) and a
-    :class:`~frip_engine.keyservice.KeyService` of ``setup.key_version``; a key store it
-    cannot build makes every call answer that FripError."""
+    """A trusted key-service actor: ``NodeKeyService(setup, fingerprint, access)`` (the
+    setup and fingerprint as :func:`~frip_plugins.executors.ray.lean` makes them) reads
+    the engine's public context from the gallery store, builds the HE backend and key
+    store (bound to ``setup.engine_dir``) and a
+    :class:`~frip_engine.keyservice.KeyService` of ``setup.key_version``; a store or key
+    store it cannot open makes every call answer that FripError."""
 
-    def __init__(self, setup: WorkerSetup, access: KeyAccess) -> None:
+    def __init__(self, setup: WorkerSetup, fingerprint: str, access: KeyAccess) -> None:
         from frip_engine import plugins
         from frip_engine.keyservice import KeyService
+        from frip_plugins.executors.ray import public_setup
 
         self._broken: FripError | None = None
         try:
+            setup = public_setup(setup, fingerprint)
             he_backend = plugins.create("he_backend", setup.he_backend, **setup.he_backend_params)
             key_store = plugins.create("key_store", access.key_store, **access.key_store_params)
             key_store.bind(setup.engine_dir)

@@ -19,9 +19,9 @@ What runs where (docs/scale.md has the whole table):
   mode, a ciphertext in ``encrypted`` mode) and answers score ciphertexts, which only a
   key service can decrypt: its node's key-service actor
   (:mod:`~frip_plugins.executors._ray_keyservice`, :meth:`RayExecutor.decide_many`) when
-  the engine's key store is reachable from the nodes, else the coordinator's. The scoring itself is the worker code of
-  :mod:`frip_engine.parallel` (``_score_many``: every probe of a batch scored in one
-  pass per block), run in the actor's process.
+  the engine's key store is reachable from the nodes, else the coordinator's. The
+  scoring itself is the worker code of :mod:`frip_engine.parallel` (``_score_many``:
+  every probe of a batch scored in one pass per block), run in the actor's process.
 - Blocks are placed on shards by rendezvous (highest-random-weight) hashing of the block
   id over the shard names (:func:`owner`): deterministic, so a restarted shard knows its
   blocks without asking anyone, and adding or removing a shard moves only the blocks that
@@ -113,30 +113,52 @@ def owner(block_id: int, shards: Sequence[str]) -> str:
     return max(shards, key=weight)
 
 
+def lean(setup: WorkerSetup) -> tuple[WorkerSetup, str]:
+    """``setup`` without its public context (MBs), and that context's SHA-256 (hex): an
+    actor's constructor arguments small enough for Ray to pass inline, so a restarted
+    actor depends on no object in the object store (ray#53727); the actor reads the
+    context from the gallery store (:func:`public_setup`)."""
+    return replace(setup, public_context=b""), context_fingerprint(setup.public_context)
+
+
+def public_setup(setup: WorkerSetup, fingerprint: str) -> WorkerSetup:
+    """``setup`` with the public context of its key version read from its gallery store.
+    StoreError unless that context's SHA-256 is ``fingerprint`` (the engine's): a store
+    of another engine or key, whose blocks must not be served."""
+    from frip_engine import plugins
+
+    store = plugins.create("gallery_store", setup.gallery_store, **setup.gallery_store_params)
+    store.bind(setup.engine_dir)
+    context = store.public_context(setup.key_version)
+    if context_fingerprint(context) != fingerprint:
+        raise StoreError(
+            f"the gallery store this actor opened ({store.describe()}) has another public "
+            f"context for HE key v{setup.key_version} than the engine's: it belongs to "
+            "another engine or key; refusing its blocks"
+        )
+    return replace(setup, public_context=context)
+
+
 class Shard:
     """One shard: a Ray actor process holding the public context and its blocks.
 
-    Built (and rebuilt after a crash) as ``Shard(setup, name, shards)``: it opens the
-    gallery store, checks that the store's public context of ``setup.key_version`` is the
-    setup's (else every call answers StoreError), then loads every block it owns
-    (:func:`owner`) so it serves at full speed from its first call."""
+    Built (and rebuilt after a crash) as ``Shard(setup, name, shards, fingerprint)``
+    (``setup`` as :func:`lean` makes it; without ``fingerprint``, its own context's): it
+    opens the gallery store, reads the public context of ``setup.key_version`` there,
+    which must be the engine's (:func:`public_setup`; else every call answers
+    StoreError), then loads every block it owns (:func:`owner`) so it serves at full
+    speed from its first call."""
 
-    def __init__(self, setup: WorkerSetup, name: str, shards: list[str]) -> None:
+    def __init__(
+        self, setup: WorkerSetup, name: str, shards: list[str], fingerprint: str | None = None
+    ) -> None:
         self._broken: FripError | None = None
         try:
+            expected = fingerprint or context_fingerprint(setup.public_context)
             # parallel's worker state, without its owner watch: a shard's life is Ray's (it
             # ends with the coordinator that owns it), so the watch is pointed at itself
-            parallel._start(replace(setup, owner_pid=os.getpid()))
+            parallel._start(replace(public_setup(setup, expected), owner_pid=os.getpid()))
             store = parallel._worker["gallery_store"]
-            if (
-                context_fingerprint(store.public_context(setup.key_version))
-                != (parallel._worker["fingerprint"])
-            ):
-                raise StoreError(
-                    f"the gallery store this shard opened ({store.describe()}) has another "
-                    f"public context for HE key v{setup.key_version} than the engine's: it "
-                    "belongs to another engine or key; refusing its blocks"
-                )
             for info in store.blocks():
                 if info.key_version == setup.key_version and owner(info.block_id, shards) == name:
                     parallel._block(info.block_id, info.revision)
@@ -286,9 +308,7 @@ class RayExecutor:
         self._timeout = float(timeout)
         self._names = [f"shard-{i}" for i in range(shards)]
         remote: Any = ray.remote(Shard)
-        # the setup (the public context: MBs) is put once and kept referenced here, so a
-        # shard restarted later still finds its constructor's argument (ray#53727)
-        self._setup_ref = ray.put(setup)
+        self._lean = lean(setup)  # passed inline: each actor reads the context from the store
         self._actors: list[Any] = []
         for i, shard in enumerate(self._names):
             options: dict[str, Any] = {
@@ -301,7 +321,7 @@ class RayExecutor:
             else:
                 options["scheduling_strategy"] = "SPREAD"
             self._actors.append(
-                remote.options(**options).remote(self._setup_ref, shard, self._names)
+                remote.options(**options).remote(self._lean[0], shard, self._names, self._lean[1])
             )
         self._encryptor: ParallelScorer | None = None
         self._encrypt_workers = encrypt_workers
@@ -452,7 +472,7 @@ class RayExecutor:
                         None if self._placed else group,
                         PLACEMENT_SHARE,
                     )
-                ).remote(self._setup_ref, access)
+                ).remote(*self._lean, access)
                 for group in dict.fromkeys(self._groups)
             }
             self._access = access
