@@ -14,6 +14,7 @@ processes executor's. A one-node Ray cluster (2 CPUs) is started here.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -82,6 +83,7 @@ def main(registrants: int, probes: int) -> None:
 
         ray_module.shutdown()
         ray_cluster.stop(cluster)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
