@@ -320,10 +320,12 @@ def _killed_mid_stream(
         killing.join()
 
 
+@pytest.mark.parametrize("deciding", ["on_ray", "deciding_on_nodes"])
 def test_a_shard_killed_mid_stream_is_retry_then_serves_again(
-    on_ray: tuple[Engine, np.ndarray, list[Decision]],
+    deciding: str, request: pytest.FixtureRequest
 ) -> None:
-    engine, probes, expected = on_ray
+    """Whether the engine decides (memory key store) or the nodes' key services do."""
+    engine, probes, expected = request.getfixturevalue(deciding)
     _serves_again(engine, probes, expected)
     executor = engine._executor()
     import ray

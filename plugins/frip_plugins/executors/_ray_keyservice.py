@@ -21,6 +21,7 @@ import numpy as np
 from frip_engine.contracts import KeyAccess, Shortlist
 from frip_engine.errors import FripError
 from frip_engine.parallel import WorkerSetup
+from frip_plugins.executors._ray_public import public_setup
 
 # per block a shard scored: (position in the engine's block order, block id, probe indices)
 Job = tuple[int, int, list[int]]
@@ -28,7 +29,7 @@ Job = tuple[int, int, list[int]]
 
 class NodeKeyService:
     """A trusted key-service actor: ``NodeKeyService(setup, fingerprint, access)`` (the
-    setup and fingerprint as :func:`~frip_plugins.executors.ray.lean` makes them) reads
+    setup and fingerprint as :func:`~frip_plugins.executors._ray_public.lean` makes them) reads
     the engine's public context from the gallery store, builds the HE backend and key
     store (bound to ``setup.engine_dir``) and a
     :class:`~frip_engine.keyservice.KeyService` of ``setup.key_version``; a store or key
@@ -37,7 +38,6 @@ class NodeKeyService:
     def __init__(self, setup: WorkerSetup, fingerprint: str, access: KeyAccess) -> None:
         from frip_engine import plugins
         from frip_engine.keyservice import KeyService
-        from frip_plugins.executors.ray import public_setup
 
         self._broken: FripError | None = None
         try:
