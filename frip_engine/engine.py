@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -40,7 +41,9 @@ from frip_engine import hookspecs, plugins
 from frip_engine.calibration import engine_threshold, lookup
 from frip_engine.contracts import (
     BlockInfo,
+    DecidingExecutor,
     Executor,
+    KeyAccess,
     NewSubject,
     ShardStatus,
     SharingMatcher,
@@ -66,7 +69,14 @@ from frip_engine.errors import (
     each_or_error,
 )
 from frip_engine.images import load_image
-from frip_engine.keyservice import KeyService, Occupants, he_key_id, he_key_version, wipe
+from frip_engine.keyservice import (
+    KeyService,
+    Occupants,
+    block_arrays,
+    he_key_id,
+    he_key_version,
+    wipe,
+)
 from frip_engine.parallel import (
     InProcess,
     ParallelScorer,
@@ -1052,19 +1062,31 @@ class Engine:
                 results[i] = exc
         # each probe's own stages (extraction, encryption; then decryption and selection)
         own = {i: sum(watch.seconds.values()) for i, watch in enumerate(watches)}
-        with shared.stage("distance_derivation"):
-            scored = self._score_batch(loaded, payloads, wanted)
-        decided: dict[int, list[tuple[int, bytes]]] = {}
-        for i, entry in scored.items():
-            if isinstance(entry, FripError):
-                results[i] = entry
-            else:
-                decided[i] = entry
-        answers = self.key_service.decide_many(list(decided.values()), occupants, top_k)
-        for i, answer in zip(decided, answers, strict=True):  # and the key service's stages
+        deciding = self._deciding()
+        if deciding is None:  # score ciphertexts back here, decided by this key service
+            with shared.stage("distance_derivation"):
+                scored = self._score_batch(loaded, payloads, wanted)
+            decided: dict[int, list[tuple[int, bytes]]] = {}
+            for i, entry in scored.items():
+                if isinstance(entry, FripError):
+                    results[i] = entry
+                else:
+                    decided[i] = entry
+            answers = dict(
+                zip(
+                    decided,
+                    self.key_service.decide_many(list(decided.values()), occupants, top_k),
+                    strict=True,
+                )
+            )
+        else:  # decided where scored: top-k lists back here
+            answers = self._decide_where_scored(
+                *deciding, shared, loaded, payloads, wanted, occupants, top_k
+            )
+        for i, answer in answers.items():  # and the key service's stages
             if not isinstance(answer, FripError):
                 own[i] += answer[1].get("decryption", 0.0) + answer[1].get("minimum_selection", 0.0)
-        for i, answer in zip(decided, answers, strict=True):
+        for i, answer in answers.items():
             if isinstance(answer, FripError):
                 results[i] = answer
                 continue
@@ -1120,6 +1142,69 @@ class Engine:
         block = next(b for b in self.gallery_store.blocks() if b.block_id == record.block_id)
         occupants = {record.block_id: {record.slot: subject_id}}
         return occupants, [block], {i: {block.block_id} for i in templates}
+
+    def _deciding(self) -> tuple[DecidingExecutor, KeyAccess] | None:
+        """The executor and the key access it needs when it decides where it scores
+        (:class:`DecidingExecutor`: its own trusted key-service processes reach the key
+        store); None when this engine's key service decides: another executor, the
+        shared probe mode, or a key store that lives in this process only."""
+        if isinstance(self.matcher, SharingMatcher) or getattr(
+            self.parts.key_store, "process_local", False
+        ):
+            return None
+        executor = self._executor()
+        if not isinstance(executor, DecidingExecutor):
+            return None
+        access = KeyAccess(
+            self.profile.plugin("key_store"),
+            self.profile.params("key_store"),
+            self.profile.engine_id,
+        )
+        return executor, access
+
+    def _decide_where_scored(
+        self,
+        executor: DecidingExecutor,
+        access: KeyAccess,
+        shared: Stopwatch,
+        blocks: Sequence[tuple[BlockInfo, Any]],
+        payloads: dict[int, bytes],
+        wanted: dict[int, set[int]],
+        occupants: Mapping[int, Mapping[int, str]],
+        top_k: int,
+    ) -> dict[int, tuple[list[Candidate], dict[str, float]] | FripError]:
+        """Each probe's candidates (or its error), decided by the executor's key services
+        where its blocks were scored: their (block, slot) top-k lists become subject ids
+        here, where the slot map is. The call's time beyond the slowest decision is the
+        ``distance_derivation`` stage."""
+        order = list(payloads)
+        index = {i: n for n, i in enumerate(order)}
+        jobs = [
+            (info, [index[i] for i in order if info.block_id in wanted[i]]) for info, _ in blocks
+        ]
+        if isinstance(occupants, Occupants):
+            slots = occupants.slot_arrays()
+        else:
+            slots = {b: block_arrays(by_slot)[0] for b, by_slot in occupants.items()}
+        started = time.perf_counter()
+        shortlists = executor.decide_many(
+            [payloads[i] for i in order], [job for job in jobs if job[1]], slots, top_k, access
+        )
+        seconds = time.perf_counter() - started
+        answers: dict[int, tuple[list[Candidate], dict[str, float]] | FripError] = {}
+        deciding = 0.0
+        for i, shortlist in zip(order, shortlists, strict=True):
+            if isinstance(shortlist, FripError):
+                answers[i] = shortlist
+                continue
+            found, timings = shortlist
+            deciding = max(deciding, sum(timings.values()))
+            answers[i] = (
+                [Candidate(occupants[b][slot], score) for score, (b, slot) in found],
+                timings,
+            )
+        shared.add({"distance_derivation": max(0.0, seconds - deciding)})
+        return answers
 
     def _score_batch(
         self,

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import unit_vectors
+from conftest import PASSPHRASE, unit_vectors
 from frip_eval import ray_cluster
 from frip_plugins.executors.ray import Shard, owner
 
 from frip_engine import plugins
+from frip_engine.contracts import KeyAccess
 from frip_engine.decision import Decision
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import ExecutorConnectError, ProfileError, StoreError, WorkerLostError
@@ -48,7 +49,9 @@ def cluster() -> Iterator[ray_cluster.Cluster]:
     import ray
     from frip_plugins.executors.ray import _connect
 
-    started = ray_cluster.start(NODES)
+    with pytest.MonkeyPatch.context() as env:  # what an operator's `ray start` has on a node
+        env.setenv("FRIP_PASSPHRASE", PASSPHRASE)  # for the key-service actors' file key store
+        started = ray_cluster.start(NODES)
     try:
         _connect(started.address)
         started.wait_nodes(1 + len(NODES))
@@ -180,14 +183,14 @@ def _same(a: Decision, b: Decision) -> None:
     assert a.candidates == b.candidates
 
 
-@pytest.fixture
-def on_ray(
-    make_engine: Callable[..., Engine], home: Path, cluster: ray_cluster.Cluster
-) -> Iterator[tuple[Engine, np.ndarray, list[Decision]]]:
+def _reopened_on_ray(
+    make_engine: Callable[..., Engine], home: Path, cluster: ray_cluster.Cluster, **sections: Any
+) -> tuple[Engine, np.ndarray, list[Decision]]:
     """An engine enrolled and decided on the local executor, then reopened on the ray
     executor (its profile's [executor] changed, as an operator would): (engine on Ray,
     probes, the local decisions)."""
-    local = make_engine("onray", **GALLERY)
+    name = f"onray{len(sections)}"
+    local = make_engine(name, **GALLERY, **sections)
     vectors = unit_vectors(REGISTRANTS, 128, seed=1)
     report = local.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
     assert not report.failed and len(local.gallery_store.blocks()) == 4
@@ -198,9 +201,42 @@ def on_ray(
     profile = load_profile(profile_path)
     profile.sections["executor"] = _ray_section(cluster, timeout=10)
     save_profile(profile, profile_path)
-    engine = Engine.open("onray", home)
+    return Engine.open(name, home), probes, [d for d in expected if isinstance(d, Decision)]
+
+
+@pytest.fixture
+def on_ray(
+    make_engine: Callable[..., Engine], home: Path, cluster: ray_cluster.Cluster
+) -> Iterator[tuple[Engine, np.ndarray, list[Decision]]]:
+    """:func:`_reopened_on_ray` with the memory key store, which no other process
+    reaches: the shards score, the engine's own key service decides."""
+    engine, probes, expected = _reopened_on_ray(make_engine, home, cluster)
     try:
-        yield engine, probes, [d for d in expected if isinstance(d, Decision)]
+        yield engine, probes, expected
+    finally:
+        engine.close()
+
+
+@pytest.fixture
+def deciding_on_nodes(
+    make_engine: Callable[..., Engine],
+    home: Path,
+    cluster: ray_cluster.Cluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Engine, np.ndarray, list[Decision]]]:
+    """:func:`_reopened_on_ray` with the file key store, which each node's key-service
+    actor reaches: decisions made on the nodes. The engine's own key service is made to
+    fail if it is asked to decide, which proves no score ciphertext is decided here."""
+    engine, probes, expected = _reopened_on_ray(
+        make_engine, home, cluster, key_store={"plugin": "file"}
+    )
+
+    def not_here(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the coordinator's key service was asked to decide")
+
+    monkeypatch.setattr(engine.key_service, "decide_many", not_here)
+    try:
+        yield engine, probes, expected
     finally:
         engine.close()
 
@@ -284,10 +320,12 @@ def _killed_mid_stream(
         killing.join()
 
 
+@pytest.mark.parametrize("deciding", ["on_ray", "deciding_on_nodes"])
 def test_a_shard_killed_mid_stream_is_retry_then_serves_again(
-    on_ray: tuple[Engine, np.ndarray, list[Decision]],
+    deciding: str, request: pytest.FixtureRequest
 ) -> None:
-    engine, probes, expected = on_ray
+    """Whether the engine decides (memory key store) or the nodes' key services do."""
+    engine, probes, expected = request.getfixturevalue(deciding)
     _serves_again(engine, probes, expected)
     executor = engine._executor()
     import ray
@@ -315,3 +353,101 @@ def test_a_worker_node_killed_mid_stream_is_retry_then_serves_again(
         cluster.start_worker("shard_node_b")  # the machine comes back (an operator, a VM)
     _serves_again(engine, probes, expected)  # the pinned shard restarted on it by itself
     assert all(s.healthy for s in engine._executor().status())
+
+
+# ------------------------------------------------------- decisions made where scores are made
+def _pids(actors: list[Any], method: str) -> list[int]:
+    import ray
+
+    if method == "held":
+        return [ray.get(actor.held.remote())[2] for actor in actors]
+    return [ray.get(actor.pid.remote()) for actor in actors]
+
+
+def test_key_service_actors_decide_on_the_nodes_as_the_local_executor(
+    deciding_on_nodes: tuple[Engine, np.ndarray, list[Decision]],
+) -> None:
+    engine, probes, expected = deciding_on_nodes
+    answers = engine.identify_many(embeddings=list(probes), top_k=3)
+    for got, want in zip(answers, expected, strict=True):
+        assert isinstance(got, Decision), got
+        _same(got, want)
+        assert got.registrants == REGISTRANTS
+        assert got.timings["decryption"] > 0  # decrypted, on a node
+    verified = engine.verify("s2", embedding=probes[2])  # one block, one node
+    assert verified.matched and verified.subject_id == "s2"
+    executor = engine._executor()
+    deciders = list(executor._deciders.values())
+    assert len(deciders) == 2  # one per node group, beside its shards
+    assert not set(_pids(deciders, "pid")) & set(_pids(executor._actors, "held"))
+
+
+def test_shard_processes_never_hold_the_secret_key(
+    deciding_on_nodes: tuple[Engine, np.ndarray, list[Decision]],
+) -> None:
+    engine, probes, _ = deciding_on_nodes
+    engine.identify_many(embeddings=list(probes), top_k=3)  # the key has been used
+    secret = engine.parts.key_store.load_secret(engine.profile.engine_id, "he-secret-v1")
+    needle = bytes(secret[len(secret) // 2 : len(secret) // 2 + 48])
+    for pid in _pids(engine._executor()._actors, "held"):
+        assert not _in_memory(pid, needle), f"shard process {pid} holds the secret key"
+    assert _in_memory(os.getpid(), needle)  # the scan finds it where it is (here: `secret`)
+
+
+def _in_memory(pid: int, needle: bytes) -> bool:
+    """Whether ``needle`` is in any readable private (anonymous or heap) mapping of ``pid``."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if not fields[1].startswith("r") or (len(fields) > 5 and not fields[5].startswith("[")):
+                continue  # unreadable, or a mapped file (code, data files)
+            if fields[-1] in ("[vvar]", "[vsyscall]", "[vdso]"):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def test_a_key_service_actor_killed_mid_stream_is_retry_then_serves_again(
+    deciding_on_nodes: tuple[Engine, np.ndarray, list[Decision]],
+) -> None:
+    engine, probes, expected = deciding_on_nodes
+    _serves_again(engine, probes, expected)
+    executor = engine._executor()
+    (pid, _) = _pids(list(executor._deciders.values()), "pid")
+
+    right, _ = _killed_mid_stream(engine, probes, expected, lambda: os.kill(pid, signal.SIGKILL))
+    assert right > 0
+    _serves_again(engine, probes, expected)  # restarted by Ray, on its node
+    assert pid not in _pids(list(executor._deciders.values()), "pid")
+
+
+def test_actors_take_no_constructor_argument_from_the_object_store(
+    make_engine: Callable[..., Engine],
+    cluster: ray_cluster.Cluster,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The public context (MBs) is read by each actor from the gallery store, so Ray
+    passes the constructor arguments inline: a restarted actor depends on no object, and
+    Ray prints no warning about it (ray#53727) on every command."""
+    engine = make_engine("lean", **GALLERY, key_store={"plugin": "file"})
+    engine.enrol_many([EnrolItem("s0", embeddings=[unit_vectors(1, 128, seed=3)[0]])])
+    section = _ray_section(cluster)
+    del section["plugin"]
+    executor = plugins.create("executor", "ray", setup=engine._worker_setup(), **section)
+    try:
+        (info,) = engine.gallery_store.blocks()
+        payload = engine.matcher.encode_probe(unit_vectors(1, 128, seed=3)[0])
+        access = KeyAccess("file", {}, engine.profile.engine_id)
+        (answer,) = executor.decide_many(
+            [payload], [(info, [0])], {info.block_id: np.array([0])}, 1, access
+        )
+        assert not isinstance(answer, Exception) and answer[0][0][1] == (info.block_id, 0)
+    finally:
+        executor.close()
+    assert "constructor arguments in the object store" not in capfd.readouterr().err

@@ -16,10 +16,12 @@ What runs where (docs/scale.md has the whole table):
   context and the encrypted blocks it owns, loaded into the HE backend's matcher. It never
   sees the secret key, a decrypted score, an enrolled embedding or a subject id: it gets
   probe payloads (as the engine's probe mode makes them: the probe template in ``plain``
-  mode, a ciphertext in ``encrypted`` mode) and answers score ciphertexts, which only the
-  coordinator's key service can decrypt. The scoring itself is the worker code of
-  :mod:`frip_engine.parallel` (``_score_many``: every probe of a batch scored in one
-  pass per block), run in the actor's process.
+  mode, a ciphertext in ``encrypted`` mode) and answers score ciphertexts, which only a
+  key service can decrypt: its node's key-service actor
+  (:mod:`~frip_plugins.executors._ray_keyservice`, :meth:`RayExecutor.decide_many`) when
+  the engine's key store is reachable from the nodes, else the coordinator's. The
+  scoring itself is the worker code of :mod:`frip_engine.parallel` (``_score_many``:
+  every probe of a batch scored in one pass per block), run in the actor's process.
 - Blocks are placed on shards by rendezvous (highest-random-weight) hashing of the block
   id over the shard names (:func:`owner`): deterministic, so a restarted shard knows its
   blocks without asking anyone, and adding or removing a shard moves only the blocks that
@@ -67,8 +69,18 @@ from contextlib import suppress
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from frip_engine import parallel
-from frip_engine.contracts import BlockInfo, Executor, Register, Requirement, ShardStatus
+from frip_engine.contracts import (
+    BlockInfo,
+    Executor,
+    KeyAccess,
+    Register,
+    Requirement,
+    ShardStatus,
+    Shortlist,
+)
 from frip_engine.errors import (
     ExecutorConnectError,
     FripError,
@@ -78,6 +90,9 @@ from frip_engine.errors import (
 )
 from frip_engine.hookspecs import hookimpl
 from frip_engine.parallel import EncryptJob, ParallelScorer, WorkerSetup, context_fingerprint
+from frip_plugins.executors._ray_keyservice import Job, NodeKeyService, merge
+from frip_plugins.executors._ray_keyservice import options as key_service_options
+from frip_plugins.executors._ray_public import lean, public_setup
 
 NAMESPACE = "frip"
 MAX_SHARDS = 256
@@ -102,27 +117,23 @@ def owner(block_id: int, shards: Sequence[str]) -> str:
 class Shard:
     """One shard: a Ray actor process holding the public context and its blocks.
 
-    Built (and rebuilt after a crash) as ``Shard(setup, name, shards)``: it opens the
-    gallery store, checks that the store's public context of ``setup.key_version`` is the
-    setup's (else every call answers StoreError), then loads every block it owns
-    (:func:`owner`) so it serves at full speed from its first call."""
+    Built (and rebuilt after a crash) as ``Shard(setup, name, shards, fingerprint)``
+    (``setup`` as :func:`lean` makes it; without ``fingerprint``, its own context's): it
+    opens the gallery store, reads the public context of ``setup.key_version`` there,
+    which must be the engine's (:func:`public_setup`; else every call answers
+    StoreError), then loads every block it owns (:func:`owner`) so it serves at full
+    speed from its first call."""
 
-    def __init__(self, setup: WorkerSetup, name: str, shards: list[str]) -> None:
+    def __init__(
+        self, setup: WorkerSetup, name: str, shards: list[str], fingerprint: str | None = None
+    ) -> None:
         self._broken: FripError | None = None
         try:
+            expected = fingerprint or context_fingerprint(setup.public_context)
             # parallel's worker state, without its owner watch: a shard's life is Ray's (it
             # ends with the coordinator that owns it), so the watch is pointed at itself
-            parallel._start(replace(setup, owner_pid=os.getpid()))
+            parallel._start(replace(public_setup(setup, expected), owner_pid=os.getpid()))
             store = parallel._worker["gallery_store"]
-            if (
-                context_fingerprint(store.public_context(setup.key_version))
-                != (parallel._worker["fingerprint"])
-            ):
-                raise StoreError(
-                    f"the gallery store this shard opened ({store.describe()}) has another "
-                    f"public context for HE key v{setup.key_version} than the engine's: it "
-                    "belongs to another engine or key; refusing its blocks"
-                )
             for info in store.blocks():
                 if info.key_version == setup.key_version and owner(info.block_id, shards) == name:
                     parallel._block(info.block_id, info.revision)
@@ -289,9 +300,7 @@ class RayExecutor:
         self._timeout = float(timeout)
         self._names = [f"shard-{i}" for i in range(shards)]
         remote: Any = ray.remote(Shard)
-        # the setup (the public context: MBs) is put once and kept referenced here, so a
-        # shard restarted later still finds its constructor's argument (ray#53727)
-        self._setup_ref = ray.put(setup)
+        self._lean = lean(setup)  # passed inline: each actor reads the context from the store
         self._actors: list[Any] = []
         for i, shard in enumerate(self._names):
             options: dict[str, Any] = {
@@ -304,16 +313,25 @@ class RayExecutor:
             else:
                 options["scheduling_strategy"] = "SPREAD"
             self._actors.append(
-                remote.options(**options).remote(self._setup_ref, shard, self._names)
+                remote.options(**options).remote(self._lean[0], shard, self._names, self._lean[1])
             )
         self._encryptor: ParallelScorer | None = None
         self._encrypt_workers = encrypt_workers
         self._closed = False
+        self._placed = bool(placement)
+        self._deciders: dict[str, Any] | None = None  # node group -> its key-service actor
+        self._access: KeyAccess | None = None
+        self._slots_for: Any = None  # the slot arrays last sent, and their ref
+        self._slots_ref: Any = None
         try:  # every shard up, its blocks loaded (a shard that cannot start: a clear error)
-            self._wait([actor.held.remote() for actor in self._actors], "start", START_SECONDS)
+            started = self._wait(
+                [actor.held.remote() for actor in self._actors], "start", START_SECONDS
+            )
         except FripError:
             self.close()
             raise
+        # each shard's node group: its placement resource, else the Ray node it started on
+        self._groups = list(placement) if placement else [node for node, *_ in started]
 
     def _wait(self, refs: list[Any], what: str, seconds: float | None = None) -> list[Any]:
         """Every ref's value, in order; WorkerLostError (retry) if a shard died or did not
@@ -329,7 +347,7 @@ class RayExecutor:
             for ref in refs:
                 with suppress(Exception):  # already finished or gone: nothing to cancel
                     ray.cancel(ref)
-            if isinstance(exc, RayTaskError):
+            if isinstance(exc, RayTaskError) and not isinstance(exc.cause, RayActorError):
                 raise StoreError(f"a shard failed to {what}: {exc.cause!r}") from exc
             if isinstance(exc, RayActorError) and exc.actor_init_failed:
                 lines = [line.strip() for line in str(exc).splitlines() if "Error" in line]
@@ -352,14 +370,12 @@ class RayExecutor:
                 raise answer
         return list(answers)
 
-    def score_many(
+    def _score_calls(
         self, jobs: list[tuple[BlockInfo, tuple[bytes, ...]]]
-    ) -> list[list[bytes | FripError]]:
-        """Each job's per-probe scores (see :class:`~frip_engine.contracts.Executor`): one
-        call per shard holding any of the blocks, the distinct payload tuples sent once
-        through Ray's object store; the whole call fails if any shard fails."""
-        if not jobs:
-            return []
+    ) -> tuple[dict[int, list[int]], list[Any]]:
+        """One ``Shard.score`` call per shard holding any of the jobs' blocks, the distinct
+        payload tuples sent once through Ray's object store: (shard index -> its job
+        indices, in job order; the calls' refs, in the same order)."""
         import ray
 
         groups: dict[tuple[bytes, ...], int] = {}
@@ -376,11 +392,83 @@ class RayExecutor:
             )
             for s, js in mine.items()
         ]
+        return mine, refs
+
+    def score_many(
+        self, jobs: list[tuple[BlockInfo, tuple[bytes, ...]]]
+    ) -> list[list[bytes | FripError]]:
+        """Each job's per-probe scores (see :class:`~frip_engine.contracts.Executor`): one
+        call per shard holding any of the blocks; the whole call fails if any shard fails."""
+        if not jobs:
+            return []
+        mine, refs = self._score_calls(jobs)
         answers: list[list[bytes | FripError]] = [[] for _ in jobs]
         for js, scored in zip(mine.values(), self._wait(refs, "score"), strict=True):
             for j, per_probe in zip(js, scored, strict=True):
                 answers[j] = per_probe
         return answers
+
+    def decide_many(
+        self,
+        payloads: list[bytes],
+        jobs: list[tuple[BlockInfo, list[int]]],
+        slots: Any,
+        top_k: int,
+        access: KeyAccess,
+    ) -> list[Shortlist | FripError]:
+        """Score and decide on the nodes (:class:`~frip_engine.contracts.DecidingExecutor`):
+        each shard scores its blocks, its node's key-service actor
+        (:class:`~frip_plugins.executors._ray_keyservice.NodeKeyService`) decrypts them
+        there (the ciphertexts stay in that node's object store) and answers top-k lists,
+        merged here. One key-service call per node per batch; the whole call fails if any
+        shard or key-service actor fails (WorkerLostError: retry)."""
+        if not jobs:
+            return [([], {}) for _ in payloads]
+        import ray
+
+        deciders = self._key_services(access)
+        if self._slots_for is not slots:  # a new slot map: sent to the object store once
+            self._slots_ref = ray.put({b: np.asarray(a, dtype=np.int64) for b, a in slots.items()})
+            self._slots_for = slots
+        mine, refs = self._score_calls(
+            [(info, tuple(payloads[p] for p in who)) for info, who in jobs]
+        )
+        nodes: dict[str, list[tuple[list[Job], Any]]] = {}
+        for (s, js), ref in zip(mine.items(), refs, strict=True):
+            shard_jobs = [(j, jobs[j][0].block_id, jobs[j][1]) for j in js]
+            nodes.setdefault(self._groups[s], []).append((shard_jobs, ref))
+        decided = [
+            deciders[group].decide.remote(
+                [shard_jobs for shard_jobs, _ in calls],
+                len(payloads),
+                self._slots_ref,
+                top_k,
+                *[ref for _, ref in calls],
+            )
+            for group, calls in nodes.items()
+        ]
+        position = {info.block_id: j for j, (info, _) in enumerate(jobs)}
+        return merge(self._wait(decided, "decide"), position, len(payloads), top_k)
+
+    def _key_services(self, access: KeyAccess) -> dict[str, Any]:
+        """The key-service actor of each node group of the shards (started on first use,
+        with ``access``; the same access afterwards: it is the engine's)."""
+        if self._deciders is None or self._access != access:
+            import ray
+
+            remote: Any = ray.remote(NodeKeyService)
+            self._deciders = {
+                group: remote.options(
+                    **key_service_options(
+                        group if self._placed else None,
+                        None if self._placed else group,
+                        PLACEMENT_SHARE,
+                    )
+                ).remote(*self._lean, access)
+                for group in dict.fromkeys(self._groups)
+            }
+            self._access = access
+        return self._deciders
 
     def encrypt_steps(
         self, jobs: list[EncryptJob], key_version: int
@@ -426,7 +514,7 @@ class RayExecutor:
         self._closed = True
         import ray
 
-        for actor in self._actors:
+        for actor in [*self._actors, *(self._deciders or {}).values()]:
             with suppress(Exception):  # the cluster is gone already: nothing left to stop
                 ray.kill(actor, no_restart=True)
         if self._encryptor is not None:
