@@ -1062,7 +1062,7 @@ class Engine:
                 results[i] = exc
         # each probe's own stages (extraction, encryption; then decryption and selection)
         own = {i: sum(watch.seconds.values()) for i, watch in enumerate(watches)}
-        deciding = self._deciding()
+        deciding = self._deciding() if loaded else None  # no block: no executor needed
         if deciding is None:  # score ciphertexts back here, decided by this key service
             with shared.stage("distance_derivation"):
                 scored = self._score_batch(loaded, payloads, wanted)

@@ -318,6 +318,7 @@ class RayExecutor:
         self._encryptor: ParallelScorer | None = None
         self._encrypt_workers = encrypt_workers
         self._closed = False
+        self._owners: dict[int, int] = {}  # block id -> index of the shard holding it
         self._placed = bool(placement)
         self._deciders: dict[str, Any] | None = None  # node group -> its key-service actor
         self._access: KeyAccess | None = None
@@ -382,7 +383,7 @@ class RayExecutor:
         mine: dict[int, list[int]] = {}  # shard index -> job indices
         for j, (info, payloads) in enumerate(jobs):
             groups.setdefault(payloads, len(groups))
-            mine.setdefault(self._names.index(owner(info.block_id, self._names)), []).append(j)
+            mine.setdefault(self._shard_of(info.block_id), []).append(j)
         sent = ray.put(list(groups))
         refs = [
             self._actors[s].score.remote(
@@ -393,6 +394,13 @@ class RayExecutor:
             for s, js in mine.items()
         ]
         return mine, refs
+
+    def _shard_of(self, block_id: int) -> int:
+        """The index of the shard that holds ``block_id`` (:func:`owner`, remembered)."""
+        found = self._owners.get(block_id)
+        if found is None:
+            found = self._owners[block_id] = self._names.index(owner(block_id, self._names))
+        return found
 
     def score_many(
         self, jobs: list[tuple[BlockInfo, tuple[bytes, ...]]]
