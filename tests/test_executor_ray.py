@@ -124,6 +124,23 @@ def test_a_shard_refuses_the_store_of_another_engine(make_engine: Callable[..., 
     assert isinstance(refused, StoreError) and "another engine" in str(refused)
 
 
+def test_a_shard_whose_blocks_do_not_fit_its_nodes_memory_says_so(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of memory while loading is a clear error on every call, not a restart loop."""
+    from frip_plugins.executors import ray as ray_executor
+
+    engine = make_engine("tight", **GALLERY)
+    vectors = unit_vectors(3, 128, seed=6)
+    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
+    info = engine.gallery_store.blocks()[0]
+    monkeypatch.setattr(ray_executor, "available_memory", lambda: info.size_bytes // 2)
+    shard = Shard(engine._worker_setup(), "shard-0", ["shard-0"])
+    refused = shard.score([(info.block_id, info.revision, info.key_version)], [()], [0])
+    assert isinstance(refused, ProfileError), refused
+    assert "memory" in str(refused) and "shard-0" in str(refused) and "shards" in str(refused)
+
+
 def test_bad_parameters_are_profile_errors(make_engine: Callable[..., Engine]) -> None:
     setup = make_engine("params")._worker_setup()
     with pytest.raises(ProfileError, match="one Ray custom resource name per shard"):

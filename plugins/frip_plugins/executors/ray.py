@@ -54,7 +54,10 @@ from the shards that did answer. Ray restarts the actor (``max_restarts = -1``),
 loads its blocks from the store again in its constructor and serves the next call; a
 shard pinned to a lost node comes back when a node offering its resource joins. A call
 that waits longer than ``timeout`` for a shard fails alike. A cluster that does not
-answer, or runs another Ray or Python version, is an ExecutorConnectError (exit 4).
+answer, or runs another Ray or Python version, is an ExecutorConnectError (exit 4). A
+shard whose blocks exceed its node's available memory does not load them: every call
+answers a ProfileError that says how much it needs and has (instead of the kernel killing
+it mid-load and Ray restarting it in a loop).
 """
 
 from __future__ import annotations
@@ -114,6 +117,33 @@ def owner(block_id: int, shards: Sequence[str]) -> str:
     return max(shards, key=weight)
 
 
+def available_memory() -> int | None:
+    """Bytes this node can still give a process without swapping (Linux ``MemAvailable``
+    in /proc/meminfo), or None where the kernel does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_memory(name: str, blocks: Sequence[BlockInfo]) -> None:
+    """ProfileError (exit 4; every call of the shard answers it) if ``blocks`` (their
+    stored bytes, ~ the residues a shard holds) exceed what its node has available: a
+    clear answer instead of the kernel killing the shard and Ray restarting it forever."""
+    needed = sum(info.size_bytes for info in blocks)
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ProfileError(
+            f"shard {name} needs {needed / 1e9:.2f} GB for its {len(blocks)} blocks, but its "
+            f"node ({socket.gethostname()}) has {available / 1e9:.2f} GB available: add nodes, "
+            "or more shards spread over nodes (placement), or free memory on that node"
+        )
+
+
 class Shard:
     """One shard: a Ray actor process holding the public context and its blocks.
 
@@ -134,9 +164,14 @@ class Shard:
             # ends with the coordinator that owns it), so the watch is pointed at itself
             parallel._start(replace(public_setup(setup, expected), owner_pid=os.getpid()))
             store = parallel._worker["gallery_store"]
-            for info in store.blocks():
-                if info.key_version == setup.key_version and owner(info.block_id, shards) == name:
-                    parallel._block(info.block_id, info.revision)
+            mine = [
+                info
+                for info in store.blocks()
+                if info.key_version == setup.key_version and owner(info.block_id, shards) == name
+            ]
+            _check_memory(name, mine)
+            for info in mine:
+                parallel._block(info.block_id, info.revision)
         except FripError as exc:
             self._broken = exc
 
