@@ -124,6 +124,78 @@ def test_a_shard_refuses_the_store_of_another_engine(make_engine: Callable[..., 
     assert isinstance(refused, StoreError) and "another engine" in str(refused)
 
 
+def _cached_shard(
+    engine: Engine, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Shard, list[int]]:
+    """A shard over all of ``engine``'s blocks with residue cache ``cache``, and the block
+    ids it read from the store while starting."""
+    store_type = type(engine.gallery_store)
+    reads: list[int] = []
+    read_block = store_type.read_block
+
+    def counted(self: Any, block_id: int) -> Any:
+        reads.append(block_id)
+        return read_block(self, block_id)
+
+    monkeypatch.setattr(store_type, "read_block", counted)
+    return Shard(engine._worker_setup(), "shard-0", ["shard-0"], cache_dir=str(cache)), reads
+
+
+def test_a_restarted_shard_maps_its_residue_files_instead_of_reading_the_store(
+    make_engine: Callable[..., Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine("cached", **GALLERY)
+    vectors = unit_vectors(REGISTRANTS, 128, seed=7)
+    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
+    infos = engine.gallery_store.blocks()
+    keys = [(i.block_id, i.revision, i.key_version) for i in infos]
+    probe = (engine.matcher.encode_probe(vectors[0]),)
+    cache = tmp_path / "residues"
+    first, reads = _cached_shard(engine, cache, monkeypatch)
+    assert sorted(reads) == sorted(i.block_id for i in infos)
+    files = list(cache.rglob("*"))
+    assert files and all(
+        (f.stat().st_mode & 0o777) == (0o700 if f.is_dir() else 0o600) for f in files
+    )
+    second, reads = _cached_shard(engine, cache, monkeypatch)
+    assert reads == []  # every block mapped from its file
+    assert second.score(keys, [probe], [0] * len(keys)) == first.score(
+        keys, [probe], [0] * len(keys)
+    )
+    # a damaged file is deleted, not scored: that block is read from the store again
+    damaged = sorted(cache.rglob("*.npy"))[0]
+    raw = bytearray(damaged.read_bytes())
+    raw[-1] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    third, reads = _cached_shard(engine, cache, monkeypatch)
+    assert len(reads) == 1 and third._cache is not None
+    assert third._cache.damaged == [damaged.name]
+    assert third.score(keys, [probe], [0] * len(keys)) == first.score(
+        keys, [probe], [0] * len(keys)
+    )
+
+
+def test_a_residue_file_of_another_revision_or_key_version_is_not_used(
+    make_engine: Callable[..., Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine("stale", **GALLERY)
+    vectors = unit_vectors(REGISTRANTS, 128, seed=8)
+    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
+    cache = tmp_path / "residues"
+    _cached_shard(engine, cache, monkeypatch)
+    info = engine.gallery_store.blocks()[0]
+    (path,) = cache.rglob(f"b{info.block_id}-r*.npy")
+    for revision, key_version in ((info.revision + 1, info.key_version), (info.revision, 9)):
+        for ext in (".npy", ".json"):  # what a newer revision / other key would be named
+            old = path.with_suffix(ext)
+            name = f"b{info.block_id}-r{revision}-k{key_version}{ext}"
+            old.rename(old.with_name(name))
+        _, reads = _cached_shard(engine, cache, monkeypatch)
+        assert reads == [info.block_id]  # read from the store, not the foreign file
+        assert not list(cache.rglob(f"b{info.block_id}-r{revision}-k{key_version}.*"))
+        (path,) = cache.rglob(f"b{info.block_id}-r*.npy")
+
+
 def test_a_shard_whose_blocks_do_not_fit_its_nodes_memory_says_so(
     make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:

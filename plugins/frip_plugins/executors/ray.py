@@ -8,13 +8,17 @@ cluster this machine belongs to, from ``RAY_ADDRESS`` or the last ``ray start``;
 shard to the nodes offering it; without it the shards are spread over the cluster.
 ``num_cpus`` (default 0.5) is what each shard reserves in Ray's scheduler,
 ``timeout`` (seconds, default 60) how long a call waits for a shard, and
-``encrypt_workers`` (default 1) the local encryption processes.
+``encrypt_workers`` (default 1) the local encryption processes, and ``cache_dir`` (default
+``frip-residues-<uid>`` in each node's temp dir) where shards keep their residue files.
 
 What runs where (docs/scale.md has the whole table):
 
 - A shard actor (one per shard, any node) holds PUBLIC material only: the engine's public
   context and the encrypted blocks it owns, loaded into the HE backend's matcher. It never
-  sees the secret key, a decrypted score, an enrolled embedding or a subject id: it gets
+  sees the secret key, a decrypted score, an enrolled embedding or a subject id. With the
+  fast scorer it also keeps each loaded block's raw residues (ciphertext, public) in a
+  private file on its node (:mod:`~frip_plugins.executors._residue_cache`) and, restarted,
+  maps those files instead of reading and parsing the store's blobs. It gets
   probe payloads (as the engine's probe mode makes them: the probe template in ``plain``
   mode, a ciphertext in ``encrypted`` mode) and answers score ciphertexts, which only a
   key service can decrypt: its node's key-service actor
@@ -70,6 +74,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,6 +101,7 @@ from frip_engine.parallel import EncryptJob, ParallelScorer, WorkerSetup, contex
 from frip_plugins.executors._ray_keyservice import Job, NodeKeyService, merge
 from frip_plugins.executors._ray_keyservice import options as key_service_options
 from frip_plugins.executors._ray_public import lean, public_setup
+from frip_plugins.executors._residue_cache import ResidueCache, default_dir
 
 NAMESPACE = "frip"
 MAX_SHARDS = 256
@@ -147,17 +153,25 @@ def _check_memory(name: str, blocks: Sequence[BlockInfo]) -> None:
 class Shard:
     """One shard: a Ray actor process holding the public context and its blocks.
 
-    Built (and rebuilt after a crash) as ``Shard(setup, name, shards, fingerprint)``
-    (``setup`` as :func:`lean` makes it; without ``fingerprint``, its own context's): it
-    opens the gallery store, reads the public context of ``setup.key_version`` there,
-    which must be the engine's (:func:`public_setup`; else every call answers
-    StoreError), then loads every block it owns (:func:`owner`) so it serves at full
-    speed from its first call."""
+    Built (and rebuilt after a crash) as ``Shard(setup, name, shards, fingerprint,
+    cache_dir)`` (``setup`` as :func:`lean` makes it; without ``fingerprint``, its own
+    context's): it opens the gallery store, reads the public context of
+    ``setup.key_version`` there, which must be the engine's (:func:`public_setup`; else
+    every call answers StoreError), then loads every block it owns (:func:`owner`) so it
+    serves at full speed from its first call: mapped from its residue file in
+    ``cache_dir`` (:class:`ResidueCache`) where that holds the store's revision, else read
+    from the store and written there."""
 
     def __init__(
-        self, setup: WorkerSetup, name: str, shards: list[str], fingerprint: str | None = None
+        self,
+        setup: WorkerSetup,
+        name: str,
+        shards: list[str],
+        fingerprint: str | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         self._broken: FripError | None = None
+        self._cache: ResidueCache | None = None
         try:
             expected = fingerprint or context_fingerprint(setup.public_context)
             # parallel's worker state, without its owner watch: a shard's life is Ray's (it
@@ -170,10 +184,25 @@ class Shard:
                 if info.key_version == setup.key_version and owner(info.block_id, shards) == name
             ]
             _check_memory(name, mine)
+            root = Path(cache_dir) if cache_dir else default_dir()
+            self._cache = ResidueCache(root, setup.engine_dir, expected)
             for info in mine:
-                parallel._block(info.block_id, info.revision)
+                self._load(info)
         except FripError as exc:
             self._broken = exc
+
+    def _load(self, info: BlockInfo) -> None:
+        """Load one block: mapped from the residue cache where it holds this revision,
+        else read from the store (and cached for the next start)."""
+        assert self._cache is not None
+        matcher = parallel._worker["matcher"]
+        key = (info.block_id, info.revision, info.key_version)
+        block = self._cache.load(matcher, *key)
+        if block is not None:
+            parallel._worker["blocks"][info.block_id] = (info.revision, block)
+            parallel._worker["sizes"][info.block_id] = info.size_bytes
+            return
+        self._cache.save(parallel._block(info.block_id, info.revision), *key)
 
     def score(
         self,
@@ -310,6 +339,7 @@ class RayExecutor:
         num_cpus: float = 0.5,
         timeout: float = 60.0,
         encrypt_workers: int = 1,
+        cache_dir: str | None = None,
     ) -> None:
         self.check_params(
             {
@@ -348,7 +378,9 @@ class RayExecutor:
             else:
                 options["scheduling_strategy"] = "SPREAD"
             self._actors.append(
-                remote.options(**options).remote(self._lean[0], shard, self._names, self._lean[1])
+                remote.options(**options).remote(
+                    self._lean[0], shard, self._names, self._lean[1], cache_dir
+                )
             )
         self._encryptor: ParallelScorer | None = None
         self._encrypt_workers = encrypt_workers
