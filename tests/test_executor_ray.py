@@ -185,14 +185,14 @@ def test_a_residue_file_of_another_revision_or_key_version_is_not_used(
     _cached_shard(engine, cache, monkeypatch)
     info = engine.gallery_store.blocks()[0]
     (path,) = cache.rglob(f"b{info.block_id}-r*.npy")
-    for revision, key_version in ((info.revision + 1, info.key_version), (info.revision, 9)):
+    key = path.stem.split("-", 2)[2]  # k<key version>-<fingerprint>
+    for name in (f"r{info.revision + 1}-{key}", f"r{info.revision}-k9-{key[3:]}"):
         for ext in (".npy", ".json"):  # what a newer revision / other key would be named
             old = path.with_suffix(ext)
-            name = f"b{info.block_id}-r{revision}-k{key_version}{ext}"
-            old.rename(old.with_name(name))
+            old.rename(old.with_name(f"b{info.block_id}-{name}{ext}"))
         _, reads = _cached_shard(engine, cache, monkeypatch)
         assert reads == [info.block_id]  # read from the store, not the foreign file
-        assert not list(cache.rglob(f"b{info.block_id}-r{revision}-k{key_version}.*"))
+        assert not list(cache.rglob(f"b{info.block_id}-{name}.*"))  # and deleted
         (path,) = cache.rglob(f"b{info.block_id}-r*.npy")
 
 

@@ -185,7 +185,7 @@ class Shard:
             ]
             _check_memory(name, mine)
             root = Path(cache_dir) if cache_dir else default_dir()
-            self._cache = ResidueCache(root, setup.engine_dir, expected)
+            self._cache = ResidueCache(root, setup.engine_dir, expected, setup.key_version)
             for info in mine:
                 self._load(info)
         except FripError as exc:
@@ -196,7 +196,7 @@ class Shard:
         else read from the store (and cached for the next start)."""
         assert self._cache is not None
         matcher = parallel._worker["matcher"]
-        key = (info.block_id, info.revision, info.key_version)
+        key = (info.block_id, info.revision)
         block = self._cache.load(matcher, *key)
         if block is not None:
             parallel._worker["blocks"][info.block_id] = (info.revision, block)
