@@ -629,12 +629,21 @@ class Engine:
                 )
         report = EnrolReport()
         templates: dict[str, tuple[np.ndarray, int]] = {}
-        existing = set(self._enrolled([item.subject_id for item in items]))
-        for item in items:
+        bad: dict[int, SubjectError] = {}
+        for index, item in enumerate(items):  # before any store query sees an id
+            try:
+                check_subject_id(item.subject_id)
+            except SubjectError as exc:
+                bad[index] = exc
+        existing = set(
+            self._enrolled([item.subject_id for i, item in enumerate(items) if i not in bad])
+        )
+        for index, item in enumerate(items):
             if progress:
                 progress(item.subject_id)
             try:
-                check_subject_id(item.subject_id)
+                if index in bad:
+                    raise bad[index]
                 if item.subject_id in existing or item.subject_id in templates:
                     raise DuplicateSubjectError(f"subject '{item.subject_id}' is already enrolled")
                 vectors, labels, notes = self._template_inputs(item)

@@ -68,3 +68,41 @@ def test_a_chunk_into_an_open_block_takes_its_free_slots_and_refuses_duplicates(
     for i in (0, 49, 50, 59):
         decision = engine.identify(embedding=gallery[i])
         assert decision.subject_id == f"s{i}"
+
+
+@pytest.mark.parametrize("held", [0, 60])  # 60 > 8 x 6: ids looked up one by one
+def test_bad_subject_ids_fail_alone_whatever_the_gallery_holds(
+    store: dict[str, Any], make_engine: Callable[..., Engine], held: int
+) -> None:
+    """A bad id (a lone surrogate, a NUL, not text) is refused alone and the other items of
+    its chunk are enrolled, also when the chunk is small beside the gallery (the ids are
+    then looked up one by one in the store, which must never see a bad one)."""
+    engine = make_engine(extractor=SFACE, he=FAST, gallery_store=store)
+    bad: list[Any] = ["bad\udcff", "bad\x00id", 5, None, b"x"]
+    vectors = unit_vectors(held + len(bad) + 1, 128, seed=2)
+    if held:
+        assert not engine.enrol_many(_items(vectors[:held])).failed
+    items = [EnrolItem(b, embeddings=[v]) for b, v in zip(bad, vectors[held:], strict=False)]
+    report = engine.enrol_many([*items, EnrolItem("ok", embeddings=[vectors[-1]])])
+    assert report.enrolled == ["ok"]
+    assert list(report.failed) == bad
+
+
+@pytest.mark.parametrize("bad", ["bad\udcff", "bad\x00id", 5, None])
+def test_every_query_by_subject_id_refuses_a_bad_one_before_the_store(
+    store: dict[str, Any], make_engine: Callable[..., Engine], bad: Any
+) -> None:
+    """The kind of the bulk-enrolment fault: no path hands the store a bad id."""
+    from frip_engine.errors import SubjectError
+    from frip_engine.linkage import remove_everywhere
+
+    engine = make_engine(extractor=SFACE, he=FAST, gallery_store=store)
+    vector = unit_vectors(1, 128, seed=3)[0]
+    engine.enrol_many(_items(vector[None, :]))
+    for query in (
+        lambda: engine.verify(bad, embedding=vector),
+        lambda: engine.remove(bad),
+        lambda: remove_everywhere([engine], bad),
+    ):
+        with pytest.raises(SubjectError):
+            query()
