@@ -221,6 +221,30 @@ def test_bad_parameters_are_profile_errors(make_engine: Callable[..., Engine]) -
         plugins.create("executor", "ray", setup=setup, shards=0)
     with pytest.raises(ProfileError, match="encrypt_workers must be"):
         plugins.create("executor", "ray", setup=setup, encrypt_workers=0)
+    # numbers no Ray call can use: refused at load, not at the first identify
+    for key, value in [
+        ("timeout", float("inf")),
+        ("timeout", 1e300),
+        ("timeout", float("nan")),
+        ("timeout", "60"),
+        ("timeout", True),
+        ("num_cpus", 1e300),
+        ("num_cpus", float("nan")),
+        ("num_cpus", "1"),
+    ]:
+        with pytest.raises(ProfileError, match=key):
+            plugins.create("executor", "ray", setup=setup, **{key: value})
+    with pytest.raises(ProfileError, match="placement"):
+        plugins.create("executor", "ray", setup=setup, shards=1, placement=[""])
+
+
+def test_num_cpus_no_node_offers_is_a_profile_error(
+    make_engine: Callable[..., Engine], cluster: ray_cluster.Cluster
+) -> None:
+    """Not a 600 s wait then "retry": a shard asking more CPUs than any node has never starts."""
+    setup = make_engine("greedy")._worker_setup()
+    with pytest.raises(ProfileError, match="num_cpus"):
+        plugins.create("executor", "ray", setup=setup, address=cluster.address, num_cpus=64)
 
 
 def test_an_address_that_does_not_answer_is_a_clear_error(

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -108,6 +109,8 @@ MAX_SHARDS = 256
 PLACEMENT_SHARE = 0.001  # of a node's custom resource per shard: many shards fit on a node
 CONNECT_SECONDS = 5.0  # how long a "host:port" address may take to accept a connection
 START_SECONDS = 600.0  # how long a new executor waits for its shards to load their blocks
+MAX_NUM_CPUS = 1024.0  # per shard; the cluster itself is checked once joined
+MAX_TIMEOUT_S = 86_400.0  # a day: beyond it ray.get overflows, and nobody waits that long
 STATUS_SECONDS = 5.0  # how long status() waits for a shard before calling it unhealthy
 _joined: str | None = None  # the address this process joined its Ray cluster at
 
@@ -121,6 +124,18 @@ def owner(block_id: int, shards: Sequence[str]) -> str:
         return hashlib.sha256(f"{name}\x00{block_id}".encode()).digest()
 
     return max(shards, key=weight)
+
+
+def _check_number(key: str, value: object, high: float) -> None:
+    """ProfileError unless ``value`` is a real number in (0, ``high``] (no bool, text,
+    NaN or infinity: Ray would refuse them only at the first call)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= high
+    ):
+        raise ProfileError(f"{key} must be a number above 0 and at most {high:g}, not {value!r}")
 
 
 def available_memory() -> int | None:
@@ -324,8 +339,10 @@ class RayExecutor:
                 f"placement names {len(placement)} resources for {shards} shards: "
                 "give one Ray custom resource name per shard"
             )
-        if not params.get("num_cpus", 0.5) > 0 or not params.get("timeout", 60.0) > 0:
-            raise ProfileError("num_cpus and timeout must be positive")
+        _check_number("num_cpus", params.get("num_cpus", 0.5), MAX_NUM_CPUS)
+        _check_number("timeout", params.get("timeout", 60.0), MAX_TIMEOUT_S)
+        if placement is not None and not all(isinstance(p, str) and p for p in placement):
+            raise ProfileError(f"placement must name Ray custom resources, not {placement!r}")
         workers = params.get("encrypt_workers", 1)
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
             raise ProfileError(f"encrypt_workers must be an integer from 1 to 64, not {workers!r}")
@@ -361,6 +378,13 @@ class RayExecutor:
                     f"placement names {missing}, which no node of the Ray cluster "
                     "offers (ray start --resources '{\"NAME\": 1}')"
                 )
+        nodes = ray.nodes()  # type: ignore[no-untyped-call]
+        most = max((n["Resources"].get("CPU", 0.0) for n in nodes if n["Alive"]), default=0.0)
+        if num_cpus > most:
+            raise ProfileError(
+                f"num_cpus = {num_cpus:g} per shard, but no node of the Ray cluster offers more "
+                f"than {most:g} CPUs: no shard could start; lower num_cpus or add bigger nodes"
+            )
         self._setup = setup
         self._timeout = float(timeout)
         self._names = [f"shard-{i}" for i in range(shards)]
