@@ -30,7 +30,8 @@ def _results(command: str) -> dict[str, Any]:
 
 
 def test_the_page_shows_the_command_that_was_run(tmp_path: Path) -> None:
-    command = bench_scale.command_line(300, 3, [1, 3], 100, None, 2, 1, tmp_path / "out")
+    plan = bench_scale.ScaleRun(300, 3, [1, 3], 100, None, 2, 1, tmp_path / "out")
+    command = plan.command_line()
     assert command == (
         "frip bench scale --registrants 300 --probes 3 --shards 1 --shards 3 --chunk 100 "
         f"--cpus 2 --enrol-workers 1 --output {tmp_path / 'out'}"

@@ -29,6 +29,7 @@ import signal
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,24 +85,30 @@ def _enrol(
     return time.perf_counter() - start
 
 
-def command_line(
-    registrants: int,
-    probes: int,
-    shards: list[int],
-    chunk: int,
-    address: str | None,
-    cpus: int,
-    enrol_workers: int,
-    output: Path,
-) -> str:
-    """The ``frip bench scale`` command that reproduces a run of these arguments."""
-    words = ["--registrants", str(registrants), "--probes", str(probes)]
-    for count in shards:
-        words += ["--shards", str(count)]
-    words += ["--chunk", str(chunk)]
-    words += ["--address", address] if address else ["--cpus", str(cpus)]
-    words += ["--enrol-workers", str(enrol_workers), "--output", str(output)]
-    return f"frip bench scale {shlex.join(words)}"
+@dataclass(frozen=True)
+class ScaleRun:
+    """One ``frip bench scale`` run: gallery size, timed probes, the shard counts of the
+    ray rows, enrolment chunk, a Ray address (None: start a one-node cluster of ``cpus``
+    CPUs here), processes encrypting the enrolment, and where the pages go."""
+
+    registrants: int
+    probes: int
+    shards: list[int]
+    chunk: int
+    address: str | None
+    cpus: int
+    enrol_workers: int
+    output: Path
+
+    def command_line(self) -> str:
+        """The ``frip bench scale`` command that reproduces this run."""
+        words = ["--registrants", str(self.registrants), "--probes", str(self.probes)]
+        for count in self.shards:
+            words += ["--shards", str(count)]
+        words += ["--chunk", str(self.chunk)]
+        words += ["--address", self.address] if self.address else ["--cpus", str(self.cpus)]
+        words += ["--enrol-workers", str(self.enrol_workers), "--output", str(self.output)]
+        return f"frip bench scale {shlex.join(words)}"
 
 
 def _reopen(home: Path, executor: dict[str, Any]) -> Engine:
@@ -157,46 +164,36 @@ def _row(timings: list[float], decisions: list[Decision], local: list[Decision])
     }
 
 
-def run(
-    registrants: int,
-    probes: int,
-    shards: list[int],
-    chunk: int,
-    address: str | None,
-    cpus: int,
-    enrol_workers: int,
-    output: Path,
-    console: Console,
-) -> dict[str, Any]:
-    """Measure; write the JSON, Markdown and PNG into ``output``; return the results."""
+def run(plan: ScaleRun, console: Console) -> dict[str, Any]:
+    """Measure; write the JSON, Markdown and PNG into ``plan.output``; return the results."""
     from frip_eval import ray_cluster
 
     pin_threads()
     home = Path(tempfile.mkdtemp(prefix="frip-bench-scale-"))
-    cluster = None if address else ray_cluster.start((), head_cpus=cpus)
-    where = address or (cluster.address if cluster else "")
-    gallery = _vectors(registrants, 0)
-    picks, probe_rows = _probes(gallery, probes)
+    cluster = None if plan.address else ray_cluster.start((), head_cpus=plan.cpus)
+    where = plan.address or (cluster.address if cluster else "")
+    gallery = _vectors(plan.registrants, 0)
+    picks, probe_rows = _probes(gallery, plan.probes)
     results: dict[str, Any] = {
-        "command": command_line(
-            registrants, probes, shards, chunk, address, cpus, enrol_workers, output
-        ),
-        "registrants": registrants,
-        "probes": probes,
+        "command": plan.command_line(),
+        "registrants": plan.registrants,
+        "probes": plan.probes,
         "dimension": DIMENSION,
         "he": PROFILE["he"],
-        "chunk": chunk,
-        "enrol_cores": enrol_workers,
-        "cluster": "given" if address else f"started here: one node, {cpus} CPUs",
+        "chunk": plan.chunk,
+        "enrol_cores": plan.enrol_workers,
+        "cluster": "given" if plan.address else f"started here: one node, {plan.cpus} CPUs",
         "executors": {},
     }
     try:
-        enrolling = {"plugin": "processes", "workers": enrol_workers}
-        made = {**PROFILE, "executor": enrolling} if enrol_workers > 1 else PROFILE
+        enrolling = {"plugin": "processes", "workers": plan.enrol_workers}
+        made = {**PROFILE, "executor": enrolling} if plan.enrol_workers > 1 else PROFILE
         with Engine.create(Profile.from_dict(made), home) as engine:
-            console.print(f"enrolling {registrants:,} ({enrol_workers} encrypting process(es))")
-            seconds = _enrol(engine, gallery, chunk, console)
-            results["enrol_per_s"] = registrants / seconds
+            console.print(
+                f"enrolling {plan.registrants:,} ({plan.enrol_workers} encrypting process(es))"
+            )
+            seconds = _enrol(engine, gallery, plan.chunk, console)
+            results["enrol_per_s"] = plan.registrants / seconds
             results["blocks"] = len(engine.gallery_store.blocks())
             results["gallery_bytes"] = sum(b.size_bytes for b in engine.gallery_store.blocks())
         local: list[Decision] = []
@@ -206,10 +203,10 @@ def run(
         ]
         configs += [
             (f"ray-{n}", {"plugin": "ray", "shards": n, "address": where, "num_cpus": 0.25})
-            for n in shards
+            for n in plan.shards
         ]
         for label, section in configs:
-            console.print(f"{label}: {probes} identifies")
+            console.print(f"{label}: {plan.probes} identifies")
             with _reopen(home, section) as engine:
                 timings, decisions = _timed(engine, probe_rows)
                 if label == "local":
@@ -233,7 +230,7 @@ def run(
             ray.shutdown()
             ray_cluster.stop(cluster)
         shutil.rmtree(home, ignore_errors=True)
-    _write(results, output)
+    _write(results, plan.output)
     return results
 
 

@@ -387,12 +387,12 @@ def bench_scale_command(
     """local vs processes vs ray (1/2/4 shards) on one gallery: identify p50/p99, Ray's
     overhead per identify, enrolment rate, a killed shard's restart time (needs the ray
     extra)."""
-    from frip_eval.bench_scale import run
+    from frip_eval.bench_scale import ScaleRun, run
 
     counts = shards or [1, 2, 4]
     if registrants < probes + 1 or min([probes, chunk, cpus, enrol_workers, *counts]) < 1:
         raise InputError("--registrants must exceed --probes; the other numbers must be >= 1")
-    run(registrants, probes, counts, chunk, address, cpus, enrol_workers, output, out)
+    run(ScaleRun(registrants, probes, counts, chunk, address, cpus, enrol_workers, output), out)
 
 
 @bench_app.command("he")
