@@ -5,13 +5,17 @@
     python benchmarks/bench_store_writers.py --writers 4 --subjects 2048 --chunk 512
 
 Starts a throw-away PostgreSQL server (tests/_postgres.py: Debian's postgresql, as its
-unprivileged user). Each writer process (spawned, engine opened as ``frip bench store``
-makes it: TenSEAL fast preset, fast scorer) times, summed over its enrol_many calls: the
-wait for the engine's write lock and the time holding it, the encryption, the delta
-addition (load the block's latest revision, add, serialise: under the lock) and the store
-commit, with the bytes committed. Prints one JSON object per (store, writers): those
-sums over the writers, their CPU ms per subject, the server's (PostgreSQL backends and
-those that ended, from /proc) and the cores busy. Read the ratios on a shared machine.
+unprivileged user; durable: fsync and full page writes on, max_wal_size 4 GB). Each
+writer process (spawned, engine opened as ``frip bench store`` makes it: TenSEAL fast
+preset, fast scorer) times, summed over its enrol_many calls: the wait for the engine's
+write lock and the time holding it, the encryption, the delta addition (load the block's
+latest revision, add, serialise: under the lock) and the store commit, the block reads
+and (de)serialisations, with the bytes committed; the clock and the CPU counts start
+once every writer has opened the engine. Prints one JSON object per (store, writers):
+those sums over the writers, their CPU ms per subject, the server's (PostgreSQL
+backends and those that ended, from /proc), the cores busy (writers and server), the
+cores other work left to the run (ours + idle) and, for W writers, W vs 1 and its bound
+min(W, cores) / (cores busy, 1 writer). Read the ratios on a shared machine.
 """
 
 from __future__ import annotations
@@ -46,14 +50,17 @@ def _timing(sums: dict[str, float], key: str, function: Callable[..., Any]) -> C
     return timed
 
 
-def _writer(home: str, name: str, seed: int, count: int, chunk: int, out: str) -> None:
+def _writer(home: str, name: str, seed: int, count: int, chunk: int, out: str, start: Any) -> None:
     from frip_eval import bench_store
     from frip_eval.threads import pin_threads
 
     from frip_engine.engine import Engine
 
     pin_threads()
-    sums = dict.fromkeys(("lock_wait", "lock_held", "encrypt", "delta_add", "commit"), 0.0)
+    sums = dict.fromkeys(
+        ("lock_wait", "lock_held", "encrypt", "delta_add", "commit", "read_block", "load", "dump"),
+        0.0,
+    )
     counts = {"commit_bytes": 0, "commits": 0, "locks": 0}
     writing = Engine._writing
 
@@ -81,7 +88,7 @@ def _writer(home: str, name: str, seed: int, count: int, chunk: int, out: str) -
                 return
             yield block
 
-    Engine._writing = timed_writing  # type: ignore[method-assign,assignment]
+    Engine._writing = timed_writing  # type: ignore[method-assign]
     Engine._encrypted_blocks = timed_blocks  # type: ignore[method-assign]
     Engine._with_delta = _timing(sums, "delta_add", Engine._with_delta)  # type: ignore[method-assign]
     vectors = bench_store._vectors(count, seed)
@@ -95,6 +102,11 @@ def _writer(home: str, name: str, seed: int, count: int, chunk: int, out: str) -
             return commit(*args, **kwargs)
 
         store.commit_block = counted  # type: ignore[method-assign]
+        store.read_block = _timing(sums, "read_block", store.read_block)  # type: ignore[method-assign]
+        matcher = engine.matcher
+        matcher.load = _timing(sums, "load", matcher.load)  # type: ignore[method-assign]
+        matcher.dump = _timing(sums, "dump", matcher.dump)  # type: ignore[method-assign]
+        start.wait()  # every writer has opened the engine: the clock starts
         used = resource.getrusage(resource.RUSAGE_SELF)
         before = used.ru_utime + used.ru_stime
         bench_store._enrol(engine, vectors, f"w{seed}-", chunk)
@@ -104,22 +116,10 @@ def _writer(home: str, name: str, seed: int, count: int, chunk: int, out: str) -
     )
 
 
-def _server_cpu(postmaster: int) -> float:
-    """CPU seconds of the server: the postmaster, its children, and its ended children."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry) == postmaster:
-            total += sum(int(f) for f in fields[11:15])
-        elif int(fields[1]) == postmaster:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+def _idle_cpu() -> float:
+    """CPU seconds all cores have spent idle (or waiting for I/O) since boot."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=512, help="subjects per enrol_many")
     parser.add_argument("--stores", default="sqlite,postgres")
     args = parser.parse_args()
-    server = _postgres.start()
+    server = _postgres.start(durable=True)
     server.create_database("bench")
     os.environ.update(server.env("bench"))
     os.environ.setdefault("FRIP_PASSPHRASE", bench_store.BENCH_PASSPHRASE)
@@ -140,29 +140,45 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="frip-store-writers-"))
     spawn = multiprocessing.get_context("spawn")
     try:
+        cores = os.cpu_count() or 1
         for store in args.stores.split(","):
+            one: dict[str, float] = {}
             for count in sorted({1, args.writers}):
                 name = f"w{count}-{store}"
                 section = bench_store._store_section(store, None, f"w{count}")
                 bench_store._create(home, name, section).close()
                 outs = [home / f"{name}-{w}.json" for w in range(count)]
                 each = args.subjects // count
+                opened = spawn.Barrier(count + 1)
                 processes = [
                     spawn.Process(
-                        target=_writer, args=(str(home), name, 100 + w, each, args.chunk, str(o))
+                        target=_writer,
+                        args=(str(home), name, 100 + w, each, args.chunk, str(o), opened),
                     )
                     for w, o in enumerate(outs)
                 ]
-                server_before, start = _server_cpu(postmaster), time.perf_counter()
                 for process in processes:
                     process.start()
+                opened.wait()
+                server_before, idle_before = bench_store.server_cpu(postmaster), _idle_cpu()
+                start = time.perf_counter()
                 for process in processes:
                     process.join()
                 elapsed = time.perf_counter() - start
-                server_used = _server_cpu(postmaster) - server_before
+                server_used = bench_store.server_cpu(postmaster) - server_before
+                idle = _idle_cpu() - idle_before
                 rows = [json.loads(o.read_text()) for o in outs]
                 sums = {k: round(sum(r[k] for r in rows), 2) for k in rows[0]}
                 subjects = each * count
+                busy = (sums["cpu"] + server_used) / elapsed
+                if count == 1:
+                    one = {"rate": subjects / elapsed, "busy": busy}
+                versus = {
+                    "vs_1": round(subjects / elapsed / one["rate"], 2),
+                    # the most W writers can reach: min(W, cores) cores kept busy, each doing
+                    # what one writer (and the server's backend for it) kept busy
+                    "bound_vs_1": round(min(count, cores) / one["busy"], 2),
+                }
                 print(
                     json.dumps(
                         {
@@ -172,6 +188,10 @@ def main() -> None:
                             "elapsed_s": round(elapsed, 2),
                             "writer_cpu_ms_per_subject": round(1000 * sums["cpu"] / subjects, 2),
                             "server_cpu_ms_per_subject": round(1000 * server_used / subjects, 2),
+                            "cores_busy": round(busy, 2),
+                            # what other work on the machine left to this run
+                            "cores_free": round(busy + idle / elapsed, 2),
+                            **(versus if count > 1 else {}),
                             "block_mb_per_commit": round(
                                 sums["commit_bytes"] / max(1, sums["commits"]) / 1e6, 1
                             ),

@@ -762,10 +762,13 @@ class Engine:
             if router is not None:
                 router.add(partition, data)
                 routing = (revision, self.key_service.seal_router(router))
+            # a delta is loaded before the lock: only what depends on the latest revision
+            # (read it, add, serialise, commit) is done holding it
+            delta = self.matcher.load(encrypted) if prepared.deltas and info else None
             with self._writing() if lock else nullcontext():
                 expected, loaded, moved = 0 if info is None else info.revision, None, None
-                if prepared.deltas and info is not None:
-                    merged = self._with_delta(info, encrypted)  # a damaged block raises
+                if delta is not None and info is not None:
+                    merged = self._with_delta(info, delta)  # a damaged block raises
                     if merged is None:
                         moved = StoreError(
                             f"block {info.block_id} was removed or re-encrypted while this "
@@ -832,10 +835,10 @@ class Engine:
                 block = self.matcher.add_rows(self._load_block(info), matrix[chunk], slots)
                 yield mine, self.matcher.dump(block)
 
-    def _with_delta(self, info: BlockInfo, delta: bytes) -> tuple[int, Any, bytes] | None:
+    def _with_delta(self, info: BlockInfo, delta: Any) -> tuple[int, Any, bytes] | None:
         """Under the write lock: block ``info.block_id`` at its latest revision with the
-        rows of ``delta`` (a block of those rows alone, in slots reserved for them)
-        added, as (that revision, the loaded sum, the sum serialised); None when the
+        rows of ``delta`` (a loaded block of those rows alone, in slots reserved for
+        them) added, as (that revision, the loaded sum, the sum serialised); None when the
         block is gone or moved to another HE key meanwhile. The addition commutes, so
         deltas encrypted in parallel may land in any order; the slots were reserved, so
         the rows of two writers never meet in one slot. A block that cannot be read
@@ -846,7 +849,7 @@ class Engine:
         adder = delta_matcher(self.matcher)
         if adder is None:
             raise StoreError(f"{self.parts.he_backend.description} adds no enrolment deltas")
-        merged = adder.add_delta(self._load_block(latest), self.matcher.load(delta))
+        merged = adder.add_delta(self._load_block(latest), delta)
         return latest.revision, merged, self.matcher.dump(merged)
 
     def _recache(self, block_id: int, committed: bytes, loaded: Any = None) -> None:

@@ -22,6 +22,9 @@ from frip_engine.errors import StoreError
 
 LOCK_FILE = "write.lock"
 WAIT_SECONDS = 600.0
+# the longest sleep between two tries: a waiting writer starts at most this long after
+# the lock is released
+MAX_PAUSE = 0.01
 
 
 @contextmanager
@@ -49,7 +52,7 @@ def write_lock(directory: Path, engine: str, wait: float = WAIT_SECONDS) -> Iter
                         f"{wait:.0f} s; nothing was written, retry when it has finished"
                     ) from None
                 time.sleep(pause)
-                pause = min(2 * pause, 0.1)
+                pause = min(2 * pause, MAX_PAUSE)
         yield
     finally:
         os.close(fd)  # releases the lock

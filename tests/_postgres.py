@@ -134,8 +134,12 @@ def _kwargs(env: dict[str, str]) -> dict[str, str]:
     }
 
 
-def start() -> Server:
-    """initdb and start a server; the caller stops it (``stop``) and removes ``root``."""
+def start(durable: bool = False) -> Server:
+    """initdb and start a server; the caller stops it (``stop``) and removes ``root``.
+    Tests run it without fsync (nothing they check needs the disk flushed, the SIGKILL
+    test included: the files survive a killed server); ``durable`` (benchmarks) keeps
+    PostgreSQL's defaults (fsync, full page writes) and lets 4 GB of WAL accumulate
+    between checkpoints, so that a run of 67 MB block commits is not checkpoint-bound."""
     root = Path(tempfile.mkdtemp(prefix="frip-pg-"))
     password = secrets.token_hex(16)
     server = Server(root, _free_port(), password)
@@ -166,9 +170,10 @@ def start() -> Server:
     with (server.data / "postgresql.conf").open("a") as conf:
         conf.write(
             f"port = {server.port}\nlisten_addresses = '127.0.0.1'\n"
-            f"unix_socket_directories = '{root}'\nfsync = off\nfull_page_writes = off\n"
+            f"unix_socket_directories = '{root}'\n"
             "shared_buffers = 64MB\nmax_connections = 60\n"
         )
+        conf.write("max_wal_size = 4GB\n" if durable else "fsync = off\nfull_page_writes = off\n")
     server.start()
     return server
 

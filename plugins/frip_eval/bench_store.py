@@ -99,6 +99,43 @@ def _cpu_seconds() -> float:
     return used.ru_utime + used.ru_stime
 
 
+def server_cpu(postmaster: int | None) -> float:
+    """CPU seconds (user + system) of the PostgreSQL server whose postmaster has pid
+    ``postmaster``: the postmaster, its live children (backends, WAL writer,
+    checkpointer...) and those that ended (its children's times), from /proc; 0 when
+    None (no server on this machine)."""
+    if postmaster is None:
+        return 0.0
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == postmaster:
+            total += sum(int(f) for f in fields[11:15])
+        elif int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _postmaster(dsn: str | None) -> int | None:
+    """The pid of the postmaster serving ``dsn`` (or the PG* environment) when it runs on
+    this machine (a backend's parent in /proc), else None."""
+    import psycopg
+
+    with psycopg.connect(dsn or "") as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    try:
+        stat = Path(f"/proc/{row[0] if row else 0}/stat").read_text()
+    except OSError:
+        return None  # another machine's server
+    name, fields = stat.split("(", 1)[1].rsplit(")", 1)
+    return int(fields.split()[1]) if name.startswith("postgres") else None
+
+
 def _writer(home: str, name: str, seed: int, count: int, chunk: int, start: Any, cpu: Any) -> None:
     """One writer process: open engine ``name``, wait at ``start`` (a barrier of every
     writer and the parent), enrol ``count`` subjects of its own, put its CPU seconds
@@ -112,11 +149,14 @@ def _writer(home: str, name: str, seed: int, count: int, chunk: int, start: Any,
         cpu.put(_cpu_seconds() - before)
 
 
-def _writers(home: Path, name: str, writers: int, each: int, chunk: int) -> dict[str, float]:
+def _writers(
+    home: Path, name: str, writers: int, each: int, chunk: int, postmaster: int | None
+) -> dict[str, float]:
     """``writers`` processes enrolling ``each`` subjects at once into engine ``name``,
     timed from the moment all have opened the engine (process start and engine open,
-    the same for every writer, are left out) to the last commit: subjects per second and
-    the writers' CPU milliseconds per subject (the server's not included)."""
+    the same for every writer, are left out) to the last commit: subjects per second,
+    the writers' and the PostgreSQL server's (``postmaster``, when local) CPU
+    milliseconds per subject, and the cores both kept busy."""
     context = multiprocessing.get_context("spawn")
     start, cpu = context.Barrier(writers + 1), context.Queue()
     processes = [
@@ -126,9 +166,10 @@ def _writers(home: Path, name: str, writers: int, each: int, chunk: int) -> dict
     for process in processes:
         process.start()
     start.wait(timeout=600)
-    began = time.perf_counter()
+    began, server = time.perf_counter(), server_cpu(postmaster)
     seconds = [cpu.get(timeout=3600) for _ in processes]
     elapsed = time.perf_counter() - began
+    server = server_cpu(postmaster) - server
     for process in processes:
         process.join()
         if process.exitcode != 0:
@@ -136,7 +177,8 @@ def _writers(home: Path, name: str, writers: int, each: int, chunk: int) -> dict
     return {
         "per_s": writers * each / elapsed,
         "cpu_ms_per_subject": 1000 * sum(seconds) / (writers * each),
-        "cores_busy": sum(seconds) / elapsed,
+        "server_cpu_ms_per_subject": 1000 * server / (writers * each),
+        "cores_busy": (sum(seconds) + server) / elapsed,
     }
 
 
@@ -169,6 +211,7 @@ def run(
         "stores": {},
     }
     gallery = _vectors(registrants, 0)
+    servers = {"sqlite": None, "postgres": _postmaster(dsn)}
     try:
         for store in ("sqlite", "postgres"):
             console.print(f"[bold]{store}[/]: enrolling {registrants:,}")
@@ -186,18 +229,16 @@ def run(
                 name = f"w{count}-{store}"
                 _create(home, name, _store_section(store, dsn, f"w{count}_{tag}")).close()
                 each = writer_subjects // count
-                timed = _writers(home, name, count, each, writer_chunk)
+                timed = _writers(home, name, count, each, writer_chunk, servers[store])
                 for key, value in timed.items():
                     row[f"writers_{count}_{key}"] = value
             row[f"writers_{writers}_over_1"] = (
                 row[f"writers_{writers}_per_s"] / row["writers_1_per_s"]
             )
-            # CPU-bound ceiling of W writers over 1: one writer on one core of its own, W on
-            # min(W, cores) cores, each subject costing what it cost each writer here
+            # CPU-bound ceiling of W writers over 1: one writer (with the server's work for
+            # it) kept cores_busy cores busy, W writers can keep at most min(W, cores)
             row[f"writers_{writers}_cpu_ceiling"] = (
-                min(writers, cores)
-                * row["writers_1_cpu_ms_per_subject"]
-                / row[f"writers_{writers}_cpu_ms_per_subject"]
+                min(writers, cores) / row["writers_1_cores_busy"]
             )
             results["stores"][store] = row
             console.print(row)
@@ -245,19 +286,20 @@ def _write(results: dict[str, Any], docs: Path) -> None:
         "",
         f"Writers: {results['writer_subjects']:,} subjects in all, in chunks of "
         f"{results['writer_chunk']}, timed from the moment every writer process has opened "
-        "the engine to the last commit. CPU is the writer processes' user + system time "
-        "(the PostgreSQL server's not included); cores busy is that CPU over the elapsed "
-        "time (under 1 for one writer: it waited for the disk, the server, or for the cores "
-        f"other work on this machine used). Enrolment is CPU-bound, so {w} writers can reach "
-        f"at most min({w}, cores) / 1 times one writer that has a core of its own; the "
-        "ceiling is that, scaled by the CPU per subject each writer spent here: "
-        f"min({w}, {results['cores']}) x (CPU per subject, 1 writer) / (CPU per subject, "
-        f"{w} writers). Load average (1 min) {results['load_average_start']:.1f} at the start, "
+        "the engine to the last commit. CPU is user + system time of the writer processes "
+        "and of the PostgreSQL server (postmaster, backends, WAL writer, checkpointer; when "
+        "it runs on this machine); cores busy is both over the elapsed time. One writer "
+        "keeps that many cores busy (it waits in between: for the disk, the server, the "
+        f"write lock, or cores other work used); {w} writers can keep at most min({w}, "
+        f"cores) busy, so the ceiling of {w} vs 1 is min({w}, {results['cores']}) / (cores "
+        "busy, 1 writer), reached only if nothing serialises the writers and a subject "
+        f"costs {w} writers no more CPU than one. Load average (1 min) "
+        f"{results['load_average_start']:.1f} at the start, "
         f"{results['load_average_end']:.1f} at the end.",
         "",
-        f"| store | writers | subjects/s | writer CPU (ms/subject) | cores busy | "
-        f"ceiling {w} vs 1 |",
-        "|---|---|---|---|---|---|",
+        f"| store | writers | subjects/s | writer CPU (ms/subject) | server CPU (ms/subject) "
+        f"| cores busy | ceiling {w} vs 1 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for store, row in results["stores"].items():
         for count in sorted({1, w}):
@@ -265,6 +307,7 @@ def _write(results: dict[str, Any], docs: Path) -> None:
             lines.append(
                 f"| {store} | {count} | {row[f'writers_{count}_per_s']:,.0f} | "
                 f"{row[f'writers_{count}_cpu_ms_per_subject']:.2f} | "
+                f"{row[f'writers_{count}_server_cpu_ms_per_subject']:.2f} | "
                 f"{row[f'writers_{count}_cores_busy']:.2f} | {ceiling} |"
             )
     lines.append("")
