@@ -15,7 +15,7 @@ once every writer has opened the engine. Prints one JSON object per (store, writ
 those sums over the writers, their CPU ms per subject, the server's (PostgreSQL
 backends and those that ended, from /proc), the cores busy (writers and server), the
 cores other work left to the run (ours + idle) and, for W writers, W vs 1 and its bound
-min(W, cores) / (cores busy, 1 writer). Read the ratios on a shared machine.
+min(W, cores, cores free) / (cores busy, 1 writer). Read the ratios on a shared machine.
 """
 
 from __future__ import annotations
@@ -116,12 +116,6 @@ def _writer(home: str, name: str, seed: int, count: int, chunk: int, out: str, s
     )
 
 
-def _idle_cpu() -> float:
-    """CPU seconds all cores have spent idle (or waiting for I/O) since boot."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     import _postgres
     from frip_eval import bench_store
@@ -160,24 +154,28 @@ def main() -> None:
                 for process in processes:
                     process.start()
                 opened.wait()
-                server_before, idle_before = bench_store.server_cpu(postmaster), _idle_cpu()
+                server_before, idle_before = (
+                    bench_store.server_cpu(postmaster),
+                    bench_store.idle_cpu(),
+                )
                 start = time.perf_counter()
                 for process in processes:
                     process.join()
                 elapsed = time.perf_counter() - start
                 server_used = bench_store.server_cpu(postmaster) - server_before
-                idle = _idle_cpu() - idle_before
+                idle = bench_store.idle_cpu() - idle_before
                 rows = [json.loads(o.read_text()) for o in outs]
                 sums = {k: round(sum(r[k] for r in rows), 2) for k in rows[0]}
                 subjects = each * count
                 busy = (sums["cpu"] + server_used) / elapsed
+                free = busy + idle / elapsed
                 if count == 1:
                     one = {"rate": subjects / elapsed, "busy": busy}
                 versus = {
                     "vs_1": round(subjects / elapsed / one["rate"], 2),
-                    # the most W writers can reach: min(W, cores) cores kept busy, each doing
+                    # the most W writers can reach: min(W, cores free) cores kept busy, each doing
                     # what one writer (and the server's backend for it) kept busy
-                    "bound_vs_1": round(min(count, cores) / one["busy"], 2),
+                    "bound_vs_1": round(min(count, cores, free) / one["busy"], 2),
                 }
                 print(
                     json.dumps(
@@ -190,7 +188,7 @@ def main() -> None:
                             "server_cpu_ms_per_subject": round(1000 * server_used / subjects, 2),
                             "cores_busy": round(busy, 2),
                             # what other work on the machine left to this run
-                            "cores_free": round(busy + idle / elapsed, 2),
+                            "cores_free": round(free, 2),
                             **(versus if count > 1 else {}),
                             "block_mb_per_commit": round(
                                 sums["commit_bytes"] / max(1, sums["commits"]) / 1e6, 1

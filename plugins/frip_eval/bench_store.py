@@ -121,6 +121,13 @@ def server_cpu(postmaster: int | None) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def idle_cpu() -> float:
+    """CPU seconds all cores of this machine have spent idle or waiting for I/O since boot
+    (/proc/stat): over a run, with the run's own CPU, the cores other work left to it."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 def _postmaster(dsn: str | None) -> int | None:
     """The pid of the postmaster serving ``dsn`` (or the PG* environment) when it runs on
     this machine (a backend's parent in /proc), else None."""
@@ -156,7 +163,8 @@ def _writers(
     timed from the moment all have opened the engine (process start and engine open,
     the same for every writer, are left out) to the last commit: subjects per second,
     the writers' and the PostgreSQL server's (``postmaster``, when local) CPU
-    milliseconds per subject, and the cores both kept busy."""
+    milliseconds per subject, the cores both kept busy and the cores other work on this
+    machine left to them (busy + idle)."""
     context = multiprocessing.get_context("spawn")
     start, cpu = context.Barrier(writers + 1), context.Queue()
     processes = [
@@ -166,10 +174,10 @@ def _writers(
     for process in processes:
         process.start()
     start.wait(timeout=600)
-    began, server = time.perf_counter(), server_cpu(postmaster)
+    began, server, idle = time.perf_counter(), server_cpu(postmaster), idle_cpu()
     seconds = [cpu.get(timeout=3600) for _ in processes]
     elapsed = time.perf_counter() - began
-    server = server_cpu(postmaster) - server
+    server, idle = server_cpu(postmaster) - server, idle_cpu() - idle
     for process in processes:
         process.join()
         if process.exitcode != 0:
@@ -179,6 +187,7 @@ def _writers(
         "cpu_ms_per_subject": 1000 * sum(seconds) / (writers * each),
         "server_cpu_ms_per_subject": 1000 * server / (writers * each),
         "cores_busy": (sum(seconds) + server) / elapsed,
+        "cores_free": (sum(seconds) + server + idle) / elapsed,
     }
 
 
@@ -236,9 +245,11 @@ def run(
                 row[f"writers_{writers}_per_s"] / row["writers_1_per_s"]
             )
             # CPU-bound ceiling of W writers over 1: one writer (with the server's work for
-            # it) kept cores_busy cores busy, W writers can keep at most min(W, cores)
+            # it) kept cores_busy cores busy, W writers can keep at most min(W, the cores
+            # other work left them) busy
             row[f"writers_{writers}_cpu_ceiling"] = (
-                min(writers, cores) / row["writers_1_cores_busy"]
+                min(writers, cores, row[f"writers_{writers}_cores_free"])
+                / row["writers_1_cores_busy"]
             )
             results["stores"][store] = row
             console.print(row)
@@ -291,15 +302,17 @@ def _write(results: dict[str, Any], docs: Path) -> None:
         "it runs on this machine); cores busy is both over the elapsed time. One writer "
         "keeps that many cores busy (it waits in between: for the disk, the server, the "
         f"write lock, or cores other work used); {w} writers can keep at most min({w}, "
-        f"cores) busy, so the ceiling of {w} vs 1 is min({w}, {results['cores']}) / (cores "
-        "busy, 1 writer), reached only if nothing serialises the writers and a subject "
-        f"costs {w} writers no more CPU than one. Load average (1 min) "
+        f"cores free) busy, cores free being the {results['cores']} cores less what other "
+        "work on the machine used meanwhile (our CPU + idle time over the elapsed time), "
+        f"so the ceiling of {w} vs 1 is min({w}, cores free) / (cores busy, 1 writer), "
+        "reached only if nothing serialises the writers and a subject costs "
+        f"{w} writers no more CPU than one. Load average (1 min) "
         f"{results['load_average_start']:.1f} at the start, "
         f"{results['load_average_end']:.1f} at the end.",
         "",
         f"| store | writers | subjects/s | writer CPU (ms/subject) | server CPU (ms/subject) "
-        f"| cores busy | ceiling {w} vs 1 |",
-        "|---|---|---|---|---|---|---|",
+        f"| cores busy | cores free | ceiling {w} vs 1 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for store, row in results["stores"].items():
         for count in sorted({1, w}):
@@ -308,7 +321,8 @@ def _write(results: dict[str, Any], docs: Path) -> None:
                 f"| {store} | {count} | {row[f'writers_{count}_per_s']:,.0f} | "
                 f"{row[f'writers_{count}_cpu_ms_per_subject']:.2f} | "
                 f"{row[f'writers_{count}_server_cpu_ms_per_subject']:.2f} | "
-                f"{row[f'writers_{count}_cores_busy']:.2f} | {ceiling} |"
+                f"{row[f'writers_{count}_cores_busy']:.2f} | "
+                f"{row[f'writers_{count}_cores_free']:.2f} | {ceiling} |"
             )
     lines.append("")
     (docs / "bench-store.md").write_text("\n".join(lines))
