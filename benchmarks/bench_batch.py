@@ -94,13 +94,15 @@ def bench(registrants: int, sizes: list[int], repeats: int, threads: int) -> dic
             raise SystemExit(f"probe {m}: the batch kernel differs from the single kernel")
     rows = []
     for size in sizes:
-        samples = []
+        samples, cpu = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             _one_pass(gallery, constants[:size], primes, threads)
             samples.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         samples.sort()
         best = samples[0]
+        cpu_best = min(cpu)
         rows.append(
             {
                 "batch": size,
@@ -108,15 +110,20 @@ def bench(registrants: int, sizes: list[int], repeats: int, threads: int) -> dic
                 "batch_median_s": samples[len(samples) // 2],
                 "probes_per_s": size / best,
                 "ms_per_probe": best / size * 1e3,
+                # CPU seconds of this process: what the kernel costs on a shared machine
+                "cpu_s": cpu_best,
+                "cpu_ms_per_probe": cpu_best / size * 1e3,
             }
         )
         print(
             f"B={size:3d}: {best:7.3f} s per batch over {blocks} blocks, "
-            f"{size / best:7.1f} probes/s ({best / size * 1e3:6.1f} ms/probe)"
+            f"{size / best:7.1f} probes/s ({best / size * 1e3:6.1f} ms/probe, "
+            f"{cpu_best / size * 1e3:6.1f} CPU ms/probe)"
         )
     base = rows[0]["probes_per_s"]
     for row in rows:
         row["speedup_vs_b1"] = row["probes_per_s"] / base
+        row["cpu_speedup_vs_b1"] = rows[0]["cpu_ms_per_probe"] / row["cpu_ms_per_probe"]
     return {
         "registrants": blocks * SLOTS if registrants % SLOTS == 0 else registrants,
         "blocks": blocks,
@@ -140,13 +147,15 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
-        "| B (probes per pass) | s per batch | probes/s | ms per probe | vs B=1 |",
-        "|---:|---:|---:|---:|---:|",
+        "| B (probes per pass) | s per batch | probes/s | ms per probe | vs B=1 | "
+        "CPU ms per probe | vs B=1 (CPU) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         lines.append(
             f"| {row['batch']} | {row['batch_s']:.3f} | {row['probes_per_s']:.1f} | "
-            f"{row['ms_per_probe']:.1f} | {row['speedup_vs_b1']:.2f}x |"
+            f"{row['ms_per_probe']:.1f} | {row['speedup_vs_b1']:.2f}x | "
+            f"{row['cpu_ms_per_probe']:.1f} | {row['cpu_speedup_vs_b1']:.2f}x |"
         )
     lines += ["", f"Machine: {machine['platform']}; load before/after {machine['load']}.", ""]
     return "\n".join(lines)
@@ -215,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     row16 = next((r for r in result["rows"] if r["batch"] == 16), None)
     if row16 is not None:
         report["target_b16_at_least_2x_b1"] = row16["speedup_vs_b1"] >= 2.0
-        print(f"B=16 / B=1 = {row16['speedup_vs_b1']:.2f}x (target >= 2x)")
+        report["target_b16_at_least_2x_b1_cpu"] = row16["cpu_speedup_vs_b1"] >= 2.0
+        print(
+            f"B=16 / B=1 = {row16['speedup_vs_b1']:.2f}x wall, "
+            f"{row16['cpu_speedup_vs_b1']:.2f}x CPU (target >= 2x)"
+        )
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "bench-batch.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.output / "bench-batch.md").write_text(_markdown(report))

@@ -105,6 +105,46 @@ def test_kernel_for_many_probes_equals_one_probe_at_a_time() -> None:
     np.testing.assert_array_equal(combine_residues_product(residues, constants, primes), got)
 
 
+@pytest.mark.parametrize("bits", [1, 27, 29, 30, 40, 53, 63])
+def test_product_kernel_is_exact_at_its_widest_sums(bits: int) -> None:
+    """The float64 product's cut (chosen from the constants' width) keeps every sum exact
+    even where all terms are as large as they can be and of one sign."""
+    from frip_plugins.he_backends._fast_scorer import (
+        PRODUCT_ROWS,
+        _product_plan,
+        combine_residues_many,
+        combine_residues_product,
+    )
+
+    primes = [1152921504606830593, 2305843009213554689]  # 60 and 61 bits
+    d, degree = PRODUCT_ROWS + 3, 64
+    residues = np.empty((d, 2, len(primes), degree), dtype=np.uint64)
+    rng = np.random.default_rng(bits)
+    for limb, p in enumerate(primes):
+        residues[:, :, limb] = rng.integers(0, p, size=(d, 2, degree), dtype=np.uint64)
+        residues[:, :, limb, :8] = p - 1
+    top = (1 << bits) - 1 if bits < 64 else 2**63 - 1
+    constants = rng.integers(-top, top, size=(4, d), dtype=np.int64, endpoint=True)
+    constants[0] = top
+    constants[1] = -top
+    plan = _product_plan(61, bits, PRODUCT_ROWS)
+    assert PRODUCT_ROWS * ((1 << plan.x_bits) - 1) * ((1 << plan.k_bits) - 1) <= 2**53
+    assert plan.x_bits * plan.x_pieces >= 61 and plan.k_bits * plan.k_pieces >= bits
+    np.testing.assert_array_equal(
+        combine_residues_product(residues, constants, primes),
+        combine_residues_many(residues, constants, primes),
+    )
+
+
+def test_product_plan_of_unit_probes_takes_four_piece_pairs() -> None:
+    """60-bit residues by constants below 2^29 (unit probes at the fast preset's scale):
+    4 piece pairs per multiply-add, not 6."""
+    from frip_plugins.he_backends._fast_scorer import PRODUCT_ROWS, _product_plan
+
+    plan = _product_plan(60, 29, PRODUCT_ROWS)
+    assert plan.x_pieces * plan.k_pieces == 4
+
+
 def test_kernel_for_many_refuses_bad_constants() -> None:
     from frip_plugins.he_backends._fast_scorer import combine_residues_many
 

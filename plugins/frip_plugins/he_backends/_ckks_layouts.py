@@ -130,8 +130,9 @@ def read_probe(payload: bytes) -> tuple[str, list[bytes]]:
 def plain_weights(probe: np.ndarray, scale: float) -> list[tuple[int, float]]:
     """(feature, value) pairs worth multiplying: a constant that encodes to 0 at the scale
     adds nothing the scale can represent (and makes TenSEAL substitute a fresh encryption)."""
-    smallest = 0.5 / scale
-    return [(j, float(v)) for j, v in enumerate(probe) if abs(v) >= smallest]
+    values = np.asarray(probe, dtype=np.float64)
+    keep = np.flatnonzero(np.abs(values) >= 0.5 / scale)
+    return list(zip(keep.tolist(), values[keep].tolist(), strict=True))
 
 
 # ----------------------------------------------------------------------------- layouts

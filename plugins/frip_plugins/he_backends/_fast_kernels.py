@@ -274,42 +274,52 @@ combine_serial, combine_parallel = _serial_and_parallel(_combine, "combine")
 
 
 # ------------------------------------------------- many dense vectors: a float64 product
-# Residues are cut into 21-bit pieces and constants into signed 23-bit pieces, so over at
-# most 512 rows every partial sum of piece products is an integer below 2^53: a float64
-# matrix product (BLAS, any summation order, with or without FMA) computes it exactly.
-X_BITS = 21
-_XMASK = np.uint64((1 << X_BITS) - 1)
+# Residues are cut into ``bits``-wide pieces and constants into signed pieces so narrow
+# that over one product's rows every partial sum of piece products is an integer of at
+# most 2^53 in magnitude: a float64 matrix product (BLAS, any summation order, with or
+# without FMA) computes it exactly. The scorer chooses the widths (``_product_plan``).
+FLOAT_EXACT = 2**53  # |integer| <= 2^53: exact in float64
+_OFFSET = np.int64(FLOAT_EXACT)
 
 
 @_jit()
-def split_rows(gallery: Any, c: Any, limb: Any, t0: Any, n: Any, start: Any, x: Any) -> None:
-    """x[r, a * n + i] = 21-bit piece a of gallery[start + r, c, limb, t0 + i], as float64."""
+def split_rows(
+    gallery: Any, c: Any, limb: Any, t0: Any, n: Any, start: Any, bits: Any, x: Any
+) -> None:
+    """x[r, a * n + i] = ``bits``-wide piece a of gallery[start + r, c, limb, t0 + i], as
+    float64, for a < x.shape[1] // n (least significant first)."""
+    mask = np.uint64((1 << bits) - 1)
     for r in range(x.shape[0]):
         row = gallery[start + r, c, limb, t0 : t0 + n]
-        for i in range(n):
-            value = row[i]
-            x[r, i] = np.float64(np.int64(value & _XMASK))
-            x[r, n + i] = np.float64(np.int64((value >> np.uint64(X_BITS)) & _XMASK))
-            x[r, 2 * n + i] = np.float64(np.int64(value >> np.uint64(2 * X_BITS)))
+        for a in range(x.shape[1] // n):
+            shift = np.uint64(bits * a)
+            for i in range(n):
+                x[r, a * n + i] = np.float64(np.int64((row[i] >> shift) & mask))
 
 
 @_jit()
 def fold_products(
-    s: Any, kp: Any, n: Any, p: Any, w: Any, wq: Any, out: Any, c: Any, limb: Any, t0: Any
+    s: Any, n: Any, p: Any, w: Any, wq: Any, shift: Any, out: Any, c: Any, limb: Any, t0: Any
 ) -> None:
     """out[m, c, limb, t0 + i] += sum over pieces (a, b) of s[b * M + m, a * n + i] times
-    its weight w[a, b] = 2^(21 a + 23 b) mod p, all mod p (s holds exact integers)."""
+    its weight w[a, b] mod p, all mod p (s holds integers of magnitude <= 2^53).
+
+    Each product is lifted by 2^53 to a non-negative integer below 2^54, which a Shoup
+    multiplication reduces as it is (no division); ``shift`` = 2^53 sum_(a, b) w[a, b] mod
+    p takes the lifts off again."""
     count = out.shape[0]
-    pi = np.int64(p)
+    pieces, kp = w.shape
     for m in range(count):
+        total = out[m, c, limb, t0 : t0 + n]
+        for b in range(kp):
+            for a in range(pieces):
+                row = s[b * count + m, a * n : (a + 1) * n]
+                wab = w[a, b]
+                wqab = wq[a, b]
+                for i in range(n):
+                    lifted = np.uint64(np.int64(row[i]) + _OFFSET)
+                    t = total[i] + mulmod_shoup(lifted, wab, wqab, p)
+                    total[i] = t - p if t >= p else t
         for i in range(n):
-            total = out[m, c, limb, t0 + i]
-            for b in range(kp):
-                for a in range(3):
-                    r = np.int64(s[b * count + m, a * n + i]) % pi
-                    if r < 0:
-                        r += pi
-                    total += mulmod_shoup(np.uint64(r), w[a, b], wq[a, b], p)
-                    if total >= p:
-                        total -= p
-            out[m, c, limb, t0 + i] = total
+            t = total[i]
+            total[i] = t - shift if t >= shift else t + (p - shift)

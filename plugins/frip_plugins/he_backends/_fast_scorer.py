@@ -606,26 +606,65 @@ def combine_residues_many(
                     prime_list, threads)  # fmt: skip
 
 
-PRODUCT_ROWS = 512  # rows per float64 product: 512 x (2^21 - 1) x (2^23 - 1) < 2^53
-PRODUCT_TILE = 512  # coefficients per product (the pieces of 512 x 512 residues: 6 MB)
-K_BITS = 23
+PRODUCT_ROWS = 512  # rows (features) per float64 product
+PRODUCT_TILE = 512  # coefficients per product (the pieces of 512 x 512 residues: 8 MB)
 PRODUCT_MIN_VECTORS = 8
 
 
-@lru_cache(maxsize=32)
-def _product_weights(prime: int, kp: int) -> tuple[np.ndarray, np.ndarray]:
-    """w[a, b] = 2^(21 a + 23 b) mod p for residue piece a and constant piece b, and
-    their Shoup quotients."""
-    from frip_plugins.he_backends._fast_kernels import X_BITS
+@dataclass(frozen=True)
+class ProductPlan:
+    """How :func:`combine_residues_product` cuts residues and constants: residues into
+    ``x_pieces`` unsigned pieces of ``x_bits``, |constants| into ``k_pieces`` of ``k_bits``
+    (the sign goes with each piece), with rows x (2^x_bits - 1) x (2^k_bits - 1) <= 2^53 so
+    every sum of a product is exact in float64. A product costs x_pieces x k_pieces
+    multiply-adds per residue, feature and vector."""
 
-    w = np.empty((3, kp), dtype=np.uint64)
+    x_bits: int
+    x_pieces: int
+    k_bits: int
+    k_pieces: int
+
+
+@lru_cache(maxsize=64)
+def _product_plan(prime_bits: int, constant_bits: int, rows: int) -> ProductPlan:
+    """The exact cut with the fewest piece pairs (then the fewest residue pieces, which
+    the cutting of the gallery costs): e.g. 60-bit residues and unit probes at scale 2^29
+    (|k| below 2^29) over 512 rows take 4 x 15 bits by 1 x 29 bits, 4 pairs where a fixed
+    3 x 21 by 2 x 23 cut takes 6."""
+    from frip_plugins.he_backends._fast_kernels import FLOAT_EXACT
+
+    best: ProductPlan | None = None
+    constant_bits = max(1, constant_bits)
+    for x_bits in range(1, prime_bits + 1):
+        k_bits = min(constant_bits, FLOAT_EXACT.bit_length())
+        while k_bits > 0 and rows * ((1 << x_bits) - 1) * ((1 << k_bits) - 1) > FLOAT_EXACT:
+            k_bits -= 1
+        if k_bits == 0:
+            break
+        plan = ProductPlan(x_bits, -(-prime_bits // x_bits), k_bits, -(-constant_bits // k_bits))
+        key = (plan.x_pieces * plan.k_pieces, plan.x_pieces)
+        if best is None or key < (best.x_pieces * best.k_pieces, best.x_pieces):
+            best = plan
+    if best is None:  # pragma: no cover - rows <= 2^52 always admits 1-bit pieces
+        raise BackendError(f"no exact float64 cut over {rows} rows")
+    return best
+
+
+@lru_cache(maxsize=32)
+def _product_weights(prime: int, plan: ProductPlan) -> tuple[np.ndarray, np.ndarray, np.uint64]:
+    """w[a, b] = 2^(x_bits a + k_bits b) mod p for residue piece a and constant piece b,
+    their Shoup quotients, and 2^53 sum w mod p (what :func:`fold_products` takes off)."""
+    from frip_plugins.he_backends._fast_kernels import FLOAT_EXACT
+
+    w = np.empty((plan.x_pieces, plan.k_pieces), dtype=np.uint64)
     wq = np.empty_like(w)
-    for a in range(3):
-        for b in range(kp):
-            weight = pow(2, X_BITS * a + K_BITS * b, prime)
+    for a in range(plan.x_pieces):
+        for b in range(plan.k_pieces):
+            weight = pow(2, plan.x_bits * a + plan.k_bits * b, prime)
             w[a, b] = weight
             wq[a, b] = (weight << 64) // prime
-    return w, wq
+    shift = FLOAT_EXACT * sum(int(v) for v in w.flat) % prime
+    return w, wq, np.uint64(shift)
 
 
 def combine_residues_product(
@@ -633,21 +672,22 @@ def combine_residues_product(
 ) -> np.ndarray:
     """:func:`combine_residues_many` as float64 matrix products (BLAS, exact): for dense
     constant vectors (plain probes) the batch costs a few multiply-adds per residue and
-    vector at BLAS speed. Residues are cut into three 21-bit pieces, constants into
-    signed 23-bit pieces; each (tile, up to 512 rows) product's integer sums stay below
-    2^53, are reduced mod p and weighted by 2^(21 a + 23 b) mod p. Bit-identical to
-    :func:`combine_residues` per vector (tests/test_batch.py)."""
+    vector at BLAS speed. Residues and constants are cut into pieces as
+    :func:`_product_plan` says; each (tile, up to 512 rows) product's integer sums stay
+    within 2^53, are reduced mod p and weighted by 2^(x_bits a + k_bits b) mod p.
+    Bit-identical to :func:`combine_residues` per vector (tests/test_batch.py)."""
     prime_list = _checked(residues, primes, 1)
     ks = _int_constants(residues, constants, batch=True)
     count = ks.shape[0]
     d, _, limbs, degree = residues.shape
     magnitudes = np.abs(ks).astype(np.uint64)
     bits = int(magnitudes.max()).bit_length() if magnitudes.size else 0
-    kp = max(1, -(-bits // K_BITS))
+    plan = _product_plan(max(p.bit_length() for p in prime_list), bits, min(d, PRODUCT_ROWS))
     sign = np.sign(ks).astype(np.float64)
-    pieces = np.empty((kp * count, d))
-    for b in range(kp):
-        part = (magnitudes >> np.uint64(K_BITS * b)) & np.uint64((1 << K_BITS) - 1)
+    pieces = np.empty((plan.k_pieces * count, d))
+    mask = np.uint64((1 << plan.k_bits) - 1)
+    for b in range(plan.k_pieces):
+        part = (magnitudes >> np.uint64(plan.k_bits * b)) & mask
         pieces[b * count : (b + 1) * count] = part.astype(np.float64) * sign
     chunks = [
         (start, np.ascontiguousarray(pieces[:, start : start + PRODUCT_ROWS]))
@@ -657,17 +697,17 @@ def combine_residues_product(
     out = np.zeros((count, 2, limbs, degree), dtype=np.uint64)
     buffers: dict[tuple[int, int], np.ndarray] = {}
     for limb, prime in enumerate(prime_list):
-        w, wq = _product_weights(prime, kp)
+        w, wq, shift = _product_weights(prime, plan)
         for c in range(2):
             for t0 in range(0, degree, PRODUCT_TILE):
                 n = min(PRODUCT_TILE, degree - t0)
                 for start, chunk in chunks:
                     rows = chunk.shape[1]
-                    x = buffers.setdefault((rows, n), np.empty((rows, 3 * n)))
-                    kernels.split_rows(residues, c, limb, t0, n, start, x)
+                    x = buffers.setdefault((rows, n), np.empty((rows, plan.x_pieces * n)))
+                    kernels.split_rows(residues, c, limb, t0, n, start, plan.x_bits, x)
                     products = chunk @ x
                     kernels.fold_products(
-                        products, kp, n, np.uint64(prime), w, wq, out, c, limb, t0
+                        products, n, np.uint64(prime), w, wq, shift, out, c, limb, t0
                     )
     return out
 
