@@ -669,7 +669,13 @@ class RayExecutor:
                 }
             )
         current = {mine: f"k{self._setup.key_version}-{self._lean[1][:16]}"}
-        return {"key_services": services, "residue_files": self._on_nodes(_node_files, current)}
+        files = self._on_nodes(_node_files, current)
+        host = socket.gethostname()
+        for row in files:
+            ours = row["state"] == "ok" and row["engine_host"] == host
+            if ours and not Path(row["engine"]).exists():
+                row["state"], row["why"] = "orphaned", "its engine no longer exists"
+        return {"key_services": services, "residue_files": files}
 
     def prune_orphans(self) -> int:
         """Remove, on every alive node, the residue files :meth:`details` calls orphaned
@@ -704,11 +710,6 @@ class RayExecutor:
                     ray.cancel(ref)
                 where = f"{node['NodeID'][:16]} {node['NodeManagerAddress']}"
                 rows.append({"node": where, "state": "unreachable", "why": type(exc).__name__})
-        host = socket.gethostname()
-        for row in rows:
-            ours = isinstance(row, dict) and row.get("state") == "ok" and row["engine_host"] == host
-            if ours and not Path(row["engine"]).exists():
-                row["state"], row["why"] = "orphaned", "its engine no longer exists"
         return rows
 
     def close(self) -> None:
