@@ -190,39 +190,42 @@ def inspect(root: Path, current: dict[str, str]) -> list[dict[str, Any]]:
             if path.name == MARKER or sidecar:
                 continue
             found = _NAME.fullmatch(path.name)
-            row: dict[str, Any] = {
-                "engine": marker.get("engine_dir", engine.name),
-                "engine_host": marker.get("host", ""),
-                "file": path.name,
-                "block": int(found[1]) if found else None,
-                "revision": int(found[2]) if found else None,
-                "key_version": int(found[3]) if found else None,
-                "bytes": path.stat().st_size,
-                "problem": "",
-            }
-            if found is None:
-                row["problem"] = "not a residue file"
-            else:
-                key = f"k{found[3]}-{found[4]}"
-                expected = current.get(engine.name)
-                row["problem"] = _check(path) or (
-                    f"key version or context {key} is not the engine's current {expected}"
-                    if expected is not None and key != expected
-                    else ""
-                )
-            rows.append(row)
+            try:
+                size = path.stat().st_size
+                problem = _check(path, found, current.get(engine.name))
+            except FileNotFoundError:  # removed meanwhile (a shard pruned or rewrote it)
+                continue
+            rows.append(
+                {
+                    "engine": marker.get("engine_dir", engine.name),
+                    "engine_host": marker.get("host", ""),
+                    "file": path.name,
+                    "block": int(found[1]) if found else None,
+                    "revision": int(found[2]) if found else None,
+                    "key_version": int(found[3]) if found else None,
+                    "bytes": size,
+                    "problem": problem,
+                }
+            )
     return rows
 
 
-def _check(path: Path) -> str:
-    """Why the residue file ``path`` is damaged, or empty if it is sound."""
+def _check(path: Path, found: re.Match[str] | None, expected: str | None) -> str:
+    """Why the file ``path`` (its name parsed into ``found``) is damaged, or empty if it
+    is a sound residue file (of key ``expected``, where given)."""
+    if found is None:
+        partial = " (an interrupted or unfinished write)" if path.name.startswith(".tmp-") else ""
+        return f"not a residue file{partial}"
+    key = f"k{found[3]}-{found[4]}"
+    if expected is not None and key != expected:
+        return f"key version or context {key} is not the engine's current {expected}"
     info = path.stat()
     if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) != 0o600:
         return f"mode {stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}: not 0600, ours"
     try:
-        meta = json.loads(path.with_suffix(".json").read_text())
+        meta = dict(json.loads(path.with_suffix(".json").read_text()))
         residues = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         return f"unreadable or sidecar missing ({type(exc).__name__})"
     if residues.offset + residues.nbytes != info.st_size:
         return f"{info.st_size} bytes, its header says {residues.offset + residues.nbytes}"
