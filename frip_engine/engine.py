@@ -1597,6 +1597,17 @@ class Engine:
         self._follow_keys()
         return self.profile.executor()[0], self._executor().status()
 
+    def executor_details(self, prune_orphans: bool = False) -> dict[str, list[dict[str, Any]]]:
+        """What the executor reports beside its shards (``frip cluster status``): its
+        ``details()`` rows by topic where it has one (``ray``: key-service actors, residue
+        files per node), else {}. ``prune_orphans``: first remove what its
+        ``prune_orphans()`` removes (``ray``: residue files of deleted engines)."""
+        executor = self._executor()
+        if prune_orphans and hasattr(executor, "prune_orphans"):
+            executor.prune_orphans()
+        details = getattr(executor, "details", None)
+        return details() if details is not None else {}
+
     def stats(self) -> dict[str, Any]:
         self._follow_keys()
         blocks = self.gallery_store.blocks()

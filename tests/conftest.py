@@ -41,6 +41,23 @@ def lfw_dev_split() -> LfwSplit:
     return lfw_split(LFW_DEV, Console(quiet=True))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def residue_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's own residue cache directory (``$FRIP_RESIDUE_DIR``, which the Ray
+    executor's shards honour on every node: the tests' Ray nodes inherit this
+    environment), removed with pytest's temp dirs; after the session, no residue file of
+    an engine of this session may be in the shared default directory."""
+    from frip_plugins.executors._residue_cache import ENV, engines_under, shared_dir
+
+    base = tmp_path_factory.getbasetemp()
+    root = base / "residues"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(ENV, str(root))
+        yield root
+    leaked = engines_under(shared_dir(), base)
+    assert not leaked, f"residue files in the shared {shared_dir()} for {leaked}"
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "frip-home"

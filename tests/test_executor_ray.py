@@ -8,8 +8,12 @@ Skipped, saying why, where Ray is not installed."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import PASSPHRASE, unit_vectors
+from conftest import PASSPHRASE, near, unit_vectors
 from frip_eval import ray_cluster
+from frip_plugins.executors import _residue_cache as residue_cache
 from frip_plugins.executors.ray import Shard, owner
 
 from frip_engine import plugins
@@ -194,6 +199,77 @@ def test_a_residue_file_of_another_revision_or_key_version_is_not_used(
         assert reads == [info.block_id]  # read from the store, not the foreign file
         assert not list(cache.rglob(f"b{info.block_id}-{name}.*"))  # and deleted
         (path,) = cache.rglob(f"b{info.block_id}-r*.npy")
+
+
+def test_residue_files_of_superseded_revisions_and_gone_blocks_are_removed(
+    make_engine: Callable[..., Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A starting shard removes the files of blocks the store no longer holds or holds at
+    a newer revision; mapping or writing a block's file removes its other revisions'."""
+    engine = make_engine("pruned", **GALLERY)
+    vectors = unit_vectors(REGISTRANTS, 128, seed=9)
+    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
+    cache = tmp_path / "residues"
+    _cached_shard(engine, cache, monkeypatch)
+    info = engine.gallery_store.blocks()[0]
+    (path,) = cache.rglob(f"b{info.block_id}-r*.npy")
+    key = path.stem.split("-", 2)[2]
+    stale = [f"b{info.block_id}-r{info.revision - 1}-{key}", f"b999-r1-{key}"]
+    for name in stale:  # an older revision of a block, a block the store no longer has
+        for ext in (".npy", ".json"):
+            (path.parent / f"{name}{ext}").write_bytes(path.with_suffix(ext).read_bytes())
+    _, reads = _cached_shard(engine, cache, monkeypatch)
+    assert reads == []
+    assert not [p for p in cache.rglob("b*") if p.name.startswith(tuple(stale))]
+    blocks = len(engine.gallery_store.blocks())
+    assert len(list(cache.rglob("*.npy"))) == blocks  # one file per block: no pile-up
+    engine.enrol_many([EnrolItem("new", embeddings=[near(vectors[0], 0.1, seed=1)])])
+    _cached_shard(engine, cache, monkeypatch)  # a block moved to a new revision
+    revisions = {b.block_id: b.revision for b in engine.gallery_store.blocks()}
+    files = sorted(cache.rglob("*.npy"))
+    assert len(files) == len(revisions)
+    assert all(f"-r{revisions[int(f.name[1:].split('-')[0])]}-" in f.name for f in files)
+
+
+def test_inspect_flags_damaged_residue_files(
+    make_engine: Callable[..., Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``frip cluster status`` shows per node: each file's engine, block, revision,
+    bytes, and why it is damaged (size, SHA-256, mode, another key version), if it is."""
+    engine = make_engine("inspected", **GALLERY)
+    vectors = unit_vectors(REGISTRANTS, 128, seed=10)
+    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
+    cache = tmp_path / "residues"
+    _cached_shard(engine, cache, monkeypatch)
+    files = sorted(cache.rglob("*.npy"))
+    key = files[0].stem.split("-", 2)[2]
+    current = {files[0].parent.name: key}
+    rows = residue_cache.inspect(cache, current)
+    infos = {b.block_id: b for b in engine.gallery_store.blocks()}
+    assert len(rows) == len(infos) and all(r["problem"] == "" for r in rows), rows
+    assert {(r["block"], r["revision"]) for r in rows} == {
+        (b.block_id, b.revision) for b in infos.values()
+    }
+    assert all(r["engine"] == str(engine.directory) and r["bytes"] > 0 for r in rows)
+    truncated, flipped, opened, foreign = files[:4]
+    with open(truncated, "r+b") as f:
+        f.truncate(truncated.stat().st_size - 8)
+    raw = bytearray(flipped.read_bytes())
+    raw[-1] ^= 0xFF
+    flipped.write_bytes(bytes(raw))
+    opened.chmod(0o644)
+    for ext in (".npy", ".json"):
+        moved = foreign.with_suffix(ext)
+        moved.rename(moved.with_name(moved.name.replace(f"-{key[:2]}", "-k9")))
+    (files[0].parent / "stray.bin").write_bytes(b"x")
+    problems = {r["file"]: r["problem"] for r in residue_cache.inspect(cache, current)}
+    assert "unreadable" in problems[truncated.name] or "bytes" in problems[truncated.name]
+    assert "SHA-256" in problems[flipped.name]
+    assert "0644" in problems[opened.name]
+    assert "k9" in problems[foreign.name.replace(f"-{key[:2]}", "-k9")]
+    assert problems["stray.bin"] == "not a residue file"
+    assert residue_cache.remove_engine(cache, str(engine.directory)) > 0
+    assert residue_cache.inspect(cache, current) == []
 
 
 def test_a_shard_whose_blocks_do_not_fit_its_nodes_memory_says_so(
@@ -495,6 +571,61 @@ def test_key_service_actors_decide_on_the_nodes_as_the_local_executor(
     assert not set(_pids(deciders, "pid")) & set(_pids(executor._actors, "held"))
 
 
+def _status(*more: str) -> subprocess.CompletedProcess[str]:
+    """``frip cluster status`` in its own process (a driver of its own, as an operator's)."""
+    command = [sys.executable, "-m", "frip_engine", "cluster", "status", *more]
+    env = dict(os.environ, COLUMNS="250")
+    return subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+
+
+def test_cluster_status_lists_key_services_and_residue_files(
+    deciding_on_nodes: tuple[Engine, np.ndarray, list[Decision]],
+    make_engine: Callable[..., Engine],
+    residue_dir: Path,
+) -> None:
+    """Beside the shards: the key-service actors the engine's own process started (seen
+    from another process), and every node's residue files, in the session's residue
+    directory (the nodes honour $FRIP_RESIDUE_DIR); another engine's damaged file is
+    DAMAGED, a deleted engine's files are orphaned, and --prune-orphans removes them."""
+    engine, probes, _ = deciding_on_nodes
+    engine.identify_many(embeddings=list(probes), top_k=3)  # the key services are started
+    damaged, gone = make_engine("damaged", **GALLERY), make_engine("gone", **GALLERY)
+    for other in (damaged, gone):  # files written by a shard of theirs on this machine
+        other.enrol_many([EnrolItem("s0", embeddings=[unit_vectors(1, 128, seed=4)[0]])])
+        Shard(other._worker_setup(), "shard-0", ["shard-0"])
+    (broken,) = (residue_dir / residue_cache.engine_dir_name(str(damaged.directory))).glob("*.npy")
+    raw = bytearray(broken.read_bytes())
+    raw[-1] ^= 0xFF
+    broken.write_bytes(bytes(raw))
+    gone.close()
+    shutil.rmtree(gone.directory)
+
+    shown = _status(engine.name, "--json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    mine = [k for k in status["key_services"] if k["this_engine"]]
+    assert len(mine) == 2 and len({k["node"] for k in mine}) == 2, status["key_services"]
+    assert all(k["engine"] == engine.name and k["state"] == "alive" for k in mine), mine
+    assert all(k["key_version"] == engine._worker_setup().key_version for k in mine)
+    files = status["residue_files"]
+    assert len({f["node"] for f in files}) == 3  # every node of the cluster answered
+    assert {f["dir"] for f in files} == {str(residue_dir)}  # never the shared default
+    blocks = {(b.block_id, b.revision) for b in engine.gallery_store.blocks()}
+    ours = [f for f in files if f["engine"] == str(engine.directory)]
+    assert {(f["block"], f["revision"]) for f in ours} == blocks
+    assert all(f["state"] == "ok" and f["bytes"] > 0 for f in ours), ours
+    (bad,) = {f["state"] + f["why"] for f in files if f["file"] == broken.name}
+    assert bad.startswith("DAMAGED") and "SHA-256" in bad
+    assert {f["state"] for f in files if f["engine"] == str(gone.directory)} == {"orphaned"}
+
+    table = _status(engine.name, "--prune-orphans")
+    assert table.returncode == 0, table.stderr
+    for shown_text in ("key services", "residue files", "alive", "DAMAGED", broken.name):
+        assert shown_text in table.stdout, table.stdout
+    assert "orphaned" not in table.stdout
+    assert not (residue_dir / residue_cache.engine_dir_name(str(gone.directory))).exists()
+
+
 def test_shard_processes_never_hold_the_secret_key(
     deciding_on_nodes: tuple[Engine, np.ndarray, list[Decision]],
 ) -> None:
@@ -538,6 +669,8 @@ def test_a_key_service_actor_killed_mid_stream_is_retry_then_serves_again(
     assert right > 0
     _serves_again(engine, probes, expected)  # restarted by Ray, on its node
     assert pid not in _pids(list(executor._deciders.values()), "pid")
+    services = [k for k in executor.details()["key_services"] if k["this_engine"]]
+    assert sorted(k["restarts"] for k in services) == [0, 1], services  # cluster status shows it
 
 
 def test_actors_take_no_constructor_argument_from_the_object_store(

@@ -5,7 +5,10 @@ Generic over executors (:class:`~frip_engine.contracts.Executor`): it prints wha
 The executor is the engine's ``[executor]``, built in this command's process: an executor
 whose shards outlive the process that started them (``ray``) shows the cluster's; the
 ``local`` and ``processes`` executors show this process's own, which hold no block until
-they have scored. Mounted by ``frip_engine.cli`` with ``add_cluster_commands``.
+they have scored. An executor that reports more (``Engine.executor_details``; ``ray``:
+the cluster's key-service actors and each node's residue files, damaged or orphaned ones
+flagged) gets one table per topic after the shards', and its rows in ``--json``.
+Mounted by ``frip_engine.cli`` with ``add_cluster_commands``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -37,16 +40,26 @@ def add_cluster_commands(app: typer.Typer) -> None:
 def status_command(
     engine_name: Annotated[str, typer.Argument(metavar="ENGINE")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    prune_orphans: Annotated[
+        bool,
+        typer.Option(
+            "--prune-orphans",
+            help="First remove the nodes' residue files of engines that no longer exist.",
+        ),
+    ] = False,
     home: HomeOpt = None,
 ) -> None:
-    """Show the engine's executor shard by shard: name, node, blocks, bytes held, health."""
+    """Show the engine's executor shard by shard: name, node, blocks, bytes held, health;
+    then what else it reports (ray: key-service actors, residue files per node)."""
     from frip_engine.engine import Engine
 
     with Engine.open(engine_name, home) as engine:
         executor, shards = engine.shards()
+        details = engine.executor_details(prune_orphans)
     if as_json:
         rows = [{**asdict(s), "blocks": list(s.blocks)} for s in shards]
-        typer.echo(json.dumps({"engine": engine_name, "executor": executor, "shards": rows}))
+        found = {"engine": engine_name, "executor": executor, "shards": rows, **details}
+        typer.echo(json.dumps(found))
         return
     table = Table(title=f"{engine_name}: executor {executor}", box=box.SIMPLE_HEAD)
     for column in ("shard", "node", "blocks", "bytes held", "health"):
@@ -56,4 +69,26 @@ def status_command(
         blocks = ", ".join(map(str, s.blocks)) or "none loaded"
         cells = (s.name, s.node, blocks, f"{s.bytes_held:,}")
         table.add_row(*map(styled, cells), styled(health))  # no text is read as markup
+    out.print(table)
+    for topic, topic_rows in details.items():
+        _print_rows(topic.replace("_", " "), topic_rows)
+
+
+def _print_rows(title: str, rows: list[dict[str, Any]]) -> None:
+    """One table of ``rows`` (their keys are the columns, in first-seen order; a column
+    with one value in every row is said once, in the title); a row whose ``state`` is
+    not ``ok`` or ``alive`` in red. No rows: one line saying none."""
+    if not rows:
+        out.print(styled(f"{title}: none"))
+        return
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    same = [c for c in columns if len(rows) > 1 and len({str(r.get(c)) for r in rows}) == 1]
+    said = "".join(f", {c.replace('_', ' ')} {rows[0][c]}" for c in same if c != "state")
+    table = Table(title=title + said, box=box.SIMPLE_HEAD)
+    columns = [c for c in columns if c not in same or c == "state"]
+    for column in columns:
+        table.add_column(column.replace("_", " "), overflow="fold")
+    for row in rows:
+        style = "red" if row.get("state", "ok") not in ("ok", "alive") else ""
+        table.add_row(*(styled((str(row.get(c, "")), style)) for c in columns))
     out.print(table)

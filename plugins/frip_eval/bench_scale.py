@@ -11,10 +11,13 @@ profile's ``[executor]`` changed, as an operator would): ``local``, ``processes`
 the blocks), every decision checked against the local executor's (same subject, same
 score). For Ray: its overhead per identify against the processes executor (p50 minus
 p50, 2 shards vs 2 workers), and the restart time of a shard killed with SIGKILL (seconds
-until the engine answers again, the shard having reloaded its blocks from the store).
+until the engine answers again, the shard having reloaded its blocks): with its residue
+files (mapped), and, on a cluster started here, cold (the residue files removed first, so
+its blocks are read from the store).
 
 The Ray cluster is started here on this machine (a head node with ``--cpus`` CPUs, no
-dashboard, under a temporary folder) unless ``--address`` names one. Threads are pinned
+dashboard, under a temporary folder, which also holds the shards' residue files and is
+removed at the end) unless ``--address`` names one. Threads are pinned
 to one per process. Writes ``bench-scale.json``, ``.md`` (which shows the command that
 was run) and ``.png`` under ``--output``.
 """
@@ -131,11 +134,15 @@ def _timed(engine: Engine, probes: np.ndarray) -> tuple[list[float], list[Decisi
     return timings, decisions
 
 
-def _restart_seconds(engine: Engine, probe: np.ndarray) -> float:
+def _restart_seconds(engine: Engine, probe: np.ndarray, forget: Path | None = None) -> float:
     """Kill the shard of the engine's ray executor that holds the most blocks (SIGKILL to
     its process, which runs on this machine) and return the seconds until the engine
-    answers again, that shard having reloaded its blocks."""
+    answers again, that shard having reloaded its blocks: mapped from its residue files,
+    or with ``forget`` (the nodes' residue directory, removed first) read from the store."""
     import ray
+
+    if forget is not None:
+        shutil.rmtree(forget, ignore_errors=True)
 
     actors = engine._executor()._actors  # type: ignore[attr-defined]
     held = ray.get([actor.held.remote() for actor in actors])
@@ -218,6 +225,9 @@ def run(plan: ScaleRun, console: Console) -> dict[str, Any]:
                 row = _row(timings, decisions, local)
                 if section["plugin"] == "ray":
                     row["restart_s"] = _restart_seconds(engine, probe_rows[0])
+                    if cluster is not None:  # its residue files are on this machine
+                        forget = cluster.residue_dir
+                        row["restart_cold_s"] = _restart_seconds(engine, probe_rows[0], forget)
             results["executors"][label] = row
             console.print(row)
         rays = [k for k in results["executors"] if k.startswith("ray")]
@@ -248,11 +258,12 @@ def _write(results: dict[str, Any], output: Path) -> None:
         f"Enrolment: {results['enrol_per_s']:,.0f} registrants/s (enrol_many in chunks of "
         f"{results['chunk']}, encrypted on {results['enrol_cores']} core(s)). Restart: "
         "seconds from a shard's SIGKILL until "
-        "the engine answers again (the shard reloaded its blocks from the store).",
+        "the engine answers again (the shard reloaded its blocks: mapped from its residue "
+        "files; cold: the residue files removed first, read from the store).",
         "",
         "| executor | identify p50 (ms) | p99 (ms) | decisions equal to local | registrants "
-        "covered | Ray overhead vs processes-2 (ms) | restart (s) |",
-        "|---|---|---|---|---|---|---|",
+        "covered | Ray overhead vs processes-2 (ms) | restart (s) | restart cold (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, row in results["executors"].items():
         overhead = results["ray_overhead_ms"].get(label)
@@ -264,6 +275,7 @@ def _write(results: dict[str, Any], output: Path) -> None:
             f"{row['registrants_covered']:,}",
             "" if overhead is None else f"{overhead:+,.1f}",
             f"{row['restart_s']:.1f}" if "restart_s" in row else "",
+            f"{row['restart_cold_s']:.1f}" if "restart_cold_s" in row else "",
         ]
         lines.append(f"| {' | '.join(cells)} |")
     (output / "bench-scale.md").write_text("\n".join([*lines, ""]))

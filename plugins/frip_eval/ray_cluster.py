@@ -1,7 +1,10 @@
 """A throw-away multi-node Ray cluster on this one machine, for the ray executor's tests
 and ``frip bench scale``: a head node and worker nodes, each its own ``ray start
 --block`` process group (so a node can be killed alone, as a lost machine), with one CPU,
-a small object store, no dashboard and no usage statistics, under a temporary folder."""
+a small object store, no dashboard and no usage statistics, under a temporary folder. Its
+nodes' shards keep their residue files in ``residues`` under that folder (removed with
+it), unless ``$FRIP_RESIDUE_DIR`` names another directory (the test suite's own): a
+benchmark or test run never leaves them in the shared default directory."""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from frip_plugins.executors._residue_cache import ENV
 
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 START_SECONDS = 180.0
@@ -49,6 +54,12 @@ class Cluster:
     head: subprocess.Popen[bytes]
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
+    @property
+    def residue_dir(self) -> Path:
+        """Where this cluster's shards keep their residue files (``$FRIP_RESIDUE_DIR``
+        of its nodes)."""
+        return Path(_residue_env(self.temp_dir)[ENV])
+
     def start_worker(self, resource: str) -> None:
         """A worker node offering custom resource ``resource`` (1 of it), once it has
         started (nodes of one machine must start one after another: two raylets starting
@@ -80,8 +91,14 @@ class Cluster:
             time.sleep(0.2)
 
 
+def _residue_env(temp_dir: Path) -> dict[str, str]:
+    """``$FRIP_RESIDUE_DIR`` for the cluster under ``temp_dir``: this process's where set,
+    else ``residues`` under ``temp_dir``."""
+    return {ENV: os.environ.get(ENV) or str(temp_dir / "residues")}
+
+
 def _start(temp_dir: Path, args: list[str], log: str, num_cpus: int = 1) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **_residue_env(temp_dir))
     with open(temp_dir / f"{log}.log", "wb") as out:
         return subprocess.Popen(
             [

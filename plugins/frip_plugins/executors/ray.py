@@ -9,7 +9,8 @@ shard to the nodes offering it; without it the shards are spread over the cluste
 ``num_cpus`` (default 0.5) is what each shard reserves in Ray's scheduler,
 ``timeout`` (seconds, default 60) how long a call waits for a shard, and
 ``encrypt_workers`` (default 1) the local encryption processes, and ``cache_dir`` (default
-``frip-residues-<uid>`` in each node's temp dir) where shards keep their residue files.
+the node's ``$FRIP_RESIDUE_DIR``, else ``frip-residues-<uid>`` in its temp dir) where
+shards keep their residue files (:meth:`RayExecutor.details` lists them, node by node).
 
 What runs where (docs/scale.md has the whole table):
 
@@ -102,7 +103,13 @@ from frip_engine.parallel import EncryptJob, ParallelScorer, WorkerSetup, contex
 from frip_plugins.executors._ray_keyservice import Job, NodeKeyService, merge
 from frip_plugins.executors._ray_keyservice import options as key_service_options
 from frip_plugins.executors._ray_public import lean, public_setup
-from frip_plugins.executors._residue_cache import ResidueCache, default_dir
+from frip_plugins.executors._residue_cache import (
+    ResidueCache,
+    default_dir,
+    engine_dir_name,
+    inspect,
+    remove_engine,
+)
 
 NAMESPACE = "frip"
 MAX_SHARDS = 256
@@ -112,6 +119,8 @@ START_SECONDS = 600.0  # how long a new executor waits for its shards to load th
 MAX_NUM_CPUS = 1024.0  # per shard; the cluster itself is checked once joined
 MAX_TIMEOUT_S = 86_400.0  # a day: beyond it ray.get overflows, and nobody waits that long
 STATUS_SECONDS = 5.0  # how long status() waits for a shard before calling it unhealthy
+KEY_SERVICE = "frip-keyservice"  # the prefix of a key-service actor's Ray name
+_STATES = {"ALIVE": "alive", "RESTARTING": "restarting", "DEAD": "dead"}
 _joined: str | None = None  # the address this process joined its Ray cluster at
 
 
@@ -193,14 +202,12 @@ class Shard:
             # ends with the coordinator that owns it), so the watch is pointed at itself
             parallel._start(replace(public_setup(setup, expected), owner_pid=os.getpid()))
             store = parallel._worker["gallery_store"]
-            mine = [
-                info
-                for info in store.blocks()
-                if info.key_version == setup.key_version and owner(info.block_id, shards) == name
-            ]
+            stored = [info for info in store.blocks() if info.key_version == setup.key_version]
+            mine = [info for info in stored if owner(info.block_id, shards) == name]
             _check_memory(name, mine)
             root = Path(cache_dir) if cache_dir else default_dir()
             self._cache = ResidueCache(root, setup.engine_dir, expected, setup.key_version)
+            self._cache.prune({info.block_id: info.revision for info in stored})
             for info in mine:
                 self._load(info)
         except FripError as exc:
@@ -387,6 +394,7 @@ class RayExecutor:
             )
         self._setup = setup
         self._timeout = float(timeout)
+        self._cache_dir = cache_dir
         self._names = [f"shard-{i}" for i in range(shards)]
         remote: Any = ray.remote(Shard)
         self._lean = lean(setup)  # passed inline: each actor reads the context from the store
@@ -558,16 +566,26 @@ class RayExecutor:
             remote: Any = ray.remote(NodeKeyService)
             self._deciders = {
                 group: remote.options(
+                    name=self._key_service_name(group),
                     **key_service_options(
                         group if self._placed else None,
                         None if self._placed else group,
                         PLACEMENT_SHARE,
-                    )
+                    ),
                 ).remote(*self._lean, access)
                 for group in dict.fromkeys(self._groups)
             }
             self._access = access
         return self._deciders
+
+    def _key_service_name(self, group: str) -> str:
+        """A key-service actor's Ray name, unique in the namespace, saying what it serves:
+        ``frip-keyservice:<engine>:<engine dir hash>:k<key version>:<node group>:<nonce>``
+        (what :meth:`details` reads back, from any process)."""
+        engine = Path(self._setup.engine_dir).name
+        where = engine_dir_name(self._setup.engine_dir)
+        nonce = os.urandom(4).hex()
+        return f"{KEY_SERVICE}:{engine}:{where}:k{self._setup.key_version}:{group}:{nonce}"
 
     def encrypt_steps(
         self, jobs: list[EncryptJob], key_version: int
@@ -606,6 +624,94 @@ class RayExecutor:
             shards.append(ShardStatus(name, node, tuple(sorted(held)), sum(held.values()), True))
         return shards
 
+    def details(self) -> dict[str, list[dict[str, Any]]]:
+        """What ``frip cluster status`` shows beside the shards, cluster-wide (whichever
+        process started them), as JSON-ready rows:
+
+        - ``key_services``: every frip key-service actor in the cluster's namespace that is
+          starting, alive or restarting, or dead while the driver that started it runs:
+          ``engine``, ``key_version`` (from its Ray name; ``this_engine`` whether it is
+          this engine's directory), ``node`` (Ray node id, IP), ``state`` (alive,
+          restarting, dead, starting), ``restarts`` (Ray's count), ``pid``.
+        - ``residue_files``: per alive node, every residue file in that node's cache
+          directory (``cache_dir``, else the node's :func:`default_dir`), checked by
+          :func:`~frip_plugins.executors._residue_cache.inspect` on the node: ``node``,
+          ``dir``, ``engine``, ``block``, ``revision``, ``key_version``, ``bytes``, and
+          ``state``: ``ok``; ``DAMAGED`` (``why``: wrong size, SHA-256, mode, or a key
+          version or context not this engine's current); or ``orphaned``, a file of an
+          engine whose directory on this host no longer exists (a deleted engine: shards
+          never use it; remove it with ``frip cluster status ENGINE --prune-orphans``).
+          A node that does not answer within the timeout is one row, ``unreachable``.
+
+        Uses Ray's GCS actor table (``ray._private.state.actors``: the state API needs the
+        dashboard, which clusters may run without)."""
+        from ray._private import state
+
+        alive_jobs = {job["JobID"] for job in state.jobs() if not job["IsDead"]}  # type: ignore[no-untyped-call]
+        mine = engine_dir_name(self._setup.engine_dir)
+        services = []
+        for actor in state.actors().values():
+            parts = actor["Name"].split(":")
+            if actor["ActorClassName"] != "NodeKeyService" or parts[0] != KEY_SERVICE:
+                continue
+            if actor["State"] == "DEAD" and actor["JobID"] not in alive_jobs:
+                continue  # ended with the engine that started it
+            address = actor["Address"]
+            services.append(
+                {
+                    "engine": parts[1],
+                    "this_engine": parts[2] == mine,
+                    "key_version": int(parts[3][1:]),
+                    "node": f"{address['NodeID'][:16]} {address['IPAddress']}",
+                    "state": _STATES.get(actor["State"], "starting"),
+                    "restarts": actor["NumRestarts"],
+                    "pid": actor["Pid"],
+                }
+            )
+        current = {mine: f"k{self._setup.key_version}-{self._lean[1][:16]}"}
+        files = self._on_nodes(_node_files, current)
+        host = socket.gethostname()
+        for row in files:
+            ours = row["state"] == "ok" and row["engine_host"] == host
+            if ours and not Path(row["engine"]).exists():
+                row["state"], row["why"] = "orphaned", "its engine no longer exists"
+        return {"key_services": services, "residue_files": files}
+
+    def prune_orphans(self) -> int:
+        """Remove, on every alive node, the residue files :meth:`details` calls orphaned
+        (of engines whose directory on this host no longer exists); the bytes removed."""
+        orphans = [r for r in self.details()["residue_files"] if r["state"] == "orphaned"]
+        engines = sorted({r["engine"] for r in orphans})
+        return sum(r for r in self._on_nodes(_remove_engines, engines) if isinstance(r, int))
+
+    def _on_nodes(self, task: Any, argument: Any) -> list[Any]:
+        """``task(cache_dir, argument)`` run once on every alive Ray node (no CPU
+        reserved), its rows concatenated; a node that fails or does not answer within
+        the timeout is one row saying so."""
+        import ray
+        from ray.exceptions import RayError
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        remote: Any = ray.remote(task)
+        nodes = [n for n in ray.nodes() if n["Alive"]]  # type: ignore[no-untyped-call]
+        refs = [
+            remote.options(
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+            ).remote(self._cache_dir, argument)
+            for n in nodes
+        ]
+        rows: list[Any] = []
+        for node, ref in zip(nodes, refs, strict=True):
+            try:
+                rows.extend(ray.get(ref, timeout=self._timeout))
+            except RayError as exc:  # the node was lost, or is busy past the timeout
+                with suppress(Exception):  # already finished or gone: nothing to cancel
+                    ray.cancel(ref)
+                where = f"{node['NodeID'][:16]} {node['NodeManagerAddress']}"
+                rows.append({"node": where, "state": "unreachable", "why": type(exc).__name__})
+        return rows
+
     def close(self) -> None:
         """Kill the shard actors (no restart) and the local encryption workers."""
         if self._closed:
@@ -618,6 +724,28 @@ class RayExecutor:
                 ray.kill(actor, no_restart=True)
         if self._encryptor is not None:
             self._encryptor.close()
+
+
+def _node_files(cache_dir: str | None, current: dict[str, str]) -> list[dict[str, Any]]:
+    """Run on a node (:meth:`RayExecutor._on_nodes`): its residue files, checked
+    (:func:`~frip_plugins.executors._residue_cache.inspect`), each with ``node`` and
+    ``dir``, ``state`` ``ok`` or ``DAMAGED`` and ``why``."""
+    import ray
+
+    root = Path(cache_dir) if cache_dir else default_dir()
+    node = f"{ray.get_runtime_context().get_node_id()[:16]} {ray.util.get_node_ip_address()}"  # type: ignore[no-untyped-call]
+    rows = []
+    for row in inspect(root, current):
+        problem = row.pop("problem")
+        state = "DAMAGED" if problem else "ok"
+        rows.append({"node": node, "dir": str(root), **row, "state": state, "why": problem})
+    return rows
+
+
+def _remove_engines(cache_dir: str | None, engine_dirs: list[str]) -> list[int]:
+    """Run on a node: remove the residue files of ``engine_dirs``; the bytes removed."""
+    root = Path(cache_dir) if cache_dir else default_dir()
+    return [remove_engine(root, engine_dir) for engine_dir in engine_dirs]
 
 
 @hookimpl
