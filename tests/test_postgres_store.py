@@ -424,3 +424,16 @@ def test_a_password_in_the_user_name_is_refused_and_never_echoed(
         dsn="host=db.example port=5433 dbname=g user=frip sslkey=/k/secret.key"
     ).describe()
     assert shown == "postgres host=db.example port=5433 dbname=g user=frip schema None"
+
+
+def test_slot_reservations_go_on_after_a_server_restart(
+    pg: dict[str, Any], make_engine: Any, postgres_server: Any
+) -> None:
+    """The reserving session (not pooled) died with the restart: the next call makes a
+    new one; the dead session's reservations went with it."""
+    store = make_engine("resv", **PG).gallery_store
+    store.reserve_slots(7, [1, 2])
+    postgres_server.stop()
+    postgres_server.start()
+    store.reserve_slots(8, [3])
+    assert store.reserved_slots(8) == {3} and store.reserved_slots(7) == set()
