@@ -365,7 +365,8 @@ class PostgresGalleryStore(SqlGalleryStore):
                     "retry"
                 ) from exc
         try:
-            yield conn
+            with conn:  # as pool.connection(): rolled back on an error, kept open
+                yield conn
         finally:
             pool.putconn(conn)
 
