@@ -81,6 +81,7 @@ def test_an_unreachable_server_is_a_store_error_never_a_decision(
     run = frip("identify", "gone", "--embedding", probe, env={"PGPORT": "1"})
     assert run.returncode == 6, run.stderr
     assert "cannot be reached" in run.stderr and "Traceback" not in run.stderr
+    assert run.stderr.count("\n") == 1 and "error connecting" not in run.stderr, run.stderr
     assert frip("identify", "gone", "--embedding", probe).returncode == 0
 
 
