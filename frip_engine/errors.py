@@ -170,3 +170,9 @@ def each_or_error(
         except FripError as exc:
             answers.append(exc)
     return answers
+
+
+class StoreUnavailableError(StoreError):
+    """The gallery store's server cannot be reached or the connection to it was lost (a
+    database outage, a restart): nothing is wrong with the request or the gallery; retry
+    later. Failures to authenticate or of configuration stay plain StoreErrors."""

@@ -81,6 +81,7 @@ def test_an_unreachable_server_is_a_store_error_never_a_decision(
     run = frip("identify", "gone", "--embedding", probe, env={"PGPORT": "1"})
     assert run.returncode == 6, run.stderr
     assert "cannot be reached" in run.stderr and "Traceback" not in run.stderr
+    assert run.stderr.count("\n") == 1 and "error connecting" not in run.stderr, run.stderr
     assert frip("identify", "gone", "--embedding", probe).returncode == 0
 
 
@@ -282,3 +283,158 @@ def test_one_writer_at_a_time_across_store_objects(pg: dict[str, Any], make_engi
     thread.join(30)
     other.close()
     assert order == ["first writer done", "second writer"]
+
+
+def _store(pg: dict[str, Any], where: Path, **settings: Any) -> Any:
+    """A postgres store on this test's database, bound to an engine folder ``where``."""
+    from frip_plugins.gallery_stores.postgres import PostgresGalleryStore
+
+    store = PostgresGalleryStore(**{"dsn": pg["dsn"], **settings})
+    store.bind(str(where))
+    return store
+
+
+def _refused(store: Any) -> tuple[StoreError, float]:
+    """The StoreError ``store``'s first read raises, and how long it took (s)."""
+    start = time.monotonic()
+    with pytest.raises(StoreError) as caught:
+        store.meta()
+    store.close()
+    return caught.value, time.monotonic() - start
+
+
+def test_authentication_failures_are_reported_at_once_naming_the_cause(
+    pg: dict[str, Any], tmp_path: Path, postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frip_engine.errors import StoreUnavailableError
+
+    hba = postgres_server.data / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text("host all frip_rejected 127.0.0.1/32 reject\n" + original)
+    _psql("SELECT pg_reload_conf()")
+    try:
+        cases = {
+            "no such database": ({"dbname": "no_such_db"}, 'database "no_such_db" does not exist'),
+            "pg_hba reject": ({"user": "frip_rejected"}, "pg_hba.conf rejects connection"),
+            "no password": ({"user": "no_such_role"}, "no password supplied"),
+        }
+        for settings, cause in cases.values():
+            error, seconds = _refused(_store(pg, tmp_path / "auth", **settings))
+            assert cause in str(error) and not isinstance(error, StoreUnavailableError)
+            assert seconds < 2 and "\n" not in str(error)
+        monkeypatch.setenv("PGPASSWORD", "wrong")
+        for user in ("frip_test", "no_such_role"):
+            error, seconds = _refused(_store(pg, tmp_path / "auth", user=user))
+            assert f'password authentication failed for user "{user}"' in str(error)
+            assert seconds < 2 and not isinstance(error, StoreUnavailableError)
+    finally:
+        monkeypatch.delenv("PGPASSWORD")
+        hba.write_text(original)
+        _psql("SELECT pg_reload_conf()")
+
+
+def test_the_cli_reports_an_authentication_failure_in_one_line(
+    pg: dict[str, Any], make_engine: Any
+) -> None:
+    engine = make_engine("pw", **{**CLI, "gallery_store": {**pg, "timeout": 10}})
+    engine.close()
+    probe = _saved(engine.directory, unit_vectors(1)[0])
+    start = time.monotonic()
+    run = frip("identify", "pw", "--embedding", probe, env={"PGPASSWORD": "wrong"})
+    assert time.monotonic() - start < 8, "spent the pool timeout"
+    assert run.returncode == 6, run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert 'password authentication failed for user "frip_test"' in run.stderr
+    assert "error connecting" not in run.stderr and "cannot be reached" not in run.stderr
+
+
+def test_an_outage_fails_fast_and_a_restart_is_survived(
+    pg: dict[str, Any], make_engine: Any, postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server restart: the pooled connections (and the pinned ones of snapshots and
+    writes) died with it and are replaced before use. While it is down: the first call
+    fails within about a second, later ones at once, for DOWN_SECONDS."""
+    from frip_plugins.gallery_stores import postgres
+
+    from frip_engine.errors import StoreUnavailableError
+
+    engine = make_engine("outage", **{**PG, "gallery_store": {**pg, "timeout": 10}})
+    v = unit_vectors(4)
+    engine.enrol(EnrolItem("a", embeddings=[v[0]]))
+    postgres_server.stop()
+    postgres_server.start()
+    engine.enrol(EnrolItem("b", embeddings=[v[1]]))  # the first request after the restart
+    assert engine.identify(embedding=v[0]).subject_id == "a"
+    monkeypatch.setattr(postgres, "DOWN_SECONDS", 1.0)
+    postgres_server.stop()
+    try:
+        failures = []
+        for _ in range(3):
+            start = time.monotonic()
+            with pytest.raises(StoreUnavailableError) as caught:
+                engine.gallery_store.subjects()
+            failures.append((time.monotonic() - start, str(caught.value)))
+        assert failures[0][0] < 3, failures
+        assert all(seconds < 0.1 for seconds, _ in failures[1:]), failures
+        assert len({message for _, message in failures}) == 1
+        assert "cannot be reached" in failures[0][1]
+    finally:
+        postgres_server.start()
+    time.sleep(1.0)
+    engine.enrol(EnrolItem("c", embeddings=[v[2]]))
+    assert {s.subject_id for s in engine.gallery_store.subjects()} == {"a", "b", "c"}
+
+
+def test_a_connection_lost_during_commit_leaves_the_outcome_unknown(
+    pg: dict[str, Any], make_engine: Any
+) -> None:
+    """The server's backend is terminated (pg_terminate_backend) after the transaction's
+    statements, so the COMMIT finds the connection gone: nobody can tell whether the
+    server committed; before any statement of the write, nothing was written."""
+    from frip_engine.errors import StoreUnavailableError
+
+    store = make_engine("unknown", **PG).gallery_store
+    unknown = pytest.raises(StoreUnavailableError, match="the commit's outcome is unknown")
+    with unknown, store._transaction() as tx:
+        (pid,) = tx.execute("SELECT pg_backend_pid()").fetchone()
+        tx.execute("UPDATE meta SET value = value WHERE key = 'key_version'")
+        _psql("SELECT pg_terminate_backend(%s)", pid)
+    nothing = pytest.raises(StoreUnavailableError, match="nothing was written")
+    with nothing, store._transaction() as tx:
+        (pid,) = tx.execute("SELECT pg_backend_pid()").fetchone()
+        _psql("SELECT pg_terminate_backend(%s)", pid)
+        tx.execute("UPDATE meta SET value = value WHERE key = 'key_version'")
+    assert store.meta()["key_version"]  # the next call gets a new connection
+
+
+def test_a_password_in_the_user_name_is_refused_and_never_echoed(
+    pg: dict[str, Any], home: Path
+) -> None:
+    for section in (
+        {"plugin": "postgres", "dsn": "postgresql://frip_test%3Ahunter2@127.0.0.1:1/db"},
+        {"plugin": "postgres", "dsn": "host=127.0.0.1 user=frip_test:hunter2"},
+        {"plugin": "postgres", "user": "frip_test:hunter2"},
+    ):
+        profile = Profile.from_dict({"engine": {"name": "pw"}, "gallery_store": section})
+        with pytest.raises(ProfileError, match="PGPASSWORD") as caught:
+            Engine.create(profile, home)
+        assert "hunter2" not in str(caught.value)
+    from frip_plugins.gallery_stores.postgres import PostgresGalleryStore
+
+    shown = PostgresGalleryStore(
+        dsn="host=db.example port=5433 dbname=g user=frip sslkey=/k/secret.key"
+    ).describe()
+    assert shown == "postgres host=db.example port=5433 dbname=g user=frip schema None"
+
+
+def test_slot_reservations_go_on_after_a_server_restart(
+    pg: dict[str, Any], make_engine: Any, postgres_server: Any
+) -> None:
+    """The reserving session (not pooled) died with the restart: the next call makes a
+    new one; the dead session's reservations went with it."""
+    store = make_engine("resv", **PG).gallery_store
+    store.reserve_slots(7, [1, 2])
+    postgres_server.stop()
+    postgres_server.start()
+    store.reserve_slots(8, [3])
+    assert store.reserved_slots(8) == {3} and store.reserved_slots(7) == set()

@@ -30,15 +30,17 @@ Connection: ``dsn`` and/or ``host``, ``port``, ``dbname``, ``user`` from the pro
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from frip_engine.contracts import GalleryStore, Register, Requirement
-from frip_engine.errors import ProfileError, StoreError
+from frip_engine.errors import ProfileError, StoreError, StoreUnavailableError
 from frip_engine.hookspecs import hookimpl
 from frip_plugins.gallery_stores._sql import SqlGalleryStore, Tx
 
@@ -50,6 +52,20 @@ SCHEMA_VERSION = 1
 # PostgreSQL's limit on one bytea value is 1 GB; a block is stored as one.
 MAX_BLOB_BYTES = (1 << 30) - 1
 WAIT_SECONDS = 600  # how long a writer waits for another's advisory lock
+# After a failure to reach the server, calls fail at once with the same error for this
+# long (s) instead of each waiting for a connection in turn; then one connects again.
+DOWN_SECONDS = 5.0
+# How long a call waits for a pooled connection before it connects once itself to learn
+# whether (and why) the server refuses or cannot be reached; then it waits on to timeout.
+QUICK_SECONDS = 1.0
+NOTHING_WRITTEN = "nothing was written"
+OUTCOME_UNKNOWN = (
+    "the commit's outcome is unknown: the server may or may not have written it; the "
+    "engine re-reads the gallery before its next change: check what it holds"
+)
+# libpq's words for a server that answered but cannot take a session now (starting,
+# stopping, recovering, full): the server is unavailable, not misconfigured.
+TRANSIENT = ("the database system is", "too many clients", "remaining connection slots")
 # Slot reservations of enrolments in flight: a row (block, slot, owner) per slot, for any
 # BIGINT block id, alive while its owner (a backend pid) holds the session advisory lock
 # (slot key, pid); UNLOGGED: not in the WAL, emptied by a crash restart (when every owner
@@ -105,12 +121,45 @@ def refuse_password(dsn: str | None) -> None:
         raise ProfileError(
             f"gallery store 'postgres': dsn is not a connection string: {exc}"
         ) from None
+    refuse_user(str(parsed.get("user") or ""))
     if parsed.get("password"):
         raise ProfileError(
             "gallery store 'postgres': the dsn holds a password; passwords are never kept in "
             "a profile or given on a command line: put it in PGPASSWORD, ~/.pgpass or the "
             "file PGPASSFILE names, and remove it from the dsn"
         )
+
+
+def refuse_user(user: str | None) -> None:
+    """Raise ProfileError if the user name holds a ``:``: a password mis-encoded into it
+    (``postgresql://user%3Apw@host``, ``user=a:b``) would be sent and printed as a name."""
+    if user and ":" in user:
+        raise ProfileError(
+            "gallery store 'postgres': the user name holds ':', as 'user:password' does; "
+            "passwords are never kept in a profile or given on a command line: put it in "
+            "PGPASSWORD, ~/.pgpass or the file PGPASSFILE names, and give the user alone"
+        )
+
+
+def connect_failure(exc: Exception) -> tuple[bool, str]:
+    """Whether a failure to connect means the server is unavailable (not reached, or
+    answering that it cannot take a session now), and its cause in one line
+    (libpq's message, e.g. ``password authentication failed for user "x"``)."""
+    message = str(exc).removeprefix("connection failed: ")
+    cause = " ".join(message.rsplit(" failed: ", 1)[-1].replace("FATAL:", "").split())
+    answered = "FATAL:" in message or "fe_sendauth" in message
+    return not answered or any(word in cause for word in TRANSIENT), cause
+
+
+def lost(exc: Exception) -> bool:
+    """Whether a psycopg error means the connection to the server is gone (closed, reset,
+    the backend terminated or the server shutting down) rather than a refused statement."""
+    import psycopg
+
+    state = getattr(exc, "sqlstate", None)
+    return isinstance(exc, psycopg.OperationalError) and (
+        state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+    )
 
 
 class _Tx:
@@ -155,6 +204,7 @@ class PostgresGalleryStore(SqlGalleryStore):
                 "in PGPASSWORD, ~/.pgpass or the file PGPASSFILE names"
             )
         refuse_password(dsn)
+        refuse_user(user)
         import psycopg
 
         self._integrity_error = psycopg.errors.IntegrityError
@@ -165,6 +215,8 @@ class PostgresGalleryStore(SqlGalleryStore):
         self.timeout = timeout
         self._engine = "?"
         self._pool: ConnectionPool[Any] | None = None
+        self._pool_lock = threading.Lock()
+        self._down: tuple[float, str] | None = None  # (until, monotonic s; the error)
         self._pinned = threading.local()
         self._checked = False
         self._reserving: psycopg.Connection[Any] | None = None
@@ -187,11 +239,17 @@ class PostgresGalleryStore(SqlGalleryStore):
         return make_conninfo(str(self.settings["dsn"] or ""), connect_timeout=5, **extra)
 
     def describe(self) -> str:
+        """Where the gallery is: host, port, dbname and user (only a user without ':'),
+        nothing else of the connection string (nothing that could hold a secret)."""
         from psycopg.conninfo import conninfo_to_dict
 
-        shown = {k: v for k, v in conninfo_to_dict(self._conninfo()).items() if k != "password"}
-        place = " ".join(f"{k}={v}" for k, v in sorted(shown.items()) if k != "connect_timeout")
-        return f"postgres {place or '(PG* environment)'} schema {self.schema}"
+        given = conninfo_to_dict(self._conninfo())
+        shown = [
+            f"{key}={given[key]}"
+            for key in ("host", "port", "dbname", "user")
+            if given.get(key) and ":" not in str(given[key])
+        ]
+        return f"postgres {' '.join(shown) or '(PG* environment)'} schema {self.schema}"
 
     def _where(self) -> str:
         return f"engine '{self._engine}': postgres schema {self.schema}"
@@ -203,13 +261,57 @@ class PostgresGalleryStore(SqlGalleryStore):
         )
 
     # ------------------------------------------------------------------ connections
+    def _probe(self) -> None:
+        """Connect once, directly: return if the server takes a session; else raise why
+        (StoreUnavailableError when it cannot be reached or cannot take one now, also
+        at once for DOWN_SECONDS after such a failure; StoreError when it refuses:
+        authentication, no such role or database, pg_hba.conf)."""
+        import psycopg
+
+        down = self._down
+        if down is not None and time.monotonic() < down[0]:
+            raise StoreUnavailableError(down[1])
+        try:
+            psycopg.connect(self._conninfo()).close()
+        except psycopg.Error as exc:
+            unavailable, cause = connect_failure(exc)
+            if not unavailable:
+                raise StoreError(
+                    f"{self._where()}: the PostgreSQL server refused the connection: {cause} "
+                    f"({self.describe()}); check the user, its password (PGPASSWORD, "
+                    "~/.pgpass or PGPASSFILE), the database and pg_hba.conf"
+                ) from None
+            message = (
+                f"{self._where()}: the PostgreSQL server cannot be reached: {cause} "
+                f"({self.describe()}); nothing was read or written: check that it runs and "
+                "the connection settings, then retry"
+            )
+            self._down = (time.monotonic() + DOWN_SECONDS, message)
+            self._drop_pool()  # no pool retrying in the background meanwhile
+            raise StoreUnavailableError(message) from None
+        self._down = None
+
+    def _drop_pool(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=1.0)
+
     def _open_pool(self) -> ConnectionPool[Any]:
-        if self._pool is not None:
-            return self._pool
+        with self._pool_lock:
+            if self._pool is not None:
+                return self._pool
         if self.schema is None:
             raise StoreError("postgres gallery store is not bound to an engine")
+        self._probe()
         from psycopg import sql
         from psycopg_pool import ConnectionPool
+
+        # the pool's own warnings ("error connecting in ...") repeat what _probe reports
+        quiet = logging.getLogger("psycopg.pool")
+        quiet.propagate = False
+        if not quiet.handlers:
+            quiet.addHandler(logging.NullHandler())
 
         path = sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema))
 
@@ -217,7 +319,7 @@ class PostgresGalleryStore(SqlGalleryStore):
             conn.execute(path)
             conn.execute(f"SET lock_timeout = '{WAIT_SECONDS}s'")
 
-        self._pool = ConnectionPool(
+        pool = ConnectionPool(
             self._conninfo(),
             min_size=1,
             max_size=self.pool_size,
@@ -228,33 +330,54 @@ class PostgresGalleryStore(SqlGalleryStore):
             open=True,
             name=f"frip-{self._engine}",
         )
-        return self._pool
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = pool
+            first = self._pool
+        if first is not pool:  # another thread's came first
+            pool.close()
+        return first
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """This thread's pinned connection (inside ``snapshot``/``exclusive``) or a pooled one;
-        a failure to connect or of the connection is a StoreError."""
+        """This thread's pinned connection (inside ``snapshot``/``exclusive``) or a pooled one
+        (checked on the way out of the pool: one that died with a server restart is
+        replaced). A pooled one not given within QUICK_SECONDS: one direct connection
+        tells whether the server refuses or cannot be reached (raised at once, see
+        ``_probe``), else the wait goes on to ``timeout`` (StoreUnavailableError)."""
         pinned = getattr(self._pinned, "conn", None)
         if pinned is not None:
             yield pinned
             return
         from psycopg_pool import PoolTimeout
 
+        pool = self._open_pool()
         try:
-            with self._open_pool().connection() as conn:
+            conn = pool.getconn(timeout=min(QUICK_SECONDS, self.timeout))
+        except PoolTimeout:
+            self._probe()
+            try:
+                conn = pool.getconn(timeout=self.timeout)
+            except PoolTimeout as exc:
+                raise StoreUnavailableError(
+                    f"{self._where()}: no connection to the PostgreSQL server within "
+                    f"{self.timeout:g} s ({self.describe()}); nothing was read or written: "
+                    "retry"
+                ) from exc
+        try:
+            with conn:  # as pool.connection(): rolled back on an error, kept open
                 yield conn
-        except PoolTimeout as exc:
-            raise StoreError(
-                f"{self._where()}: the PostgreSQL server cannot be reached within "
-                f"{self.timeout:g} s ({self.describe()}); nothing was read or written: check "
-                "that it runs and the connection settings, then retry"
-            ) from exc
+        finally:
+            pool.putconn(conn)
 
-    def _failed(self, exc: Exception, wrote: bool) -> StoreError:
-        advice = "nothing was written; " if wrote else ""
-        return StoreError(
-            f"{self._where()}: {type(exc).__name__}: {str(exc).strip()}; {advice}"
-            "check the server and retry"
+    def _failed(self, exc: Exception, outcome: str | None) -> StoreError:
+        """The StoreError for psycopg error ``exc``; ``outcome``: what became of the write
+        (None for a read). A lost connection is a StoreUnavailableError."""
+        kind = StoreUnavailableError if lost(exc) else StoreError
+        said = " ".join(str(exc).split())
+        return kind(
+            f"{self._where()}: {type(exc).__name__}: {said}; "
+            f"{outcome + '; ' if outcome else ''}check the server and retry"
         )
 
     @contextmanager
@@ -298,11 +421,17 @@ class PostgresGalleryStore(SqlGalleryStore):
         self._checked = True
 
     def _raw_query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        try:
-            with self._connection() as conn:
-                return _Tx(conn).execute(sql, args).fetchall()  # type: ignore[no-any-return]
-        except self._operational as exc:
-            raise self._failed(exc, wrote=False) from exc
+        """Rows of one read; retried once on a new connection if the connection was lost
+        (outside a snapshot, whose consistent state would not survive it)."""
+        retry = getattr(self._pinned, "conn", None) is None
+        while True:
+            try:
+                with self._connection() as conn:
+                    return _Tx(conn).execute(sql, args).fetchall()  # type: ignore[no-any-return]
+            except self._operational as exc:
+                if not (retry and lost(exc)):
+                    raise self._failed(exc, None) from exc
+                retry = False
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         self._ready()
@@ -311,12 +440,14 @@ class PostgresGalleryStore(SqlGalleryStore):
     @contextmanager
     def _transaction(self) -> Iterator[Tx]:
         self._ready()
+        outcome = NOTHING_WRITTEN
         try:
             with self._connection() as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key(),))
                 yield _Tx(conn)
+                outcome = OUTCOME_UNKNOWN  # from here on a lost connection hides the COMMIT's
         except self._operational as exc:
-            raise self._failed(exc, wrote=True) from exc
+            raise self._failed(exc, outcome if lost(exc) else NOTHING_WRITTEN) from exc
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -326,7 +457,7 @@ class PostgresGalleryStore(SqlGalleryStore):
             with self._pinned_to("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"):
                 yield
         except self._operational as exc:
-            raise self._failed(exc, wrote=False) from exc
+            raise self._failed(exc, None) from exc
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -334,16 +465,18 @@ class PostgresGalleryStore(SqlGalleryStore):
         the ``with`` block; the server drops it if this process dies. StoreError after
         waiting WAIT_SECONDS for another writer."""
         self._ready()
+        outcome = NOTHING_WRITTEN
         try:
             with self._pinned_to(None) as conn:
                 conn.execute("SELECT pg_advisory_lock(%s)", (self._lock_key(),))
                 try:
                     yield
                 finally:
+                    outcome = "the writes inside stand; the server drops the lock with the session"
                     if not conn.closed:
                         conn.execute("SELECT pg_advisory_unlock(%s)", (self._lock_key(),))
         except self._operational as exc:
-            raise self._failed(exc, wrote=True) from exc
+            raise self._failed(exc, outcome) from exc
 
     def _erase_dead(self) -> None:
         try:
@@ -383,7 +516,7 @@ class PostgresGalleryStore(SqlGalleryStore):
                 with conn.cursor() as cursor:
                     cursor.executemany("INSERT INTO meta VALUES (%s, %s)", sorted(meta.items()))
         except self._operational as exc:
-            raise self._failed(exc, wrote=True) from exc
+            raise self._failed(exc, NOTHING_WRITTEN) from exc
 
     # --------------------------------------------- reservations of enrolments in flight
     def _slot_key(self) -> int:
@@ -410,18 +543,28 @@ class PostgresGalleryStore(SqlGalleryStore):
             conn.execute("SELECT pg_advisory_lock(%s, pg_backend_pid())", (self._slot_key(),))
             conn.execute("DELETE FROM slot_reservations WHERE owner = pg_backend_pid()")
         except self._operational as exc:
-            raise self._failed(exc, wrote=False) from exc
+            if lost(exc):
+                self._probe()  # why: refused, or unreachable (then at once for DOWN_SECONDS)
+            raise self._failed(exc, None) from exc
         self._reserving = conn
         return conn
 
     def _reserving_call(self, statement: str, args: Sequence[Any] | dict[str, Any]) -> list[Any]:
-        """Run ``statement`` on the reserving session (``{live}``: the owner-alive test)."""
+        """Run ``statement`` on the reserving session (``{live}``: the owner-alive test).
+        Retried once on a new session if the connection was lost (a server restart): the
+        dead session's reservations no longer count, so nothing is claimed twice."""
+        retry = True
         with self._reserve_lock:
-            try:
-                cursor = self._reserver().execute(statement.format(live=LIVE_OWNER), args)
-                return cursor.fetchall() if cursor.description else []
-            except self._operational as exc:
-                raise self._failed(exc, wrote=False) from exc
+            while True:
+                try:
+                    cursor = self._reserver().execute(statement.format(live=LIVE_OWNER), args)
+                    return cursor.fetchall() if cursor.description else []
+                except self._operational as exc:
+                    if not (retry and lost(exc)):
+                        raise self._failed(exc, None) from exc
+                    retry = False
+                    if self._reserving is not None:
+                        self._reserving.close()
 
     def _claim(self, block_id: int, slots: list[int]) -> set[int]:
         rows = self._reserving_call(
