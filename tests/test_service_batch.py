@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,3 +402,78 @@ def test_an_enrolment_group_whose_encryption_worker_dies_is_absent_and_told_to_r
         with httpx.Client(base_url=batching.url, timeout=60) as client:
             assert client.get(path, headers=headers(batching.key)).status_code == 404
     assert post(batching, bodies[0], ENROL).status_code == 201
+
+
+def _later_scenario(at_once: int) -> list[str]:
+    """EngineSlot.batch alone, one call per batch: enrolments ``e1``, ``e2`` (each
+    answering Later, ``at_once`` of them allowed in flight) and identifies ``i1``..``i4``
+    queued behind them. The first identify completes e1's pending work (as a worker
+    process would while identifies queue); e2's is complete when it starts. Returns the
+    order in which the engine's thread ran things."""
+    import asyncio
+
+    from frip_engine.service.pool import EngineSlot, Later
+
+    ran: list[str] = []
+    pending: dict[str, Future[Any]] = {}
+
+    def finisher(name: str) -> Any:
+        def finish(done: Future[Any]) -> list[str]:
+            ran.append(f"finish {name}")
+            return [name]
+
+        return finish
+
+    def enrol(engine: Any, items: list[str]) -> Later[str]:
+        (name,) = items
+        ran.append(name)
+        pending[name] = Future()
+        if name == "e2":
+            pending[name].set_result(None)
+        return Later(pending[name], finisher(name), at_once)
+
+    def identify(engine: Any, items: list[str]) -> list[str]:
+        ran.extend(items)
+        if items == ["i1"]:
+            pending["e1"].set_result(None)
+        return items
+
+    async def scenario() -> None:
+        executor = ThreadPoolExecutor(max_workers=1)
+        slot = EngineSlot("doors", executor, cast(Engine, object()), batch_max=1)
+        gate = threading.Event()
+        executor.submit(gate.wait)
+        calls = [asyncio.ensure_future(slot.batch("e", "e1", enrol))]
+        await asyncio.sleep(0.02)
+        calls.append(asyncio.ensure_future(slot.batch("e", "e2", enrol)))
+        await asyncio.sleep(0.02)
+        for i in range(1, 5):
+            calls.append(asyncio.ensure_future(slot.batch("i", f"i{i}", identify)))
+            await asyncio.sleep(0.02)
+        gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(*calls), 30)
+        assert [a[0] for a in answers] == ["e1", "e2", "i1", "i2", "i3", "i4"]
+        executor.shutdown(wait=True)
+
+    asyncio.run(scenario())
+    return ran
+
+
+def test_a_later_batch_is_finished_before_batches_queued_meanwhile() -> None:
+    """Fairness: once a Later batch's work is done, its finish (the group commit, then the
+    acknowledgements) runs on the engine's thread right after the batch running now,
+    ahead of the identify batches queued meanwhile (which could keep the engine busy for
+    seconds); the next batch of its kind is then the oldest call and runs next."""
+    ran = _later_scenario(at_once=1)
+    assert ran[:3] == ["e1", "i1", "finish e1"], ran
+    assert ran.index("finish e2") < ran.index("i4"), ran
+
+
+def test_later_batches_of_one_kind_overlap_only_as_far_as_they_allow() -> None:
+    """A Later batch that allows 2 at once lets the next batch of its kind start before
+    it is finished (a pipeline: the next group is planned and encrypted while this one
+    waits and commits); one that allows 1 holds its kind back until it is finished."""
+    overlapped = _later_scenario(at_once=2)
+    assert overlapped[:2] == ["e1", "e2"], overlapped
+    serial = _later_scenario(at_once=1)
+    assert serial.index("e2") > serial.index("finish e1"), serial
