@@ -477,3 +477,51 @@ def test_later_batches_of_one_kind_overlap_only_as_far_as_they_allow() -> None:
     assert overlapped[:2] == ["e1", "e2"], overlapped
     serial = _later_scenario(at_once=1)
     assert serial.index("e2") > serial.index("finish e1"), serial
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """'doors' again, on packed CKKS (TenSEAL, compact preset): enrolments are deltas."""
+    root = tmp_path_factory.mktemp("packed") / "frip-home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FRIP_HOME", str(root))
+        patch.setenv("FRIP_PASSPHRASE", PASSPHRASE)
+        profile = {
+            "engine": {"name": "doors"},
+            "he": {"plugin": "tenseal", "preset": "compact", "scorer": "fast"},
+            "key_store": {"plugin": "file", "scrypt_log2_n": 14},
+        }
+        with Engine.create(Profile.from_dict(profile), root) as engine:
+            engine.enrol_many(
+                [EnrolItem(s, embeddings=[v]) for s, v in zip(SUBJECTS, GALLERY, strict=True)]
+            )
+        key = Vendors(Database(root / "service.sqlite")).create("acme", ["doors"])
+        with live(root, key, batch_max=32, batch_wait_ms=5.0) as server:
+            yield server
+
+
+def test_delta_enrolment_groups_overlap_and_a_subject_in_flight_is_refused(
+    packed: Live,
+) -> None:
+    """Where enrolments are deltas, the next group is planned and encrypted while the one
+    before is still in flight (two at once); a subject already in a group in flight is
+    refused at once (409, as if enrolled: it is, or its caller is told it is not); both
+    groups are then committed and found."""
+    slot, _ = encryptor_held(packed, 6.0)
+    first, second = unit_vectors(2, seed=81)
+    with ThreadPoolExecutor(2) as senders:
+        a = senders.submit(post, packed, {"subject_id": "a", "embeddings": [first.tolist()]}, ENROL)
+        until(lambda: slot.answering_later() == 1, "the first group was not handed off")
+        again = post(packed, {"subject_id": "a", "embeddings": [second.tolist()]}, ENROL)
+        assert again.status_code == 409, again.text
+        assert again.json()["error"]["code"] == "subject_exists"
+        assert not a.done()
+        b = senders.submit(
+            post, packed, {"subject_id": "b", "embeddings": [second.tolist()]}, ENROL
+        )
+        until(lambda: slot.answering_later() == 2, "the second group did not start")
+        assert not a.done()
+        assert a.result().status_code == 201 and b.result().status_code == 201
+    for subject, vector in (("a", first), ("b", second)):
+        body = {"subject_id": subject, "embedding": near(vector, 0.2, 5).tolist()}
+        assert post(packed, body, "/v1/engines/doors/verify").json()["matched"] is True

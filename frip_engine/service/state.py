@@ -96,6 +96,9 @@ class Service:
         self.edge = EdgePool()  # image embedding, in worker processes (started on first use)
         self.metrics = Metrics()
         self.pool: EnginePool | None = None
+        # engine name -> subjects in an enrolment group planned and not yet settled (read
+        # and changed on that engine's thread only)
+        self.enrolling: dict[str, set[str]] = {}
 
     def on_open(self, engine: Engine) -> None:
         """Settle what a crash may have left half-written for this engine."""
