@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32, 64])
     parser.add_argument("--writers", type=int, default=2, help="0: read-only runs only")
     parser.add_argument("--seconds", type=float, default=15.0, help="per run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds, per server")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds per server: 1 identifying, then 1 enrolling client",
+    )
     parser.add_argument("--batch-max", type=int, default=32, help="batching on")
     parser.add_argument("--batch-wait-ms", type=float, default=None, help="default: server's")
     parser.add_argument("--image-people", type=int, default=100, help="lfw-dev people")

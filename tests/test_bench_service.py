@@ -48,6 +48,13 @@ def test_tiny_service_benchmark(
     assert engine["registrants"] == 50 and engine["reused"] is False
     assert engine["alone"]["identify_ms"] > 0 and engine["alone"]["batch"] == 8
     assert engine["alone"]["identify_many_per_s"] > 0
+    # what the enrolment target is up against: d fresh encryptions of zero per group
+    bound = engine["encryption_bound"]
+    assert bound["encryptions_per_group"] == 512 and bound["ms_per_encryption"] > 0
+    cores = len(saved["machine"]["cores_used"])
+    groups = cores * 1000 / (512 * bound["ms_per_encryption"])
+    assert bound["cores"] == cores and bound["groups_per_s"] == pytest.approx(groups)
+    assert bound["enrolments_per_s"] == pytest.approx(2 * groups)  # 2 writers, 1 subject each
     assert saved["threads"] == {name: "1" for name in PINNED}
     assert saved["machine"]["cores_used"] and saved["machine"]["cpus"] >= 1
     labels = [c["batching"] for c in saved["configs"]]
@@ -70,6 +77,7 @@ def test_tiny_service_benchmark(
     table = (output / "bench-service.md").read_text()
     assert table.count("\n| 50 | embedding | 2 |") == len(runs)
     assert "The engine alone" in table
+    assert "Encryption bound" in table and "enrolments/s" in table
     if not saved["batching_available"]:
         assert "only the unbatched configuration ran" in table
 

@@ -202,6 +202,39 @@ def in_process(home: Path, gallery: dict[str, Any], batch: int, repeats: int = 5
     }
 
 
+def encryption_bound(home: Path, writers: int, samples: int = 32) -> dict[str, Any] | None:
+    """What the enrolment target is up against, measured in this run (None where the
+    engine adds no enrolment deltas): a group's delta takes one fresh encryption of zero
+    per feature ciphertext (``encryptions_per_group`` = d), whatever the group's size, so
+    the cores this process may use make at most ``groups_per_s`` = cores / (d x one
+    encryption's seconds, timed here over ``samples``), and ``writers`` closed-loop
+    clients sending one subject per request at most ``writers`` x that enrolments/s (a
+    group holds at most one subject per writer). Commits, transfers and the identify load
+    come on top: a ceiling, not a forecast."""
+    from frip_engine import open_engine
+    from frip_engine.slots import delta_matcher
+
+    with open_engine(ENGINE, home=home) as engine:
+        matcher = delta_matcher(engine.matcher)
+        if matcher is None:
+            return None
+        per_group = engine.parts.dimension
+        matcher.encrypt_zeros(1)  # warm-up
+        started = time.perf_counter()
+        matcher.encrypt_zeros(samples)
+        seconds = (time.perf_counter() - started) / samples
+    cores = len(os.sched_getaffinity(0))
+    groups = cores / (per_group * seconds)
+    return {
+        "encryptions_per_group": per_group,
+        "ms_per_encryption": seconds * 1000,
+        "cores": cores,
+        "groups_per_s": groups,
+        "writers": writers,
+        "enrolments_per_s": writers * groups,
+    }
+
+
 def _row(
     result: dict[str, Any], registrants: int, probes: str, batching: str, clients: int
 ) -> dict[str, Any]:
@@ -255,6 +288,8 @@ def _measure(
             run_load(
                 url, key, ENGINE, gallery, None, 1, 0, plan.warmup, verify_every=0, images=shots
             )
+            if plan.writers:  # the first enrolment starts the engine's encryption worker
+                run_load(url, key, ENGINE, gallery, ENGINE, 1, 1, plan.warmup, verify_every=0)
             for clients in plan.clients:
                 for writers in sorted({0, plan.writers}):
                     result = run_load(
@@ -387,6 +422,20 @@ def markdown(report: dict[str, Any]) -> str:
                 "probes/s). What the service adds is the rest of each row's latency.",
                 "",
             ]
+        bound = engine.get("encryption_bound")
+        if bound:
+            lines += [
+                f"Encryption bound ({engine['registrants']:,} registrants, measured in this "
+                f"run): a group of enrolments is one delta of d = "
+                f"{bound['encryptions_per_group']} fresh encryptions of zero whatever its size, "
+                f"{bound['ms_per_encryption']:.2f} ms each on one core here, so "
+                f"{bound['cores']} cores make at most {bound['groups_per_s']:.2f} groups/s, and "
+                f"{bound['writers']} closed-loop clients enrolling one subject per request "
+                f"(at most {bound['writers']} per group) at most "
+                f"{bound['enrolments_per_s']:.2f} enrolments/s, before commits and the "
+                "identify load take their share: compare the `enrol/s` column with this.",
+                "",
+            ]
     if not report["batching_available"]:
         lines += [f"**{report['batching_note']}**", ""]
     lines += HEADER + [_line(row) for row in report["runs"]] + [""]
@@ -458,7 +507,15 @@ def run(plan: Plan, output: Path, command: str) -> dict[str, Any]:
             how = "copied from the cache" if reused else "enrolled"
             print(f"{registrants:,} registrants {how} in {time.perf_counter() - started:.0f} s")
             engine_alone = in_process(home, gallery, plan.batch_max) if gallery else None
-            engines.append({"registrants": registrants, "reused": reused, "alone": engine_alone})
+            bound = encryption_bound(home, plan.writers) if plan.writers else None
+            engines.append(
+                {
+                    "registrants": registrants,
+                    "reused": reused,
+                    "alone": engine_alone,
+                    "encryption_bound": bound,
+                }
+            )
             key = Vendors(Database(home / "service.sqlite")).create("bench", [ENGINE])
             for config in configs:
                 rows += _measure(plan, home, registrants, gallery, images, config, key)
