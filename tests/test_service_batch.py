@@ -525,3 +525,38 @@ def test_delta_enrolment_groups_overlap_and_a_subject_in_flight_is_refused(
     for subject, vector in (("a", first), ("b", second)):
         body = {"subject_id": subject, "embedding": near(vector, 0.2, 5).tolist()}
         assert post(packed, body, "/v1/engines/doors/verify").json()["matched"] is True
+
+
+def test_a_delta_group_commits_off_the_engine_thread_and_is_acknowledged_after(
+    packed: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit of a delta group (add to the block, serialise, write) runs on the
+    engine's committer thread: identify requests are answered from the committed blocks
+    while it is held; the enrolment is acknowledged only once it is committed, then
+    found."""
+    from frip_plugins.gallery_stores._sql import SqlGalleryStore
+
+    release, committing = threading.Event(), threading.Event()
+    commit_block = SqlGalleryStore.commit_block
+
+    def held(store: Any, *args: Any, **kwargs: Any) -> int:
+        committing.set()
+        assert release.wait(60)
+        return commit_block(store, *args, **kwargs)
+
+    vector = unit_vectors(1, seed=83)[0]
+    probe = {"embedding": near(vector, 0.2, 6).tolist()}
+    with ThreadPoolExecutor(1) as sender:
+        monkeypatch.setattr(SqlGalleryStore, "commit_block", held)
+        enrolled = sender.submit(
+            post, packed, {"subject_id": "h", "embeddings": [vector.tolist()]}, ENROL
+        )
+        until(committing.is_set, "the committer did not reach its write")
+        for _ in range(3):  # answered from the committed gallery, h not in it yet
+            answered = post(packed, probe)
+            assert answered.status_code == 200 and answered.json()["matched"] is False
+        assert not enrolled.done()
+        release.set()
+        assert enrolled.result().status_code == 201
+    monkeypatch.undo()
+    assert post(packed, probe).json()["subject_id"] == "h"

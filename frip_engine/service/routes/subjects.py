@@ -94,10 +94,13 @@ def enrol_group(
     first (a refusal is its own error; a subject enrolled, or in a group in flight, is
     409); every one left gets its audit intent and the group is planned
     (``Engine.prepare_enrolment``) and handed to a worker process to encrypt; the
-    engine's thread is free meanwhile. Later, on the engine's thread again, the encrypted
-    blocks are committed (one store transaction per block: the usual group, which fills
-    one block, is all committed or all absent) and each enrolment is settled by its own
-    outcome. Delta groups overlap (DELTA_GROUPS_AT_ONCE), others run one at a time.
+    engine's thread is free meanwhile. The encrypted blocks are committed (one store
+    transaction per block: the usual group, which fills one block, is all committed or
+    all absent): a delta group's by the engine's committer thread
+    (``Engine.commit_enrolment_later``), while the engine's thread keeps answering from
+    the committed blocks, then adopted on it (``Engine.adopt_enrolment``); any other
+    group's on the engine's thread. Then each enrolment is settled by its own outcome
+    and acknowledged. Delta groups overlap (DELTA_GROUPS_AT_ONCE), others run one at a time.
     Returns (Later) each one's notes on its images, or its error."""
     from frip_engine.engine import EnrolItem
 
@@ -124,7 +127,8 @@ def enrol_group(
             items = [EnrolItem(s, embeddings=list(own)) for s, (_, _, own) in ready.items()]
             prepared = engine.prepare_enrolment(items)
             try:
-                pending = engine.encrypt_enrolment(prepared)
+                encrypted = engine.encrypt_enrolment(prepared)
+                committing = engine.commit_enrolment_later(prepared, encrypted)
             except BaseException:
                 prepared.discard()
                 raise
@@ -139,7 +143,10 @@ def enrol_group(
     def finish(done: Future[Any]) -> list[list[str] | Exception]:
         try:
             try:
-                failed = engine.commit_enrolment(prepared, done).errors
+                if committing is None:
+                    failed = engine.commit_enrolment(prepared, done).errors
+                else:
+                    failed = engine.adopt_enrolment(prepared, done).errors
             except BaseException as exc:
                 settle_group(service, engine, group, intents, {}, exc)
                 raise
@@ -151,6 +158,7 @@ def enrol_group(
                 answers[ready[subject][0]] = error
         return answers
 
+    pending = encrypted if committing is None else committing
     return Later(pending, finish, DELTA_GROUPS_AT_ONCE if prepared.deltas else 1)
 
 
