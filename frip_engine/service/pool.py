@@ -12,7 +12,8 @@ finds the engine idle runs at once, alone; only when others are already queued d
 thread wait, at most ``batch_wait`` seconds, for the batch to fill.
 
 A batch may answer :class:`Later` (a group of enrolments: planned on the engine's
-thread, encrypted in a worker process, committed on the engine's thread): the engine's
+thread, encrypted in a worker process, committed by the engine's committer thread or,
+where it is no delta, on the engine's thread): the engine's
 thread is free meanwhile and answers other kinds (identify from the committed blocks).
 Up to ``Later.at_once`` batches of that kind may be in flight together (1: they run one
 at a time, in order; more: a pipeline, the next group encrypted while one commits).
