@@ -537,6 +537,54 @@ class Executor(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class KeyAccess:
+    """How a trusted key service reaches an engine's HE secret key, never the key itself:
+    the key store plugin's name and profile parameters (``[key_store]``) and the engine
+    id the key is sealed under. Given only to a :class:`DecidingExecutor`'s key-service
+    processes, never to a shard."""
+
+    key_store: str
+    key_store_params: dict[str, Any]
+    engine_id: str
+
+
+# one probe's top-k where its blocks were scored: (score, (block id, slot)) best first, and
+# the timings (seconds) of ``decryption``, ``minimum_selection`` and ``key_unwrap``
+Shortlist = tuple[list[tuple[float, tuple[int, int]]], dict[str, float]]
+
+
+@runtime_checkable
+class DecidingExecutor(Protocol):
+    """An optional capability of an :class:`Executor`: it decrypts and selects where it
+    scores (e.g. one trusted key-service process per cluster node, beside that node's
+    shards), so only top-k lists reach the engine, not score ciphertexts. Executors
+    without it (``local``, ``processes``) return score ciphertexts to the engine's own
+    key service. The engine uses it only with a key store other processes can reach (not
+    ``memory``)."""
+
+    def decide_many(
+        self,
+        payloads: list[bytes],
+        jobs: list[tuple[BlockInfo, list[int]]],
+        slots: Any,
+        top_k: int,
+        access: KeyAccess,
+    ) -> list[Shortlist | FripError]:
+        """Score and decide a batch. ``payloads``: each probe's payload (as
+        ``encode_probe`` made it); ``jobs``: per block, the indices of the probes that
+        want it, in the engine's block order; ``slots``: block id -> its occupied slots
+        (int array (n,), slot-map order), the same object while the slot map is current;
+        ``top_k``: candidates per probe. Returns per probe its :data:`Shortlist`, merged
+        over every block it wants exactly as :meth:`KeyService.decide_many` orders them
+        (score descending, ties in block then slot-map order), or its own FripError (a
+        payload that cannot be parsed, scores out of bounds). A probe that wants no block
+        gets ([], {}). Raises for the whole call as :meth:`Executor.score_many` does
+        (WorkerLostError when a shard or key-service process ended: retry; never a
+        shortlist missing a shard's blocks), KeyStoreError when the key is unreachable."""
+        ...
+
+
 def protocol_members(protocol: type) -> list[str]:
     """The public members (methods, properties, attributes) a protocol requires, its
     bases' included, sorted."""

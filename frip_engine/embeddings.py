@@ -121,11 +121,12 @@ def mean_template(
     or both. Raises EmbeddingError when the embeddings cancel out.
     """
     matrix = np.stack([np.asarray(e, dtype=np.float64) for e in embeddings])
-    mean = np.mean(matrix, axis=0)
+    # the mean of one vector is itself (bit for bit), and it has no pairs to check
+    mean = matrix[0] if len(matrix) == 1 else np.mean(matrix, axis=0)
     norm = float(np.linalg.norm(mean))
     if not np.isfinite(norm) or norm < 1e-6:
         raise EmbeddingError("the subject's embeddings cancel out: they cannot be one person")
-    if same_person_floor > -1.0:  # -1: no check (a cosine of -1 may round to just below)
+    if same_person_floor > -1.0 and len(matrix) > 1:  # -1: no check (-1 may round below)
         names = list(labels or [f"embedding {i}" for i in range(1, len(matrix) + 1)])
         cosines = matrix @ matrix.T
         first, second = np.triu_indices(len(matrix), k=1)

@@ -25,12 +25,13 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -41,7 +42,9 @@ from frip_engine.calibration import engine_threshold, lookup
 from frip_engine.committer import CommitJob, CommitStep, Committer, Outcome
 from frip_engine.contracts import (
     BlockInfo,
+    DecidingExecutor,
     Executor,
+    KeyAccess,
     NewSubject,
     ShardStatus,
     SharingMatcher,
@@ -67,7 +70,14 @@ from frip_engine.errors import (
     each_or_error,
 )
 from frip_engine.images import load_image
-from frip_engine.keyservice import KeyService, Occupants, he_key_id, he_key_version, wipe
+from frip_engine.keyservice import (
+    KeyService,
+    Occupants,
+    block_arrays,
+    he_key_id,
+    he_key_version,
+    wipe,
+)
 from frip_engine.parallel import (
     InProcess,
     ParallelScorer,
@@ -95,6 +105,9 @@ from frip_engine.writelock import write_lock
 
 PROFILE_FILE = "profile.toml"
 IN_PROCESS = "local"  # the executor that scores in this process, on this engine's blocks
+# one indexed look-up of a subject costs about as much as reading this many rows of the
+# whole slot map (SQLite here: ~15 us against ~2 us a row)
+LOOKUPS_PER_SCAN = 8
 # One enrolment step: (partition, open block or None for a new one, free slots, rows).
 Step = tuple[int, BlockInfo | None, list[int], list[int]]
 logger = logging.getLogger("frip_engine")
@@ -698,12 +711,21 @@ class Engine:
                 )
         report = EnrolReport()
         templates: dict[str, tuple[np.ndarray, int]] = {}
-        existing = {s.subject_id for s in self.gallery_store.subjects()}
-        for item in items:
+        bad: dict[int, SubjectError] = {}
+        for index, item in enumerate(items):  # before any store query sees an id
+            try:
+                check_subject_id(item.subject_id)
+            except SubjectError as exc:
+                bad[index] = exc
+        existing = set(
+            self._enrolled([item.subject_id for i, item in enumerate(items) if i not in bad])
+        )
+        for index, item in enumerate(items):
             if progress:
                 progress(item.subject_id)
             try:
-                check_subject_id(item.subject_id)
+                if index in bad:
+                    raise bad[index]
                 if item.subject_id in existing or item.subject_id in templates:
                     raise DuplicateSubjectError(f"subject '{item.subject_id}' is already enrolled")
                 vectors, labels, notes = self._template_inputs(item)
@@ -715,6 +737,16 @@ class Engine:
             except FripError as exc:
                 report.fail(item.subject_id, exc)
         return report, templates
+
+    def _enrolled(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` the gallery holds, in order: looked up one by one (an indexed
+        query each) when they are few beside the gallery, else from one read of the whole
+        slot map, so a chunk of a bulk enrolment costs in proportion to the chunk."""
+        held = sum(info.used for info in self.gallery_store.blocks())
+        if len(ids) * LOOKUPS_PER_SCAN < held:
+            return [s for s in ids if self.gallery_store.subject(s) is not None]
+        found = {subject.subject_id for subject in self.gallery_store.subjects()}
+        return [s for s in ids if s in found]
 
     def _template_inputs(self, item: EnrolItem) -> tuple[list[np.ndarray], list[str], list[str]]:
         """The subject's unit vectors, a label for each, and the notes on its images."""
@@ -744,12 +776,11 @@ class Engine:
     def _plan(self, report: EnrolReport, templates: dict[str, tuple[np.ndarray, int]]) -> EnrolPlan:
         """Under the write lock: drop the subjects another writer enrolled meanwhile, choose
         each template's partition and allocate slots (open blocks first, then new ones)."""
-        for subject in self.gallery_store.subjects():
-            if templates.pop(subject.subject_id, None) is not None:
-                report.fail(
-                    subject.subject_id,
-                    DuplicateSubjectError(f"subject '{subject.subject_id}' is already enrolled"),
-                )
+        for subject_id in self._enrolled(list(templates)):
+            del templates[subject_id]
+            report.fail(
+                subject_id, DuplicateSubjectError(f"subject '{subject_id}' is already enrolled")
+            )
         ids = list(templates)
         if not ids:
             nothing = np.zeros((0, self.parts.dimension))
@@ -910,17 +941,19 @@ class Engine:
         self, partition: int, rows: list[int]
     ) -> Iterable[tuple[BlockInfo | None, list[int], list[int]]]:
         """Yield (block or None for a new one, free slots, rows) until every row has a slot."""
-        occupied: dict[int, set[int]] = defaultdict(set)
-        for subject in self.gallery_store.subjects():
-            occupied[subject.block_id].add(subject.slot)
+        occupied: dict[int, set[int]] | None = None  # read once, if a block has room
         pending = list(rows)
         for info in self.gallery_store.blocks():
             if not pending:
                 return
             if info.partition != partition or info.key_version != self.key_version:
                 continue
-            if len(occupied[info.block_id]) >= info.capacity:
-                continue  # full: no need to ask for its reservations
+            if info.used >= info.capacity:
+                continue  # full: no need to ask for its slots or reservations
+            if occupied is None:
+                occupied = defaultdict(set)
+                for subject in self.gallery_store.subjects():
+                    occupied[subject.block_id].add(subject.slot)
             taken = occupied[info.block_id] | self._reserved.taken(info.block_id)
             free = [s for s in range(info.capacity) if s not in taken]
             if free:
@@ -1113,19 +1146,31 @@ class Engine:
                 results[i] = exc
         # each probe's own stages (extraction, encryption; then decryption and selection)
         own = {i: sum(watch.seconds.values()) for i, watch in enumerate(watches)}
-        with shared.stage("distance_derivation"):
-            scored = self._score_batch(loaded, payloads, wanted)
-        decided: dict[int, list[tuple[int, bytes]]] = {}
-        for i, entry in scored.items():
-            if isinstance(entry, FripError):
-                results[i] = entry
-            else:
-                decided[i] = entry
-        answers = self.key_service.decide_many(list(decided.values()), occupants, top_k)
-        for i, answer in zip(decided, answers, strict=True):  # and the key service's stages
+        deciding = self._deciding() if loaded else None  # no block: no executor needed
+        if deciding is None:  # score ciphertexts back here, decided by this key service
+            with shared.stage("distance_derivation"):
+                scored = self._score_batch(loaded, payloads, wanted)
+            decided: dict[int, list[tuple[int, bytes]]] = {}
+            for i, entry in scored.items():
+                if isinstance(entry, FripError):
+                    results[i] = entry
+                else:
+                    decided[i] = entry
+            answers = dict(
+                zip(
+                    decided,
+                    self.key_service.decide_many(list(decided.values()), occupants, top_k),
+                    strict=True,
+                )
+            )
+        else:  # decided where scored: top-k lists back here
+            answers = self._decide_where_scored(
+                *deciding, shared, loaded, payloads, wanted, occupants, top_k
+            )
+        for i, answer in answers.items():  # and the key service's stages
             if not isinstance(answer, FripError):
                 own[i] += answer[1].get("decryption", 0.0) + answer[1].get("minimum_selection", 0.0)
-        for i, answer in zip(decided, answers, strict=True):
+        for i, answer in answers.items():
             if isinstance(answer, FripError):
                 results[i] = answer
                 continue
@@ -1181,6 +1226,69 @@ class Engine:
         block = next(b for b in self.gallery_store.blocks() if b.block_id == record.block_id)
         occupants = {record.block_id: {record.slot: subject_id}}
         return occupants, [block], {i: {block.block_id} for i in templates}
+
+    def _deciding(self) -> tuple[DecidingExecutor, KeyAccess] | None:
+        """The executor and the key access it needs when it decides where it scores
+        (:class:`DecidingExecutor`: its own trusted key-service processes reach the key
+        store); None when this engine's key service decides: another executor, the
+        shared probe mode, or a key store that lives in this process only."""
+        if isinstance(self.matcher, SharingMatcher) or getattr(
+            self.parts.key_store, "process_local", False
+        ):
+            return None
+        executor = self._executor()
+        if not isinstance(executor, DecidingExecutor):
+            return None
+        access = KeyAccess(
+            self.profile.plugin("key_store"),
+            self.profile.params("key_store"),
+            self.profile.engine_id,
+        )
+        return executor, access
+
+    def _decide_where_scored(
+        self,
+        executor: DecidingExecutor,
+        access: KeyAccess,
+        shared: Stopwatch,
+        blocks: Sequence[tuple[BlockInfo, Any]],
+        payloads: dict[int, bytes],
+        wanted: dict[int, set[int]],
+        occupants: Mapping[int, Mapping[int, str]],
+        top_k: int,
+    ) -> dict[int, tuple[list[Candidate], dict[str, float]] | FripError]:
+        """Each probe's candidates (or its error), decided by the executor's key services
+        where its blocks were scored: their (block, slot) top-k lists become subject ids
+        here, where the slot map is. The call's time beyond the slowest decision is the
+        ``distance_derivation`` stage."""
+        order = list(payloads)
+        index = {i: n for n, i in enumerate(order)}
+        jobs = [
+            (info, [index[i] for i in order if info.block_id in wanted[i]]) for info, _ in blocks
+        ]
+        if isinstance(occupants, Occupants):
+            slots = occupants.slot_arrays()
+        else:
+            slots = {b: block_arrays(by_slot)[0] for b, by_slot in occupants.items()}
+        started = time.perf_counter()
+        shortlists = executor.decide_many(
+            [payloads[i] for i in order], [job for job in jobs if job[1]], slots, top_k, access
+        )
+        seconds = time.perf_counter() - started
+        answers: dict[int, tuple[list[Candidate], dict[str, float]] | FripError] = {}
+        deciding = 0.0
+        for i, shortlist in zip(order, shortlists, strict=True):
+            if isinstance(shortlist, FripError):
+                answers[i] = shortlist
+                continue
+            found, timings = shortlist
+            deciding = max(deciding, sum(timings.values()))
+            answers[i] = (
+                [Candidate(occupants[b][slot], score) for score, (b, slot) in found],
+                timings,
+            )
+        shared.add({"distance_derivation": max(0.0, seconds - deciding)})
+        return answers
 
     def _score_batch(
         self,
@@ -1608,10 +1716,16 @@ def _emit(event: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
     :mod:`frip_engine.hookspecs` (whose signature types the arguments); a failing
     listener cannot undo the change."""
     try:
-        arguments = inspect.signature(event).bind(*args, **kwargs).arguments
+        arguments = _signature(event).bind(*args, **kwargs).arguments
         getattr(plugins.plugin_manager().hook, event.__name__)(**arguments)
     except Exception:
         logger.exception("event hook %s failed; the change it reports stands", event.__name__)
+
+
+@cache
+def _signature(event: Callable[..., None]) -> inspect.Signature:
+    """The signature of an event hook, read once (a bulk enrolment emits one per subject)."""
+    return inspect.signature(event)
 
 
 def default_threshold(profile: Profile, parts: Components) -> tuple[float, str]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cached_property
+from typing import TypeVar, overload
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from frip_engine.routing import RouterState
 # Scores of unit vectors lie in [-1, 1]; CKKS noise adds far less than this margin.
 # Anything beyond it means the ciphertext was made under another key or parameter set.
 SCORE_BOUND = 1.05
+T = TypeVar("T")  # how a selection names an occupied slot: a subject id, (block, slot)
 
 
 def he_key_id(version: int) -> str:
@@ -190,7 +192,40 @@ class KeyService:
         The selection is vectorised per block over the probes that scored it (occupied
         slots from ``occupants``, or :meth:`Occupants.arrays` when it is one); every
         answer equals selecting that probe alone (:meth:`_best_in_block`)."""
-        answers: list[tuple[list[Candidate], dict[str, float]] | FripError] = [
+        picked = self._select_many(batch, lambda block: _occupied(occupants, block), top_k)
+        return [
+            answer
+            if isinstance(answer, FripError)
+            else ([Candidate(subject, score) for score, subject in answer[0]], answer[1])
+            for answer in picked
+        ]
+
+    def shortlist_many(
+        self,
+        batch: Sequence[Sequence[tuple[int, bytes]]],
+        slots: Mapping[int, np.ndarray],
+        top_k: int,
+    ) -> list[tuple[list[tuple[float, tuple[int, int]]], dict[str, float]] | FripError]:
+        """:meth:`decide_many` without subject ids, for a key service that decides one
+        shard's blocks where they were scored (a Ray node's key-service actor): each
+        probe's top-k as (score, (block id, slot)), best first, ``slots`` giving each
+        block's occupied slots (int (n,), in slot-map order). The coordinator, which holds
+        the slot map, turns the slots into subject ids and merges the shards' lists; the
+        selection and its order are :meth:`decide_many`'s, so the merged answer is the
+        same decision."""
+        return self._select_many(
+            batch, lambda block: (slots[block], _Slots(block, slots[block])), top_k
+        )
+
+    def _select_many(
+        self,
+        batch: Sequence[Sequence[tuple[int, bytes]]],
+        occupied: Callable[[int], tuple[np.ndarray, Sequence[T]]],
+        top_k: int,
+    ) -> list[tuple[list[tuple[float, T]], dict[str, float]] | FripError]:
+        """The selection of :meth:`decide_many`, naming each occupied slot as
+        ``occupied(block id)`` does: (its slots, a name per slot)."""
+        answers: list[tuple[list[tuple[float, T]], dict[str, float]] | FripError] = [
             ([], {}) for _ in batch
         ]
         if not any(batch):
@@ -210,10 +245,10 @@ class KeyService:
                     finally:
                         timings[index]["decryption"] += time.perf_counter() - start
                     rows.setdefault(block_id, []).append((index, position, scores))
-        best: dict[int, dict[int, list[tuple[float, str]]]] = {i: {} for i in range(len(batch))}
+        best: dict[int, dict[int, list[tuple[float, T]]]] = {i: {} for i in range(len(batch))}
         for block_id, block_rows in rows.items():
             start = time.perf_counter()
-            slots, ids = _occupied(occupants, block_id)
+            slots, ids = occupied(block_id)
             matrix = np.stack([scores for _, _, scores in block_rows])
             for (index, position, _), picked in zip(
                 block_rows, _best_rows(block_id, matrix, slots, ids, top_k), strict=True
@@ -233,10 +268,9 @@ class KeyService:
                 start = time.perf_counter()
                 found = [pair for position in sorted(best[index]) for pair in best[index][position]]
                 found.sort(key=lambda pair: -pair[0])
-                candidates = [Candidate(subject, score) for score, subject in found[:top_k]]
                 timings[index]["minimum_selection"] += time.perf_counter() - start
                 timings[index]["key_unwrap"] = self.last_unwrap_seconds
-                answers[index] = (candidates, timings[index])
+                answers[index] = (found[:top_k], timings[index])
         return answers
 
     def _scores(self, decryptor: Decryptor, blob: bytes) -> np.ndarray:
@@ -310,6 +344,7 @@ class Occupants(dict[int, dict[int, str]]):
     def __init__(self, table: Mapping[int, dict[int, str]]) -> None:
         super().__init__(table)
         self._arrays: dict[int, tuple[np.ndarray, list[str]]] = {}
+        self._slots: dict[int, np.ndarray] | None = None
 
     def arrays(self, block_id: int) -> tuple[np.ndarray, list[str]]:
         """The block's occupied slots (int64 (n,)) and their subjects, in slot-map order."""
@@ -318,11 +353,37 @@ class Occupants(dict[int, dict[int, str]]):
             found = self._arrays[block_id] = block_arrays(self.get(block_id, {}))
         return found
 
+    def slot_arrays(self) -> dict[int, np.ndarray]:
+        """Every block's occupied slots (int64 (n,), slot-map order), without subject ids:
+        what a key service deciding elsewhere needs; the same dict on every call."""
+        if self._slots is None:
+            self._slots = {block_id: self.arrays(block_id)[0] for block_id in self}
+        return self._slots
+
 
 def block_arrays(occupants: Mapping[int, str]) -> tuple[np.ndarray, list[str]]:
     """One block's occupied slots as int64 (n,) and their subjects, in the mapping's order."""
     slots = np.fromiter(occupants.keys(), dtype=np.int64, count=len(occupants))
     return slots, list(occupants.values())
+
+
+class _Slots(Sequence[tuple[int, int]]):
+    """One block's occupied slots named as (block id, slot), without building the list."""
+
+    def __init__(self, block_id: int, slots: np.ndarray) -> None:
+        self._block_id, self._slots = block_id, slots
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, int]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[int, int]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[int, int] | Sequence[tuple[int, int]]:
+        if isinstance(index, slice):
+            return [(self._block_id, int(slot)) for slot in self._slots[index]]
+        return self._block_id, int(self._slots[index])
 
 
 def _occupied(
@@ -334,8 +395,8 @@ def _occupied(
 
 
 def _best_rows(
-    block_id: int, scores: np.ndarray, slots: np.ndarray, ids: Sequence[str], top_k: int
-) -> list[list[tuple[float, str]] | FripError]:
+    block_id: int, scores: np.ndarray, slots: np.ndarray, ids: Sequence[T], top_k: int
+) -> list[list[tuple[float, T]] | FripError]:
     """For each probe's decrypted scores of one block (rows of ``scores``: (probes, slots),
     or (probes, blocks, blocks, slots) block-pair products for pe-miu), its top-k occupied
     slots as (score, subject), best first (ties in slot-map order), or its BackendError
@@ -348,7 +409,7 @@ def _best_rows(
     else:
         values = scores[:, slots]
     bounded = np.all(np.abs(values) <= SCORE_BOUND, axis=1)
-    answers: list[list[tuple[float, str]] | FripError] = []
+    answers: list[list[tuple[float, T]] | FripError] = []
     for row, inside in zip(values, bounded, strict=True):
         if not inside:
             answers.append(

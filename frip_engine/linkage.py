@@ -27,6 +27,7 @@ import numpy as np
 
 from frip_engine.errors import FripError, InputError
 from frip_engine.images import load_image
+from frip_engine.validate import check_subject_id
 
 if TYPE_CHECKING:
     from frip_engine.contracts import Adapter
@@ -137,7 +138,9 @@ def remove_everywhere(
     engines: Sequence[Engine], subject_id: str, call: Call | None = None
 ) -> LinkedRemoval:
     """Erase ``subject_id`` from every engine (consent revoked). An engine where it is
-    already absent counts as done, so an interrupted revocation can simply be re-run."""
+    already absent counts as done, so an interrupted revocation can simply be re-run.
+    Raises SubjectError, touching no engine, if ``subject_id`` is not a usable id."""
+    check_subject_id(subject_id)
     run = call or _direct
     result = LinkedRemoval(subject_id)
     for engine in engines:

@@ -303,12 +303,21 @@ def build(profile: Profile) -> Components:
 
 def check_executor(profile: Profile) -> None:
     """Raise ProfileError (PluginError) for an ``[executor]`` section whose plugin is
-    unknown or not installed, or whose keys its factory does not take."""
+    unknown or not installed, whose keys its factory does not take, or whose values it
+    refuses: a factory with a ``check_params(params)`` static method checks their ranges
+    (``workers = 0``) here, when the profile is loaded, not when the engine first scores."""
     name, params = profile.executor()
     try:
         if "setup" in params:
             raise ProfileError("'setup' is not a key a profile sets (the engine gives it)")
-        plugins.registry().get("executor", name).check(params)
+        entry = plugins.registry().get("executor", name)
+        entry.check(params)
+        check_params = getattr(entry.factory, "check_params", None)
+        if check_params is not None:
+            try:
+                check_params(params)
+            except ProfileError as exc:
+                raise type(exc)(f"{entry.label}: {exc}") from exc
     except ProfileError as exc:
         raise type(exc)(f"[executor] {exc}") from exc
 

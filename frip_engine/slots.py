@@ -6,9 +6,11 @@ block's latest revision under the lock again (homomorphic addition commutes, so 
 may commit in any order). Between the two, its slots are reserved here so that no other
 writer takes them.
 
-A reservation is never stored: it lives in this process's memory and, where the gallery
-store shares writers across processes or hosts, in a lock the store's server drops with
-the writer's session (PostgreSQL session advisory locks, ``reserve_slots``). A writer
+A reservation lives in this process's memory and, where the gallery store shares writers
+across processes or hosts, in the store (``reserve_slots``) for as long as the writer's
+process or session lives: SQLite's OFD byte locks, dropped by the kernel with the
+process; PostgreSQL rows that count only while their owner session holds its advisory
+lock, dropped by the server with the session. Both hold for every block id. A writer
 that dies between reserving and committing leaves nothing behind: its slots are free
 again and hold no subject (a subject is enrolled only once its slot-map row commits with
 the block that holds its ciphertexts). Should two writers ever meet in one slot anyway

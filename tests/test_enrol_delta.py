@@ -216,6 +216,14 @@ with Engine.open("p", home) as engine:
 def test_concurrent_writer_processes_enrol_everyone_once_densely(
     home: Path, store: dict[str, Any]
 ) -> None:
+    writer_processes_enrol_densely(home, store)
+
+
+def writer_processes_enrol_densely(
+    home: Path, store: dict[str, Any], created: Callable[[], None] | None = None
+) -> None:
+    """Three writer processes enrol four subjects each into engine ``p`` (``created`` runs
+    once the engine exists, before its first block): everyone once, packed in one block."""
     from frip_engine.profile import Profile
 
     profile = {
@@ -226,6 +234,8 @@ def test_concurrent_writer_processes_enrol_everyone_once_densely(
     }
     vectors = unit_vectors(13, seed=45)
     with Engine.create(Profile.from_dict(profile), home) as engine:
+        if created is not None:
+            created()
         engine.enrol(EnrolItem("first", embeddings=[vectors[0]]))
     children = [
         subprocess.Popen(

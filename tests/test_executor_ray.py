@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import unit_vectors
+from conftest import PASSPHRASE, unit_vectors
 from frip_eval import ray_cluster
 from frip_plugins.executors.ray import Shard, owner
 
 from frip_engine import plugins
+from frip_engine.contracts import KeyAccess
 from frip_engine.decision import Decision
 from frip_engine.engine import Engine, EnrolItem
 from frip_engine.errors import ExecutorConnectError, ProfileError, StoreError, WorkerLostError
@@ -48,7 +49,9 @@ def cluster() -> Iterator[ray_cluster.Cluster]:
     import ray
     from frip_plugins.executors.ray import _connect
 
-    started = ray_cluster.start(NODES)
+    with pytest.MonkeyPatch.context() as env:  # what an operator's `ray start` has on a node
+        env.setenv("FRIP_PASSPHRASE", PASSPHRASE)  # for the key-service actors' file key store
+        started = ray_cluster.start(NODES)
     try:
         _connect(started.address)
         started.wait_nodes(1 + len(NODES))
@@ -121,6 +124,95 @@ def test_a_shard_refuses_the_store_of_another_engine(make_engine: Callable[..., 
     assert isinstance(refused, StoreError) and "another engine" in str(refused)
 
 
+def _cached_shard(
+    engine: Engine, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Shard, list[int]]:
+    """A shard over all of ``engine``'s blocks with residue cache ``cache``, and the block
+    ids it read from the store while starting."""
+    store_type = type(engine.gallery_store)
+    reads: list[int] = []
+    read_block = store_type.read_block
+
+    def counted(self: Any, block_id: int) -> Any:
+        reads.append(block_id)
+        return read_block(self, block_id)
+
+    monkeypatch.setattr(store_type, "read_block", counted)
+    return Shard(engine._worker_setup(), "shard-0", ["shard-0"], cache_dir=str(cache)), reads
+
+
+def test_a_restarted_shard_maps_its_residue_files_instead_of_reading_the_store(
+    make_engine: Callable[..., Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine("cached", **GALLERY)
+    vectors = unit_vectors(REGISTRANTS, 128, seed=7)
+    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
+    infos = engine.gallery_store.blocks()
+    keys = [(i.block_id, i.revision, i.key_version) for i in infos]
+    probe = (engine.matcher.encode_probe(vectors[0]),)
+    cache = tmp_path / "residues"
+    first, reads = _cached_shard(engine, cache, monkeypatch)
+    assert sorted(reads) == sorted(i.block_id for i in infos)
+    files = list(cache.rglob("*"))
+    assert files and all(
+        (f.stat().st_mode & 0o777) == (0o700 if f.is_dir() else 0o600) for f in files
+    )
+    second, reads = _cached_shard(engine, cache, monkeypatch)
+    assert reads == []  # every block mapped from its file
+    assert second.score(keys, [probe], [0] * len(keys)) == first.score(
+        keys, [probe], [0] * len(keys)
+    )
+    # a damaged file is deleted, not scored: that block is read from the store again
+    damaged = sorted(cache.rglob("*.npy"))[0]
+    raw = bytearray(damaged.read_bytes())
+    raw[-1] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    third, reads = _cached_shard(engine, cache, monkeypatch)
+    assert len(reads) == 1 and third._cache is not None
+    assert third._cache.damaged == [damaged.name]
+    assert third.score(keys, [probe], [0] * len(keys)) == first.score(
+        keys, [probe], [0] * len(keys)
+    )
+
+
+def test_a_residue_file_of_another_revision_or_key_version_is_not_used(
+    make_engine: Callable[..., Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine("stale", **GALLERY)
+    vectors = unit_vectors(REGISTRANTS, 128, seed=8)
+    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
+    cache = tmp_path / "residues"
+    _cached_shard(engine, cache, monkeypatch)
+    info = engine.gallery_store.blocks()[0]
+    (path,) = cache.rglob(f"b{info.block_id}-r*.npy")
+    key = path.stem.split("-", 2)[2]  # k<key version>-<fingerprint>
+    for name in (f"r{info.revision + 1}-{key}", f"r{info.revision}-k9-{key[3:]}"):
+        for ext in (".npy", ".json"):  # what a newer revision / other key would be named
+            old = path.with_suffix(ext)
+            old.rename(old.with_name(f"b{info.block_id}-{name}{ext}"))
+        _, reads = _cached_shard(engine, cache, monkeypatch)
+        assert reads == [info.block_id]  # read from the store, not the foreign file
+        assert not list(cache.rglob(f"b{info.block_id}-{name}.*"))  # and deleted
+        (path,) = cache.rglob(f"b{info.block_id}-r*.npy")
+
+
+def test_a_shard_whose_blocks_do_not_fit_its_nodes_memory_says_so(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of memory while loading is a clear error on every call, not a restart loop."""
+    from frip_plugins.executors import ray as ray_executor
+
+    engine = make_engine("tight", **GALLERY)
+    vectors = unit_vectors(3, 128, seed=6)
+    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
+    info = engine.gallery_store.blocks()[0]
+    monkeypatch.setattr(ray_executor, "available_memory", lambda: info.size_bytes // 2)
+    shard = Shard(engine._worker_setup(), "shard-0", ["shard-0"])
+    refused = shard.score([(info.block_id, info.revision, info.key_version)], [()], [0])
+    assert isinstance(refused, ProfileError), refused
+    assert "memory" in str(refused) and "shard-0" in str(refused) and "shards" in str(refused)
+
+
 def test_bad_parameters_are_profile_errors(make_engine: Callable[..., Engine]) -> None:
     setup = make_engine("params")._worker_setup()
     with pytest.raises(ProfileError, match="one Ray custom resource name per shard"):
@@ -129,6 +221,30 @@ def test_bad_parameters_are_profile_errors(make_engine: Callable[..., Engine]) -
         plugins.create("executor", "ray", setup=setup, shards=0)
     with pytest.raises(ProfileError, match="encrypt_workers must be"):
         plugins.create("executor", "ray", setup=setup, encrypt_workers=0)
+    # numbers no Ray call can use: refused at load, not at the first identify
+    for key, value in [
+        ("timeout", float("inf")),
+        ("timeout", 1e300),
+        ("timeout", float("nan")),
+        ("timeout", "60"),
+        ("timeout", True),
+        ("num_cpus", 1e300),
+        ("num_cpus", float("nan")),
+        ("num_cpus", "1"),
+    ]:
+        with pytest.raises(ProfileError, match=key):
+            plugins.create("executor", "ray", setup=setup, **{key: value})
+    with pytest.raises(ProfileError, match="placement"):
+        plugins.create("executor", "ray", setup=setup, shards=1, placement=[""])
+
+
+def test_num_cpus_no_node_offers_is_a_profile_error(
+    make_engine: Callable[..., Engine], cluster: ray_cluster.Cluster
+) -> None:
+    """Not a 600 s wait then "retry": a shard asking more CPUs than any node has never starts."""
+    setup = make_engine("greedy")._worker_setup()
+    with pytest.raises(ProfileError, match="num_cpus"):
+        plugins.create("executor", "ray", setup=setup, address=cluster.address, num_cpus=64)
 
 
 def test_an_address_that_does_not_answer_is_a_clear_error(
@@ -180,14 +296,14 @@ def _same(a: Decision, b: Decision) -> None:
     assert a.candidates == b.candidates
 
 
-@pytest.fixture
-def on_ray(
-    make_engine: Callable[..., Engine], home: Path, cluster: ray_cluster.Cluster
-) -> Iterator[tuple[Engine, np.ndarray, list[Decision]]]:
+def _reopened_on_ray(
+    make_engine: Callable[..., Engine], home: Path, cluster: ray_cluster.Cluster, **sections: Any
+) -> tuple[Engine, np.ndarray, list[Decision]]:
     """An engine enrolled and decided on the local executor, then reopened on the ray
     executor (its profile's [executor] changed, as an operator would): (engine on Ray,
     probes, the local decisions)."""
-    local = make_engine("onray", **GALLERY)
+    name = f"onray{len(sections)}"
+    local = make_engine(name, **GALLERY, **sections)
     vectors = unit_vectors(REGISTRANTS, 128, seed=1)
     report = local.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
     assert not report.failed and len(local.gallery_store.blocks()) == 4
@@ -198,9 +314,42 @@ def on_ray(
     profile = load_profile(profile_path)
     profile.sections["executor"] = _ray_section(cluster, timeout=10)
     save_profile(profile, profile_path)
-    engine = Engine.open("onray", home)
+    return Engine.open(name, home), probes, [d for d in expected if isinstance(d, Decision)]
+
+
+@pytest.fixture
+def on_ray(
+    make_engine: Callable[..., Engine], home: Path, cluster: ray_cluster.Cluster
+) -> Iterator[tuple[Engine, np.ndarray, list[Decision]]]:
+    """:func:`_reopened_on_ray` with the memory key store, which no other process
+    reaches: the shards score, the engine's own key service decides."""
+    engine, probes, expected = _reopened_on_ray(make_engine, home, cluster)
     try:
-        yield engine, probes, [d for d in expected if isinstance(d, Decision)]
+        yield engine, probes, expected
+    finally:
+        engine.close()
+
+
+@pytest.fixture
+def deciding_on_nodes(
+    make_engine: Callable[..., Engine],
+    home: Path,
+    cluster: ray_cluster.Cluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Engine, np.ndarray, list[Decision]]]:
+    """:func:`_reopened_on_ray` with the file key store, which each node's key-service
+    actor reaches: decisions made on the nodes. The engine's own key service is made to
+    fail if it is asked to decide, which proves no score ciphertext is decided here."""
+    engine, probes, expected = _reopened_on_ray(
+        make_engine, home, cluster, key_store={"plugin": "file"}
+    )
+
+    def not_here(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the coordinator's key service was asked to decide")
+
+    monkeypatch.setattr(engine.key_service, "decide_many", not_here)
+    try:
+        yield engine, probes, expected
     finally:
         engine.close()
 
@@ -284,10 +433,12 @@ def _killed_mid_stream(
         killing.join()
 
 
+@pytest.mark.parametrize("deciding", ["on_ray", "deciding_on_nodes"])
 def test_a_shard_killed_mid_stream_is_retry_then_serves_again(
-    on_ray: tuple[Engine, np.ndarray, list[Decision]],
+    deciding: str, request: pytest.FixtureRequest
 ) -> None:
-    engine, probes, expected = on_ray
+    """Whether the engine decides (memory key store) or the nodes' key services do."""
+    engine, probes, expected = request.getfixturevalue(deciding)
     _serves_again(engine, probes, expected)
     executor = engine._executor()
     import ray
@@ -315,3 +466,101 @@ def test_a_worker_node_killed_mid_stream_is_retry_then_serves_again(
         cluster.start_worker("shard_node_b")  # the machine comes back (an operator, a VM)
     _serves_again(engine, probes, expected)  # the pinned shard restarted on it by itself
     assert all(s.healthy for s in engine._executor().status())
+
+
+# ------------------------------------------------------- decisions made where scores are made
+def _pids(actors: list[Any], method: str) -> list[int]:
+    import ray
+
+    if method == "held":
+        return [ray.get(actor.held.remote())[2] for actor in actors]
+    return [ray.get(actor.pid.remote()) for actor in actors]
+
+
+def test_key_service_actors_decide_on_the_nodes_as_the_local_executor(
+    deciding_on_nodes: tuple[Engine, np.ndarray, list[Decision]],
+) -> None:
+    engine, probes, expected = deciding_on_nodes
+    answers = engine.identify_many(embeddings=list(probes), top_k=3)
+    for got, want in zip(answers, expected, strict=True):
+        assert isinstance(got, Decision), got
+        _same(got, want)
+        assert got.registrants == REGISTRANTS
+        assert got.timings["decryption"] > 0  # decrypted, on a node
+    verified = engine.verify("s2", embedding=probes[2])  # one block, one node
+    assert verified.matched and verified.subject_id == "s2"
+    executor = engine._executor()
+    deciders = list(executor._deciders.values())
+    assert len(deciders) == 2  # one per node group, beside its shards
+    assert not set(_pids(deciders, "pid")) & set(_pids(executor._actors, "held"))
+
+
+def test_shard_processes_never_hold_the_secret_key(
+    deciding_on_nodes: tuple[Engine, np.ndarray, list[Decision]],
+) -> None:
+    engine, probes, _ = deciding_on_nodes
+    engine.identify_many(embeddings=list(probes), top_k=3)  # the key has been used
+    secret = engine.parts.key_store.load_secret(engine.profile.engine_id, "he-secret-v1")
+    needle = bytes(secret[len(secret) // 2 : len(secret) // 2 + 48])
+    for pid in _pids(engine._executor()._actors, "held"):
+        assert not _in_memory(pid, needle), f"shard process {pid} holds the secret key"
+    assert _in_memory(os.getpid(), needle)  # the scan finds it where it is (here: `secret`)
+
+
+def _in_memory(pid: int, needle: bytes) -> bool:
+    """Whether ``needle`` is in any readable private (anonymous or heap) mapping of ``pid``."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if not fields[1].startswith("r") or (len(fields) > 5 and not fields[5].startswith("[")):
+                continue  # unreadable, or a mapped file (code, data files)
+            if fields[-1] in ("[vvar]", "[vsyscall]", "[vdso]"):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def test_a_key_service_actor_killed_mid_stream_is_retry_then_serves_again(
+    deciding_on_nodes: tuple[Engine, np.ndarray, list[Decision]],
+) -> None:
+    engine, probes, expected = deciding_on_nodes
+    _serves_again(engine, probes, expected)
+    executor = engine._executor()
+    (pid, _) = _pids(list(executor._deciders.values()), "pid")
+
+    right, _ = _killed_mid_stream(engine, probes, expected, lambda: os.kill(pid, signal.SIGKILL))
+    assert right > 0
+    _serves_again(engine, probes, expected)  # restarted by Ray, on its node
+    assert pid not in _pids(list(executor._deciders.values()), "pid")
+
+
+def test_actors_take_no_constructor_argument_from_the_object_store(
+    make_engine: Callable[..., Engine],
+    cluster: ray_cluster.Cluster,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The public context (MBs) is read by each actor from the gallery store, so Ray
+    passes the constructor arguments inline: a restarted actor depends on no object, and
+    Ray prints no warning about it (ray#53727) on every command."""
+    engine = make_engine("lean", **GALLERY, key_store={"plugin": "file"})
+    engine.enrol_many([EnrolItem("s0", embeddings=[unit_vectors(1, 128, seed=3)[0]])])
+    section = _ray_section(cluster)
+    del section["plugin"]
+    executor = plugins.create("executor", "ray", setup=engine._worker_setup(), **section)
+    try:
+        (info,) = engine.gallery_store.blocks()
+        payload = engine.matcher.encode_probe(unit_vectors(1, 128, seed=3)[0])
+        access = KeyAccess("file", {}, engine.profile.engine_id)
+        (answer,) = executor.decide_many(
+            [payload], [(info, [0])], {info.block_id: np.array([0])}, 1, access
+        )
+        assert not isinstance(answer, Exception) and answer[0][0][1] == (info.block_id, 0)
+    finally:
+        executor.close()
+    assert "constructor arguments in the object store" not in capfd.readouterr().err

@@ -94,6 +94,30 @@ def test_the_profile_chooses_the_executor() -> None:
         ),
         ({"engine": {"name": "p"}, "executor": {"plugin": "processes", "workers": "2"}}, "workers"),
         ({"engine": {"name": "p"}, "executor": {"setup": 1}}, "the engine gives it"),
+        # values out of range fail at load too, not at the first identify (issue 17)
+        (
+            {"engine": {"name": "p"}, "executor": {"plugin": "processes", "workers": 0}},
+            r"\[executor\] executor 'processes': workers must be an integer from 1 to 64, not 0",
+        ),
+        (
+            {"engine": {"name": "p"}, "executor": {"plugin": "processes", "workers": -2}},
+            r"workers must be an integer from 1 to 64, not -2",
+        ),
+        (
+            {"engine": {"name": "p"}, "executor": {"plugin": "ray", "shards": 0}},
+            r"\[executor\] executor 'ray': shards must be an integer from 1 to 256, not 0",
+        ),
+        (
+            {"engine": {"name": "p"}, "executor": {"plugin": "ray", "encrypt_workers": -1}},
+            r"\[executor\] executor 'ray': encrypt_workers must be an integer from 1 to 64",
+        ),
+        (
+            {
+                "engine": {"name": "p"},
+                "executor": {"plugin": "ray", "shards": 2, "placement": ["a"]},
+            },
+            r"\[executor\] executor 'ray': placement names 1 resources for 2 shards",
+        ),
     ],
 )
 def test_a_bad_executor_section_fails_at_load(data: dict[str, Any], message: str) -> None:
@@ -161,3 +185,27 @@ def test_cluster_status_of_an_unknown_engine_is_not_found(home: Path) -> None:
     shown = _frip("cluster", "status", "nowhere")
     assert shown.returncode == NotFoundError.exit_code, shown
     assert shown.stderr.strip() == "error: engine 'nowhere' does not exist (engines: none)"
+
+
+def test_engine_create_refuses_a_bad_executor_section_before_making_anything(
+    tmp_path: Path,
+) -> None:
+    """``frip engine create`` with ``workers = 0``: exit 4 (ProfileError), one line naming
+    the key and its allowed values, and no engine directory left behind."""
+    profile = tmp_path / "p.toml"
+    profile.write_text(
+        '[engine]\nname = "x"\n[key_store]\nplugin = "memory"\n'
+        '[executor]\nplugin = "processes"\nworkers = 0\n'
+    )
+    home = tmp_path / "home"
+    done = subprocess.run(
+        [sys.executable, "-m", "frip_engine", "engine", "create", "x", "--profile", str(profile)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FRIP_HOME": str(home)},
+        timeout=120,
+    )
+    assert done.returncode == 4, done.stderr
+    assert "workers must be an integer from 1 to 64, not 0" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (home / "engines" / "x").exists()

@@ -2,8 +2,9 @@
 
 One engine of ``--registrants`` synthetic 128-d unit embeddings (the sface dimension),
 TenSEAL preset ``fast`` with the fast scorer, one partition, a key store in memory, is
-enrolled once (enrolment rate: ``enrol_many`` in chunks, on the local executor, whose
-encryption runs in one worker process), then reopened on each executor in turn (its
+enrolled once (enrolment rate: ``enrol_many`` in chunks, encrypted on this process's core
+with ``--enrol-workers 1`` (the local executor), else in that many worker processes of the
+processes executor), then reopened on each executor in turn (its
 profile's ``[executor]`` changed, as an operator would): ``local``, ``processes``
 (2 workers) and ``ray`` with 1, 2 and 4 shards. For each: identify p50/p99 of
 ``--probes`` timed identifies near enrolled subjects (after one untimed warm-up that loads
@@ -14,18 +15,21 @@ until the engine answers again, the shard having reloaded its blocks from the st
 
 The Ray cluster is started here on this machine (a head node with ``--cpus`` CPUs, no
 dashboard, under a temporary folder) unless ``--address`` names one. Threads are pinned
-to one per process. Writes ``bench-scale.json``, ``.md`` and ``.png`` under ``--output``.
+to one per process. Writes ``bench-scale.json``, ``.md`` (which shows the command that
+was run) and ``.png`` under ``--output``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +68,47 @@ def _probes(gallery: np.ndarray, count: int) -> tuple[list[int], np.ndarray]:
     return picks, noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
 
 
-def _enrol(engine: Engine, vectors: np.ndarray, chunk: int, console: Console) -> float:
-    """Enrol every row in chunks of ``chunk``; the elapsed seconds."""
+def _enrol(
+    engine: Engine, vectors: np.ndarray, chunk: int, console: Console, offset: int = 0
+) -> float:
+    """Enrol every row in chunks of ``chunk``, row ``i`` as subject ``s{offset + i}``; the
+    elapsed seconds."""
     start = time.perf_counter()
     for first in range(0, len(vectors), chunk):
         rows = vectors[first : first + chunk]
         report = engine.enrol_many(
-            [EnrolItem(f"s{first + i}", embeddings=[v]) for i, v in enumerate(rows)]
+            [EnrolItem(f"s{offset + first + i}", embeddings=[v]) for i, v in enumerate(rows)]
         )
         if report.failed:
             raise RuntimeError(f"benchmark enrolment failed: {list(report.failed.items())[:2]}")
-        console.print(f"  enrolled {first + len(rows):,}")
+        console.print(f"  enrolled {offset + first + len(rows):,}")
     return time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class ScaleRun:
+    """One ``frip bench scale`` run: gallery size, timed probes, the shard counts of the
+    ray rows, enrolment chunk, a Ray address (None: start a one-node cluster of ``cpus``
+    CPUs here), processes encrypting the enrolment, and where the pages go."""
+
+    registrants: int
+    probes: int
+    shards: list[int]
+    chunk: int
+    address: str | None
+    cpus: int
+    enrol_workers: int
+    output: Path
+
+    def command_line(self) -> str:
+        """The ``frip bench scale`` command that reproduces this run."""
+        words = ["--registrants", str(self.registrants), "--probes", str(self.probes)]
+        for count in self.shards:
+            words += ["--shards", str(count)]
+        words += ["--chunk", str(self.chunk)]
+        words += ["--address", self.address] if self.address else ["--cpus", str(self.cpus)]
+        words += ["--enrol-workers", str(self.enrol_workers), "--output", str(self.output)]
+        return f"frip bench scale {shlex.join(words)}"
 
 
 def _reopen(home: Path, executor: dict[str, Any]) -> Engine:
@@ -131,39 +164,36 @@ def _row(timings: list[float], decisions: list[Decision], local: list[Decision])
     }
 
 
-def run(
-    registrants: int,
-    probes: int,
-    shards: list[int],
-    chunk: int,
-    address: str | None,
-    cpus: int,
-    output: Path,
-    console: Console,
-) -> dict[str, Any]:
-    """Measure; write the JSON, Markdown and PNG into ``output``; return the results."""
+def run(plan: ScaleRun, console: Console) -> dict[str, Any]:
+    """Measure; write the JSON, Markdown and PNG into ``plan.output``; return the results."""
     from frip_eval import ray_cluster
 
     pin_threads()
     home = Path(tempfile.mkdtemp(prefix="frip-bench-scale-"))
-    cluster = None if address else ray_cluster.start((), head_cpus=cpus)
-    where = address or (cluster.address if cluster else "")
-    gallery = _vectors(registrants, 0)
-    picks, probe_rows = _probes(gallery, probes)
+    cluster = None if plan.address else ray_cluster.start((), head_cpus=plan.cpus)
+    where = plan.address or (cluster.address if cluster else "")
+    gallery = _vectors(plan.registrants, 0)
+    picks, probe_rows = _probes(gallery, plan.probes)
     results: dict[str, Any] = {
-        "registrants": registrants,
-        "probes": probes,
+        "command": plan.command_line(),
+        "registrants": plan.registrants,
+        "probes": plan.probes,
         "dimension": DIMENSION,
         "he": PROFILE["he"],
-        "chunk": chunk,
-        "cluster": "given" if address else f"started here: one node, {cpus} CPUs",
+        "chunk": plan.chunk,
+        "enrol_cores": plan.enrol_workers,
+        "cluster": "given" if plan.address else f"started here: one node, {plan.cpus} CPUs",
         "executors": {},
     }
     try:
-        with Engine.create(Profile.from_dict(PROFILE), home) as engine:
-            console.print(f"[bold]enrolling[/] {registrants:,} (local executor)")
-            seconds = _enrol(engine, gallery, chunk, console)
-            results["enrol_per_s"] = registrants / seconds
+        enrolling = {"plugin": "processes", "workers": plan.enrol_workers}
+        made = {**PROFILE, "executor": enrolling} if plan.enrol_workers > 1 else PROFILE
+        with Engine.create(Profile.from_dict(made), home) as engine:
+            console.print(
+                f"enrolling {plan.registrants:,} ({plan.enrol_workers} encrypting process(es))"
+            )
+            seconds = _enrol(engine, gallery, plan.chunk, console)
+            results["enrol_per_s"] = plan.registrants / seconds
             results["blocks"] = len(engine.gallery_store.blocks())
             results["gallery_bytes"] = sum(b.size_bytes for b in engine.gallery_store.blocks())
         local: list[Decision] = []
@@ -173,10 +203,10 @@ def run(
         ]
         configs += [
             (f"ray-{n}", {"plugin": "ray", "shards": n, "address": where, "num_cpus": 0.25})
-            for n in shards
+            for n in plan.shards
         ]
         for label, section in configs:
-            console.print(f"[bold]{label}[/]: {probes} identifies")
+            console.print(f"{label}: {plan.probes} identifies")
             with _reopen(home, section) as engine:
                 timings, decisions = _timed(engine, probe_rows)
                 if label == "local":
@@ -200,25 +230,24 @@ def run(
             ray.shutdown()
             ray_cluster.stop(cluster)
         shutil.rmtree(home, ignore_errors=True)
-    _write(results, output)
+    _write(results, plan.output)
     return results
 
 
 def _write(results: dict[str, Any], output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
     (output / "bench-scale.json").write_text(json.dumps(results, indent=2) + "\n")
-    shards = " ".join(str(int(k.split("-")[1])) for k in results["executors"] if "ray" in k)
     lines = [
         "# Executors at scale: local, processes, ray",
         "",
-        f"`frip bench scale --registrants {results['registrants']} --probes "
-        f"{results['probes']} --shards {shards.replace(' ', ' --shards ')} --output docs`: "
-        f"{results['dimension']}-d synthetic unit embeddings (sface), TenSEAL `fast` preset, "
+        f"`{results['command']}`: {results['dimension']}-d synthetic unit embeddings "
+        "(sface), TenSEAL `fast` preset, "
         f"fast scorer, {results['blocks']} blocks ({results['gallery_bytes'] / 1e9:.2f} GB), "
         f"Ray cluster {results['cluster']}; threads pinned to one per process.",
         "",
         f"Enrolment: {results['enrol_per_s']:,.0f} registrants/s (enrol_many in chunks of "
-        f"{results['chunk']}, local executor). Restart: seconds from a shard's SIGKILL until "
+        f"{results['chunk']}, encrypted on {results['enrol_cores']} core(s)). Restart: "
+        "seconds from a shard's SIGKILL until "
         "the engine answers again (the shard reloaded its blocks from the store).",
         "",
         "| executor | identify p50 (ms) | p99 (ms) | decisions equal to local | registrants "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import tempfile
@@ -92,28 +93,51 @@ def _latency(engine: Engine, vectors: np.ndarray, probes: int) -> dict[str, floa
     }
 
 
-def _writer(home: str, name: str, seed: int, count: int, chunk: int) -> None:
-    """One writer process: enrol ``count`` subjects of its own into engine ``name``."""
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
+def _writer(home: str, name: str, seed: int, count: int, chunk: int, start: Any, cpu: Any) -> None:
+    """One writer process: open engine ``name``, wait at ``start`` (a barrier of every
+    writer and the parent), enrol ``count`` subjects of its own, put its CPU seconds
+    spent enrolling on ``cpu``."""
     pin_threads()
     with Engine.open(name, Path(home)) as engine:
-        _enrol(engine, _vectors(count, seed), f"w{seed}-", chunk)
+        vectors = _vectors(count, seed)
+        start.wait()
+        before = _cpu_seconds()
+        _enrol(engine, vectors, f"w{seed}-", chunk)
+        cpu.put(_cpu_seconds() - before)
 
 
-def _writers(home: Path, name: str, writers: int, each: int, chunk: int) -> float:
-    """Subjects per second of ``writers`` processes enrolling ``each`` subjects at once."""
+def _writers(home: Path, name: str, writers: int, each: int, chunk: int) -> dict[str, float]:
+    """``writers`` processes enrolling ``each`` subjects at once into engine ``name``,
+    timed from the moment all have opened the engine (process start and engine open,
+    the same for every writer, are left out) to the last commit: subjects per second and
+    the writers' CPU milliseconds per subject (the server's not included)."""
     context = multiprocessing.get_context("spawn")
+    start, cpu = context.Barrier(writers + 1), context.Queue()
     processes = [
-        context.Process(target=_writer, args=(str(home), name, 100 + w, each, chunk))
+        context.Process(target=_writer, args=(str(home), name, 100 + w, each, chunk, start, cpu))
         for w in range(writers)
     ]
-    start = time.perf_counter()
     for process in processes:
         process.start()
+    start.wait(timeout=600)
+    began = time.perf_counter()
+    seconds = [cpu.get(timeout=3600) for _ in processes]
+    elapsed = time.perf_counter() - began
     for process in processes:
         process.join()
         if process.exitcode != 0:
             raise RuntimeError(f"a writer process failed (exit {process.exitcode})")
-    return writers * each / (time.perf_counter() - start)
+    return {
+        "per_s": writers * each / elapsed,
+        "cpu_ms_per_subject": 1000 * sum(seconds) / (writers * each),
+        "cores_busy": sum(seconds) / elapsed,
+    }
 
 
 def run(
@@ -131,6 +155,7 @@ def run(
     pin_threads()
     os.environ.setdefault("FRIP_PASSPHRASE", BENCH_PASSPHRASE)  # synthetic data only
     home = Path(tempfile.mkdtemp(prefix="frip-bench-store-"))
+    cores = len(os.sched_getaffinity(0))
     results: dict[str, Any] = {
         "registrants": registrants,
         "probes": probes,
@@ -139,6 +164,8 @@ def run(
         "writers": writers,
         "writer_subjects": writer_subjects,
         "he": HE,
+        "cores": cores,
+        "load_average_start": os.getloadavg()[0],
         "stores": {},
     }
     gallery = _vectors(registrants, 0)
@@ -159,14 +186,24 @@ def run(
                 name = f"w{count}-{store}"
                 _create(home, name, _store_section(store, dsn, f"w{count}_{tag}")).close()
                 each = writer_subjects // count
-                row[f"writers_{count}_per_s"] = _writers(home, name, count, each, writer_chunk)
+                timed = _writers(home, name, count, each, writer_chunk)
+                for key, value in timed.items():
+                    row[f"writers_{count}_{key}"] = value
             row[f"writers_{writers}_over_1"] = (
                 row[f"writers_{writers}_per_s"] / row["writers_1_per_s"]
+            )
+            # CPU-bound ceiling of W writers over 1: one writer on one core of its own, W on
+            # min(W, cores) cores, each subject costing what it cost each writer here
+            row[f"writers_{writers}_cpu_ceiling"] = (
+                min(writers, cores)
+                * row["writers_1_cpu_ms_per_subject"]
+                / row[f"writers_{writers}_cpu_ms_per_subject"]
             )
             results["stores"][store] = row
             console.print(row)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+    results["load_average_end"] = os.getloadavg()[0]
     sqlite, postgres = results["stores"]["sqlite"], results["stores"]["postgres"]
     results["postgres_vs_sqlite"] = {
         "enrol_throughput": postgres["enrol_per_s"] / sqlite["enrol_per_s"],
@@ -206,7 +243,31 @@ def _write(results: dict[str, Any], docs: Path) -> None:
         f"postgres / sqlite: enrolment throughput {ratio['enrol_throughput']:.2f}x, identify "
         f"latency {ratio['identify_latency']:.2f}x (target: within 1.5x).",
         "",
+        f"Writers: {results['writer_subjects']:,} subjects in all, in chunks of "
+        f"{results['writer_chunk']}, timed from the moment every writer process has opened "
+        "the engine to the last commit. CPU is the writer processes' user + system time "
+        "(the PostgreSQL server's not included); cores busy is that CPU over the elapsed "
+        "time (under 1 for one writer: it waited for the disk, the server, or for the cores "
+        f"other work on this machine used). Enrolment is CPU-bound, so {w} writers can reach "
+        f"at most min({w}, cores) / 1 times one writer that has a core of its own; the "
+        "ceiling is that, scaled by the CPU per subject each writer spent here: "
+        f"min({w}, {results['cores']}) x (CPU per subject, 1 writer) / (CPU per subject, "
+        f"{w} writers). Load average (1 min) {results['load_average_start']:.1f} at the start, "
+        f"{results['load_average_end']:.1f} at the end.",
+        "",
+        f"| store | writers | subjects/s | writer CPU (ms/subject) | cores busy | "
+        f"ceiling {w} vs 1 |",
+        "|---|---|---|---|---|---|",
     ]
+    for store, row in results["stores"].items():
+        for count in sorted({1, w}):
+            ceiling = f"{row[f'writers_{w}_cpu_ceiling']:.2f}x" if count == w else ""
+            lines.append(
+                f"| {store} | {count} | {row[f'writers_{count}_per_s']:,.0f} | "
+                f"{row[f'writers_{count}_cpu_ms_per_subject']:.2f} | "
+                f"{row[f'writers_{count}_cores_busy']:.2f} | {ceiling} |"
+            )
+    lines.append("")
     (docs / "bench-store.md").write_text("\n".join(lines))
     plt = pyplot()
     if plt is None:  # no matplotlib: the tables only

@@ -377,19 +377,22 @@ def bench_scale_command(
         str | None, typer.Option(help="A Ray cluster to use (default: start one here).")
     ] = None,
     cpus: Annotated[int, typer.Option(help="CPUs of the Ray head started here.")] = 2,
-    output: Annotated[Path, typer.Option(help="Where the JSON, Markdown and PNG go.")] = Path(
-        "docs"
-    ),
+    enrol_workers: Annotated[
+        int, typer.Option(help="Processes encrypting the enrolment (1: this one).")
+    ] = 1,
+    output: Annotated[
+        Path, typer.Option(help="Where the JSON, Markdown and PNG go (docs: the project's).")
+    ] = Path("results/bench"),
 ) -> None:
     """local vs processes vs ray (1/2/4 shards) on one gallery: identify p50/p99, Ray's
     overhead per identify, enrolment rate, a killed shard's restart time (needs the ray
     extra)."""
-    from frip_eval.bench_scale import run
+    from frip_eval.bench_scale import ScaleRun, run
 
     counts = shards or [1, 2, 4]
-    if registrants < probes + 1 or min([probes, chunk, cpus, *counts]) < 1:
+    if registrants < probes + 1 or min([probes, chunk, cpus, enrol_workers, *counts]) < 1:
         raise InputError("--registrants must exceed --probes; the other numbers must be >= 1")
-    run(registrants, probes, counts, chunk, address, cpus, output, out)
+    run(ScaleRun(registrants, probes, counts, chunk, address, cpus, enrol_workers, output), out)
 
 
 @bench_app.command("he")

@@ -11,6 +11,8 @@ profile means this executor with N workers.
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
+from typing import Any
 
 from frip_engine.contracts import Executor, Register, ShardStatus
 from frip_engine.errors import ProfileError
@@ -27,12 +29,19 @@ class ProcessesExecutor(ParallelScorer):
     name = "processes"
 
     def __init__(self, setup: WorkerSetup, workers: int = 2) -> None:
-        if isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        self.check_params({"workers": workers})
+        super().__init__(setup, workers)
+        self._closed = False
+
+    @staticmethod
+    def check_params(params: Mapping[str, Any]) -> None:
+        """Raise ProfileError for a ``workers`` out of 1-64 (the profile's loader calls
+        this, so that a bad section fails when the engine is created or opened)."""
+        workers = params.get("workers", 2)
+        if not _counts(workers) or not 1 <= workers <= MAX_WORKERS:
             raise ProfileError(
                 f"workers must be an integer from 1 to {MAX_WORKERS}, not {workers!r}"
             )
-        super().__init__(setup, workers)
-        self._closed = False
 
     def status(self) -> list[ShardStatus]:
         node = socket.gethostname()
@@ -57,6 +66,11 @@ class ProcessesExecutor(ParallelScorer):
     def close(self) -> None:
         self._closed = True
         super().close()
+
+
+def _counts(value: object) -> bool:
+    """Whether ``value`` is an integer (True and False are not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @hookimpl

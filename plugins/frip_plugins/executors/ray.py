@@ -8,18 +8,24 @@ cluster this machine belongs to, from ``RAY_ADDRESS`` or the last ``ray start``;
 shard to the nodes offering it; without it the shards are spread over the cluster.
 ``num_cpus`` (default 0.5) is what each shard reserves in Ray's scheduler,
 ``timeout`` (seconds, default 60) how long a call waits for a shard, and
-``encrypt_workers`` (default 1) the local encryption processes.
+``encrypt_workers`` (default 1) the local encryption processes, and ``cache_dir`` (default
+``frip-residues-<uid>`` in each node's temp dir) where shards keep their residue files.
 
 What runs where (docs/scale.md has the whole table):
 
 - A shard actor (one per shard, any node) holds PUBLIC material only: the engine's public
   context and the encrypted blocks it owns, loaded into the HE backend's matcher. It never
-  sees the secret key, a decrypted score, an enrolled embedding or a subject id: it gets
+  sees the secret key, a decrypted score, an enrolled embedding or a subject id. With the
+  fast scorer it also keeps each loaded block's raw residues (ciphertext, public) in a
+  private file on its node (:mod:`~frip_plugins.executors._residue_cache`) and, restarted,
+  maps those files instead of reading and parsing the store's blobs. It gets
   probe payloads (as the engine's probe mode makes them: the probe template in ``plain``
-  mode, a ciphertext in ``encrypted`` mode) and answers score ciphertexts, which only the
-  coordinator's key service can decrypt. The scoring itself is the worker code of
-  :mod:`frip_engine.parallel` (``_score_many``: every probe of a batch scored in one
-  pass per block), run in the actor's process.
+  mode, a ciphertext in ``encrypted`` mode) and answers score ciphertexts, which only a
+  key service can decrypt: its node's key-service actor
+  (:mod:`~frip_plugins.executors._ray_keyservice`, :meth:`RayExecutor.decide_many`) when
+  the engine's key store is reachable from the nodes, else the coordinator's. The
+  scoring itself is the worker code of :mod:`frip_engine.parallel` (``_score_many``:
+  every probe of a batch scored in one pass per block), run in the actor's process.
 - Blocks are placed on shards by rendezvous (highest-random-weight) hashing of the block
   id over the shard names (:func:`owner`): deterministic, so a restarted shard knows its
   blocks without asking anyone, and adding or removing a shard moves only the blocks that
@@ -52,23 +58,38 @@ from the shards that did answer. Ray restarts the actor (``max_restarts = -1``),
 loads its blocks from the store again in its constructor and serves the next call; a
 shard pinned to a lost node comes back when a node offering its resource joins. A call
 that waits longer than ``timeout`` for a shard fails alike. A cluster that does not
-answer, or runs another Ray or Python version, is an ExecutorConnectError (exit 4).
+answer, or runs another Ray or Python version, is an ExecutorConnectError (exit 4). A
+shard whose blocks exceed its node's available memory does not load them: every call
+answers a ProfileError that says how much it needs and has (instead of the kernel killing
+it mid-load and Ray restarting it in a loop).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from frip_engine import parallel
-from frip_engine.contracts import BlockInfo, Executor, Register, Requirement, ShardStatus
+from frip_engine.contracts import (
+    BlockInfo,
+    Executor,
+    KeyAccess,
+    Register,
+    Requirement,
+    ShardStatus,
+    Shortlist,
+)
 from frip_engine.errors import (
     ExecutorConnectError,
     FripError,
@@ -78,12 +99,18 @@ from frip_engine.errors import (
 )
 from frip_engine.hookspecs import hookimpl
 from frip_engine.parallel import EncryptJob, ParallelScorer, WorkerSetup, context_fingerprint
+from frip_plugins.executors._ray_keyservice import Job, NodeKeyService, merge
+from frip_plugins.executors._ray_keyservice import options as key_service_options
+from frip_plugins.executors._ray_public import lean, public_setup
+from frip_plugins.executors._residue_cache import ResidueCache, default_dir
 
 NAMESPACE = "frip"
 MAX_SHARDS = 256
 PLACEMENT_SHARE = 0.001  # of a node's custom resource per shard: many shards fit on a node
 CONNECT_SECONDS = 5.0  # how long a "host:port" address may take to accept a connection
 START_SECONDS = 600.0  # how long a new executor waits for its shards to load their blocks
+MAX_NUM_CPUS = 1024.0  # per shard; the cluster itself is checked once joined
+MAX_TIMEOUT_S = 86_400.0  # a day: beyond it ray.get overflows, and nobody waits that long
 STATUS_SECONDS = 5.0  # how long status() waits for a shard before calling it unhealthy
 _joined: str | None = None  # the address this process joined its Ray cluster at
 
@@ -99,35 +126,98 @@ def owner(block_id: int, shards: Sequence[str]) -> str:
     return max(shards, key=weight)
 
 
+def _check_number(key: str, value: object, high: float) -> None:
+    """ProfileError unless ``value`` is a real number in (0, ``high``] (no bool, text,
+    NaN or infinity: Ray would refuse them only at the first call)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= high
+    ):
+        raise ProfileError(f"{key} must be a number above 0 and at most {high:g}, not {value!r}")
+
+
+def available_memory() -> int | None:
+    """Bytes this node can still give a process without swapping (Linux ``MemAvailable``
+    in /proc/meminfo), or None where the kernel does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_memory(name: str, blocks: Sequence[BlockInfo]) -> None:
+    """ProfileError (exit 4; every call of the shard answers it) if ``blocks`` (their
+    stored bytes, ~ the residues a shard holds) exceed what its node has available: a
+    clear answer instead of the kernel killing the shard and Ray restarting it forever."""
+    needed = sum(info.size_bytes for info in blocks)
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ProfileError(
+            f"shard {name} needs {needed / 1e9:.2f} GB for its {len(blocks)} blocks, but its "
+            f"node ({socket.gethostname()}) has {available / 1e9:.2f} GB available: add nodes, "
+            "or more shards spread over nodes (placement), or free memory on that node"
+        )
+
+
 class Shard:
     """One shard: a Ray actor process holding the public context and its blocks.
 
-    Built (and rebuilt after a crash) as ``Shard(setup, name, shards)``: it opens the
-    gallery store, checks that the store's public context of ``setup.key_version`` is the
-    setup's (else every call answers StoreError), then loads every block it owns
-    (:func:`owner`) so it serves at full speed from its first call."""
+    Built (and rebuilt after a crash) as ``Shard(setup, name, shards, fingerprint,
+    cache_dir)`` (``setup`` as :func:`lean` makes it; without ``fingerprint``, its own
+    context's): it opens the gallery store, reads the public context of
+    ``setup.key_version`` there, which must be the engine's (:func:`public_setup`; else
+    every call answers StoreError), then loads every block it owns (:func:`owner`) so it
+    serves at full speed from its first call: mapped from its residue file in
+    ``cache_dir`` (:class:`ResidueCache`) where that holds the store's revision, else read
+    from the store and written there."""
 
-    def __init__(self, setup: WorkerSetup, name: str, shards: list[str]) -> None:
+    def __init__(
+        self,
+        setup: WorkerSetup,
+        name: str,
+        shards: list[str],
+        fingerprint: str | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
         self._broken: FripError | None = None
+        self._cache: ResidueCache | None = None
         try:
+            expected = fingerprint or context_fingerprint(setup.public_context)
             # parallel's worker state, without its owner watch: a shard's life is Ray's (it
             # ends with the coordinator that owns it), so the watch is pointed at itself
-            parallel._start(replace(setup, owner_pid=os.getpid()))
+            parallel._start(replace(public_setup(setup, expected), owner_pid=os.getpid()))
             store = parallel._worker["gallery_store"]
-            if (
-                context_fingerprint(store.public_context(setup.key_version))
-                != (parallel._worker["fingerprint"])
-            ):
-                raise StoreError(
-                    f"the gallery store this shard opened ({store.describe()}) has another "
-                    f"public context for HE key v{setup.key_version} than the engine's: it "
-                    "belongs to another engine or key; refusing its blocks"
-                )
-            for info in store.blocks():
-                if info.key_version == setup.key_version and owner(info.block_id, shards) == name:
-                    parallel._block(info.block_id, info.revision)
+            mine = [
+                info
+                for info in store.blocks()
+                if info.key_version == setup.key_version and owner(info.block_id, shards) == name
+            ]
+            _check_memory(name, mine)
+            root = Path(cache_dir) if cache_dir else default_dir()
+            self._cache = ResidueCache(root, setup.engine_dir, expected, setup.key_version)
+            for info in mine:
+                self._load(info)
         except FripError as exc:
             self._broken = exc
+
+    def _load(self, info: BlockInfo) -> None:
+        """Load one block: mapped from the residue cache where it holds this revision,
+        else read from the store (and cached for the next start)."""
+        assert self._cache is not None
+        matcher = parallel._worker["matcher"]
+        key = (info.block_id, info.revision)
+        block = self._cache.load(matcher, *key)
+        if block is not None:
+            parallel._worker["blocks"][info.block_id] = (info.revision, block)
+            parallel._worker["sizes"][info.block_id] = info.size_bytes
+            return
+        self._cache.save(parallel._block(info.block_id, info.revision), *key)
 
     def score(
         self,
@@ -236,6 +326,27 @@ class RayExecutor:
 
     name = "ray"
 
+    @staticmethod
+    def check_params(params: Mapping[str, Any]) -> None:
+        """Raise ProfileError for a value out of range (the profile's loader calls this, so
+        that a bad section fails when the engine is created or opened, before any Ray)."""
+        shards = params.get("shards", 2)
+        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+            raise ProfileError(f"shards must be an integer from 1 to {MAX_SHARDS}, not {shards!r}")
+        placement = params.get("placement")
+        if placement is not None and len(placement) != shards:
+            raise ProfileError(
+                f"placement names {len(placement)} resources for {shards} shards: "
+                "give one Ray custom resource name per shard"
+            )
+        _check_number("num_cpus", params.get("num_cpus", 0.5), MAX_NUM_CPUS)
+        _check_number("timeout", params.get("timeout", 60.0), MAX_TIMEOUT_S)
+        if placement is not None and not all(isinstance(p, str) and p for p in placement):
+            raise ProfileError(f"placement must name Ray custom resources, not {placement!r}")
+        workers = params.get("encrypt_workers", 1)
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
+            raise ProfileError(f"encrypt_workers must be an integer from 1 to 64, not {workers!r}")
+
     def __init__(
         self,
         setup: WorkerSetup,
@@ -245,18 +356,17 @@ class RayExecutor:
         num_cpus: float = 0.5,
         timeout: float = 60.0,
         encrypt_workers: int = 1,
+        cache_dir: str | None = None,
     ) -> None:
-        if isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
-            raise ProfileError(f"shards must be an integer from 1 to {MAX_SHARDS}")
-        if placement is not None and len(placement) != shards:
-            raise ProfileError(
-                f"placement names {len(placement)} resources for {shards} shards: "
-                "give one Ray custom resource name per shard"
-            )
-        if not num_cpus > 0 or not timeout > 0:
-            raise ProfileError("num_cpus and timeout must be positive")
-        if isinstance(encrypt_workers, bool) or not 1 <= encrypt_workers <= 64:
-            raise ProfileError("encrypt_workers must be an integer from 1 to 64")
+        self.check_params(
+            {
+                "shards": shards,
+                "placement": placement,
+                "num_cpus": num_cpus,
+                "timeout": timeout,
+                "encrypt_workers": encrypt_workers,
+            }
+        )
         import ray
 
         _connect(address)
@@ -268,13 +378,18 @@ class RayExecutor:
                     f"placement names {missing}, which no node of the Ray cluster "
                     "offers (ray start --resources '{\"NAME\": 1}')"
                 )
+        nodes = ray.nodes()  # type: ignore[no-untyped-call]
+        most = max((n["Resources"].get("CPU", 0.0) for n in nodes if n["Alive"]), default=0.0)
+        if num_cpus > most:
+            raise ProfileError(
+                f"num_cpus = {num_cpus:g} per shard, but no node of the Ray cluster offers more "
+                f"than {most:g} CPUs: no shard could start; lower num_cpus or add bigger nodes"
+            )
         self._setup = setup
         self._timeout = float(timeout)
         self._names = [f"shard-{i}" for i in range(shards)]
         remote: Any = ray.remote(Shard)
-        # the setup (the public context: MBs) is put once and kept referenced here, so a
-        # shard restarted later still finds its constructor's argument (ray#53727)
-        self._setup_ref = ray.put(setup)
+        self._lean = lean(setup)  # passed inline: each actor reads the context from the store
         self._actors: list[Any] = []
         for i, shard in enumerate(self._names):
             options: dict[str, Any] = {
@@ -287,16 +402,28 @@ class RayExecutor:
             else:
                 options["scheduling_strategy"] = "SPREAD"
             self._actors.append(
-                remote.options(**options).remote(self._setup_ref, shard, self._names)
+                remote.options(**options).remote(
+                    self._lean[0], shard, self._names, self._lean[1], cache_dir
+                )
             )
         self._encryptor: ParallelScorer | None = None
         self._encrypt_workers = encrypt_workers
         self._closed = False
+        self._owners: dict[int, int] = {}  # block id -> index of the shard holding it
+        self._placed = bool(placement)
+        self._deciders: dict[str, Any] | None = None  # node group -> its key-service actor
+        self._access: KeyAccess | None = None
+        self._slots_for: Any = None  # the slot arrays last sent, and their ref
+        self._slots_ref: Any = None
         try:  # every shard up, its blocks loaded (a shard that cannot start: a clear error)
-            self._wait([actor.held.remote() for actor in self._actors], "start", START_SECONDS)
+            started = self._wait(
+                [actor.held.remote() for actor in self._actors], "start", START_SECONDS
+            )
         except FripError:
             self.close()
             raise
+        # each shard's node group: its placement resource, else the Ray node it started on
+        self._groups = list(placement) if placement else [node for node, *_ in started]
 
     def _wait(self, refs: list[Any], what: str, seconds: float | None = None) -> list[Any]:
         """Every ref's value, in order; WorkerLostError (retry) if a shard died or did not
@@ -312,7 +439,7 @@ class RayExecutor:
             for ref in refs:
                 with suppress(Exception):  # already finished or gone: nothing to cancel
                     ray.cancel(ref)
-            if isinstance(exc, RayTaskError):
+            if isinstance(exc, RayTaskError) and not isinstance(exc.cause, RayActorError):
                 raise StoreError(f"a shard failed to {what}: {exc.cause!r}") from exc
             if isinstance(exc, RayActorError) and exc.actor_init_failed:
                 lines = [line.strip() for line in str(exc).splitlines() if "Error" in line]
@@ -335,21 +462,19 @@ class RayExecutor:
                 raise answer
         return list(answers)
 
-    def score_many(
+    def _score_calls(
         self, jobs: list[tuple[BlockInfo, tuple[bytes, ...]]]
-    ) -> list[list[bytes | FripError]]:
-        """Each job's per-probe scores (see :class:`~frip_engine.contracts.Executor`): one
-        call per shard holding any of the blocks, the distinct payload tuples sent once
-        through Ray's object store; the whole call fails if any shard fails."""
-        if not jobs:
-            return []
+    ) -> tuple[dict[int, list[int]], list[Any]]:
+        """One ``Shard.score`` call per shard holding any of the jobs' blocks, the distinct
+        payload tuples sent once through Ray's object store: (shard index -> its job
+        indices, in job order; the calls' refs, in the same order)."""
         import ray
 
         groups: dict[tuple[bytes, ...], int] = {}
         mine: dict[int, list[int]] = {}  # shard index -> job indices
         for j, (info, payloads) in enumerate(jobs):
             groups.setdefault(payloads, len(groups))
-            mine.setdefault(self._names.index(owner(info.block_id, self._names)), []).append(j)
+            mine.setdefault(self._shard_of(info.block_id), []).append(j)
         sent = ray.put(list(groups))
         refs = [
             self._actors[s].score.remote(
@@ -359,11 +484,90 @@ class RayExecutor:
             )
             for s, js in mine.items()
         ]
+        return mine, refs
+
+    def _shard_of(self, block_id: int) -> int:
+        """The index of the shard that holds ``block_id`` (:func:`owner`, remembered)."""
+        found = self._owners.get(block_id)
+        if found is None:
+            found = self._owners[block_id] = self._names.index(owner(block_id, self._names))
+        return found
+
+    def score_many(
+        self, jobs: list[tuple[BlockInfo, tuple[bytes, ...]]]
+    ) -> list[list[bytes | FripError]]:
+        """Each job's per-probe scores (see :class:`~frip_engine.contracts.Executor`): one
+        call per shard holding any of the blocks; the whole call fails if any shard fails."""
+        if not jobs:
+            return []
+        mine, refs = self._score_calls(jobs)
         answers: list[list[bytes | FripError]] = [[] for _ in jobs]
         for js, scored in zip(mine.values(), self._wait(refs, "score"), strict=True):
             for j, per_probe in zip(js, scored, strict=True):
                 answers[j] = per_probe
         return answers
+
+    def decide_many(
+        self,
+        payloads: list[bytes],
+        jobs: list[tuple[BlockInfo, list[int]]],
+        slots: Any,
+        top_k: int,
+        access: KeyAccess,
+    ) -> list[Shortlist | FripError]:
+        """Score and decide on the nodes (:class:`~frip_engine.contracts.DecidingExecutor`):
+        each shard scores its blocks, its node's key-service actor
+        (:class:`~frip_plugins.executors._ray_keyservice.NodeKeyService`) decrypts them
+        there (the ciphertexts stay in that node's object store) and answers top-k lists,
+        merged here. One key-service call per node per batch; the whole call fails if any
+        shard or key-service actor fails (WorkerLostError: retry)."""
+        if not jobs:
+            return [([], {}) for _ in payloads]
+        import ray
+
+        deciders = self._key_services(access)
+        if self._slots_for is not slots:  # a new slot map: sent to the object store once
+            self._slots_ref = ray.put({b: np.asarray(a, dtype=np.int64) for b, a in slots.items()})
+            self._slots_for = slots
+        mine, refs = self._score_calls(
+            [(info, tuple(payloads[p] for p in who)) for info, who in jobs]
+        )
+        nodes: dict[str, list[tuple[list[Job], Any]]] = {}
+        for (s, js), ref in zip(mine.items(), refs, strict=True):
+            shard_jobs = [(j, jobs[j][0].block_id, jobs[j][1]) for j in js]
+            nodes.setdefault(self._groups[s], []).append((shard_jobs, ref))
+        decided = [
+            deciders[group].decide.remote(
+                [shard_jobs for shard_jobs, _ in calls],
+                len(payloads),
+                self._slots_ref,
+                top_k,
+                *[ref for _, ref in calls],
+            )
+            for group, calls in nodes.items()
+        ]
+        position = {info.block_id: j for j, (info, _) in enumerate(jobs)}
+        return merge(self._wait(decided, "decide"), position, len(payloads), top_k)
+
+    def _key_services(self, access: KeyAccess) -> dict[str, Any]:
+        """The key-service actor of each node group of the shards (started on first use,
+        with ``access``; the same access afterwards: it is the engine's)."""
+        if self._deciders is None or self._access != access:
+            import ray
+
+            remote: Any = ray.remote(NodeKeyService)
+            self._deciders = {
+                group: remote.options(
+                    **key_service_options(
+                        group if self._placed else None,
+                        None if self._placed else group,
+                        PLACEMENT_SHARE,
+                    )
+                ).remote(*self._lean, access)
+                for group in dict.fromkeys(self._groups)
+            }
+            self._access = access
+        return self._deciders
 
     def encrypt_steps(
         self, jobs: list[EncryptJob], key_version: int
@@ -409,7 +613,7 @@ class RayExecutor:
         self._closed = True
         import ray
 
-        for actor in self._actors:
+        for actor in [*self._actors, *(self._deciders or {}).values()]:
             with suppress(Exception):  # the cluster is gone already: nothing left to stop
                 ray.kill(actor, no_restart=True)
         if self._encryptor is not None:

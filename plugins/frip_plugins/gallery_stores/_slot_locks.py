@@ -1,6 +1,9 @@
 """Cross-process slot reservations for a gallery kept in a local file (``sqlite``): Linux
 open-file-description (OFD) byte-range locks on ``<gallery file>.slots``, one byte per
-slot (block b, slot s at byte b * SLOT_SPAN + s).
+slot (block b, slot s at byte b * SLOT_SPAN + s). A file offset holds 63 bits and a block id
+(a rowid) 63 too, so the ids are spread over files of BLOCKS_PER_FILE blocks each: block b
+is block b % BLOCKS_PER_FILE of ``<gallery file>.slots`` (b < BLOCKS_PER_FILE, every engine
+in practice) or of ``<gallery file>.slots.<b // BLOCKS_PER_FILE>``.
 
 A reservation holds its own open file description until it is released; the kernel
 drops the lock when the description is closed, which happens when the process ends,
@@ -21,6 +24,7 @@ from pathlib import Path
 from frip_engine.errors import StoreError
 
 SLOT_SPAN = 1 << 16  # bytes per block: more than any CKKS block's slots (N/2 <= 16384)
+BLOCKS_PER_FILE = 1 << 46  # blocks per file: offsets stay below 2^62
 # struct flock on Linux (64-bit off_t): l_type, l_whence, l_start, l_len, l_pid (0 for OFD)
 _FLOCK = struct.Struct("@hhqqi4x")
 
@@ -44,22 +48,25 @@ class SlotLocks:
         self._held: dict[tuple[int, tuple[int, ...]], int] = {}
         self._lock = threading.Lock()
 
-    def _open(self) -> int:
+    def _open(self, block_id: int) -> tuple[int, int]:
+        """The descriptor of the file holding ``block_id``'s bytes, and their first offset."""
+        if not 0 <= block_id < 1 << 63:
+            raise StoreError(f"block id {block_id} is not a rowid (0 <= id < 2^63)")
+        part, place = divmod(block_id, BLOCKS_PER_FILE)
+        path = self.path.with_name(f"{self.path.name}.{part}") if part else self.path
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o600), place * SLOT_SPAN
         except OSError as exc:
-            raise StoreError(f"cannot open the slot reservations {self.path}: {exc}") from exc
+            raise StoreError(f"cannot open the slot reservations {path}: {exc}") from exc
 
     def reserve(self, block_id: int, slots: list[int]) -> None:
         """Hold ``slots`` of ``block_id`` until :meth:`release`; StoreError if another
         writer holds one of them (the caller checked :meth:`taken` under the write lock,
         so only a writer that ignores that lock gets here)."""
-        fd = self._open()
+        fd, base = self._open(block_id)
         try:
             for first, length in _runs(slots):
-                lock = _FLOCK.pack(
-                    fcntl.F_WRLCK, os.SEEK_SET, block_id * SLOT_SPAN + first, length, 0
-                )
+                lock = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, base + first, length, 0)
                 fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)
         except OSError as exc:
             os.close(fd)
@@ -78,17 +85,17 @@ class SlotLocks:
 
     def taken(self, block_id: int) -> set[int]:
         """The slots of ``block_id`` any reservation holds (this process's too)."""
-        fd = self._open()
+        fd, base = self._open(block_id)
         found: set[int] = set()
         try:
-            start, end = block_id * SLOT_SPAN, (block_id + 1) * SLOT_SPAN
+            start, end = base, base + SLOT_SPAN
             while start < end:
                 probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, end - start, 0)
                 kind, _, first, length, _ = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe))
                 if kind == fcntl.F_UNLCK:
                     break
                 stop = end if length == 0 else min(end, first + length)
-                found.update(range(first - block_id * SLOT_SPAN, stop - block_id * SLOT_SPAN))
+                found.update(range(first - base, stop - base))
                 start = stop
         finally:
             os.close(fd)

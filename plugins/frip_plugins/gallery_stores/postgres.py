@@ -10,8 +10,9 @@ Writers: every write transaction takes ``pg_advisory_xact_lock`` on the engine, 
 engine's write holds the session advisory lock (``exclusive``) while it reads the slot
 map and picks slots, and again while it commits, so writers on any host pack subjects as
 one writer would. In between, an enrolment encrypts its rows with no lock held, its slots
-reserved by session advisory locks of their own (``reserve_slots``), which the server
-drops with the session of a writer that dies.
+reserved by rows of ``slot_reservations`` (``reserve_slots``, any BIGINT block id) that
+count only while their owner's session holds its advisory lock, which the server drops
+with the session of a writer that dies.
 
 Erasure: PostgreSQL keeps the old version of an updated row in the table's files until
 it is vacuumed, and plain VACUUM only marks the space free. After a removal or a key
@@ -49,9 +50,17 @@ SCHEMA_VERSION = 1
 # PostgreSQL's limit on one bytea value is 1 GB; a block is stored as one.
 MAX_BLOB_BYTES = (1 << 30) - 1
 WAIT_SECONDS = 600  # how long a writer waits for another's advisory lock
-# slot reservations: advisory lock (engine key, block * SLOT_SPAN + slot); int4 keys, so
-# block ids below 2^31 / SLOT_SPAN = 131072
-SLOT_SPAN = 1 << 14
+# Slot reservations of enrolments in flight: a row (block, slot, owner) per slot, for any
+# BIGINT block id, alive while its owner (a backend pid) holds the session advisory lock
+# (slot key, pid); UNLOGGED: not in the WAL, emptied by a crash restart (when every owner
+# has gone). Created on first use, so galleries made before it need no migration.
+RESERVATIONS = """CREATE UNLOGGED TABLE IF NOT EXISTS slot_reservations (
+    block_id BIGINT NOT NULL, slot INTEGER NOT NULL, owner INTEGER NOT NULL,
+    PRIMARY KEY (block_id, slot))"""
+LIVE_OWNER = """EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+    AND l.objsubid = 2 AND l.classid = %(key)s::bigint::oid AND l.pid = r.owner
+    AND l.objid = r.owner::bigint::oid
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"""
 MIGRATIONS: dict[int, tuple[str, str]] = {
     1: (
         "the gallery: meta, public contexts, blocks, slot map, routing, staged rotation",
@@ -378,68 +387,82 @@ class PostgresGalleryStore(SqlGalleryStore):
 
     # --------------------------------------------- reservations of enrolments in flight
     def _slot_key(self) -> int:
-        """The first key of this engine's slot reservations (31 bits of the schema's
+        """The first int4 key of this engine's reservation locks (31 bits of the schema's
         SHA-256, so that ``pg_locks.classid``, an oid, reads it back unchanged)."""
         return self._lock_key() & 0x7FFFFFFF
 
     def _reserver(self) -> psycopg.Connection[Any]:
-        """The connection whose session holds this process's reservations (not pooled:
-        the server drops its locks when this process, and so the session, ends)."""
-        if self._reserving is None or self._reserving.closed:
-            import psycopg
+        """The connection whose session owns this process's reservations (not pooled: the
+        server drops its owner lock when this process, and so the session, ends). Made
+        once: creates the reservations table where missing, takes the owner lock
+        (slot key, backend pid) and drops rows a dead session of the same pid left."""
+        if self._reserving is not None and not self._reserving.closed:
+            return self._reserving
+        import psycopg
+        from psycopg import sql
 
-            try:
-                self._reserving = psycopg.connect(self._conninfo(), autocommit=True)
-            except self._operational as exc:
-                raise self._failed(exc, wrote=False) from exc
-        return self._reserving
+        try:
+            conn = psycopg.connect(self._conninfo(), autocommit=True)
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(str(self.schema))))
+            with conn.transaction():  # one creator at a time: (slot key, 0), no pid is 0
+                conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (self._slot_key(),))
+                conn.execute(RESERVATIONS)
+            conn.execute("SELECT pg_advisory_lock(%s, pg_backend_pid())", (self._slot_key(),))
+            conn.execute("DELETE FROM slot_reservations WHERE owner = pg_backend_pid()")
+        except self._operational as exc:
+            raise self._failed(exc, wrote=False) from exc
+        self._reserving = conn
+        return conn
 
-    def _slot_locks(self, call: str, block_id: int, slots: list[int]) -> list[bool]:
-        keys = [block_id * SLOT_SPAN + slot for slot in slots]
+    def _reserving_call(self, statement: str, args: Sequence[Any] | dict[str, Any]) -> list[Any]:
+        """Run ``statement`` on the reserving session (``{live}``: the owner-alive test)."""
         with self._reserve_lock:
             try:
-                rows = (
-                    self._reserver()
-                    .execute(
-                        f"SELECT {call}(%s, k) FROM unnest(%s::int[]) AS k",
-                        (self._slot_key(), keys),
-                    )
-                    .fetchall()
-                )
+                cursor = self._reserver().execute(statement.format(live=LIVE_OWNER), args)
+                return cursor.fetchall() if cursor.description else []
             except self._operational as exc:
                 raise self._failed(exc, wrote=False) from exc
-        return [bool(row[0]) for row in rows]
+
+    def _claim(self, block_id: int, slots: list[int]) -> set[int]:
+        rows = self._reserving_call(
+            "INSERT INTO slot_reservations (block_id, slot, owner) SELECT %s, s, "
+            "pg_backend_pid() FROM unnest(%s::int[]) AS s ON CONFLICT DO NOTHING RETURNING slot",
+            (block_id, slots),
+        )
+        return {int(row[0]) for row in rows}
 
     def reserve_slots(self, block_id: int, slots: list[int]) -> None:
-        """Reserve ``slots`` of ``block_id`` for an enrolment in flight, on any host, until
-        :meth:`release_slots` or this process's session ends: session advisory locks
-        (engine key, block * SLOT_SPAN + slot) on a connection of its own. StoreError if
-        another writer holds one (nothing is then held)."""
-        got = self._slot_locks("pg_try_advisory_lock", block_id, slots)
-        if not all(got):
-            self.release_slots(block_id, [s for s, ok in zip(slots, got, strict=True) if ok])
+        """Reserve ``slots`` of ``block_id`` (any BIGINT) for an enrolment in flight, on any
+        host, until :meth:`release_slots` or this process's session ends: rows of
+        ``slot_reservations`` owned by the session, alive while it holds its owner lock.
+        StoreError if another live writer holds one (nothing is then held)."""
+        got = self._claim(block_id, slots)
+        if len(got) < len(set(slots)):  # rows of dead writers go, then once more
+            self._reserving_call(
+                "DELETE FROM slot_reservations r WHERE block_id = %(b)s AND NOT {live}",
+                {"b": block_id, "key": self._slot_key()},
+            )
+            got |= self._claim(block_id, [s for s in slots if s not in got])
+        if len(got) < len(set(slots)):
+            self.release_slots(block_id, sorted(got))
             raise StoreError(
                 f"{self._where()}: slots of block {block_id} are reserved by another writer; retry"
             )
 
     def release_slots(self, block_id: int, slots: list[int]) -> None:
         if slots and self._reserving is not None and not self._reserving.closed:
-            self._slot_locks("pg_advisory_unlock", block_id, slots)
+            self._reserving_call(
+                "DELETE FROM slot_reservations WHERE block_id = %s AND slot = ANY(%s::int[]) "
+                "AND owner = pg_backend_pid()",
+                (block_id, slots),
+            )
 
     def reserved_slots(self, block_id: int) -> set[int]:
         """The slots of ``block_id`` that enrolments in flight (any process, any host)
-        reserved."""
-        rows = self._raw_query(
-            "SELECT objid::bigint - %s FROM pg_locks WHERE locktype = 'advisory' "
-            "AND objsubid = 2 AND classid = %s::bigint::oid AND objid::bigint >= %s "
-            "AND objid::bigint < %s AND database = "
-            "(SELECT oid FROM pg_database WHERE datname = current_database())",
-            (
-                block_id * SLOT_SPAN,
-                self._slot_key(),
-                block_id * SLOT_SPAN,
-                (block_id + 1) * SLOT_SPAN,
-            ),
+        reserved: rows whose owner session is alive."""
+        rows = self._reserving_call(
+            "SELECT slot FROM slot_reservations r WHERE block_id = %(b)s AND {live}",
+            {"b": block_id, "key": self._slot_key()},
         )
         return {int(row[0]) for row in rows}
 

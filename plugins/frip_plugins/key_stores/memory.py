@@ -13,6 +13,7 @@ _SECRETS: dict[tuple[str, str], bytes] = {}
 
 class MemoryKeyStore:
     name = "memory"
+    process_local = True  # no other process reaches it (no key-service actor on a node)
 
     def bind(self, engine_dir: str) -> None:
         """Nothing is written anywhere."""
