@@ -63,6 +63,10 @@ class Committer:
         self.directory = directory
         self._store, self._params = store, params
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"frip-commit-{name}")
+        # block id -> (revision, loaded sum) of the last commit here: the base of the next
+        # group's sum when no other writer moved the block (two groups in flight were
+        # planned on the same cached revision; the second adds to the first's sum)
+        self._last: dict[int, tuple[int, Any]] = {}
 
     def submit(
         self, job: CommitJob, blocks: Future[list[tuple[str, bytes]]]
@@ -99,7 +103,8 @@ class Committer:
                     merged.append((0, None, data))
                 else:
                     delta = matcher.load(data)
-                    merged.append(_merge(store, job, step.info.block_id, step.cached, delta))
+                    base = self._newest(step.info.block_id, step.cached)
+                    merged.append(_merge(store, job, step.info.block_id, base, delta))
         except FripError as exc:
             return [exc] * len(job.steps)
         outcomes: list[Outcome] = []
@@ -129,8 +134,15 @@ class Committer:
             except FripError as exc:  # this step is absent; the others stand
                 outcomes.append(exc)
                 continue
+            self._last[block_id] = (now, total)
             outcomes.append((block_id, now, total))
         return outcomes
+
+    def _newest(self, block_id: int, cached: tuple[int, Any] | None) -> tuple[int, Any] | None:
+        """The later of the engine's cached copy of ``block_id`` and this committer's last
+        sum of it, as (revision, loaded); None when neither is known."""
+        known = [c for c in (cached, self._last.get(block_id)) if c is not None]
+        return max(known, key=lambda c: c[0], default=None)
 
     @contextmanager
     def _locked(self, store: GalleryStore) -> Iterator[None]:

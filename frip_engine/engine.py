@@ -659,7 +659,7 @@ class Engine:
                 if held is not None and held[0] < revision and loaded is not None:
                     self._blocks[block_id] = (revision, loaded)  # as a reload would give
                 for r, slot in zip(rows, slots, strict=True):
-                    self._enrolled(prepared.report, prepared.ids[r], block_id, slot)
+                    self._report_enrolled(prepared.report, prepared.ids[r], block_id, slot)
             return prepared.report
         finally:
             prepared.discard()
@@ -675,7 +675,7 @@ class Engine:
                 prepared.report.fail(subject, error, f"not stored: {error}")
             return None
 
-    def _enrolled(self, report: EnrolReport, subject: str, block_id: int, slot: int) -> None:
+    def _report_enrolled(self, report: EnrolReport, subject: str, block_id: int, slot: int) -> None:
         """Report ``subject`` enrolled in ``block_id`` at ``slot`` and tell the plugins."""
         report.enrolled.append(subject)
         _emit(
@@ -878,7 +878,7 @@ class Engine:
                 self._recache(block_id, encrypted, loaded)
             revision += routing is not None
             for subject in added:
-                self._enrolled(prepared.report, subject.subject_id, block_id, subject.slot)
+                self._report_enrolled(prepared.report, subject.subject_id, block_id, subject.slot)
 
     def _encrypted_blocks(
         self, matrix: np.ndarray, steps: Sequence[Step], deltas: bool = False

@@ -210,6 +210,19 @@ def test_batch_max_1_turns_batching_off(unbatched: Live) -> None:
     assert [r.json()["timings"]["batch_size"] for r in answered] == [1] * 4
 
 
+def counted_groups(slot: Any, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The subject ids of each group the engine plans from now on (one commit each)."""
+    groups: list[list[str]] = []
+    prepare = slot.engine.prepare_enrolment
+
+    def counted(items: list[EnrolItem]) -> Any:
+        groups.append([item.subject_id for item in items])
+        return prepare(items)
+
+    monkeypatch.setattr(slot.engine, "prepare_enrolment", counted)
+    return groups
+
+
 def test_queued_enrolments_are_committed_together_each_told_its_own_result(
     batching: Live, home: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,14 +231,7 @@ def test_queued_enrolments_are_committed_together_each_told_its_own_result(
     assert post(batching, {"embedding": GALLERY[0].tolist()}).status_code == 200
     slot = batching.service.engines().opened("doors")
     assert slot is not None
-    committed: list[list[str]] = []
-    prepare = slot.engine.prepare_enrolment  # planned together, then committed together
-
-    def counted(items: list[EnrolItem]) -> Any:
-        committed.append([item.subject_id for item in items])
-        return prepare(items)
-
-    monkeypatch.setattr(slot.engine, "prepare_enrolment", counted)
+    committed = counted_groups(slot, monkeypatch)  # planned, then committed, together
     new = unit_vectors(4, seed=50)
     bodies = [
         {"subject_id": "n0", "embeddings": [new[0].tolist()], "attributes": {"age": 30}},
@@ -261,10 +267,48 @@ def test_queued_enrolments_are_committed_together_each_told_its_own_result(
     assert outcomes == {"n0": "enrolled", "n1": "enrolled", "n3": "enrolled"}
 
 
+def test_enrolments_of_several_clients_form_one_group_with_identify_batching_off(
+    unbatched: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enrolment groups have their own limits (--enrol-group-max, default 64), so the
+    enrolments queued by several clients meanwhile are committed as one group even where
+    identify batching is off; each caller is told its own result."""
+    assert post(unbatched, {"embedding": GALLERY[0].tolist()}).status_code == 200
+    slot = unbatched.service.engines().opened("doors")
+    assert slot is not None
+    groups = counted_groups(slot, monkeypatch)
+    new = unit_vectors(5, seed=60)
+    bodies = [{"subject_id": f"g{i}", "embeddings": [v.tolist()]} for i, v in enumerate(new)]
+    answered = concurrently(unbatched, bodies, "/v1/engines/doors/subjects")
+    assert [r.status_code for r in answered] == [201] * 5
+    assert [sorted(g) for g in groups] == [[f"g{i}" for i in range(5)]]
+
+
+def test_an_enrolment_group_holds_at_most_enrol_group_max(
+    home: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with live(*home, enrol_group_max=2, enrol_group_wait_ms=0.0) as server:
+        assert post(server, {"embedding": GALLERY[0].tolist()}).status_code == 200
+        slot = server.service.engines().opened("doors")
+        assert slot is not None
+        groups = counted_groups(slot, monkeypatch)
+        new = unit_vectors(5, seed=61)
+        bodies = [{"subject_id": f"m{i}", "embeddings": [v.tolist()]} for i, v in enumerate(new)]
+        answered = concurrently(server, bodies, "/v1/engines/doors/subjects")
+    assert [r.status_code for r in answered] == [201] * 5
+    assert sorted(len(g) for g in groups) == [1, 2, 2]
+    assert sorted(s for g in groups for s in g) == [f"m{i}" for i in range(5)]
+
+
 def test_batch_options_are_checked() -> None:
     from frip_engine.errors import InputError
 
-    for wrong in ({"batch_max": 0}, {"batch_wait_ms": -1.0}):
+    for wrong in (
+        {"batch_max": 0},
+        {"batch_wait_ms": -1.0},
+        {"enrol_group_max": 0},
+        {"enrol_group_wait_ms": -1.0},
+    ):
         with pytest.raises(InputError):
             ServiceConfig(Path("nowhere"), **wrong).check()
     assert ServiceConfig(Path("nowhere")).batch_max > 1  # batching is on by default
@@ -275,7 +319,12 @@ def test_frip_serve_refuses_bad_batch_options(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    for option in (["--batch-max", "0"], ["--batch-wait-ms", "-1"]):
+    for option in (
+        ["--batch-max", "0"],
+        ["--batch-wait-ms", "-1"],
+        ["--enrol-group-max", "0"],
+        ["--enrol-group-wait-ms", "-1"],
+    ):
         command = [sys.executable, "-m", "frip_engine", "serve", "--home", str(tmp_path)]
         result = subprocess.run([*command, *option], capture_output=True, text=True)
         assert result.returncode == 2, result.stderr

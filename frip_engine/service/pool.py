@@ -6,8 +6,9 @@ every call on it, in arrival order. The event loop only awaits those calls, so i
 free for other requests and other engines; an acknowledged call has returned in full.
 
 Micro-batching (``EngineSlot.batch``): calls that can be answered together (identify
-requests with the same options) wait in the engine's queue; the engine's thread takes
-up to ``batch_max`` of one kind at a time and answers them in one call. A call that
+requests with the same options; enrolments) wait in the engine's queue; the engine's
+thread takes up to ``batch_max`` of one kind at a time (or the kind's own limits, as
+enrolment groups have) and answers them in one call. A call that
 finds the engine idle runs at once, alone; only when others are already queued does the
 thread wait, at most ``batch_wait`` seconds, for the batch to fill.
 
@@ -61,11 +62,14 @@ BatchWork = Callable[["Engine", list[I]], "Sequence[T | BaseException] | Later[T
 @dataclass(eq=False)
 class Waiting(Generic[I, T]):
     """One call queued for a batch: its kind (calls of equal ``key`` are answered
-    together, by ``work``), its item, and the future its caller awaits."""
+    together, by ``work``, at most ``most`` at a time, waiting at most ``wait`` seconds
+    for more once others of its kind queue), its item, and the future its caller awaits."""
 
     key: Hashable
     item: I
     work: BatchWork[I, T]
+    most: int
+    wait: float  # seconds
     future: Future[T] = field(default_factory=Future)
     submitted: float = field(default_factory=time.perf_counter)
     started: float = 0.0
@@ -104,12 +108,21 @@ class EngineSlot:
         result = await asyncio.get_running_loop().run_in_executor(self.executor, timed)
         return result, started[0] - submitted
 
-    async def batch(self, key: Hashable, item: I, work: BatchWork[I, T]) -> tuple[T, float]:
+    async def batch(
+        self,
+        key: Hashable,
+        item: I,
+        work: BatchWork[I, T],
+        limits: tuple[int, float] | None = None,
+    ) -> tuple[T, float]:
         """Answer ``item`` on the engine's thread together with the queued items of the same
         ``key``: ``work(engine, items)`` gives each its result or its own exception (raised
         here, to this caller only); an exception of ``work`` itself is raised to all. Also
-        returns how long the item queued (seconds)."""
-        waiting: Waiting[I, T] = Waiting(key, item, work)
+        returns how long the item queued (seconds). ``limits``: (most items per batch,
+        longest wait in seconds for a batch to fill) for this kind; default the slot's
+        ``batch_max`` and ``batch_wait``."""
+        most, wait = limits or (self.batch_max, self.batch_wait)
+        waiting: Waiting[I, T] = Waiting(key, item, work, most, wait)
         with self._arrived:
             self._waiting.append(waiting)
             self._arrived.notify()
@@ -136,8 +149,8 @@ class EngineSlot:
     def _drain(self) -> None:
         """On the engine's thread: first finish every Later batch whose work is done;
         then answer the oldest queued call whose kind is not held back by its batches
-        in flight, with up to ``batch_max - 1`` more of its kind (nothing if earlier
-        drains took them all)."""
+        in flight, with up to ``most - 1`` more of its kind (nothing if earlier drains
+        took them all), every one queued when it starts or arriving within its ``wait``."""
         while True:
             with self._arrived:
                 if not self._finishing:
@@ -148,14 +161,14 @@ class EngineSlot:
             ready = [w for w in self._waiting if not self._held(w.key)]
             if not ready:
                 return
-            key = ready[0].key
-            deadline = time.perf_counter() + self.batch_wait
-            while 1 < self._count(key) < self.batch_max:  # others of its kind wait too
+            key, most = ready[0].key, ready[0].most
+            deadline = time.perf_counter() + ready[0].wait
+            while 1 < self._count(key) < most:  # others of its kind wait too
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
                 self._arrived.wait(left)
-            chosen = [w for w in self._waiting if w.key == key][: self.batch_max]
+            chosen = [w for w in self._waiting if w.key == key][:most]
             self._waiting = [w for w in self._waiting if w not in chosen]
         chosen = [w for w in chosen if w.future.set_running_or_notify_cancel()]
         if not chosen:

@@ -77,7 +77,8 @@ async def enrol(service: Service, request: Request) -> Response:
     ctx.decoding += time.perf_counter() - start
     slot = await service.engines().get(name)
     asked = Enrolment(ctx, subject, given, len(vectors), list(embedded), attributes)
-    notes, _ = await slot.batch(("enrol",), asked, partial(enrol_group, service))
+    group = (service.config.enrol_group_max, service.config.enrol_group_wait_ms / 1000)
+    notes, _ = await slot.batch(("enrol",), asked, partial(enrol_group, service), group)
     return JSONResponse({"engine": name, "subject_id": subject, "notes": notes}, 201)
 
 
