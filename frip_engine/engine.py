@@ -33,12 +33,13 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
 from frip_engine import hookspecs, plugins
 from frip_engine.calibration import engine_threshold, lookup
+from frip_engine.committer import CommitJob, CommitStep, Committer, Outcome
 from frip_engine.contracts import (
     BlockInfo,
     DecidingExecutor,
@@ -111,6 +112,7 @@ LOOKUPS_PER_SCAN = 8
 Step = tuple[int, BlockInfo | None, list[int], list[int]]
 logger = logging.getLogger("frip_engine")
 P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass
@@ -291,6 +293,7 @@ class Engine:
         self._sharers: SharedScorer | None = None  # the shared probe mode's two matchers
         # prepared enrolments' encryption, when the executor scores in this process
         self._encryptor: ParallelScorer | None = None
+        self._committer: Committer | None = None  # delta enrolments' commits (a thread)
         self._reserved = Reservations(self.gallery_store)  # slots of enrolments in flight
         self._slot_map: tuple[tuple[tuple[int, int], ...], Occupants] | None = None
         self.key_version = 0
@@ -441,6 +444,9 @@ class Engine:
         closing twice is harmless. ``with`` an engine closes it on leaving the block; every
         operation after that raises EngineClosedError."""
         self._closed = True
+        if self._committer is not None:
+            self._committer.close()  # its commits finish first: a submitted one is whole
+            self._committer = None
         self._stop_workers()
         self.gallery_store.close()
         self._blocks.clear()
@@ -591,18 +597,94 @@ class Engine:
         delta plan's rows are added to each block's latest revision, so writes made
         meanwhile do not refuse it. Wipes the plan and releases its slots."""
         try:
-            try:
-                encrypted = blocks.result()
-            except Exception as exc:
-                error = exc if isinstance(exc, FripError) else self._lost_encryptor(exc)
-                for subject in prepared.ids:
-                    prepared.report.fail(subject, error, f"not stored: {error}")
-                return prepared.report
-            with self._writing():
-                self._commit_plan(prepared, encrypted)
+            encrypted = self._awaited(prepared, blocks)
+            if encrypted is not None:
+                with self._writing():
+                    self._commit_plan(prepared, encrypted)
             return prepared.report
         finally:
             prepared.discard()
+
+    def commit_enrolment_later(
+        self, prepared: EnrolPlan, blocks: Future[list[tuple[str, bytes]]]
+    ) -> Future[list[Outcome]] | None:
+        """On the engine's thread: hand the commit of a delta plan (``prepared.deltas``)
+        to the engine's committer thread (:mod:`frip_engine.committer`), which adds each
+        step's encrypted rows (``blocks``) to its block's latest revision and writes it,
+        while this thread keeps answering from the committed blocks. Then
+        :meth:`adopt_enrolment` on this thread with the returned future. None (nothing
+        handed off: use :meth:`commit_enrolment`) for a plan that is no delta or has no
+        steps. A block removed or re-keyed meanwhile fails the whole group."""
+        if not prepared.deltas or not prepared.steps:
+            return None
+        steps = [
+            CommitStep(
+                partition,
+                info,
+                [
+                    NewSubject(prepared.ids[r], s, prepared.counts[r])
+                    for r, s in zip(rows, slots, strict=True)
+                ],
+                None if info is None else self._blocks.get(info.block_id),
+            )
+            for partition, info, slots, rows in prepared.steps
+        ]
+        if self._committer is None:
+            self._committer = Committer(
+                self.name,
+                self.directory,
+                self.profile.plugin("gallery_store"),
+                self.profile.params("gallery_store"),
+            )
+        job = CommitJob(steps, prepared.key_version, self.matcher, self.matcher.slots)
+        return self._committer.submit(job, blocks)
+
+    def adopt_enrolment(self, prepared: EnrolPlan, committed: Future[list[Outcome]]) -> EnrolReport:
+        """On the engine's thread, once ``committed`` (:meth:`commit_enrolment_later`) is
+        done: swap each committed sum into this process's block cache (no 67 MB read
+        back; a block it does not hold stays out), report each subject enrolled or failed
+        with its step's error (a failed encryption: all of them), emit ``frip_enrolled``.
+        Wipes the plan and releases its slots."""
+        try:
+            outcomes = self._awaited(prepared, committed)
+            if outcomes is None:
+                return prepared.report
+            for (_, _, slots, rows), outcome in zip(prepared.steps, outcomes, strict=True):
+                if isinstance(outcome, FripError):
+                    for r in rows:
+                        prepared.report.fail(prepared.ids[r], outcome, f"not stored: {outcome}")
+                    continue
+                block_id, revision, loaded = outcome
+                held = self._blocks.get(block_id)
+                if held is not None and held[0] < revision and loaded is not None:
+                    self._blocks[block_id] = (revision, loaded)  # as a reload would give
+                for r, slot in zip(rows, slots, strict=True):
+                    self._report_enrolled(prepared.report, prepared.ids[r], block_id, slot)
+            return prepared.report
+        finally:
+            prepared.discard()
+
+    def _awaited(self, prepared: EnrolPlan, done: Future[T]) -> T | None:
+        """``done``'s result; None when it failed, every subject of ``prepared`` then
+        failed with its error (a dead encryption worker: WorkerLostError)."""
+        try:
+            return done.result()
+        except Exception as exc:
+            error = exc if isinstance(exc, FripError) else self._lost_encryptor(exc)
+            for subject in prepared.ids:
+                prepared.report.fail(subject, error, f"not stored: {error}")
+            return None
+
+    def _report_enrolled(self, report: EnrolReport, subject: str, block_id: int, slot: int) -> None:
+        """Report ``subject`` enrolled in ``block_id`` at ``slot`` and tell the plugins."""
+        report.enrolled.append(subject)
+        _emit(
+            hookspecs.frip_enrolled,
+            engine=self.name,
+            subject_id=subject,
+            block_id=block_id,
+            slot=slot,
+        )
 
     def _lost_encryptor(self, exc: Exception) -> WorkerLostError:
         """The encryption worker died (``exc``): drop its pool, so that the next prepared
@@ -799,14 +881,7 @@ class Engine:
                 self._recache(block_id, encrypted, loaded)
             revision += routing is not None
             for subject in added:
-                prepared.report.enrolled.append(subject.subject_id)
-                _emit(
-                    hookspecs.frip_enrolled,
-                    engine=self.name,
-                    subject_id=subject.subject_id,
-                    block_id=block_id,
-                    slot=subject.slot,
-                )
+                self._report_enrolled(prepared.report, subject.subject_id, block_id, subject.slot)
 
     def _encrypted_blocks(
         self, matrix: np.ndarray, steps: Sequence[Step], deltas: bool = False

@@ -32,6 +32,7 @@ def test_tiny_service_benchmark(
         probes=["embedding"],
         clients=[2],
         writers=2,
+        writer_inflight=[1, 3],
         seconds=2.0,
         batch_max=8,
         batch_wait_ms=None,
@@ -48,20 +49,34 @@ def test_tiny_service_benchmark(
     assert engine["registrants"] == 50 and engine["reused"] is False
     assert engine["alone"]["identify_ms"] > 0 and engine["alone"]["batch"] == 8
     assert engine["alone"]["identify_many_per_s"] > 0
+    # what the enrolment target is up against: d fresh encryptions of zero per group
+    bound = engine["encryption_bound"]
+    assert bound["encryptions_per_group"] == 512 and bound["ms_per_encryption"] > 0
+    cores = len(saved["machine"]["cores_used"])
+    groups = cores * 1000 / (512 * bound["ms_per_encryption"])
+    assert bound["cores"] == cores and bound["groups_per_s"] == pytest.approx(groups)
+    # 2 writers with K enrolments in flight each: at most 2K per group
+    assert bound["writer_inflight"] == [1, 3]
+    assert bound["enrolments_per_s"] == pytest.approx([2 * groups, 6 * groups])
     assert saved["threads"] == {name: "1" for name in PINNED}
     assert saved["machine"]["cores_used"] and saved["machine"]["cpus"] >= 1
     labels = [c["batching"] for c in saved["configs"]]
     assert labels == (["off", "on"] if saved["batching_available"] else [labels[0]])
     runs = saved["runs"]
-    assert {(r["batching"], r["writers"]) for r in runs} == {(b, w) for b in labels for w in (0, 2)}
+    loads = {(0, 0), (2, 1), (2, 3)}  # (writers, requests in flight per writer)
+    assert {(r["batching"], r["writers"], r["writer_inflight"]) for r in runs} == {
+        (b, w, k) for b in labels for w, k in loads
+    }
     for row in runs:
         assert row["registrants"] == 50 and row["clients"] == 2 and row["probes"] == "embedding"
         assert row["errors"] == 0 and row["identify"]["errors"] == 0
         assert row["identify"]["requests"] > 0 and row["identify"]["wrong_decisions"] == 0
         assert row["identify"]["p50_ms"] <= row["identify"]["p99_ms"]
         assert row["mean_batch_size"] is None or row["mean_batch_size"] >= 1
+        assert row["cpu_s"]["server"] > 0 and row["cpu_s"]["load_generator"] > 0
         if row["writers"]:
             assert row["enrol"]["requests"] > 0 and row["enrol"]["errors"] == 0
+            assert row["enrol"]["groups"] >= 1 and row["enrol"]["mean_group"] >= 1
             assert row["p99_vs_read_only"] is not None
         else:
             assert row["enrol"] is None
@@ -70,6 +85,7 @@ def test_tiny_service_benchmark(
     table = (output / "bench-service.md").read_text()
     assert table.count("\n| 50 | embedding | 2 |") == len(runs)
     assert "The engine alone" in table
+    assert "Encryption bound" in table and "enrolments/s" in table
     if not saved["batching_available"]:
         assert "only the unbatched configuration ran" in table
 

@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +210,19 @@ def test_batch_max_1_turns_batching_off(unbatched: Live) -> None:
     assert [r.json()["timings"]["batch_size"] for r in answered] == [1] * 4
 
 
+def counted_groups(slot: Any, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The subject ids of each group the engine plans from now on (one commit each)."""
+    groups: list[list[str]] = []
+    prepare = slot.engine.prepare_enrolment
+
+    def counted(items: list[EnrolItem]) -> Any:
+        groups.append([item.subject_id for item in items])
+        return prepare(items)
+
+    monkeypatch.setattr(slot.engine, "prepare_enrolment", counted)
+    return groups
+
+
 def test_queued_enrolments_are_committed_together_each_told_its_own_result(
     batching: Live, home: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,14 +231,7 @@ def test_queued_enrolments_are_committed_together_each_told_its_own_result(
     assert post(batching, {"embedding": GALLERY[0].tolist()}).status_code == 200
     slot = batching.service.engines().opened("doors")
     assert slot is not None
-    committed: list[list[str]] = []
-    prepare = slot.engine.prepare_enrolment  # planned together, then committed together
-
-    def counted(items: list[EnrolItem]) -> Any:
-        committed.append([item.subject_id for item in items])
-        return prepare(items)
-
-    monkeypatch.setattr(slot.engine, "prepare_enrolment", counted)
+    committed = counted_groups(slot, monkeypatch)  # planned, then committed, together
     new = unit_vectors(4, seed=50)
     bodies = [
         {"subject_id": "n0", "embeddings": [new[0].tolist()], "attributes": {"age": 30}},
@@ -261,10 +267,48 @@ def test_queued_enrolments_are_committed_together_each_told_its_own_result(
     assert outcomes == {"n0": "enrolled", "n1": "enrolled", "n3": "enrolled"}
 
 
+def test_enrolments_of_several_clients_form_one_group_with_identify_batching_off(
+    unbatched: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enrolment groups have their own limits (--enrol-group-max, default 64), so the
+    enrolments queued by several clients meanwhile are committed as one group even where
+    identify batching is off; each caller is told its own result."""
+    assert post(unbatched, {"embedding": GALLERY[0].tolist()}).status_code == 200
+    slot = unbatched.service.engines().opened("doors")
+    assert slot is not None
+    groups = counted_groups(slot, monkeypatch)
+    new = unit_vectors(5, seed=60)
+    bodies = [{"subject_id": f"g{i}", "embeddings": [v.tolist()]} for i, v in enumerate(new)]
+    answered = concurrently(unbatched, bodies, "/v1/engines/doors/subjects")
+    assert [r.status_code for r in answered] == [201] * 5
+    assert [sorted(g) for g in groups] == [[f"g{i}" for i in range(5)]]
+
+
+def test_an_enrolment_group_holds_at_most_enrol_group_max(
+    home: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with live(*home, enrol_group_max=2, enrol_group_wait_ms=0.0) as server:
+        assert post(server, {"embedding": GALLERY[0].tolist()}).status_code == 200
+        slot = server.service.engines().opened("doors")
+        assert slot is not None
+        groups = counted_groups(slot, monkeypatch)
+        new = unit_vectors(5, seed=61)
+        bodies = [{"subject_id": f"m{i}", "embeddings": [v.tolist()]} for i, v in enumerate(new)]
+        answered = concurrently(server, bodies, "/v1/engines/doors/subjects")
+    assert [r.status_code for r in answered] == [201] * 5
+    assert sorted(len(g) for g in groups) == [1, 2, 2]
+    assert sorted(s for g in groups for s in g) == [f"m{i}" for i in range(5)]
+
+
 def test_batch_options_are_checked() -> None:
     from frip_engine.errors import InputError
 
-    for wrong in ({"batch_max": 0}, {"batch_wait_ms": -1.0}):
+    for wrong in (
+        {"batch_max": 0},
+        {"batch_wait_ms": -1.0},
+        {"enrol_group_max": 0},
+        {"enrol_group_wait_ms": -1.0},
+    ):
         with pytest.raises(InputError):
             ServiceConfig(Path("nowhere"), **wrong).check()
     assert ServiceConfig(Path("nowhere")).batch_max > 1  # batching is on by default
@@ -275,7 +319,12 @@ def test_frip_serve_refuses_bad_batch_options(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    for option in (["--batch-max", "0"], ["--batch-wait-ms", "-1"]):
+    for option in (
+        ["--batch-max", "0"],
+        ["--batch-wait-ms", "-1"],
+        ["--enrol-group-max", "0"],
+        ["--enrol-group-wait-ms", "-1"],
+    ):
         command = [sys.executable, "-m", "frip_engine", "serve", "--home", str(tmp_path)]
         result = subprocess.run([*command, *option], capture_output=True, text=True)
         assert result.returncode == 2, result.stderr
@@ -402,3 +451,161 @@ def test_an_enrolment_group_whose_encryption_worker_dies_is_absent_and_told_to_r
         with httpx.Client(base_url=batching.url, timeout=60) as client:
             assert client.get(path, headers=headers(batching.key)).status_code == 404
     assert post(batching, bodies[0], ENROL).status_code == 201
+
+
+def _later_scenario(at_once: int) -> list[str]:
+    """EngineSlot.batch alone, one call per batch: enrolments ``e1``, ``e2`` (each
+    answering Later, ``at_once`` of them allowed in flight) and identifies ``i1``..``i4``
+    queued behind them. The first identify completes e1's pending work (as a worker
+    process would while identifies queue); e2's is complete when it starts. Returns the
+    order in which the engine's thread ran things."""
+    import asyncio
+
+    from frip_engine.service.pool import EngineSlot, Later
+
+    ran: list[str] = []
+    pending: dict[str, Future[Any]] = {}
+
+    def finisher(name: str) -> Any:
+        def finish(done: Future[Any]) -> list[str]:
+            ran.append(f"finish {name}")
+            return [name]
+
+        return finish
+
+    def enrol(engine: Any, items: list[str]) -> Later[str]:
+        (name,) = items
+        ran.append(name)
+        pending[name] = Future()
+        if name == "e2":
+            pending[name].set_result(None)
+        return Later(pending[name], finisher(name), at_once)
+
+    def identify(engine: Any, items: list[str]) -> list[str]:
+        ran.extend(items)
+        if items == ["i1"]:
+            pending["e1"].set_result(None)
+        return items
+
+    async def scenario() -> None:
+        executor = ThreadPoolExecutor(max_workers=1)
+        slot = EngineSlot("doors", executor, cast(Engine, object()), batch_max=1)
+        gate = threading.Event()
+        executor.submit(gate.wait)
+        calls = [asyncio.ensure_future(slot.batch("e", "e1", enrol))]
+        await asyncio.sleep(0.02)
+        calls.append(asyncio.ensure_future(slot.batch("e", "e2", enrol)))
+        await asyncio.sleep(0.02)
+        for i in range(1, 5):
+            calls.append(asyncio.ensure_future(slot.batch("i", f"i{i}", identify)))
+            await asyncio.sleep(0.02)
+        gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(*calls), 30)
+        assert [a[0] for a in answers] == ["e1", "e2", "i1", "i2", "i3", "i4"]
+        executor.shutdown(wait=True)
+
+    asyncio.run(scenario())
+    return ran
+
+
+def test_a_later_batch_is_finished_before_batches_queued_meanwhile() -> None:
+    """Fairness: once a Later batch's work is done, its finish (the group commit, then the
+    acknowledgements) runs on the engine's thread right after the batch running now,
+    ahead of the identify batches queued meanwhile (which could keep the engine busy for
+    seconds); the next batch of its kind is then the oldest call and runs next."""
+    ran = _later_scenario(at_once=1)
+    assert ran[:3] == ["e1", "i1", "finish e1"], ran
+    assert ran.index("finish e2") < ran.index("i4"), ran
+
+
+def test_later_batches_of_one_kind_overlap_only_as_far_as_they_allow() -> None:
+    """A Later batch that allows 2 at once lets the next batch of its kind start before
+    it is finished (a pipeline: the next group is planned and encrypted while this one
+    waits and commits); one that allows 1 holds its kind back until it is finished."""
+    overlapped = _later_scenario(at_once=2)
+    assert overlapped[:2] == ["e1", "e2"], overlapped
+    serial = _later_scenario(at_once=1)
+    assert serial.index("e2") > serial.index("finish e1"), serial
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """'doors' again, on packed CKKS (TenSEAL, compact preset): enrolments are deltas."""
+    root = tmp_path_factory.mktemp("packed") / "frip-home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FRIP_HOME", str(root))
+        patch.setenv("FRIP_PASSPHRASE", PASSPHRASE)
+        profile = {
+            "engine": {"name": "doors"},
+            "he": {"plugin": "tenseal", "preset": "compact", "scorer": "fast"},
+            "key_store": {"plugin": "file", "scrypt_log2_n": 14},
+        }
+        with Engine.create(Profile.from_dict(profile), root) as engine:
+            engine.enrol_many(
+                [EnrolItem(s, embeddings=[v]) for s, v in zip(SUBJECTS, GALLERY, strict=True)]
+            )
+        key = Vendors(Database(root / "service.sqlite")).create("acme", ["doors"])
+        with live(root, key, batch_max=32, batch_wait_ms=5.0) as server:
+            yield server
+
+
+def test_delta_enrolment_groups_overlap_and_a_subject_in_flight_is_refused(
+    packed: Live,
+) -> None:
+    """Where enrolments are deltas, the next group is planned and encrypted while the one
+    before is still in flight (two at once); a subject already in a group in flight is
+    refused at once (409, as if enrolled: it is, or its caller is told it is not); both
+    groups are then committed and found."""
+    slot, _ = encryptor_held(packed, 6.0)
+    first, second = unit_vectors(2, seed=81)
+    with ThreadPoolExecutor(2) as senders:
+        a = senders.submit(post, packed, {"subject_id": "a", "embeddings": [first.tolist()]}, ENROL)
+        until(lambda: slot.answering_later() == 1, "the first group was not handed off")
+        again = post(packed, {"subject_id": "a", "embeddings": [second.tolist()]}, ENROL)
+        assert again.status_code == 409, again.text
+        assert again.json()["error"]["code"] == "subject_exists"
+        assert not a.done()
+        b = senders.submit(
+            post, packed, {"subject_id": "b", "embeddings": [second.tolist()]}, ENROL
+        )
+        until(lambda: slot.answering_later() == 2, "the second group did not start")
+        assert not a.done()
+        assert a.result().status_code == 201 and b.result().status_code == 201
+    for subject, vector in (("a", first), ("b", second)):
+        body = {"subject_id": subject, "embedding": near(vector, 0.2, 5).tolist()}
+        assert post(packed, body, "/v1/engines/doors/verify").json()["matched"] is True
+
+
+def test_a_delta_group_commits_off_the_engine_thread_and_is_acknowledged_after(
+    packed: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit of a delta group (add to the block, serialise, write) runs on the
+    engine's committer thread: identify requests are answered from the committed blocks
+    while it is held; the enrolment is acknowledged only once it is committed, then
+    found."""
+    from frip_plugins.gallery_stores._sql import SqlGalleryStore
+
+    release, committing = threading.Event(), threading.Event()
+    commit_block = SqlGalleryStore.commit_block
+
+    def held(store: Any, *args: Any, **kwargs: Any) -> int:
+        committing.set()
+        assert release.wait(60)
+        return commit_block(store, *args, **kwargs)
+
+    vector = unit_vectors(1, seed=83)[0]
+    probe = {"embedding": near(vector, 0.2, 6).tolist()}
+    with ThreadPoolExecutor(1) as sender:
+        monkeypatch.setattr(SqlGalleryStore, "commit_block", held)
+        enrolled = sender.submit(
+            post, packed, {"subject_id": "h", "embeddings": [vector.tolist()]}, ENROL
+        )
+        until(committing.is_set, "the committer did not reach its write")
+        for _ in range(3):  # answered from the committed gallery, h not in it yet
+            answered = post(packed, probe)
+            assert answered.status_code == 200 and answered.json()["matched"] is False
+        assert not enrolled.done()
+        release.set()
+        assert enrolled.result().status_code == 201
+    monkeypatch.undo()
+    assert post(packed, probe).json()["subject_id"] == "h"

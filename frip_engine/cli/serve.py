@@ -96,8 +96,8 @@ def serve(
     batch_max: Annotated[
         int,
         typer.Option(
-            help="Queued requests of one engine answered together: identify requests "
-            "scored in one pass, enrolments committed in one transaction (1: off)."
+            help="Queued identify/verify requests of one engine scored together in one "
+            "pass (1: off)."
         ),
     ] = 32,
     batch_wait_ms: Annotated[
@@ -107,6 +107,20 @@ def serve(
             "to an idle engine never waits)."
         ),
     ] = 2.0,
+    enrol_group_max: Annotated[
+        int,
+        typer.Option(
+            help="Queued enrolments of one engine encrypted and committed as one group "
+            "(a group costs the same encryptions whatever its size; 1: one per group)."
+        ),
+    ] = 64,
+    enrol_group_wait_ms: Annotated[
+        float,
+        typer.Option(
+            help="Milliseconds to wait for an enrolment group to fill once enrolments "
+            "queue (an enrolment that finds none queued never waits)."
+        ),
+    ] = 5.0,
     portal_desk: Annotated[
         str | None,
         typer.Option(
@@ -148,6 +162,8 @@ def serve(
         access_log=access_log,
         batch_max=batch_max,
         batch_wait_ms=batch_wait_ms,
+        enrol_group_max=enrol_group_max,
+        enrol_group_wait_ms=enrol_group_wait_ms,
         portal_desk=portal_desk,
     )
     config.check()

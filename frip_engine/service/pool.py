@@ -6,16 +6,21 @@ every call on it, in arrival order. The event loop only awaits those calls, so i
 free for other requests and other engines; an acknowledged call has returned in full.
 
 Micro-batching (``EngineSlot.batch``): calls that can be answered together (identify
-requests with the same options) wait in the engine's queue; the engine's thread takes
-up to ``batch_max`` of one kind at a time and answers them in one call. A call that
+requests with the same options; enrolments) wait in the engine's queue; the engine's
+thread takes up to ``batch_max`` of one kind at a time (or the kind's own limits, as
+enrolment groups have) and answers them in one call. A call that
 finds the engine idle runs at once, alone; only when others are already queued does the
 thread wait, at most ``batch_wait`` seconds, for the batch to fill.
 
 A batch may answer :class:`Later` (a group of enrolments: planned on the engine's
-thread, encrypted in a worker process, committed on the engine's thread): the engine's
-thread is free meanwhile and answers other kinds (identify from the committed blocks);
-no other batch of that kind starts until it is finished, so such batches run one at a
-time, in order.
+thread, encrypted in a worker process, committed by the engine's committer thread or,
+where it is no delta, on the engine's thread): the engine's
+thread is free meanwhile and answers other kinds (identify from the committed blocks).
+Up to ``Later.at_once`` batches of that kind may be in flight together (1: they run one
+at a time, in order; more: a pipeline, the next group encrypted while one commits).
+Once a Later batch's work is done, its finish runs on the engine's thread right after
+the batch running now, ahead of every batch queued meanwhile: a commit (and the
+acknowledgements it holds back) never waits behind a stream of identify batches.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,10 +46,12 @@ I = TypeVar("I")  # noqa: E741  (one item of a batch)
 class Later(Generic[T]):
     """A batch's answer that comes later: once ``pending`` is done (off the engine's
     thread), ``finish(pending)`` runs on the engine's thread and gives each item its
-    result or its own exception, in order."""
+    result or its own exception, in order. ``at_once``: how many batches of its kind may
+    be in flight (answering Later) together, this one included; 1 keeps them in order."""
 
     pending: Future[Any]
     finish: Callable[[Future[Any]], Sequence[T | BaseException]]
+    at_once: int = 1
 
 
 # Answers a batch on the engine's thread: one result or exception per item, in order,
@@ -54,11 +62,14 @@ BatchWork = Callable[["Engine", list[I]], "Sequence[T | BaseException] | Later[T
 @dataclass(eq=False)
 class Waiting(Generic[I, T]):
     """One call queued for a batch: its kind (calls of equal ``key`` are answered
-    together, by ``work``), its item, and the future its caller awaits."""
+    together, by ``work``, at most ``most`` at a time, waiting at most ``wait`` seconds
+    for more once others of its kind queue), its item, and the future its caller awaits."""
 
     key: Hashable
     item: I
     work: BatchWork[I, T]
+    most: int
+    wait: float  # seconds
     future: Future[T] = field(default_factory=Future)
     submitted: float = field(default_factory=time.perf_counter)
     started: float = 0.0
@@ -82,7 +93,8 @@ class EngineSlot:
         self.batch_wait = batch_wait  # seconds
         self._waiting: list[Waiting[Any, Any]] = []
         self._arrived = threading.Condition()
-        self._later: set[Hashable] = set()  # kinds with a batch answering Later
+        self._later: dict[Hashable, list[Later[Any]]] = {}  # kind -> its batches in flight
+        self._finishing: deque[Callable[[], None]] = deque()  # Later batches done: finish
 
     async def run(self, work: Callable[[Engine], T]) -> tuple[T, float]:
         """Run ``work(engine)`` on the engine's thread; also return how long it queued."""
@@ -96,12 +108,21 @@ class EngineSlot:
         result = await asyncio.get_running_loop().run_in_executor(self.executor, timed)
         return result, started[0] - submitted
 
-    async def batch(self, key: Hashable, item: I, work: BatchWork[I, T]) -> tuple[T, float]:
+    async def batch(
+        self,
+        key: Hashable,
+        item: I,
+        work: BatchWork[I, T],
+        limits: tuple[int, float] | None = None,
+    ) -> tuple[T, float]:
         """Answer ``item`` on the engine's thread together with the queued items of the same
         ``key``: ``work(engine, items)`` gives each its result or its own exception (raised
         here, to this caller only); an exception of ``work`` itself is raised to all. Also
-        returns how long the item queued (seconds)."""
-        waiting: Waiting[I, T] = Waiting(key, item, work)
+        returns how long the item queued (seconds). ``limits``: (most items per batch,
+        longest wait in seconds for a batch to fill) for this kind; default the slot's
+        ``batch_max`` and ``batch_wait``."""
+        most, wait = limits or (self.batch_max, self.batch_wait)
+        waiting: Waiting[I, T] = Waiting(key, item, work, most, wait)
         with self._arrived:
             self._waiting.append(waiting)
             self._arrived.notify()
@@ -117,24 +138,37 @@ class EngineSlot:
     def answering_later(self) -> int:
         """How many batches were handed off (Later) and are not yet finished."""
         with self._arrived:
-            return len(self._later)
+            return sum(len(batches) for batches in self._later.values())
+
+    def _held(self, key: Hashable) -> bool:
+        """Whether calls of kind ``key`` must wait: as many of its batches are in flight
+        (Later) as the strictest of them allows. Under ``_arrived``."""
+        batches = self._later.get(key, [])
+        return bool(batches) and len(batches) >= min(b.at_once for b in batches)
 
     def _drain(self) -> None:
-        """On the engine's thread: answer the oldest queued call whose kind has no batch
-        answering Later, with up to ``batch_max - 1`` more of its kind (nothing if
-        earlier drains took them all)."""
+        """On the engine's thread: first finish every Later batch whose work is done;
+        then answer the oldest queued call whose kind is not held back by its batches
+        in flight, with up to ``most - 1`` more of its kind (nothing if earlier drains
+        took them all), every one queued when it starts or arriving within its ``wait``."""
+        while True:
+            with self._arrived:
+                if not self._finishing:
+                    break
+                finish = self._finishing.popleft()
+            finish()
         with self._arrived:
-            ready = [w for w in self._waiting if w.key not in self._later]
+            ready = [w for w in self._waiting if not self._held(w.key)]
             if not ready:
                 return
-            key = ready[0].key
-            deadline = time.perf_counter() + self.batch_wait
-            while 1 < self._count(key) < self.batch_max:  # others of its kind wait too
+            key, most = ready[0].key, ready[0].most
+            deadline = time.perf_counter() + ready[0].wait
+            while 1 < self._count(key) < most:  # others of its kind wait too
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
                 self._arrived.wait(left)
-            chosen = [w for w in self._waiting if w.key == key][: self.batch_max]
+            chosen = [w for w in self._waiting if w.key == key][:most]
             self._waiting = [w for w in self._waiting if w not in chosen]
         chosen = [w for w in chosen if w.future.set_running_or_notify_cancel()]
         if not chosen:
@@ -149,14 +183,14 @@ class EngineSlot:
             return
         if isinstance(results, Later):
             with self._arrived:
-                self._later.add(key)
+                self._later.setdefault(key, []).append(results)
             results.pending.add_done_callback(lambda _: self._resume(key, chosen, results))
             return
         self._answer(chosen, results)
 
     def _resume(self, key: Hashable, chosen: list[Waiting[Any, Any]], later: Later[Any]) -> None:
-        """Once a Later batch's work is done (any thread): finish it on the engine's thread,
-        then let its kind's queued calls in."""
+        """Once a Later batch's work is done (any thread): finish it on the engine's thread
+        at the next drain, ahead of the calls queued, then let its kind's queued calls in."""
 
         def finish() -> None:
             try:
@@ -165,14 +199,23 @@ class EngineSlot:
                 self._answer(chosen, exc)
             finally:
                 with self._arrived:
-                    self._later.discard(key)
+                    batches = self._later.get(key, [])
+                    batches.remove(later)
+                    if not batches:
+                        del self._later[key]
                     queued = self._count(key)
                 for _ in range(queued):  # the drains these calls submitted found them held
                     self.executor.submit(self._drain)
 
+        with self._arrived:
+            self._finishing.append(finish)
         try:
-            self.executor.submit(finish)
+            self.executor.submit(self._drain)
         except RuntimeError as exc:  # the engine is closing: nothing is committed
+            with self._arrived:
+                if finish not in self._finishing:
+                    return  # a drain already running took it
+                self._finishing.remove(finish)
             self._answer(chosen, exc)
 
     @staticmethod

@@ -48,20 +48,34 @@ class ServiceConfig:
     max_image_pixels: int = 24_000_000
     max_decode_bytes: int = 384 * 1024 * 1024  # estimated peak memory of one image decode
     access_log: bool = True  # one line per request: route and status, never a path
-    # queued requests of one engine answered together: identify requests with equal
-    # options scored in one pass, enrolments committed in one transaction (1: no batching)
+    # queued identify/verify requests of one engine with equal options scored together
+    # in one pass (1: no batching)
     batch_max: int = 32
     batch_wait_ms: float = 2.0  # longest wait for a batch to fill, once requests queue
+    # queued enrolments of one engine planned, encrypted and committed as one group (its
+    # delta costs d encryptions whatever its size), and the longest wait for a group to
+    # fill once enrolments queue; independent of batch_max (identify batching)
+    enrol_group_max: int = 64
+    enrol_group_wait_ms: float = 5.0
     portal_desk: str | None = None  # the vendor the registration portal links as (None: off)
 
     def check(self) -> None:
-        """Raise InputError unless the batching limits make sense."""
+        """Raise InputError unless the batching and enrolment-group limits make sense."""
         from frip_engine.errors import InputError
 
         if self.batch_max < 1:
             raise InputError(f"--batch-max must be >= 1 (1: no batching), not {self.batch_max}")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise InputError(f"--batch-wait-ms must be 0 to 10000, not {self.batch_wait_ms}")
+        if not 1 <= self.enrol_group_max <= 4096:
+            raise InputError(
+                f"--enrol-group-max must be 1 to 4096 (1: one enrolment per group), "
+                f"not {self.enrol_group_max}"
+            )
+        if not 0 <= self.enrol_group_wait_ms <= 10_000:
+            raise InputError(
+                f"--enrol-group-wait-ms must be 0 to 10000, not {self.enrol_group_wait_ms}"
+            )
 
 
 @dataclass
@@ -96,6 +110,9 @@ class Service:
         self.edge = EdgePool()  # image embedding, in worker processes (started on first use)
         self.metrics = Metrics()
         self.pool: EnginePool | None = None
+        # engine name -> subjects in an enrolment group planned and not yet settled (read
+        # and changed on that engine's thread only)
+        self.enrolling: dict[str, set[str]] = {}
 
     def on_open(self, engine: Engine) -> None:
         """Settle what a crash may have left half-written for this engine."""

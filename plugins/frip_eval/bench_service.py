@@ -23,11 +23,14 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ENGINE = "bench"
+# enrolment requests each writer client keeps outstanding by default (a registration desk
+# syncing, an importer): with one each, two clients make groups of <= 2 subjects
+WRITER_INFLIGHT = 8
 PINNED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 # no rate limit, and room for 64 clients plus writers on one loopback address
 SERVE_ARGS = ("--rate", "0", "--max-connections", "512", "--max-connections-per-client", "256")
@@ -49,6 +52,8 @@ class Plan:
     warmup: float = 2.0
     workers: int = 1  # the engine's scoring processes ([engine] workers)
     cache: Path | None = None  # built galleries kept here and copied per run (None: rebuilt)
+    # enrolments each writer keeps outstanding; one run with writers per value
+    writer_inflight: list[int] = field(default_factory=lambda: [WRITER_INFLIGHT])
 
 
 def pin_threads() -> dict[str, str]:
@@ -202,9 +207,74 @@ def in_process(home: Path, gallery: dict[str, Any], batch: int, repeats: int = 5
     }
 
 
+def encryption_bound(
+    home: Path, writers: int, inflight: list[int], samples: int = 32
+) -> dict[str, Any] | None:
+    """What the enrolment target is up against, measured in this run (None where the
+    engine adds no enrolment deltas): a group's delta takes one fresh encryption of zero
+    per feature ciphertext (``encryptions_per_group`` = d), whatever the group's size, so
+    the cores this process may use make at most ``groups_per_s`` = cores / (d x one
+    encryption's seconds, timed here over ``samples``), and ``writers`` clients keeping
+    K enrolments (one subject each) in flight at most ``writers`` x K x that
+    enrolments/s (a group holds at most K subjects per writer): ``enrolments_per_s``, one
+    per K of ``inflight``. Commits, transfers and the identify load come on top: a
+    ceiling, not a forecast."""
+    from frip_engine import open_engine
+    from frip_engine.slots import delta_matcher
+
+    with open_engine(ENGINE, home=home) as engine:
+        matcher = delta_matcher(engine.matcher)
+        if matcher is None:
+            return None
+        per_group = engine.parts.dimension
+        matcher.encrypt_zeros(1)  # warm-up
+        started = time.perf_counter()
+        matcher.encrypt_zeros(samples)
+        seconds = (time.perf_counter() - started) / samples
+    cores = len(os.sched_getaffinity(0))
+    groups = cores / (per_group * seconds)
+    return {
+        "encryptions_per_group": per_group,
+        "ms_per_encryption": seconds * 1000,
+        "cores": cores,
+        "groups_per_s": groups,
+        "writers": writers,
+        "writer_inflight": list(inflight),
+        "enrolments_per_s": [writers * k * groups for k in inflight],
+    }
+
+
+def block_revisions(home: Path) -> int:
+    """The sum of the bench engine's block revisions, read from its gallery store (no
+    key needed): every commit of an enrolment group moves one block's by one, so the
+    difference over a run counts the groups committed."""
+    from frip_engine import plugins
+    from frip_engine.engine import PROFILE_FILE
+    from frip_engine.profile import engine_dir, load_profile
+
+    directory = engine_dir(ENGINE, home)
+    profile = load_profile(directory / PROFILE_FILE)
+    store = plugins.create(
+        "gallery_store", profile.plugin("gallery_store"), **profile.params("gallery_store")
+    )
+    try:
+        store.bind(str(directory))
+        return sum(info.revision for info in store.blocks())
+    finally:
+        store.close()
+
+
 def _row(
-    result: dict[str, Any], registrants: int, probes: str, batching: str, clients: int
+    result: dict[str, Any],
+    registrants: int,
+    probes: str,
+    batching: str,
+    clients: int,
+    cpu: dict[str, float],
+    groups: int,
 ) -> dict[str, Any]:
+    """One run's row; ``cpu``: CPU seconds the server (with its worker processes) and the
+    load generator used during the run; ``groups``: enrolment groups committed in it."""
     ops = result["by_operation"]
     identify = ops.get("identify", {})
     enrol = ops.get("enrol")
@@ -214,6 +284,7 @@ def _row(
         "probes": probes,
         "clients": clients,
         "writers": result["writers"],
+        "writer_inflight": result["writer_inflight"],
         "batching": batching,
         "seconds": result["seconds"],
         "errors": result["total"]["errors"],
@@ -226,8 +297,11 @@ def _row(
             "errors": enrol["errors"],
             "ack_p99_ms": enrol["p99_ms"],
             "per_s": enrol["throughput_per_s"],
+            "groups": groups,
+            "mean_group": (enrol["requests"] - enrol["errors"]) / groups if groups else None,
         },
         "identify_mean_ms": result["identify_mean_ms"],
+        "cpu_s": cpu,
     }
 
 
@@ -240,7 +314,7 @@ def _measure(
     config: tuple[str, tuple[str, ...]],
     key: str,
 ) -> list[dict[str, Any]]:
-    from frip_eval.loadgen import ServerProcess, run_load
+    from frip_eval.loadgen import ServerProcess, run_load, tree_cpu_seconds
 
     label, extra = config
     server = ServerProcess(home, args=(*SERVE_ARGS, *extra))
@@ -255,8 +329,14 @@ def _measure(
             run_load(
                 url, key, ENGINE, gallery, None, 1, 0, plan.warmup, verify_every=0, images=shots
             )
+            if plan.writers:  # the first enrolment starts the engine's encryption worker
+                run_load(url, key, ENGINE, gallery, ENGINE, 1, 1, plan.warmup, verify_every=0)
+            loads = [(0, 1)] + [(plan.writers, k) for k in plan.writer_inflight if plan.writers]
+            assert server.process is not None
             for clients in plan.clients:
-                for writers in sorted({0, plan.writers}):
+                for writers, inflight in loads:
+                    cpu = (tree_cpu_seconds(server.process.pid), time.process_time())
+                    revisions = block_revisions(home)
                     result = run_load(
                         url,
                         key,
@@ -268,8 +348,14 @@ def _measure(
                         plan.seconds,
                         verify_every=0,
                         images=shots,
+                        writer_inflight=inflight,
                     )
-                    rows.append(_row(result, registrants, kind, label, clients))
+                    used = {
+                        "server": tree_cpu_seconds(server.process.pid) - cpu[0],
+                        "load_generator": time.process_time() - cpu[1],
+                    }
+                    groups = block_revisions(home) - revisions
+                    rows.append(_row(result, registrants, kind, label, clients, used, groups))
                     print(_line(rows[-1]), flush=True)
     finally:
         server.stop()
@@ -281,13 +367,14 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
     batching off, and identify p99 against the same load without enrolment."""
 
     def same(row: dict[str, Any], **changed: Any) -> dict[str, Any] | None:
-        want = {k: row[k] for k in ("registrants", "probes", "clients", "writers", "batching")}
+        keys = ("registrants", "probes", "clients", "writers", "writer_inflight", "batching")
+        want = {k: row[k] for k in keys}
         want.update(changed)
         return next((r for r in rows if all(r[k] == v for k, v in want.items())), None)
 
     for row in rows:
         off = same(row, batching="off") if row["batching"] == "on" else None
-        alone = same(row, writers=0) if row["writers"] else None
+        alone = same(row, writers=0, writer_inflight=0) if row["writers"] else None
         mine = row["identify"]
         row["throughput_vs_batching_off"] = (
             mine["throughput_per_s"] / off["identify"]["throughput_per_s"]
@@ -317,7 +404,7 @@ def _line(row: dict[str, Any]) -> str:
         f"{row['registrants']:,}",
         row["probes"],
         str(row["clients"]),
-        str(row["writers"]),
+        f"{row['writers']} x {row['writer_inflight']}" if row["writers"] else "0",
         row["batching"],
         f"{identify['throughput_per_s']:.1f}",
         f"{identify['p50_ms']:.0f}",
@@ -327,18 +414,21 @@ def _line(row: dict[str, Any]) -> str:
         _fmt(row["mean_batch_size"], ".2f"),
         _fmt(enrol.get("ack_p99_ms"), ".0f"),
         _fmt(enrol.get("per_s"), ".2f"),
+        _fmt(enrol.get("mean_group"), ".1f"),
         _fmt(row.get("throughput_vs_batching_off"), ".2f"),
         _fmt(row.get("p99_vs_batching_off"), ".2f"),
         _fmt(row.get("p99_vs_read_only"), ".2f"),
+        f"{row['cpu_s']['server'] / row['seconds']:.2f}",
+        f"{row['cpu_s']['load_generator'] / row['seconds']:.2f}",
     ]
     return "| " + " | ".join(cells) + " |"
 
 
 HEADER = [
     "| registrants | probes | clients | enrolling | batching | identify/s | p50 ms | p99 ms "
-    "| errors | wrong | mean batch | enrol ack p99 ms | enrol/s | identify/s vs off | p99 vs off "
-    "| p99 vs read-only |",
-    "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| errors | wrong | mean batch | enrol ack p99 ms | enrol/s | mean group | identify/s vs off "
+    "| p99 vs off | p99 vs read-only | server cores | client cores |",
+    "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
 ]
 
 
@@ -352,8 +442,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"scorer, {report['plan'].get('workers', 1)} scoring process(es)), synthetic "
         "unit-embedding galleries; image probes are lfw-dev faces of people enrolled from "
         "another image. Each row is one run of "
-        f"{report['plan']['seconds']:g} s; `enrolling` clients enrol embeddings into the "
-        "same engine meanwhile. Errors are non-2xx answers or none. Ratios compare rows "
+        f"{report['plan']['seconds']:g} s; `enrolling` clients (`writers x K`: K "
+        "enrolments in flight each) enrol embeddings into the same engine meanwhile. "
+        "`mean group`: enrolments acknowledged per group committed (block revisions "
+        "moved). `server cores` and `client cores`: CPU seconds per second of the run of the "
+        "server with its worker processes, and of the load generator. Errors are non-2xx "
+        "answers or none. Ratios compare rows "
         "of this run only; `wrong` counts answers that did not name the probe's person (face "
         "recognition can miss; synthetic embedding probes should not). The server embeds "
         "image probes in its edge worker processes (one per core) before they queue for "
@@ -387,6 +481,26 @@ def markdown(report: dict[str, Any]) -> str:
                 "probes/s). What the service adds is the rest of each row's latency.",
                 "",
             ]
+        bound = engine.get("encryption_bound")
+        if bound:
+            lines += [
+                f"Encryption bound ({engine['registrants']:,} registrants, measured in this "
+                f"run): a group of enrolments is one delta of d = "
+                f"{bound['encryptions_per_group']} fresh encryptions of zero whatever its size, "
+                f"{bound['ms_per_encryption']:.2f} ms each on one core here, so "
+                f"{bound['cores']} cores make at most {bound['groups_per_s']:.2f} groups/s, and "
+                f"{bound['writers']} clients keeping K enrolments of one subject in flight "
+                f"each (at most {bound['writers']} x K per group) at most "
+                + ", ".join(
+                    f"{per_s:.2f} enrolments/s with K = {k}"
+                    for k, per_s in zip(
+                        bound["writer_inflight"], bound["enrolments_per_s"], strict=True
+                    )
+                )
+                + ", before commits and the identify load take their share: compare the "
+                "`enrol/s` column with this.",
+                "",
+            ]
     if not report["batching_available"]:
         lines += [f"**{report['batching_note']}**", ""]
     lines += HEADER + [_line(row) for row in report["runs"]] + [""]
@@ -404,12 +518,12 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
     series: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in report["runs"]:
-        key = (row["registrants"], row["probes"], row["writers"], row["batching"])
-        series.setdefault(key, []).append(row)
-    for (registrants, probes, writers, batching), rows in series.items():
+        key = (row["registrants"], row["probes"], row["writers"], row["writer_inflight"])
+        series.setdefault((*key, row["batching"]), []).append(row)
+    for (registrants, probes, writers, inflight, batching), rows in series.items():
         rows.sort(key=lambda r: r["clients"])
         label = f"{registrants:,} {probes}, batching {batching}" + (
-            f", +{writers} enrolling" if writers else ""
+            f", +{writers} enrolling x {inflight}" if writers else ""
         )
         style = {
             "linestyle": "-" if batching == "on" else "--",
@@ -458,7 +572,17 @@ def run(plan: Plan, output: Path, command: str) -> dict[str, Any]:
             how = "copied from the cache" if reused else "enrolled"
             print(f"{registrants:,} registrants {how} in {time.perf_counter() - started:.0f} s")
             engine_alone = in_process(home, gallery, plan.batch_max) if gallery else None
-            engines.append({"registrants": registrants, "reused": reused, "alone": engine_alone})
+            bound = (
+                encryption_bound(home, plan.writers, plan.writer_inflight) if plan.writers else None
+            )
+            engines.append(
+                {
+                    "registrants": registrants,
+                    "reused": reused,
+                    "alone": engine_alone,
+                    "encryption_bound": bound,
+                }
+            )
             key = Vendors(Database(home / "service.sqlite")).create("bench", [ENGINE])
             for config in configs:
                 rows += _measure(plan, home, registrants, gallery, images, config, key)

@@ -4,11 +4,11 @@ Shared by the loopback tests and ``benchmarks/bench_service.py``, so both measur
 same thing: ``ServerProcess`` starts ``python -m frip_engine serve`` on a free loopback
 port and waits for /v1/health; ``run_load`` drives it with reader clients (identify and
 verify, 4:1 by default, or identify only; embedding probes near enrolled templates, or
-face images of enrolled people) on one engine and writer clients (embedding enrolments)
-on another or the same engine, for a fixed time, and reports throughput, latency
-percentiles, errors, the mean batch size the service reported and the mean Table II
-breakdown of identify as the client saw it. ``serve_options`` tells which options the
-``frip serve`` being run accepts (e.g. whether it can batch).
+face images of enrolled people) on one engine and writer clients (embedding enrolments,
+K in flight each) on another or the same engine, for a fixed time, and reports
+throughput, latency percentiles, errors, the mean batch size the service reported and
+the mean Table II breakdown of identify as the client saw it. ``serve_options`` tells
+which options the ``frip serve`` being run accepts (e.g. whether it can batch).
 """
 
 from __future__ import annotations
@@ -183,30 +183,79 @@ def _reader(
 
 
 def _writer(
-    url: str, key: str, engine: str, deadline: float, seed: int, samples: list[Sample], verify: Any
+    url: str,
+    key: str,
+    engine: str,
+    deadline: float,
+    seed: int,
+    samples: list[Sample],
+    verify: Any,
+    inflight: int = 1,
 ) -> None:
+    """Enrol new subjects (one random embedding each) until ``deadline``, keeping
+    ``inflight`` requests outstanding on one client (a registration desk syncing, an
+    importer): each of ``inflight`` streams sends its next as soon as its last is answered."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120, verify=verify) as client:
+        streams = [
+            threading.Thread(
+                target=_enrol_stream, args=(client, engine, key, deadline, f"{seed}.{j}", samples)
+            )
+            for j in range(inflight)
+        ]
+        for stream in streams:
+            stream.start()
+        for stream in streams:
+            stream.join()
+
+
+def _enrol_stream(
+    client: Any, engine: str, key: str, deadline: float, name: str, samples: list[Sample]
+) -> None:
+    """One closed loop of enrolments until ``deadline`` (a sample each)."""
     import httpx
 
     # fresh OS entropy: a seeded stream could repeat a gallery's own synthetic vectors
     # (or an earlier run's), and a duplicate registrant makes readers' answers ambiguous
     rng = np.random.default_rng()
-    with httpx.Client(base_url=url, timeout=120, verify=verify) as client:
-        count = 0
-        while time.monotonic() < deadline:
-            vector = rng.standard_normal(512)
-            subject = f"w{seed}-{count}-{uuid.uuid4().hex[:12]}"  # new in every run
-            body = {"subject_id": subject, "embeddings": [vector.tolist()]}
-            start = time.perf_counter()
-            try:
-                response = client.post(
-                    f"/v1/engines/{engine}/subjects", json=body, headers=headers(key)
-                )
-            except httpx.HTTPError:
-                samples.append(Sample("enrol", time.perf_counter() - start, 0, False))
-                continue
-            ok = response.status_code == 201
-            samples.append(Sample("enrol", time.perf_counter() - start, response.status_code, ok))
-            count += 1
+    count = 0
+    while time.monotonic() < deadline:
+        vector = rng.standard_normal(512)
+        subject = f"w{name}-{count}-{uuid.uuid4().hex[:12]}"  # new in every run
+        body = {"subject_id": subject, "embeddings": [vector.tolist()]}
+        start = time.perf_counter()
+        try:
+            response = client.post(
+                f"/v1/engines/{engine}/subjects", json=body, headers=headers(key)
+            )
+        except httpx.HTTPError:
+            samples.append(Sample("enrol", time.perf_counter() - start, 0, False))
+            continue
+        ok = response.status_code == 201
+        samples.append(Sample("enrol", time.perf_counter() - start, response.status_code, ok))
+        count += 1
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its living
+    descendants (its worker processes), from Linux's /proc; 0.0 where /proc is absent."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, int]] = {}  # pid -> (parent pid, CPU ticks)
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        if current in table and current not in tree:
+            tree.add(current)
+            todo += [child for child, (parent, _) in table.items() if parent == current]
+    return sum(table[p][1] for p in tree) / tick
 
 
 def _summary(samples: list[Sample], seconds: float) -> dict[str, Any]:
@@ -243,16 +292,19 @@ def run_load(
     *,
     verify_every: int = 5,
     images: dict[str, list[str]] | None = None,
+    writer_inflight: int = 1,
 ) -> dict[str, Any]:
     """``clients`` concurrent clients for ``seconds``: ``writers`` of them enrol into
     ``write_engine`` (which may be ``read_engine``), the rest identify/verify against
     ``read_engine``'s ``gallery`` (every ``verify_every``-th request a verify, 0: none),
-    with embedding probes, or with ``images`` (subject -> base64 face images) when given.
+    with embedding probes, or with ``images`` (subject -> base64 face images) when given;
+    each writer keeps ``writer_inflight`` enrolments outstanding.
 
-    Returns the clients, writers, elapsed seconds (with the last requests' tails), the
-    ``total`` and ``by_operation`` summaries (requests, errors = non-2xx or no answer,
-    wrong_decisions, throughput_per_s, p50/p95/p99/max ms), ``identify_batch_size`` (mean
-    reported batch size, or None) and ``identify_mean_ms`` (mean timings per stage)."""
+    Returns the clients, writers, writer_inflight (0 without writers), elapsed seconds
+    (with the last requests' tails), the ``total`` and ``by_operation`` summaries
+    (requests, errors = non-2xx or no answer, wrong_decisions, throughput_per_s,
+    p50/p95/p99/max ms), ``identify_batch_size`` (mean reported batch size, or None) and
+    ``identify_mean_ms`` (mean timings per stage)."""
     samples: list[list[Sample]] = [[] for _ in range(clients)]
     writers = writers if write_engine else 0
     deadline = time.monotonic() + seconds
@@ -261,6 +313,7 @@ def run_load(
         if i < writers:
             assert write_engine is not None
             args: tuple[Any, ...] = (url, key, write_engine, deadline, i, samples[i], verify)
+            args += (writer_inflight,)
             threads.append(threading.Thread(target=_writer, args=args))
         else:
             args = (
@@ -296,6 +349,7 @@ def run_load(
     return {
         "clients": clients,
         "writers": writers,
+        "writer_inflight": writer_inflight if writers else 0,
         "seconds": elapsed,
         "total": _summary(flat, elapsed),
         "by_operation": {

@@ -77,30 +77,44 @@ async def enrol(service: Service, request: Request) -> Response:
     ctx.decoding += time.perf_counter() - start
     slot = await service.engines().get(name)
     asked = Enrolment(ctx, subject, given, len(vectors), list(embedded), attributes)
-    notes, _ = await slot.batch(("enrol",), asked, partial(enrol_group, service))
+    group = (service.config.enrol_group_max, service.config.enrol_group_wait_ms / 1000)
+    notes, _ = await slot.batch(("enrol",), asked, partial(enrol_group, service), group)
     return JSONResponse({"engine": name, "subject_id": subject, "notes": notes}, 201)
+
+
+# Enrolment groups of one engine in flight at once where they are deltas (packed CKKS:
+# slots reserved, rows added to a block's latest revision, in any order): the next group
+# is planned and encrypted while one waits for its worker or commits.
+DELTA_GROUPS_AT_ONCE = 2
 
 
 def enrol_group(
     service: Service, engine: Engine, asked: list[Enrolment]
 ) -> list[list[str] | Exception] | Later[list[str]]:
     """On the engine's thread: the enrolments queued together. Each is checked alone
-    first (a refusal is its own error); every one left gets its audit intent and the
-    group is planned (``Engine.prepare_enrolment``) and handed to a worker process to
-    encrypt; the engine's thread is free meanwhile. Later, on the engine's thread again,
-    the encrypted blocks are committed (one store transaction per block: the usual group,
-    which fills one block, is all committed or all absent) and each enrolment is settled
-    by its own outcome. Returns (Later) each one's notes on its images, or its error."""
+    first (a refusal is its own error; a subject enrolled, or in a group in flight, is
+    409); every one left gets its audit intent and the group is planned
+    (``Engine.prepare_enrolment``) and handed to a worker process to encrypt; the
+    engine's thread is free meanwhile. The encrypted blocks are committed (one store
+    transaction per block: the usual group, which fills one block, is all committed or
+    all absent): a delta group's by the engine's committer thread
+    (``Engine.commit_enrolment_later``), while the engine's thread keeps answering from
+    the committed blocks, then adopted on it (``Engine.adopt_enrolment``); any other
+    group's on the engine's thread. Then each enrolment is settled by its own outcome
+    and acknowledged. Delta groups overlap (DELTA_GROUPS_AT_ONCE), others run one at a time.
+    Returns (Later) each one's notes on its images, or its error."""
     from frip_engine.engine import EnrolItem
 
     answers: list[list[str] | Exception] = []
     ready: dict[str, tuple[int, Enrolment, list[np.ndarray]]] = {}  # by subject
     held: list[np.ndarray] = []  # every vector checked, zeroed once planned
+    enrolling = service.enrolling.setdefault(engine.name, set())
     try:
         for index, enrolment in enumerate(asked):
             own: list[np.ndarray] = []
             try:
-                answers.append(prepare(service, engine, enrolment, own, ready))
+                taken = ready.keys() | enrolling
+                answers.append(prepare(service, engine, enrolment, own, taken))
                 ready[enrolment.subject] = (index, enrolment, own)
             except Exception as exc:  # this request's own refusal
                 answers.append(exc)
@@ -114,7 +128,8 @@ def enrol_group(
             items = [EnrolItem(s, embeddings=list(own)) for s, (_, _, own) in ready.items()]
             prepared = engine.prepare_enrolment(items)
             try:
-                pending = engine.encrypt_enrolment(prepared)
+                encrypted = engine.encrypt_enrolment(prepared)
+                committing = engine.commit_enrolment_later(prepared, encrypted)
             except BaseException:
                 prepared.discard()
                 raise
@@ -124,20 +139,28 @@ def enrol_group(
     finally:
         for vector in held:
             vector.fill(0.0)
+    enrolling.update(ready)
 
     def finish(done: Future[Any]) -> list[list[str] | Exception]:
         try:
-            failed = engine.commit_enrolment(prepared, done).errors
-        except BaseException as exc:
-            settle_group(service, engine, group, intents, {}, exc)
-            raise
-        settle_group(service, engine, group, intents, failed, None)
+            try:
+                if committing is None:
+                    failed = engine.commit_enrolment(prepared, done).errors
+                else:
+                    failed = engine.adopt_enrolment(prepared, done).errors
+            except BaseException as exc:
+                settle_group(service, engine, group, intents, {}, exc)
+                raise
+            settle_group(service, engine, group, intents, failed, None)
+        finally:
+            enrolling.difference_update(ready)
         for subject, error in failed.items():
             if subject in ready:
                 answers[ready[subject][0]] = error
         return answers
 
-    return Later(pending, finish)
+    pending = encrypted if committing is None else committing
+    return Later(pending, finish, DELTA_GROUPS_AT_ONCE if prepared.deltas else 1)
 
 
 def intend(service: Service, engine: Engine, enrolment: Enrolment) -> int:
@@ -186,7 +209,8 @@ def prepare(
 ) -> list[str]:
     """Check one enrolment and fill ``held`` with its vectors (the caller zeroes them);
     stage its attributes. Returns its notes on its images; raises its refusal (among
-    them DuplicateSubjectError if its subject is enrolled or ``taken`` in its batch)."""
+    them DuplicateSubjectError if its subject is enrolled or ``taken``: in its batch, or
+    in a group in flight)."""
     from frip_engine.embeddings import mean_template
 
     subject = enrolment.subject

@@ -9,6 +9,8 @@ on each read: a corrupted block is reported, never scored. The schema version li
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +46,15 @@ CREATE TABLE staged_blocks (
     block_id INTEGER PRIMARY KEY REFERENCES blocks(block_id), source_revision INTEGER NOT NULL,
     key_version INTEGER NOT NULL, data BLOB NOT NULL, sha256 TEXT NOT NULL);
 """
+
+# Gallery files this process has SQLite connections open to, and how many. Opening such a
+# file again here (the checks in _connect open and close it) would drop every POSIX lock
+# SQLite holds on it for the whole process (SQLite's "How To Corrupt", 2.2): another
+# process closing its last connection would then take the file as unused and delete the
+# WAL this one still writes to. A second handle in the process (the engine's committer
+# thread) skips those checks: the file exists and was checked by the first.
+_OPEN: Counter[Path] = Counter()
+_OPEN_LOCK = threading.Lock()
 
 
 class SQLiteGalleryStore(SqlGalleryStore):
@@ -88,10 +99,29 @@ class SQLiteGalleryStore(SqlGalleryStore):
             return self._db
         if self.path is None:
             raise StoreError("sqlite gallery store is not bound to an engine directory")
-        if not create:
-            self._check_file(self.path)
+        with _OPEN_LOCK:  # the first handle's checks end before a second one connects
+            if not _OPEN[self.path.resolve()]:
+                if not create:
+                    self._check_file(self.path)
+                try:
+                    private_file(self.path)  # 0600 before SQLite opens it: -wal, -shm follow
+                except OSError as exc:
+                    raise StoreError(
+                        f"{self._where()} is not a readable SQLite file: {exc}"
+                    ) from exc
+            _OPEN[self.path.resolve()] += 1
         try:
-            private_file(self.path)  # 0600 before SQLite opens it: its -wal and -shm follow
+            db = self._open(create)
+        except BaseException:
+            self._forget()
+            raise
+        self._db = db
+        return db
+
+    def _open(self, create: bool) -> sqlite3.Connection:
+        """A connection to the (checked) gallery file."""
+        assert self.path is not None
+        try:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             if create:
                 db.execute("PRAGMA journal_mode=WAL")
@@ -107,8 +137,16 @@ class SQLiteGalleryStore(SqlGalleryStore):
                 f"{self._where()} has schema version {version}; "
                 f"this frip-engine reads version {SCHEMA_VERSION}"
             )
-        self._db = db
         return db
+
+    def _forget(self) -> None:
+        """This handle's connection is gone: one fewer open to the file (see _OPEN)."""
+        assert self.path is not None
+        key = self.path.resolve()
+        with _OPEN_LOCK:
+            _OPEN[key] -= 1
+            if not _OPEN[key]:
+                del _OPEN[key]
 
     def _check_file(self, path: Path) -> None:
         """Refuse a gallery file that is missing, empty or not SQLite, before SQLite would
@@ -210,6 +248,7 @@ class SQLiteGalleryStore(SqlGalleryStore):
         if self._db is not None:
             self._db.close()
             self._db = None
+            self._forget()
         if self._slots is not None:
             self._slots.close()
 
