@@ -99,7 +99,13 @@ from frip_engine.profile import (
 from frip_engine.routing import RouterState, plan
 from frip_engine.sharing import SharedProbe, SharedScorer
 from frip_engine.slots import Reservations, delta_matcher
-from frip_engine.validate import check_subject_id, check_threshold, check_top_k
+from frip_engine.uselock import EngineUse
+from frip_engine.validate import (
+    check_subject_id,
+    check_threshold,
+    check_top_k,
+    refuse_special_file,
+)
 from frip_engine.writelock import write_lock
 
 PROFILE_FILE = "profile.toml"
@@ -247,6 +253,7 @@ def _enrol_image(image: object) -> Path | bytes:
             f"not {type(image).__name__}: enrol('id', 'a.jpg', 'b.jpg'); for pixels or "
             "vectors give embeddings=[...]"
         )
+    refuse_special_file(image, f"image {image}")
     if not Path(image).is_file():
         raise MissingFileError(f"image {image} does not exist")
     return Path(image)
@@ -281,8 +288,11 @@ def _only(results: Sequence[Decision | FripError]) -> Decision:
 
 
 class Engine:
-    def __init__(self, profile: Profile, directory: Path, parts: Components) -> None:
+    def __init__(
+        self, profile: Profile, directory: Path, parts: Components, use: EngineUse
+    ) -> None:
         self.profile = profile
+        self._use = use  # the shared lock saying this handle has the engine open
         self.directory = directory
         self.parts = parts
         self.gallery_store = parts.gallery_store
@@ -372,7 +382,9 @@ class Engine:
                     f"engine '{profile.name}' already exists at {directory} (another process "
                     "created it first)"
                 ) from None
+            use = None
             try:
+                use = EngineUse(directory, profile.name)
                 parts.key_store.bind(str(directory))
                 parts.gallery_store.bind(str(directory))
                 parts.key_store.init(profile.engine_id)
@@ -393,9 +405,11 @@ class Engine:
                 save_profile(profile, directory / PROFILE_FILE)  # its presence marks a whole engine
             except BaseException:
                 parts.gallery_store.close()
+                if use is not None:
+                    use.release()
                 shutil.rmtree(directory, ignore_errors=True)  # ours: we renamed it into place
                 raise
-        return cls(profile, directory, parts)
+        return cls(profile, directory, parts, use)
 
     @classmethod
     def open(cls, name: str, home: Path | None = None) -> Engine:
@@ -403,16 +417,24 @@ class Engine:
         if not (directory / PROFILE_FILE).is_file():
             known = ", ".join(list_engines(home)) or "none"
             raise NotFoundError(f"engine '{name}' does not exist (engines: {known})")
-        profile = load_profile(directory / PROFILE_FILE)
-        parts = build(profile)
+        use = EngineUse(directory, name)  # before the profile: a migration may be switching it
         try:
-            return cls._checked(name, profile, directory, parts)
+            profile = load_profile(directory / PROFILE_FILE)
+            parts = build(profile)
+        except BaseException:
+            use.release()
+            raise
+        try:
+            return cls._checked(name, profile, directory, parts, use)
         except BaseException:
             parts.gallery_store.close()  # a refused engine leaves no connection open
+            use.release()
             raise
 
     @classmethod
-    def _checked(cls, name: str, profile: Profile, directory: Path, parts: Components) -> Engine:
+    def _checked(
+        cls, name: str, profile: Profile, directory: Path, parts: Components, use: EngineUse
+    ) -> Engine:
         """The engine, once its gallery is found to be the one its profile describes."""
         parts.key_store.bind(str(directory))
         parts.gallery_store.bind(str(directory))
@@ -434,16 +456,18 @@ class Engine:
                     f"profile says '{value}'; its templates cannot be compared with probes made "
                     "that way: restore the profile, or enrol into a new engine"
                 )
-        return cls(profile, directory, parts)
+        return cls(profile, directory, parts, use)
 
     def close(self) -> None:
-        """Stop the worker processes, close the gallery store and drop the loaded blocks;
+        """Stop the worker processes, close the gallery store, drop the loaded blocks and
+        release the engine's in-use lock (frip_engine.uselock);
         closing twice is harmless. ``with`` an engine closes it on leaving the block; every
         operation after that raises EngineClosedError."""
         self._closed = True
         self._stop_workers()
         self.gallery_store.close()
         self._blocks.clear()
+        self._use.release()
 
     def __enter__(self) -> Engine:
         self._check_open()

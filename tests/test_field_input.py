@@ -11,6 +11,7 @@ import subprocess
 import sys
 import unicodedata
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +260,10 @@ def test_the_service_checks_subject_ids_with_the_core_rule() -> None:
             check_subject_id(subject)
 
 
-@pytest.mark.parametrize("threshold", [2.0, -1.5, float("nan"), float("inf"), True, "0.5"])
+@pytest.mark.parametrize(
+    "threshold",
+    [2.0, -1.5, float("nan"), float("inf"), True, "0.5", 10**400, -(10**400), Fraction(10**400, 3)],
+)
 def test_thresholds_outside_the_cosine_range_are_refused(plain: Engine, threshold: object) -> None:
     vector = unit_vectors(1, seed=10)[0]
     plain.enrol(EnrolItem("a", embeddings=[vector]))
@@ -945,3 +949,21 @@ def test_the_pkcs11_key_file_follows_the_same_path_rule(tmp_path: Path) -> None:
     placed = plugins.create("key_store", "pkcs11", path="keys.sealed")
     placed.bind(str(tmp_path))
     assert placed.path == tmp_path / "keys.sealed"
+
+
+def test_a_path_that_is_not_a_regular_file_is_named_as_such(
+    plain: Engine, home: Path, tmp_path: Path
+) -> None:
+    from frip_engine.embeddings import read_embedding_file
+    from frip_engine.images import load_image
+
+    for special in (Path("/dev/null"), tmp_path):
+        with pytest.raises(InputError, match="not a regular file"):
+            read_embedding_file(special, 512)
+        with pytest.raises(InputError, match="not a regular file"):
+            load_image(special)
+        with pytest.raises(InputError, match="not a regular file"):
+            plain.enrol("x", special)
+    plain.close()
+    done = frip("verify", "plain", "alice", "--embedding", "/dev/null", code=2)
+    assert "/dev/null is not a regular file" in done.stderr, done.stderr
