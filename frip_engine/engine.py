@@ -101,6 +101,7 @@ from frip_engine.sharing import SharedProbe, SharedScorer
 from frip_engine.slots import Reservations, delta_matcher
 from frip_engine.uselock import EngineUse
 from frip_engine.validate import (
+    brief,
     check_subject_id,
     check_threshold,
     check_top_k,
@@ -989,7 +990,7 @@ class Engine:
             or not isinstance(probe_clusters, int)
             or probe_clusters < 1
         ):
-            raise SubjectError(f"probe_clusters must be 'all' or >= 1, not {probe_clusters!r}")
+            raise SubjectError(f"probe_clusters must be 'all' or >= 1, not {brief(probe_clusters)}")
         return probe_clusters
 
     def verify(

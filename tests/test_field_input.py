@@ -967,3 +967,14 @@ def test_a_path_that_is_not_a_regular_file_is_named_as_such(
     plain.close()
     done = frip("verify", "plain", "alice", "--embedding", "/dev/null", code=2)
     assert "/dev/null is not a regular file" in done.stderr, done.stderr
+
+
+def test_a_number_too_long_to_print_is_described_not_a_traceback(plain: Engine) -> None:
+    vector = unit_vectors(1)[0]
+    huge = -(10**5000)  # repr() of it raises ValueError (over 4300 digits)
+    with pytest.raises(InputError, match="over 4300 digits"):
+        plain.identify(embedding=vector, threshold=huge)
+    with pytest.raises(InputError, match="over 4300 digits"):
+        plain.identify(embedding=vector, top_k=huge)
+    with pytest.raises(InputError, match="over 4300 digits"):
+        plain.identify(embedding=vector, probe_clusters=huge)

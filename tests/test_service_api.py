@@ -19,7 +19,13 @@ from conftest import near, unit_vectors
 from frip_adapter_acme import AcmeV1Adapter
 
 from frip_engine.engine import Engine, EnrolItem
-from frip_engine.errors import CorruptionError, InputError, StoreError, StoreUnavailableError
+from frip_engine.errors import (
+    CorruptionError,
+    EngineInUseError,
+    InputError,
+    StoreError,
+    StoreUnavailableError,
+)
 from frip_engine.service.app import ROUTES, ServiceConfig, create_app
 from frip_engine.service.audit import AuditLog, Event
 from frip_engine.service.db import Database
@@ -646,8 +652,14 @@ def test_an_unreachable_store_or_an_engine_being_migrated_is_503_retry(
         assert busy.json()["error"]["code"] == "engine_in_use"
         assert "Retry-After" in busy.headers
         assert c.get("/v1/engines/doors", headers=auth(key)).is_success  # opens once done
+        in_use = EngineUse(home / "engines" / "doors", "doors")
+        with pytest.raises(EngineInUseError), in_use.alone("migrate"):  # the service has it
+            pass
+        in_use.release()
         monkeypatch.setattr(app, "_engine_summary", unreachable)
         down = c.get("/v1/engines/doors", headers=auth(key))
+    with EngineUse(home / "engines" / "doors", "doors").alone("migrate"):
+        pass  # the service released its engines on shutdown
     assert down.status_code == 503 and down.headers["Retry-After"] == "7", down.text
     assert down.json()["error"]["code"] == "store_unavailable"
     assert HTTP_ERRORS[StoreError] == (500, "store_error")  # any other store fault: as before
