@@ -809,6 +809,7 @@ class _TypedPlugin:
         ({"count": "1"}, r"count: expected an integer, got '1' \(text\)"),
         ({"count": 1.0}, r"count: expected an integer, got 1\.0"),
         ({"ratio": "0.5"}, r"ratio: expected a number"),
+        ({"ratio": 10**400}, r"ratio: expected a number"),  # no float64 holds it
         ({"label": ["a"]}, r"label: expected text"),
         ({"flag": "false"}, r"flag: expected true or false"),
         ({"flag": 0}, r"flag: expected true or false"),
