@@ -143,3 +143,16 @@ def test_an_occupied_target_is_named_never_offered_for_deletion(
         assert "delete the partial copy" in str(partial.value)
         assert engine.gallery_store.describe().endswith("g3.sqlite")  # unchanged
     assert other.identify(embedding=unit_vectors(1)[0]).subject_id is None  # intact, empty
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_another_engines_postgres_schema_is_named_not_offered_for_deletion(
+    store: dict[str, Any], engine_name: str, make_engine: Any
+) -> None:
+    make_engine("doors", gallery_store=store, he={"preset": "compact"})
+    refused = frip(
+        "engine", "migrate", engine_name, "--to", "postgres", "--dsn", store["dsn"],
+        "--option", "schema=frip_doors",
+    )  # fmt: skip
+    assert refused.returncode == 6, refused.stderr
+    assert "engine 'doors'" in refused.stderr and "delete" not in refused.stderr, refused.stderr
