@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from frip_engine.errors import EmbeddingError, MissingFileError, NotOnePersonError
+from frip_engine.validate import refuse_special_file
 
 NPY_MAGIC = b"\x93NUMPY"
 MAX_LENGTH = 65_536  # values in one embedding (face embeddings have 128 to 1,024)
@@ -253,6 +254,7 @@ def read_embedding_file(path: Path, dimension: int) -> np.ndarray:
     """Read and normalise one embedding from .npy (a 1-d float array, never pickled) or
     .json (a list of numbers). Raises MissingFileError (not found) or EmbeddingError
     naming what is wrong with the file or the vector."""
+    refuse_special_file(path, f"embedding file {path}")
     if not path.is_file():
         raise MissingFileError(f"embedding file {path} does not exist")
     suffix = path.suffix.lower()

@@ -53,6 +53,7 @@ from frip_engine.contracts import (
 from frip_engine.decision import Candidate, Decision, Stopwatch
 from frip_engine.embeddings import mean_template, normalise
 from frip_engine.errors import (
+    CommitOutcomeUnknownError,
     DuplicateSubjectError,
     EngineClosedError,
     EngineExistsError,
@@ -100,7 +101,14 @@ from frip_engine.profile import (
 from frip_engine.routing import RouterState, plan
 from frip_engine.sharing import SharedProbe, SharedScorer
 from frip_engine.slots import Reservations, delta_matcher
-from frip_engine.validate import check_subject_id, check_threshold, check_top_k
+from frip_engine.uselock import EngineUse
+from frip_engine.validate import (
+    brief,
+    check_subject_id,
+    check_threshold,
+    check_top_k,
+    refuse_special_file,
+)
 from frip_engine.writelock import write_lock
 
 PROFILE_FILE = "profile.toml"
@@ -195,6 +203,14 @@ BatchProbe = Probe | Path | str | bytes | np.ndarray | Mapping[str, Any]
 BATCH_CHUNK = 64
 
 
+def _not_stored(error: FripError) -> str:
+    """Why a subject is not reported enrolled: "not stored: ..." unless the store lost
+    its connection during the COMMIT, when it may be stored after all."""
+    if isinstance(error, CommitOutcomeUnknownError):
+        return f"outcome unknown (check with frip subjects): {error}"
+    return f"not stored: {error}"
+
+
 def _batch_item(item: object) -> Probe:
     """The Probe of one item of a batch (ProbeError for a malformed one)."""
     if isinstance(item, Mapping):
@@ -249,6 +265,7 @@ def _enrol_image(image: object) -> Path | bytes:
             f"not {type(image).__name__}: enrol('id', 'a.jpg', 'b.jpg'); for pixels or "
             "vectors give embeddings=[...]"
         )
+    refuse_special_file(image, f"image {image}")
     if not Path(image).is_file():
         raise MissingFileError(f"image {image} does not exist")
     return Path(image)
@@ -283,8 +300,11 @@ def _only(results: Sequence[Decision | FripError]) -> Decision:
 
 
 class Engine:
-    def __init__(self, profile: Profile, directory: Path, parts: Components) -> None:
+    def __init__(
+        self, profile: Profile, directory: Path, parts: Components, use: EngineUse
+    ) -> None:
         self.profile = profile
+        self._use = use  # the shared lock saying this handle has the engine open
         self.directory = directory
         self.parts = parts
         self.gallery_store = parts.gallery_store
@@ -375,7 +395,9 @@ class Engine:
                     f"engine '{profile.name}' already exists at {directory} (another process "
                     "created it first)"
                 ) from None
+            use = None
             try:
+                use = EngineUse(directory, profile.name)
                 parts.key_store.bind(str(directory))
                 parts.gallery_store.bind(str(directory))
                 parts.key_store.init(profile.engine_id)
@@ -396,9 +418,11 @@ class Engine:
                 save_profile(profile, directory / PROFILE_FILE)  # its presence marks a whole engine
             except BaseException:
                 parts.gallery_store.close()
+                if use is not None:
+                    use.release()
                 shutil.rmtree(directory, ignore_errors=True)  # ours: we renamed it into place
                 raise
-        return cls(profile, directory, parts)
+        return cls(profile, directory, parts, use)
 
     @classmethod
     def open(cls, name: str, home: Path | None = None) -> Engine:
@@ -406,16 +430,24 @@ class Engine:
         if not (directory / PROFILE_FILE).is_file():
             known = ", ".join(list_engines(home)) or "none"
             raise NotFoundError(f"engine '{name}' does not exist (engines: {known})")
-        profile = load_profile(directory / PROFILE_FILE)
-        parts = build(profile)
+        use = EngineUse(directory, name)  # before the profile: a migration may be switching it
         try:
-            return cls._checked(name, profile, directory, parts)
+            profile = load_profile(directory / PROFILE_FILE)
+            parts = build(profile)
+        except BaseException:
+            use.release()
+            raise
+        try:
+            return cls._checked(name, profile, directory, parts, use)
         except BaseException:
             parts.gallery_store.close()  # a refused engine leaves no connection open
+            use.release()
             raise
 
     @classmethod
-    def _checked(cls, name: str, profile: Profile, directory: Path, parts: Components) -> Engine:
+    def _checked(
+        cls, name: str, profile: Profile, directory: Path, parts: Components, use: EngineUse
+    ) -> Engine:
         """The engine, once its gallery is found to be the one its profile describes."""
         parts.key_store.bind(str(directory))
         parts.gallery_store.bind(str(directory))
@@ -437,10 +469,11 @@ class Engine:
                     f"profile says '{value}'; its templates cannot be compared with probes made "
                     "that way: restore the profile, or enrol into a new engine"
                 )
-        return cls(profile, directory, parts)
+        return cls(profile, directory, parts, use)
 
     def close(self) -> None:
-        """Stop the worker processes, close the gallery store and drop the loaded blocks;
+        """Stop the worker processes, close the gallery store, drop the loaded blocks and
+        release the engine's in-use lock (frip_engine.uselock);
         closing twice is harmless. ``with`` an engine closes it on leaving the block; every
         operation after that raises EngineClosedError."""
         self._closed = True
@@ -450,6 +483,7 @@ class Engine:
         self._stop_workers()
         self.gallery_store.close()
         self._blocks.clear()
+        self._use.release()
 
     def __enter__(self) -> Engine:
         self._check_open()
@@ -652,7 +686,7 @@ class Engine:
             for (_, _, slots, rows), outcome in zip(prepared.steps, outcomes, strict=True):
                 if isinstance(outcome, FripError):
                     for r in rows:
-                        prepared.report.fail(prepared.ids[r], outcome, f"not stored: {outcome}")
+                        prepared.report.fail(prepared.ids[r], outcome, _not_stored(outcome))
                     continue
                 block_id, revision, loaded = outcome
                 held = self._blocks.get(block_id)
@@ -672,7 +706,7 @@ class Engine:
         except Exception as exc:
             error = exc if isinstance(exc, FripError) else self._lost_encryptor(exc)
             for subject in prepared.ids:
-                prepared.report.fail(subject, error, f"not stored: {error}")
+                prepared.report.fail(subject, error, _not_stored(error))
             return None
 
     def _report_enrolled(self, report: EnrolReport, subject: str, block_id: int, slot: int) -> None:
@@ -874,7 +908,7 @@ class Engine:
                     )
                 except FripError as exc:  # this chunk is absent; the others stand
                     for subject in added:
-                        prepared.report.fail(subject.subject_id, exc, f"not stored: {exc}")
+                        prepared.report.fail(subject.subject_id, exc, _not_stored(exc))
                     if router is not None:
                         router.add(partition, data, sign=-1)
                     continue
@@ -1043,7 +1077,7 @@ class Engine:
             or not isinstance(probe_clusters, int)
             or probe_clusters < 1
         ):
-            raise SubjectError(f"probe_clusters must be 'all' or >= 1, not {probe_clusters!r}")
+            raise SubjectError(f"probe_clusters must be 'all' or >= 1, not {brief(probe_clusters)}")
         return probe_clusters
 
     def verify(

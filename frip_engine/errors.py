@@ -172,7 +172,31 @@ def each_or_error(
     return answers
 
 
+class EngineInUseError(StoreError):
+    """The engine is open elsewhere (a running ``frip serve``, a script, another handle in
+    this process) while an operation needs it unused: ``frip engine migrate`` swaps its
+    gallery store, which an open user would not see. Or the reverse: the engine cannot be
+    opened while it is being migrated. Nothing was changed; retry after ``retry_after``
+    seconds (the service answers 503 ``engine_in_use``)."""
+
+    retry_after = 5.0
+
+
 class StoreUnavailableError(StoreError):
-    """The gallery store's server cannot be reached or the connection to it was lost (a
-    database outage, a restart): nothing is wrong with the request or the gallery; retry
-    later. Failures to authenticate or of configuration stay plain StoreErrors."""
+    """The gallery store cannot be reached right now (its server down, restarting or
+    refusing connections) and nothing was written: nothing is wrong with the gallery;
+    retry after ``retry_after`` seconds. The service answers 503 ``store_unavailable``
+    with Retry-After. A store raises it only when it knows nothing was written (no
+    connection, or none before anything was sent); a connection lost while a COMMIT's
+    outcome is unknown stays a plain StoreError."""
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class CommitOutcomeUnknownError(StoreError):
+    """The connection to the gallery store was lost while a COMMIT was under way: the
+    store may or may not have written it. Not retried (a retry could enrol twice what the
+    store did write); ``frip subjects`` (or the store's truth, re-read on the next
+    operation) tells which."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from frip_engine.errors import ImageError, MissingFileError
+from frip_engine.validate import refuse_special_file
 
 MAX_PIXELS = 40_000_000  # a decompression bomb is refused before it is decoded
 MIN_SIDE = 32
@@ -34,6 +35,7 @@ def load_image(source: str | Path | bytes | np.ndarray) -> np.ndarray:
     name = "image bytes" if isinstance(source, bytes) else str(source)
     if not isinstance(source, bytes):
         path = Path(source)
+        refuse_special_file(path, name)
         if not path.is_file():
             raise MissingFileError(f"{name}: no such file")
         source = path.read_bytes()

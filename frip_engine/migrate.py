@@ -1,6 +1,7 @@
 """Move an engine's gallery to another gallery store (``frip engine migrate``).
 
-Under the engine's write lock (no enrolment or removal meanwhile): a new store is built
+With the engine open nowhere else (no other process or handle could keep using the old
+store) and under its write lock (no enrolment or removal meanwhile): a new store is built
 from the ``[gallery_store]`` section given and initialised with the gallery's meta and
 public contexts; every block is copied with its slot-map rows and the routing state
 through the store contract (``commit_block``), then verified block by block: the copy's
@@ -32,23 +33,33 @@ def migrate_store(engine: Engine, section: dict[str, Any]) -> dict[str, Any]:
     """Copy the engine's gallery into the store ``section`` describes (``plugin`` and its
     parameters), verify it and switch the profile to it. Returns what was moved: from,
     to, blocks, subjects. Raises ProfileError for a bad section, StoreError when the
-    target already holds a gallery or the copy differs (the profile then still names
-    the old store, which is unchanged)."""
+    target already holds a gallery (named: another engine's, or an earlier copy of this
+    one) or the copy fails part way or differs (the profile then still names the old
+    store, which is unchanged), EngineInUseError while any other handle, in this
+    or another process (a running ``frip serve``), has the engine open: that user would
+    keep writing into the old store."""
     params = {k: v for k, v in section.items() if k != "plugin"}
-    target: GalleryStore = plugins.create("gallery_store", str(section["plugin"]), **params)
-    with engine._writing():
+    with engine._use.alone("frip engine migrate"), engine._writing():
+        target: GalleryStore = plugins.create("gallery_store", str(section["plugin"]), **params)
         target.bind(str(engine.directory))
         source = engine.gallery_store
         if target.describe() == source.describe():
             raise StoreError(f"engine '{engine.name}' already uses {source.describe()}")
+        meta = source.meta()
         try:
-            moved = _copy(source, target)
+            target.initialise(meta)
+        except FripError as exc:
+            refusal = _occupied(engine, source, target, exc)
+            target.close()
+            raise StoreError(refusal) from exc
+        try:  # from here on the target holds a copy this run made
+            moved = _copy(source, target, meta)
         except FripError as exc:
             target.close()
             raise StoreError(
-                f"engine '{engine.name}': the copy into {target.describe()} failed ({exc}); "
-                f"the engine still uses {source.describe()}, unchanged; delete the partial "
-                "copy before trying again"
+                f"engine '{engine.name}': the copy into {target.describe()} failed part way "
+                f"({exc}); the engine still uses {source.describe()}, unchanged; delete the "
+                "partial copy (this run made it) before trying again"
             ) from exc
         old = source.describe()
         engine.profile.sections["gallery_store"] = dict(section)
@@ -60,9 +71,33 @@ def migrate_store(engine: Engine, section: dict[str, Any]) -> dict[str, Any]:
     return {"from": old, "to": target.describe(), **moved}
 
 
-def _copy(source: GalleryStore, target: GalleryStore) -> dict[str, int]:
-    meta = source.meta()
-    target.initialise(meta)
+def _occupied(engine: Engine, source: GalleryStore, target: GalleryStore, exc: FripError) -> str:
+    """Why the copy could not start in ``target`` (initialising it raised ``exc``): the
+    gallery already there is named (another engine's, or an earlier copy of this one), never
+    offered for deletion unless it is provably this engine's."""
+    where, kept = target.describe(), f"the engine still uses {source.describe()}, unchanged"
+    try:
+        there = target.meta()
+    except FripError:
+        return f"engine '{engine.name}': cannot start the copy into {where} ({exc}); {kept}"
+    if there.get("engine_id") == engine.profile.engine_id:
+        return (
+            f"engine '{engine.name}': {where} already holds an earlier copy of this engine's "
+            f"gallery (engine id {engine.profile.engine_id}: a store it moved away from, or "
+            f"an earlier migrate's copy); {kept}. Choose another target, or delete that copy "
+            "first if you no longer need it"
+        )
+    owner = there.get("name", "?")
+    return (
+        f"engine '{engine.name}': {where} already holds the gallery of engine '{owner}' "
+        f"(engine id {there.get('engine_id', '?')}), not this engine's: choose another "
+        f"target and keep that one; {kept}"
+    )
+
+
+def _copy(source: GalleryStore, target: GalleryStore, meta: dict[str, str]) -> dict[str, int]:
+    """Copy everything but the meta (``target`` is initialised with it) from ``source``
+    into ``target`` and verify it; the number of blocks and subjects copied."""
     for version in range(1, int(meta["key_version"]) + 1):
         try:
             context = source.public_context(version)

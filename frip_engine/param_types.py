@@ -48,15 +48,26 @@ def _all_fit(values: list[Any] | tuple[Any, ...], hints: list[Any]) -> bool | No
     return False if False in results else None if None in results else True
 
 
+def _float64(value: int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
 def fits(value: object, hint: Any) -> bool | None:
     """Whether ``value`` fits a simple annotation; None when the annotation is not simple
-    (then nothing is known). A bool is not an integer and an integer is a number."""
+    (then nothing is known). A bool is not an integer and an integer is a number (if a
+    float64 holds it)."""
     if hint is bool or hint is str:
         return isinstance(value, hint)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is float:  # an integer no float64 holds (10**400) is not a number here
+        return isinstance(value, float) or (
+            isinstance(value, int) and not isinstance(value, bool) and _float64(value)
+        )
     if hint is type(None):
         return value is None
     origin, args = typing.get_origin(hint), typing.get_args(hint)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import os
+import sys
 import unicodedata
 
 from frip_engine.errors import InputError, SubjectError
@@ -79,19 +81,37 @@ def unknown_keys(unknown: list[str], accepted: set[str] | frozenset[str]) -> str
     return ", ".join(hints)
 
 
+def brief(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for a message (an integer too long for
+    ``repr``, over 4300 digits, is described instead)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"(an integer of over {sys.get_int_max_str_digits()} digits)"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def finite_real(value: object) -> float | None:
+    """``value`` as a finite float64 if it is a real number (not a bool) that fits one,
+    else None: never OverflowError for a huge integer or fraction (10**400)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def check_threshold(threshold: object) -> float:
     """A cosine decision threshold: a finite real number in [-1, 1], else InputError."""
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, numbers.Real)
-        or not math.isfinite(float(threshold))
-        or not -1.0 <= float(threshold) <= 1.0
-    ):
+    number = finite_real(threshold)
+    if number is None or not -1.0 <= number <= 1.0:
         raise InputError(
-            f"threshold {threshold!r} is outside [-1, 1]: it is a cosine similarity, "
+            f"threshold {brief(threshold)} is outside [-1, 1]: it is a cosine similarity, "
             "a number from -1 to 1"
         )
-    return float(threshold)
+    return number
 
 
 def check_top_k(top_k: object) -> int:
@@ -101,5 +121,16 @@ def check_top_k(top_k: object) -> int:
         or not isinstance(top_k, numbers.Integral)
         or not 1 <= int(top_k) <= MAX_TOP_K
     ):
-        raise InputError(f"top_k {top_k!r} must be a whole number from 1 to {MAX_TOP_K:,}")
+        raise InputError(f"top_k {brief(top_k)} must be a whole number from 1 to {MAX_TOP_K:,}")
     return int(top_k)
+
+
+def refuse_special_file(path: str | os.PathLike[str], what: str) -> None:
+    """Raise InputError if ``path`` exists but is not a regular file (a folder, a device
+    such as /dev/null, a pipe, a socket); ``what`` names it in the message ("embedding file
+    p.npy"). A missing path is left to the caller (its own MissingFileError)."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise InputError(
+            f"{what} is not a regular file (a folder, a device such as /dev/null, or a "
+            "pipe): give a file"
+        )

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import unicodedata
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +260,10 @@ def test_the_service_checks_subject_ids_with_the_core_rule() -> None:
             check_subject_id(subject)
 
 
-@pytest.mark.parametrize("threshold", [2.0, -1.5, float("nan"), float("inf"), True, "0.5"])
+@pytest.mark.parametrize(
+    "threshold",
+    [2.0, -1.5, float("nan"), float("inf"), True, "0.5", 10**400, -(10**400), Fraction(10**400, 3)],
+)
 def test_thresholds_outside_the_cosine_range_are_refused(plain: Engine, threshold: object) -> None:
     vector = unit_vectors(1, seed=10)[0]
     plain.enrol(EnrolItem("a", embeddings=[vector]))
@@ -805,6 +809,7 @@ class _TypedPlugin:
         ({"count": "1"}, r"count: expected an integer, got '1' \(text\)"),
         ({"count": 1.0}, r"count: expected an integer, got 1\.0"),
         ({"ratio": "0.5"}, r"ratio: expected a number"),
+        ({"ratio": 10**400}, r"ratio: expected a number"),  # no float64 holds it
         ({"label": ["a"]}, r"label: expected text"),
         ({"flag": "false"}, r"flag: expected true or false"),
         ({"flag": 0}, r"flag: expected true or false"),
@@ -945,3 +950,32 @@ def test_the_pkcs11_key_file_follows_the_same_path_rule(tmp_path: Path) -> None:
     placed = plugins.create("key_store", "pkcs11", path="keys.sealed")
     placed.bind(str(tmp_path))
     assert placed.path == tmp_path / "keys.sealed"
+
+
+def test_a_path_that_is_not_a_regular_file_is_named_as_such(
+    plain: Engine, home: Path, tmp_path: Path
+) -> None:
+    from frip_engine.embeddings import read_embedding_file
+    from frip_engine.images import load_image
+
+    for special in (Path("/dev/null"), tmp_path):
+        with pytest.raises(InputError, match="not a regular file"):
+            read_embedding_file(special, 512)
+        with pytest.raises(InputError, match="not a regular file"):
+            load_image(special)
+        with pytest.raises(InputError, match="not a regular file"):
+            plain.enrol("x", special)
+    plain.close()
+    done = frip("verify", "plain", "alice", "--embedding", "/dev/null", code=2)
+    assert "/dev/null is not a regular file" in done.stderr, done.stderr
+
+
+def test_a_number_too_long_to_print_is_described_not_a_traceback(plain: Engine) -> None:
+    vector = unit_vectors(1)[0]
+    huge = -(10**5000)  # repr() of it raises ValueError (over 4300 digits)
+    with pytest.raises(InputError, match="over 4300 digits"):
+        plain.identify(embedding=vector, threshold=huge)
+    with pytest.raises(InputError, match="over 4300 digits"):
+        plain.identify(embedding=vector, top_k=huge)
+    with pytest.raises(InputError, match="over 4300 digits"):
+        plain.identify(embedding=vector, probe_clusters=huge)

@@ -19,12 +19,19 @@ from conftest import near, unit_vectors
 from frip_adapter_acme import AcmeV1Adapter
 
 from frip_engine.engine import Engine, EnrolItem
-from frip_engine.errors import CorruptionError, InputError, StoreError
+from frip_engine.errors import (
+    CorruptionError,
+    EngineInUseError,
+    InputError,
+    StoreError,
+    StoreUnavailableError,
+)
 from frip_engine.service.app import ROUTES, ServiceConfig, create_app
 from frip_engine.service.audit import AuditLog, Event
 from frip_engine.service.db import Database
 from frip_engine.service.errors import HTTP_ERRORS
 from frip_engine.service.vendors import Vendors
+from frip_engine.uselock import EngineUse
 
 starlette_testclient = pytest.importorskip("starlette.testclient")
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
@@ -155,12 +162,50 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
             400,
             "bad_subject",
         ),
-        # an id no engine can hold names no subject (never 'alice' with the newline cut)
+        # an id no engine can hold is refused as such (never 'alice' with the newline cut)
         (
             "trailing newline in a path",
             lambda: get(f"{subjects}/alice%0A"),
-            404,
-            "subject_not_found",
+            400,
+            "bad_subject",
+        ),
+        (
+            "bidi override in a removal's path",
+            lambda: c.delete(f"{subjects}/al%E2%80%AEice", headers=auth(key)),
+            400,
+            "bad_subject",
+        ),
+        ("5000-char id in a path", lambda: get(f"{subjects}/{'a' * 5000}"), 400, "bad_subject"),
+        (
+            "huge integer threshold: identify",
+            lambda: post({"embedding": e0, "threshold": 10**400}),
+            400,
+            "bad_request",
+        ),
+        (
+            "huge integer threshold: verify",
+            lambda: post(
+                {"subject_id": "alice", "embedding": e0, "threshold": -(10**400)},
+                "/v1/engines/doors/verify",
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "huge integer attribute",
+            lambda: post(
+                {"subject_id": "b", "embeddings": [e1], "attributes": {"age": 10**400}}, subjects
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "integer attribute beyond int64",
+            lambda: post(
+                {"subject_id": "b", "embeddings": [e1], "attributes": {"age": 2**63}}, subjects
+            ),
+            400,
+            "bad_request",
         ),
         (
             "subject already enrolled",
@@ -234,6 +279,12 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
             "bad_request",
         ),
         (
+            "5000-digit integer",
+            lambda: raw(b'{"embedding": [1' + b"0" * 5000 + b"]}"),
+            400,
+            "malformed_json",
+        ),
+        (
             "infinite attribute",
             lambda: raw_enrol(
                 b'{"subject_id": "b", "embeddings": [[0.5]], "attributes": {"age": 1e400}}'
@@ -258,6 +309,7 @@ def test_every_bad_input_is_a_clear_4xx_with_a_stable_code(setup: Setup) -> None
         error = response.json()["error"]
         assert error["code"] == code, f"{what}: {error}"
         assert error["message"] and code in documented, what
+        assert "sys." not in error["message"] and "Traceback" not in error["message"], what
     assert c.get("/v1/health").json()["status"] == "ok"  # still serving after all that
     # the first enrolment stands; nothing the refused requests carried was stored
     assert c.get("/v1/engines/doors", headers=auth(key)).json()["subjects"] == 1
@@ -577,6 +629,40 @@ def test_an_unexpected_error_is_a_bare_500_with_its_traceback_in_the_log(
     assert "internal detail" not in response.text
     logged = [r for r in caplog.records if r.name == "frip_engine.service"]
     assert logged and logged[-1].exc_info is not None and logged[-1].exc_info[1] is failure
+
+
+def test_an_unreachable_store_or_an_engine_being_migrated_is_503_retry(
+    make_engine: Any, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frip_engine.service.routes import engines as app
+
+    plain(make_engine, "doors").close()
+    key = Vendors(Database(home / "service.sqlite")).create("acme", ["doors"])
+
+    def unreachable(engine: Engine) -> dict[str, Any]:
+        raise StoreUnavailableError("the PostgreSQL server cannot be reached", retry_after=7)
+
+    config = ServiceConfig(home, rate=0)
+    with starlette_testclient.TestClient(create_app(config)) as c:
+        lock = EngineUse(home / "engines" / "doors", "doors")
+        with lock.alone("a test's migrate"):  # as `frip engine migrate` holds it
+            busy = c.get("/v1/engines/doors", headers=auth(key))
+        lock.release()
+        assert busy.status_code == 503, busy.text
+        assert busy.json()["error"]["code"] == "engine_in_use"
+        assert "Retry-After" in busy.headers
+        assert c.get("/v1/engines/doors", headers=auth(key)).is_success  # opens once done
+        in_use = EngineUse(home / "engines" / "doors", "doors")
+        with pytest.raises(EngineInUseError), in_use.alone("migrate"):  # the service has it
+            pass
+        in_use.release()
+        monkeypatch.setattr(app, "_engine_summary", unreachable)
+        down = c.get("/v1/engines/doors", headers=auth(key))
+    with EngineUse(home / "engines" / "doors", "doors").alone("migrate"):
+        pass  # the service released its engines on shutdown
+    assert down.status_code == 503 and down.headers["Retry-After"] == "7", down.text
+    assert down.json()["error"]["code"] == "store_unavailable"
+    assert HTTP_ERRORS[StoreError] == (500, "store_error")  # any other store fault: as before
 
 
 def test_keys_are_stored_hashed_and_openapi_covers_every_route(setup: Setup) -> None:

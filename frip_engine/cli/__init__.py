@@ -38,6 +38,7 @@ from frip_engine.errors import (
 )
 from frip_engine.kinds import KINDS
 from frip_engine.probe import Probe, VendorTemplate, one_probe
+from frip_engine.validate import refuse_special_file
 
 if TYPE_CHECKING:
     from frip_engine.engine import Engine
@@ -285,6 +286,7 @@ def enrol_command(
             if not image and embedding is None and not template:
                 raise InputError("a subject needs --image, --embedding and/or --template")
             for path in image or []:
+                refuse_special_file(path, f"image {path}")
                 if not path.is_file():
                     raise MissingFileError(f"image {path} does not exist")
             vectors = (
@@ -425,7 +427,7 @@ def identify_command(
 
     fan_out: int | str | None = probe_clusters
     if probe_clusters is not None and probe_clusters != "all":
-        if not (probe_clusters.isascii() and probe_clusters.isdigit()):
+        if not (probe_clusters.isascii() and probe_clusters.isdigit() and len(probe_clusters) < 10):
             raise InputError(f"--probe-clusters takes a number or 'all', not {probe_clusters!r}")
         fan_out = int(probe_clusters)
     if probes is not None:

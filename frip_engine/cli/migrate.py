@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from frip_engine.cli.output import out
-from frip_engine.errors import InputError
+from frip_engine.errors import InputError, ProfileError
 
 HomeOpt = Annotated[
     Path | None,
@@ -45,7 +45,8 @@ def migrate_command(
     home: HomeOpt = None,
 ) -> None:
     """Move an engine's gallery to another store, verified block by block (SHA-256), then
-    switch its profile. The old store is kept, unchanged, for you to delete.
+    switch its profile. The old store is kept, unchanged, for you to delete. The engine
+    must be unused: refused (exit 6) while another process has it open (stop frip serve).
 
     A password is never taken from the command line: PGPASSWORD, ~/.pgpass or PGPASSFILE.
     """
@@ -59,8 +60,8 @@ def migrate_command(
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise InputError(f"--option wants KEY=VALUE, got {item!r}")
-        if key == "password":
-            raise InputError(
+        if key == "password":  # refused as the store refuses one in the dsn (exit 4)
+            raise ProfileError(
                 "a password is never taken from the command line: use PGPASSWORD, ~/.pgpass "
                 "or PGPASSFILE"
             )

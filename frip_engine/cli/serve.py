@@ -19,6 +19,7 @@ from rich.table import Table
 
 from frip_engine.cli.output import err, out, styled
 from frip_engine.errors import InputError, MissingFileError
+from frip_engine.validate import refuse_special_file
 
 if TYPE_CHECKING:
     from frip_engine.service.vendors import Vendors
@@ -144,8 +145,10 @@ def serve(
     if (tls_cert is None) != (tls_key is None):
         raise InputError("give both --tls-cert and --tls-key, or neither")
     for path in (tls_cert, tls_key):
-        if path is not None and not path.is_file():
-            raise MissingFileError(f"{path} does not exist")
+        if path is not None:
+            refuse_special_file(path, str(path))
+            if not path.is_file():
+                raise MissingFileError(f"{path} does not exist")
     if max_body_mb <= 0 or burst < 1 or rate < 0 or replay_window <= 0:
         raise InputError("--max-body-mb, --burst and --replay-window must be positive")
     if not 0 < port < 65536:

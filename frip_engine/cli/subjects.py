@@ -15,6 +15,7 @@ import typer
 
 from frip_engine.cli.output import err, out, shown, styled
 from frip_engine.errors import InputError, MissingFileError
+from frip_engine.validate import refuse_special_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,6 +90,7 @@ def embed_command(
         raise InputError("give exactly one of --engine ENGINE or --extractor NAME")
     if output.suffix != ".npy":
         raise InputError(f"--output {output} must name a .npy file")
+    refuse_special_file(image, f"image {image}")
     if not image.is_file():
         raise MissingFileError(f"image {image} does not exist")
     if engine_name is not None:

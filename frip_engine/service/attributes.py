@@ -34,10 +34,12 @@ CREATE TABLE IF NOT EXISTS attributes (
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_ATTRIBUTES = 16
 MAX_TEXT = 256
+INT64 = (-(2**63), 2**63 - 1)  # a whole number's bounds; other numbers are finite float64
 
 
 def check_attributes(value: object) -> dict[str, str | int | float | bool]:
-    """At most 16 ``name: value`` pairs of short text, numbers or booleans."""
+    """At most 16 ``name: value`` pairs of text (up to 256 characters), numbers (a whole
+    number within int64, any other a finite float64) or booleans; else RequestError."""
     if not isinstance(value, dict):
         raise RequestError("'attributes' must be an object of name: value pairs")
     if len(value) > MAX_ATTRIBUTES:
@@ -51,6 +53,15 @@ def check_attributes(value: object) -> dict[str, str | int | float | bool]:
             raise RequestError(f"attribute {name!r} must be text, a number or a boolean")
         if isinstance(item, float) and not math.isfinite(item):  # JSON 1e400 parses as inf
             raise RequestError(f"attribute {name!r} must be a finite number")
+        if (
+            isinstance(item, int)
+            and not isinstance(item, bool)
+            and not INT64[0] <= item <= INT64[1]
+        ):
+            raise RequestError(
+                f"attribute {name!r}: a whole number must fit a signed 64-bit integer "
+                "(-2**63 to 2**63-1); send a larger one as text"
+            )
         if isinstance(item, str):
             try:
                 item.encode("utf-8")  # a lone surrogate ("\\ud800") would break every read

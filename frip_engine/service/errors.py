@@ -13,6 +13,7 @@ from frip_engine.errors import (
     CorruptionError,
     DuplicateSubjectError,
     EmbeddingError,
+    EngineInUseError,
     FripError,
     ImageError,
     InputError,
@@ -26,6 +27,7 @@ from frip_engine.errors import (
     SeveralFacesError,
     ShareError,
     StoreError,
+    StoreUnavailableError,
     SubjectError,
     UnknownSubjectError,
     WorkerLostError,
@@ -135,6 +137,8 @@ HTTP_ERRORS: dict[type[FripError], tuple[int, str]] = {
     RateLimitError: (429, "rate_limited"),
     ShareError: (500, "shared_probe_error"),
     WorkerLostError: (503, "worker_lost"),
+    StoreUnavailableError: (503, "store_unavailable"),  # nothing written: retry
+    EngineInUseError: (503, "engine_in_use"),  # being migrated: retry when done
 }
 
 

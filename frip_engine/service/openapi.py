@@ -62,7 +62,7 @@ PROBE = {
 ONE_PROBE = [{"required": [name]} for name in PROBE]  # exactly one of them
 # A subject the service creates takes its URL-safe alphabet; one a request names (path,
 # verify, responses) may have been enrolled from the CLI with any id the core accepts
-# (frip_engine.validate.check_subject_id); one the core refuses is 404 subject_not_found.
+# (frip_engine.validate.check_subject_id); one the core refuses is 400 bad_subject.
 SUBJECT = {"type": "string", "pattern": SUBJECT_PATTERN.pattern}
 NAMED_SUBJECT = {"type": "string", "minLength": 1, "maxLength": MAX_SUBJECT_CHARS}
 ENGINE = {"type": "string", "pattern": NAME_PATTERN.pattern}
@@ -74,7 +74,11 @@ ATTRIBUTES = {
     "additionalProperties": {
         "oneOf": [
             {"type": "string", "maxLength": MAX_TEXT},
-            {"type": "number"},
+            {
+                "type": "number",
+                "description": "a whole number within int64 (-2**63 to 2**63-1) or a finite "
+                "float64",
+            },
             {"type": "boolean"},
         ]
     },

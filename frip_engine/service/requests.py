@@ -19,7 +19,6 @@ from frip_engine.errors import (
     FripError,
     InputError,
     SubjectError,
-    UnknownSubjectError,
 )
 from frip_engine.probe import Probe, VendorTemplate, one_probe
 from frip_engine.service.audit import Event
@@ -69,6 +68,9 @@ async def authorise(service: Service, request: Request, engine: str | None = Non
     return Context(caller, request_id, received, start, network=start - received)
 
 
+MAX_JSON_DIGITS = 4000  # an integer longer than that is refused as malformed JSON
+
+
 async def read_json(service: Service, request: Request, ctx: Context) -> dict[str, Any]:
     """The body as one JSON object (no NaN or Infinity), within the size limit."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -84,9 +86,14 @@ async def read_json(service: Service, request: Request, ctx: Context) -> dict[st
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
 
+    def integer(digits: str) -> int:
+        if len(digits.lstrip("-")) > MAX_JSON_DIGITS:  # CPython refuses over 4300
+            raise ValueError(f"an integer has over {MAX_JSON_DIGITS} digits")
+        return int(digits)
+
     def parse() -> Any:
         try:
-            return json.loads(raw, parse_constant=refuse)
+            return json.loads(raw, parse_constant=refuse, parse_int=integer)
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedJSONError(f"the body is not valid JSON: {exc}") from None
         except RecursionError:
@@ -136,11 +143,9 @@ def existing_subject(subject: str) -> str:
     """A subject id that names an enrolled subject: any id the core accepts, since the CLI
     and the Python API enrol ids outside the service's alphabet (accents, spaces, brackets)
     and their vendor must still read, verify and erase them. An id the core refuses can be
-    enrolled nowhere: UnknownSubjectError (404), like any other absent subject."""
-    try:
-        return check_subject_id(subject)
-    except SubjectError as exc:
-        raise UnknownSubjectError(f"no such subject: {exc}") from None
+    enrolled nowhere and is refused as such: SubjectError (400 bad_subject), as when
+    enrolling it."""
+    return check_subject_id(subject)
 
 
 def check_subject(subject: str) -> str:

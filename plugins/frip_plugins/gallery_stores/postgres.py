@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from frip_engine.contracts import GalleryStore, Register, Requirement
-from frip_engine.errors import ProfileError, StoreError, StoreUnavailableError
+from frip_engine.errors import (
+    CommitOutcomeUnknownError,
+    ProfileError,
+    StoreError,
+    StoreUnavailableError,
+)
 from frip_engine.hookspecs import hookimpl
 from frip_plugins.gallery_stores._sql import SqlGalleryStore, Tx
 
@@ -270,7 +275,7 @@ class PostgresGalleryStore(SqlGalleryStore):
 
         down = self._down
         if down is not None and time.monotonic() < down[0]:
-            raise StoreUnavailableError(down[1])
+            raise StoreUnavailableError(down[1], retry_after=DOWN_SECONDS)
         try:
             psycopg.connect(self._conninfo()).close()
         except psycopg.Error as exc:
@@ -372,13 +377,19 @@ class PostgresGalleryStore(SqlGalleryStore):
 
     def _failed(self, exc: Exception, outcome: str | None) -> StoreError:
         """The StoreError for psycopg error ``exc``; ``outcome``: what became of the write
-        (None for a read). A lost connection is a StoreUnavailableError."""
-        kind = StoreUnavailableError if lost(exc) else StoreError
+        (None for a read). A lost connection is a StoreUnavailableError (retry after
+        DOWN_SECONDS), except while a COMMIT's outcome is unknown: CommitOutcomeUnknownError, since
+        a retry could enrol twice what the server did write."""
         said = " ".join(str(exc).split())
-        return kind(
+        message = (
             f"{self._where()}: {type(exc).__name__}: {said}; "
             f"{outcome + '; ' if outcome else ''}check the server and retry"
         )
+        if not lost(exc):
+            return StoreError(message)
+        if outcome == OUTCOME_UNKNOWN:
+            return CommitOutcomeUnknownError(message)
+        return StoreUnavailableError(message, retry_after=DOWN_SECONDS)
 
     @contextmanager
     def _pinned_to(self, begin: str | None) -> Iterator[psycopg.Connection[Any]]:
