@@ -391,14 +391,15 @@ def test_a_connection_lost_during_commit_leaves_the_outcome_unknown(
     """The server's backend is terminated (pg_terminate_backend) after the transaction's
     statements, so the COMMIT finds the connection gone: nobody can tell whether the
     server committed; before any statement of the write, nothing was written."""
-    from frip_engine.errors import StoreUnavailableError
+    from frip_engine.errors import CommitOutcomeUnknownError, StoreUnavailableError
 
     store = make_engine("unknown", **PG).gallery_store
-    unknown = pytest.raises(StoreUnavailableError, match="the commit's outcome is unknown")
+    unknown = pytest.raises(CommitOutcomeUnknownError, match="the commit's outcome is unknown")
     with unknown, store._transaction() as tx:
         (pid,) = tx.execute("SELECT pg_backend_pid()").fetchone()
         tx.execute("UPDATE meta SET value = value WHERE key = 'key_version'")
         _psql("SELECT pg_terminate_backend(%s)", pid)
+    assert not isinstance(unknown.excinfo.value, StoreUnavailableError)  # never retried
     nothing = pytest.raises(StoreUnavailableError, match="nothing was written")
     with nothing, store._transaction() as tx:
         (pid,) = tx.execute("SELECT pg_backend_pid()").fetchone()
