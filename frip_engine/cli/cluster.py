@@ -19,7 +19,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from frip_engine.cli.output import out, styled
+from frip_engine.cli.output import out, print_warnings, styled
 
 HomeOpt = Annotated[
     Path | None,
@@ -41,8 +41,10 @@ def status_command(
 ) -> None:
     """Show the engine's executor shard by shard: name, node, blocks, bytes held, health."""
     from frip_engine.engine import Engine
+    from frip_engine.profile import executor_warnings
 
     with Engine.open(engine_name, home) as engine:
+        print_warnings(executor_warnings(engine.profile))
         executor, shards = engine.shards()
     if as_json:
         rows = [{**asdict(s), "blocks": list(s.blocks)} for s in shards]
