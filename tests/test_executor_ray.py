@@ -540,6 +540,39 @@ def test_a_key_service_actor_killed_mid_stream_is_retry_then_serves_again(
     assert pid not in _pids(list(executor._deciders.values()), "pid")
 
 
+def test_key_service_actors_killed_restart_each_on_its_own_node(
+    make_engine: Callable[..., Engine], home: Path, cluster: ray_cluster.Cluster
+) -> None:
+    """Without placement, each node's key service is pinned to that node (hard affinity):
+    killed, Ray restarts it there, beside its shards, not on whichever node has room."""
+    import ray
+
+    engine, probes, expected = _reopened_on_ray(
+        make_engine, home, cluster, key_store={"plugin": "file"}
+    )
+    engine.close()
+    path = engine.directory / "profile.toml"
+    profile = load_profile(path)
+    del profile.sections["executor"]["placement"]  # shards spread, groups are Ray nodes
+    save_profile(profile, path)
+    engine = Engine.open(engine.name, home)
+    try:
+        _serves_again(engine, probes, expected)
+        deciders = engine._executor()._deciders
+
+        def node(actor: Any) -> str:
+            mine = actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+            return str(ray.get(mine))
+
+        assert all(node(actor) == group for group, actor in deciders.items())
+        for pid in _pids(list(deciders.values()), "pid"):
+            os.kill(pid, signal.SIGKILL)
+        _serves_again(engine, probes, expected)
+        assert all(node(actor) == group for group, actor in deciders.items())
+    finally:
+        engine.close()
+
+
 def test_actors_take_no_constructor_argument_from_the_object_store(
     make_engine: Callable[..., Engine],
     cluster: ray_cluster.Cluster,

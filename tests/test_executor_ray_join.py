@@ -168,3 +168,15 @@ def _frip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "frip_engine", *args], capture_output=True, text=True
     )
+
+
+def test_a_key_service_without_placement_is_pinned_hard_to_its_node() -> None:
+    """Soft affinity let Ray restart a killed key service on any node; hard keeps it
+    beside its node's shards (test_executor_ray checks it on a cluster)."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    from frip_plugins.executors._ray_keyservice import options
+
+    node = "ab" * 28
+    chosen = options(None, node, 0.001)["scheduling_strategy"]
+    assert (chosen.node_id, chosen.soft) == (node, False)
+    assert options("rack_a", None, 0.001)["resources"] == {"rack_a": 0.001}

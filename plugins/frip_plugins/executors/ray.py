@@ -56,7 +56,10 @@ Faults: a shard that dies (killed, out of memory, its node lost) fails the call 
 flight with WorkerLostError (503 ``worker_lost``, retry): the coordinator never answers
 from the shards that did answer. Ray restarts the actor (``max_restarts = -1``), which
 loads its blocks from the store again in its constructor and serves the next call; a
-shard pinned to a lost node comes back when a node offering its resource joins. A call
+shard pinned to a lost node comes back when a node offering its resource joins. A
+node's key-service actor is pinned to its node alike (its placement resource, else hard
+node affinity): killed, it restarts there, beside its shards; its node lost, the next
+call after the failed one starts key services beside the shards' new nodes. A call
 that waits longer than ``timeout`` for a shard fails alike. A cluster that does not
 answer, or runs another Ray or Python version, is an ExecutorConnectError (exit 4). A
 shard whose blocks exceed its node's available memory does not load them: every call
@@ -469,6 +472,7 @@ class RayExecutor:
         self._placed = bool(placement)
         self._deciders: dict[str, Any] | None = None  # node group -> its key-service actor
         self._access: KeyAccess | None = None
+        self._regroup = False  # a decide call failed: check the shards' nodes are alive
         self._slots_for: Any = None  # the slot arrays last sent, and their ref
         self._slots_ref: Any = None
         try:  # every shard up, its blocks loaded (a shard that cannot start: a clear error)
@@ -603,14 +607,33 @@ class RayExecutor:
             for group, calls in nodes.items()
         ]
         position = {info.block_id: j for j, (info, _) in enumerate(jobs)}
-        return merge(self._wait(decided, "decide"), position, len(payloads), top_k)
+        try:
+            answers = self._wait(decided, "decide")
+        except WorkerLostError:
+            self._regroup = not self._placed  # a lost node: its key service cannot return
+            raise
+        return merge(answers, position, len(payloads), top_k)
 
     def _key_services(self, access: KeyAccess) -> dict[str, Any]:
         """The key-service actor of each node group of the shards (started on first use,
-        with ``access``; the same access afterwards: it is the engine's)."""
-        if self._deciders is None or self._access != access:
-            import ray
+        with ``access``; the same access afterwards: it is the engine's). Without
+        placement a group is a Ray node, and its key service is pinned there; after a
+        failed call, if a group's node is gone (its shards restarted on other nodes, its
+        key service cannot), the groups are read again from the shards and a key service
+        started beside each."""
+        import ray
 
+        if self._regroup:  # after a failed call: are the shards still on the same nodes?
+            self._regroup = False
+            alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}  # type: ignore[no-untyped-call]
+            if not alive.issuperset(self._groups):
+                held = self._wait([actor.held.remote() for actor in self._actors], "start")
+                self._groups = [node for node, *_ in held]
+                for decider in (self._deciders or {}).values():
+                    with suppress(Exception):  # on the lost node: gone already
+                        ray.kill(decider, no_restart=True)
+                self._deciders = None
+        if self._deciders is None or self._access != access:
             remote: Any = ray.remote(NodeKeyService)
             self._deciders = {
                 group: remote.options(
