@@ -544,7 +544,8 @@ def test_key_service_actors_killed_restart_each_on_its_own_node(
     make_engine: Callable[..., Engine], home: Path, cluster: ray_cluster.Cluster
 ) -> None:
     """Without placement, each node's key service is pinned to that node (hard affinity):
-    killed, Ray restarts it there, beside its shards, not on whichever node has room."""
+    killed, Ray restarts it there, beside its shards, not on whichever node has room; its
+    node lost (shards restarted elsewhere), key services start beside the shards' nodes."""
     import ray
 
     engine, probes, expected = _reopened_on_ray(
@@ -569,6 +570,19 @@ def test_key_service_actors_killed_restart_each_on_its_own_node(
             os.kill(pid, signal.SIGKILL)
         _serves_again(engine, probes, expected)
         assert all(node(actor) == group for group, actor in deciders.items())
+        # a node lost: its key service cannot come back there; new ones beside the shards
+        workers = {
+            n["NodeID"]: r for n in ray.nodes() if n["Alive"] for r in NODES if r in n["Resources"]
+        }
+        lost = next(group for group in deciders if group in workers)  # SPREAD: one at least
+        try:
+            cluster.kill_worker(workers[lost])
+            _serves_again(engine, probes, expected)
+            executor = engine._executor()
+            assert lost not in executor._groups and lost not in executor._deciders
+            assert all(node(a) == group for group, a in executor._deciders.items())
+        finally:
+            cluster.start_worker(workers[lost])
     finally:
         engine.close()
 
