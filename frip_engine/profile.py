@@ -322,6 +322,21 @@ def check_executor(profile: Profile) -> None:
         raise type(exc)(f"[executor] {exc}") from exc
 
 
+def executor_warnings(profile: Profile) -> list[str]:
+    """One line per risk the profile's executor takes with the rest of the profile (the
+    ``ray`` executor with a key store its cluster exposes): what ``frip engine create`` and
+    ``frip cluster status`` print as warnings. An executor factory with a
+    ``warnings(params, key_store)`` static method (``key_store``: the key store plugin's
+    name) says them; none for an executor that is unknown or not installed."""
+    name, params = profile.executor()
+    try:
+        entry = plugins.registry().get("executor", name)
+    except ProfileError:
+        return []
+    warn = getattr(entry.factory, "warnings", None)
+    return list(warn(params, profile.plugin("key_store"))) if warn is not None else []
+
+
 # An enrolment holds a block several times over: the library's ciphertext objects, their
 # serialisation, and the copy handed to the store (measured: ~5 GB for a 1.26 GB block).
 BLOCK_COPIES_IN_MEMORY = 4

@@ -673,6 +673,53 @@ def test_a_key_service_actor_killed_mid_stream_is_retry_then_serves_again(
     assert sorted(k["restarts"] for k in services) == [0, 1], services  # cluster status shows it
 
 
+def test_key_service_actors_killed_restart_each_on_its_own_node(
+    make_engine: Callable[..., Engine], home: Path, cluster: ray_cluster.Cluster
+) -> None:
+    """Without placement, each node's key service is pinned to that node (hard affinity):
+    killed, Ray restarts it there, beside its shards, not on whichever node has room; its
+    node lost (shards restarted elsewhere), key services start beside the shards' nodes."""
+    import ray
+
+    engine, probes, expected = _reopened_on_ray(
+        make_engine, home, cluster, key_store={"plugin": "file"}
+    )
+    engine.close()
+    path = engine.directory / "profile.toml"
+    profile = load_profile(path)
+    del profile.sections["executor"]["placement"]  # shards spread, groups are Ray nodes
+    save_profile(profile, path)
+    engine = Engine.open(engine.name, home)
+    try:
+        _serves_again(engine, probes, expected)
+        deciders = engine._executor()._deciders
+
+        def node(actor: Any) -> str:
+            mine = actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+            return str(ray.get(mine))
+
+        assert all(node(actor) == group for group, actor in deciders.items())
+        for pid in _pids(list(deciders.values()), "pid"):
+            os.kill(pid, signal.SIGKILL)
+        _serves_again(engine, probes, expected)
+        assert all(node(actor) == group for group, actor in deciders.items())
+        # a node lost: its key service cannot come back there; new ones beside the shards
+        workers = {
+            n["NodeID"]: r for n in ray.nodes() if n["Alive"] for r in NODES if r in n["Resources"]
+        }
+        lost = next(group for group in deciders if group in workers)  # SPREAD: one at least
+        try:
+            cluster.kill_worker(workers[lost])
+            _serves_again(engine, probes, expected)
+            executor = engine._executor()
+            assert lost not in executor._groups and lost not in executor._deciders
+            assert all(node(a) == group for group, a in executor._deciders.items())
+        finally:
+            cluster.start_worker(workers[lost])
+    finally:
+        engine.close()
+
+
 def test_actors_take_no_constructor_argument_from_the_object_store(
     make_engine: Callable[..., Engine],
     cluster: ray_cluster.Cluster,

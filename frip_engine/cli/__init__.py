@@ -20,6 +20,7 @@ from frip_engine.cli.migrate import add_migrate_command
 from frip_engine.cli.output import (
     err,
     out,
+    print_warnings,
     progress_bar,
     quit_on_broken_pipe,
     shown,
@@ -175,7 +176,7 @@ def engine_create(
     """Create an engine: validate the profile, generate HE keys, make an empty gallery."""
     from frip_engine.api import requested_profile
     from frip_engine.engine import Engine
-    from frip_engine.profile import Profile, check_name
+    from frip_engine.profile import Profile, check_name, executor_warnings
 
     check_name(name)
     he_table = {"plugin": he} if he else {}
@@ -195,6 +196,7 @@ def engine_create(
         out.print(f"  {parts.he_backend.description}; key store: {parts.key_store.describe()}")
         stats = engine.stats()
         out.print(f"  threshold {stats['threshold']}: {stats['threshold_source']}", markup=False)
+        print_warnings(executor_warnings(engine.profile))
 
 
 @engine_app.command("list")
@@ -535,8 +537,7 @@ def keys_status(engine_name: EngineArg, as_json: JsonOpt = False, home: HomeOpt 
     with Engine.open(engine_name, home) as engine:
         status = engine.key_status()
     _print_mapping(status, f"keys of {engine_name}", as_json)
-    for warning in status["warnings"]:
-        err.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
+    print_warnings(status["warnings"])
     if status["problems"]:  # a broken key store is an error, not a line in a table
         for problem in status["problems"]:
             err.print(f"broken: {problem}", style="red", highlight=False, markup=False)

@@ -22,7 +22,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from frip_engine.cli.output import out, styled
+from frip_engine.cli.output import out, print_warnings, styled
 
 HomeOpt = Annotated[
     Path | None,
@@ -52,8 +52,10 @@ def status_command(
     """Show the engine's executor shard by shard: name, node, blocks, bytes held, health;
     then what else it reports (ray: key-service actors, residue files per node)."""
     from frip_engine.engine import Engine
+    from frip_engine.profile import executor_warnings
 
     with Engine.open(engine_name, home) as engine:
+        print_warnings(executor_warnings(engine.profile))
         executor, shards = engine.shards()
         details = engine.executor_details(prune_orphans)
     if as_json:

@@ -67,3 +67,9 @@ def shown(text: str) -> str:
     """A subject id as printed: always quoted, non-printing characters escaped
     (``'alice'``, ``' pad'``, ``'a\\u202eb'``), so padding and bidi overrides show."""
     return repr(text)
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """Each of ``warnings`` on stderr as one yellow ``warning: ...`` line, never markup."""
+    for warning in warnings:
+        err.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)

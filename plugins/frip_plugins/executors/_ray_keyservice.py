@@ -135,8 +135,10 @@ def merge(
 def options(resource: str | None, node_id: str | None, share: float) -> dict[str, Any]:
     """Ray actor options placing a key-service actor beside its shards: on the nodes
     offering ``resource`` (their placement; ``share`` of it), else on node ``node_id``
-    (softly: if the node is gone it is restarted elsewhere, and fetches its shards' scores
-    from there).
+    (hard affinity: killed, it restarts on that node, beside its shards, never on another
+    node; if the node itself is gone it cannot restart, its call fails WorkerLostError and
+    the executor starts key services beside the shards' new nodes: see
+    :meth:`~frip_plugins.executors.ray.RayExecutor.decide_many`).
     It reserves no CPU (decryption is ~10% of scoring) and restarts when it dies, failing
     the call in flight (WorkerLostError, retry)."""
     chosen: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 0}
@@ -145,5 +147,5 @@ def options(resource: str | None, node_id: str | None, share: float) -> dict[str
     elif node_id is not None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        chosen["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
+        chosen["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
     return chosen

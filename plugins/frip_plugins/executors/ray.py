@@ -57,7 +57,10 @@ Faults: a shard that dies (killed, out of memory, its node lost) fails the call 
 flight with WorkerLostError (503 ``worker_lost``, retry): the coordinator never answers
 from the shards that did answer. Ray restarts the actor (``max_restarts = -1``), which
 loads its blocks from the store again in its constructor and serves the next call; a
-shard pinned to a lost node comes back when a node offering its resource joins. A call
+shard pinned to a lost node comes back when a node offering its resource joins. A
+node's key-service actor is pinned to its node alike (its placement resource, else hard
+node affinity): killed, it restarts there, beside its shards; its node lost, the next
+call after the failed one starts key services beside the shards' new nodes. A call
 that waits longer than ``timeout`` for a shard fails alike. A cluster that does not
 answer, or runs another Ray or Python version, is an ExecutorConnectError (exit 4). A
 shard whose blocks exceed its node's available memory does not load them: every call
@@ -255,22 +258,58 @@ class Shard:
         return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), pid, held  # type: ignore[no-untyped-call]
 
 
-def _check_address(address: str) -> None:
-    """Raise ExecutorConnectError unless ``address`` ("host:port" or "ray://host:port")
-    accepts a TCP connection within CONNECT_SECONDS (Ray itself would wait minutes)."""
-    where = address.removeprefix("ray://")
+def _split_address(address: object) -> tuple[str, int]:
+    """(host, port) of a ``"host:port"`` or ``"ray://host:port"`` address (an IPv6 host in
+    brackets); ProfileError for anything else (no host, no port, a port out of 1-65535)."""
+    where = address.removeprefix("ray://") if isinstance(address, str) else ""
     host, _, port = where.rpartition(":")
-    if not host or not port.isdigit():
+    if not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ProfileError(
-            f'[executor] address must be "auto", "host:port" or "ray://host:port", not {address!r}'
+            'address must be "auto", "host:port" or "ray://host:port" (port 1-65535), '
+            f"not {address!r}"
         )
+    return host.strip("[]"), int(port)
+
+
+def _check_address(address: str) -> None:
+    """Raise ExecutorConnectError unless a Ray cluster answers at ``address`` within
+    CONNECT_SECONDS: a TCP connection, then a gRPC call to the GCS (``host:port``: Ray's
+    ``NodeInfoGcsService.GetClusterId``) or a ready gRPC channel (``ray://``: the Ray Client
+    server), through Ray's own channel maker (RAY_USE_TLS, token authentication). Without
+    it, ``ray.init`` at a port that is not Ray's (an HTTP server, a silent one) retries for
+    minutes while Ray's C++ client floods stderr with "Failed to connect to GCS"."""
+    host, port = _split_address(address)
+    refused = f"no Ray cluster answers at {address}"
     try:
-        socket.create_connection((host.strip("[]"), int(port)), CONNECT_SECONDS).close()
+        socket.create_connection((host, port), CONNECT_SECONDS).close()
     except OSError as exc:
         raise ExecutorConnectError(
-            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one "
-            "(ray start --head) or fix [executor] address"
+            f"{refused} ({exc.strerror or exc}); start one (ray start --head) or fix "
+            "[executor] address"
         ) from exc
+    import grpc
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = init_grpc_channel(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
+    try:
+        if address.startswith("ray://"):
+            grpc.channel_ready_future(channel).result(timeout=CONNECT_SECONDS)
+        else:
+            stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)  # type: ignore[no-untyped-call]
+            request = gcs_service_pb2.GetClusterIdRequest()  # type: ignore[attr-defined]
+            stub.GetClusterId(request, timeout=CONNECT_SECONDS)
+    except (grpc.RpcError, grpc.FutureTimeoutError) as exc:
+        if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            return  # a GCS that wants a token: ray.init says so
+        raise ExecutorConnectError(
+            f"{refused} within {CONNECT_SECONDS:g} s (the port accepts connections, but no "
+            "Ray GCS answers there: another service's port, or a Ray head node still "
+            "starting): give the head's GCS address (ray start --head --port), or "
+            '"ray://host:port" for a Ray Client server'
+        ) from exc
+    finally:
+        channel.close()
 
 
 def resolve_address(address: str) -> str:
@@ -350,9 +389,28 @@ class RayExecutor:
         _check_number("timeout", params.get("timeout", 60.0), MAX_TIMEOUT_S)
         if placement is not None and not all(isinstance(p, str) and p for p in placement):
             raise ProfileError(f"placement must name Ray custom resources, not {placement!r}")
+        if params.get("address", "auto") != "auto":
+            _split_address(params["address"])
         workers = params.get("encrypt_workers", 1)
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
             raise ProfileError(f"encrypt_workers must be an integer from 1 to 64, not {workers!r}")
+
+    @staticmethod
+    def warnings(params: Mapping[str, Any], key_store: str) -> list[str]:
+        """One line if ``key_store`` (the engine's key store plugin) is one whose secrets a
+        Ray cluster exposes (``file``: its sealed key file and FRIP_PASSPHRASE in the nodes'
+        environment; ``memory``: the key in a process on the cluster): Ray authenticates no
+        client by default, so whoever reaches its ports runs code on its nodes. A warning,
+        not an error: a one-machine cluster for tests is legitimate (docs/scale.md)."""
+        if key_store not in ("file", "memory"):
+            return []
+        return [
+            f"executor 'ray' with the '{key_store}' key store: Ray does not authenticate "
+            "clients by default, so anyone who reaches the cluster's ports (or logs in to a "
+            "node) can run code there and read FRIP_PASSPHRASE and the key files; use a "
+            "'pkcs11' key store (a token on each node) on a cluster only trusted hosts "
+            "reach, with Ray TLS (docs/scale.md, who holds what)"
+        ]
 
     def __init__(
         self,
@@ -372,6 +430,7 @@ class RayExecutor:
                 "num_cpus": num_cpus,
                 "timeout": timeout,
                 "encrypt_workers": encrypt_workers,
+                "address": address,
             }
         )
         import ray
@@ -421,6 +480,7 @@ class RayExecutor:
         self._placed = bool(placement)
         self._deciders: dict[str, Any] | None = None  # node group -> its key-service actor
         self._access: KeyAccess | None = None
+        self._regroup = False  # a decide call failed: check the shards' nodes are alive
         self._slots_for: Any = None  # the slot arrays last sent, and their ref
         self._slots_ref: Any = None
         try:  # every shard up, its blocks loaded (a shard that cannot start: a clear error)
@@ -555,14 +615,33 @@ class RayExecutor:
             for group, calls in nodes.items()
         ]
         position = {info.block_id: j for j, (info, _) in enumerate(jobs)}
-        return merge(self._wait(decided, "decide"), position, len(payloads), top_k)
+        try:
+            answers = self._wait(decided, "decide")
+        except WorkerLostError:
+            self._regroup = not self._placed  # a lost node: its key service cannot return
+            raise
+        return merge(answers, position, len(payloads), top_k)
 
     def _key_services(self, access: KeyAccess) -> dict[str, Any]:
         """The key-service actor of each node group of the shards (started on first use,
-        with ``access``; the same access afterwards: it is the engine's)."""
-        if self._deciders is None or self._access != access:
-            import ray
+        with ``access``; the same access afterwards: it is the engine's). Without
+        placement a group is a Ray node, and its key service is pinned there; after a
+        failed call, if a group's node is gone (its shards restarted on other nodes, its
+        key service cannot), the groups are read again from the shards and a key service
+        started beside each."""
+        import ray
 
+        if self._regroup:  # after a failed call: are the shards still on the same nodes?
+            self._regroup = False
+            alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}  # type: ignore[no-untyped-call]
+            if not alive.issuperset(self._groups):
+                held = self._wait([actor.held.remote() for actor in self._actors], "start")
+                self._groups = [node for node, *_ in held]
+                for decider in (self._deciders or {}).values():
+                    with suppress(Exception):  # on the lost node: gone already
+                        ray.kill(decider, no_restart=True)
+                self._deciders = None
+        if self._deciders is None or self._access != access:
             remote: Any = ray.remote(NodeKeyService)
             self._deciders = {
                 group: remote.options(
