@@ -134,7 +134,10 @@ class Committer:
             except FripError as exc:  # this step is absent; the others stand
                 outcomes.append(exc)
                 continue
-            self._last[block_id] = (now, total)
+            if total is None:  # a new block, written as encrypted: no sum loaded
+                self._last.pop(block_id, None)
+            else:
+                self._last[block_id] = (now, total)
             outcomes.append((block_id, now, total))
         return outcomes
 

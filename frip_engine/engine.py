@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import BrokenExecutor, Future
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cache, partial
@@ -700,10 +700,12 @@ class Engine:
 
     def _awaited(self, prepared: EnrolPlan, done: Future[T]) -> T | None:
         """``done``'s result; None when it failed, every subject of ``prepared`` then
-        failed with its error (a dead encryption worker: WorkerLostError)."""
+        failed with its error (a dead encryption worker: WorkerLostError). Any other
+        exception is a fault of ours and propagates (the service's 500), never passed off
+        as a lost worker to retry."""
         try:
             return done.result()
-        except Exception as exc:
+        except (FripError, BrokenExecutor) as exc:
             error = exc if isinstance(exc, FripError) else self._lost_encryptor(exc)
             for subject in prepared.ids:
                 prepared.report.fail(subject, error, _not_stored(error))

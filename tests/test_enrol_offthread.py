@@ -200,6 +200,26 @@ def test_the_second_of_two_groups_in_flight_is_added_to_the_firsts_sum_without_a
             assert again.identify(embedding=near(vectors[i], 0.2, i)).subject_id == subject
 
 
+def test_a_group_into_a_block_the_committer_made_new_reads_that_block(
+    make_engine: Callable[..., Engine], home: Path
+) -> None:
+    """The first group of an empty engine makes a new block (written as encrypted, no sum
+    loaded); the next group adds to that block: the committer must read it, not add to a
+    sum it never had (a TypeError seen as a lost worker, 503, once)."""
+    engine = make_engine("n", he=BACKENDS["tenseal-fast"])
+    vectors = unit_vectors(3, seed=97)
+    for i, subject in enumerate("abc"):
+        prepared = engine.prepare_enrolment([EnrolItem(subject, embeddings=[vectors[i]])])
+        committing = engine.commit_enrolment_later(prepared, engine.encrypt_enrolment(prepared))
+        assert committing is not None
+        report = engine.adopt_enrolment(prepared, committing)
+        assert report.enrolled == [subject] and not report.failed, report.failed
+    for i, subject in enumerate("abc"):
+        assert engine.identify(embedding=near(vectors[i], 0.2, i)).subject_id == subject
+    with Engine.open("n", home) as again:  # as stored
+        assert again.subjects() == ["a", "b", "c"]
+
+
 def until(condition: Callable[[], bool], why: str, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
