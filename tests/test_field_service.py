@@ -292,6 +292,36 @@ def test_an_idle_kept_alive_connection_is_closed_without_an_unasked_408(
             silent.close()
 
 
+def test_a_client_over_its_connection_cap_reads_the_429_not_a_reset(
+    desk_setup: tuple[Path, dict[str, str]],
+) -> None:
+    """A client over its address's connection cap sends its request (as httpx does, after
+    connecting, before reading) and reads ``429 too_many_connections``: the server keeps
+    the refused connection open to drain what the client sends, so the kernel sends no
+    reset that would throw the reply away."""
+    home, _ = desk_setup
+    limits = {"max_connections": 8, "per_client": 2, "header_timeout": 5.0}
+    with live(ServiceConfig(home, rate=0), **limits) as url:
+        held = [connect(url) for _ in range(2)]  # the address's share, silent
+        request = (
+            b"POST /v1/engines/doors/identify HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+            + b" " * 100_000
+        )
+        over: list[socket.socket] = []
+        try:
+            over = [connect(url) for _ in range(4)]
+            time.sleep(0.3)  # refused meanwhile; the clients send as httpx does, then read
+            for sock in over:
+                sock.sendall(request)
+            replies = [read_reply(sock, 5.0) for sock in over]
+            assert all(r.startswith(b"HTTP/1.1 429") for r in replies), [r[:40] for r in replies]
+            assert all(b'"too_many_connections"' in r for r in replies)
+        finally:
+            for sock in (*held, *over):
+                sock.close()
+
+
 def test_frip_serve_runs_with_the_connection_guard(home: Path) -> None:
     """The real command: with --max-connections 8 one address holds 2 connections (a
     quarter), and a silent one is answered 408 at --header-timeout."""

@@ -62,7 +62,7 @@ PROBE = {
 ONE_PROBE = [{"required": [name]} for name in PROBE]  # exactly one of them
 # A subject the service creates takes its URL-safe alphabet; one a request names (path,
 # verify, responses) may have been enrolled from the CLI with any id the core accepts
-# (frip_engine.validate.check_subject_id); one the core refuses is 400 bad_subject.
+# (frip_engine.validate.check_subject_id); one the core refuses is 404 subject_not_found.
 SUBJECT = {"type": "string", "pattern": SUBJECT_PATTERN.pattern}
 NAMED_SUBJECT = {"type": "string", "minLength": 1, "maxLength": MAX_SUBJECT_CHARS}
 ENGINE = {"type": "string", "pattern": NAME_PATTERN.pattern}

@@ -19,6 +19,7 @@ from frip_engine.errors import (
     FripError,
     InputError,
     SubjectError,
+    UnknownSubjectError,
 )
 from frip_engine.probe import Probe, VendorTemplate, one_probe
 from frip_engine.service.audit import Event
@@ -143,9 +144,13 @@ def existing_subject(subject: str) -> str:
     """A subject id that names an enrolled subject: any id the core accepts, since the CLI
     and the Python API enrol ids outside the service's alphabet (accents, spaces, brackets)
     and their vendor must still read, verify and erase them. An id the core refuses can be
-    enrolled nowhere and is refused as such: SubjectError (400 bad_subject), as when
-    enrolling it."""
-    return check_subject_id(subject)
+    enrolled nowhere: UnknownSubjectError (404), like any other absent subject (the
+    schema cannot state the core's rule, so a 400 there would break the published
+    contract; and an absent subject is the same answer whatever its id)."""
+    try:
+        return check_subject_id(subject)
+    except SubjectError as exc:
+        raise UnknownSubjectError(f"no such subject: {exc}") from None
 
 
 def check_subject(subject: str) -> str:

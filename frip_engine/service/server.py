@@ -66,6 +66,12 @@ def error_bytes(status: int, code: str, message: str) -> bytes:
     return (head + body).encode()
 
 
+# A refused connection is closed DRAIN_SECONDS after the client's last byte, and at most
+# DRAIN_LIMIT seconds after the refusal: long enough for a request in flight to arrive.
+DRAIN_SECONDS = 0.5
+DRAIN_LIMIT = 5.0
+
+
 def guarded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
     """A uvicorn h11 protocol class enforcing ``limits`` (one class, one count, per server)."""
     import h11
@@ -78,6 +84,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._timer: asyncio.TimerHandle | None = None
+            self._drain_until: float | None = None  # refused: reading to discard until then
             self._waiting_for: str | None = None  # "headers", "body" or None
             self._address = self.client[0] if self.client else "?"
             self._idle_kept_alive = False  # a response sent, no byte of the next request yet
@@ -100,6 +107,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._drain_until is not None:  # refused: what the client still sends is
+                self._linger()  # read and dropped, never parsed
+                return
             self._idle_kept_alive = False
             super().data_received(data)
             self._track()
@@ -151,10 +161,27 @@ def guarded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
                 f"the request {what} did not arrive within {seconds:g} s; send it at once",
             )
 
+        def eof_received(self) -> None:
+            if self._drain_until is not None:
+                self.transport.close()  # the client sent all it had: the reply is out
+
         def _refuse(self, status: int, code: str, message: str) -> None:
+            """Answer ``status`` and close, but only once the client stops sending (or
+            DRAIN_SECONDS after the last byte, at most DRAIN_LIMIT after the refusal):
+            a socket closed with unread bytes makes the kernel send a reset, which throws
+            away the reply the client has not read yet (httpx: ReadError, no status)."""
             self._disarm()
+            self.connections.discard(self)  # no longer one of the --max-connections served
             self.transport.write(error_bytes(status, code, message))
-            self.transport.close()
+            self._drain_until = self.loop.time() + DRAIN_LIMIT
+            self._linger()
+
+        def _linger(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            left = (self._drain_until or 0.0) - self.loop.time()
+            seconds = min(DRAIN_SECONDS, max(0.0, left))
+            self._timer = self.loop.call_later(seconds, self.transport.close)
 
     return GuardedH11Protocol
 
