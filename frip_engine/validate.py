@@ -16,6 +16,7 @@ import unicodedata
 from frip_engine.errors import InputError, SubjectError
 
 MAX_SUBJECT_CHARS = 128
+MAX_SECONDS = 86_400.0  # a timeout or window given on the command line: at most a day
 MAX_TOP_K = 10_000
 # Unicode categories that are invisible, reorder or break a line of output: controls
 # (Cc: newline, tab, NUL, DEL, C1), formats (Cf: bidi overrides and isolates, zero-width
@@ -101,6 +102,18 @@ def finite_real(value: object) -> float | None:
     except (OverflowError, ValueError, TypeError):
         return None
     return number if math.isfinite(number) else None
+
+
+def check_option(option: str, value: object, low: float, high: float, low_ok: bool) -> float:
+    """``value`` of command-line option ``option`` as a finite float in ``[low, high]``
+    (``(low, high]`` unless ``low_ok``), else InputError naming the option: NaN, which
+    passes every comparison, and inf are refused."""
+    number = finite_real(value)
+    above = number is not None and (number >= low if low_ok else number > low)
+    if number is None or not above or number > high:
+        bound = ">=" if low_ok else ">"
+        raise InputError(f"{option} must be a number {bound} {low:g} and <= {high:g}, not {value}")
+    return number
 
 
 def check_threshold(threshold: object) -> float:

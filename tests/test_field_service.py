@@ -305,8 +305,7 @@ def test_a_client_over_its_connection_cap_reads_the_429_not_a_reset(
         held = [connect(url) for _ in range(2)]  # the address's share, silent
         request = (
             b"POST /v1/engines/doors/identify HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-            + b" " * 100_000
+            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n" + b" " * 100_000
         )
         over: list[socket.socket] = []
         try:

@@ -324,11 +324,21 @@ def test_frip_serve_refuses_bad_batch_options(tmp_path: Path) -> None:
         ["--batch-wait-ms", "-1"],
         ["--enrol-group-max", "0"],
         ["--enrol-group-wait-ms", "-1"],
+        # NaN passes every comparison, inf overflows int(): each refused by name
+        ["--max-body-mb", "nan"],
+        ["--max-body-mb", "inf"],
+        ["--max-body-mb", "1e308"],
+        ["--keep-alive", "nan"],
+        ["--header-timeout", "inf"],
+        ["--replay-window", "nan"],
+        ["--rate", "nan"],
+        ["--rate", "-1"],
     ):
         command = [sys.executable, "-m", "frip_engine", "serve", "--home", str(tmp_path)]
         result = subprocess.run([*command, *option], capture_output=True, text=True)
         assert result.returncode == 2, result.stderr
-        assert option[0] in result.stderr
+        assert option[0] in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_a_slot_answers_each_queued_call_by_its_own_result() -> None:

@@ -19,7 +19,10 @@ from rich.table import Table
 
 from frip_engine.cli.output import err, out, styled
 from frip_engine.errors import InputError, MissingFileError
-from frip_engine.validate import refuse_special_file
+from frip_engine.validate import MAX_SECONDS, check_option, refuse_special_file
+
+MAX_BODY_MB = 1024.0  # --max-body-mb: a request body of at most 1 GiB
+MAX_RATE = 1e6  # --rate: requests per second and key
 
 if TYPE_CHECKING:
     from frip_engine.service.vendors import Vendors
@@ -149,8 +152,11 @@ def serve(
             refuse_special_file(path, str(path))
             if not path.is_file():
                 raise MissingFileError(f"{path} does not exist")
-    if max_body_mb <= 0 or burst < 1 or rate < 0 or replay_window <= 0:
-        raise InputError("--max-body-mb, --burst and --replay-window must be positive")
+    check_option("--max-body-mb", max_body_mb, 0, MAX_BODY_MB, low_ok=False)
+    check_option("--rate", rate, 0, MAX_RATE, low_ok=True)
+    check_option("--replay-window", replay_window, 0, MAX_SECONDS, low_ok=False)
+    if burst < 1:
+        raise InputError(f"--burst must be >= 1, not {burst}")
     if not 0 < port < 65536:
         raise InputError(f"--port {port} must be in 1..65535")
     per_client = max_connections_per_client or max(1, min(32, max_connections // 4))

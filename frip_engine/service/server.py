@@ -47,11 +47,16 @@ class ConnectionLimits:
     def check(self) -> None:
         """Raise InputError unless every limit is positive."""
         from frip_engine.errors import InputError
+        from frip_engine.validate import MAX_SECONDS, check_option
 
         if min(self.max_connections, self.per_client) < 1:
             raise InputError("--max-connections and --max-connections-per-client must be >= 1")
-        if min(self.header_timeout, self.body_timeout, self.keep_alive) <= 0:
-            raise InputError("--header-timeout, --body-timeout and --keep-alive must be > 0")
+        for option, seconds in (
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--keep-alive", self.keep_alive),
+        ):
+            check_option(option, seconds, 0, MAX_SECONDS, low_ok=False)
 
 
 def error_bytes(status: int, code: str, message: str) -> bytes:
