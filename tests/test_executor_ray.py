@@ -599,6 +599,11 @@ def test_cluster_status_lists_key_services_and_residue_files(
     broken.write_bytes(bytes(raw))
     gone.close()
     shutil.rmtree(gone.directory)
+    legacy = residue_dir / ("0" * 32)  # left by an older frip: files, no engine.json
+    legacy.mkdir(mode=0o700)
+    (sound, *_) = (residue_dir / residue_cache.engine_dir_name(str(engine.directory))).glob("*.npy")
+    for part in (sound, sound.with_suffix(".json")):
+        shutil.copy2(part, legacy / part.name)
 
     shown = _status(engine.name, "--json")
     assert shown.returncode == 0, shown.stderr
@@ -617,6 +622,9 @@ def test_cluster_status_lists_key_services_and_residue_files(
     (bad,) = {f["state"] + f["why"] for f in files if f["file"] == broken.name}
     assert bad.startswith("DAMAGED") and "SHA-256" in bad
     assert {f["state"] for f in files if f["engine"] == str(gone.directory)} == {"orphaned"}
+    assert {f["state"] + ": " + f["why"] for f in files if f["folder"] == legacy.name} == {
+        "orphaned: no engine.json: no engine opened it since"
+    }
 
     table = _status(engine.name, "--prune-orphans")
     assert table.returncode == 0, table.stderr
@@ -624,6 +632,7 @@ def test_cluster_status_lists_key_services_and_residue_files(
         assert shown_text in table.stdout, table.stdout
     assert "orphaned" not in table.stdout
     assert not (residue_dir / residue_cache.engine_dir_name(str(gone.directory))).exists()
+    assert not legacy.exists()
 
 
 def test_shard_processes_never_hold_the_secret_key(

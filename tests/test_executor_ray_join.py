@@ -100,7 +100,20 @@ def test_an_address_that_is_not_a_ray_cluster_fails_fast_in_one_line(
 
 
 @pytest.mark.parametrize(
-    "address", ["", "no port", "127.0.0.1:-1", "127.0.0.1:0", "h:65536", ":6379", "h:", 6379]
+    "address",
+    [
+        "",
+        "no port",
+        "http://127.0.0.1:6379",
+        "user@h:6379",
+        "h/x:1",
+        "127.0.0.1:-1",
+        "127.0.0.1:0",
+        "h:65536",
+        ":6379",
+        "h:",
+        6379,
+    ],
 )
 def test_an_address_that_cannot_be_a_cluster_is_refused_at_create(address: Any, home: Path) -> None:
     data = {

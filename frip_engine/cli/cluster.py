@@ -85,7 +85,9 @@ def _print_rows(title: str, rows: list[dict[str, Any]]) -> None:
         return
     columns = list(dict.fromkeys(key for row in rows for key in row))
     same = [c for c in columns if len(rows) > 1 and len({str(r.get(c)) for r in rows}) == 1]
-    said = "".join(f", {c.replace('_', ' ')} {rows[0][c]}" for c in same if c != "state")
+    said = "".join(
+        f", {c.replace('_', ' ')} {rows[0][c]}" for c in same if c != "state" and str(rows[0][c])
+    )
     table = Table(title=title + said, box=box.SIMPLE_HEAD)
     columns = [c for c in columns if c not in same or c == "state"]
     for column in columns:

@@ -160,8 +160,14 @@ class ResidueCache:
 def remove_engine(root: Path, engine_dir: str) -> int:
     """Remove every residue file of the engine at ``engine_dir`` under ``root`` (its
     whole directory there); the bytes removed (0 if it had none)."""
-    where = root / engine_dir_name(engine_dir)
-    if not where.is_dir():
+    return remove_folder(root, engine_dir_name(engine_dir))
+
+
+def remove_folder(root: Path, folder: str) -> int:
+    """Remove the engine directory ``folder`` (a name :func:`inspect` reports) under
+    ``root`` with its residue files; the bytes removed (0 if there is none)."""
+    where = root / folder
+    if folder != where.name or not where.is_dir():
         return 0
     removed = sum(f.stat().st_size for f in where.iterdir() if f.is_file())
     shutil.rmtree(where, ignore_errors=True)
@@ -171,7 +177,8 @@ def remove_engine(root: Path, engine_dir: str) -> int:
 def inspect(root: Path, current: dict[str, str]) -> list[dict[str, Any]]:
     """Every residue file under ``root``, checked: one row per file, in name order, with
     ``engine`` (the engine directory its ``engine.json`` names, else its cache directory's
-    name), ``engine_host`` (the host that engine directory is on), ``file``, ``block``,
+    name), ``folder`` (its cache directory's name), ``engine_host`` (the host that engine
+    directory is on; empty without an ``engine.json``), ``file``, ``block``,
     ``revision``, ``key_version`` (None for a file whose name is not a residue file's),
     ``bytes`` and ``problem``: empty when the file is sound, else why it is DAMAGED (its
     sidecar missing or unreadable, its size not its header's, its SHA-256 not its
@@ -198,6 +205,7 @@ def inspect(root: Path, current: dict[str, str]) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "engine": marker.get("engine_dir", engine.name),
+                    "folder": engine.name,
                     "engine_host": marker.get("host", ""),
                     "file": path.name,
                     "block": int(found[1]) if found else None,

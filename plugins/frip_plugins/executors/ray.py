@@ -74,6 +74,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -111,7 +112,7 @@ from frip_plugins.executors._residue_cache import (
     default_dir,
     engine_dir_name,
     inspect,
-    remove_engine,
+    remove_folder,
 )
 
 NAMESPACE = "frip"
@@ -258,12 +259,16 @@ class Shard:
         return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), pid, held  # type: ignore[no-untyped-call]
 
 
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+
+
 def _split_address(address: object) -> tuple[str, int]:
     """(host, port) of a ``"host:port"`` or ``"ray://host:port"`` address (an IPv6 host in
     brackets); ProfileError for anything else (no host, no port, a port out of 1-65535)."""
     where = address.removeprefix("ray://") if isinstance(address, str) else ""
     host, _, port = where.rpartition(":")
-    if not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+    plain = _HOST.fullmatch(host) is not None  # no scheme (http://), path or user part
+    if not plain or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ProfileError(
             'address must be "auto", "host:port" or "ray://host:port" (port 1-65535), '
             f"not {address!r}"
@@ -751,8 +756,11 @@ class RayExecutor:
         files = self._on_nodes(_node_files, current)
         host = socket.gethostname()
         for row in files:
-            ours = row["state"] == "ok" and row["engine_host"] == host
-            if ours and not Path(row["engine"]).exists():
+            if row["state"] != "ok":
+                continue
+            if not row["engine_host"]:  # a live engine's shard writes one when it starts
+                row["state"], row["why"] = "orphaned", "no engine.json: no engine opened it since"
+            elif row["engine_host"] == host and not Path(row["engine"]).exists():
                 row["state"], row["why"] = "orphaned", "its engine no longer exists"
         return {"key_services": services, "residue_files": files}
 
@@ -760,8 +768,8 @@ class RayExecutor:
         """Remove, on every alive node, the residue files :meth:`details` calls orphaned
         (of engines whose directory on this host no longer exists); the bytes removed."""
         orphans = [r for r in self.details()["residue_files"] if r["state"] == "orphaned"]
-        engines = sorted({r["engine"] for r in orphans})
-        return sum(r for r in self._on_nodes(_remove_engines, engines) if isinstance(r, int))
+        folders = sorted({r["folder"] for r in orphans})
+        return sum(r for r in self._on_nodes(_remove_folders, folders) if isinstance(r, int))
 
     def _on_nodes(self, task: Any, argument: Any) -> list[Any]:
         """``task(cache_dir, argument)`` run once on every alive Ray node (no CPU
@@ -821,10 +829,11 @@ def _node_files(cache_dir: str | None, current: dict[str, str]) -> list[dict[str
     return rows
 
 
-def _remove_engines(cache_dir: str | None, engine_dirs: list[str]) -> list[int]:
-    """Run on a node: remove the residue files of ``engine_dirs``; the bytes removed."""
+def _remove_folders(cache_dir: str | None, folders: list[str]) -> list[int]:
+    """Run on a node: remove the engine directories ``folders`` of its residue cache (as
+    :func:`inspect` names them) with their files; the bytes removed."""
     root = Path(cache_dir) if cache_dir else default_dir()
-    return [remove_engine(root, engine_dir) for engine_dir in engine_dirs]
+    return [remove_folder(root, folder) for folder in folders]
 
 
 @hookimpl
