@@ -655,6 +655,7 @@ def test_an_unreachable_store_or_an_engine_being_migrated_is_503_retry(
         lock.release()
         assert busy.status_code == 503, busy.text
         assert busy.json()["error"]["code"] == "engine_in_use"
+        assert busy.json()["error"]["message"].startswith("temporarily unavailable")
         assert "Retry-After" in busy.headers
         assert c.get("/v1/engines/doors", headers=auth(key)).is_success  # opens once done
         in_use = EngineUse(home / "engines" / "doors", "doors")

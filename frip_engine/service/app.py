@@ -132,11 +132,14 @@ async def frip_error(service: Service, request: Request, exc: Exception) -> Resp
     await run_in_threadpool(release_request_id, service, request)
     message = str(exc)
     retry = getattr(exc, "retry_after", None)
-    if status >= 500:  # the detail (paths, internals) stays in the server's log
+    if status == 503:  # a passing state (an outage, a migration, a restarted worker)
+        logger.warning("%s %s -> %s: %s", request.method, route_of(request.scope), code, exc)
+        message = f"temporarily unavailable ({code}); the server log has the detail"
+    elif status >= 500:  # the detail (paths, internals) stays in the server's log
         logger.error("%s %s -> %s: %s", request.method, route_of(request.scope), code, exc)
         message = f"the service failed ({code}); the server log has the detail"
-        if retry is not None:  # nothing was done: the same request may be sent again
-            message += f"; nothing was done, retry in {max(1, round(retry))} s"
+    if status >= 500 and retry is not None:  # nothing was done: the same request may be sent again
+        message += f"; nothing was done, retry in {max(1, round(retry))} s"
     response = error_response(code, message, status, request)
     if retry is not None:
         response.headers["Retry-After"] = str(max(1, round(retry)))
