@@ -133,12 +133,12 @@ def _postmaster(dsn: str | None) -> int | None:
     this machine (a backend's parent in /proc), else None."""
     import psycopg
 
-    with psycopg.connect(dsn or "") as conn:
+    with psycopg.connect(dsn or "") as conn:  # read while the backend lives: it ends with it
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    try:
-        stat = Path(f"/proc/{row[0] if row else 0}/stat").read_text()
-    except OSError:
-        return None  # another machine's server
+        try:
+            stat = Path(f"/proc/{row[0] if row else 0}/stat").read_text()
+        except OSError:
+            return None  # another machine's server
     name, fields = stat.split("(", 1)[1].rsplit(")", 1)
     return int(fields.split()[1]) if name.startswith("postgres") else None
 
