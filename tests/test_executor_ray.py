@@ -180,17 +180,27 @@ def test_a_restarted_shard_maps_its_residue_files_instead_of_reading_the_store(
     )
 
 
-def test_a_residue_file_of_another_revision_or_key_version_is_not_used(
-    make_engine: Callable[..., Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    engine = make_engine("stale", **GALLERY)
-    vectors = unit_vectors(REGISTRANTS, 128, seed=8)
+def _first_block_cached(
+    engine: Engine, seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Engine, np.ndarray, Path, Any, Path, str]:
+    """``engine`` with REGISTRANTS subjects enrolled and a shard's residue files written
+    under ``tmp_path/residues``: (engine, its vectors, that cache, its first block's info,
+    that block's file, the files' key part ``k<key version>-<fingerprint>``)."""
+    vectors = unit_vectors(REGISTRANTS, 128, seed=seed)
     engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
     cache = tmp_path / "residues"
     _cached_shard(engine, cache, monkeypatch)
     info = engine.gallery_store.blocks()[0]
     (path,) = cache.rglob(f"b{info.block_id}-r*.npy")
-    key = path.stem.split("-", 2)[2]  # k<key version>-<fingerprint>
+    return engine, vectors, cache, info, path, path.stem.split("-", 2)[2]
+
+
+def test_a_residue_file_of_another_revision_or_key_version_is_not_used(
+    make_engine: Callable[..., Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _, cache, info, path, key = _first_block_cached(
+        make_engine("stale", **GALLERY), 8, tmp_path, monkeypatch
+    )
     for name in (f"r{info.revision + 1}-{key}", f"r{info.revision}-k9-{key[3:]}"):
         for ext in (".npy", ".json"):  # what a newer revision / other key would be named
             old = path.with_suffix(ext)
@@ -206,14 +216,9 @@ def test_residue_files_of_superseded_revisions_and_gone_blocks_are_removed(
 ) -> None:
     """A starting shard removes the files of blocks the store no longer holds or holds at
     a newer revision; mapping or writing a block's file removes its other revisions'."""
-    engine = make_engine("pruned", **GALLERY)
-    vectors = unit_vectors(REGISTRANTS, 128, seed=9)
-    engine.enrol_many([EnrolItem(f"s{i}", embeddings=[v]) for i, v in enumerate(vectors)])
-    cache = tmp_path / "residues"
-    _cached_shard(engine, cache, monkeypatch)
-    info = engine.gallery_store.blocks()[0]
-    (path,) = cache.rglob(f"b{info.block_id}-r*.npy")
-    key = path.stem.split("-", 2)[2]
+    engine, vectors, cache, info, path, key = _first_block_cached(
+        make_engine("pruned", **GALLERY), 9, tmp_path, monkeypatch
+    )
     stale = [f"b{info.block_id}-r{info.revision - 1}-{key}", f"b999-r1-{key}"]
     for name in stale:  # an older revision of a block, a block the store no longer has
         for ext in (".npy", ".json"):

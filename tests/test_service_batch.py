@@ -267,19 +267,27 @@ def test_queued_enrolments_are_committed_together_each_told_its_own_result(
     assert outcomes == {"n0": "enrolled", "n1": "enrolled", "n3": "enrolled"}
 
 
+def _five_enrolments_at_once(
+    server: Live, prefix: str, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Any], list[list[str]]]:
+    """After one identify opens the engine: five enrolments (``prefix`` + 0..4) sent at
+    once; their responses and the groups the engine committed them in."""
+    assert post(server, {"embedding": GALLERY[0].tolist()}).status_code == 200
+    slot = server.service.engines().opened("doors")
+    assert slot is not None
+    groups = counted_groups(slot, monkeypatch)
+    new = unit_vectors(5, seed=seed)
+    bodies = [{"subject_id": f"{prefix}{i}", "embeddings": [v.tolist()]} for i, v in enumerate(new)]
+    return concurrently(server, bodies, "/v1/engines/doors/subjects"), groups
+
+
 def test_enrolments_of_several_clients_form_one_group_with_identify_batching_off(
     unbatched: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Enrolment groups have their own limits (--enrol-group-max, default 64), so the
     enrolments queued by several clients meanwhile are committed as one group even where
     identify batching is off; each caller is told its own result."""
-    assert post(unbatched, {"embedding": GALLERY[0].tolist()}).status_code == 200
-    slot = unbatched.service.engines().opened("doors")
-    assert slot is not None
-    groups = counted_groups(slot, monkeypatch)
-    new = unit_vectors(5, seed=60)
-    bodies = [{"subject_id": f"g{i}", "embeddings": [v.tolist()]} for i, v in enumerate(new)]
-    answered = concurrently(unbatched, bodies, "/v1/engines/doors/subjects")
+    answered, groups = _five_enrolments_at_once(unbatched, "g", 60, monkeypatch)
     assert [r.status_code for r in answered] == [201] * 5
     assert [sorted(g) for g in groups] == [[f"g{i}" for i in range(5)]]
 
@@ -288,13 +296,7 @@ def test_an_enrolment_group_holds_at_most_enrol_group_max(
     home: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with live(*home, enrol_group_max=2, enrol_group_wait_ms=0.0) as server:
-        assert post(server, {"embedding": GALLERY[0].tolist()}).status_code == 200
-        slot = server.service.engines().opened("doors")
-        assert slot is not None
-        groups = counted_groups(slot, monkeypatch)
-        new = unit_vectors(5, seed=61)
-        bodies = [{"subject_id": f"m{i}", "embeddings": [v.tolist()]} for i, v in enumerate(new)]
-        answered = concurrently(server, bodies, "/v1/engines/doors/subjects")
+        answered, groups = _five_enrolments_at_once(server, "m", 61, monkeypatch)
     assert [r.status_code for r in answered] == [201] * 5
     assert sorted(len(g) for g in groups) == [1, 2, 2]
     assert sorted(s for g in groups for s in g) == [f"m{i}" for i in range(5)]
